@@ -1,0 +1,176 @@
+// The only pybind11 file. It unpacks buffers that python/nestvec/ops.py has already
+// validated and allocated, re-checks what would otherwise crash, and releases the GIL
+// around every kernel. Sections follow the op families in include/nestvec/.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "nestvec/cuda_api.h"
+#include "nestvec/dispatch.h"
+#include "nestvec/hamming.h"
+
+namespace py = pybind11;
+using namespace nestvec;
+
+namespace {
+
+struct View {
+  void* ptr;
+  int64_t rows, cols, row_stride;  // row_stride in elements
+};
+
+// A 1-D or 2-D buffer whose last dimension is contiguous (rows may be strided).
+View view2d(const py::array& a, const char* name, size_t itemsize, bool writable = false) {
+  if (a.ndim() != 2 && a.ndim() != 1)
+    throw std::invalid_argument(std::string(name) + ": expected a 1-D or 2-D array");
+  if (size_t(a.itemsize()) != itemsize)
+    throw std::invalid_argument(std::string(name) + ": unexpected item size");
+  if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": not writable");
+  View v;
+  v.ptr = const_cast<void*>(a.data());
+  if (a.ndim() == 1) {
+    v.rows = 1;
+    v.cols = a.shape(0);
+    if (v.cols > 1 && a.strides(0) != ssize_t(itemsize))
+      throw std::invalid_argument(std::string(name) + ": must be contiguous");
+    v.row_stride = v.cols;
+    return v;
+  }
+  v.rows = a.shape(0);
+  v.cols = a.shape(1);
+  if (v.cols > 1 && a.strides(1) != ssize_t(itemsize))
+    throw std::invalid_argument(std::string(name) + ": last dimension must be contiguous");
+  if (a.strides(0) % ssize_t(itemsize) != 0 || a.strides(0) < 0)
+    throw std::invalid_argument(std::string(name) + ": unsupported row stride");
+  v.row_stride = a.strides(0) / ssize_t(itemsize);
+  if (v.rows <= 1) v.row_stride = std::max<int64_t>(v.row_stride, v.cols);
+  return v;
+}
+
+void check_cuda(int rc, const char* what) {
+  if (rc != 0) throw std::runtime_error(std::string(what) + ": " + cuda::error_string(rc));
+}
+
+#if !defined(NESTVEC_WITH_CUDA)
+[[noreturn]] void no_cuda() { throw std::runtime_error("nestvec was built without CUDA"); }
+#endif
+
+Isa parse_isa(const std::string& s) {
+  if (s == "scalar") return Isa::Scalar;
+  if (s == "avx2") return Isa::Avx2;
+  if (s == "avx512") return Isa::Avx512;
+  throw std::invalid_argument("isa: expected 'scalar', 'avx2' or 'avx512', got '" + s + "'");
+}
+
+}  // namespace
+
+#if !defined(NESTVEC_WITH_CUDA)
+namespace nestvec {
+namespace cuda {
+int device_count() { return 0; }
+const char* error_string(int) { return "built without CUDA"; }
+}  // namespace cuda
+}  // namespace nestvec
+#endif
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "nestvec native kernels (CPU, CUDA launchers)";
+
+  // ---------------------------------------------------------------- dispatch / info
+  m.def("build_info", [] {
+    py::dict d;
+    py::list isas;
+    for (Isa i : compiled_isas()) isas.append(isa_name(i));
+    d["isas_compiled"] = isas;
+    d["isa_detected"] = isa_name(detected_isa());
+    d["isa_active"] = isa_name(active_isa());
+#if defined(NESTVEC_WITH_CUDA)
+    d["cuda_compiled"] = true;
+#else
+    d["cuda_compiled"] = false;
+#endif
+    d["num_threads"] = num_threads();
+    return d;
+  });
+  m.def("cuda_device_count", [] { return cuda::device_count(); });
+  m.def("set_isa", [](const std::string& s) {
+    Isa isa = parse_isa(s);
+    if (!set_isa(isa))
+      throw std::invalid_argument("isa: '" + s + "' is not supported on this CPU");
+  });
+  m.def("get_isa", [] { return std::string(isa_name(active_isa())); });
+  m.def("isa_supported", [](const std::string& s) { return isa_supported(parse_isa(s)); });
+  m.def("set_num_threads", [](int n) { set_num_threads(n); });
+  m.def("get_num_threads", [] { return num_threads(); });
+
+  // ---------------------------------------------------------------- hamming
+  m.def(
+      "hamming_topk",
+      [](py::array codes, py::array queries, int64_t k, py::object allow, py::array out_dist,
+         py::array out_idx) {
+        View c = view2d(codes, "codes", 1), q = view2d(queries, "queries", 1);
+        View od = view2d(out_dist, "out_dist", 4, true), oi = view2d(out_idx, "out_idx", 8, true);
+        if (q.cols != c.cols) throw std::invalid_argument("queries: byte width differs from codes");
+        if (k <= 0) throw std::invalid_argument("k must be positive");
+        if (od.rows != q.rows || od.cols != k || oi.rows != q.rows || oi.cols != k ||
+            od.row_stride != k || oi.row_stride != k)
+          throw std::invalid_argument("out: expected contiguous [Q, k]");
+        const uint8_t* al = nullptr;
+        py::array allow_arr;
+        if (!allow.is_none()) {
+          allow_arr = allow.cast<py::array>();
+          View a = view2d(allow_arr, "allow", 1);
+          if (a.rows * a.cols != c.rows) throw std::invalid_argument("allow: expected length N");
+          al = static_cast<const uint8_t*>(a.ptr);
+        }
+        if (c.rows >= (int64_t(1) << 40)) throw std::invalid_argument("codes: too many rows");
+        py::gil_scoped_release nogil;
+        hamming::topk(static_cast<const uint8_t*>(c.ptr), c.rows, c.row_stride,
+                      static_cast<const uint8_t*>(q.ptr), q.rows, q.row_stride, c.cols, k, al,
+                      static_cast<int32_t*>(od.ptr), static_cast<int64_t*>(oi.ptr));
+      },
+      py::arg("codes"), py::arg("queries"), py::arg("k"), py::arg("allow"), py::arg("out_dist"),
+      py::arg("out_idx"));
+
+  m.def("cuda_hamming_workspace_bytes", [](int64_t n, int64_t nq, int64_t nbytes, int64_t k) {
+#if defined(NESTVEC_WITH_CUDA)
+    return cuda::hamming_workspace_bytes(n, nq, nbytes, k);
+#else
+    (void)n, (void)nq, (void)nbytes, (void)k;
+    no_cuda();
+#endif
+  });
+  m.def("cuda_hamming_topk", [](uintptr_t codes, int64_t n, int64_t code_stride, uintptr_t queries,
+                                int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k,
+                                uintptr_t allow, uintptr_t out_dist, uintptr_t out_idx,
+                                uintptr_t ws, int64_t ws_bytes, uintptr_t stream) {
+#if defined(NESTVEC_WITH_CUDA)
+    int rc;
+    {
+      py::gil_scoped_release nogil;
+      rc = cuda::hamming_topk(reinterpret_cast<const uint8_t*>(codes), n, code_stride,
+                              reinterpret_cast<const uint8_t*>(queries), nq, query_stride, nbytes,
+                              k, reinterpret_cast<const uint8_t*>(allow),
+                              reinterpret_cast<int32_t*>(out_dist),
+                              reinterpret_cast<int64_t*>(out_idx), reinterpret_cast<void*>(ws),
+                              ws_bytes, stream);
+    }
+    check_cuda(rc, "cuda_hamming_topk");
+#else
+    (void)codes, (void)n, (void)code_stride, (void)queries, (void)nq, (void)query_stride;
+    (void)nbytes, (void)k, (void)allow, (void)out_dist, (void)out_idx, (void)ws, (void)ws_bytes;
+    (void)stream;
+    no_cuda();
+#endif
+  });
+
+  // ---------------------------------------------------------------- dense (elastic top-k)
+
+  // ---------------------------------------------------------------- pooling
+
+  // ---------------------------------------------------------------- lowrank_sparse
+}

@@ -1,0 +1,103 @@
+// Hamming top-k driver: threads over row ranges, tiles of rows reused by every
+// query while they sit in L1, per-query threshold selection (select.h).
+#include <climits>
+#include <vector>
+
+#include "nestvec/dispatch.h"
+#include "nestvec/hamming.h"
+#include "nestvec/select.h"
+
+namespace nestvec {
+namespace hamming {
+namespace {
+
+TileFn pick_tile() {
+  switch (active_isa()) {
+#if defined(NESTVEC_X86)
+    case Isa::Avx512: return tile_avx512;
+    case Isa::Avx2: return tile_avx2;
+#endif
+    default: return tile_scalar;
+  }
+}
+
+bool any_allowed(const uint8_t* allow, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (allow[i]) return true;
+  return false;
+}
+
+}  // namespace
+
+void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* queries,
+          int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k, const uint8_t* allow,
+          int32_t* out_dist, int64_t* out_idx) {
+  const TileFn tile = pick_tile();
+  const uint32_t max_dist = uint32_t(8 * nbytes);
+  // A tile of ~32 KiB of codes stays in L1 while every query passes over it.
+  const int64_t tile_rows = std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~7LL));
+  const int64_t qblock = 64;
+  // Below ~64 KiB of codes per thread the thread start-up costs more than it saves.
+  const int64_t min_rows = std::max<int64_t>(tile_rows, 65536 / nbytes);
+  int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, n / min_rows)));
+
+  std::vector<std::vector<IntTopK>> sel(nthreads, std::vector<IntTopK>(nq));
+  parallel_for(n, nthreads, 8, [&](int t, int64_t begin, int64_t end) {
+    auto& s = sel[t];
+    for (auto& x : s) x.reset(k, max_dist);
+    std::vector<uint32_t> thr(nq, max_dist + 1);
+    const int64_t qb = std::min(qblock, nq);
+    std::vector<uint32_t> hit_rows(qb * tile_rows), hit_dist(qb * tile_rows), hit_count(qb);
+    for (int64_t r0 = begin; r0 < end; r0 += tile_rows) {
+      const int64_t nr = std::min(tile_rows, end - r0);
+      if (allow && !any_allowed(allow + r0, nr)) continue;
+      for (int64_t q0 = 0; q0 < nq; q0 += qblock) {
+        const int64_t nqb = std::min(qblock, nq - q0);
+        tile(codes + r0 * code_stride, nr, code_stride, queries + q0 * query_stride, nqb,
+             query_stride, nbytes, thr.data() + q0, hit_rows.data(), hit_dist.data(), tile_rows,
+             hit_count.data());
+        for (int64_t j = 0; j < nqb; ++j) {
+          const uint32_t cnt = hit_count[j];
+          if (!cnt) continue;
+          IntTopK& st = s[q0 + j];
+          const uint32_t* hr = hit_rows.data() + j * tile_rows;
+          const uint32_t* hd = hit_dist.data() + j * tile_rows;
+          for (uint32_t i = 0; i < cnt; ++i) {
+            const int64_t row = r0 + hr[i];
+            if (allow && !allow[row]) continue;
+            if (hd[i] < st.threshold()) st.push(hd[i], row);
+          }
+          thr[q0 + j] = st.threshold();
+        }
+      }
+    }
+  });
+
+  // Merge the per-thread candidates of each query (each already <= k and sorted).
+  parallel_for(nq, std::min<int64_t>(nthreads, nq), 1, [&](int, int64_t qb, int64_t qe) {
+    std::vector<uint64_t> merged;
+    for (int64_t q = qb; q < qe; ++q) {
+      merged.clear();
+      for (int t = 0; t < nthreads; ++t) {
+        auto& keys = sel[t][q].finish();
+        merged.insert(merged.end(), keys.begin(), keys.end());
+      }
+      const int64_t m = std::min<int64_t>(k, merged.size());
+      std::partial_sort(merged.begin(), merged.begin() + m, merged.end());
+      int32_t* od = out_dist + q * k;
+      int64_t* oi = out_idx + q * k;
+      const uint64_t mask = (uint64_t(1) << IntTopK::kIdxBits) - 1;
+      for (int64_t i = 0; i < m; ++i) {
+        od[i] = int32_t(merged[i] >> IntTopK::kIdxBits);
+        oi[i] = int64_t(merged[i] & mask);
+      }
+      for (int64_t i = m; i < k; ++i) {
+        od[i] = INT32_MAX;
+        oi[i] = -1;
+      }
+    }
+  });
+}
+
+}  // namespace hamming
+}  // namespace nestvec

@@ -1,0 +1,21 @@
+// Host launchers of the CUDA kernels. Pointers are device pointers; `stream` is a
+// cudaStream_t passed as an integer so that _C never compiles against torch.
+// Each returns 0 on success or a CUDA error code (see cuda_error_string).
+#pragma once
+#include <cstdint>
+
+namespace nestvec {
+namespace cuda {
+
+int device_count();
+const char* error_string(int code);
+
+// Hamming top-k; workspace of hamming_workspace_bytes(n, nq, nbytes, k) bytes.
+int64_t hamming_workspace_bytes(int64_t n, int64_t nq, int64_t nbytes, int64_t k);
+int hamming_topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* queries,
+                 int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k,
+                 const uint8_t* allow, int32_t* out_dist, int64_t* out_idx, void* workspace,
+                 int64_t workspace_bytes, uintptr_t stream);
+
+}  // namespace cuda
+}  // namespace nestvec

@@ -1,0 +1,72 @@
+// Exact top-k selection helpers.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace nestvec {
+
+// Top-k smallest (distance, index) for small non-negative integer distances
+// (Hamming: 0..8*bytes). Rows must be pushed in increasing index order, so among
+// equal distances the earlier row wins and a new row only qualifies when its
+// distance is strictly below the current k-th distance (`threshold()`).
+// Candidates accumulate unfiltered until a buffer of ~2k is full, then one
+// counting pass over the histogram of distances cuts them back to exactly k:
+// amortised O(1) per accepted row and no heap.
+class IntTopK {
+ public:
+  static constexpr int kIdxBits = 40;
+
+  void reset(int64_t k, uint32_t max_dist) {
+    k_ = k;
+    max_dist_ = max_dist;
+    cap_ = std::max<int64_t>(2 * k, k + 256);
+    keys_.clear();
+    keys_.reserve(std::min<int64_t>(cap_, 1 << 16));
+    thr_ = max_dist + 1;
+  }
+  // Accept iff dist < threshold().
+  uint32_t threshold() const { return thr_; }
+
+  void push(uint32_t dist, int64_t idx) {
+    keys_.push_back((uint64_t(dist) << kIdxBits) | uint64_t(idx));
+    if (int64_t(keys_.size()) >= cap_) compact();
+  }
+
+  // Keep exactly the k best; threshold becomes the k-th distance.
+  void compact() {
+    if (int64_t(keys_.size()) <= k_) return;
+    hist_.assign(size_t(max_dist_) + 2, 0);
+    for (uint64_t key : keys_) ++hist_[key >> kIdxBits];
+    int64_t below = 0;
+    uint32_t t = 0;
+    for (;; ++t) {
+      if (below + hist_[t] >= k_) break;
+      below += hist_[t];
+    }
+    int64_t take_eq = k_ - below;
+    size_t w = 0;
+    for (uint64_t key : keys_) {  // stable: keeps index order among ties
+      uint32_t d = uint32_t(key >> kIdxBits);
+      if (d < t || (d == t && take_eq-- > 0)) keys_[w++] = key;
+    }
+    keys_.resize(w);
+    thr_ = t;
+  }
+
+  // Sorted (distance, index) keys of at most k best.
+  std::vector<uint64_t>& finish() {
+    compact();
+    std::sort(keys_.begin(), keys_.end());
+    return keys_;
+  }
+
+ private:
+  int64_t k_ = 0, cap_ = 0;
+  uint32_t max_dist_ = 0, thr_ = 0;
+  std::vector<uint64_t> keys_;
+  std::vector<int64_t> hist_;
+};
+
+}  // namespace nestvec

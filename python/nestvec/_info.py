@@ -1,0 +1,54 @@
+"""Build and runtime facts: what was compiled, what runs."""
+from __future__ import annotations
+
+from . import __version__
+
+
+def info() -> dict:
+    """Version, CPU ISAs compiled and in use, CUDA compiled / GPU visible, Triton."""
+    from . import ops
+
+    out = {"version": __version__, "native": ops._C is not None}
+    if ops._C is not None:
+        bi = ops._C.build_info()
+        out.update(isas_compiled=list(bi["isas_compiled"]), isa_detected=bi["isa_detected"],
+                   isa_active=bi["isa_active"], cpu_threads=bi["num_threads"],
+                   cuda_compiled=bool(bi["cuda_compiled"]))
+    else:
+        out.update(isas_compiled=[], isa_active=None, cuda_compiled=False,
+                   native_error=str(ops._C_ERROR))
+    gpu = 0
+    if out["cuda_compiled"]:
+        gpu = ops._C.cuda_device_count()
+    else:
+        try:
+            import torch
+
+            gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except Exception:
+            gpu = 0
+    out["gpu_visible"] = gpu > 0
+    out["gpu_count"] = gpu
+    out["triton_available"] = ops.triton_available()
+    try:
+        import triton
+
+        out["triton_version"] = triton.__version__
+    except Exception:
+        pass
+    return out
+
+
+def format_info(d: dict) -> str:
+    yn = lambda b: "yes" if b else "no"  # noqa: E731
+    lines = [
+        f"nestvec {d['version']}",
+        f"  native module     : {yn(d['native'])}",
+        f"  CPU ISAs compiled : {', '.join(d.get('isas_compiled') or []) or '-'}",
+        f"  CPU ISA in use    : {d.get('isa_active') or '-'} (detected {d.get('isa_detected', '-')})",
+        f"  CUDA compiled     : {yn(d['cuda_compiled'])}",
+        f"  GPU visible       : {yn(d['gpu_visible'])} ({d['gpu_count']})",
+        f"  Triton available  : {yn(d['triton_available'])}"
+        + (f" ({d['triton_version']})" if d.get("triton_version") else ""),
+    ]
+    return "\n".join(lines)

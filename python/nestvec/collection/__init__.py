@@ -1,0 +1,1 @@
+"""Arrow-backed persistent collections (see DESIGN.md, Collections)."""

@@ -1,0 +1,50 @@
+"""Binary (sign-bit) quantisation, compatible with numpy.packbits, sentence-transformers
+``ubinary`` and FAISS binary indexes."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks as ck
+
+_FLOATS = ("float16", "float32", "float64", "bfloat16")
+
+
+def binarize(x, dim: int | None = None):
+    """Packed sign bits of the first ``dim`` values of each row.
+
+    Args:
+        x: float array ``[..., D]`` (NumPy, or a torch tensor on any device).
+        dim: prefix length ``1 <= dim <= D`` (Matryoshka truncation); default D.
+
+    Returns:
+        uint8 ``[..., ceil(dim/8)]``: bit j of a row is ``x[..., j] > 0``, most
+        significant bit first (``numpy.packbits(x > 0, axis=-1)``); pad bits are 0.
+        Same container and device as ``x``.
+    """
+    x = ck.as_array_like(x, "x")
+    ck.check_dtype(x, "x", _FLOATS, "a float type (" + ", ".join(_FLOATS) + ")")
+    if x.ndim < 1:
+        raise ValueError("x: expected at least one dimension [..., D]")
+    d_full = x.shape[-1]
+    if dim is None:
+        dim = d_full
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim: expected an int, got {type(dim).__name__}")
+    if not 1 <= dim <= d_full:
+        raise ValueError(f"dim: expected 1 <= dim <= {d_full}, got {dim}")
+    if ck.is_torch(x):
+        return _binarize_torch(x[..., :dim])
+    return np.packbits(x[..., :dim] > 0, axis=-1)
+
+
+def _binarize_torch(x):
+    import torch
+
+    bits = (x > 0).to(torch.uint8)
+    d = bits.shape[-1]
+    pad = (-d) % 8
+    if pad:
+        bits = torch.nn.functional.pad(bits, (0, pad))
+    bits = bits.reshape(*bits.shape[:-1], -1, 8)
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=x.device)
+    return (bits * weights).sum(-1, dtype=torch.uint8)
