@@ -227,6 +227,141 @@ def _hamming_cuda(codes, queries, k, allow):
 
 # --------------------------------------------------------------------------- dense_topk
 
+DENSE_MAX_K_CPU = 4096
+DENSE_MAX_K_GPU = 2048
+_DENSE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _dense_db(db, db_dtype):
+    """Validate the stored vectors; returns (db, logical dtype name)."""
+    db = ck.as_array_like(db, "db")
+    ck.check_ndim(db, "db", (2,), "a 2-D array [N, D]")
+    dt = ck.dtype_name(db)
+    if db_dtype is not None:
+        if db_dtype != "bfloat16" or dt not in ("uint16", "bfloat16"):
+            raise ValueError("db_dtype: only 'bfloat16' is accepted, for a uint16 NumPy array "
+                             "holding bfloat16 bit patterns (or a torch.bfloat16 tensor)")
+        dt = "bfloat16"
+    ck.check_dtype(db, "db", _DENSE_DTYPES + (("uint16",) if dt == "bfloat16" else ()),
+                   "float32, float16 or bfloat16 [N, D]")
+    if db.shape[1] == 0:
+        raise ValueError("db: expected at least one column")
+    return _row_contiguous(db, "db"), dt
+
+
+def _dense_queries(queries, d_full, dim):
+    queries = ck.as_array_like(queries, "queries")
+    ck.check_ndim(queries, "queries", (1, 2), "[Q, D] or [D]")
+    ck.check_dtype(queries, "queries", ("float32", "float16", "bfloat16", "float64"),
+                   "a float type [Q, D]")
+    if queries.shape[-1] not in (d_full, dim):
+        raise ValueError(f"queries: expected {d_full} (or dim={dim}) values per query, got "
+                         f"{queries.shape[-1]}")
+    return queries
+
+
+def _check_dim(dim, d_full):
+    if dim is None:
+        return d_full
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim: expected an int prefix length, got {type(dim).__name__}")
+    if not 1 <= dim <= d_full:
+        raise ValueError(f"dim: expected 1 <= dim <= {d_full} (the stored width), got {dim}")
+    return int(dim)
+
+
+def _check_candidates(candidates, nq, ref):
+    if candidates is None:
+        return None
+    candidates = ck.as_array_like(candidates, "candidates")
+    ck.check_same_device("db", ref, "candidates", candidates)
+    ck.check_dtype(candidates, "candidates", ("int64", "int32"), "int64 [Q, C] row ids")
+    ck.check_ndim(candidates, "candidates", (2,), "a 2-D array [Q, C] (-1 = padding)")
+    if candidates.shape[0] != nq:
+        raise ValueError(f"candidates: expected one row per query ({nq}), got {candidates.shape[0]}")
+    return candidates
+
+
+def _finite(x, name):
+    if ck.is_torch(x):
+        import torch
+
+        ok = bool(torch.isfinite(x).all())
+    else:
+        ok = bool(np.isfinite(x).all())
+    if not ok:
+        raise ValueError(f"{name}: contains NaN or infinity")
+
+
+def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosine", allow=None,
+               candidates=None, *, db_dtype: str | None = None, backend: str = "auto"):
+    """Exact elastic-dimension top-k (Matryoshka): score the first ``dim`` values only.
+
+    Args:
+        db: stored vectors ``[N, D]``, float32 / float16 / bfloat16 (a torch.bfloat16
+            tensor, or a NumPy uint16 array with ``db_dtype="bfloat16"``). Rows may be
+            strided; each row must be contiguous. Never copied.
+        queries: ``[Q, D]`` (or ``[Q, dim]``, or one ``[D]`` query), any float type.
+        k: results per query, ``>= 1`` (<= 4096 on CPU, 2048 on GPU); ``k > N`` pads.
+        dim: prefix length ``1 <= dim <= D``; default D. The prefix norm of each row is
+            computed in the same pass (no stored norms).
+        metric: ``cosine`` | ``ip`` (higher is better) | ``l2`` (squared distance,
+            lower is better). Zero-norm rows score 0 under cosine.
+        allow: optional bool ``[N]`` mask (or packed uint8 bitset) of eligible rows.
+        candidates: optional int ``[Q, C]`` row ids per query (``-1`` = padding,
+            duplicates ignored): top-k among those rows only (rescoring).
+
+    Returns:
+        ``(score float32 [Q, k], idx int64 [Q, k])``, best first, ties by index;
+        padding ``(-inf, -1)`` (cosine/ip) or ``(+inf, -1)`` (l2).
+    """
+    db, dt = _dense_db(db, db_dtype)
+    n, d_full = db.shape
+    dim = _check_dim(dim, d_full)
+    queries = _dense_queries(queries, d_full, dim)
+    single = queries.ndim == 1
+    if single:
+        queries = queries[None, :]
+    k = ck.check_k(k)
+    if metric not in reference.METRICS:
+        raise ValueError(f"metric: expected one of {reference.METRICS}, got {metric!r}")
+    ck.check_same_device("db", db, "queries", queries)
+    _finite(queries, "queries")
+    allow = ck.check_allow(allow, n, db, "db")
+    candidates = _check_candidates(candidates, queries.shape[0], db)
+    be = resolve_backend(backend, db)
+    if be != "reference":
+        _check_backend_device(be, db, "db")
+    max_k = DENSE_MAX_K_GPU if be in ("cuda", "triton") else DENSE_MAX_K_CPU
+    if k > max_k:
+        raise ValueError(f"k: backend {be!r} supports k <= {max_k}, got {k}")
+
+    if be == "reference" or n == 0 or queries.shape[0] == 0:
+        s, i = _dense_reference(db, dt, queries, k, dim, metric, allow, candidates)
+        s, i = _like(s, db), _like(i, db)
+    else:
+        impl = _DENSE_BACKENDS.get(be)
+        if impl is None:
+            raise RuntimeError(f"dense_topk: backend {be!r} is not implemented yet")
+        s, i = impl(db, dt, queries, k, dim, metric, allow, candidates)
+    return (s[0], i[0]) if single else (s, i)
+
+
+def _dense_reference(db, dt, queries, k, dim, metric, allow, candidates):
+    if ck.is_torch(db):
+        import torch
+
+        x = db.detach()
+        x = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+    else:
+        x = reference.bf16_to_f32(db) if dt == "bfloat16" else db
+    q = _to_numpy(queries.float() if ck.is_torch(queries) else queries).astype(np.float64)
+    return reference.dense_topk(x, q, k, dim, metric, _to_numpy(allow), _to_numpy(candidates))
+
+
+# backend name -> fn(db, dtype_name, queries, k, dim, metric, allow, candidates)
+_DENSE_BACKENDS: dict = {}
+
 
 # --------------------------------------------------------------------------- pool
 

@@ -42,3 +42,82 @@ def hamming_topk(codes, queries, k, allow=None):
         dist[i, :m] = di[order]
         idx[i, :m] = rows[order]
     return dist, idx
+
+
+# --------------------------------------------------------------------------- dense_topk
+
+METRICS = ("cosine", "ip", "l2")
+
+
+def bf16_to_f32(u16: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32."""
+    return (u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        r[nan] = 0x7FC0
+    return r
+
+
+def dense_scores(db: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
+    """float64 [Q, N] scores on full rows of db (already sliced to the prefix).
+
+    cosine: q.x / (|q| |x|), 0 where either norm is 0; ip: q.x; l2: |q - x|^2."""
+    x = db.astype(np.float64)
+    q = queries.astype(np.float64)
+    if metric == "ip":
+        return q @ x.T
+    if metric == "l2":
+        return (q * q).sum(1)[:, None] - 2.0 * (q @ x.T) + (x * x).sum(1)[None, :]
+    xn = np.sqrt((x * x).sum(1))
+    qn = np.sqrt((q * q).sum(1))
+    denom = qn[:, None] * xn[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(denom > 0, (q @ x.T) / np.where(denom > 0, denom, 1.0), 0.0)
+    return s
+
+
+def dense_topk(db, queries, k, dim=None, metric="cosine", allow=None, candidates=None):
+    """Exact top-k over the first ``dim`` values of each row (Matryoshka prefix).
+
+    db float [N, D] (float32 / float16, or bf16 already widened to float32), queries
+    float [Q, >= dim]. cosine / ip: best = highest score; l2: best = smallest squared
+    distance. Ties by index ascending. candidates: optional int64 [Q, C] row ids
+    (-1 = padding, duplicates allowed): only those rows are eligible for a query.
+    Returns (score float32 [Q, k], idx int64 [Q, k]); padding is (-inf, -1) for
+    cosine / ip and (+inf, -1) for l2."""
+    n, d_full = db.shape
+    dim = d_full if dim is None else dim
+    nq = queries.shape[0]
+    worst = np.inf if metric == "l2" else -np.inf
+    score = np.full((nq, k), worst, dtype=np.float32)
+    idx = np.full((nq, k), -1, dtype=np.int64)
+    if n == 0 or nq == 0:
+        return score, idx
+    s = dense_scores(db[:, :dim], queries[:, :dim], metric)
+    eligible = np.ones(n, dtype=bool) if allow is None else np.asarray(allow, dtype=bool)
+    for i in range(nq):
+        if candidates is None:
+            rows = np.flatnonzero(eligible)
+        else:
+            c = candidates[i]
+            c = np.unique(c[(c >= 0) & (c < n)])
+            rows = c[eligible[c]]
+        si = s[i, rows]
+        key = si if metric == "l2" else -si
+        order = np.lexsort((rows, key))[:k]
+        m = order.shape[0]
+        score[i, :m] = si[order]
+        idx[i, :m] = rows[order]
+    return score, idx
+
+
+# --------------------------------------------------------------------------- pool
+
+
+# --------------------------------------------------------------------------- lowrank_sparse_matmul

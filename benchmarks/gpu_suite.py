@@ -1,0 +1,171 @@
+"""Every GPU kernel in one short run: correctness against the reference on fresh
+random inputs, then timing against the torch baseline from DESIGN.md.
+
+    python benchmarks/gpu_suite.py [--only hamming,dense] [--quick]
+
+Each section is independent (a failure is reported and the rest still run). The
+table prints last; JSON goes to benchmarks/results/gpu_suite.json (and $OUT if set).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as H  # noqa: E402
+
+ROWS: list[dict] = []
+CHECKS: list[dict] = []
+
+
+def record(op, case, ours_ms, baseline, baseline_ms, target_ms=None, impl="cuda", **extra):
+    row = dict(op=op, case=case, impl=impl, ours_ms=ours_ms, baseline=baseline,
+               baseline_ms=baseline_ms, target_ms=target_ms,
+               speedup=(baseline_ms / ours_ms) if ours_ms and baseline_ms else None,
+               meets=(ours_ms <= target_ms) if (ours_ms and target_ms) else None, **extra)
+    ROWS.append(row)
+    print(f"  {op:10s} {case:28s} {impl:7s} {ours_ms:9.3f} ms   {baseline}: "
+          f"{baseline_ms if baseline_ms is None else round(baseline_ms, 3)} ms", flush=True)
+
+
+def check(op, backend, ok, detail=""):
+    CHECKS.append(dict(op=op, backend=backend, ok=bool(ok), detail=detail))
+    print(f"  check {op:10s} {backend:7s} {'OK' if ok else 'FAIL'} {detail}", flush=True)
+
+
+# --------------------------------------------------------------------------- hamming
+
+def torch_hamming_baseline(codes64, q64, k):
+    """The DESIGN baseline: xor on int64 words, SWAR popcount, sum, topk."""
+    import torch
+
+    x = codes64.unsqueeze(0) ^ q64.unsqueeze(1)  # [Q, N, W]
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    x = (x * 0x0101010101010101) >> 56
+    d = x.sum(-1)
+    return torch.topk(d, k, dim=1, largest=False)
+
+
+def section_hamming(quick=False):
+    import torch
+
+    import nestvec.ops as ops
+    from nestvec import reference
+
+    dev = "cuda"
+    g = torch.Generator(device="cpu").manual_seed(7)
+    for backend in ("cuda", "triton"):
+        ok_all, bad = True, ""
+        for n in (1, 97, 4099, 70001):
+            for nbytes in (3, 32, 128):
+                for nq in (1, 5, 17):
+                    for k in (1, 10, 100, n + 5):
+                        c = torch.randint(0, 256, (n, nbytes), generator=g, dtype=torch.uint8)
+                        c[n // 3:] = c[0] if n > 3 else c[n // 3:]  # ties
+                        q = torch.randint(0, 256, (nq, nbytes), generator=g, dtype=torch.uint8)
+                        allow = torch.rand(n, generator=g) < 0.4
+                        for a in (None, allow):
+                            if k > 2048:
+                                continue
+                            d, i = ops.hamming_topk(c.to(dev), q.to(dev), k,
+                                                    None if a is None else a.to(dev), backend=backend)
+                            dr, ir = reference.hamming_topk(c.numpy(), q.numpy(), k,
+                                                            None if a is None else a.numpy())
+                            if not (np.array_equal(d.cpu().numpy(), dr) and np.array_equal(i.cpu().numpy(), ir)):
+                                ok_all, bad = False, f"n={n} B={nbytes} Q={nq} k={k} allow={a is not None}"
+        check("hamming", backend, ok_all, bad)
+
+    n = 1_000_000 if quick else 10_000_000
+    codes = torch.randint(0, 256, (n, 128), dtype=torch.uint8, device=dev)
+    targets = {1: 0.6, 16: 1.5}
+    for nq in (1, 16):
+        q = torch.randint(0, 256, (nq, 128), dtype=torch.uint8, device=dev)
+        ours = H.cuda_timeit(lambda: ops.hamming_topk(codes, q, 10, backend="cuda"))["median_ms"]
+        tri = H.cuda_timeit(lambda: ops.hamming_topk(codes, q, 10, backend="triton"), repeats=5)["median_ms"]
+        c64, q64 = codes.view(torch.int64), q.view(torch.int64)
+        if nq == 1:
+            base = H.cuda_timeit(lambda: torch_hamming_baseline(c64, q64, 10), repeats=5)["median_ms"]
+        else:  # the [Q, N, W] intermediate does not fit at once: chunk queries
+            base = H.cuda_timeit(lambda: [torch_hamming_baseline(c64, q64[j:j + 4], 10)
+                                          for j in range(0, nq, 4)], repeats=3)["median_ms"]
+        case = f"{n // 1_000_000}M x 1024b q={nq} k=10"
+        record("hamming", case, ours, "torch bit tricks", base, targets[nq])
+        record("hamming", case, tri, "torch bit tricks", base, None, impl="triton")
+        try:
+            import cupy as cp
+
+            if nq == 1:
+                cc, cq = cp.asarray(codes), cp.asarray(q)
+
+                def cupy_run():
+                    d = cp.bitwise_count(cc ^ cq).sum(axis=1, dtype=cp.int32)
+                    cp.argpartition(d, 10)[:10]
+
+                cb = H.cuda_timeit(cupy_run, repeats=5)["median_ms"]
+                record("hamming", case, ours, "cupy bitwise_count", cb, targets[nq])
+        except Exception as e:  # CuPy is optional
+            print("  (cupy baseline skipped:", type(e).__name__, e, ")")
+    del codes
+    torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- dense / elastic
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+# --------------------------------------------------------------------------- lowrank_sparse
+
+
+SECTIONS = {
+    "hamming": section_hamming,
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--only", default="", help="comma-separated section names")
+    p.add_argument("--quick", action="store_true", help="smaller sizes")
+    args = p.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_suite: no CUDA device; nothing to do")
+        return 0
+    import nestvec
+
+    print(nestvec.info())
+    names = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    t_all = time.time()
+    for name in names:
+        t0 = time.time()
+        print(f"== {name}", flush=True)
+        try:
+            SECTIONS[name](quick=args.quick)
+        except Exception as e:
+            traceback.print_exc()
+            check(name, "-", False, f"section crashed: {type(e).__name__}: {e}")
+        print(f"== {name} done in {time.time() - t0:.1f}s", flush=True)
+    meta = {"seconds": time.time() - t_all, "checks": CHECKS}
+    H.save("gpu_suite", ROWS, meta)
+    if os.environ.get("OUT"):
+        H.save("gpu_suite", ROWS, meta, out_dir=Path(os.environ["OUT"]))
+    print("\nCorrectness:")
+    print(H.markdown_table(CHECKS, ["op", "backend", "ok", "detail"]))
+    print("\nTimings (median ms):")
+    print(H.markdown_table(ROWS, ["op", "case", "impl", "ours_ms", "baseline", "baseline_ms",
+                                  "speedup", "target_ms", "meets"]))
+    return 0 if all(c["ok"] for c in CHECKS) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
