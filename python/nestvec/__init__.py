@@ -7,3 +7,7 @@ from .ops import hamming_topk  # noqa: E402
 from .quant import binarize  # noqa: E402
 
 __all__ = ["info", "hamming_topk", "binarize", "__version__"]
+
+from .collection import Collection, CollectionNotFound, LockError, field, open  # noqa: E402,A004
+
+__all__ += ["Collection", "open", "field", "LockError", "CollectionNotFound"]
