@@ -46,7 +46,8 @@ class DeviceCache:
         self.device = device
         self._transfer = transfer or self._to_device
         self._items: dict = {}
-        self.transfers = 0
+        self.transfers = 0  # cache misses: segment arrays copied to the device
+        self.temporaries = 0  # per-search arrays (filter masks, candidate lists)
 
     def _to_device(self, array):
         import torch
@@ -65,8 +66,8 @@ class DeviceCache:
         return hit
 
     def put_temporary(self, array):
-        """A per-query array (a filter mask): transferred, never cached."""
-        self.transfers += 1
+        """A per-search array (a filter mask): transferred, never cached."""
+        self.temporaries += 1
         return self._transfer(array)
 
     def retain(self, keys) -> None:
