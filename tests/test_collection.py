@@ -379,3 +379,26 @@ def test_readonly_refresh_invalidates_cache(tmp_path):
     r.refresh()
     assert r._caches["cpu"].keys() == set()
     assert r.search(x[:2], k=4, device="cpu").equals(col.search(x[:2], k=4))
+
+
+def test_planner_uses_registered_dense_backend(monkeypatch):
+    """Once the native dense backend is registered, the planner calls it (zero-copy,
+    candidates passed through) and gives the same answer as the reference fallback."""
+    import nestvec.ops as ops
+
+    if ops._C is None:
+        pytest.skip("no native module")
+    col, x, ids = _make(None, n=200, segments=2)
+    q = clustered(3, D, 12)
+    want = {m: col.search(q, k=5, mode=m, rescore=4) for m in ("flat", "funnel")}
+    calls = []
+
+    def fake_cpu(db, dt, queries, k, dim, metric, allow, candidates):
+        calls.append((db.shape, candidates is not None))
+        return ops._dense_reference(db, dt, queries, k, dim, metric, allow, candidates)
+
+    monkeypatch.setitem(ops._DENSE_BACKENDS, "cpu", fake_cpu)
+    monkeypatch.delenv("NESTVEC_BACKEND", raising=False)
+    for m, t in want.items():
+        assert col.search(q, k=5, mode=m, rescore=4).equals(t)
+    assert (col._segs[0].vectors.shape, True) in calls and (col._segs[0].vectors.shape, False) in calls

@@ -28,9 +28,24 @@ def dense(db, queries, k, dim, metric, allow=None, candidates=None):
     """dense_topk on the fastest registered backend for where ``db`` lives. Until the
     native dense backends are merged, host data falls back to the reference."""
     be = ops.resolve_backend("auto", db)
-    backend = "auto" if (be == "reference" or be in ops._DENSE_BACKENDS) else "reference"
+    if be != "reference" and be not in ops._DENSE_BACKENDS:
+        if candidates is not None and not ck.is_torch(db):
+            return _dense_gathered(db, queries, k, dim, metric, allow, candidates)
+        be = "reference"
     return ops.dense_topk(db, queries, k, dim=dim, metric=metric, allow=allow,
-                          candidates=candidates, backend=backend)
+                          candidates=candidates, backend="auto" if be != "reference" else be)
+
+
+def _dense_gathered(db, queries, k, dim, metric, allow, candidates):
+    """Reference fallback for rescoring: the reference scores every row, so hand it
+    only the candidate rows (sorted, so ties still break by original index)."""
+    cand = np.asarray(candidates)
+    rows = np.unique(cand[cand >= 0])
+    local = np.where(cand >= 0, np.searchsorted(rows, np.maximum(cand, 0)), -1)
+    sub_allow = None if allow is None else np.asarray(allow)[rows]
+    s, i = ops.dense_topk(db[rows], queries, k, dim=dim, metric=metric, allow=sub_allow,
+                          candidates=local, backend="reference")
+    return s, np.where(i >= 0, rows[np.maximum(i, 0)], -1)
 
 
 # --------------------------------------------------------------------------- device cache
