@@ -257,7 +257,7 @@ class Collection:
         if not parts:
             return self._empty_table(cols)
         t = pa.concat_tables(parts)
-        order = np.argsort(pc.index_in(t.column("id"), value_set=arr).to_numpy(zero_copy_only=False),
+        order = np.argsort(st.primitive_view(pc.index_in(t.column("id"), value_set=arr), np.int32),
                            kind="stable")
         return t.take(pa.array(order))
 

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .storage import primitive_view
+
 # Columns a filter may not see: vectors and codes are not metadata.
 HIDDEN = ("vector", "code")
 
@@ -69,10 +71,15 @@ def _eval_expression(expr: pc.Expression, table: pa.Table) -> np.ndarray:
 
 
 def _bool_mask(arr) -> np.ndarray:
+    """Arrow boolean (nulls = False) -> NumPy bool, from the bitmap (no pandas import)."""
     arr = pc.fill_null(arr, False)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-    return arr.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+    return np.unpackbits(bits, count=arr.offset + n, bitorder="little")[arr.offset:].astype(bool)
 
 
 def _duckdb():
@@ -106,7 +113,7 @@ def _eval_sql(sql: str, table: pa.Table) -> np.ndarray:
             raise ValueError(f"filter: invalid SQL condition {sql!r}: {e}") from None
     finally:
         con.close()
-    rows = table.column("_row").to_numpy()
+    rows = primitive_view(table.column("_row"), np.int64)
     mask = np.zeros(len(rows), dtype=bool)
     if len(hit):
         mask[np.searchsorted(rows, np.sort(hit))] = True
