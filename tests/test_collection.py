@@ -402,3 +402,28 @@ def test_planner_uses_registered_dense_backend(monkeypatch):
     for m, t in want.items():
         assert col.search(q, k=5, mode=m, rescore=4).equals(t)
     assert (col._segs[0].vectors.shape, True) in calls and (col._segs[0].vectors.shape, False) in calls
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_selective_filter_gather_path(where, device):
+    """Below GATHER_FRACTION allowed rows, flat search scores a compact copy of them;
+    the answer is the same as the masked full scan."""
+    from nestvec.collection import planner
+
+    if device:
+        pytest.importorskip("torch")
+    col, x, ids = _make(where, n=400, segments=2)
+    q = clustered(4, D, 13)
+    flt = (nv.field("year") == 2003) & (nv.field("lang") != "de")  # ~2.7% of rows
+    frac = col.count(filter=flt) / 400
+    assert 0 < frac < planner.GATHER_FRACTION
+    got = col.search(q, k=6, mode="flat", filter=flt, device=device)
+    old = planner.GATHER_FRACTION
+    try:
+        planner.GATHER_FRACTION = 0.0
+        assert col.search(q, k=6, mode="flat", filter=flt, device=device).equals(got)
+    finally:
+        planner.GATHER_FRACTION = old
+    meta = _meta(400)
+    allow = (np.array(meta["year"]) == 2003) & (np.array(meta["lang"]) != "de")
+    assert_same_hits(per_query(got), oracle(x, ids, q, 6, allow=allow))

@@ -22,6 +22,8 @@ from ..quant import binarize
 
 MODES = ("auto", "flat", "binary", "funnel")
 MAX_K = ops.DENSE_MAX_K_CPU
+# flat search copies the allowed rows out when fewer than this fraction are allowed
+GATHER_FRACTION = 0.05
 
 
 def dense(db, queries, k, dim, metric, allow=None, candidates=None):
@@ -132,6 +134,14 @@ def resolve_mode(req: Request, n_allowed: int) -> str:
     return req.mode
 
 
+def _take_rows(vec, rows):
+    if ck.is_torch(vec):
+        import torch
+
+        return vec.index_select(0, torch.from_numpy(rows).to(vec.device))
+    return vec[rows]
+
+
 def _host(x):
     if ck.is_torch(x):
         return x.detach().cpu().numpy()
@@ -221,8 +231,16 @@ class Planner:
         r = self.req
         parts = []
         for i in self._active():
-            s, idx = dense(self._vec(i), queries, min(r.k, self.counts[i]), r.dim, r.metric,
-                           allow=self._allow(i))
+            kk = min(r.k, self.counts[i])
+            if self.masks[i] is not None and self.counts[i] < GATHER_FRACTION * self.segments[i].n:
+                # a selective filter: score a compact copy of the allowed rows instead of
+                # streaming the whole segment (ascending rows keep the tie order)
+                rows = np.flatnonzero(self.masks[i])
+                s, idx = dense(_take_rows(self._vec(i), rows), queries, kk, r.dim, r.metric)
+                idx = _host(idx)
+                idx = np.where(idx >= 0, rows[np.maximum(idx, 0)], -1)
+            else:
+                s, idx = dense(self._vec(i), queries, kk, r.dim, r.metric, allow=self._allow(i))
             parts.append((self.segments[i].offset, i, s, idx))
         return _merge(parts, r.k, r.metric != "l2", nq)
 
