@@ -31,6 +31,10 @@ def dense(db, queries, k, dim, metric, allow=None, candidates=None):
     native dense backends are merged, host data falls back to the reference."""
     be = ops.resolve_backend("auto", db)
     if be != "reference" and be not in ops._DENSE_BACKENDS:
+        if ck.device_of(db) != "cpu":
+            raise RuntimeError(f"dense_topk has no {be!r} backend in this build yet, so flat/funnel "
+                               f"search cannot run on {ck.device_of(db)}; use mode='binary' there, or "
+                               f"search with host queries")
         if candidates is not None and not ck.is_torch(db):
             return _dense_gathered(db, queries, k, dim, metric, allow, candidates)
         be = "reference"
