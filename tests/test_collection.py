@@ -427,3 +427,22 @@ def test_selective_filter_gather_path(where, device):
     meta = _meta(400)
     allow = (np.array(meta["year"]) == 2003) & (np.array(meta["lang"]) != "de")
     assert_same_hits(per_query(got), oracle(x, ids, q, 6, allow=allow))
+
+
+def test_generated_ids_never_collide(where):
+    col = nv.Collection.create(where, dim=D)
+    x = clustered(30, D, 14)
+    col.add(x[:10], ids=[5, 6, 100, 7, 8, 9, 10, 11, 12, 13])
+    gen = col.add(x[10:20]).to_pylist()
+    assert min(gen) == 101 and len(set(gen)) == 10
+    col.delete(ids=[100])
+    assert min(col.add(x[20:30]).to_pylist()) == 111  # not reused after a delete either
+    assert col.count() == 29
+
+
+def test_fully_deleted_segment_is_dropped(where):
+    col, x, ids = _make(where, n=90, segments=3)
+    col.delete(ids=ids[30:60].tolist())
+    assert len(col._segs) == 2 and col.count() == 60
+    assert col.search(x[40], k=60, mode="flat").num_rows == 60
+    assert 400 not in col.search(x[40], k=60, mode="flat").column("id").to_pylist()

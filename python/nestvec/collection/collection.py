@@ -84,9 +84,12 @@ class Collection:
                 raise FileExistsError(f"{str(path)!r} already holds a collection; use nestvec.open()")
             store.init_dirs()
             store.acquire()
+            if store.exists():  # another process created it while we waited for the lock
+                store.release()
+                raise FileExistsError(f"{str(path)!r} already holds a collection; use nestvec.open()")
         m = {"format": st.FORMAT, "version": 0, "dim": dim, "dtype": dtype, "metric": metric,
              "binary": bool(binary), "id_type": id_type, "schema": {f.name: str(f.type) for f in user},
-             "schema_ipc": _schema_b64(user), "segments": [], "next_row": 0, "rows": 0,
+             "schema_ipc": _schema_b64(user), "segments": [], "next_row": 0, "next_id": 0, "rows": 0,
              "created": time.time(), "op": "create"}
         try:
             store.write_manifest(m)
@@ -404,7 +407,8 @@ class Collection:
         if ids is None:
             if need_ids:
                 raise ValueError("ids: upsert needs ids")
-            start = self._m["next_row"]
+            # generated int ids start above every int id ever added: never a collision
+            start = self._m.get("next_id", self._m["next_row"])
             arr = pa.array([uuid.uuid4().hex for _ in range(n)], pa.string()) if id_type == "string" \
                 else pa.array(np.arange(start, start + n, dtype=np.int64))
         else:
@@ -496,18 +500,21 @@ class Collection:
                 s = by_name[e["name"]]
                 prev = s.rows[~s.live] if s.live is not None else np.zeros(0, np.int64)
                 rows = np.union1d(prev, deletions[e["name"]]).astype(np.int64)
-                e["deletions"] = store.write_deletions(e["name"], v, rows)
                 e["deleted"] = int(len(rows))
+                if e["deleted"] == e["rows"]:
+                    continue  # every row deleted: the new version drops the segment
+                e["deletions"] = store.write_deletions(e["name"], v, rows)
             entries.append(e)
-        next_row = old["next_row"]
+        next_row, next_id = old["next_row"], old.get("next_id", 0)
         for t in tables:
+            if id_type == "int64" and t.num_rows:
+                next_id = max(next_id, int(pc.max(t.column("id")).as_py()) + 1)
             name = store.write_segment(t)
             entries.append({"name": name, "rows": t.num_rows, "deleted": 0, "deletions": None,
                             "first_row": next_row, "last_row": next_row + t.num_rows - 1})
             next_row += t.num_rows
-        entries = [e for e in entries if e["rows"] > e["deleted"]]  # fully deleted: drop
         store.sync_data()
-        m = dict(old, version=v, segments=entries, next_row=next_row, id_type=id_type, op=op,
+        m = dict(old, version=v, segments=entries, next_row=next_row, next_id=next_id, id_type=id_type, op=op,
                  created=time.time(), rows=int(sum(e["rows"] - e["deleted"] for e in entries)))
         store.write_manifest(m)
         store.set_latest(v)  # the commit point
