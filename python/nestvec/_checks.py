@@ -31,7 +31,7 @@ def as_array_like(x, name: str):
     """NumPy arrays and torch tensors pass through; lists and scalars become NumPy."""
     if isinstance(x, np.ndarray) or is_torch(x):
         return x
-    if isinstance(x, (list, tuple)) or np.isscalar(x):
+    if isinstance(x, (list, tuple)) or (np.isscalar(x) and not isinstance(x, (str, bytes))):
         return np.asarray(x)
     raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {type(x).__name__}")
 

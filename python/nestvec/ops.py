@@ -97,7 +97,7 @@ def _like(out: np.ndarray, template):
 
 def _row_contiguous(x, name: str):
     """Rows may be strided (a view of a larger table); each row must be contiguous."""
-    if x.ndim == 2 and x.shape[1] > 1:
+    if x.ndim == 2 and x.shape[1] > 1 and x.shape[0] > 0:
         inner = x.stride(1) if ck.is_torch(x) else x.strides[1] // x.itemsize
         if inner != 1:
             raise ValueError(f"{name}: each row must be contiguous in memory (last-dimension "

@@ -1,0 +1,70 @@
+"""Bad input: a clear TypeError / ValueError naming the argument, never a crash."""
+import numpy as np
+import pytest
+
+import nestvec.ops as ops
+
+C = np.zeros((10, 4), dtype=np.uint8)
+Q = np.zeros((2, 4), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(codes=np.zeros(10, np.uint8)), ValueError, "codes"),
+    (dict(codes=np.zeros((10, 4, 1), np.uint8)), ValueError, "codes"),
+    (dict(codes=np.zeros((10, 4), np.float32)), TypeError, "codes"),
+    (dict(queries=np.zeros((2, 4), np.int8)), TypeError, "queries"),
+    (dict(queries=np.zeros((2, 5), np.uint8)), ValueError, "queries"),
+    (dict(queries=np.zeros((2, 2, 4), np.uint8)), ValueError, "queries"),
+    (dict(k=0), ValueError, "k"),
+    (dict(k=-3), ValueError, "k"),
+    (dict(k=2.5), TypeError, "k"),
+    (dict(k=True), TypeError, "k"),
+    (dict(allow=np.ones(9, bool)), ValueError, "allow"),
+    (dict(allow=np.ones((10, 1), bool)), ValueError, "allow"),
+    (dict(allow=np.ones(10, np.float32)), TypeError, "allow"),
+    (dict(allow=np.ones(3, np.uint8)), ValueError, "allow"),
+    (dict(codes=np.zeros((10, 0), np.uint8), queries=np.zeros((2, 0), np.uint8)), ValueError, "codes"),
+    (dict(codes=np.zeros((4, 10), np.uint8).T), ValueError, "codes"),  # non-contiguous rows
+    (dict(backend="gpu"), ValueError, "backend"),
+    (dict(codes="abc"), TypeError, "codes"),
+])
+def test_hamming_bad_input(kwargs, exc, match):
+    args = dict(codes=C, queries=Q, k=3)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        ops.hamming_topk(**args)
+
+
+def test_wrong_device_never_copies():
+    if not ops.cuda_compiled():
+        pytest.skip("CUDA not compiled")
+    with pytest.raises(ValueError, match="codes"):
+        ops.hamming_topk(C, Q, 3, backend="cuda")
+
+
+def test_triton_needs_tensor(monkeypatch):
+    with pytest.raises(TypeError, match="codes"):
+        ops.hamming_topk(C, Q, 3, backend="triton")
+    torch = pytest.importorskip("torch")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="codes"):
+        ops.hamming_topk(torch.from_numpy(C), torch.from_numpy(Q), 3, backend="triton")
+
+
+def test_mixed_containers_device_check():
+    torch = pytest.importorskip("torch")
+    # NumPy codes with torch CPU queries is fine (both on host).
+    ops.hamming_topk(C, torch.from_numpy(Q), 3)
+
+
+def test_native_binding_rejects_bad_buffers():
+    if ops._C is None:
+        pytest.skip("no native module")
+    out_d = np.empty((2, 3), np.int32)
+    out_i = np.empty((2, 3), np.int64)
+    with pytest.raises(ValueError):
+        ops._C.hamming_topk(C, np.zeros((2, 5), np.uint8), 3, None, out_d, out_i)
+    with pytest.raises(ValueError):
+        ops._C.hamming_topk(C, Q, 3, np.ones(4, np.uint8), out_d, out_i)
+    with pytest.raises(ValueError):
+        ops._C.hamming_topk(C, Q, 4, None, out_d, out_i)
