@@ -106,10 +106,7 @@ def test_crash_a_few(tmp_path):
 
 
 @pytest.mark.slow
-def test_crash_many(tmp_path, request):
-    # the default run (no -m) skips it; `-m slow` or NESTVEC_SLOW=1 runs it
-    if "slow" not in (request.config.getoption("markexpr") or "") and not os.environ.get("NESTVEC_SLOW"):
-        pytest.skip("slow: run with -m slow (or NESTVEC_SLOW=1)")
+def test_crash_many(tmp_path):
     committed = crash_trials(str(tmp_path / "crash"), trials=25, seed=2)
     assert committed > 5
 
