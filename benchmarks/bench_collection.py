@@ -207,6 +207,7 @@ def main(argv=None):
     ap.add_argument("--dir", default=None, help="where to build the data (default: a temp dir)")
     ap.add_argument("--no-lance", action="store_true")
     ap.add_argument("--name", default="collection")
+    ap.add_argument("--note", default="", help="free text saved in the JSON meta")
     args = ap.parse_args(argv)
 
     root = args.dir or tempfile.mkdtemp(prefix="bench_collection_")
@@ -232,7 +233,7 @@ def main(argv=None):
             shutil.rmtree(root, ignore_errors=True)
     vec_mb = args.n * args.d * 2 / 2**20
     meta = {"n": args.n, "d": args.d, "k": args.k, "dtype": "float16", "binary": True, "chunk": args.chunk,
-            "dense_backend": dense_backend, "vector_bytes_mb": vec_mb, "rescore": 10}
+            "dense_backend": dense_backend, "vector_bytes_mb": vec_mb, "rescore": 10, "note": args.note}
     cols = ["system", "case", "batch", "median_ms", "min_ms", "recall@10", "rows_per_s", "open_ms",
             "rss_open_mb", "rss_after_search_mb"]
     print(f"n={args.n} d={args.d} float16 (vectors {vec_mb:.0f} MiB), k={args.k}, dense backend: {dense_backend}")

@@ -390,6 +390,7 @@ def test_planner_uses_registered_dense_backend(monkeypatch):
         pytest.skip("no native module")
     col, x, ids = _make(None, n=200, segments=2)
     q = clustered(3, D, 12)
+    monkeypatch.delitem(ops._DENSE_BACKENDS, "cpu", raising=False)  # the reference fallback
     want = {m: col.search(q, k=5, mode=m, rescore=4) for m in ("flat", "funnel")}
     calls = []
 
