@@ -303,7 +303,8 @@ def test_storage_layout_and_zero_copy(tmp_path):
     latest = int(open(os.path.join(p, "LATEST")).read())
     m = json.load(open(os.path.join(p, "manifests", f"{latest}.json")))
     assert m["dim"] == D and m["dtype"] == "float16" and len(m["segments"]) == 2
-    assert m["segments"][0]["deletions"] == f"{m['segments'][0]['name']}.{latest}.arrow"
+    assert m["segments"][0]["deletions"] == m["segments"][0]["name"].replace(".arrow", f".{latest}.arrow")
+    assert os.path.exists(os.path.join(p, "deletions", m["segments"][0]["deletions"]))
     seg_file = os.path.join(p, "segments", m["segments"][0]["name"])
     with pa.memory_map(seg_file) as f:
         reader = pa.ipc.open_file(f)  # IPC *file* format, uncompressed

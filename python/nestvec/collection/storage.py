@@ -164,6 +164,7 @@ class DirStore:
         for d in ("manifests", "segments", "deletions"):
             os.makedirs(self._p(d), exist_ok=True)
         fsync_dir(self.path)
+        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
     def acquire(self) -> None:
         if self.lock is None:
@@ -184,7 +185,7 @@ class DirStore:
         return read_ipc(self._p("segments", name))
 
     def write_deletions(self, segment: str, version: int, rows: np.ndarray) -> str:
-        name = f"{segment}.{version}.arrow"
+        name = deletion_name(segment, version)
         write_ipc(self._p("deletions", name), pa.table({"_row": pa.array(rows, pa.int64())}))
         return name
 
@@ -266,6 +267,12 @@ class DirStore:
         return sorted(out)
 
 
+def deletion_name(segment: str, version: int) -> str:
+    """``deletions/<segment uuid>.<version>.arrow``."""
+    stem = segment[:-len(".arrow")] if segment.endswith(".arrow") else segment
+    return f"{stem}.{int(version)}.arrow"
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -308,7 +315,7 @@ class MemoryStore:
         return self.segments[name]
 
     def write_deletions(self, segment: str, version: int, rows: np.ndarray) -> str:
-        name = f"{segment}.{version}.arrow"
+        name = deletion_name(segment, version)
         self.deletions[name] = np.asarray(rows, dtype=np.int64).copy()
         return name
 
