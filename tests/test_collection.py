@@ -284,6 +284,7 @@ def test_auto_mode(where):
     q = x[:2]
     assert col.search(q, k=5, mode="auto", rescore=10).equals(col.search(q, k=5, mode="funnel", rescore=10))
     assert col.search(q, k=5, mode="auto", rescore=100).equals(col.search(q, k=5, mode="flat"))
+    assert col.search(q, k=500, mode="auto", rescore=10).equals(col.search(q, k=500, mode="flat"))
     nob = nv.Collection.create(None, dim=D, binary=False)
     nob.add(x[:50])
     assert nob.search(q, k=3).num_rows == 6
@@ -448,3 +449,14 @@ def test_fully_deleted_segment_is_dropped(where):
     assert len(col._segs) == 2 and col.count() == 60
     assert col.search(x[40], k=60, mode="flat").num_rows == 60
     assert 400 not in col.search(x[40], k=60, mode="flat").column("id").to_pylist()
+
+
+def test_sql_filters_everywhere(where):
+    col, x, ids = _make(where, n=90, segments=2)
+    assert col.count(filter="lang = 'fr' AND year >= 2010") == col.count(
+        filter=(nv.field("lang") == "fr") & (nv.field("year") >= 2010))
+    assert col.to_table(filter="id < 50").column("id").to_pylist() == [0, 10, 20, 30, 40]
+    assert col.delete(filter="score0 < 2.0") == 4
+    assert col.count() == 86 and col.get([0, 10, 20, 30, 40]).column("id").to_pylist() == [40]
+    with pytest.raises(ValueError, match="';'"):
+        col.count(filter="1=1; DROP TABLE t")

@@ -140,7 +140,7 @@ def test_delete_rejects(col):
     (dict(q=np.ones(D), dim=D + 1), ValueError, "dim"),
     (dict(q=np.ones(D), mode="hnsw"), ValueError, "mode"),
     (dict(q=np.ones(D), rescore=0), ValueError, "rescore"),
-    (dict(q=np.ones(D), k=100, rescore=100), ValueError, "shortlist"),
+    (dict(q=np.ones(D), k=100, rescore=100, mode="funnel"), ValueError, "shortlist"),
     (dict(q=np.ones(D), columns=["nope"]), ValueError, "unknown"),
     (dict(q=np.ones(5), dim=5, mode="binary"), ValueError, "dim % 8"),
     (dict(q=np.ones((0, D))), ValueError, "at least one"),

@@ -301,7 +301,7 @@ class Collection:
         self._check_open()
         if self._pinned:
             raise PermissionError(f"this handle is pinned to version {self.version}")
-        if self._store.persistent and self._read_only:
+        if self._store.persistent and self._read_only and self._store.latest() != self.version:
             m, segs = st.read_snapshot(self._store, None)
             self._set_snapshot(m, segs)
         return self.version
@@ -345,7 +345,7 @@ class Collection:
         rescore = vd.positive_int(rescore, "rescore")
         d_full = self.dim
         dim = d_full if dim is None else vd.positive_int(dim, "dim", d_full)
-        if mode in ("funnel", "auto") and self.binary and k * rescore > MAX_K:
+        if mode == "funnel" and k * rescore > MAX_K:
             raise ValueError(f"rescore: the shortlist k*rescore = {k * rescore} exceeds {MAX_K}")
         cols = self._columns(columns, [])
         dev = self._device(q, device)
@@ -443,8 +443,9 @@ class Collection:
             vectors: ``[n, D]`` (or one ``[D]``) NumPy / list / torch; finite; no
                 zero rows under cosine; values must fit the storage dtype.
             ids: ``n`` unique int64 or str ids, not already present (use
-                :meth:`upsert` to replace); default: the row numbers (int64
-                collections) or random hex strings (string collections).
+                :meth:`upsert` to replace); default: consecutive ints above the
+                largest int id ever added (int64 collections) or random hex
+                strings (string collections).
             metadata: dict of columns, pyarrow Table/RecordBatch or pandas
                 DataFrame; columns from the schema only, missing ones are null.
 

@@ -130,8 +130,10 @@ def resolve_mode(req: Request, n_allowed: int) -> str:
     if req.mode == "auto":
         if not req.binary:
             return "flat"
-        # a shortlist that covers every allowed row is just flat search, done cheaper
-        return "funnel" if n_allowed > req.k * req.rescore else "flat"
+        # a shortlist that covers every allowed row is just flat search, done cheaper;
+        # a shortlist beyond the kernels' k limit falls back to exact flat search too
+        short = req.k * req.rescore
+        return "funnel" if n_allowed > short and short <= MAX_K else "flat"
     if req.mode in ("binary", "funnel") and not req.binary:
         raise ValueError(f"mode={req.mode!r} needs binary codes; this collection was created "
                          f"with binary=False (use mode='flat')")
