@@ -4,10 +4,12 @@ always sees one complete version."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -32,6 +34,8 @@ WRITER = textwrap.dedent(f"""
     path, start = sys.argv[1], int(sys.argv[2])
     M, D = {M}, {D}
     col = nv.open(path)
+    import pyarrow as pa
+    pa.array(np.zeros(1))  # first-use imports (pyarrow loads pandas) before the clock starts
     print("ready", flush=True)
     i = start
     while True:
@@ -51,6 +55,38 @@ def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+class Lines:
+    """A child's stdout lines, read by a thread (a pipe read can't time out)."""
+
+    def __init__(self, p):
+        self.p, self.q = p, queue.Queue()
+        self.t = threading.Thread(target=self._pump, daemon=True)
+        self.t.start()
+
+    def _pump(self):
+        for line in self.p.stdout:
+            self.q.put(line.strip())
+        self.q.put(None)
+
+    def next(self, timeout=60.0) -> str:
+        try:
+            line = self.q.get(timeout=timeout)
+        except queue.Empty:
+            self.p.kill()
+            raise AssertionError(f"child said nothing for {timeout} s") from None
+        assert line is not None, f"child exited: {self.p.stderr.read()}"
+        return line
+
+    def rest(self) -> list:
+        self.t.join(timeout=30)
+        out = []
+        while True:
+            line = self.q.get_nowait() if not self.q.empty() else None
+            if line is None:
+                return out
+            out.append(line)
 
 
 def check_batches(col, contiguous=True):
@@ -79,12 +115,18 @@ def crash_trials(path, trials, seed):
     for trial in range(trials):
         p = subprocess.Popen([sys.executable, "-c", WRITER, path, str(committed)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=_env())
-        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        lines = Lines(p)
+        assert lines.next() == "ready"
+        first = []
+        if rng.random() < 0.7:  # mostly let one batch land first, so the log keeps growing
+            first.append(lines.next())
         time.sleep(rng.uniform(0.0, 0.25))
         p.send_signal(signal.SIGKILL)
-        out, err = p.communicate(timeout=30)
+        p.wait(timeout=30)
+        acked = [int(s) for s in first + lines.rest()]
+        err = p.stderr.read()
+        p.stdout.close(), p.stderr.close()
         assert p.returncode == -signal.SIGKILL, err
-        acked = [int(s) for s in out.split()]
         with nv.open(path) as col:  # the dead writer's lock is gone
             present = check_batches(col)
             assert set(acked) <= set(present), (acked, present)
@@ -97,6 +139,7 @@ def crash_trials(path, trials, seed):
                 old = nv.open(path, version=v["version"])
                 assert old.count() % M == 0 and old.count() == v["rows"]
                 old.close()
+            print(f"trial {trial}: {len(acked)} acked, {len(present) - committed} new batches visible")
             committed = len(present)
     return committed
 
