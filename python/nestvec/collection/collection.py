@@ -427,9 +427,7 @@ class Collection:
                 "id": arr.cast(pa.string() if id_type == "string" else pa.int64()),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), d)}
         if self.binary:
-            from ..quant import binarize
-
-            codes = np.ascontiguousarray(binarize(vec))
+            codes = np.ascontiguousarray(vd.sign_codes(vec))
             nb = (d + 7) // 8
             cols["code"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(nb), n,
                                                                [None, pa.py_buffer(codes.tobytes())])

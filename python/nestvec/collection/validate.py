@@ -78,6 +78,10 @@ def to_host_float(x, name: str) -> np.ndarray:
     return x
 
 
+_BITS = {np.dtype(np.float16): (np.uint16, 0x7C00, 0x7FFF, 0x8000),
+         np.dtype(np.float32): (np.uint32, 0x7F800000, 0x7FFFFFFF, 0x80000000)}
+
+
 def vectors(x, dim: int, dtype: str, metric: str) -> np.ndarray:
     """Validated ``[n, dim]`` array in the storage dtype."""
     x = to_host_float(x, "vectors")
@@ -86,21 +90,36 @@ def vectors(x, dim: int, dtype: str, metric: str) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"vectors: expected shape [n, {dim}] (or one [{dim}] vector), got "
                          f"{list(x.shape)}")
-    bad = ~np.isfinite(x).all(axis=1) if x.dtype.kind == "f" else np.zeros(len(x), bool)
-    if bad.any():
-        raise ValueError(f"vectors: row {int(np.flatnonzero(bad)[0])} contains NaN or infinity")
+    dt = np.dtype(dtype)
+    if x.dtype.kind == "f" and x.dtype != dt:
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(f"vectors: row {int(np.flatnonzero(bad)[0])} contains NaN or infinity")
     with np.errstate(over="ignore"):
-        xs = np.ascontiguousarray(x, dtype=np.dtype(dtype))
-    bad = ~np.isfinite(xs).all(axis=1)
+        xs = np.ascontiguousarray(x, dtype=dt)
+    # checks on the bit patterns: NumPy's float16 arithmetic is emulated and slow
+    utype, exp_mask, mag_mask, _ = _BITS[dt]
+    u = xs.view(utype)
+    bad = ((u & exp_mask) == exp_mask).any(axis=1)
     if bad.any():
-        raise ValueError(f"vectors: row {int(np.flatnonzero(bad)[0])} overflows {dtype} "
-                         f"(|value| > {float(np.finfo(xs.dtype).max):g})")
+        row = int(np.flatnonzero(bad)[0])
+        if x.dtype == dt or not np.isfinite(x[row]).all():
+            raise ValueError(f"vectors: row {row} contains NaN or infinity")
+        raise ValueError(f"vectors: row {row} overflows {dtype} (|value| > {float(np.finfo(dt).max):g})")
     if metric == "cosine" and len(xs):
-        zero = ~(xs != 0).any(axis=1)
+        zero = ~((u & mag_mask) != 0).any(axis=1)
         if zero.any():
             raise ValueError(f"vectors: row {int(np.flatnonzero(zero)[0])} is all zeros; a zero vector "
                              f"has no direction under metric='cosine'")
     return xs
+
+
+def sign_codes(xs: np.ndarray) -> np.ndarray:
+    """``quant.binarize`` of validated (finite) storage vectors, on the bit patterns:
+    ``x > 0`` <=> sign bit clear and not +0."""
+    utype, _, _, sign = _BITS[xs.dtype]
+    u = xs.view(utype)
+    return np.packbits((u < sign) & (u != 0), axis=-1)
 
 
 def queries(q, dim_full: int, dim: int, metric: str):
