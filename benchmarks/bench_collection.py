@@ -75,6 +75,7 @@ from bench_collection import rss_mb
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "nestvec":
     import nestvec as nv
+    import nestvec.collection  # module imports are not part of open()
     import numpy as np
     r0 = rss_mb(); t0 = time.perf_counter()
     c = nv.open(path, read_only=True)
