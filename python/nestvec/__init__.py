@@ -7,3 +7,14 @@ from .ops import hamming_topk  # noqa: E402
 from .quant import binarize  # noqa: E402
 
 __all__ = ["info", "hamming_topk", "binarize", "__version__"]
+
+_COLLECTION_API = ("Collection", "open", "field", "LockError", "CollectionNotFound")
+__all__ += list(_COLLECTION_API)
+
+
+def __getattr__(name):  # the collection API pulls in pyarrow: load it on first use
+    if name in _COLLECTION_API:
+        from . import collection
+
+        return getattr(collection, name)
+    raise AttributeError(f"module 'nestvec' has no attribute {name!r}")
