@@ -45,8 +45,7 @@ void run(const void* base, int64_t tstride, const int32_t* tok, const float* w, 
       w0 = _mm512_set1_ps(w[i]), w1 = _mm512_set1_ps(w[i + 1]);
       w2 = _mm512_set1_ps(w[i + 2]), w3 = _mm512_set1_ps(w[i + 3]);
     }
-    for (int64_t j = 0; j < d; j += 16) {
-      const __mmask16 m = d - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (d - j)) - 1);
+    auto step = [&](int64_t j, __mmask16 m) {
       const __m512 x0 = load16<DT>(r0, j, m), x1 = load16<DT>(r1, j, m);
       const __m512 x2 = load16<DT>(r2, j, m), x3 = load16<DT>(r3, j, m);
       __m512 a = _mm512_maskz_loadu_ps(m, out + j);
@@ -61,7 +60,10 @@ void run(const void* base, int64_t tstride, const int32_t* tok, const float* w, 
         a = _mm512_max_ps(a, _mm512_max_ps(_mm512_max_ps(x0, x1), _mm512_max_ps(x2, x3)));
       }
       _mm512_mask_storeu_ps(out + j, m, a);
-    }
+    };
+    int64_t j = 0;
+    for (; j + 16 <= d; j += 16) step(j, __mmask16(0xFFFF));
+    if (j < d) step(j, __mmask16((1u << (d - j)) - 1));
   }
   for (; i < n; ++i) {
     const void* r0 = row(i);
