@@ -3,7 +3,16 @@ full vector), with fused CPU / Triton / CUDA kernels on every hot path."""
 __version__ = "0.1.0"
 
 from ._info import info  # noqa: E402
-from .ops import hamming_topk  # noqa: E402
+from .ops import hamming_topk, pool  # noqa: E402
 from .quant import binarize  # noqa: E402
 
-__all__ = ["info", "hamming_topk", "binarize", "__version__"]
+__all__ = ["info", "hamming_topk", "pool", "binarize", "Encoder", "__version__"]
+
+
+def __getattr__(name):
+    # Encoder pulls in torch + transformers: import it only when asked for.
+    if name == "Encoder":
+        from .embed import Encoder
+
+        return Encoder
+    raise AttributeError(f"module 'nestvec' has no attribute {name!r}")
