@@ -31,7 +31,8 @@ def _finish(x, cols, D, out_row, code_row, NB, NORMALIZE: tl.constexpr, BINARY: 
         tl.store(code_row + nb, byte.to(tl.uint8), mask=nb < NB)
 
 
-@triton.jit
+# Token count, code bytes and mask stride vary call to call: not worth a recompile each.
+@triton.jit(do_not_specialize=["T", "NB", "s_mb"])
 def _pool_kernel(h_ptr, m_ptr, out_ptr, code_ptr, T, D, NB, s_hb, s_ht, s_mb,
                  MODE: tl.constexpr, FUSED: tl.constexpr, NORMALIZE: tl.constexpr,
                  BINARY: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -88,7 +89,7 @@ def _pool_kernel(h_ptr, m_ptr, out_ptr, code_ptr, T, D, NB, s_hb, s_ht, s_mb,
         tl.store(out_ptr + b * D + cols, acc, mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NB"])
 def _finish_kernel(out_ptr, code_ptr, D, NB, NORMALIZE: tl.constexpr, BINARY: tl.constexpr,
                    BLOCK_D: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)

@@ -1,8 +1,10 @@
 // Pooling driver: per batch row, read the mask, list the tokens to combine (and their
 // weights), reduce them with the ISA kernel straight into the output row, then scale,
 // L2-normalise and pack sign bits while the row is still in L1. Threads over rows.
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "nestvec/dispatch.h"
@@ -55,11 +57,15 @@ void pool(const void* hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_
   const int64_t want = std::max<int64_t>(1, bytes / (int64_t(1) << 19));
   const int nthreads = int(std::min<int64_t>({int64_t(num_threads()), B, want}));
 
-  parallel_for(B, nthreads, 1, [&](int, int64_t b0, int64_t b1) {
+  // Rows are handed out one at a time from a shared counter rather than in fixed
+  // ranges: on a busy machine a thread that gets descheduled then delays the call by
+  // one row, not by half the batch.
+  std::atomic<int64_t> next{0};
+  auto worker = [&] {
     std::vector<int32_t> tok(size_t(std::max<int64_t>(T, 1)));
     std::vector<float> w;
     if (mode == kWeightedMean) w.resize(tok.size());
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < B;) {
       const uint8_t* m = static_cast<const uint8_t*>(mask) + b * mask_sb * mask_itemsize;
       int64_t n = 0;
       for (int64_t t = 0; t < T; ++t)
@@ -96,7 +102,11 @@ void pool(const void* hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_
       }
       if (codes) pack_signs(o, d, codes + b * cb);
     }
-  });
+  };
+  std::vector<std::thread> helpers;
+  for (int t = 1; t < nthreads; ++t) helpers.emplace_back(worker);
+  worker();
+  for (auto& th : helpers) th.join();
 }
 
 }  // namespace pooling
