@@ -43,7 +43,10 @@ def _pool_kernel(h_ptr, m_ptr, out_ptr, code_ptr, T, D, NB, s_hb, s_ht, s_mb,
     m_row = m_ptr + b * s_mb
     zero_i = tl.sum(tl.zeros([BLOCK_T], dtype=tl.int32), axis=0)
     if MODE == 1 or MODE == 2:  # cls / last: find the token, copy its row
-        best = zero_i + (T if MODE == 1 else -1)
+        if MODE == 1:
+            best = zero_i + T
+        else:
+            best = zero_i - 1
         for t0 in range(0, T, BLOCK_T):
             ts = t0 + tl.arange(0, BLOCK_T)
             m = tl.load(m_row + ts, mask=ts < T, other=0) != 0

@@ -202,7 +202,10 @@ def test_gpu_matches_reference(backend):
     if backend == "cuda" and not ops.cuda_compiled():
         pytest.skip("built without CUDA")
     rng = np.random.default_rng(2)
-    for B, T, H, mode, dtype, side, dim, binary, normalize in cases(120, 9):
+    # Triton compiles a kernel per (mode, dtype, flags): fewer cases, all outputs on.
+    for B, T, H, mode, dtype, side, dim, binary, normalize in cases(120 if backend == "cuda" else 24, 9):
+        if backend == "triton":
+            binary = normalize = True
         h, h32 = make_hidden(rng, B, T, H, "float32")
         ht = torch.from_numpy(h).to(getattr(torch, dtype)).cuda()
         m = make_mask(rng, B, T, side)
