@@ -24,6 +24,10 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+#ifndef NV_POOL_UNROLL
+#define NV_POOL_UNROLL 4
+#endif
+constexpr int kUnroll = NV_POOL_UNROLL;  // token rows each lane has in flight
 constexpr int kMean = 0, kCls = 1, kLast = 2, kMax = 3, kWeighted = 4;
 
 struct MinOp {
@@ -162,16 +166,13 @@ pool_kernel(const char* __restrict__ hidden, int64_t T, int64_t d, int64_t sb, i
       __syncthreads();
       if (cnt) {
         int i = warp;
-        for (; i + 3 * kWarps < total; i += 4 * kWarps) {
-          float x0[VEC], x1[VEC], x2[VEC], x3[VEC];
-          load_row<DT, VEC>(base + int64_t(s_tok[i]) * st * es, c0, cnt, x0);
-          load_row<DT, VEC>(base + int64_t(s_tok[i + kWarps]) * st * es, c0, cnt, x1);
-          load_row<DT, VEC>(base + int64_t(s_tok[i + 2 * kWarps]) * st * es, c0, cnt, x2);
-          load_row<DT, VEC>(base + int64_t(s_tok[i + 3 * kWarps]) * st * es, c0, cnt, x3);
-          combine(acc, x0, s_w[i], mx);
-          combine(acc, x1, s_w[i + kWarps], mx);
-          combine(acc, x2, s_w[i + 2 * kWarps], mx);
-          combine(acc, x3, s_w[i + 3 * kWarps], mx);
+        for (; i + (kUnroll - 1) * kWarps < total; i += kUnroll * kWarps) {
+          float x[kUnroll][VEC];  // kUnroll rows in flight per lane
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u)
+            load_row<DT, VEC>(base + int64_t(s_tok[i + u * kWarps]) * st * es, c0, cnt, x[u]);
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) combine(acc, x[u], s_w[i + u * kWarps], mx);
         }
         for (; i < total; i += kWarps) {
           float x0[VEC];
