@@ -25,8 +25,8 @@ def _popcount32(x):
 
 @triton.jit
 def _hamming_keys_kernel(codes_ptr, q_ptr, allow_ptr, out_ptr, N, NW, stride_c, stride_q,
-                         stride_o, HAS_ALLOW: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_W: tl.constexpr):
+                         stride_o, HAS_ALLOW: tl.constexpr, WORD32: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
     pid_n = tl.program_id(0)
     qi = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -38,7 +38,7 @@ def _hamming_keys_kernel(codes_ptr, q_ptr, allow_ptr, out_ptr, N, NW, stride_c, 
         c = tl.load(codes_ptr + rows[:, None].to(tl.int64) * stride_c + cols[None, :],
                     mask=rmask[:, None] & cmask[None, :], other=0)
         q = tl.load(q_ptr + qi * stride_q + cols, mask=cmask, other=0)
-        x = (c ^ q[None, :]).to(tl.uint32, bitcast=c.dtype.primitive_bitwidth == 32)
+        x = (c ^ q[None, :]).to(tl.uint32, bitcast=WORD32)
         acc += tl.sum(_popcount32(x), axis=1).to(tl.uint32)
     key = (acc.to(tl.int64) << 40) | rows.to(tl.int64)
     if HAS_ALLOW:
@@ -65,7 +65,8 @@ def _launch_keys(codes, queries, allow, out):
     grid = (triton.cdiv(n, block_n), queries.shape[0])
     _hamming_keys_kernel[grid](cw, qw, allow if allow is not None else cw, out, n, nw,
                                cw.stride(0), qw.stride(0), out.stride(0),
-                               HAS_ALLOW=allow is not None, BLOCK_N=block_n, BLOCK_W=block_w)
+                               HAS_ALLOW=allow is not None, WORD32=cw.dtype == torch.int32,
+                               BLOCK_N=block_n, BLOCK_W=block_w)
 
 
 def hamming_topk(codes, queries, k, allow=None, query_chunk=None):

@@ -153,3 +153,12 @@ def test_threads_agree(rng):
         ops._C.set_num_threads(prev)
     for d, i in outs[1:]:
         np.testing.assert_array_equal(i, outs[0][1])
+
+
+def test_query_split_threads_agree(rng):
+    # Few rows, many queries: threads split the queries instead of the rows.
+    codes, queries = make(rng, 3000, 32, 400)
+    d, i = ops.hamming_topk(codes, queries, 25)
+    dr, ir = reference.hamming_topk(codes, queries, 25)
+    np.testing.assert_array_equal(d, dr)
+    np.testing.assert_array_equal(i, ir)

@@ -39,20 +39,25 @@ void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* q
   const int64_t qblock = 64;
   // Below ~64 KiB of codes per thread the thread start-up costs more than it saves.
   const int64_t min_rows = std::max<int64_t>(tile_rows, 65536 / nbytes);
-  int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, n / min_rows)));
+  // Threads split the rows (each reads its own share of the codes once); when there
+  // are too few rows to go round but many queries, they split the queries instead.
+  const int max_threads = num_threads();
+  int nthreads = int(std::min<int64_t>(max_threads, std::max<int64_t>(1, n / min_rows)));
+  const bool split_queries = nthreads < max_threads && nq >= 4 * max_threads &&
+                             n * nbytes * nq >= (int64_t(1) << 22);
+  if (split_queries) nthreads = max_threads;
 
   std::vector<std::vector<IntTopK>> sel(nthreads, std::vector<IntTopK>(nq));
-  parallel_for(n, nthreads, 8, [&](int t, int64_t begin, int64_t end) {
-    auto& s = sel[t];
-    for (auto& x : s) x.reset(k, max_dist);
+  auto scan = [&](std::vector<IntTopK>& s, int64_t qb, int64_t qe, int64_t begin, int64_t end) {
+    for (int64_t q = qb; q < qe; ++q) s[q].reset(k, max_dist);
     std::vector<uint32_t> thr(nq, max_dist + 1);
-    const int64_t qb = std::min(qblock, nq);
-    std::vector<uint32_t> hit_rows(qb * tile_rows), hit_dist(qb * tile_rows), hit_count(qb);
+    const int64_t qcap = std::min(qblock, qe - qb);
+    std::vector<uint32_t> hit_rows(qcap * tile_rows), hit_dist(qcap * tile_rows), hit_count(qcap);
     for (int64_t r0 = begin; r0 < end; r0 += tile_rows) {
       const int64_t nr = std::min(tile_rows, end - r0);
       if (allow && !any_allowed(allow + r0, nr)) continue;
-      for (int64_t q0 = 0; q0 < nq; q0 += qblock) {
-        const int64_t nqb = std::min(qblock, nq - q0);
+      for (int64_t q0 = qb; q0 < qe; q0 += qblock) {
+        const int64_t nqb = std::min(qblock, qe - q0);
         tile(codes + r0 * code_stride, nr, code_stride, queries + q0 * query_stride, nqb,
              query_stride, nbytes, thr.data() + q0, hit_rows.data(), hit_dist.data(), tile_rows,
              hit_count.data());
@@ -71,7 +76,14 @@ void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* q
         }
       }
     }
-  });
+  };
+  if (split_queries) {
+    for (auto& per_thread : sel)
+      for (auto& x : per_thread) x.reset(k, max_dist);
+    parallel_for(nq, nthreads, 1, [&](int t, int64_t qb, int64_t qe) { scan(sel[t], qb, qe, 0, n); });
+  } else {
+    parallel_for(n, nthreads, 8, [&](int t, int64_t begin, int64_t end) { scan(sel[t], 0, nq, begin, end); });
+  }
 
   // Merge the per-thread candidates of each query (each already <= k and sorted).
   parallel_for(nq, std::min<int64_t>(nthreads, nq), 1, [&](int, int64_t qb, int64_t qe) {

@@ -8,9 +8,15 @@ from .quant import binarize  # noqa: E402
 
 __all__ = ["info", "hamming_topk", "pool", "binarize", "Encoder", "__version__"]
 
+_COLLECTION_API = ("Collection", "open", "field", "LockError", "CollectionNotFound")
+__all__ += list(_COLLECTION_API)
 
-def __getattr__(name):
-    # Encoder pulls in torch + transformers: import it only when asked for.
+
+def __getattr__(name):  # the collection API pulls in pyarrow, Encoder torch: load on first use
+    if name in _COLLECTION_API:
+        from . import collection
+
+        return getattr(collection, name)
     if name == "Encoder":
         from .embed import Encoder
 

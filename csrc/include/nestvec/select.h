@@ -23,7 +23,6 @@ class IntTopK {
     max_dist_ = max_dist;
     cap_ = std::max<int64_t>(2 * k, k + 256);
     keys_.clear();
-    keys_.reserve(std::min<int64_t>(cap_, 1 << 16));
     thr_ = max_dist + 1;
   }
   // Accept iff dist < threshold().

@@ -1,0 +1,275 @@
+"""Search planning: flat / binary / funnel over the segments of one snapshot.
+
+Every segment is searched by the op kernels with its ``allow`` mask (live rows, and
+filter matches), then per-segment top-k lists are merged exactly. Merge order is
+(score, then global row position), the same tie rule as the kernels, so the answer
+does not depend on how rows are split into segments (compaction never changes it).
+
+``funnel`` takes the *global* Hamming top ``k*rescore`` (merged across segments,
+identical to a single-segment shortlist), then rescores those rows exactly with
+``dense_topk(candidates=...)`` at ``dim``.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _checks as ck
+from .. import ops
+from ..quant import binarize
+
+MODES = ("auto", "flat", "binary", "funnel")
+MAX_K = ops.DENSE_MAX_K_CPU
+# flat search copies the allowed rows out when fewer than this fraction are allowed
+GATHER_FRACTION = 0.05
+
+
+def dense(db, queries, k, dim, metric, allow=None, candidates=None):
+    """dense_topk on the fastest registered backend for where ``db`` lives. Until the
+    native dense backends are merged, host data falls back to the reference."""
+    be = ops.resolve_backend("auto", db)
+    if be != "reference" and be not in ops._DENSE_BACKENDS:
+        if ck.device_of(db) != "cpu":
+            raise RuntimeError(f"dense_topk has no {be!r} backend in this build yet, so flat/funnel "
+                               f"search cannot run on {ck.device_of(db)}; use mode='binary' there, or "
+                               f"search with host queries")
+        if candidates is not None and not ck.is_torch(db):
+            return _dense_gathered(db, queries, k, dim, metric, allow, candidates)
+        be = "reference"
+    return ops.dense_topk(db, queries, k, dim=dim, metric=metric, allow=allow,
+                          candidates=candidates, backend="auto" if be != "reference" else be)
+
+
+def _dense_gathered(db, queries, k, dim, metric, allow, candidates):
+    """Reference fallback for rescoring: the reference scores every row, so hand it
+    only the candidate rows (sorted, so ties still break by original index)."""
+    cand = np.asarray(candidates)
+    rows = np.unique(cand[cand >= 0])
+    local = np.where(cand >= 0, np.searchsorted(rows, np.maximum(cand, 0)), -1)
+    sub_allow = None if allow is None else np.asarray(allow)[rows]
+    s, i = ops.dense_topk(db[rows], queries, k, dim=dim, metric=metric, allow=sub_allow,
+                          candidates=local, backend="reference")
+    return s, np.where(i >= 0, rows[np.maximum(i, 0)], -1)
+
+
+# --------------------------------------------------------------------------- device cache
+
+
+class DeviceCache:
+    """Segment arrays copied to one device, keyed by what makes them valid: vectors and
+    codes by segment name (segments are immutable), live masks by (segment, deletion
+    file). ``retain`` drops every entry a new snapshot no longer names; the collection
+    calls it on every commit/refresh, so a search never sees stale rows."""
+
+    def __init__(self, device, transfer=None):
+        self.device = device
+        self._transfer = transfer or self._to_device
+        self._items: dict = {}
+        self.transfers = 0  # cache misses: segment arrays copied to the device
+        self.temporaries = 0  # per-search arrays (filter masks, candidate lists)
+
+    def _to_device(self, array):
+        import torch
+
+        with warnings.catch_warnings():  # the mmapped buffers are read-only; we never write
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(array)
+        return t.to(self.device)
+
+    def get(self, key, array):
+        hit = self._items.get(key)
+        if hit is None:
+            hit = self._transfer(array)
+            self._items[key] = hit
+            self.transfers += 1
+        return hit
+
+    def put_temporary(self, array):
+        """A per-search array (a filter mask): transferred, never cached."""
+        self.temporaries += 1
+        return self._transfer(array)
+
+    def retain(self, keys) -> None:
+        keys = set(keys)
+        for key in list(self._items):
+            if key not in keys:
+                del self._items[key]
+
+    def keys(self):
+        return set(self._items)
+
+    @staticmethod
+    def keys_for(segments, binary: bool) -> set:
+        out = set()
+        for s in segments:
+            out.add(("vec", s.name))
+            if binary:
+                out.add(("code", s.name))
+            if s.live is not None:
+                out.add(("live", s.name, s.deletions))
+        return out
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Request:
+    k: int
+    dim: int
+    mode: str
+    rescore: int
+    metric: str
+    d_full: int
+    binary: bool
+
+
+def resolve_mode(req: Request, n_allowed: int) -> str:
+    if req.mode == "auto":
+        if not req.binary:
+            return "flat"
+        # a shortlist that covers every allowed row is just flat search, done cheaper;
+        # a shortlist beyond the kernels' k limit falls back to exact flat search too
+        short = req.k * req.rescore
+        return "funnel" if n_allowed > short and short <= MAX_K else "flat"
+    if req.mode in ("binary", "funnel") and not req.binary:
+        raise ValueError(f"mode={req.mode!r} needs binary codes; this collection was created "
+                         f"with binary=False (use mode='flat')")
+    return req.mode
+
+
+def _take_rows(vec, rows):
+    if ck.is_torch(vec):
+        import torch
+
+        return vec.index_select(0, torch.from_numpy(rows).to(vec.device))
+    return vec[rows]
+
+
+def _host(x):
+    if ck.is_torch(x):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def _merge(parts, k: int, larger_better: bool, nq: int):
+    """Exact top-k of per-segment lists. parts: (offset, seg_index, score [Q,kk], idx [Q,kk]).
+    Returns (seg [Q,k], local [Q,k], score [Q,k]) with local -1 for missing entries."""
+    if not parts:
+        return (np.zeros((nq, 0), np.int64), np.full((nq, 0), -1, np.int64), np.zeros((nq, 0)))
+    score = np.concatenate([_host(p[2]) for p in parts], axis=1)
+    local = np.concatenate([_host(p[3]).astype(np.int64) for p in parts], axis=1)
+    seg = np.concatenate([np.full(_host(p[3]).shape, p[1], np.int64) for p in parts], axis=1)
+    gpos = np.concatenate([np.where(_host(p[3]) >= 0, _host(p[3]) + p[0], -1) for p in parts], axis=1)
+    key = score.astype(np.float64)
+    if larger_better:
+        key = -key
+    missing = local < 0
+    key[missing] = np.inf
+    gpos = np.where(missing, np.iinfo(np.int64).max, gpos)
+    order = np.lexsort((gpos, key), axis=-1)[:, :k]
+    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+    return pick(seg), pick(local), pick(score)
+
+
+class Planner:
+    """Runs one request over a snapshot's segments.
+
+    ``masks[i]`` is the allow mask of segment i (None: every row), already combining
+    deletions and the filter. With a ``cache`` the segment arrays come from the device
+    cache and the queries must already be on that device."""
+
+    def __init__(self, segments, masks, req: Request, cache: DeviceCache | None = None,
+                 filtered: bool = False):
+        self.segments = segments
+        self.masks = masks
+        self.req = req
+        self.cache = cache
+        self.filtered = filtered
+        self.counts = [s.n if m is None else int(m.sum()) for s, m in zip(segments, masks)]
+
+    # -- arrays on the right device
+    def _vec(self, i):
+        s = self.segments[i]
+        return s.vectors if self.cache is None else self.cache.get(("vec", s.name), s.vectors)
+
+    def _codes(self, i, nbytes):
+        s = self.segments[i]
+        c = s.codes if self.cache is None else self.cache.get(("code", s.name), s.codes)
+        return c if nbytes == c.shape[1] else c[:, :nbytes]
+
+    def _allow(self, i):
+        m, s = self.masks[i], self.segments[i]
+        if m is None or self.cache is None:
+            return m
+        if not self.filtered:  # the live mask: cached until the deletion file changes
+            return self.cache.get(("live", s.name, s.deletions), m)
+        return self.cache.put_temporary(m)
+
+    def _active(self):
+        return [i for i, c in enumerate(self.counts) if c > 0]
+
+    # -- modes
+    def run(self, queries):
+        """queries: [Q, D] or [Q, dim] float (NumPy or a torch tensor on the cache's
+        device). Returns (mode, seg [Q,k], local [Q,k], score [Q,k]); local -1 = none."""
+        mode = resolve_mode(self.req, sum(self.counts))
+        nq = queries.shape[0]
+        if mode == "flat":
+            return (mode,) + self._flat(queries, nq)
+        qcodes, nbytes = self._query_codes(queries)
+        if mode == "binary":
+            return (mode,) + self._hamming(qcodes, nbytes, self.req.k, nq)
+        return (mode,) + self._funnel(queries, qcodes, nbytes, nq)
+
+    def _query_codes(self, queries):
+        r = self.req
+        if queries.shape[1] == r.d_full and (r.mode != "binary" or r.dim == r.d_full):
+            return binarize(queries), (r.d_full + 7) // 8
+        if r.dim % 8:
+            raise ValueError(f"dim: binary codes of a {r.dim}-value prefix need dim % 8 == 0 "
+                             f"(or pass full {r.d_full}-value queries with mode='funnel')")
+        return binarize(queries[:, :r.dim]), r.dim // 8
+
+    def _flat(self, queries, nq):
+        r = self.req
+        parts = []
+        for i in self._active():
+            kk = min(r.k, self.counts[i])
+            if self.masks[i] is not None and self.counts[i] < GATHER_FRACTION * self.segments[i].n:
+                # a selective filter: score a compact copy of the allowed rows instead of
+                # streaming the whole segment (ascending rows keep the tie order)
+                rows = np.flatnonzero(self.masks[i])
+                s, idx = dense(_take_rows(self._vec(i), rows), queries, kk, r.dim, r.metric)
+                idx = _host(idx)
+                idx = np.where(idx >= 0, rows[np.maximum(idx, 0)], -1)
+            else:
+                s, idx = dense(self._vec(i), queries, kk, r.dim, r.metric, allow=self._allow(i))
+            parts.append((self.segments[i].offset, i, s, idx))
+        return _merge(parts, r.k, r.metric != "l2", nq)
+
+    def _hamming(self, qcodes, nbytes, k, nq):
+        parts = []
+        for i in self._active():
+            d, idx = ops.hamming_topk(self._codes(i, nbytes), qcodes, min(k, self.counts[i]),
+                                      allow=self._allow(i))
+            parts.append((self.segments[i].offset, i, d, idx))
+        return _merge(parts, k, False, nq)
+
+    def _funnel(self, queries, qcodes, nbytes, nq):
+        r = self.req
+        short = r.k * r.rescore
+        seg, local, _ = self._hamming(qcodes, nbytes, short, nq)
+        parts = []
+        for i in self._active():
+            cand = np.where(seg == i, local, -1)
+            if not (cand >= 0).any():
+                continue
+            if self.cache is not None:
+                cand = self.cache.put_temporary(np.ascontiguousarray(cand))
+            # the shortlist already honours allow; candidates restrict the exact pass
+            s, idx = dense(self._vec(i), queries, r.k, r.dim, r.metric, candidates=cand)
+            parts.append((self.segments[i].offset, i, s, idx))
+        return _merge(parts, r.k, r.metric != "l2", nq)

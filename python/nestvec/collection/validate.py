@@ -1,0 +1,326 @@
+"""Input validation for collection writes and searches: everything is checked and
+converted before a single byte is written, so a bad call leaves the collection as it
+was. Errors name the argument (and the row/column) at fault."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import _checks as ck
+
+DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+METRICS = ("cosine", "ip", "l2")
+RESERVED = ("_row", "id", "vector", "code")
+_ALIASES = {"str": "string", "text": "string", "int": "int64", "float": "float64",
+            "boolean": "bool", "utf8": "string"}
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def parse_schema(schema) -> pa.Schema:
+    """``{"lang": "string", "year": "int32"}`` (or pyarrow types, or a pa.Schema) ->
+    pa.Schema of nullable user columns."""
+    if schema is None:
+        return pa.schema([])
+    if isinstance(schema, pa.Schema):
+        items = [(f.name, f.type) for f in schema]
+    elif isinstance(schema, dict):
+        items = list(schema.items())
+    else:
+        raise TypeError(f"schema: expected a dict {{column: type}}, got {type(schema).__name__}")
+    fields = []
+    for name, t in items:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"schema: column names must be non-empty str, got {name!r}")
+        if name in RESERVED:
+            raise ValueError(f"schema: column name {name!r} is reserved ({', '.join(RESERVED)})")
+        fields.append(pa.field(name, _parse_type(name, t)))
+    return pa.schema(fields)
+
+
+def _parse_type(name, t) -> pa.DataType:
+    if isinstance(t, pa.DataType):
+        return t
+    if isinstance(t, str):
+        try:
+            return pa.type_for_alias(_ALIASES.get(t, t))
+        except ValueError:
+            pass
+    raise TypeError(f"schema: column {name!r} has unknown type {t!r} (use a pyarrow type or a name "
+                    f"such as 'string', 'int32', 'int64', 'float32', 'float64', 'bool', 'timestamp[ms]')")
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def to_host_float(x, name: str) -> np.ndarray:
+    """NumPy / list / torch (any device) -> a float NumPy array (no dim checks)."""
+    if ck.is_torch(x):
+        import torch
+
+        t = x.detach()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        x = t.cpu().numpy()
+    elif isinstance(x, (pa.Array, pa.ChunkedArray)):
+        raise TypeError(f"{name}: pass vectors as a NumPy array, list or torch tensor")
+    else:
+        try:
+            x = np.asarray(x)
+        except ValueError as e:  # ragged lists
+            raise ValueError(f"{name}: rows have different lengths ({e})") from None
+    if x.dtype == bool or x.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected numbers (a float array), got dtype {x.dtype}")
+    return x
+
+
+_BITS = {np.dtype(np.float16): (np.uint16, 0x7C00, 0x7FFF, 0x8000),
+         np.dtype(np.float32): (np.uint32, 0x7F800000, 0x7FFFFFFF, 0x80000000)}
+
+
+def vectors(x, dim: int, dtype: str, metric: str) -> np.ndarray:
+    """Validated ``[n, dim]`` array in the storage dtype."""
+    x = to_host_float(x, "vectors")
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"vectors: expected shape [n, {dim}] (or one [{dim}] vector), got "
+                         f"{list(x.shape)}")
+    dt = np.dtype(dtype)
+    if x.dtype.kind == "f" and x.dtype != dt:
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(f"vectors: row {int(np.flatnonzero(bad)[0])} contains NaN or infinity")
+    with np.errstate(over="ignore"):
+        xs = np.ascontiguousarray(x, dtype=dt)
+    # checks on the bit patterns: NumPy's float16 arithmetic is emulated and slow
+    utype, exp_mask, mag_mask, _ = _BITS[dt]
+    u = xs.view(utype)
+    bad = ((u & exp_mask) == exp_mask).any(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        if x.dtype == dt or not np.isfinite(x[row]).all():
+            raise ValueError(f"vectors: row {row} contains NaN or infinity")
+        raise ValueError(f"vectors: row {row} overflows {dtype} (|value| > {float(np.finfo(dt).max):g})")
+    if metric == "cosine" and len(xs):
+        zero = ~((u & mag_mask) != 0).any(axis=1)
+        if zero.any():
+            raise ValueError(f"vectors: row {int(np.flatnonzero(zero)[0])} is all zeros; a zero vector "
+                             f"has no direction under metric='cosine'")
+    return xs
+
+
+def sign_codes(xs: np.ndarray) -> np.ndarray:
+    """``quant.binarize`` of validated (finite) storage vectors, on the bit patterns:
+    ``x > 0`` <=> sign bit clear and not +0."""
+    utype, _, _, sign = _BITS[xs.dtype]
+    u = xs.view(utype)
+    return np.packbits((u < sign) & (u != 0), axis=-1)
+
+
+def queries(q, dim_full: int, dim: int, metric: str):
+    """Search queries -> ([Q, D or dim] float32 NumPy array or float torch tensor, single)."""
+    on_device = ck.is_torch(q) and ck.device_of(q) != "cpu"
+    if on_device:
+        import torch
+
+        if not torch.is_floating_point(q):
+            raise TypeError(f"q: expected a float tensor, got {q.dtype}")
+        x = q.detach()
+    else:
+        x = to_host_float(q, "q")
+    single = x.ndim == 1
+    if single:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] not in (dim_full, dim):
+        want = f"{dim_full}" if dim == dim_full else f"{dim_full} or dim={dim}"
+        raise ValueError(f"q: expected [{want}] values per query ([Q, D] or [D]), got shape "
+                         f"{list(q.shape) if hasattr(q, 'shape') else list(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("q: expected at least one query")
+    if on_device:
+        import torch
+
+        x = x.float()
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("q: contains NaN or infinity")
+        if metric == "cosine" and bool((x[:, :dim] == 0).all(dim=1).any()):
+            raise ValueError("q: a query is all zeros in its first dim values; no cosine direction")
+        return x.contiguous(), single
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("q: contains NaN or infinity")
+    if metric == "cosine" and (~(x[:, :dim] != 0).any(axis=1)).any():
+        raise ValueError("q: a query is all zeros in its first dim values; no cosine direction")
+    return x, single
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def id_type_of(ids) -> str | None:
+    """'int64' / 'string' for user ids (None when ids is None)."""
+    if ids is None:
+        return None
+    arr = ids_array(ids, None)
+    return "string" if pa.types.is_string(arr.type) else "int64"
+
+
+def ids_array(ids, id_type: str | None) -> pa.Array:
+    """User ids -> pa.Array of int64 or string; TypeError for other types."""
+    if ck.is_torch(ids):
+        ids = ids.detach().cpu().numpy()
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if isinstance(ids, (str, bytes)) or isinstance(ids, numbers.Number):
+        raise TypeError(f"ids: expected a sequence of ids, got a single {type(ids).__name__}")
+    if isinstance(ids, pa.Array):
+        arr = ids
+    elif isinstance(ids, np.ndarray):
+        if ids.dtype.kind in "iu":
+            if ids.dtype == np.uint64 and len(ids) and ids.max() > np.iinfo(np.int64).max:
+                raise ValueError("ids: values exceed int64")
+            arr = pa.array(ids.astype(np.int64, copy=False))
+        elif ids.dtype.kind in "UO":
+            arr = _ids_from_list(ids.tolist())
+        else:
+            raise TypeError(f"ids: expected int64 or str ids, got dtype {ids.dtype}")
+    else:
+        try:
+            values = list(ids)
+        except TypeError:
+            raise TypeError(f"ids: expected a sequence of int or str, got {type(ids).__name__}") from None
+        arr = _ids_from_list(values)
+    if pa.types.is_integer(arr.type):
+        try:
+            arr = pc.cast(arr, pa.int64(), safe=True)
+        except pa.ArrowInvalid as e:
+            raise ValueError(f"ids: {e}") from None
+    elif pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
+    elif not pa.types.is_string(arr.type) and not pa.types.is_null(arr.type):
+        raise TypeError(f"ids: expected int64 or str ids, got {arr.type}")
+    if arr.null_count:
+        raise ValueError("ids: None is not an id")
+    if id_type is not None and len(arr):
+        got = "string" if pa.types.is_string(arr.type) else "int64"
+        if got != id_type:
+            raise TypeError(f"ids: this collection's ids are {id_type}, got {got} ids")
+    return arr
+
+
+def _ids_from_list(values: list) -> pa.Array:
+    if not values:
+        return pa.array([], pa.int64())
+    if all(isinstance(v, str) for v in values):
+        return pa.array(values, pa.string())
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        try:
+            return pa.array([int(v) for v in values], pa.int64())
+        except OverflowError:
+            raise ValueError("ids: values exceed int64") from None
+    kinds = sorted({type(v).__name__ for v in values})
+    bad = [v for v in values if not isinstance(v, (str, int, np.integer)) or isinstance(v, bool)]
+    if not bad:
+        raise TypeError(f"ids: all ids must be int or all str, got a mix of {kinds}")
+    raise TypeError(f"ids: expected int or str ids, got {type(bad[0]).__name__} ({bad[0]!r})")
+
+
+def unique_ids(arr: pa.Array) -> None:
+    if len(arr) and pc.count_distinct(arr).as_py() != len(arr):
+        vc = pc.value_counts(arr)
+        dup = [v["values"] for v in vc.to_pylist() if v["counts"] > 1][:5]
+        raise ValueError(f"ids: duplicate ids within one call: {dup}")
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def metadata(meta, schema: pa.Schema, n: int) -> dict:
+    """User metadata -> {column: pa.Array of the schema type, length n}; missing
+    columns are filled with nulls."""
+    if meta is None:
+        cols = {}
+    elif isinstance(meta, pa.RecordBatch):
+        cols = {c: meta.column(c) for c in meta.schema.names}
+    elif isinstance(meta, pa.Table):
+        cols = {c: meta.column(c) for c in meta.column_names}
+    elif isinstance(meta, dict):
+        cols = dict(meta)
+    elif type(meta).__name__ == "DataFrame" and hasattr(meta, "columns"):
+        t = pa.Table.from_pandas(meta, preserve_index=False)
+        cols = {c: t.column(c) for c in t.column_names}
+    else:
+        raise TypeError("metadata: expected a dict of columns, a pyarrow Table/RecordBatch or a "
+                        f"pandas DataFrame, got {type(meta).__name__}")
+    unknown = [c for c in cols if c not in schema.names]
+    if unknown:
+        raise ValueError(f"metadata: unknown columns {unknown}; the schema has {schema.names or 'no columns'}"
+                         + (" (id goes in ids=)" if "id" in unknown else ""))
+    out = {}
+    for f in schema:
+        if f.name not in cols:
+            out[f.name] = pa.nulls(n, f.type)
+            continue
+        arr = _coerce(cols[f.name], f.type, f.name)
+        if len(arr) != n:
+            raise ValueError(f"metadata: column {f.name!r} has {len(arr)} values for {n} vectors")
+        out[f.name] = arr
+    return out
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_temporal(t):
+        return "time"
+    return str(t)
+
+
+def _coerce(values, t: pa.DataType, name: str) -> pa.Array:
+    if ck.is_torch(values):
+        values = values.detach().cpu().numpy()
+    try:
+        if isinstance(values, pa.ChunkedArray):
+            arr = values.combine_chunks()
+        elif isinstance(values, pa.Array):
+            arr = values
+        else:
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+                raise TypeError(f"metadata: column {name!r} must be a list of values, got "
+                                f"{type(values).__name__}")
+            arr = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise TypeError(f"metadata: column {name!r}: {e}") from None
+    if arr.type == t:
+        return arr
+    if pa.types.is_null(arr.type):
+        return pa.nulls(len(arr), t)
+    src, dst = _kind(arr.type), _kind(t)
+    if not (src == dst or (src == "int" and dst == "float")):
+        raise TypeError(f"metadata: column {name!r} is {t}, got {arr.type} values")
+    try:
+        return pc.cast(arr, t, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise TypeError(f"metadata: column {name!r} is {t}; values do not fit: {e}") from None
+
+
+# --------------------------------------------------------------------------- search args
+
+
+def positive_int(v, name: str, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if v < 1 or (hi is not None and v > hi):
+        raise ValueError(f"{name}: expected 1 <= {name}" + (f" <= {hi}" if hi else "") + f", got {v}")
+    return int(v)
