@@ -84,10 +84,6 @@ def test_index_search_folder_and_jsonl(corpus):
     r = nv("search", out, "kitten", "-k", "2")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].split()[2] == "cats.txt"
-    for mode in ("flat", "binary", "funnel"):
-        r = nv("search", out, "baking", "-k", "1", "--mode", mode, "--json")
-        assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)[0]["id"] == "bread.rst"
     r = nv("search", out, "baking", "-k", "1", "--dim", "128", "--mode", "flat", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)[0]["id"] == "bread.rst"
     # an existing collection: refused without --append, dimension checked, upsert with it
@@ -105,6 +101,17 @@ def test_index_search_folder_and_jsonl(corpus):
     r = nv("search", out2, "cats", "-k", "4", "--filter", "lang = 'de' AND year >= 2001", "--json")
     assert r.returncode == 0, r.stderr
     assert {x["id"] for x in json.loads(r.stdout)} == {"d2"}
+
+
+@pytest.mark.slow
+@needs_collection
+@pytest.mark.parametrize("mode", ["flat", "binary", "funnel"])
+def test_search_modes(corpus, mode):
+    out = corpus / "docs.nv"
+    assert nv("index", corpus / "docs", "--out", out, "--quiet").returncode == 0
+    r = nv("search", out, "baking", "-k", "1", "--mode", mode, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["id"] == "bread.rst"
 
 
 @needs_collection

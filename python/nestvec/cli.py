@@ -110,6 +110,24 @@ def _enc_info(enc) -> dict:
 
 # --------------------------------------------------------------------------- index
 
+def _existing_dim(out: Path, append: bool):
+    """Width of the collection already at ``out`` (None: nothing there yet)."""
+    if not (out.exists() and any(out.iterdir())):
+        return None
+    _, nv_open = _collection_api()
+    try:
+        col = nv_open(out, read_only=True)
+    except Exception as e:  # noqa: BLE001 - not a collection, damaged, ...
+        raise CLIError(f"--out {str(out)!r} exists and is not a nestvec collection we can open ({e}); "
+                       "choose a new folder") from None
+    dim = col.dim
+    col.close()
+    if not append:
+        raise CLIError(f"--out {str(out)!r} already holds a collection; pass --append to add to it, "
+                       "or choose a new folder")
+    return dim
+
+
 def _cmd_index(args) -> int:
     from ._corpus import read_source
 
@@ -121,7 +139,11 @@ def _cmd_index(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {str(out)!r} is a file; expected a folder for the collection")
+    existing = _existing_dim(out, args.append)  # before the slow part: clear errors first
     enc = _encoder(args)
+    if existing is not None and existing != enc.dim:
+        raise CLIError(f"dimension mismatch: the collection at {str(out)!r} stores {existing}-dim vectors "
+                       f"but this encoder gives {enc.dim} (check --dim / --model)")
     t0 = time.perf_counter()
     vecs = enc.encode([r["text"] for r in recs], progress=None if not args.quiet else False)
     t_enc = time.perf_counter() - t0
