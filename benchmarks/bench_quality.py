@@ -189,23 +189,37 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(12, 5.2))
+    fig.subplots_adjust(left=0.07, right=0.68, bottom=0.11, top=0.9)
     for fam, marker in (("nestvec", "o"), ("sentence-transformers", "s")):
         rs = [r for r in rows if r["family"] == fam]
-        if not rs:
-            continue
-        ax.scatter([r["bytes_scanned"] for r in rs], [r["ndcg10"] for r in rs], marker=marker, label=fam)
-        for r in rs:
-            ax.annotate(r["config"], (r["bytes_scanned"], r["ndcg10"]), fontsize=7,
-                        xytext=(4, 2), textcoords="offset points")
+        if rs:
+            ax.scatter([r["bytes_scanned"] for r in rs], [r["ndcg10"] for r in rs], marker=marker,
+                       label=fam, zorder=3)
+    # numbered points, names in a key beside the axes (labels of close points collide)
+    key, groups = [], []  # groups: [x, y, [numbers]] of points that (nearly) coincide
+    for n, r in enumerate(rows, 1):
+        x, y = r["bytes_scanned"], r["ndcg10"]
+        for g in groups:
+            if g[0] == x and abs(g[1] - y) < 0.012:
+                g[2].append(str(n))
+                break
+        else:
+            groups.append([x, y, [str(n)]])
+        key.append(f"{n:2d}  {r['config']}: {y:.3f}")
+    for x, y, ns in groups:
+        ax.annotate(",".join(ns), (x, y), fontsize=7, xytext=(5, 3), textcoords="offset points")
+    fig.text(0.70, 0.5, "\n".join(key), fontsize=7, va="center", family="monospace")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bytes scanned per stored vector (log scale)")
     ax.set_ylabel("nDCG@10")
     ds = sorted({r["dataset"] for r in rows})
-    ax.set_title("Retrieval quality vs bytes per vector — all-MiniLM-L6-v2, " + ", ".join(ds))
+    ax.set_title("nDCG@10 vs bytes per vector, all-MiniLM-L6-v2, " + ", ".join(ds), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
+    lo = min(r["ndcg10"] for r in rows)
+    ax.set_ylim(lo - 0.03, max(r["ndcg10"] for r in rows) + 0.02)
+    ax.set_xlim(right=max(r["bytes_scanned"] for r in rows) * 2)
+    ax.legend(loc="center right")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
