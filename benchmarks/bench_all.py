@@ -34,6 +34,10 @@ def scripts() -> dict[str, Path]:
     return out
 
 
+# Smaller sizes for --quick, for scripts that have no --quick flag of their own.
+QUICK_ARGS = {"hamming": ["--n", "100000", "--repeats", "3"], "collection": ["--n", "100000"]}
+
+
 def _accepts(script: Path, flag: str) -> bool:
     return f'"{flag}"' in script.read_text()
 
@@ -48,29 +52,30 @@ def _scalar_columns(rows):
 
 
 def plot_timings(name, rows, path) -> bool:
-    """Horizontal bars of milliseconds per (case, implementation)."""
-    key = "median_ms" if any("median_ms" in r for r in rows) else "ours_ms" if any("ours_ms" in r for r in rows) else None
-    if key is None:
+    """Horizontal bars of every ``*_ms`` value per row (log scale), one colour each."""
+    ms_keys = [k for k in _scalar_columns(rows) if k.endswith("_ms") and k not in ("target_ms", "min_ms")]
+    if not ms_keys:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, vals = [], []
+    label_keys = [k for k in _scalar_columns(rows) if not k.endswith("_ms") and
+                  not isinstance(rows[0].get(k), float) and k not in ("meets", "meets_target")][:4]
+    bars = []  # (label, key, value)
     for r in rows:
-        if isinstance(r.get(key), (int, float)):
-            labels.append(f"{r.get('case', '')} | {r.get('impl', '')}")
-            vals.append(r[key])
-            if key == "ours_ms" and isinstance(r.get("baseline_ms"), (int, float)):
-                labels.append(f"{r.get('case', '')} | {r.get('baseline', 'baseline')}")
-                vals.append(r["baseline_ms"])
-    if not vals:
+        lab = " ".join(f"{r.get(k)}" for k in label_keys if r.get(k) is not None)
+        for k in ms_keys:
+            if isinstance(r.get(k), (int, float)):
+                bars.append((lab, k, float(r[k])))
+    if not bars:
         return False
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(vals) + 1.2))
-    ax.barh(range(len(vals)), vals, color="tab:blue")
-    ax.set_yticks(range(len(vals)))
-    ax.set_yticklabels(labels, fontsize=7)
+    colours = {k: f"C{i}" for i, k in enumerate(ms_keys)}
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(bars) + 1.4))
+    ax.barh(range(len(bars)), [b[2] for b in bars], color=[colours[b[1]] for b in bars])
+    ax.set_yticks(range(len(bars)))
+    ax.set_yticklabels([f"{b[0]} | {b[1]}" for b in bars], fontsize=6)
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("milliseconds (log scale, lower is better)")
@@ -95,37 +100,56 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out).resolve() if args.out else H.RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    status = {}
+    status, seen = {}, set()
     for name in names:
         script = available[name]
         cmd = [sys.executable, str(script)]
         if args.quick and _accepts(script, "--quick"):
             cmd.append("--quick")
+        elif args.quick:
+            cmd += QUICK_ARGS.get(name, [])
         if _accepts(script, "--out"):
             cmd += ["--out", str(out)]
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        # A script without --out writes into benchmarks/results/ itself: keep the results
+        # there as they were unless this is a full run into that same folder.
+        keep = {} if (_accepts(script, "--out") or (out == H.RESULTS and not args.quick)) else \
+            {f: f.read_bytes() for f in H.RESULTS.glob("*.json")}
         t0 = time.time()
         rc = subprocess.call(cmd)
-        status[name] = (rc, time.time() - t0)
+        fresh = []
+        for f in sorted({f for d in (out, H.RESULTS) if d.is_dir() for f in d.glob("*.json")}):
+            if f.stat().st_mtime < t0 or f.name in seen or f.name == "summary.json":
+                continue
+            dest = out / f.name
+            if f.parent != out:
+                dest.write_bytes(f.read_bytes())
+            if f in keep:
+                f.write_bytes(keep[f])
+            elif keep and f.parent == H.RESULTS and out != H.RESULTS:
+                f.unlink()
+            seen.add(f.name)
+            fresh.append(dest)
+        status[name] = (rc, time.time() - t0, fresh)
         print(f"== {name}: exit {rc} in {time.time() - t0:.1f} s", flush=True)
 
     md = [f"# nestvec benchmarks\n\nmachine: {json.dumps(H.machine())}\n"]
     for name in names:
-        stem = "gpu_suite" if name == "gpu_suite" else f"bench_{name}"
-        f = out / f"{stem}.json"
-        if not f.is_file():
-            md.append(f"## {name}\n\n(no results: exit {status[name][0]})\n")
+        rc, _, files = status[name]
+        if not files:
+            md.append(f"## {name}\n\n(no results: exit {rc})\n")
             continue
-        data = json.loads(f.read_text())
-        rows = data.get("rows", [])
-        md.append(f"## {name}\n\n{H.markdown_table(rows, _scalar_columns(rows))}\n")
-        if name != "quality" and plot_timings(name, rows, out / f"{stem}.png"):
-            md.append(f"![{name}]({stem}.png)\n")
-        elif (out / f"{stem}.png").is_file():
-            md.append(f"![{name}]({stem}.png)\n")
+        for f in files:
+            rows = json.loads(f.read_text()).get("rows", [])
+            md.append(f"## {name}: {f.name}\n\n{H.markdown_table(rows, _scalar_columns(rows))}\n")
+            png = out / f"{f.stem}.png"
+            if name != "quality" and plot_timings(f.stem, rows, png):
+                md.append(f"![{f.stem}]({png.name})\n")
+            elif png.is_file():
+                md.append(f"![{f.stem}]({png.name})\n")
     (out / "summary.md").write_text("\n".join(md))
     print(f"wrote {out / 'summary.md'}")
-    return 0 if all(rc == 0 for rc, _ in status.values()) else 1
+    return 0 if all(st[0] == 0 for st in status.values()) else 1
 
 
 if __name__ == "__main__":
