@@ -131,12 +131,119 @@ def section_hamming(quick=False):
 
 # --------------------------------------------------------------------------- pooling
 
+def _pool_case_inputs(rng, B, T, Hd, side):
+    h = rng.standard_normal((B, T, Hd)).astype(np.float32) + 0.1
+    lens = rng.integers(0, T + 1, size=B)
+    if B > 1:
+        lens[0], lens[-1] = 0, T
+    m = np.zeros((B, T), dtype=np.int64)
+    for b, n in enumerate(lens):
+        if side == "right":
+            m[b, :n] = 1
+        else:
+            m[b, T - n:] = 1
+    return h, m
+
+
+def _pool_ok(got, ref, binary):
+    e, c = got if binary else (got, None)
+    re, rc = ref if binary else (ref, None)
+    e = e.float().cpu().numpy()
+    if not np.allclose(e, re, rtol=2e-4, atol=2e-5):
+        return False
+    if binary:
+        bits = np.unpackbits(c.cpu().numpy(), axis=1)[:, :re.shape[1]]
+        rbits = np.unpackbits(rc, axis=1)[:, :re.shape[1]]
+        if ((bits != rbits) & (np.abs(re) > 1e-5)).any():
+            return False
+    return True
+
+
+def section_pooling(quick=False):
+    import itertools
+
+    import torch
+
+    import nestvec.ops as ops
+    from nestvec import reference
+    from bench_pool import bmm_recipe, st_recipe
+
+    modes = ops.POOL_MODES
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    shapes = list(itertools.product((1, 3, 64), (1, 7, 128, 257), (32, 97, 384, 1024)))
+    rng = np.random.default_rng(5)
+    perm = rng.permutation(len(shapes))
+    for backend in ("cuda", "triton"):
+        if backend == "cuda" and not ops.cuda_compiled():
+            check("pool", backend, False, "not compiled")
+            continue
+        # Triton compiles one kernel per (mode, dtype, flags): fewer cases keep the suite short.
+        n_cases = 64 if backend == "cuda" else 20
+        ok_all, bad = True, ""
+        for i in range(n_cases):
+            B, T, Hd = shapes[perm[i % len(shapes)]]
+            mode, dt = modes[i % 5], dtypes[(i // 5) % 3]
+            side = ("right", "left")[(i // 15) % 2]
+            dim = None if i % 3 else int(rng.integers(1, Hd + 1))
+            binary = bool(i % 2) if backend == "cuda" else True
+            normalize = bool((i // 2) % 4) if backend == "cuda" else True
+            h, m = _pool_case_inputs(rng, B, T, Hd, side)
+            ht = torch.from_numpy(h).to(dt).cuda()
+            ref = reference.pool(ht.float().cpu().numpy(), m, mode, normalize, dim, binary)
+            got = ops.pool(ht, torch.from_numpy(m).cuda(), mode, normalize, dim, binary,
+                           backend=backend)
+            if not _pool_ok(got, ref, binary):
+                ok_all = False
+                bad = f"B={B} T={T} H={Hd} {mode} {dt} {side} dim={dim} bin={binary} norm={normalize}"
+        # a strided view (tokens 3..) and a bool mask
+        big = torch.randn(8, 140, 384, device="cuda", dtype=torch.bfloat16)
+        hv, mv = big[:, 3:131], torch.rand(8, 128, device="cuda") < 0.7
+        ref = reference.pool(hv.float().cpu().numpy(), mv.cpu().numpy(), "mean", True, 100, True)
+        if not _pool_ok(ops.pool(hv, mv, "mean", True, 100, True, backend=backend), ref, True):
+            ok_all, bad = False, "strided view / bool mask"
+        check("pool", backend, ok_all, bad)
+
+    B, T, Hd = (64, 512, 1024) if quick else (256, 512, 1024)
+    h = torch.randn(B, T, Hd, device="cuda", dtype=torch.bfloat16)
+    full = torch.ones(B, T, dtype=torch.long, device="cuda")
+    lens = torch.randint(T // 8, T + 1, (B,), device="cuda")
+    half = (torch.arange(T, device="cuda")[None, :] < lens[:, None]).long()
+    def per_call(fn, calls=10):
+        # calls back to back, so the host-side launch cost overlaps the GPU work (as in
+        # an encoder loop); the same for every implementation and baseline
+        return H.cuda_timeit(lambda: [fn() for _ in range(calls)])["median_ms"] / calls
+
+    for mask, label in ((full, "no padding"), (half, "random lengths")):
+        case = f"B={B} T={T} H={Hd} bf16 mean+norm {label}"
+        base = per_call(lambda: st_recipe(h, mask))
+        bmm = per_call(lambda: bmm_recipe(h, mask))
+        target = 0.12 if (label == "no padding" and not quick) else None
+        for impl in ("cuda", "triton"):
+            if impl == "cuda" and not ops.cuda_compiled():
+                continue
+            t = per_call(lambda: ops.pool(h, mask, backend=impl))
+            record("pooling", case, t, "sentence-transformers recipe", base, target, impl=impl,
+                   torch_bmm_ms=bmm)
+    # other modes / outputs at the same size, for the table
+    for mode, binary, dim in (("cls", False, None), ("max", False, None),
+                              ("weighted_mean", False, None), ("mean", True, 256)):
+        case = f"B={B} T={T} H={Hd} bf16 {mode}" + (f" dim={dim} +bits" if binary else "")
+        for impl in ("cuda", "triton"):
+            if impl == "cuda" and not ops.cuda_compiled():
+                continue
+            t = per_call(lambda: ops.pool(h, full, mode, True, dim, binary, backend=impl))
+            record("pooling", case, t, "-", None, None, impl=impl)
+    del h
+    torch.cuda.empty_cache()
+
+
 
 # --------------------------------------------------------------------------- lowrank_sparse
 
 
 SECTIONS = {
     "hamming": section_hamming,
+    "pooling": section_pooling,
 }
 
 

@@ -12,6 +12,7 @@
 #include "nestvec/cuda_api.h"
 #include "nestvec/dispatch.h"
 #include "nestvec/hamming.h"
+#include "nestvec/pooling.h"
 
 namespace py = pybind11;
 using namespace nestvec;
@@ -171,6 +172,69 @@ PYBIND11_MODULE(_C, m) {
   // ---------------------------------------------------------------- dense (elastic top-k)
 
   // ---------------------------------------------------------------- pooling
+
+  m.def(
+      "pool",
+      [](py::array hidden, int dtype, py::array mask, int mode, int64_t d, bool normalize,
+         py::array out, py::object codes) {
+        if (hidden.ndim() != 3) throw std::invalid_argument("hidden: expected [B, T, H]");
+        const ssize_t es = dtype == pooling::kF32 ? 4 : 2;
+        if (dtype < 0 || dtype > 2 || hidden.itemsize() != es)
+          throw std::invalid_argument("hidden: item size does not match dtype");
+        const int64_t B = hidden.shape(0), T = hidden.shape(1), H = hidden.shape(2);
+        if (H > 1 && hidden.strides(2) != es)
+          throw std::invalid_argument("hidden: last dimension must be contiguous");
+        if (hidden.strides(0) % es || hidden.strides(1) % es || hidden.strides(0) < 0 ||
+            hidden.strides(1) < 0)
+          throw std::invalid_argument("hidden: unsupported strides");
+        if (d < 1 || d > H) throw std::invalid_argument("d: expected 1 <= d <= H");
+        if (mode < 0 || mode > 4) throw std::invalid_argument("mode: unknown");
+        if (mask.ndim() != 2 || mask.shape(0) != B || mask.shape(1) != T)
+          throw std::invalid_argument("mask: expected [B, T]");
+        const ssize_t ms = mask.itemsize();
+        if ((ms != 1 && ms != 2 && ms != 4 && ms != 8) || (T > 1 && mask.strides(1) != ms) ||
+            mask.strides(0) % ms || mask.strides(0) < 0)
+          throw std::invalid_argument("mask: expected rows of contiguous 1/2/4/8-byte values");
+        View o = view2d(out, "out", 4, true);
+        if (o.rows != B || o.cols != d || o.row_stride != d)
+          throw std::invalid_argument("out: expected contiguous float32 [B, d]");
+        uint8_t* cp = nullptr;
+        py::array codes_arr;
+        if (!codes.is_none()) {
+          codes_arr = codes.cast<py::array>();
+          View c = view2d(codes_arr, "codes", 1, true);
+          if (c.rows != B || c.cols != (d + 7) / 8 || c.row_stride != c.cols)
+            throw std::invalid_argument("codes: expected contiguous uint8 [B, ceil(d/8)]");
+          cp = static_cast<uint8_t*>(c.ptr);
+        }
+        const int64_t sb = hidden.strides(0) / es, st = hidden.strides(1) / es;
+        const int64_t msb = mask.strides(0) / ms;
+        py::gil_scoped_release nogil;
+        pooling::pool(hidden.data(), dtype, B, T, d, sb, st, mask.data(), int(ms), msb, mode,
+                      normalize, static_cast<float*>(o.ptr), cp);
+      },
+      py::arg("hidden"), py::arg("dtype"), py::arg("mask"), py::arg("mode"), py::arg("d"),
+      py::arg("normalize"), py::arg("out"), py::arg("codes"));
+
+  m.def("cuda_pool", [](uintptr_t hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_t sb,
+                        int64_t st, uintptr_t mask, int mask_itemsize, int64_t mask_sb, int mode,
+                        bool normalize, uintptr_t out, uintptr_t codes, uintptr_t stream) {
+#if defined(NESTVEC_WITH_CUDA)
+    int rc;
+    {
+      py::gil_scoped_release nogil;
+      rc = cuda::pool(reinterpret_cast<const void*>(hidden), dtype, B, T, d, sb, st,
+                      reinterpret_cast<const void*>(mask), mask_itemsize, mask_sb, mode, normalize,
+                      reinterpret_cast<float*>(out), reinterpret_cast<uint8_t*>(codes), stream);
+    }
+    check_cuda(rc, "cuda_pool");
+#else
+    (void)hidden, (void)dtype, (void)B, (void)T, (void)d, (void)sb, (void)st, (void)mask;
+    (void)mask_itemsize, (void)mask_sb, (void)mode, (void)normalize, (void)out, (void)codes;
+    (void)stream;
+    no_cuda();
+#endif
+  });
 
   // ---------------------------------------------------------------- lowrank_sparse
 }

@@ -3,18 +3,22 @@ full vector), with fused CPU / Triton / CUDA kernels on every hot path."""
 __version__ = "0.1.0"
 
 from ._info import info  # noqa: E402
-from .ops import hamming_topk  # noqa: E402
+from .ops import hamming_topk, pool  # noqa: E402
 from .quant import binarize  # noqa: E402
 
-__all__ = ["info", "hamming_topk", "binarize", "__version__"]
+__all__ = ["info", "hamming_topk", "pool", "binarize", "Encoder", "__version__"]
 
 _COLLECTION_API = ("Collection", "open", "field", "LockError", "CollectionNotFound")
 __all__ += list(_COLLECTION_API)
 
 
-def __getattr__(name):  # the collection API pulls in pyarrow: load it on first use
+def __getattr__(name):  # the collection API pulls in pyarrow, Encoder torch: load on first use
     if name in _COLLECTION_API:
         from . import collection
 
         return getattr(collection, name)
+    if name == "Encoder":
+        from .embed import Encoder
+
+        return Encoder
     raise AttributeError(f"module 'nestvec' has no attribute {name!r}")

@@ -365,5 +365,136 @@ _DENSE_BACKENDS: dict = {}
 
 # --------------------------------------------------------------------------- pool
 
+POOL_MODES = reference.POOL_MODES
+_POOL_MODE_ID = {"mean": 0, "cls": 1, "last": 2, "max": 3, "weighted_mean": 4}
+_POOL_DTYPE_ID = {"float32": 0, "float16": 1, "bfloat16": 2}
+_MASK_DTYPES = ("bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                "float16", "bfloat16", "float32", "float64")
+
+
+def pool(hidden, mask, mode: str = "mean", normalize: bool = True, dim: int | None = None,
+         binary: bool = False, *, hidden_dtype: str | None = None, backend: str = "auto"):
+    """Pool token states into one embedding per row, fused with norm, truncation and bits.
+
+    Args:
+        hidden: token states ``[B, T, H]``, float32 / float16 / bfloat16 (a torch
+            tensor, or a NumPy uint16 array with ``hidden_dtype="bfloat16"``). The last
+            dimension must be contiguous; batch and token strides are free. Read once.
+        mask: ``[B, T]`` attention mask, any integer / bool / float dtype; nonzero means
+            the token is present. Left or right padding (or holes) are all fine.
+        mode: ``mean`` | ``weighted_mean`` (token i of the n present ones weighs i,
+            i = 1..n) | ``cls`` (first present token) | ``last`` (last present token)
+            | ``max`` (element-wise max over present tokens).
+        normalize: divide by the L2 norm of the (truncated) result.
+        dim: keep the first ``dim`` values (Matryoshka), ``1 <= dim <= H``; the norm is
+            that of the prefix. Only the prefix of each token row is read.
+        binary: also return packed sign bits (``numpy.packbits(emb > 0)`` order).
+        backend: ``auto`` | ``reference`` | ``cpu`` | ``triton`` | ``cuda``.
+
+    Returns:
+        ``emb`` float32 ``[B, d]``, or ``(emb, codes uint8 [B, ceil(d/8)])`` when
+        ``binary``. Same container and device as ``hidden``. Accumulation is float32.
+        A row whose mask is all zero gives a zero vector and zero bits.
+
+    Raises:
+        TypeError / ValueError naming the argument (dtype, shape, device, mode, dim).
+    """
+    hidden = ck.as_array_like(hidden, "hidden")
+    mask = ck.as_array_like(mask, "mask")
+    ck.check_ndim(hidden, "hidden", (3,), "a 3-D array [B, T, H]")
+    dt = ck.dtype_name(hidden)
+    if hidden_dtype is not None:
+        if hidden_dtype != "bfloat16" or dt not in ("uint16", "bfloat16"):
+            raise ValueError("hidden_dtype: only 'bfloat16' is accepted, for a uint16 NumPy array "
+                             "holding bfloat16 bit patterns (or a torch.bfloat16 tensor)")
+        dt = "bfloat16"
+    ck.check_dtype(hidden, "hidden", tuple(_POOL_DTYPE_ID) + (("uint16",) if dt == "bfloat16" else ()),
+                   "float32, float16 or bfloat16 [B, T, H]")
+    B, T, H = hidden.shape
+    if H == 0:
+        raise ValueError("hidden: expected at least one feature (H >= 1)")
+    ck.check_ndim(mask, "mask", (2,), f"a 2-D array [B, T] = [{B}, {T}]")
+    if tuple(mask.shape) != (B, T):
+        raise ValueError(f"mask: expected shape [B, T] = [{B}, {T}] like hidden, got {tuple(mask.shape)}")
+    ck.check_dtype(mask, "mask", _MASK_DTYPES, "bool, an integer or a float type")
+    ck.check_same_device("hidden", hidden, "mask", mask)
+    if mode not in POOL_MODES:
+        raise ValueError(f"mode: expected one of {POOL_MODES}, got {mode!r}")
+    d = _check_dim(dim, H)
+    normalize, binary = bool(normalize), bool(binary)
+    be = resolve_backend(backend, hidden)
+    if be != "reference":
+        _check_backend_device(be, hidden, "hidden")
+    if ck.dtype_name(mask).startswith(("float", "bfloat")):
+        mask = mask != 0  # read as bytes below; -0.0 must count as absent
+
+    if be == "reference" or B == 0:
+        h = _to_numpy(hidden.float() if ck.is_torch(hidden) and dt == "bfloat16" else hidden)
+        if not ck.is_torch(hidden) and dt == "bfloat16":
+            h = reference.bf16_to_f32(h)
+        res = reference.pool(h, _to_numpy(mask), mode, normalize, d, binary)
+        if binary:
+            return _like(res[0], hidden), _like(res[1], hidden)
+        return _like(res, hidden)
+    if be == "cpu":
+        return _pool_cpu(hidden, dt, mask, mode, normalize, d, binary)
+    if be == "cuda":
+        return _pool_cuda(hidden, dt, mask, mode, normalize, d, binary)
+    from .kernels import pooling as tk
+
+    if hidden.stride(2) != 1:
+        hidden = hidden.contiguous()
+    return tk.pool(hidden, mask, mode, normalize, d, binary)
+
+
+def _pool_cpu(hidden, dt, mask, mode, normalize, d, binary):
+    if ck.is_torch(hidden):
+        import torch
+
+        h = hidden.detach()
+        if h.stride(2) != 1 and h.shape[2] > 1:
+            h = h.contiguous()
+        h = h.view(torch.int16).numpy() if h.dtype == torch.bfloat16 else h.numpy()
+        m = mask.detach()
+        m = (m.view(torch.uint8) if m.dtype == torch.bool else m).numpy()
+    else:
+        h, m = hidden, mask
+        if h.shape[2] > 1 and h.strides[2] != h.itemsize:
+            h = np.ascontiguousarray(h)
+    if m.ndim == 2 and m.shape[1] > 1 and m.strides[1] != m.itemsize:
+        m = np.ascontiguousarray(m)
+    if m.dtype == np.bool_:
+        m = m.view(np.uint8)
+    B = h.shape[0]
+    out = np.empty((B, d), dtype=np.float32)
+    codes = np.empty((B, (d + 7) // 8), dtype=np.uint8) if binary else None
+    _C.pool(h, _POOL_DTYPE_ID[dt], m, _POOL_MODE_ID[mode], d, normalize, out, codes)
+    if binary:
+        return _like(out, hidden), _like(codes, hidden)
+    return _like(out, hidden)
+
+
+def _pool_cuda(hidden, dt, mask, mode, normalize, d, binary):
+    import torch
+
+    if hidden.shape[2] > 1 and hidden.stride(2) != 1:
+        hidden = hidden.contiguous()
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    if mask.shape[1] > 1 and mask.stride(1) != 1:
+        mask = mask.contiguous()
+    B, T, _ = hidden.shape
+    dev = hidden.device
+    out = torch.empty((B, d), dtype=torch.float32, device=dev)
+    codes = torch.empty((B, (d + 7) // 8), dtype=torch.uint8, device=dev) if binary else None
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        _C.cuda_pool(hidden.data_ptr(), _POOL_DTYPE_ID[dt], B, T, d, hidden.stride(0),
+                     hidden.stride(1), mask.data_ptr(), mask.element_size(), mask.stride(0),
+                     _POOL_MODE_ID[mode], normalize, out.data_ptr(),
+                     codes.data_ptr() if binary else 0, stream)
+    return (out, codes) if binary else out
+
+
 
 # --------------------------------------------------------------------------- lowrank_sparse_matmul

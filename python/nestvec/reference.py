@@ -120,4 +120,64 @@ def dense_topk(db, queries, k, dim=None, metric="cosine", allow=None, candidates
 # --------------------------------------------------------------------------- pool
 
 
+POOL_MODES = ("mean", "cls", "last", "max", "weighted_mean")
+
+
+def pool_weights(mask: np.ndarray, mode: str) -> np.ndarray:
+    """float64 [B, T] token weights of a pooling mode (0 on padding).
+
+    mean: 1 per unmasked token. weighted_mean: the token's 1-based rank among the
+    unmasked tokens of its row (1, 2, ..., n; SGPT-style position weighting that
+    does not depend on the padding side). cls: 1 on the first unmasked token;
+    last: 1 on the last unmasked token. Rows with an all-zero mask get no weight."""
+    m = (np.asarray(mask) != 0)
+    if mode == "mean":
+        return m.astype(np.float64)
+    if mode == "weighted_mean":
+        return (np.cumsum(m, axis=1) * m).astype(np.float64)
+    w = np.zeros(m.shape, dtype=np.float64)
+    rows = np.flatnonzero(m.any(axis=1))
+    if mode == "cls":
+        w[rows, m[rows].argmax(axis=1)] = 1.0
+    elif mode == "last":
+        w[rows, m.shape[1] - 1 - m[rows, ::-1].argmax(axis=1)] = 1.0
+    else:
+        raise ValueError(f"no weights for mode {mode!r}")
+    return w
+
+
+def pool(hidden, mask, mode="mean", normalize=True, dim=None, binary=False):
+    """Pool token states into one vector per row (the spec of ops.pool).
+
+    hidden float [B, T, H] (float32 / float16, or bf16 widened to float32), mask [B, T]
+    (nonzero = token present; left or right padding). Modes: ``mean`` (average of the
+    unmasked tokens), ``weighted_mean`` (weights from :func:`pool_weights`), ``cls``
+    (first unmasked token), ``last`` (last unmasked token), ``max`` (element-wise max
+    over the unmasked tokens). The result is truncated to its first ``dim`` values and
+    then, with ``normalize``, divided by its L2 norm (Matryoshka: truncate, then
+    normalize). A row whose mask is all zero gives a zero vector (and zero code bits).
+    Returns float32 [B, d], plus uint8 [B, ceil(d/8)] sign bits
+    (``numpy.packbits(emb > 0)``) when ``binary``."""
+    h = np.asarray(hidden)
+    d = h.shape[2] if dim is None else dim
+    h = h[:, :, :d].astype(np.float64)
+    m = np.asarray(mask) != 0
+    n = m.sum(axis=1)
+    if mode == "max":
+        x = np.where(m[:, :, None], h, -np.inf).max(axis=1) if h.shape[1] else np.zeros((h.shape[0], d))
+        x[n == 0] = 0.0
+    else:
+        w = pool_weights(m, mode)
+        x = np.einsum("bt,btd->bd", w, h)
+        tot = w.sum(axis=1)
+        x = x / np.where(tot > 0, tot, 1.0)[:, None]
+    if normalize:
+        norm = np.sqrt((x * x).sum(axis=1))
+        x = x / np.where(norm > 0, norm, 1.0)[:, None]
+    emb = x.astype(np.float32)
+    if binary:
+        return emb, np.packbits(x > 0, axis=-1)
+    return emb
+
+
 # --------------------------------------------------------------------------- lowrank_sparse_matmul

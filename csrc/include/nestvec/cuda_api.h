@@ -17,5 +17,11 @@ int hamming_topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uin
                  const uint8_t* allow, int32_t* out_dist, int64_t* out_idx, void* workspace,
                  int64_t workspace_bytes, uintptr_t stream);
 
+// Fused pooling (see pooling.h for the arguments; mode/dtype enums alike). out float32
+// [B, d] contiguous; codes uint8 [B, ceil(d/8)] or nullptr.
+int pool(const void* hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_t sb, int64_t st,
+         const void* mask, int mask_itemsize, int64_t mask_sb, int mode, bool normalize,
+         float* out, uint8_t* codes, uintptr_t stream);
+
 }  // namespace cuda
 }  // namespace nestvec
