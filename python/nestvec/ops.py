@@ -537,7 +537,8 @@ def _lrs_cuda(x, A, B, S, channels, bias):
     import torch
 
     dt = ck.dtype_name(x)
-    x = x if x.stride(-1) == 1 else x.contiguous()
+    if x.stride(-1) != 1 or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
+        x = x.contiguous()
     A, B, S = A.contiguous(), B.contiguous(), S.contiguous()
     ch = channels.to(torch.int64).contiguous()
     M, K = x.shape
