@@ -13,6 +13,10 @@ Two GEMM launches, float32 accumulation:
 
 float32 inputs use IEEE products (no TF32) so that they meet float32 tolerances.
 Compatible with Triton 3.6+ and the interpreter (``TRITON_INTERPRET=1``, small shapes).
+The kernels call only ``triton.language`` core builtins, no ``@triton.jit`` helpers of
+``triton.language.standard`` (``tl.cdiv``, ``tl.zeros``): those are decorated when
+triton is imported, so with Triton 3.9 they fail under an interpreter switched on later
+(as the tests' ``triton_interpret`` fixture does).
 """
 import os
 
@@ -39,8 +43,8 @@ def _xw_kernel(x_ptr, a_ptr, s_ptr, tlr_ptr, ts_ptr, M, K, R, C, stride_x, strid
                BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, IEEE: tl.constexpr,
                EVEN_K: tl.constexpr, UPCAST: tl.constexpr):
     pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = TILES_A + tl.cdiv(C, BLOCK_N)
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M  # no tl.cdiv: see below
+    num_pid_n = TILES_A + (C + BLOCK_N - 1) // BLOCK_N
     pid_m, pid_n = _tile_ids(pid, num_pid_m, num_pid_n, GROUP_M)
     is_a = pid_n < TILES_A
     if is_a:
@@ -61,7 +65,7 @@ def _xw_kernel(x_ptr, a_ptr, s_ptr, tlr_ptr, ts_ptr, M, K, R, C, stride_x, strid
     cols = tl.where(offs_n < n_lim, offs_n, 0).to(tl.int64)
     x_ptrs = x_ptr + rows[:, None] * stride_x + offs_k[None, :]
     w_ptrs = w_ptr + cols[None, :] * stride_w + offs_k[:, None]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)  # (tl.zeros: see num_pid_m)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             xa = tl.load(x_ptrs)
@@ -95,8 +99,8 @@ def _ty_kernel(t_ptr, b_ptr, ts_ptr, col2s_ptr, bias_ptr, y_ptr, M, N, R, stride
                GROUP_M: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr,
                UPCAST: tl.constexpr):
     pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M  # no tl.cdiv: see below
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
     pid_m, pid_n = _tile_ids(pid, num_pid_m, num_pid_n, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -105,7 +109,7 @@ def _ty_kernel(t_ptr, b_ptr, ts_ptr, col2s_ptr, bias_ptr, y_ptr, M, N, R, stride
     cols = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
     t_ptrs = t_ptr + rows[:, None] * stride_t + offs_k[None, :]
     b_ptrs = b_ptr + cols[None, :] * stride_b + offs_k[:, None]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)  # (tl.zeros: see num_pid_m)
     for k0 in range(0, R, BLOCK_K):
         if EVEN_K:
             ta = tl.load(t_ptrs)
