@@ -274,7 +274,7 @@ int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Packed weights of the calling thread, kept between calls: a fresh 10-20 MiB buffer
 // per call costs page faults worth several percent of a 4096² product.
-struct PackCache {
+struct CachedBuf {
   Buf buf;
   int64_t cap = 0;
   float* get(int64_t n) {
@@ -285,6 +285,47 @@ struct PackCache {
     return buf.get();
   }
 };
+struct PackCache {
+  CachedBuf weights;
+  std::vector<CachedBuf> per_thread;  // worker t uses per_thread[t] only
+};
+
+// One MR-row panel, k-major: dst[k * MR + ii] = rows[ii][k] for ii < nvalid, else 0.
+inline void pack_panel(const float* const* rows, int64_t nvalid, int64_t kc, float* dst) {
+#if defined(__AVX2__) || defined(__AVX512F__)
+  if (nvalid == MR && MR % 4 == 0) {  // 4x4 transposes: one 16-byte store per 4 values
+    for (int g = 0; g < MR; g += 4) {
+      const float *r0 = rows[g], *r1 = rows[g + 1], *r2 = rows[g + 2], *r3 = rows[g + 3];
+      int64_t k = 0;
+      for (; k + 4 <= kc; k += 4) {
+        __m128 a = _mm_loadu_ps(r0 + k), b = _mm_loadu_ps(r1 + k), c = _mm_loadu_ps(r2 + k),
+               d = _mm_loadu_ps(r3 + k);
+        _MM_TRANSPOSE4_PS(a, b, c, d);
+        _mm_storeu_ps(dst + k * MR + g, a);
+        _mm_storeu_ps(dst + (k + 1) * MR + g, b);
+        _mm_storeu_ps(dst + (k + 2) * MR + g, c);
+        _mm_storeu_ps(dst + (k + 3) * MR + g, d);
+      }
+      for (; k < kc; ++k) {
+        dst[k * MR + g] = r0[k];
+        dst[k * MR + g + 1] = r1[k];
+        dst[k * MR + g + 2] = r2[k];
+        dst[k * MR + g + 3] = r3[k];
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t ii = 0; ii < MR; ++ii) {
+    float* d = dst + ii;
+    if (ii < nvalid) {
+      const float* r = rows[ii];
+      for (int64_t k = 0; k < kc; ++k) d[k * MR] = r[k];
+    } else {
+      for (int64_t k = 0; k < kc; ++k) d[k * MR] = 0.0f;
+    }
+  }
+}
 
 }  // namespace
 
@@ -302,8 +343,9 @@ void run(const Args& g) {
   int nt = int(std::min<double>(num_threads(), std::max(1.0, work / double(1 << 21))));
 
   // ---- pack weights: [A; S] -> W1 panels [P1][K][NR]; B -> W2 panels [P2][r][NR]
-  thread_local PackCache cache;
-  float* w1 = cache.get(P1 * K * NR + P2 * r * NR);
+  thread_local PackCache tl_cache;
+  PackCache& cache = tl_cache;  // a reference: worker lambdas must see the caller's cache
+  float* w1 = cache.weights.get(P1 * K * NR + P2 * r * NR);
   float* w2 = w1 + P1 * K * NR;
   const size_t ws = esize(dt);
   auto row1 = [&](int64_t j) -> const void* {
@@ -346,36 +388,37 @@ void run(const Args& g) {
   const int64_t mc = std::min<int64_t>(MC, cdiv(cdiv(M, nt), MR) * MR);
   const int64_t nblocks = cdiv(M, mc);
   std::atomic<int64_t> next{0};
-  parallel_for(nt, nt, 1, [&](int, int64_t, int64_t) {
-    const int64_t mc_max = mc;
-    const int64_t kc_max = std::min(KC, std::max<int64_t>(K, 1));
-    Buf Ap = alloc_f(mc_max * kc_max), T = alloc_f(mc_max * ldt),
-        Ap2 = alloc_f(mc_max * std::max<int64_t>(r, 1)), tmp = alloc_f(std::max(K, r));
+  const int64_t kc_max = std::min(KC, std::max<int64_t>(K, 1));
+  const int64_t n_ap = mc * kc_max, n_t = mc * ldt, n_ap2 = mc * std::max<int64_t>(r, 1),
+                n_tmp = (dt == DType::F32 ? 0 : MR * kc_max);
+  if (int64_t(cache.per_thread.size()) < nt) cache.per_thread.resize(nt);
+  parallel_for(nt, nt, 1, [&](int tid, int64_t, int64_t) {
+    float* base = cache.per_thread[tid].get(n_ap + n_t + n_ap2 + n_tmp + 64);
+    float* const ap = base;
+    float* const t = ap + n_ap;
+    float* const ap2 = t + n_t;
+    float* const xtmp = ap2 + n_ap2;
     alignas(64) float tile[MR * NR];
+    const float* rows[MR];
     for (int64_t blk = next++; blk < nblocks; blk = next++) {
       const int64_t i0 = blk * mc, mb = std::min(mc, M - i0), nir = cdiv(mb, MR);
-      float* t = T.get();
       // GEMM 1: t = x[i0 : i0 + mb] · [A; S]ᵀ
       if (K == 0) std::fill(t, t + nir * MR * ldt, 0.0f);
       for (int64_t pc = 0; pc < K; pc += KC) {
         const int64_t kc = std::min(KC, K - pc);
-        float* ap = Ap.get();
-        for (int64_t ir = 0; ir < nir; ++ir)
-          for (int64_t ii = 0; ii < MR; ++ii) {
-            const int64_t i = ir * MR + ii;
-            float* dst = ap + ir * kc * MR + ii;
-            if (i < mb) {
-              const void* src = at(g.x, (i0 + i) * g.ldx + pc, dt);
-              const float* sf = static_cast<const float*>(src);
-              if (dt != DType::F32) {
-                load_f32(tmp.get(), src, kc, dt);
-                sf = tmp.get();
-              }
-              for (int64_t k = 0; k < kc; ++k) dst[k * MR] = sf[k];
+        for (int64_t ir = 0; ir < nir; ++ir) {
+          const int64_t nvalid = std::min<int64_t>(MR, mb - ir * MR);
+          for (int64_t ii = 0; ii < nvalid; ++ii) {
+            const void* src = at(g.x, (i0 + ir * MR + ii) * g.ldx + pc, dt);
+            if (dt == DType::F32) {
+              rows[ii] = static_cast<const float*>(src);
             } else {
-              for (int64_t k = 0; k < kc; ++k) dst[k * MR] = 0.0f;
+              load_f32(xtmp + ii * kc, src, kc, dt);
+              rows[ii] = xtmp + ii * kc;
             }
           }
+          pack_panel(rows, nvalid, kc, ap + ir * kc * MR);
+        }
         for (int64_t p = 0; p < P1; ++p) {
           const float* bp = w1 + p * K * NR + pc * NR;
           for (int64_t ir = 0; ir < nir; ++ir)
@@ -383,13 +426,10 @@ void run(const Args& g) {
         }
       }
       // GEMM 2: y = t[:, :r] · Bᵀ (+ sparse columns, + bias) in the tile epilogue
-      float* ap2 = Ap2.get();
-      for (int64_t ir = 0; ir < nir; ++ir)
-        for (int64_t ii = 0; ii < MR; ++ii) {
-          const float* src = t + (ir * MR + ii) * ldt;
-          float* dst = ap2 + ir * r * MR + ii;
-          for (int64_t k = 0; k < r; ++k) dst[k * MR] = src[k];
-        }
+      for (int64_t ir = 0; ir < nir; ++ir) {
+        for (int64_t ii = 0; ii < MR; ++ii) rows[ii] = t + (ir * MR + ii) * ldt;
+        pack_panel(rows, MR, r, ap2 + ir * r * MR);  // padded rows of t are zero
+      }
       for (int64_t p = 0; p < P2; ++p) {
         const float* bp = w2 + p * r * NR;
         const int64_t cols = std::min<int64_t>(NR, N - p * NR);
