@@ -122,9 +122,11 @@ def main(argv=None) -> int:
         dense = torch.nn.Linear(K, N, bias=True)
         with torch.no_grad():
             dense.weight.copy_(Wt)
-        lr = LowRankSparseLinear.from_dense(dense, r, args.sparsity) if M * K <= 4096 * 4096 else None
-        if lr is None or lr.rank != r:
-            lr = LowRankSparseLinear(K, N, r, torch.from_numpy(ch))
+        lr = LowRankSparseLinear(K, N, r, torch.from_numpy(ch))  # same factors as above
+        with torch.no_grad():
+            lr.A.copy_(At)
+            lr.B.copy_(Bt)
+            lr.S.copy_(St)
         xg = xt.clone()
         g = torch.randn(M, N)
 

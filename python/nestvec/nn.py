@@ -300,16 +300,24 @@ def ndcg_at_k(scores, doc_ids, qids, qrels, k=10) -> float:
 
 
 def _encode(model, tok, texts, batch_size, max_length):
-    out = []
+    """Mean-pooled, L2-normalised embeddings in input order; batches of similar length
+    (sorted by token count) so that padding costs little."""
+    import numpy as np
+
+    lengths = [len(t) for t in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    out = [None] * len(texts)
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], padding=True, truncation=True,
+            idx = order[i:i + batch_size]
+            enc = tok([texts[j] for j in idx], padding=True, truncation=True,
                       max_length=max_length, return_tensors="pt")
             h = model(**enc).last_hidden_state
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
-            out.append(torch.nn.functional.normalize(e, dim=-1))
-    return torch.cat(out).float().numpy()
+            e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)
+            for j, v in zip(idx, e.float().numpy()):
+                out[j] = v
+    return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
 
 def compressed_quality_row(rank_ratio: float = 0.5, sparsity: float = 0.05,
