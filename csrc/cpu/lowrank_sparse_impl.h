@@ -353,11 +353,19 @@ void run(const Args& g) {
   };
   auto row2 = [&](int64_t j) -> const void* { return at(g.B, j * g.ldb, dt); };
   (void)ws;
-  parallel_for(P1 + P2, std::min<int64_t>(nt, P1 + P2), 1, [&](int, int64_t b, int64_t e) {
-    Buf tmp = alloc_f(std::max(K, r));
-    if (b < P1) pack_panels(row1, rc, K, dt, w1, b, std::min(e, P1), tmp.get());
-    if (e > P1) pack_panels(row2, N, r, dt, w2, std::max(b, P1) - P1, e - P1, tmp.get());
-  });
+  {
+    std::atomic<int64_t> next_panel{0};  // dynamic: a descheduled thread holds nobody up
+    const int npt = int(std::min<int64_t>(nt, P1 + P2));
+    parallel_for(npt, npt, 1, [&](int, int64_t, int64_t) {
+      Buf tmp = dt == DType::F32 ? Buf() : alloc_f(std::max(K, r));
+      for (int64_t q = next_panel++; q < P1 + P2; q = next_panel++) {
+        if (q < P1)
+          pack_panels(row1, rc, K, dt, w1, q, q + 1, tmp.get());
+        else
+          pack_panels(row2, N, r, dt, w2, q - P1, q - P1 + 1, tmp.get());
+      }
+    });
+  }
 
   // ---- sparse columns per output panel (CSR over panels), bias as float32
   std::vector<int64_t> sp_start(P2 + 1, 0);
