@@ -209,3 +209,21 @@ def test_validation_backend():
         ops.lowrank_sparse_matmul(*args, backend="nope")
     with pytest.raises(TypeError, match="^x:"):
         ops.lowrank_sparse_matmul(*(v.numpy() for v in args), backend="triton")
+
+
+@pytest.mark.parametrize("M,K,N,r,c", [(3, 0, 5, 2, 1), (0, 4, 5, 2, 1), (3, 4, 0, 2, 0),
+                                       (3, 4, 5, 0, 2), (3, 4, 5, 0, 0)])
+def test_degenerate_shapes(M, K, N, r, c, monkeypatch):
+    """Empty x, K = 0, N = 0 and rank 0 follow the dense formula on every host backend."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    g = torch.Generator().manual_seed(0)
+    x, A, B = torch.randn(M, K, generator=g), torch.randn(r, K, generator=g), torch.randn(N, r, generator=g)
+    S, ch, b = torch.randn(c, K, generator=g), torch.arange(c), torch.randn(N, generator=g)
+    want = x @ (B @ A).index_add(0, ch, S).T + b
+    backends = ["reference"] + (["cpu"] if ops._C is not None else [])
+    if ops.triton_available():
+        backends.append("triton")
+    for be in backends:
+        y = ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend=be)
+        assert y.shape == (M, N), be
+        np.testing.assert_allclose(y.numpy(), want.numpy(), atol=1e-5, err_msg=be)
