@@ -444,7 +444,10 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, backend: str = "au
 
     Returns:
         ``y [M, N]`` (``[N]`` for a 1-D x) of x's dtype, same container and device.
-        Products accumulate in float32 (float64 on the reference backend).
+        Products accumulate in float32 (float64 on the reference backend). The cpu
+        backend keeps the intermediate ``x·Aᵀ`` in float32; cuda and triton round it to
+        x's dtype before the second tensor-core GEMM (like a two-step torch low-rank),
+        so 16-bit results there carry about one extra rounding of that dtype.
 
     Raises:
         TypeError / ValueError naming the argument: dtype, shape, device, channels
