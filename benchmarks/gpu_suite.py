@@ -228,7 +228,7 @@ def section_lowrank(quick=False):
 
     for cfg in [(128, 256, 64, 8, 8, 4), (128, 128, 64, 8, 4, 4), (256, 128, 64, 8, 8, 3),
                 (128, 128, 32, 8, 4, 5)]:
-        if time.time() - t_start > 28:
+        if time.time() - t_start > 24:  # keep the section under ~40 s
             break
         try:
             fn = lambda: tk.lowrank_sparse_matmul(x, A, B, S, ch, None, config=cfg)  # noqa: E731
