@@ -327,12 +327,110 @@ inline void pack_panel(const float* const* rows, int64_t nvalid, int64_t kc, flo
   }
 }
 
+// Σ a[i]·b[i] in float32 (four independent partial sums).
+inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (; i + 64 <= n; i += 64) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+  }
+  for (; i + 16 <= n; i += 16)
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+  float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#elif defined(__AVX2__)
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float acc = _mm_cvtss_f32(h);
+#else
+  float p0 = 0.f, p1 = 0.f, p2 = 0.f, p3 = 0.f;
+  for (; i + 4 <= n; i += 4) {
+    p0 += a[i] * b[i];
+    p1 += a[i + 1] * b[i + 1];
+    p2 += a[i + 2] * b[i + 2];
+    p3 += a[i + 3] * b[i + 3];
+  }
+  float acc = (p0 + p1) + (p2 + p3);
+#endif
+  for (; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// A few rows of x (decode-style calls): two passes of dot products straight from the
+// row-major weights, each weight row read once for all rows of x. Packing the weights,
+// as the blocked path does, would cost more than the whole product here.
+constexpr int64_t kSmallM = 16;
+
+void run_small(const Args& g) {
+  const DType dt = g.dtype;
+  const int64_t M = g.M, K = g.K, r = g.r, c = g.c, N = g.N, rc = r + c;
+  std::vector<float> xf(size_t(M * K)), t(size_t(M * rc));
+  for (int64_t m = 0; m < M; ++m) load_f32(xf.data() + m * K, at(g.x, m * g.ldx, dt), K, dt);
+  std::vector<int32_t> col2s(size_t(N), -1);
+  for (int64_t j = 0; j < c; ++j) col2s[size_t(g.channels[j])] = int32_t(j);
+  std::vector<float> biasf;
+  if (g.bias) {
+    biasf.resize(size_t(N));
+    load_f32(biasf.data(), g.bias, N, dt);
+  }
+  const double bytes = double(K * rc + r * N) * double(esize(dt));
+  const int nt = int(std::min<double>(num_threads(), std::max(1.0, bytes / double(1 << 18))));
+  // t = x · [A; S]ᵀ
+  parallel_for(rc, std::min<int64_t>(nt, std::max<int64_t>(rc, 1)), 16, [&](int, int64_t b, int64_t e) {
+    std::vector<float> w(size_t(dt == DType::F32 ? 0 : K));
+    for (int64_t j = b; j < e; ++j) {
+      const void* row = j < r ? at(g.A, j * g.lda, dt) : at(g.S, (j - r) * g.lds, dt);
+      const float* wf = static_cast<const float*>(row);
+      if (dt != DType::F32) {
+        load_f32(w.data(), row, K, dt);
+        wf = w.data();
+      }
+      for (int64_t m = 0; m < M; ++m) t[size_t(m * rc + j)] = dot(xf.data() + m * K, wf, K);
+    }
+  });
+  // y = t[:, :r] · Bᵀ + sparse columns + bias
+  parallel_for(N, std::min<int64_t>(nt, N), 16, [&](int, int64_t b, int64_t e) {
+    std::vector<float> w(size_t(dt == DType::F32 ? 0 : r)), out(size_t(M * (e - b)));
+    for (int64_t n = b; n < e; ++n) {
+      const void* row = at(g.B, n * g.ldb, dt);
+      const float* wf = static_cast<const float*>(row);
+      if (dt != DType::F32 && r) {
+        load_f32(w.data(), row, r, dt);
+        wf = w.data();
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        float v = r ? dot(t.data() + m * rc, wf, r) : 0.0f;
+        if (col2s[size_t(n)] >= 0) v += t[size_t(m * rc + r + col2s[size_t(n)])];
+        if (g.bias) v += biasf[size_t(n)];
+        out[size_t(m * (e - b) + (n - b))] = v;
+      }
+    }
+    for (int64_t m = 0; m < M; ++m)
+      store_from_f32(static_cast<char*>(g.y) + (m * g.ldy + b) * int64_t(esize(dt)),
+                     out.data() + m * (e - b), e - b, dt);
+  });
+}
+
 }  // namespace
 
 void run(const Args& g) {
   const DType dt = g.dtype;
   const int64_t M = g.M, K = g.K, r = g.r, c = g.c, N = g.N;
   if (M <= 0 || N <= 0) return;
+  if (M <= kSmallM) return run_small(g);
   const int64_t rc = r + c;
   const int64_t P1 = cdiv(rc, NR), P2 = cdiv(N, NR);
   int64_t ldt = std::max<int64_t>(P1, 1) * NR;
