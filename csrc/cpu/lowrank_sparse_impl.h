@@ -235,8 +235,18 @@ inline void kernel(int64_t kc, const float* __restrict a, const float* __restric
 #endif
 
 // ------------------------------------------------------------------ buffers and packing
-constexpr int64_t KC = 256;        // depth of one x slice (GEMM 1) and of GEMM 2 steps
-constexpr int64_t MC = MR * 16;    // rows of x per block: x slice + t stay in L2
+#ifndef NV_LRS_KC
+#define NV_LRS_KC 256
+#endif
+#ifndef NV_LRS_MC_PANELS
+#define NV_LRS_MC_PANELS 16
+#endif
+constexpr int64_t KC = NV_LRS_KC;               // depth of one x slice (GEMM 1) / GEMM 2 step
+constexpr int64_t MC = MR * NV_LRS_MC_PANELS;   // rows of x per block: x slice + t stay in L2
+#ifndef NV_LRS_KC2
+#define NV_LRS_KC2 256
+#endif
+constexpr int64_t KC2 = NV_LRS_KC2;  // GEMM 2 depth step: the B sub-panel stays in L1
 
 struct FreeDeleter {
   void operator()(float* p) const { std::free(p); }
@@ -480,11 +490,8 @@ void run(const Args& g) {
     for (int64_t p = 0; p < P2; ++p) sp_start[p + 1] += sp_start[p];
   }
   Buf biasf = alloc_f(P2 * NR);
-  const bool has_bias = g.bias != nullptr;
-  if (has_bias) {
-    std::fill(biasf.get(), biasf.get() + P2 * NR, 0.0f);
-    load_f32(biasf.get(), g.bias, N, dt);
-  }
+  std::fill(biasf.get(), biasf.get() + P2 * NR, 0.0f);
+  if (g.bias) load_f32(biasf.get(), g.bias, N, dt);
 
   // ---- compute: threads over contiguous ranges of rows
   nt = int(std::min<int64_t>(nt, cdiv(M, MR)));
@@ -496,15 +503,15 @@ void run(const Args& g) {
   std::atomic<int64_t> next{0};
   const int64_t kc_max = std::min(KC, std::max<int64_t>(K, 1));
   const int64_t n_ap = mc * kc_max, n_t = mc * ldt, n_ap2 = mc * std::max<int64_t>(r, 1),
-                n_tmp = (dt == DType::F32 ? 0 : MR * kc_max);
+                n_tmp = (dt == DType::F32 ? 0 : MR * kc_max), n_tiles = mc * NR;
   if (int64_t(cache.per_thread.size()) < nt) cache.per_thread.resize(nt);
   parallel_for(nt, nt, 1, [&](int tid, int64_t, int64_t) {
-    float* base = cache.per_thread[tid].get(n_ap + n_t + n_ap2 + n_tmp + 64);
+    float* base = cache.per_thread[tid].get(n_ap + n_t + n_ap2 + n_tmp + n_tiles + 64);
     float* const ap = base;
     float* const t = ap + n_ap;
     float* const ap2 = t + n_t;
     float* const xtmp = ap2 + n_ap2;
-    alignas(64) float tile[MR * NR];
+    float* const tiles = xtmp + n_tmp;  // one MR x NR accumulator tile per row panel
     const float* rows[MR];
     for (int64_t blk = next++; blk < nblocks; blk = next++) {
       const int64_t i0 = blk * mc, mb = std::min(mc, M - i0), nir = cdiv(mb, MR);
@@ -539,30 +546,49 @@ void run(const Args& g) {
       for (int64_t p = 0; p < P2; ++p) {
         const float* bp = w2 + p * r * NR;
         const int64_t cols = std::min<int64_t>(NR, N - p * NR);
-        for (int64_t ir = 0; ir < nir; ++ir) {
-          if (r == 0) std::fill(tile, tile + MR * NR, 0.0f);
-          for (int64_t pc = 0; pc < r; pc += KC)
-            kernel(std::min(KC, r - pc), ap2 + ir * r * MR + pc * MR, bp + pc * NR, tile, NR,
+        if (r == 0) std::fill(tiles, tiles + nir * MR * NR, 0.0f);
+        for (int64_t pc = 0; pc < r; pc += KC2) {
+          const int64_t kc2 = std::min(KC2, r - pc);
+          for (int64_t ir = 0; ir < nir; ++ir)
+            kernel(kc2, ap2 + ir * r * MR + pc * MR, bp + pc * NR, tiles + ir * MR * NR, NR,
                    pc > 0);
+        }
+        for (int64_t ir = 0; ir < nir; ++ir) {
+          float* const tile = tiles + ir * MR * NR;
           const int64_t rows = std::min<int64_t>(MR, mb - ir * MR);
           const float* trow = t + ir * MR * ldt + r;
           for (int64_t s = sp_start[p]; s < sp_start[p + 1]; ++s) {
             const int32_t col = sp[s].first, j = sp[s].second;
             for (int64_t ii = 0; ii < rows; ++ii) tile[ii * NR + col] += trow[ii * ldt + j];
           }
+          const float* bb = biasf.get() + p * NR;  // zeros without a bias
           for (int64_t ii = 0; ii < rows; ++ii) {
             float* tr = tile + ii * NR;
-            if (has_bias) {
-              const float* bb = biasf.get() + p * NR;
-              for (int64_t jj = 0; jj < NR; ++jj) tr[jj] += bb[jj];
-            }
             void* yrow = static_cast<char*>(g.y) +
                          ((i0 + ir * MR + ii) * g.ldy + p * NR) * int64_t(esize(dt));
-            store_from_f32(yrow, tr, cols, dt);
+            if (dt == DType::F32 && cols == NR) {
+              // add + store in one vectorised loop (a plain copy would become a memcpy call);
+              // aligned rows take non-temporal stores: y is written once, never re-read here
+              float* yr = static_cast<float*>(yrow);
+#if defined(__AVX512F__)
+              if ((reinterpret_cast<uintptr_t>(yr) & 63) == 0) {
+                _mm512_stream_ps(yr, _mm512_add_ps(_mm512_loadu_ps(tr), _mm512_loadu_ps(bb)));
+                _mm512_stream_ps(yr + 16, _mm512_add_ps(_mm512_loadu_ps(tr + 16), _mm512_loadu_ps(bb + 16)));
+                continue;
+              }
+#endif
+              for (int64_t jj = 0; jj < NR; ++jj) yr[jj] = tr[jj] + bb[jj];
+            } else {
+              for (int64_t jj = 0; jj < NR; ++jj) tr[jj] += bb[jj];
+              store_from_f32(yrow, tr, cols, dt);
+            }
           }
         }
       }
     }
+#if defined(__AVX512F__)
+    _mm_sfence();  // make the non-temporal stores visible before the join
+#endif
   });
 }
 
