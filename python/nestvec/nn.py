@@ -363,7 +363,10 @@ def compressed_quality_row(rank_ratio: float = 0.5, sparsity: float = 0.05,
     report = compress_model(small, rank_ratio, sparsity, include=include, exclude=exclude)
     small.eval()
 
-    row = {"model": Path(model_path).name, "rank_ratio": rank_ratio, "sparsity": sparsity,
+    name = Path(model_path).name
+    if name == "model":  # the bundled package keeps its files in .../<package>/model
+        name = Path(model_path).parent.name
+    row = {"model": name, "rank_ratio": rank_ratio, "sparsity": sparsity,
            "docs": len(docs), "queries": len(qtexts), "threads": torch.get_num_threads()}
     for tag, model in (("original", base), ("compressed", small)):
         t0 = time.perf_counter()
