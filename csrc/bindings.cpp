@@ -13,6 +13,7 @@
 #include "nestvec/dispatch.h"
 #include "nestvec/hamming.h"
 #include "nestvec/pooling.h"
+#include "nestvec/lowrank_sparse.h"
 
 namespace py = pybind11;
 using namespace nestvec;
@@ -43,6 +44,10 @@ View view2d(const py::array& a, const char* name, size_t itemsize, bool writable
   }
   v.rows = a.shape(0);
   v.cols = a.shape(1);
+  if (v.rows == 0 || v.cols == 0) {  // empty: strides are meaningless
+    v.row_stride = v.cols;
+    return v;
+  }
   if (v.cols > 1 && a.strides(1) != ssize_t(itemsize))
     throw std::invalid_argument(std::string(name) + ": last dimension must be contiguous");
   if (a.strides(0) % ssize_t(itemsize) != 0 || a.strides(0) < 0)
@@ -237,4 +242,81 @@ PYBIND11_MODULE(_C, m) {
   });
 
   // ---------------------------------------------------------------- lowrank_sparse
+  m.def(
+      "lowrank_sparse_matmul",
+      [](const std::string& dtype, py::array x, py::array A, py::array B, py::array S,
+         py::array channels, py::object bias, py::array y) {
+        lowrank_sparse::DType dt;
+        size_t es;
+        if (dtype == "f32") dt = lowrank_sparse::DType::F32, es = 4;
+        else if (dtype == "f16") dt = lowrank_sparse::DType::F16, es = 2;
+        else if (dtype == "bf16") dt = lowrank_sparse::DType::BF16, es = 2;
+        else throw std::invalid_argument("dtype: expected 'f32', 'f16' or 'bf16'");
+        if (x.ndim() != 2 || A.ndim() != 2 || B.ndim() != 2 || S.ndim() != 2 || y.ndim() != 2)
+          throw std::invalid_argument("x, A, B, S, y: expected 2-D arrays");
+        View xv = view2d(x, "x", es), av = view2d(A, "A", es), bv = view2d(B, "B", es),
+             sv = view2d(S, "S", es), yv = view2d(y, "y", es, true);
+        View cv = view2d(channels, "channels", 8);
+        const int64_t M = xv.rows, K = xv.cols, r = av.rows, N = bv.rows, c = sv.rows;
+        if (av.cols != K || sv.cols != K) throw std::invalid_argument("A, S: expected K columns");
+        if (bv.cols != r) throw std::invalid_argument("B: expected r columns");
+        if (cv.rows * cv.cols != c) throw std::invalid_argument("channels: expected c entries");
+        if (yv.rows != M || yv.cols != N) throw std::invalid_argument("y: expected [M, N]");
+        const int64_t* ch = static_cast<const int64_t*>(cv.ptr);
+        for (int64_t j = 0; j < c; ++j)
+          if (ch[j] < 0 || ch[j] >= N) throw std::invalid_argument("channels: id out of range");
+        const void* bptr = nullptr;
+        py::array bias_arr;
+        if (!bias.is_none()) {
+          bias_arr = bias.cast<py::array>();
+          View bb = view2d(bias_arr, "bias", es);
+          if (bb.rows * bb.cols != N) throw std::invalid_argument("bias: expected N entries");
+          bptr = bb.ptr;
+        }
+        lowrank_sparse::Args a{dt,     xv.ptr, M,      K, xv.row_stride, av.ptr, r,
+                               av.row_stride, bv.ptr, N, bv.row_stride, sv.ptr, c,
+                               sv.row_stride, ch,     bptr, yv.ptr, yv.row_stride};
+        py::gil_scoped_release nogil;
+        lowrank_sparse::matmul(a);
+      },
+      py::arg("dtype"), py::arg("x"), py::arg("A"), py::arg("B"), py::arg("S"),
+      py::arg("channels"), py::arg("bias"), py::arg("y"));
+
+  m.def("cuda_lowrank_sparse_workspace_bytes",
+        [](const std::string& dtype, int64_t M, int64_t N, int64_t r, int64_t c) -> int64_t {
+#if defined(NESTVEC_WITH_CUDA)
+          return cuda::lowrank_sparse_workspace_bytes(dtype == "f32" ? 0 : dtype == "f16" ? 1 : 2,
+                                                      M, N, r, c);
+#else
+          (void)dtype, (void)M, (void)N, (void)r, (void)c;
+          no_cuda();
+#endif
+        });
+  m.def("cuda_lowrank_sparse_matmul",
+        [](const std::string& dtype, uintptr_t x, int64_t M, int64_t K, int64_t ldx, uintptr_t A,
+           int64_t r, uintptr_t B, int64_t N, uintptr_t S, int64_t c, uintptr_t channels,
+           uintptr_t bias, uintptr_t y, uintptr_t ws, int64_t ws_bytes, uintptr_t stream) {
+#if defined(NESTVEC_WITH_CUDA)
+          int dt;
+          if (dtype == "f32") dt = 0;
+          else if (dtype == "f16") dt = 1;
+          else if (dtype == "bf16") dt = 2;
+          else throw std::invalid_argument("dtype: expected 'f32', 'f16' or 'bf16'");
+          int rc;
+          {
+            py::gil_scoped_release nogil;
+            rc = cuda::lowrank_sparse_matmul(
+                dt, reinterpret_cast<const void*>(x), M, K, ldx, reinterpret_cast<const void*>(A),
+                r, reinterpret_cast<const void*>(B), N, reinterpret_cast<const void*>(S), c,
+                reinterpret_cast<const int64_t*>(channels), reinterpret_cast<const void*>(bias),
+                reinterpret_cast<void*>(y), reinterpret_cast<void*>(ws), ws_bytes, stream);
+          }
+          check_cuda(rc, "cuda_lowrank_sparse_matmul");
+#else
+          (void)dtype, (void)x, (void)M, (void)K, (void)ldx, (void)A, (void)r, (void)B, (void)N;
+          (void)S, (void)c, (void)channels, (void)bias, (void)y, (void)ws, (void)ws_bytes;
+          (void)stream;
+          no_cuda();
+#endif
+        });
 }

@@ -181,3 +181,27 @@ def pool(hidden, mask, mode="mean", normalize=True, dim=None, binary=False):
 
 
 # --------------------------------------------------------------------------- lowrank_sparse_matmul
+
+def lowrank_sparse_matmul(x, A, B, S, channels, bias=None):
+    """y = x Aᵀ Bᵀ + scatter_cols(x Sᵀ, channels) + bias, computed in float64.
+
+    x [M, K], A [r, K], B [N, r], S [c, K] (rows of the sparse part), channels int [c]
+    (unique output columns), bias [N] or None. Any float dtype (bfloat16 already
+    widened). Returns float64 [M, N]."""
+    x = np.asarray(x, dtype=np.float64)
+    y = (x @ np.asarray(A, dtype=np.float64).T) @ np.asarray(B, dtype=np.float64).T
+    ch = np.asarray(channels, dtype=np.int64)
+    if ch.size:
+        y[:, ch] += x @ np.asarray(S, dtype=np.float64).T
+    if bias is not None:
+        y += np.asarray(bias, dtype=np.float64)[None, :]
+    return y
+
+
+def lowrank_sparse_dense_weight(A, B, S, channels, n_out=None):
+    """The dense weight W = B·A + S (S scattered to rows ``channels``), float64 [N, K]."""
+    W = np.asarray(B, dtype=np.float64) @ np.asarray(A, dtype=np.float64)
+    ch = np.asarray(channels, dtype=np.int64)
+    if ch.size:
+        W[ch] += np.asarray(S, dtype=np.float64)
+    return W

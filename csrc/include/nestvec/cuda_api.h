@@ -22,6 +22,14 @@ int hamming_topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uin
 int pool(const void* hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_t sb, int64_t st,
          const void* mask, int mask_itemsize, int64_t mask_sb, int mode, bool normalize,
          float* out, uint8_t* codes, uintptr_t stream);
+// lowrank_sparse_matmul (dtype 0 = f32, 1 = f16, 2 = bf16); row-major operands, A, B, S
+// contiguous, x rows with stride ldx, y contiguous [M, N]; channels int64 [c] on the
+// device; bias [N] or null. Workspace of lowrank_sparse_workspace_bytes(...) bytes.
+int64_t lowrank_sparse_workspace_bytes(int dtype, int64_t M, int64_t N, int64_t r, int64_t c);
+int lowrank_sparse_matmul(int dtype, const void* x, int64_t M, int64_t K, int64_t ldx,
+                          const void* A, int64_t r, const void* B, int64_t N, const void* S,
+                          int64_t c, const int64_t* channels, const void* bias, void* y,
+                          void* workspace, int64_t workspace_bytes, uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace nestvec

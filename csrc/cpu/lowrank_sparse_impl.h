@@ -1,0 +1,600 @@
+// Blocked SGEMM-style driver of lowrank_sparse_matmul, compiled once per ISA: each
+// csrc/cpu/lowrank_sparse_<isa>.cpp defines NV_LRS_NS (a namespace, so that the
+// per-ISA copies never merge at link time) and NV_LRS_ENTRY, then includes this file.
+// The micro-kernel and the dtype conversions are chosen by the TU's target macros.
+//
+// Per thread, per block of MC rows of x (BLIS-style packing, float32 accumulation):
+//   GEMM 1  t[rows, r + c] = x[rows, :] · [A; S]ᵀ      (K in KC-deep slices, t in L2)
+//   GEMM 2  y[rows, :]     = t[:, :r] · Bᵀ, and in the tile epilogue the sparse columns
+//           t[:, r + j] are added into y[:, channels[j]], then bias, then the store
+//           (with the conversion to f16 / bf16).
+// Weights are packed once per call into NR-wide k-major panels shared by all threads;
+// x slices and t are packed per thread into MR-tall k-major panels.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "nestvec/dispatch.h"
+#include "nestvec/lowrank_sparse.h"
+
+namespace nestvec {
+namespace lowrank_sparse {
+namespace NV_LRS_NS {
+namespace {
+
+// ------------------------------------------------------------------ scalar conversions
+inline float bits_f(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t f_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+// IEEE half <-> float, exact and round-to-nearest-even (after M. Dukhan's FP16 library).
+inline float half_to_float(uint16_t h) {
+  const uint32_t w = uint32_t(h) << 16, sign = w & 0x80000000u, two_w = w + w;
+  const float normalized = bits_f((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float denormalized = bits_f((two_w >> 17) | (126u << 23)) - 0.5f;
+  return bits_f(sign | (two_w < (1u << 27) ? f_bits(denormalized) : f_bits(normalized)));
+}
+inline uint16_t float_to_half(float f) {
+  float base = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = f_bits(f), shl1_w = w + w, sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = bits_f((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = f_bits(base);
+  const uint32_t nonsign = ((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu);
+  return uint16_t((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+inline float bf16_to_float(uint16_t h) { return bits_f(uint32_t(h) << 16); }
+inline uint16_t float_to_bf16(float f) {
+  const uint32_t u = f_bits(f);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((u >> 16) | 0x40u);  // quiet NaN
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+inline size_t esize(DType dt) { return dt == DType::F32 ? 4 : 2; }
+inline const void* at(const void* base, int64_t i, DType dt) {
+  return static_cast<const char*>(base) + i * int64_t(esize(dt));
+}
+
+// n values of dtype dt -> float32.
+inline void load_f32(float* dst, const void* src, int64_t n, DType dt) {
+  int64_t i = 0;
+  if (dt == DType::F32) {
+    std::memcpy(dst, src, size_t(n) * 4);
+    return;
+  }
+  const uint16_t* s = static_cast<const uint16_t*>(src);
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    const __m512 v = dt == DType::F16
+                         ? _mm512_cvtph_ps(h)
+                         : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    _mm512_storeu_ps(dst + i, v);
+  }
+#elif defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+    const __m256 v = dt == DType::F16
+                         ? _mm256_cvtph_ps(h)
+                         : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    _mm256_storeu_ps(dst + i, v);
+  }
+#endif
+  if (dt == DType::F16)
+    for (; i < n; ++i) dst[i] = half_to_float(s[i]);
+  else
+    for (; i < n; ++i) dst[i] = bf16_to_float(s[i]);
+}
+
+// n float32 values -> dtype dt (round to nearest even).
+inline void store_from_f32(void* dst, const float* src, int64_t n, DType dt) {
+  int64_t i = 0;
+  if (dt == DType::F32) {
+    std::memcpy(dst, src, size_t(n) * 4);
+    return;
+  }
+  uint16_t* d = static_cast<uint16_t*>(dst);
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(src + i);
+    __m256i h;
+    if (dt == DType::F16)
+      h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    else
+      h = (__m256i)_mm512_cvtneps_pbh(v);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), h);
+  }
+#elif defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(src + i);
+    __m128i h;
+    if (dt == DType::F16) {
+      h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      const __m256i u = _mm256_castps_si256(v);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      __m256i rnd = _mm256_srli_epi32(
+          _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+      // NaN stays a (quiet) NaN: keep the truncated pattern with the quiet bit set.
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      const __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+      rnd = _mm256_blendv_epi8(rnd, qnan, nan);
+      const __m256i p = _mm256_packus_epi32(rnd, rnd);  // per 128-bit lane
+      h = _mm256_castsi256_si128(_mm256_permute4x64_epi64(p, 0x08));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), h);
+  }
+#endif
+  if (dt == DType::F16)
+    for (; i < n; ++i) d[i] = float_to_half(src[i]);
+  else
+    for (; i < n; ++i) d[i] = float_to_bf16(src[i]);
+}
+
+// ------------------------------------------------------------------ micro-kernels
+// c[MR][NR] (row stride ldc) (+)= a-panel [kc][MR] · b-panel [kc][NR].
+#if defined(__AVX512F__)
+constexpr int MR = 12, NR = 32;
+inline void kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+                   float* __restrict c, int64_t ldc, bool acc) {
+  __m512 c0[MR], c1[MR];
+  if (acc) {
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      c0[i] = _mm512_loadu_ps(c + i * ldc);
+      c1[i] = _mm512_loadu_ps(c + i * ldc + 16);
+    }
+  } else {
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+    _mm_prefetch(reinterpret_cast<const char*>(b + 8 * NR), _MM_HINT_T0);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const __m512 av = _mm512_set1_ps(a[i]);
+      c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+    }
+    a += MR;
+    b += NR;
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    _mm512_storeu_ps(c + i * ldc, c0[i]);
+    _mm512_storeu_ps(c + i * ldc + 16, c1[i]);
+  }
+}
+#elif defined(__AVX2__)
+constexpr int MR = 6, NR = 16;
+inline void kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+                   float* __restrict c, int64_t ldc, bool acc) {
+  __m256 c0[MR], c1[MR];
+  if (acc) {
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      c0[i] = _mm256_loadu_ps(c + i * ldc);
+      c1[i] = _mm256_loadu_ps(c + i * ldc + 8);
+    }
+  } else {
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m256 av = _mm256_broadcast_ss(a + i);
+      c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+    }
+    a += MR;
+    b += NR;
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_ps(c + i * ldc, c0[i]);
+    _mm256_storeu_ps(c + i * ldc + 8, c1[i]);
+  }
+}
+#else
+constexpr int MR = 4, NR = 16;
+inline void kernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+                   float* __restrict c, int64_t ldc, bool acc) {
+  float t[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) t[i][j] = acc ? c[i * ldc + j] : 0.0f;
+  for (int64_t k = 0; k < kc; ++k) {
+    for (int i = 0; i < MR; ++i) {
+      const float av = a[i];
+      for (int j = 0; j < NR; ++j) t[i][j] += av * b[j];
+    }
+    a += MR;
+    b += NR;
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) c[i * ldc + j] = t[i][j];
+}
+#endif
+
+// ------------------------------------------------------------------ buffers and packing
+#ifndef NV_LRS_KC
+#define NV_LRS_KC 256
+#endif
+#ifndef NV_LRS_MC_PANELS
+#define NV_LRS_MC_PANELS 16
+#endif
+constexpr int64_t KC = NV_LRS_KC;               // depth of one x slice (GEMM 1) / GEMM 2 step
+constexpr int64_t MC = MR * NV_LRS_MC_PANELS;   // rows of x per block: x slice + t stay in L2
+#ifndef NV_LRS_KC2
+#define NV_LRS_KC2 256
+#endif
+constexpr int64_t KC2 = NV_LRS_KC2;  // GEMM 2 depth step: the B sub-panel stays in L1
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using Buf = std::unique_ptr<float, FreeDeleter>;
+Buf alloc_f(int64_t n) {
+  const size_t bytes = (size_t(std::max<int64_t>(n, 16)) * 4 + 63) / 64 * 64;
+  return Buf(static_cast<float*>(std::aligned_alloc(64, bytes)));
+}
+
+// Weight rows j (row(j) -> K values of dtype dt) into panels p of NR rows, each stored
+// k-major [K][NR]; rows j >= rows are zero.
+template <class RowFn>
+void pack_panels(RowFn row, int64_t rows, int64_t K, DType dt, float* dst, int64_t p0,
+                 int64_t p1, float* tmp) {
+  for (int64_t p = p0; p < p1; ++p) {
+    float* P = dst + p * K * NR;
+    for (int64_t jj = 0; jj < NR; ++jj) {
+      const int64_t j = p * NR + jj;
+      if (j < rows) {
+        const float* sf = static_cast<const float*>(row(j));
+        if (dt != DType::F32) {
+          load_f32(tmp, row(j), K, dt);
+          sf = tmp;
+        }
+        for (int64_t k = 0; k < K; ++k) P[k * NR + jj] = sf[k];
+      } else {
+        for (int64_t k = 0; k < K; ++k) P[k * NR + jj] = 0.0f;
+      }
+    }
+  }
+}
+
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Packed weights of the calling thread, kept between calls: a fresh 10-20 MiB buffer
+// per call costs page faults worth several percent of a 4096² product.
+struct CachedBuf {
+  Buf buf;
+  int64_t cap = 0;
+  float* get(int64_t n) {
+    if (n > cap || n < cap / 4) {  // grow, or shrink after a much larger call
+      buf = alloc_f(n);
+      cap = n;
+    }
+    return buf.get();
+  }
+};
+struct PackCache {
+  CachedBuf weights;
+  std::vector<CachedBuf> per_thread;  // worker t uses per_thread[t] only
+};
+
+// One MR-row panel, k-major: dst[k * MR + ii] = rows[ii][k] for ii < nvalid, else 0.
+inline void pack_panel(const float* const* rows, int64_t nvalid, int64_t kc, float* dst) {
+#if defined(__AVX2__) || defined(__AVX512F__)
+  if (nvalid == MR && MR % 4 == 0) {  // 4x4 transposes: one 16-byte store per 4 values
+    for (int g = 0; g < MR; g += 4) {
+      const float *r0 = rows[g], *r1 = rows[g + 1], *r2 = rows[g + 2], *r3 = rows[g + 3];
+      int64_t k = 0;
+      for (; k + 4 <= kc; k += 4) {
+        __m128 a = _mm_loadu_ps(r0 + k), b = _mm_loadu_ps(r1 + k), c = _mm_loadu_ps(r2 + k),
+               d = _mm_loadu_ps(r3 + k);
+        _MM_TRANSPOSE4_PS(a, b, c, d);
+        _mm_storeu_ps(dst + k * MR + g, a);
+        _mm_storeu_ps(dst + (k + 1) * MR + g, b);
+        _mm_storeu_ps(dst + (k + 2) * MR + g, c);
+        _mm_storeu_ps(dst + (k + 3) * MR + g, d);
+      }
+      for (; k < kc; ++k) {
+        dst[k * MR + g] = r0[k];
+        dst[k * MR + g + 1] = r1[k];
+        dst[k * MR + g + 2] = r2[k];
+        dst[k * MR + g + 3] = r3[k];
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t ii = 0; ii < MR; ++ii) {
+    float* d = dst + ii;
+    if (ii < nvalid) {
+      const float* r = rows[ii];
+      for (int64_t k = 0; k < kc; ++k) d[k * MR] = r[k];
+    } else {
+      for (int64_t k = 0; k < kc; ++k) d[k * MR] = 0.0f;
+    }
+  }
+}
+
+// Σ a[i]·b[i] in float32 (four independent partial sums).
+inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (; i + 64 <= n; i += 64) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+  }
+  for (; i + 16 <= n; i += 16)
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+  float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#elif defined(__AVX2__)
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float acc = _mm_cvtss_f32(h);
+#else
+  float p0 = 0.f, p1 = 0.f, p2 = 0.f, p3 = 0.f;
+  for (; i + 4 <= n; i += 4) {
+    p0 += a[i] * b[i];
+    p1 += a[i + 1] * b[i + 1];
+    p2 += a[i + 2] * b[i + 2];
+    p3 += a[i + 3] * b[i + 3];
+  }
+  float acc = (p0 + p1) + (p2 + p3);
+#endif
+  for (; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// A few rows of x (decode-style calls): two passes of dot products straight from the
+// row-major weights, each weight row read once for all rows of x. Packing the weights,
+// as the blocked path does, would cost more than the whole product here.
+constexpr int64_t kSmallM = 16;
+
+void run_small(const Args& g) {
+  const DType dt = g.dtype;
+  const int64_t M = g.M, K = g.K, r = g.r, c = g.c, N = g.N, rc = r + c;
+  std::vector<float> xf(size_t(M * K)), t(size_t(M * rc));
+  for (int64_t m = 0; m < M; ++m) load_f32(xf.data() + m * K, at(g.x, m * g.ldx, dt), K, dt);
+  std::vector<int32_t> col2s(size_t(N), -1);
+  for (int64_t j = 0; j < c; ++j) col2s[size_t(g.channels[j])] = int32_t(j);
+  std::vector<float> biasf;
+  if (g.bias) {
+    biasf.resize(size_t(N));
+    load_f32(biasf.data(), g.bias, N, dt);
+  }
+  const double bytes = double(K * rc + r * N) * double(esize(dt));
+  const int nt = int(std::min<double>(num_threads(), std::max(1.0, bytes / double(1 << 18))));
+  // t = x · [A; S]ᵀ
+  parallel_for(rc, std::min<int64_t>(nt, std::max<int64_t>(rc, 1)), 16, [&](int, int64_t b, int64_t e) {
+    std::vector<float> w(size_t(dt == DType::F32 ? 0 : K));
+    for (int64_t j = b; j < e; ++j) {
+      const void* row = j < r ? at(g.A, j * g.lda, dt) : at(g.S, (j - r) * g.lds, dt);
+      const float* wf = static_cast<const float*>(row);
+      if (dt != DType::F32) {
+        load_f32(w.data(), row, K, dt);
+        wf = w.data();
+      }
+      for (int64_t m = 0; m < M; ++m) t[size_t(m * rc + j)] = dot(xf.data() + m * K, wf, K);
+    }
+  });
+  // y = t[:, :r] · Bᵀ + sparse columns + bias
+  parallel_for(N, std::min<int64_t>(nt, N), 16, [&](int, int64_t b, int64_t e) {
+    std::vector<float> w(size_t(dt == DType::F32 ? 0 : r)), out(size_t(M * (e - b)));
+    for (int64_t n = b; n < e; ++n) {
+      const void* row = at(g.B, n * g.ldb, dt);
+      const float* wf = static_cast<const float*>(row);
+      if (dt != DType::F32 && r) {
+        load_f32(w.data(), row, r, dt);
+        wf = w.data();
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        float v = r ? dot(t.data() + m * rc, wf, r) : 0.0f;
+        if (col2s[size_t(n)] >= 0) v += t[size_t(m * rc + r + col2s[size_t(n)])];
+        if (g.bias) v += biasf[size_t(n)];
+        out[size_t(m * (e - b) + (n - b))] = v;
+      }
+    }
+    for (int64_t m = 0; m < M; ++m)
+      store_from_f32(static_cast<char*>(g.y) + (m * g.ldy + b) * int64_t(esize(dt)),
+                     out.data() + m * (e - b), e - b, dt);
+  });
+}
+
+}  // namespace
+
+void run(const Args& g) {
+  const DType dt = g.dtype;
+  const int64_t M = g.M, K = g.K, r = g.r, c = g.c, N = g.N;
+  if (M <= 0 || N <= 0) return;
+  if (M <= kSmallM) return run_small(g);
+  const int64_t rc = r + c;
+  const int64_t P1 = cdiv(rc, NR), P2 = cdiv(N, NR);
+  int64_t ldt = std::max<int64_t>(P1, 1) * NR;
+  if (ldt % 256 == 0) ldt += 16;  // avoid 4 KiB set aliasing between rows of t
+
+  // Work-proportional thread count: tiny problems stay on the calling thread.
+  const double work = double(M) * double(K * rc + r * N) + double(K * rc + r * N) * 4.0;
+  int nt = int(std::min<double>(num_threads(), std::max(1.0, work / double(1 << 21))));
+
+  // ---- pack weights: [A; S] -> W1 panels [P1][K][NR]; B -> W2 panels [P2][r][NR]
+  thread_local PackCache tl_cache;
+  PackCache& cache = tl_cache;  // a reference: worker lambdas must see the caller's cache
+  float* w1 = cache.weights.get(P1 * K * NR + P2 * r * NR);
+  float* w2 = w1 + P1 * K * NR;
+  const size_t ws = esize(dt);
+  auto row1 = [&](int64_t j) -> const void* {
+    return j < r ? at(g.A, j * g.lda, dt) : at(g.S, (j - r) * g.lds, dt);
+  };
+  auto row2 = [&](int64_t j) -> const void* { return at(g.B, j * g.ldb, dt); };
+  (void)ws;
+  {
+    std::atomic<int64_t> next_panel{0};  // dynamic: a descheduled thread holds nobody up
+    const int npt = int(std::min<int64_t>(nt, P1 + P2));
+    parallel_for(npt, npt, 1, [&](int, int64_t, int64_t) {
+      Buf tmp = dt == DType::F32 ? Buf() : alloc_f(std::max(K, r));
+      for (int64_t q = next_panel++; q < P1 + P2; q = next_panel++) {
+        if (q < P1)
+          pack_panels(row1, rc, K, dt, w1, q, q + 1, tmp.get());
+        else
+          pack_panels(row2, N, r, dt, w2, q - P1, q - P1 + 1, tmp.get());
+      }
+    });
+  }
+
+  // ---- sparse columns per output panel (CSR over panels), bias as float32
+  std::vector<int64_t> sp_start(P2 + 1, 0);
+  std::vector<std::pair<int32_t, int32_t>> sp;  // (column within panel, j)
+  if (c) {
+    std::vector<std::pair<int64_t, int64_t>> byc(c);
+    for (int64_t j = 0; j < c; ++j) byc[j] = {g.channels[j], j};
+    std::sort(byc.begin(), byc.end());
+    sp.resize(c);
+    for (int64_t j = 0; j < c; ++j) {
+      sp[j] = {int32_t(byc[j].first % NR), int32_t(byc[j].second)};
+      ++sp_start[byc[j].first / NR + 1];
+    }
+    for (int64_t p = 0; p < P2; ++p) sp_start[p + 1] += sp_start[p];
+  }
+  Buf biasf = alloc_f(P2 * NR);
+  std::fill(biasf.get(), biasf.get() + P2 * NR, 0.0f);
+  if (g.bias) load_f32(biasf.get(), g.bias, N, dt);
+
+  // ---- compute: threads over contiguous ranges of rows
+  nt = int(std::min<int64_t>(nt, cdiv(M, MR)));
+  // Blocks of MC rows are handed out dynamically: on a shared machine a thread that
+  // gets descheduled does not hold the others up.  Blocks shrink so that every thread
+  // has work when M is small.
+  const int64_t mc = std::min<int64_t>(MC, cdiv(cdiv(M, nt), MR) * MR);
+  const int64_t nblocks = cdiv(M, mc);
+  std::atomic<int64_t> next{0};
+  const int64_t kc_max = std::min(KC, std::max<int64_t>(K, 1));
+  const int64_t n_ap = mc * kc_max, n_t = mc * ldt, n_ap2 = mc * std::max<int64_t>(r, 1),
+                n_tmp = (dt == DType::F32 ? 0 : MR * kc_max), n_tiles = mc * NR;
+  if (int64_t(cache.per_thread.size()) < nt) cache.per_thread.resize(nt);
+  parallel_for(nt, nt, 1, [&](int tid, int64_t, int64_t) {
+    float* base = cache.per_thread[tid].get(n_ap + n_t + n_ap2 + n_tmp + n_tiles + 64);
+    float* const ap = base;
+    float* const t = ap + n_ap;
+    float* const ap2 = t + n_t;
+    float* const xtmp = ap2 + n_ap2;
+    float* const tiles = xtmp + n_tmp;  // one MR x NR accumulator tile per row panel
+    const float* rows[MR];
+    for (int64_t blk = next++; blk < nblocks; blk = next++) {
+      const int64_t i0 = blk * mc, mb = std::min(mc, M - i0), nir = cdiv(mb, MR);
+      // GEMM 1: t = x[i0 : i0 + mb] · [A; S]ᵀ
+      if (K == 0) std::fill(t, t + nir * MR * ldt, 0.0f);
+      for (int64_t pc = 0; pc < K; pc += KC) {
+        const int64_t kc = std::min(KC, K - pc);
+        for (int64_t ir = 0; ir < nir; ++ir) {
+          const int64_t nvalid = std::min<int64_t>(MR, mb - ir * MR);
+          for (int64_t ii = 0; ii < nvalid; ++ii) {
+            const void* src = at(g.x, (i0 + ir * MR + ii) * g.ldx + pc, dt);
+            if (dt == DType::F32) {
+              rows[ii] = static_cast<const float*>(src);
+            } else {
+              load_f32(xtmp + ii * kc, src, kc, dt);
+              rows[ii] = xtmp + ii * kc;
+            }
+          }
+          pack_panel(rows, nvalid, kc, ap + ir * kc * MR);
+        }
+        for (int64_t p = 0; p < P1; ++p) {
+          const float* bp = w1 + p * K * NR + pc * NR;
+          for (int64_t ir = 0; ir < nir; ++ir)
+            kernel(kc, ap + ir * kc * MR, bp, t + ir * MR * ldt + p * NR, ldt, pc > 0);
+        }
+      }
+      // GEMM 2: y = t[:, :r] · Bᵀ (+ sparse columns, + bias) in the tile epilogue
+      for (int64_t ir = 0; ir < nir; ++ir) {
+        for (int64_t ii = 0; ii < MR; ++ii) rows[ii] = t + (ir * MR + ii) * ldt;
+        pack_panel(rows, MR, r, ap2 + ir * r * MR);  // padded rows of t are zero
+      }
+      for (int64_t p = 0; p < P2; ++p) {
+        const float* bp = w2 + p * r * NR;
+        const int64_t cols = std::min<int64_t>(NR, N - p * NR);
+        if (r == 0) std::fill(tiles, tiles + nir * MR * NR, 0.0f);
+        for (int64_t pc = 0; pc < r; pc += KC2) {
+          const int64_t kc2 = std::min(KC2, r - pc);
+          for (int64_t ir = 0; ir < nir; ++ir)
+            kernel(kc2, ap2 + ir * r * MR + pc * MR, bp + pc * NR, tiles + ir * MR * NR, NR,
+                   pc > 0);
+        }
+        for (int64_t ir = 0; ir < nir; ++ir) {
+          float* const tile = tiles + ir * MR * NR;
+          const int64_t rows = std::min<int64_t>(MR, mb - ir * MR);
+          const float* trow = t + ir * MR * ldt + r;
+          for (int64_t s = sp_start[p]; s < sp_start[p + 1]; ++s) {
+            const int32_t col = sp[s].first, j = sp[s].second;
+            for (int64_t ii = 0; ii < rows; ++ii) tile[ii * NR + col] += trow[ii * ldt + j];
+          }
+          const float* bb = biasf.get() + p * NR;  // zeros without a bias
+          for (int64_t ii = 0; ii < rows; ++ii) {
+            float* tr = tile + ii * NR;
+            void* yrow = static_cast<char*>(g.y) +
+                         ((i0 + ir * MR + ii) * g.ldy + p * NR) * int64_t(esize(dt));
+            if (dt == DType::F32 && cols == NR) {
+              // add + store in one vectorised loop (a plain copy would become a memcpy call);
+              // aligned rows take non-temporal stores: y is written once, never re-read here
+              float* yr = static_cast<float*>(yrow);
+#if defined(__AVX512F__)
+              if ((reinterpret_cast<uintptr_t>(yr) & 63) == 0) {
+                _mm512_stream_ps(yr, _mm512_add_ps(_mm512_loadu_ps(tr), _mm512_loadu_ps(bb)));
+                _mm512_stream_ps(yr + 16, _mm512_add_ps(_mm512_loadu_ps(tr + 16), _mm512_loadu_ps(bb + 16)));
+                continue;
+              }
+#endif
+              for (int64_t jj = 0; jj < NR; ++jj) yr[jj] = tr[jj] + bb[jj];
+            } else {
+              for (int64_t jj = 0; jj < NR; ++jj) tr[jj] += bb[jj];
+              store_from_f32(yrow, tr, cols, dt);
+            }
+          }
+        }
+      }
+    }
+#if defined(__AVX512F__)
+    _mm_sfence();  // make the non-temporal stores visible before the join
+#endif
+  });
+}
+
+}  // namespace NV_LRS_NS
+
+void NV_LRS_ENTRY(const Args& a) { NV_LRS_NS::run(a); }
+
+}  // namespace lowrank_sparse
+}  // namespace nestvec

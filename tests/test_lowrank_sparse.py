@@ -1,0 +1,229 @@
+"""lowrank_sparse_matmul against the float64 reference on every backend and CPU ISA."""
+import itertools
+
+import numpy as np
+import pytest
+
+import nestvec.ops as ops
+from nestvec import reference
+
+from conftest import HAS_CUDA, cpu_isas
+
+torch = pytest.importorskip("torch")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Error of the largest entry, relative to the largest |y|: f32 accumulation, output (and
+# on GPU the intermediate x·Aᵀ) rounded to the dtype.
+TOL = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 3e-2}
+
+
+def n_channels(kind, N):
+    return {"none": 0, "one": 1, "5%": max(1, round(0.05 * N)), "all": N}[kind]
+
+
+def make(M, K, N, r, c, dtype, bias, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    t = DTYPES[dtype]
+    x = torch.randn(M, K, generator=g)
+    A = torch.randn(r, K, generator=g) / K ** 0.5
+    B = torch.randn(N, r, generator=g) / max(r, 1) ** 0.5
+    S = torch.randn(c, K, generator=g) / K ** 0.5
+    ch = torch.randperm(N, generator=g)[:c]
+    b = torch.randn(N, generator=g) if bias else None
+    cast = lambda v: None if v is None else v.to(device=device, dtype=t)  # noqa: E731
+    return cast(x), cast(A), cast(B), cast(S), ch.to(device), cast(b)
+
+
+def expected(x, A, B, S, ch, b):
+    f = lambda v: None if v is None else v.detach().float().cpu().numpy()  # noqa: E731
+    return reference.lowrank_sparse_matmul(f(x), f(A), f(B), f(S), ch.cpu().numpy(), f(b))
+
+
+def magnitude(x, A, B, S, ch, b):
+    """max of |x|·|A|ᵀ·|B|ᵀ + scatter(|x|·|S|ᵀ) + |b|: the scale rounding errors live on
+    (y itself may cancel to ~0)."""
+    f = lambda v: None if v is None else np.abs(v.detach().float().cpu().numpy())  # noqa: E731
+    m = reference.lowrank_sparse_matmul(f(x), f(A), f(B), f(S), ch.cpu().numpy(), f(b))
+    return max(float(m.max()) if m.size else 0.0, 1e-6)
+
+
+def check(y, want, dtype, what, scale=None):
+    y = y.detach().float().cpu().numpy() if hasattr(y, "detach") else np.asarray(y, np.float64)
+    assert y.shape == want.shape, what
+    if scale is None:
+        scale = max(float(np.abs(want).max()) if want.size else 0.0, 1e-3)
+    err = float(np.abs(y - want).max()) / scale if want.size else 0.0
+    assert err <= TOL[dtype], f"{what}: max error {err:.3g} (relative to {scale:.3g})"
+
+
+def check_args(y, args, dtype, what):
+    check(y, expected(*args), dtype, what, scale=magnitude(*args))
+
+
+# (M, K, N) cases: every awkward size in every position at least once.
+SHAPES = [(1, 7, 97), (7, 97, 1025), (97, 1025, 7), (1025, 1, 1), (97, 97, 97), (7, 1025, 1)]
+RANKS = [1, 16, 128]
+CHANNELS = ["none", "one", "5%", "all"]
+
+
+def cpu_cases():
+    """A covering subset of the grid: every shape x rank x channel kind, dtypes and bias
+    rotating, so that each value of each axis meets each other axis's values."""
+    out = []
+    for i, (shape, r, ck) in enumerate(itertools.product(SHAPES, RANKS, CHANNELS)):
+        dtype = list(DTYPES)[i % 3]
+        out.append((shape, r, ck, dtype, bool(i % 2)))
+    return out
+
+
+@pytest.mark.parametrize("isa", cpu_isas() or ["none"])
+def test_cpu_grid(isa, restore_isa):
+    if ops._C is None:
+        pytest.skip("native module not built")
+    ops._C.set_isa(isa)
+    for (M, K, N), r, ck, dtype, bias in cpu_cases():
+        c = n_channels(ck, N)
+        args = make(M, K, N, r, c, dtype, bias, seed=M + K + N + r + c)
+        y = ops.lowrank_sparse_matmul(*args, backend="cpu")
+        assert y.dtype == DTYPES[dtype]
+        check_args(y, args, dtype, f"{isa} M={M} K={K} N={N} r={r} c={c} {dtype} bias={bias}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cpu_numpy_io(dtype, rng):
+    """NumPy in, NumPy out (bfloat16 is torch-only)."""
+    if ops._C is None:
+        pytest.skip("native module not built")
+    M, K, N, r, c = 33, 70, 50, 16, 5
+    x = rng.standard_normal((M, K)).astype(dtype)
+    A = (rng.standard_normal((r, K)) / K ** 0.5).astype(dtype)
+    B = (rng.standard_normal((N, r)) / r ** 0.5).astype(dtype)
+    S = (rng.standard_normal((c, K)) / K ** 0.5).astype(dtype)
+    ch = rng.permutation(N)[:c].astype(np.int32)
+    bias = rng.standard_normal(N).astype(dtype)
+    y = ops.lowrank_sparse_matmul(x, A, B, S, ch, bias)
+    assert isinstance(y, np.ndarray) and y.dtype == np.dtype(dtype)
+    want = reference.lowrank_sparse_matmul(x, A, B, S, ch, bias)
+    check(y, want, dtype, "numpy")
+    # strided rows of x (a view), and one 1-D row
+    big = np.zeros((M, K + 9), dtype=dtype)
+    big[:, :K] = x
+    check(ops.lowrank_sparse_matmul(big[:, :K], A, B, S, ch, bias), want, dtype, "strided x")
+    y1 = ops.lowrank_sparse_matmul(x[3], A, B, S, ch, bias)
+    assert y1.shape == (N,)
+    check(y1[None], want[3:4], dtype, "1-D x")
+
+
+def test_reference_float64():
+    x, A, B, S, ch, b = make(9, 13, 11, 3, 2, "float32", True)
+    x64, A64, B64, S64, b64 = (v.double() for v in (x, A, B, S, b))
+    y = ops.lowrank_sparse_matmul(x64, A64, B64, S64, ch, b64)
+    assert y.dtype == torch.float64
+    W = reference.lowrank_sparse_dense_weight(A64.numpy(), B64.numpy(), S64.numpy(), ch.numpy())
+    np.testing.assert_allclose(y.numpy(), x64.numpy() @ W.T + b64.numpy(), rtol=1e-12, atol=1e-12)
+
+
+TRITON_CASES = [
+    ((1, 7, 97), 1, "one", "float32", True),
+    ((7, 97, 70), 16, "5%", "float16", False),
+    ((97, 33, 7), 16, "all", "bfloat16", True),
+    ((33, 64, 64), 128, "none", "float32", False),
+    ((20, 40, 130), 16, "5%", "bfloat16", False),
+    ((5, 1, 9), 1, "all", "float16", True),
+]
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: f"{c[0]}-r{c[1]}-{c[2]}-{c[3]}")
+def test_triton_interpreter(case, triton_interpret):
+    (M, K, N), r, ck, dtype, bias = case
+    c = n_channels(ck, N)
+    args = make(M, K, N, r, c, dtype, bias, seed=3)
+    y = ops.lowrank_sparse_matmul(*args, backend="triton")
+    assert y.dtype == DTYPES[dtype]
+    check_args(y, args, dtype, f"triton {case}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", cpu_isas() or ["none"])
+def test_cpu_full_grid(isa, restore_isa):
+    if ops._C is None:
+        pytest.skip("native module not built")
+    ops._C.set_isa(isa)
+    sizes = (1, 7, 97, 1025)
+    for (M, K, N), r, ck, dtype, bias in itertools.product(
+            itertools.product(sizes, sizes, sizes), RANKS, CHANNELS, DTYPES, (False, True)):
+        c = n_channels(ck, N)
+        args = make(M, K, N, r, c, dtype, bias, seed=1)
+        check_args(ops.lowrank_sparse_matmul(*args, backend="cpu"), args, dtype,
+                   f"{isa} M={M} K={K} N={N} r={r} c={c} {dtype} bias={bias}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_grid(backend):
+    if backend == "cuda" and not ops.cuda_compiled():
+        pytest.skip("built without CUDA")
+    for (M, K, N), r, ck, dtype, bias in cpu_cases():
+        c = n_channels(ck, N)
+        args = make(M, K, N, r, c, dtype, bias, seed=5, device="cuda")
+        check_args(ops.lowrank_sparse_matmul(*args, backend=backend), args, dtype,
+                   f"{backend} M={M} K={K} N={N} r={r} c={c} {dtype} bias={bias}")
+
+
+# ------------------------------------------------------------------------------ validation
+
+def _ok(dtype="float32"):
+    return make(6, 8, 10, 3, 2, dtype, True)
+
+
+@pytest.mark.parametrize("mutate, exc, name", [
+    (lambda a: (a[0].double(),) + a[1:], TypeError, "A"),          # x f64, A f32
+    (lambda a: (a[0], a[1].half()) + a[2:], TypeError, "A"),
+    (lambda a: (a[0], a[1][:, :5]) + a[2:], ValueError, "A"),
+    (lambda a: a[:2] + (a[2][:, :2],) + a[3:], ValueError, "B"),
+    (lambda a: a[:3] + (a[3][:, :4],) + a[4:], ValueError, "S"),
+    (lambda a: a[:4] + (torch.tensor([1, 1]),) + a[5:], ValueError, "channels"),
+    (lambda a: a[:4] + (torch.tensor([1, 10]),) + a[5:], ValueError, "channels"),
+    (lambda a: a[:4] + (torch.tensor([-1, 2]),) + a[5:], ValueError, "channels"),
+    (lambda a: a[:4] + (torch.tensor([1, 2, 3]),) + a[5:], ValueError, "channels"),
+    (lambda a: a[:4] + (torch.tensor([1.0, 2.0]),) + a[5:], TypeError, "channels"),
+    (lambda a: a[:5] + (a[5][:4],), ValueError, "bias"),
+    (lambda a: a[:5] + (a[5].half(),), TypeError, "bias"),
+    (lambda a: (a[0].int(),) + a[1:], TypeError, "x"),
+    (lambda a: (a[0][None],) + a[1:], ValueError, "x"),
+    (lambda a: (a[0].to("meta"),) + a[1:], ValueError, "A"),
+])
+def test_validation(mutate, exc, name):
+    args = mutate(_ok())
+    with pytest.raises(exc, match=rf"^{name}:"):
+        ops.lowrank_sparse_matmul(*args, backend="reference")
+
+
+def test_validation_backend():
+    args = _ok()
+    if ops._C is not None:
+        with pytest.raises(TypeError, match="^x:"):
+            ops.lowrank_sparse_matmul(*(v.double() if v.is_floating_point() else v for v in args),
+                                      backend="cpu")
+    with pytest.raises(ValueError, match="^backend:"):
+        ops.lowrank_sparse_matmul(*args, backend="nope")
+    with pytest.raises(TypeError, match="^x:"):
+        ops.lowrank_sparse_matmul(*(v.numpy() for v in args), backend="triton")
+
+
+@pytest.mark.parametrize("M,K,N,r,c", [(3, 0, 5, 2, 1), (0, 4, 5, 2, 1), (3, 4, 0, 2, 0),
+                                       (3, 4, 5, 0, 2), (3, 4, 5, 0, 0)])
+def test_degenerate_shapes(M, K, N, r, c, monkeypatch):
+    """Empty x, K = 0, N = 0 and rank 0 follow the dense formula on every host backend."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    g = torch.Generator().manual_seed(0)
+    x, A, B = torch.randn(M, K, generator=g), torch.randn(r, K, generator=g), torch.randn(N, r, generator=g)
+    S, ch, b = torch.randn(c, K, generator=g), torch.arange(c), torch.randn(N, generator=g)
+    want = x @ (B @ A).index_add(0, ch, S).T + b
+    backends = ["reference"] + (["cpu"] if ops._C is not None else [])
+    if ops.triton_available():
+        backends.append("triton")
+    for be in backends:
+        y = ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend=be)
+        assert y.shape == (M, N), be
+        np.testing.assert_allclose(y.numpy(), want.numpy(), atol=1e-5, err_msg=be)
