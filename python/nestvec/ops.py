@@ -359,8 +359,49 @@ def _dense_reference(db, dt, queries, k, dim, metric, allow, candidates):
     return reference.dense_topk(x, q, k, dim, metric, _to_numpy(allow), _to_numpy(candidates))
 
 
+_DENSE_DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2}
+_DENSE_METRIC_CODE = {"cosine": 0, "ip": 1, "l2": 2}
+
+
+def _dense_cpu(db, dt, queries, k, dim, metric, allow, candidates):
+    """C++ backend: the stored rows are passed as they are (strided view, no copy)."""
+    if ck.is_torch(db):
+        import torch
+
+        x = db.detach()
+        x = x.view(torch.int16).numpy().view(np.uint16) if x.dtype == torch.bfloat16 else x.numpy()
+    else:
+        x = db
+    q = queries.detach().float().numpy() if ck.is_torch(queries) else queries
+    q = np.ascontiguousarray(q[:, :dim], dtype=np.float32)
+    a = None
+    if allow is not None:
+        a = allow.detach().numpy() if ck.is_torch(allow) else allow
+        a = np.ascontiguousarray(a, dtype=bool).view(np.uint8)
+    c = None
+    if candidates is not None:
+        c = candidates.detach().numpy() if ck.is_torch(candidates) else candidates
+        c = np.ascontiguousarray(c, dtype=np.int64)
+    score = np.empty((q.shape[0], k), dtype=np.float32)
+    idx = np.empty((q.shape[0], k), dtype=np.int64)
+    _C.dense_topk(x, _DENSE_DTYPE_CODE[dt], dim, q, k, _DENSE_METRIC_CODE[metric], a, c, score, idx)
+    return _like(score, db), _like(idx, db)
+
+
+def _dense_triton(db, dt, queries, k, dim, metric, allow, candidates):
+    from .kernels import dense as tk
+
+    return tk.dense_topk(db, queries, k, dim, metric, allow, candidates)
+
+
+def _dense_cuda(db, dt, queries, k, dim, metric, allow, candidates):
+    from . import _dense_gpu
+
+    return _dense_gpu.dense_topk_cuda(_C, db, queries, k, dim, metric, allow, candidates)
+
+
 # backend name -> fn(db, dtype_name, queries, k, dim, metric, allow, candidates)
-_DENSE_BACKENDS: dict = {}
+_DENSE_BACKENDS: dict = {"cpu": _dense_cpu, "triton": _dense_triton, "cuda": _dense_cuda}
 
 
 # --------------------------------------------------------------------------- pool
