@@ -214,6 +214,59 @@ PYBIND11_MODULE(_C, m) {
       py::arg("metric"), py::arg("allow"), py::arg("candidates"), py::arg("out_score"),
       py::arg("out_idx"));
 
+  m.def("cuda_dense_block_rows", [] {
+#if defined(NESTVEC_WITH_CUDA)
+    return cuda::dense_block_rows();
+#else
+    no_cuda();
+#endif
+  });
+  m.def("cuda_dense_scan", [](uintptr_t db, int dtype, int64_t n, int64_t stride, int64_t dim,
+                              uintptr_t queries, int64_t nq, int64_t query_stride, uintptr_t qaux,
+                              int metric, uintptr_t allow, int64_t kp, uintptr_t keys,
+                              int64_t keys_stride, uintptr_t stream) {
+#if defined(NESTVEC_WITH_CUDA)
+    int rc;
+    {
+      py::gil_scoped_release nogil;
+      rc = cuda::dense_scan(reinterpret_cast<const void*>(db), dtype, n, stride, dim,
+                            reinterpret_cast<const float*>(queries), nq, query_stride,
+                            reinterpret_cast<const float*>(qaux), metric,
+                            reinterpret_cast<const uint8_t*>(allow), kp,
+                            reinterpret_cast<int64_t*>(keys), keys_stride, stream);
+    }
+    check_cuda(rc, "cuda_dense_scan");
+#else
+    (void)db, (void)dtype, (void)n, (void)stride, (void)dim, (void)queries, (void)nq;
+    (void)query_stride, (void)qaux, (void)metric, (void)allow, (void)kp, (void)keys;
+    (void)keys_stride, (void)stream;
+    no_cuda();
+#endif
+  });
+  m.def("cuda_dense_gather", [](uintptr_t db, int dtype, int64_t n, int64_t stride, int64_t dim,
+                                uintptr_t queries, int64_t nq, int64_t query_stride,
+                                uintptr_t qaux, int metric, uintptr_t cand, int64_t ncand,
+                                int64_t cand_stride, uintptr_t keys, int64_t keys_stride,
+                                uintptr_t stream) {
+#if defined(NESTVEC_WITH_CUDA)
+    int rc;
+    {
+      py::gil_scoped_release nogil;
+      rc = cuda::dense_gather(reinterpret_cast<const void*>(db), dtype, n, stride, dim,
+                              reinterpret_cast<const float*>(queries), nq, query_stride,
+                              reinterpret_cast<const float*>(qaux), metric,
+                              reinterpret_cast<const int64_t*>(cand), ncand, cand_stride,
+                              reinterpret_cast<int64_t*>(keys), keys_stride, stream);
+    }
+    check_cuda(rc, "cuda_dense_gather");
+#else
+    (void)db, (void)dtype, (void)n, (void)stride, (void)dim, (void)queries, (void)nq;
+    (void)query_stride, (void)qaux, (void)metric, (void)cand, (void)ncand, (void)cand_stride;
+    (void)keys, (void)keys_stride, (void)stream;
+    no_cuda();
+#endif
+  });
+
   // ---------------------------------------------------------------- pooling
 
   // ---------------------------------------------------------------- lowrank_sparse

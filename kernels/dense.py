@@ -22,7 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-_INT64_MIN = -(1 << 63)
+from .._dense_gpu import INT64_MIN as _INT64_MIN
+from .._dense_gpu import dedupe_candidates, merge_keys, query_aux, split_query
+
 _KEY_MIN = tl.constexpr(-(1 << 63))  # excluded rows: below every real key
 _METRIC = {"cosine": 0, "ip": 1, "l2": 2}
 
@@ -122,60 +124,6 @@ def _interpreting():
     import os
 
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def query_aux(q32, metric):
-    """float32 [Q, 2]: (1/|q| or 0, |q|^2) of the prefix queries."""
-    s = (q32.double() ** 2).sum(1)
-    inv = torch.where(s > 0, s.clamp_min(1e-300).rsqrt(), torch.zeros_like(s))
-    return torch.stack([inv, s], 1).float().contiguous()
-
-
-def split_query(q32, dtype):
-    """q ~= hi + lo with hi, lo in ``dtype`` (16-bit storage types for tl.dot)."""
-    hi = q32.to(dtype)
-    lo = (q32 - hi.float()).to(dtype)
-    return hi.contiguous(), lo.contiguous()
-
-
-def dedupe_candidates(candidates, n, allow):
-    """int64 [Q, C] row ids sorted per query, with duplicates, padding, ids outside
-    [0, n) and rows excluded by ``allow`` replaced by -1 (index order is kept, which
-    the merge needs for nothing: keys already carry the index)."""
-    c = candidates.to(torch.int64)
-    c = torch.where((c >= 0) & (c < n), c, torch.full_like(c, -1))
-    c, _ = torch.sort(c, dim=1)
-    if c.shape[1] > 1:
-        dup = torch.zeros_like(c, dtype=torch.bool)
-        dup[:, 1:] = c[:, 1:] == c[:, :-1]
-        c = torch.where(dup, torch.full_like(c, -1), c)
-    if allow is not None:
-        ok = allow[c.clamp_min(0)] & (c >= 0)
-        c = torch.where(ok, c, torch.full_like(c, -1))
-    return c.contiguous()
-
-
-def merge_keys(keys, k, metric):
-    """keys int64 [Q, M] -> (score f32 [Q, k], idx int64 [Q, k]) in contract order."""
-    nq, m = keys.shape
-    dev = keys.device
-    worst = float("inf") if metric == "l2" else float("-inf")
-    score = torch.full((nq, k), worst, dtype=torch.float32, device=dev)
-    idx = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
-    kk = min(k, m)
-    if kk == 0:
-        return score, idx
-    top = torch.topk(keys, kk, dim=1, largest=True, sorted=True).values
-    valid = top != _INT64_MIN
-    ordk = (top >> 32).to(torch.int32)
-    bits = ordk ^ ((ordk >> 31) & 0x7FFFFFFF)
-    key = bits.view(torch.float32)
-    if metric == "l2":
-        key = -key
-    row = 4294967295 - (top & 4294967295)
-    score[:, :kk] = torch.where(valid, key, torch.full_like(key, worst))
-    idx[:, :kk] = torch.where(valid, row, torch.full_like(row, -1))
-    return score, idx
 
 
 def _scan_config(nq, dim):
