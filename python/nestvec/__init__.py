@@ -3,7 +3,7 @@ full vector), with fused CPU / Triton / CUDA kernels on every hot path."""
 __version__ = "0.1.0"
 
 from ._info import info  # noqa: E402
-from .ops import hamming_topk  # noqa: E402
+from .ops import dense_topk, funnel_topk, hamming_topk  # noqa: E402
 from .quant import binarize  # noqa: E402
 
-__all__ = ["info", "hamming_topk", "binarize", "__version__"]
+__all__ = ["info", "dense_topk", "funnel_topk", "hamming_topk", "binarize", "__version__"]
