@@ -33,7 +33,7 @@ _METRIC = {"cosine": 0, "ip": 1, "l2": 2}
 def _keys(acc, sq, qa, qb, rows, valid, METRIC: tl.constexpr):
     """acc [BQ, BN] dots, sq [BN] row prefix norms^2, qa/qb [BQ] query factors."""
     if METRIC == 0:
-        inv = tl.where(sq > 0, 1.0 / tl.sqrt(sq), 0.0)
+        inv = tl.where(sq > 0, 1.0 / tl.sqrt(tl.maximum(sq, 1e-37)), 0.0)
         key = acc * qa[:, None] * inv[None, :]
     elif METRIC == 1:
         key = acc
