@@ -13,7 +13,8 @@ Design (exact):
 Rows excluded by ``allow`` or past N get INT64_MIN and decode to padding. The keys
 need N < 2^32 rows. 16-bit storage enters ``tl.dot`` as is; the float32 query is split
 into two numbers of the storage type (hi + lo) so the products keep ~16 mantissa
-bits of the query; float32 storage uses ``input_precision="ieee"``.
+bits of the query; float32 storage uses ``input_precision="ieee"``. Queries enter
+scaled to unit norm (nestvec._dense_gpu.unit_queries), the norm applied to the score.
 
 Candidates: ``_dense_gather_kernel`` scores each query's candidate rows (duplicates
 and padding already replaced by -1) and writes one key per candidate; same merge.
@@ -23,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .._dense_gpu import INT64_MIN as _INT64_MIN
-from .._dense_gpu import dedupe_candidates, merge_keys, query_aux, split_query
+from .._dense_gpu import dedupe_candidates, merge_keys, split_query, unit_queries
 
 _KEY_MIN = tl.constexpr(-(1 << 63))  # excluded rows: below every real key
 _METRIC = {"cosine": 0, "ip": 1, "l2": 2}
@@ -31,14 +32,15 @@ _METRIC = {"cosine": 0, "ip": 1, "l2": 2}
 
 @triton.jit
 def _keys(acc, sq, qa, qb, rows, valid, METRIC: tl.constexpr):
-    """acc [BQ, BN] dots, sq [BN] row prefix norms^2, qa/qb [BQ] query factors."""
+    """acc [BQ, BN] dots with unit queries, sq [BN] row prefix norms^2, qa/qb [BQ]
+    query factors (see nestvec._dense_gpu.unit_queries)."""
     if METRIC == 0:
         inv = tl.where(sq > 0, 1.0 / tl.sqrt(tl.maximum(sq, 1e-37)), 0.0)
         key = acc * qa[:, None] * inv[None, :]
     elif METRIC == 1:
-        key = acc
+        key = acc * qa[:, None]
     else:
-        key = 2.0 * acc - sq[None, :] - qb[:, None]
+        key = 2.0 * acc * qa[:, None] - sq[None, :] - qb[:, None]
     bits = key.to(tl.int32, bitcast=True)
     ordk = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     comp = (ordk.to(tl.int64) << 32) | (4294967295 - rows.to(tl.int64))[None, :]
@@ -147,8 +149,7 @@ def dense_topk(db, queries, k, dim, metric, allow=None, candidates=None, query_c
     dev = db.device
     if n >= (1 << 32):
         raise ValueError("db: the triton backend supports N < 2^32 rows")
-    q32 = queries[:, :dim].float().contiguous()
-    qaux = query_aux(q32, metric)
+    q32, qaux = unit_queries(queries, dim, metric)
     if allow is not None:
         allow = allow.contiguous()
     allow_u8 = allow.view(torch.uint8) if allow is not None else None
@@ -189,7 +190,8 @@ def dense_topk(db, queries, k, dim, metric, allow=None, candidates=None, query_c
                                  allow_u8 if allow is not None else qaux, keys, n, q1 - q0, dim, kp,
                                  db.stride(0), qh.stride(0), keys.stride(0), METRIC=mcode,
                                  HAS_ALLOW=allow is not None, USE_DOT=use_dot, SPLIT=split,
-                                 BLOCK_N=block_n, BLOCK_Q=block_q, BLOCK_D=block_d)
+                                 BLOCK_N=block_n, BLOCK_Q=block_q, BLOCK_D=block_d,
+                                 num_warps=8 if use_dot else 4)
         s, i = merge_keys(keys, k, metric)
         scores.append(s)
         idxs.append(i)

@@ -272,6 +272,21 @@ def test_triton_interpreter(case, triton_interpret):
              rtol=TOL["gpu"][dtype])
 
 
+@pytest.mark.parametrize("qscale", [1e-6, 1e5])
+def test_triton_query_scale(qscale, triton_interpret):
+    """16-bit kernels take unit-norm queries: tiny or huge queries keep their precision."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((150, 40)).astype(np.float16)
+    q = (rng.standard_normal((17, 40)) * qscale).astype(np.float32)
+    xw = x.astype(np.float32)
+    for metric in ("ip", "cosine"):
+        sr, ir = R.dense_topk(xw, q.astype(np.float64), 5, 40, metric)
+        s, i = ops.dense_topk(torch.from_numpy(x), torch.from_numpy(q), 5, metric=metric,
+                              backend="triton")
+        check_topk(s.numpy(), i.numpy(), sr, ir, true_scores(xw, q, 40, metric),
+                   score_scale(xw, q, 40, metric), TOL["gpu"]["float16"])
+
+
 # --------------------------------------------------------------------------- GPU
 
 GPU_CASES = grid_cases(12, seed=4)

@@ -4,7 +4,7 @@
 // over the first `dim` values. Rows are staged into shared memory BK = 64 values at
 // a time (16-byte loads where the layout allows, bounds-checked element loads
 // otherwise), their prefix norms summed on the way in. f16 / bf16 rows go through
-// tensor cores (WMMA 16x16x16, fp32 accumulation); the float32 query is rounded to
+// tensor cores (WMMA 16x16x16, fp32 accumulation); the unit-norm float32 query is rounded to
 // the storage type (f16) or split into hi + lo bf16 halves (bf16, two MMAs, ~16
 // mantissa bits kept). f32 rows use CUDA cores (fp32 FMA).
 // Epilogue: per (query, row) an int64 key  ord(score) << 32 | (2^32 - 1 - row)  (so
@@ -53,9 +53,10 @@ __device__ __forceinline__ long long make_key(float key, int64_t row) {
 }
 
 __device__ __forceinline__ float score_key(float dot, float sq, float qa, float qb, int metric) {
+  // dot is taken with the unit-norm query; qa restores its scale (see cuda_api.h).
   if (metric == 0) return sq > 0.f ? dot * qa * (1.f / sqrtf(sq)) : 0.f;
-  if (metric == 1) return dot;
-  return 2.f * dot - sq - qb;
+  if (metric == 1) return dot * qa;
+  return 2.f * dot * qa - sq - qb;
 }
 
 constexpr int cx_align(int x, int a) { return (x + a - 1) / a * a; }

@@ -11,11 +11,18 @@ _DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _KEY_BUDGET = 1 << 27  # int64 keys per merge chunk (1 GiB)
 
 
-def query_aux(q32, metric):
-    """float32 [Q, 2]: (1/|q| or 0, |q|^2) of the prefix queries."""
-    s = (q32.double() ** 2).sum(1)
-    inv = torch.where(s > 0, s.clamp_min(1e-300).rsqrt(), torch.zeros_like(s))
-    return torch.stack([inv, s], 1).float().contiguous()
+def unit_queries(queries, dim, metric):
+    """Prefix queries scaled to unit norm (so 16-bit kernels neither overflow nor lose
+    small queries to subnormals) and float32 [Q, 2] factors (a, b) such that
+    a * (unit query . x) is the real dot product: cosine uses a = 1 (0 for a zero
+    query) and divides by |x|; ip uses a = |q|; l2 = 2 a dot - |x|^2 - b with b = |q|^2."""
+    q = queries[:, :dim].double()
+    s = (q * q).sum(1)
+    norm = s.sqrt()
+    inv = torch.where(s > 0, 1.0 / norm.clamp_min(1e-300), torch.zeros_like(s))
+    unit = (q * inv[:, None]).float().contiguous()
+    a = (s > 0).double() if metric == "cosine" else norm
+    return unit, torch.stack([a, s], 1).float().contiguous()
 
 
 def split_query(q32, dtype):
@@ -77,8 +84,7 @@ def dense_topk_cuda(C, db, queries, k, dim, metric, allow=None, candidates=None)
     dev = db.device
     if n >= (1 << 32):
         raise ValueError("db: the cuda backend supports N < 2^32 rows")
-    q32 = queries[:, :dim].float().contiguous()
-    qaux = query_aux(q32, metric)
+    q32, qaux = unit_queries(queries, dim, metric)
     mcode = _METRIC[metric]
     dcode = _DTYPE[db.dtype]
     stride = _stride_rows(db)

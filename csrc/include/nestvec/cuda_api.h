@@ -19,7 +19,9 @@ int hamming_topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uin
 
 // Dense (elastic) top-k, stage 1 (see csrc/cuda/dense.cu). db: [n, >= dim] float32 /
 // float16 / bfloat16 (dtype 0 / 1 / 2), row stride `stride` elements; queries float32
-// [nq, >= dim]; qaux float32 [nq, 2] = (1/|q| or 0, |q|^2) of the prefix queries;
+// [nq, >= dim], prefix scaled to unit norm; qaux float32 [nq, 2] = (a, b): the score
+// is  cosine: a dot / |x|  (a = 1, or 0 for a zero query), ip: a dot (a = |q|),
+// l2: 2 a dot - |x|^2 - b (a = |q|, b = |q|^2), dot taken with the unit query;
 // metric 0 cosine / 1 ip / 2 l2; allow: optional uint8 [n]. Writes, for each query and
 // each block of dense_block_rows() rows, that block's best kp (<= block rows) keys
 // ord(score) << 32 | (2^32 - 1 - row), best first, INT64_MIN for excluded rows, at
