@@ -49,7 +49,8 @@ inline void micro(const char* const* rp, int64_t dim, const float* q, int64_t qs
     if (NORM)
       for (int r = 0; r < R; ++r) acc[QB * R + r] = _mm256_fmadd_ps(x[r], x[r], acc[QB * R + r]);
     for (int j = 0; j < QB; ++j) {
-      const __m256 qv = _mm256_load_ps(q + j * qs + c);
+      __m256 qv = _mm256_load_ps(q + j * qs + c);
+      if (R > 1) __asm__("" : "+x"(qv));  // one load per query, not one per FMA
       for (int r = 0; r < R; ++r) acc[j * R + r] = _mm256_fmadd_ps(x[r], qv, acc[j * R + r]);
     }
   }

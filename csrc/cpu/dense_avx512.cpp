@@ -50,7 +50,10 @@ inline void micro(const char* const* rp, int64_t dim, const float* q, int64_t qs
     if (NORM)
       for (int r = 0; r < R; ++r) acc[QB * R + r] = _mm512_fmadd_ps(x[r], x[r], acc[QB * R + r]);
     for (int j = 0; j < QB; ++j) {
-      const __m512 qv = _mm512_load_ps(q + j * qs + c);
+      __m512 qv = _mm512_load_ps(q + j * qs + c);
+      // Keep the query in a register: folded into each FMA it would be loaded R times,
+      // and the load ports, not the FMA units, would bound the 2 x 12 tile.
+      if (R > 1) __asm__("" : "+v"(qv));
       for (int r = 0; r < R; ++r) acc[j * R + r] = _mm512_fmadd_ps(x[r], qv, acc[j * R + r]);
     }
   }
