@@ -49,7 +49,9 @@ __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return
 __device__ __forceinline__ long long make_key(float key, int64_t row) {
   const int bits = __float_as_int(key);
   const int ordk = bits ^ ((bits >> 31) & 0x7FFFFFFF);
-  return (static_cast<long long>(ordk) << 32) | static_cast<long long>(0xFFFFFFFFLL - row);
+  // Shift as unsigned (a negative left shift is undefined in C++17), then reinterpret.
+  const unsigned long long hi = static_cast<unsigned long long>(static_cast<long long>(ordk)) << 32;
+  return static_cast<long long>(hi | static_cast<unsigned long long>(0xFFFFFFFFLL - row));
 }
 
 __device__ __forceinline__ float score_key(float dot, float sq, float qa, float qb, int metric) {
