@@ -451,7 +451,7 @@ def funnel_topk(db, queries, k: int, dims=(64, 256, None), shortlist=None, metri
     max_k = DENSE_MAX_K_GPU if be in ("cuda", "triton") else DENSE_MAX_K_CPU
     stages = len(ladder) - 1
     if shortlist is None:
-        shortlist = tuple(min(max_k, k * 4 ** (stages - i + 1)) for i in range(stages))
+        shortlist = tuple(min(max_k, k * 4 ** (stages - i)) for i in range(stages))
     elif isinstance(shortlist, (int, np.integer)):
         shortlist = (shortlist,)
     shortlist = tuple(shortlist)
