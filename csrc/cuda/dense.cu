@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 
 #include "common.cuh"
 #include "nestvec/cuda_api.h"
@@ -110,7 +111,14 @@ __device__ __forceinline__ void stage_rows(const T* __restrict__ db, int64_t n, 
     for (int e = 0; e < VEC; ++e) {
       const float f = to_f(v[e]);
       s += f * f;
-      xs[r * XLD + u * VEC + e] = from_f<S>(f);
+    }
+    if constexpr (std::is_same<S, T>::value && sizeof(T) == 2) {
+      // 16 bytes at (r * XLD + u * 8) * 2 = 144 r + 16 u: aligned, one store.
+      static_assert((XLD * sizeof(S)) % 16 == 0, "smem rows must keep 16-byte alignment");
+      *reinterpret_cast<uint4*>(xs + r * XLD + u * VEC) = *reinterpret_cast<const uint4*>(v);
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) xs[r * XLD + u * VEC + e] = from_f<S>(to_f(v[e]));
     }
     sqp[p] += s;
   }
