@@ -128,6 +128,156 @@ def section_hamming(quick=False):
 
 # --------------------------------------------------------------------------- dense / elastic
 
+def _dense_case_ok(backend, g, n, dd, dim, nq, k, dtype, metric, use_allow, use_cand):
+    """One random case against the float64 reference; tie-aware. Returns '' or a reason."""
+    import torch
+
+    import nestvec.ops as ops
+    from nestvec import reference
+
+    x = torch.randn(n, dd, generator=g)
+    if n > 4:
+        x[n // 2] = x[1]  # exact tie
+        x[2] = 0          # zero row
+    xs = x.to(getattr(torch, dtype))
+    xw = xs.float().numpy().astype(np.float64)
+    q = torch.randn(nq, dd, generator=g)
+    allow = (torch.rand(n, generator=g) < 0.6) if use_allow else None
+    cand = None
+    if use_cand:
+        cand = torch.randint(-1, n, (nq, max(2, min(3 * k, 2 * n))), generator=g)
+        cand[:, 1] = cand[:, 0]
+    sr, ir = reference.dense_topk(xw, q.double().numpy(), k, dim, metric,
+                                  None if allow is None else allow.numpy(),
+                                  None if cand is None else cand.numpy())
+    s, i = ops.dense_topk(xs.cuda(), q.cuda(), k, dim=dim, metric=metric,
+                          allow=None if allow is None else allow.cuda(),
+                          candidates=None if cand is None else cand.cuda(), backend=backend)
+    s, i = s.cpu().numpy(), i.cpu().numpy()
+    full = reference.dense_scores(xw[:, :dim], q.double().numpy()[:, :dim], metric)
+    qn = np.sqrt((q.double().numpy()[:, :dim] ** 2).sum(1))
+    xn = np.sqrt((xw[:, :dim] ** 2).sum(1)).max()
+    scale = {"cosine": np.ones_like(qn), "ip": qn * xn, "l2": (qn + xn) ** 2}[metric] + 1e-30
+    tol = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1e-3}[dtype] * scale + 1e-6
+    pad = ir == -1
+    if not np.array_equal(i == -1, pad):
+        return "padding differs"
+    sd = np.abs(np.where(pad, 0, s.astype(np.float64)) - np.where(pad, 0, sr.astype(np.float64)))
+    if (sd > tol[:, None]).any():
+        return f"score error {sd.max():.3g}"
+    for qi in range(nq):
+        if len(set(i[qi][~pad[qi]].tolist())) != int((~pad[qi]).sum()):
+            return "duplicate rows"
+        for p in np.flatnonzero(i[qi] != ir[qi]):
+            r = i[qi, p]
+            if abs(full[qi, r] - sr[qi, p]) > tol[qi]:
+                return f"q{qi} pos {p}: row {r} is not a tie of {ir[qi, p]}"
+            if allow is not None and not bool(allow[r]):
+                return f"row {r} not allowed"
+    return ""
+
+
+def section_dense(quick=False):
+    import torch
+
+    import nestvec.ops as ops
+
+    dev = "cuda"
+    g = torch.Generator(device="cpu").manual_seed(11)
+    cases = [  # n, D, dim, Q, k, dtype, metric, allow, candidates
+        (1, 3, 3, 1, 5, "float16", "cosine", False, False),
+        (7, 97, 48, 3, 10, "bfloat16", "l2", True, False),
+        (1023, 64, 1, 17, 100, "float32", "ip", False, False),
+        (5000, 384, 192, 64, 10, "float16", "cosine", True, False),
+        (5000, 768, 768, 1, 100, "bfloat16", "cosine", False, False),
+        (4099, 97, 97, 20, 2048, "float16", "l2", False, False),
+        (3000, 768, 256, 130, 10, "float16", "ip", False, False),
+        (3000, 768, 256, 70, 10, "bfloat16", "cosine", True, False),
+        (2000, 100, 50, 5, 7, "float32", "l2", True, False),
+        (777, 64, 64, 9, 12, "float16", "cosine", True, True),
+        (777, 97, 33, 40, 50, "bfloat16", "l2", False, True),
+        (500, 768, 768, 3, 10, "float32", "ip", True, True),
+    ]
+    for backend in ("cuda", "triton"):
+        if backend == "cuda" and not ops.cuda_compiled():
+            check("dense", backend, False, "built without CUDA")
+            continue
+        bad = []
+        for c in cases:
+            try:
+                why = _dense_case_ok(backend, g, *c)
+            except Exception as e:  # report, keep going
+                why = f"{type(e).__name__}: {e}"[:200]
+            if why:
+                bad.append(f"{c}: {why}")
+        check("dense", backend, not bad, "; ".join(bad)[:600])
+
+    n = 1_000_000 if quick else 10_000_000
+    try:
+        db = torch.randn(n, 768, dtype=torch.float16, device=dev)
+    except torch.cuda.OutOfMemoryError as e:
+        check("dense", "-", False, f"no memory for {n} x 768: {e}")
+        return
+    # Baseline: DESIGN's torch mm + topk on normalised rows (norms precomputed: favours it).
+    dbn = db / torch.linalg.vector_norm(db, dim=1, keepdim=True, dtype=torch.float32).half()
+    targets = {1: 5.2, 128: 6.5, 1024: 30.0}
+
+    def torch_full(qn, k=10, chunk=256):
+        out = []
+        for j in range(0, qn.shape[0], chunk):
+            out.append(torch.topk(qn[j:j + chunk] @ dbn.T, k, dim=1))
+        return out
+
+    for nq in (1, 128, 1024):
+        try:
+            q = torch.randn(nq, 768, device=dev)
+            qn = (q / q.norm(dim=1, keepdim=True)).half()
+            case = f"{n // 1_000_000}M x 768 f16 q={nq} k=10"
+            base = H.cuda_timeit(lambda: torch_full(qn), repeats=5, warmup=1)["median_ms"]
+            if ops.cuda_compiled():
+                ours = H.cuda_timeit(lambda: ops.dense_topk(db, q, 10, backend="cuda"),
+                                     repeats=10 if nq < 1024 else 5, warmup=2)["median_ms"]
+                record("dense", case, ours, "torch mm+topk", base, targets[nq])
+            tri = H.cuda_timeit(lambda: ops.dense_topk(db, q, 10, backend="triton"),
+                                repeats=3, warmup=1)["median_ms"]
+            record("dense", case, tri, "torch mm+topk", base, None, impl="triton")
+        except Exception as e:
+            traceback.print_exc()
+            check("dense", "timing", False, f"q={nq}: {type(e).__name__}: {e}"[:300])
+        torch.cuda.empty_cache()
+    del dbn
+    torch.cuda.empty_cache()
+
+    # Elastic: prefix 256 of the stored 768, no copy; baseline re-normalises the view.
+    view = db[:, :256]
+    etargets = {1: 2.0, 128: 4.0}
+
+    def torch_prefix(q, k=10):
+        qn = (q[:, :256] / q[:, :256].norm(dim=1, keepdim=True)).half()
+        s = (qn @ view.T).float()
+        s /= torch.linalg.vector_norm(view, dim=1, dtype=torch.float32)
+        return torch.topk(s, k, dim=1)
+
+    for nq in (1, 128):
+        try:
+            q = torch.randn(nq, 768, device=dev)
+            case = f"{n // 1_000_000}M x 768[:256] f16 q={nq}"
+            base = H.cuda_timeit(lambda: torch_prefix(q), repeats=5, warmup=1)["median_ms"]
+            if ops.cuda_compiled():
+                ours = H.cuda_timeit(lambda: ops.dense_topk(db, q, 10, dim=256, backend="cuda"),
+                                     repeats=10, warmup=2)["median_ms"]
+                record("elastic", case, ours, "torch view+renorm+topk", base, etargets[nq])
+            tri = H.cuda_timeit(lambda: ops.dense_topk(db, q, 10, dim=256, backend="triton"),
+                                repeats=3, warmup=1)["median_ms"]
+            record("elastic", case, tri, "torch view+renorm+topk", base, None, impl="triton")
+        except Exception as e:
+            traceback.print_exc()
+            check("elastic", "timing", False, f"q={nq}: {type(e).__name__}: {e}"[:300])
+        torch.cuda.empty_cache()
+    del view, db
+    torch.cuda.empty_cache()
+
+
 
 # --------------------------------------------------------------------------- pooling
 
@@ -362,6 +512,7 @@ SECTIONS = {
     "hamming": section_hamming,
     "pooling": section_pooling,
     "lowrank": section_lowrank,
+    "dense": section_dense,
 }
 
 

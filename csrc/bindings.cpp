@@ -10,6 +10,7 @@
 #include <string>
 
 #include "nestvec/cuda_api.h"
+#include "nestvec/dense.h"
 #include "nestvec/dispatch.h"
 #include "nestvec/hamming.h"
 #include "nestvec/pooling.h"
@@ -175,6 +176,102 @@ PYBIND11_MODULE(_C, m) {
   });
 
   // ---------------------------------------------------------------- dense (elastic top-k)
+  m.def(
+      "dense_topk",
+      [](py::array db, int dtype, int64_t dim, py::array queries, int64_t k, int metric,
+         py::object allow, py::object candidates, py::array out_score, py::array out_idx) {
+        if (dtype < dense::kF32 || dtype > dense::kBF16) throw std::invalid_argument("dtype: 0, 1 or 2");
+        if (metric < dense::kCosine || metric > dense::kL2) throw std::invalid_argument("metric: 0, 1 or 2");
+        View x = view2d(db, "db", dtype == dense::kF32 ? 4 : 2);
+        if (db.ndim() != 2) throw std::invalid_argument("db: expected [N, D]");
+        View q = view2d(queries, "queries", 4);
+        if (queries.dtype().kind() != 'f') throw std::invalid_argument("queries: expected float32");
+        if (dim < 1 || dim > x.cols) throw std::invalid_argument("dim: expected 1 <= dim <= D");
+        if (q.cols < dim) throw std::invalid_argument("queries: fewer than dim values");
+        if (k <= 0) throw std::invalid_argument("k must be positive");
+        View os = view2d(out_score, "out_score", 4, true), oi = view2d(out_idx, "out_idx", 8, true);
+        if (os.rows != q.rows || os.cols != k || oi.rows != q.rows || oi.cols != k ||
+            os.row_stride != k || oi.row_stride != k)
+          throw std::invalid_argument("out: expected contiguous [Q, k]");
+        const uint8_t* al = nullptr;
+        py::array allow_arr, cand_arr;
+        if (!allow.is_none()) {
+          allow_arr = allow.cast<py::array>();
+          View a = view2d(allow_arr, "allow", 1);
+          if (a.rows * a.cols != x.rows) throw std::invalid_argument("allow: expected length N");
+          al = static_cast<const uint8_t*>(a.ptr);
+        }
+        const int64_t* cand = nullptr;
+        int64_t ncand = 0;
+        if (!candidates.is_none()) {
+          cand_arr = candidates.cast<py::array>();
+          View c = view2d(cand_arr, "candidates", 8);
+          if (cand_arr.ndim() != 2 || c.rows != q.rows || c.row_stride != c.cols)
+            throw std::invalid_argument("candidates: expected contiguous int64 [Q, C]");
+          cand = static_cast<const int64_t*>(c.ptr);
+          ncand = c.cols;
+        }
+        py::gil_scoped_release nogil;
+        dense::topk(x.ptr, dtype, x.rows, x.row_stride, dim, static_cast<const float*>(q.ptr),
+                    q.rows, q.row_stride, k, metric, al, cand, ncand,
+                    static_cast<float*>(os.ptr), static_cast<int64_t*>(oi.ptr));
+      },
+      py::arg("db"), py::arg("dtype"), py::arg("dim"), py::arg("queries"), py::arg("k"),
+      py::arg("metric"), py::arg("allow"), py::arg("candidates"), py::arg("out_score"),
+      py::arg("out_idx"));
+
+  m.def("cuda_dense_block_rows", [] {
+#if defined(NESTVEC_WITH_CUDA)
+    return cuda::dense_block_rows();
+#else
+    no_cuda();
+#endif
+  });
+  m.def("cuda_dense_scan", [](uintptr_t db, int dtype, int64_t n, int64_t stride, int64_t dim,
+                              uintptr_t queries, int64_t nq, int64_t query_stride, uintptr_t qaux,
+                              int metric, uintptr_t allow, int64_t kp, uintptr_t keys,
+                              int64_t keys_stride, uintptr_t stream) {
+#if defined(NESTVEC_WITH_CUDA)
+    int rc;
+    {
+      py::gil_scoped_release nogil;
+      rc = cuda::dense_scan(reinterpret_cast<const void*>(db), dtype, n, stride, dim,
+                            reinterpret_cast<const float*>(queries), nq, query_stride,
+                            reinterpret_cast<const float*>(qaux), metric,
+                            reinterpret_cast<const uint8_t*>(allow), kp,
+                            reinterpret_cast<int64_t*>(keys), keys_stride, stream);
+    }
+    check_cuda(rc, "cuda_dense_scan");
+#else
+    (void)db, (void)dtype, (void)n, (void)stride, (void)dim, (void)queries, (void)nq;
+    (void)query_stride, (void)qaux, (void)metric, (void)allow, (void)kp, (void)keys;
+    (void)keys_stride, (void)stream;
+    no_cuda();
+#endif
+  });
+  m.def("cuda_dense_gather", [](uintptr_t db, int dtype, int64_t n, int64_t stride, int64_t dim,
+                                uintptr_t queries, int64_t nq, int64_t query_stride,
+                                uintptr_t qaux, int metric, uintptr_t cand, int64_t ncand,
+                                int64_t cand_stride, uintptr_t keys, int64_t keys_stride,
+                                uintptr_t stream) {
+#if defined(NESTVEC_WITH_CUDA)
+    int rc;
+    {
+      py::gil_scoped_release nogil;
+      rc = cuda::dense_gather(reinterpret_cast<const void*>(db), dtype, n, stride, dim,
+                              reinterpret_cast<const float*>(queries), nq, query_stride,
+                              reinterpret_cast<const float*>(qaux), metric,
+                              reinterpret_cast<const int64_t*>(cand), ncand, cand_stride,
+                              reinterpret_cast<int64_t*>(keys), keys_stride, stream);
+    }
+    check_cuda(rc, "cuda_dense_gather");
+#else
+    (void)db, (void)dtype, (void)n, (void)stride, (void)dim, (void)queries, (void)nq;
+    (void)query_stride, (void)qaux, (void)metric, (void)cand, (void)ncand, (void)cand_stride;
+    (void)keys, (void)keys_stride, (void)stream;
+    no_cuda();
+#endif
+  });
 
   // ---------------------------------------------------------------- pooling
 

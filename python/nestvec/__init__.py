@@ -3,16 +3,19 @@ full vector), with fused CPU / Triton / CUDA kernels on every hot path."""
 __version__ = "0.1.0"
 
 from ._info import info  # noqa: E402
-from .ops import hamming_topk, pool  # noqa: E402
+from .ops import dense_topk, funnel_topk, hamming_topk, lowrank_sparse_matmul, pool  # noqa: E402
 from .quant import binarize  # noqa: E402
 
-__all__ = ["info", "hamming_topk", "pool", "binarize", "Encoder", "__version__"]
+__all__ = ["info", "dense_topk", "funnel_topk", "hamming_topk", "lowrank_sparse_matmul", "pool",
+           "binarize", "Encoder", "__version__"]
 
 _COLLECTION_API = ("Collection", "open", "field", "LockError", "CollectionNotFound")
 __all__ += list(_COLLECTION_API)
 
 
-def __getattr__(name):  # the collection API pulls in pyarrow, Encoder torch: load on first use
+def __getattr__(name):
+    # Heavy imports on first use: the collection API pulls in pyarrow, the Encoder
+    # torch + transformers.
     if name in _COLLECTION_API:
         from . import collection
 

@@ -359,8 +359,118 @@ def _dense_reference(db, dt, queries, k, dim, metric, allow, candidates):
     return reference.dense_topk(x, q, k, dim, metric, _to_numpy(allow), _to_numpy(candidates))
 
 
+_DENSE_DTYPE_CODE = {"float32": 0, "float16": 1, "bfloat16": 2}
+_DENSE_METRIC_CODE = {"cosine": 0, "ip": 1, "l2": 2}
+
+
+def _dense_cpu(db, dt, queries, k, dim, metric, allow, candidates):
+    """C++ backend: the stored rows are passed as they are (strided view, no copy)."""
+    if ck.is_torch(db):
+        import torch
+
+        x = db.detach()
+        x = x.view(torch.int16).numpy().view(np.uint16) if x.dtype == torch.bfloat16 else x.numpy()
+    else:
+        x = db
+    q = queries.detach().float().numpy() if ck.is_torch(queries) else queries
+    q = np.ascontiguousarray(q[:, :dim], dtype=np.float32)
+    a = None
+    if allow is not None:
+        a = allow.detach().numpy() if ck.is_torch(allow) else allow
+        a = np.ascontiguousarray(a, dtype=bool).view(np.uint8)
+    c = None
+    if candidates is not None:
+        c = candidates.detach().numpy() if ck.is_torch(candidates) else candidates
+        c = np.ascontiguousarray(c, dtype=np.int64)
+    score = np.empty((q.shape[0], k), dtype=np.float32)
+    idx = np.empty((q.shape[0], k), dtype=np.int64)
+    _C.dense_topk(x, _DENSE_DTYPE_CODE[dt], dim, q, k, _DENSE_METRIC_CODE[metric], a, c, score, idx)
+    return _like(score, db), _like(idx, db)
+
+
+def _dense_triton(db, dt, queries, k, dim, metric, allow, candidates):
+    from .kernels import dense as tk
+
+    return tk.dense_topk(db, queries, k, dim, metric, allow, candidates)
+
+
+def _dense_cuda(db, dt, queries, k, dim, metric, allow, candidates):
+    from . import _dense_gpu
+
+    return _dense_gpu.dense_topk_cuda(_C, db, queries, k, dim, metric, allow, candidates)
+
+
 # backend name -> fn(db, dtype_name, queries, k, dim, metric, allow, candidates)
-_DENSE_BACKENDS: dict = {}
+_DENSE_BACKENDS: dict = {"cpu": _dense_cpu, "triton": _dense_triton, "cuda": _dense_cuda}
+
+
+def funnel_topk(db, queries, k: int, dims=(64, 256, None), shortlist=None, metric: str = "cosine",
+                allow=None, *, db_dtype: str | None = None, backend: str = "auto"):
+    """Matryoshka ladder: an exact scan at a short prefix, then exact rescoring of
+    shrinking shortlists at wider prefixes (Matryoshka adaptive retrieval).
+
+    Stage 0 runs ``dense_topk`` over every (allowed) row at ``dims[0]`` and keeps
+    ``shortlist[0]`` rows per query; stage i >= 1 rescores the previous survivors at
+    ``dims[i]`` through the ``candidates`` path and keeps ``shortlist[i]`` rows (the
+    last stage keeps ``k``). The result is exact at ``dims[-1]`` *among the survivors*:
+    it equals ``dense_topk(..., dim=dims[-1])`` whenever the true top-k survive every
+    cut (always when ``shortlist[0] >= N``); recall otherwise depends on how much the
+    embedding front-loads information into its prefix (Matryoshka-trained models do).
+
+    Args:
+        db, queries, metric, allow, db_dtype, backend: as in :func:`dense_topk`.
+        k: results per query.
+        dims: increasing prefix lengths; ``None`` means the stored width D. Values above
+            D are clipped to D and repeats dropped.
+        shortlist: rows kept after each stage but the last, non-increasing, each
+            ``>= k``; one per stage but the last. Default: ``k * 16``, ``k * 4``, ...
+            (factor 4 per stage), capped at the backend's largest k.
+
+    Returns:
+        ``(score float32 [Q, k], idx int64 [Q, k])`` at ``dims[-1]``, as dense_topk.
+    """
+    db_checked, _ = _dense_db(db, db_dtype)
+    d_full = db_checked.shape[1]
+    k = ck.check_k(k)
+    if isinstance(dims, (int, np.integer)) or dims is None:
+        dims = (dims,)
+    if len(dims) == 0:
+        raise ValueError("dims: expected at least one prefix length")
+    ladder = []
+    for d in dims:
+        if d is None:
+            d = d_full
+        elif isinstance(d, (int, np.integer)) and not isinstance(d, bool):
+            d = min(int(d), d_full)
+        d = _check_dim(d, d_full)
+        if ladder and d < ladder[-1]:
+            raise ValueError(f"dims: expected increasing prefix lengths, got {tuple(dims)}")
+        if not ladder or d != ladder[-1]:
+            ladder.append(d)
+    be = resolve_backend(backend, db_checked)
+    max_k = DENSE_MAX_K_GPU if be in ("cuda", "triton") else DENSE_MAX_K_CPU
+    stages = len(ladder) - 1
+    if shortlist is None:
+        shortlist = tuple(min(max_k, k * 4 ** (stages - i)) for i in range(stages))
+    elif isinstance(shortlist, (int, np.integer)):
+        shortlist = (shortlist,)
+    shortlist = tuple(shortlist)
+    if len(shortlist) != stages:
+        raise ValueError(f"shortlist: expected {stages} sizes (one per stage but the last) for "
+                         f"dims {tuple(ladder)}, got {len(shortlist)}")
+    prev = None
+    for s in shortlist:
+        s = ck.check_k(s, "shortlist")
+        if s < k or (prev is not None and s > prev):
+            raise ValueError(f"shortlist: expected non-increasing sizes >= k={k}, got {shortlist}")
+        prev = s
+    keeps = shortlist + (k,)
+    score, idx = dense_topk(db, queries, keeps[0], dim=ladder[0], metric=metric, allow=allow,
+                            db_dtype=db_dtype, backend=backend)
+    for d, keep in zip(ladder[1:], keeps[1:]):
+        score, idx = dense_topk(db, queries, keep, dim=d, metric=metric, candidates=idx,
+                                db_dtype=db_dtype, backend=backend)
+    return score, idx
 
 
 # --------------------------------------------------------------------------- pool

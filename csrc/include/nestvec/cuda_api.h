@@ -30,6 +30,26 @@ int lowrank_sparse_matmul(int dtype, const void* x, int64_t M, int64_t K, int64_
                           const void* A, int64_t r, const void* B, int64_t N, const void* S,
                           int64_t c, const int64_t* channels, const void* bias, void* y,
                           void* workspace, int64_t workspace_bytes, uintptr_t stream);
+// Dense (elastic) top-k, stage 1 (see csrc/cuda/dense.cu). db: [n, >= dim] float32 /
+// float16 / bfloat16 (dtype 0 / 1 / 2), row stride `stride` elements; queries float32
+// [nq, >= dim], prefix scaled to unit norm; qaux float32 [nq, 2] = (a, b): the score
+// is  cosine: a dot / |x|  (a = 1, or 0 for a zero query), ip: a dot (a = |q|),
+// l2: 2 a dot - |x|^2 - b (a = |q|, b = |q|^2), dot taken with the unit query;
+// metric 0 cosine / 1 ip / 2 l2; allow: optional uint8 [n]. Writes, for each query and
+// each block of dense_block_rows() rows, that block's best kp (<= block rows) keys
+// ord(score) << 32 | (2^32 - 1 - row), best first, INT64_MIN for excluded rows, at
+// keys[q * keys_stride + block * kp + i]. Needs n < 2^32.
+int dense_block_rows();
+int dense_scan(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+               const float* queries, int64_t nq, int64_t query_stride, const float* qaux,
+               int metric, const uint8_t* allow, int64_t kp, int64_t* keys, int64_t keys_stride,
+               uintptr_t stream);
+// Candidates: cand int64 [nq, ncand] (row stride cand_stride), -1 = skip (the caller
+// removes duplicates and disallowed rows); one key per candidate into keys[q, c].
+int dense_gather(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+                 const float* queries, int64_t nq, int64_t query_stride, const float* qaux,
+                 int metric, const int64_t* cand, int64_t ncand, int64_t cand_stride,
+                 int64_t* keys, int64_t keys_stride, uintptr_t stream);
 
 }  // namespace cuda
 }  // namespace nestvec

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace nestvec {
@@ -66,6 +67,63 @@ class IntTopK {
   uint32_t max_dist_ = 0, thr_ = 0;
   std::vector<uint64_t> keys_;
   std::vector<int64_t> hist_;
+};
+
+}  // namespace nestvec
+
+namespace nestvec {
+
+// Top-k largest float keys, ties by smaller index. Same discipline as IntTopK: rows
+// are pushed in increasing index order, so an equal key never displaces an earlier
+// row and a new row qualifies only when key > threshold(). Candidates accumulate
+// until a buffer of ~2k is full; one nth_element then cuts them back to exactly k
+// and the k-th key becomes the threshold (amortised O(1) per accepted row).
+class FloatTopK {
+ public:
+  struct Entry {
+    float key;
+    int64_t idx;
+  };
+  // Better = larger key, then smaller index.
+  static bool better(const Entry& a, const Entry& b) {
+    return a.key > b.key || (a.key == b.key && a.idx < b.idx);
+  }
+
+  void reset(int64_t k) {
+    k_ = k;
+    cap_ = std::max<int64_t>(2 * k, k + 256);
+    buf_.clear();
+    buf_.reserve(size_t(std::min<int64_t>(cap_, 1 << 16)));
+    thr_ = -std::numeric_limits<float>::infinity();
+  }
+  // Accept iff key > threshold().
+  float threshold() const { return thr_; }
+
+  void push(float key, int64_t idx) {
+    buf_.push_back({key, idx});
+    if (int64_t(buf_.size()) >= cap_) compact();
+  }
+
+  // Keep exactly the k best; threshold becomes the k-th key.
+  void compact() {
+    if (int64_t(buf_.size()) <= k_) return;
+    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), better);
+    thr_ = buf_[size_t(k_ - 1)].key;
+    // nth_element leaves the k best in [0, k) (any order).
+    buf_.resize(size_t(k_));
+  }
+
+  // At most k entries, best first.
+  std::vector<Entry>& finish() {
+    compact();
+    std::sort(buf_.begin(), buf_.end(), better);
+    return buf_;
+  }
+
+ private:
+  int64_t k_ = 0, cap_ = 0;
+  float thr_ = 0;
+  std::vector<Entry> buf_;
 };
 
 }  // namespace nestvec

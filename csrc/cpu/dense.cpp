@@ -1,0 +1,202 @@
+// Dense top-k driver. Full scan: threads over row ranges; each thread walks tiles of
+// rows small enough to stay in L2 while every query block passes over them (the
+// row tile is read from memory once per batch), computes the prefix dot products
+// and prefix norms of the tile (dense_<isa>.cpp), turns them into keys and keeps,
+// per query, only keys above that query's running k-th key (select.h FloatTopK).
+// Only a [queries x tile] block of scores ever exists. Candidates: threads over
+// queries; each query's sorted, de-duplicated row ids are scored in tiles the same way.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "nestvec/dense.h"
+#include "nestvec/dispatch.h"
+#include "nestvec/select.h"
+
+namespace nestvec {
+namespace dense {
+namespace {
+
+struct Kernels {
+  DotsFn dots;
+  SelectFn select;
+};
+
+Kernels pick() {
+  switch (active_isa()) {
+#if defined(NESTVEC_X86)
+    case Isa::Avx512: return {dots_avx512, select_avx512};
+    case Isa::Avx2: return {dots_avx2, select_scalar};
+#endif
+    default: return {dots_scalar, select_scalar};
+  }
+}
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using AlignedFloats = std::unique_ptr<float[], FreeDeleter>;
+
+AlignedFloats aligned_floats(int64_t count) {
+  const size_t bytes = size_t((count * 4 + 63) / 64 * 64);
+  float* p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+  if (!p) throw std::bad_alloc();
+  return AlignedFloats(p);
+}
+
+// Per-row factor of the key formula (see SelectFn): 1/|x| (cosine) or |x|^2 (l2).
+void row_factors(const float* sq, int64_t nrows, int metric, float* rowf) {
+  if (metric == kCosine) {
+    for (int64_t r = 0; r < nrows; ++r) rowf[r] = sq[r] > 0.f ? 1.f / std::sqrt(sq[r]) : 0.f;
+  } else if (metric == kL2) {
+    for (int64_t r = 0; r < nrows; ++r) rowf[r] = sq[r];
+  }
+}
+
+void write_out(std::vector<FloatTopK::Entry>& best, int64_t k, int metric, float* score,
+               int64_t* idx) {
+  const int64_t m = std::min<int64_t>(k, int64_t(best.size()));
+  const float sign = metric == kL2 ? -1.f : 1.f;
+  for (int64_t i = 0; i < m; ++i) {
+    score[i] = sign * best[size_t(i)].key;
+    idx[i] = best[size_t(i)].idx;
+  }
+  const float pad = metric == kL2 ? std::numeric_limits<float>::infinity()
+                                  : -std::numeric_limits<float>::infinity();
+  for (int64_t i = m; i < k; ++i) {
+    score[i] = pad;
+    idx[i] = -1;
+  }
+}
+
+bool any_allowed(const uint8_t* allow, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (allow[i]) return true;
+  return false;
+}
+
+}  // namespace
+
+void topk(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+          const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
+          const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
+          int64_t* out_idx) {
+  const Kernels kern = pick();
+  const int64_t es = dtype == kF32 ? 4 : 2;
+  const bool need_sq = metric != kIP;
+
+  // Queries: float32, zero-padded to a multiple of 16, 64-byte aligned rows.
+  const int64_t qs = (dim + 15) / 16 * 16;
+  AlignedFloats q = aligned_floats(std::max<int64_t>(1, nq) * qs);
+  std::vector<float> qa(static_cast<size_t>(nq)), qb(static_cast<size_t>(nq));
+  for (int64_t j = 0; j < nq; ++j) {
+    double s = 0;
+    for (int64_t c = 0; c < qs; ++c) {
+      const float v = c < dim ? queries[j * query_stride + c] : 0.f;
+      q[size_t(j * qs + c)] = v;
+      s += double(v) * v;
+    }
+    qa[size_t(j)] = s > 0 ? float(1.0 / std::sqrt(s)) : 0.f;
+    qb[size_t(j)] = float(s);
+  }
+
+  // Rows per tile: ~96 KiB of stored values, so a tile stays in L2 across the batch.
+  const int64_t tile = std::max<int64_t>(16, std::min<int64_t>(1024, (98304 / (dim * es)) / 16 * 16));
+  const int64_t qchunk = 256;  // bounds the [queries x tile] score block
+
+  if (candidates) {
+    const int nthreads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), nq)));
+    parallel_for(nq, nthreads, 1, [&](int, int64_t q0, int64_t q1) {
+      std::vector<int64_t> ids;
+      std::vector<float> dots(static_cast<size_t>(tile)), sq(static_cast<size_t>(tile)), rowf(static_cast<size_t>(tile));
+      std::vector<uint32_t> hit_rows(static_cast<size_t>(tile));
+      std::vector<float> hit_keys(static_cast<size_t>(tile));
+      FloatTopK sel;
+      for (int64_t j = q0; j < q1; ++j) {
+        ids.clear();
+        const int64_t* c = candidates + j * ncand;
+        for (int64_t i = 0; i < ncand; ++i)
+          if (c[i] >= 0 && c[i] < n && (!allow || allow[c[i]])) ids.push_back(c[i]);
+        std::sort(ids.begin(), ids.end());  // index order: the tie rule of FloatTopK
+        ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+        sel.reset(k);
+        const int64_t m = int64_t(ids.size());
+        for (int64_t r0 = 0; r0 < m; r0 += tile) {
+          const int64_t nr = std::min(tile, m - r0);
+          kern.dots(db, dtype, stride, ids.data() + r0, nr, dim, q.get() + j * qs, qs, 1,
+                    dots.data(), tile, need_sq ? sq.data() : nullptr);
+          if (need_sq) row_factors(sq.data(), nr, metric, rowf.data());
+          const int64_t h = kern.select(dots.data(), rowf.data(), nr, metric, qa[size_t(j)],
+                                        qb[size_t(j)], sel.threshold(), nullptr,
+                                        hit_rows.data(), hit_keys.data());
+          for (int64_t i = 0; i < h; ++i) {
+            const float key = hit_keys[size_t(i)];
+            if (key > sel.threshold()) sel.push(key, ids[size_t(r0 + hit_rows[size_t(i)])]);
+          }
+        }
+        write_out(sel.finish(), k, metric, out_score + j * k, out_idx + j * k);
+      }
+    });
+    return;
+  }
+
+  // Below ~256 KiB of rows per thread the thread start-up costs more than it saves.
+  const int64_t min_rows = std::max<int64_t>(tile, 262144 / (dim * es));
+  const int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, n / min_rows)));
+  std::vector<std::vector<FloatTopK>> sel(static_cast<size_t>(nthreads), std::vector<FloatTopK>(static_cast<size_t>(nq)));
+  parallel_for(n, nthreads, 16, [&](int t, int64_t begin, int64_t end) {
+    auto& s = sel[size_t(t)];
+    for (auto& x : s) x.reset(k);
+    const int64_t qc = std::min(qchunk, nq);
+    std::vector<float> dots(static_cast<size_t>(qc * tile)), sq(static_cast<size_t>(tile)), rowf(static_cast<size_t>(tile));
+    std::vector<uint32_t> hit_rows(static_cast<size_t>(tile));
+    std::vector<float> hit_keys(static_cast<size_t>(tile));
+    for (int64_t r0 = begin; r0 < end; r0 += tile) {
+      const int64_t nr = std::min(tile, end - r0);
+      const uint8_t* al = allow ? allow + r0 : nullptr;
+      if (al && !any_allowed(al, nr)) continue;
+      const char* base = static_cast<const char*>(db) + r0 * stride * es;
+      for (int64_t q0 = 0; q0 < nq; q0 += qchunk) {
+        const int64_t nqc = std::min(qchunk, nq - q0);
+        const bool first = q0 == 0;
+        kern.dots(base, dtype, stride, nullptr, nr, dim, q.get() + q0 * qs, qs, nqc, dots.data(),
+                  tile, first && need_sq ? sq.data() : nullptr);
+        if (first && need_sq) row_factors(sq.data(), nr, metric, rowf.data());
+        for (int64_t j = 0; j < nqc; ++j) {
+          FloatTopK& st = s[size_t(q0 + j)];
+          const int64_t h = kern.select(dots.data() + j * tile, rowf.data(), nr, metric,
+                                        qa[size_t(q0 + j)], qb[size_t(q0 + j)], st.threshold(), al,
+                                        hit_rows.data(), hit_keys.data());
+          for (int64_t i = 0; i < h; ++i) {
+            const float key = hit_keys[size_t(i)];
+            if (key > st.threshold()) st.push(key, r0 + hit_rows[size_t(i)]);
+          }
+        }
+      }
+    }
+  });
+
+  // Merge the per-thread candidates of each query.
+  parallel_for(nq, int(std::min<int64_t>(std::max(1, nthreads), nq)), 1,
+               [&](int, int64_t qb0, int64_t qb1) {
+                 std::vector<FloatTopK::Entry> merged;
+                 for (int64_t j = qb0; j < qb1; ++j) {
+                   merged.clear();
+                   for (int t = 0; t < nthreads; ++t) {
+                     auto& e = sel[size_t(t)][size_t(j)].finish();
+                     merged.insert(merged.end(), e.begin(), e.end());
+                   }
+                   const int64_t m = std::min<int64_t>(k, int64_t(merged.size()));
+                   std::partial_sort(merged.begin(), merged.begin() + m, merged.end(),
+                                     FloatTopK::better);
+                   merged.resize(size_t(m));
+                   write_out(merged, k, metric, out_score + j * k, out_idx + j * k);
+                 }
+               });
+}
+
+}  // namespace dense
+}  // namespace nestvec

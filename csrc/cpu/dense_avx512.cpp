@@ -1,0 +1,191 @@
+// AVX-512 dense kernels. A register tile of R rows x QB queries keeps one 16-lane
+// accumulator per pair (plus one per row for the prefix norm), streaming the rows
+// once per query block: loads are widened to float32 in registers (F16C
+// vcvtph2ps for f16, a 16-bit shift for bf16) and never written back. Row-major
+// rows need one horizontal sum per pair at the end; a hadd tree does 8 at a time.
+#include <immintrin.h>
+
+#include "nestvec/dense.h"
+
+namespace nestvec {
+namespace dense {
+namespace {
+
+template <int DT>
+inline __m512 load16(const char* row, int64_t c) {
+  if (DT == kF32) return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + c);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * c));
+  if (DT == kF16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <int DT>
+inline __m512 load16m(const char* row, int64_t c, __mmask16 m) {
+  if (DT == kF32) return _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(row) + c);
+  const __m256i h = _mm256_maskz_loadu_epi16(m, row + 2 * c);
+  if (DT == kF16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// Lane i of the result = horizontal sum of v[i] (8 vectors).
+inline __m256 reduce8(const __m512* v) {
+  __m256 h[8];
+  for (int i = 0; i < 8; ++i)
+    h[i] = _mm256_add_ps(_mm512_castps512_ps256(v[i]),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[i]), 1)));
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(h[4], h[5]), _mm256_hadd_ps(h[6], h[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+template <int DT, int R, int QB, bool NORM>
+inline void micro(const char* const* rp, int64_t dim, const float* q, int64_t qs, float* dots,
+                  int64_t ld, float* sq) {
+  __m512 acc[QB * R + (NORM ? R : 0)];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 16 <= dim; c += 16) {
+    __m512 x[R];
+    for (int r = 0; r < R; ++r) x[r] = load16<DT>(rp[r], c);
+    if (NORM)
+      for (int r = 0; r < R; ++r) acc[QB * R + r] = _mm512_fmadd_ps(x[r], x[r], acc[QB * R + r]);
+    for (int j = 0; j < QB; ++j) {
+      __m512 qv = _mm512_load_ps(q + j * qs + c);
+      // Keep the query in a register: folded into each FMA it would be loaded R times,
+      // and the load ports, not the FMA units, would bound the 2 x 12 tile.
+      if (R > 1) __asm__("" : "+v"(qv));
+      for (int r = 0; r < R; ++r) acc[j * R + r] = _mm512_fmadd_ps(x[r], qv, acc[j * R + r]);
+    }
+  }
+  if (c < dim) {  // queries are zero-padded; rows are not: mask their tail
+    const __mmask16 m = __mmask16((1u << (dim - c)) - 1);
+    __m512 x[R];
+    for (int r = 0; r < R; ++r) x[r] = load16m<DT>(rp[r], c, m);
+    if (NORM)
+      for (int r = 0; r < R; ++r) acc[QB * R + r] = _mm512_fmadd_ps(x[r], x[r], acc[QB * R + r]);
+    for (int j = 0; j < QB; ++j) {
+      const __m512 qv = _mm512_load_ps(q + j * qs + c);
+      for (int r = 0; r < R; ++r) acc[j * R + r] = _mm512_fmadd_ps(x[r], qv, acc[j * R + r]);
+    }
+  }
+  constexpr int kN = QB * R + (NORM ? R : 0);
+  alignas(32) float out[(kN + 7) / 8 * 8];
+  for (int i = 0; i < kN; i += 8) {
+    __m512 v[8];
+    for (int t = 0; t < 8; ++t) v[t] = i + t < kN ? acc[i + t] : _mm512_setzero_ps();
+    _mm256_store_ps(out + i, reduce8(v));
+  }
+  for (int j = 0; j < QB; ++j)
+    for (int r = 0; r < R; ++r) dots[j * ld + r] = out[j * R + r];
+  if (NORM)
+    for (int r = 0; r < R; ++r) sq[r] = out[QB * R + r];
+}
+
+// The first query block reads the rows from memory (pf is set exactly then): each
+// row is a short stream the hardware prefetcher barely trains on, so the prefix of
+// the rows ~12 KiB ahead is prefetched explicitly (prefetches never fault, so rows
+// past the end of the table are harmless; indexed rows stay within the list).
+template <int DT, int R, int QB, bool NORM>
+void rows_block(const char* base, int64_t stride_b, const int64_t* rows, int64_t nrows,
+                int64_t dim, const float* q, int64_t qs, float* dots, int64_t ld, float* sq,
+                bool pf) {
+  int64_t r0 = 0;
+  const char* rp[R];
+  const int64_t row_bytes = dim * (DT == kF32 ? 4 : 2);
+  const int64_t ahead = (12288 / row_bytes + R) / R * R;
+  for (; r0 + R <= nrows; r0 += R) {
+    for (int r = 0; r < R; ++r) rp[r] = base + (rows ? rows[r0 + r] : r0 + r) * stride_b;
+    if (pf) {
+      for (int r = 0; r < R; ++r) {
+        const int64_t pr = r0 + ahead + r;
+        if (rows && pr >= nrows) break;
+        const char* p = base + (rows ? rows[pr] : pr) * stride_b;
+        for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+      }
+    }
+    micro<DT, R, QB, NORM>(rp, dim, q, qs, dots + r0, ld, NORM ? sq + r0 : nullptr);
+  }
+  for (; r0 < nrows; ++r0) {
+    rp[0] = base + (rows ? rows[r0] : r0) * stride_b;
+    micro<DT, 1, QB, NORM>(rp, dim, q, qs, dots + r0, ld, NORM ? sq + r0 : nullptr);
+  }
+}
+
+template <int DT, bool NORM>
+void query_block(const char* base, int64_t stride_b, const int64_t* rows, int64_t nrows,
+                 int64_t dim, const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld,
+                 float* sq, bool pf) {
+  // Batch 1..3 is memory-bound: 4 rows in flight. Larger blocks are FMA-bound:
+  // 2 rows x 12 queries = 24 accumulators, each row load feeding 12 FMAs.
+  if (nq >= 12) return rows_block<DT, 2, 12, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+  if (nq >= 8) return rows_block<DT, 2, 8, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+  if (nq >= 4) return rows_block<DT, 4, 4, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+  if (nq >= 2) return rows_block<DT, 4, 2, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+  return rows_block<DT, 4, 1, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+}
+
+template <int DT>
+void dots_impl(const void* base, int64_t stride, const int64_t* rows, int64_t nrows, int64_t dim,
+               const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq) {
+  const char* b = static_cast<const char*>(base);
+  const int64_t sb = stride * (DT == kF32 ? 4 : 2);
+  int64_t j = 0;
+  while (j < nq) {
+    const int64_t left = nq - j;
+    const int64_t nb = left >= 12 ? 12 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+    // The row norm comes with the first query block (the rows are read anyway).
+    if (j == 0 && sq)
+      query_block<DT, true>(b, sb, rows, nrows, dim, q, qs, nb, dots, ld, sq, true);
+    else
+      query_block<DT, false>(b, sb, rows, nrows, dim, q + j * qs, qs, nb, dots + j * ld, ld,
+                             nullptr, j == 0);
+    j += nb;
+  }
+}
+
+}  // namespace
+
+void dots_avx512(const void* base, int dtype, int64_t stride, const int64_t* rows, int64_t nrows,
+                 int64_t dim, const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld,
+                 float* sq) {
+  switch (dtype) {
+    case kF32: return dots_impl<kF32>(base, stride, rows, nrows, dim, q, qs, nq, dots, ld, sq);
+    case kF16: return dots_impl<kF16>(base, stride, rows, nrows, dim, q, qs, nq, dots, ld, sq);
+    default: return dots_impl<kBF16>(base, stride, rows, nrows, dim, q, qs, nq, dots, ld, sq);
+  }
+}
+
+int64_t select_avx512(const float* dots, const float* rowf, int64_t nrows, int metric, float a,
+                      float b, float thr, const uint8_t* allow, uint32_t* hit_rows,
+                      float* hit_keys) {
+  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), vt = _mm512_set1_ps(thr);
+  const __m512 two = _mm512_set1_ps(2.f);
+  const __m512i step = _mm512_set1_epi32(16);
+  __m512i ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t n = 0;
+  for (int64_t r = 0; r < nrows; r += 16, ids = _mm512_add_epi32(ids, step)) {
+    const __mmask16 valid = nrows - r >= 16 ? __mmask16(0xffff) : __mmask16((1u << (nrows - r)) - 1);
+    const __m512 d = _mm512_maskz_loadu_ps(valid, dots + r);
+    __m512 key;
+    if (metric == kCosine)
+      key = _mm512_mul_ps(_mm512_mul_ps(d, va), _mm512_maskz_loadu_ps(valid, rowf + r));
+    else if (metric == kIP)
+      key = d;
+    else
+      key = _mm512_sub_ps(_mm512_fmsub_ps(two, d, _mm512_maskz_loadu_ps(valid, rowf + r)), vb);
+    __mmask16 m = _mm512_mask_cmp_ps_mask(valid, key, vt, _CMP_GT_OQ);
+    if (!m) continue;
+    if (allow) {
+      const __m128i al = _mm_maskz_loadu_epi8(valid, allow + r);
+      m &= _mm_test_epi8_mask(al, al);
+      if (!m) continue;
+    }
+    _mm512_mask_compressstoreu_epi32(hit_rows + n, m, ids);
+    _mm512_mask_compressstoreu_ps(hit_keys + n, m, key);
+    n += __builtin_popcount(m);
+  }
+  return n;
+}
+
+}  // namespace dense
+}  // namespace nestvec

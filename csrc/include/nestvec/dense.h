@@ -1,0 +1,53 @@
+// Exact elastic-dimension (Matryoshka prefix) top-k over float32 / float16 /
+// bfloat16 rows: cosine, inner product, squared L2.
+#pragma once
+#include <cstdint>
+
+namespace nestvec {
+namespace dense {
+
+enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+enum Metric : int { kCosine = 0, kIP = 1, kL2 = 2 };
+
+// Dot products of a block of rows with a block of queries over the first `dim` values.
+// Row r is at `base + (rows ? rows[r] : r) * stride` (elements of `dtype`); it is read
+// only up to `dim`. Queries are float32, `qs` floats apart, zero-padded to a multiple of
+// 16 values, 64-byte aligned. Writes dots[j * ld + r] = q_j . x_r, and, when `sq` is not
+// null, sq[r] = |x_r[:dim]|^2 computed in the same pass over the row.
+using DotsFn = void (*)(const void* base, int dtype, int64_t stride, const int64_t* rows,
+                        int64_t nrows, int64_t dim, const float* q, int64_t qs, int64_t nq,
+                        float* dots, int64_t ld, float* sq);
+
+// Keys of one query over a tile (larger = better):
+//   cosine: dot * a * rowf[r]   (a = 1/|q|, rowf = 1/|x| or 0 for a zero row)
+//   ip:     dot
+//   l2:     2 dot - rowf[r] - b (b = |q|^2, rowf = |x|^2)  == -|q - x|^2
+// Appends each r with key > thr and (allow == null or allow[r]) to hit_rows/hit_keys
+// in increasing r; returns the number of hits.
+using SelectFn = int64_t (*)(const float* dots, const float* rowf, int64_t nrows, int metric,
+                             float a, float b, float thr, const uint8_t* allow,
+                             uint32_t* hit_rows, float* hit_keys);
+
+void dots_scalar(const void*, int, int64_t, const int64_t*, int64_t, int64_t, const float*,
+                 int64_t, int64_t, float*, int64_t, float*);
+void dots_avx2(const void*, int, int64_t, const int64_t*, int64_t, int64_t, const float*,
+               int64_t, int64_t, float*, int64_t, float*);
+void dots_avx512(const void*, int, int64_t, const int64_t*, int64_t, int64_t, const float*,
+                 int64_t, int64_t, float*, int64_t, float*);
+int64_t select_scalar(const float*, const float*, int64_t, int, float, float, float,
+                      const uint8_t*, uint32_t*, float*);
+int64_t select_avx512(const float*, const float*, int64_t, int, float, float, float,
+                      const uint8_t*, uint32_t*, float*);
+
+// db [n, >= dim] of `dtype` (row stride `stride` elements); queries float32 [nq, dim]
+// (row stride `query_stride`); allow: optional bool [n]; candidates: optional int64
+// [nq, ncand] row ids (-1 or out of range = padding, duplicates counted once).
+// Output [nq, k]: best first (cosine/ip: highest score; l2: smallest squared
+// distance), ties by index; missing entries are (-inf | +inf for l2, -1).
+void topk(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+          const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
+          const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
+          int64_t* out_idx);
+
+}  // namespace dense
+}  // namespace nestvec

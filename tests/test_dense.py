@@ -1,0 +1,406 @@
+"""dense_topk / funnel_topk against the float64 reference (nestvec.reference).
+
+Comparison is tie-aware (check_topk): scores allclose per position with a per-dtype
+tolerance, padding identical, and wherever an index differs from the reference the
+returned row must be eligible and score, in float64, within tolerance of the
+reference score at that position (a legitimate permutation among near-ties).
+"""
+import itertools
+import os
+import random
+import zlib
+
+import numpy as np
+import pytest
+
+import nestvec.ops as ops
+from nestvec import reference as R
+
+from conftest import cpu_isas
+
+try:
+    import torch
+except ImportError:  # pragma: no cover
+    torch = None
+
+METRICS = ("cosine", "ip", "l2")
+DTYPES = ("float32", "float16", "bfloat16")
+# Relative tolerance (times the query's score scale) per backend family and dtype.
+TOL = {"cpu": {"float32": 2e-5, "float16": 2e-5, "bfloat16": 2e-5},
+       "gpu": {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1e-3}}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def make_db(rng, n, d, dtype, zero_rows=True, dup_rows=True):
+    """float32 master copy + the stored array (NumPy; bf16 as uint16 bit patterns)."""
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    if dup_rows and n > 4:
+        x[n // 2] = x[1]  # an exact tie
+    if zero_rows and n > 2:
+        x[2] = 0.0
+    if dtype == "float32":
+        stored = x
+    elif dtype == "float16":
+        stored = x.astype(np.float16)
+    else:
+        stored = R.f32_to_bf16(x)
+    return stored
+
+
+def widened(stored, dtype):
+    return R.bf16_to_f32(stored) if dtype == "bfloat16" else stored.astype(np.float32)
+
+
+def true_scores(xw, q, dim, metric):
+    """float64 [Q, N] scores of every row (for checking permuted ties)."""
+    return R.dense_scores(xw[:, :dim], q[:, :dim].astype(np.float64), metric)
+
+
+def score_scale(xw, q, dim, metric):
+    qn = np.sqrt((q[:, :dim].astype(np.float64) ** 2).sum(1))
+    xn = np.sqrt((xw[:, :dim].astype(np.float64) ** 2).sum(1)).max() if xw.shape[0] else 0.0
+    if metric == "cosine":
+        return np.ones_like(qn)
+    if metric == "ip":
+        return qn * xn + 1e-30
+    return (qn + xn) ** 2 + 1e-30
+
+
+def check_topk(s, i, sr, ir, full, scale, rtol, eligible=None, exact_ties=False):
+    s, i = np.asarray(s), np.asarray(i)
+    assert s.shape == sr.shape and i.shape == ir.shape
+    assert s.dtype == np.float32 and i.dtype == np.int64
+    pad = ir == -1
+    np.testing.assert_array_equal(i == -1, pad, err_msg="padding differs")
+    assert np.array_equal(s[pad], sr[pad]), "padding scores differ"
+    tol = rtol * scale[:, None] + 1e-6
+    diff = np.abs(np.where(pad, 0.0, s.astype(np.float64)) - np.where(pad, 0.0, sr.astype(np.float64)))
+    assert (diff[~pad] <= np.broadcast_to(tol, diff.shape)[~pad]).all(), \
+        f"scores differ: max {diff[~pad].max()}"
+    for qi in range(i.shape[0]):
+        row = i[qi][~pad[qi]]
+        assert len(set(row.tolist())) == len(row), "duplicate rows in result"
+        for p in np.flatnonzero(i[qi] != ir[qi]):
+            assert not exact_ties, f"query {qi} pos {p}: {i[qi, p]} != {ir[qi, p]}"
+            r = i[qi, p]
+            if eligible is not None:
+                assert eligible[qi][r], f"query {qi}: row {r} is not eligible"
+            assert abs(full[qi, r] - sr[qi, p]) <= tol[qi, 0], \
+                f"query {qi} pos {p}: row {r} scores {full[qi, r]}, reference {sr[qi, p]}"
+
+
+def eligible_mask(n, nq, allow, cand):
+    el = np.ones((nq, n), dtype=bool)
+    if allow is not None:
+        el &= allow[None, :]
+    if cand is not None:
+        m = np.zeros((nq, n), dtype=bool)
+        for qi in range(nq):
+            c = cand[qi]
+            c = c[(c >= 0) & (c < n)]
+            m[qi, c] = True
+        el &= m
+    return el
+
+
+def make_candidates(rng, n, nq, c):
+    cand = rng.integers(-1, n, size=(nq, c)).astype(np.int64)
+    if c > 3:
+        cand[:, 1] = cand[:, 0]  # duplicates
+        cand[:, -1] = -1         # padding
+    return cand
+
+
+def run_case(backend, rng, n, d_full, dim, nq, k, dtype, metric, use_allow, use_cand,
+             to_torch=None, rtol=None):
+    stored = make_db(rng, n, d_full, dtype)
+    xw = widened(stored, dtype)
+    q = rng.standard_normal((nq, d_full)).astype(np.float32)
+    if nq > 1:
+        q[-1] = 0.0 if metric == "cosine" and nq > 2 else q[-1]  # a zero query
+    allow = (rng.random(n) < 0.6) if use_allow else None
+    cand = make_candidates(rng, n, nq, max(1, min(3 * k, 2 * n))) if use_cand else None
+    sr, ir = R.dense_topk(xw, q.astype(np.float64), k, dim, metric, allow, cand)
+    kw = dict(dim=dim, metric=metric, allow=allow, candidates=cand, backend=backend)
+    if to_torch is None:
+        s, i = ops.dense_topk(stored, q, k, db_dtype="bfloat16" if dtype == "bfloat16" else None,
+                              **kw)
+    else:
+        db_t = torch.from_numpy(xw).to(getattr(torch, dtype)).to(to_torch)
+        kw["allow"] = None if allow is None else torch.from_numpy(allow).to(to_torch)
+        kw["candidates"] = None if cand is None else torch.from_numpy(cand).to(to_torch)
+        s, i = ops.dense_topk(db_t, torch.from_numpy(q).to(to_torch), k, **kw)
+        s, i = s.cpu().numpy(), i.cpu().numpy()
+    full = true_scores(xw, q, dim, metric)
+    fam = "cpu" if backend == "cpu" else "gpu"
+    check_topk(s, i, sr, ir, full, score_scale(xw, q, dim, metric),
+               rtol if rtol is not None else TOL[fam][dtype],
+               eligible_mask(n, nq, allow, cand))
+
+
+def grid_cases(count, seed, max_n=None):
+    """A fixed sample of the issue's grid (D, d, N, Q, k) plus its corners."""
+    cases = []
+    for D, dsel, N, Q, ksel in itertools.product((1, 3, 64, 97, 384, 768), (0, 1, 2),
+                                                  (1, 7, 1023, 5000), (1, 3, 17, 64),
+                                                  (1, 10, 100, "N+3")):
+        if max_n and N > max_n:
+            continue
+        d = (1, max(1, D // 2), D)[dsel]
+        k = min(N + 3, ops.DENSE_MAX_K_CPU) if ksel == "N+3" else ksel
+        cases.append((D, d, N, Q, k))
+    corners = [c for c in cases if c[0] in (1, 768) and c[2] in (1, 5000) and c[3] in (1, 64)]
+    rnd = random.Random(seed)
+    picked = rnd.sample(cases, count)
+    out = []
+    for c in corners[:6] + picked:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+# --------------------------------------------------------------------------- CPU
+
+CPU_CASES = grid_cases(30, seed=3)
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "D%d-d%d-N%d-Q%d-k%d" % c)
+def test_cpu_grid(isa, case, restore_isa):
+    ops._C.set_isa(isa)
+    D, d, N, Q, k = case
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    combos = list(itertools.product(DTYPES, METRICS, (False, True), (False, True)))
+    # every dtype x metric; allow / candidates rotate so each case covers all four
+    for j, (dtype, metric, use_allow, use_cand) in enumerate(combos):
+        if (use_allow, use_cand) != [(False, False), (True, False), (False, True), (True, True)][j % 4]:
+            continue
+        run_case("cpu", rng, N, D, d, Q, k, dtype, metric, use_allow, use_cand)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.parametrize("isa", cpu_isas())
+def test_cpu_full_grid(isa, restore_isa):
+    """The issue's whole grid (every combination, ~1 h on 2 cores): opt in with
+    NESTVEC_FULL_GRID=1."""
+    if not os.environ.get("NESTVEC_FULL_GRID"):
+        pytest.skip("set NESTVEC_FULL_GRID=1 to run the full grid")
+    ops._C.set_isa(isa)
+    rng = np.random.default_rng(11)
+    for case in grid_cases(1152, seed=0):
+        D, d, N, Q, k = case
+        for dtype, metric, ua, uc in itertools.product(DTYPES, METRICS, (False, True), (False, True)):
+            run_case("cpu", rng, N, D, d, Q, k, dtype, metric, ua, uc)
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.parametrize("isa", cpu_isas())
+def test_cpu_exact_ties_by_index(isa, restore_isa):
+    """Identical rows score identically, so the order must be exactly the reference's."""
+    ops._C.set_isa(isa)
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((40, 97)).astype(np.float32)
+    x = np.concatenate([base] * 30)  # 1200 rows, each repeated 30 times
+    q = rng.standard_normal((5, 97)).astype(np.float32)
+    for dtype in DTYPES:
+        stored = x if dtype == "float32" else x.astype(np.float16) if dtype == "float16" else R.f32_to_bf16(x)
+        xw = widened(stored, dtype)
+        for metric in METRICS:
+            for k in (1, 31, 100):
+                sr, ir = R.dense_topk(xw, q.astype(np.float64), k, 50, metric)
+                s, i = ops.dense_topk(stored, q, k, dim=50, metric=metric, backend="cpu",
+                                      db_dtype="bfloat16" if dtype == "bfloat16" else None)
+                # equal float32 keys -> index order; compare the tie structure exactly
+                np.testing.assert_array_equal(i, ir)
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+def test_cpu_strided_prefix_view_and_torch_inputs():
+    rng = np.random.default_rng(8)
+    wide = rng.standard_normal((3000, 200)).astype(np.float16)
+    view = wide[:, :150]  # rows 200 apart: read in place
+    q = rng.standard_normal((4, 150)).astype(np.float32)
+    for metric in METRICS:
+        s, i = ops.dense_topk(view, q, 25, dim=70, metric=metric, backend="cpu")
+        sr, ir = ops.dense_topk(view, q, 25, dim=70, metric=metric, backend="reference")
+        full = true_scores(view.astype(np.float32), q, 70, metric)
+        check_topk(s, i, sr, ir, full, score_scale(view.astype(np.float32), q, 70, metric), 2e-5)
+    if torch is None:
+        return
+    t = torch.from_numpy(view.astype(np.float32)).to(torch.bfloat16)
+    s, i = ops.dense_topk(t, torch.from_numpy(q), 7, dim=33)
+    assert isinstance(s, torch.Tensor) and s.dtype == torch.float32 and i.dtype == torch.int64
+    sr, ir = ops.dense_topk(t, torch.from_numpy(q), 7, dim=33, backend="reference")
+    assert torch.allclose(s, sr, atol=1e-4) and (i == ir).float().mean() > 0.95
+    # a query of width dim is accepted as well as width D
+    s2, i2 = ops.dense_topk(t, torch.from_numpy(q[:, :33]).contiguous(), 7, dim=33)
+    assert torch.equal(i2, i)
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+def test_cpu_large_k_and_threads():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((20000, 64)).astype(np.float16)
+    q = rng.standard_normal((3, 64)).astype(np.float32)
+    for k in (4096, 1000):
+        s, i = ops.dense_topk(x, q, k, metric="ip", backend="cpu")
+        sr, ir = ops.dense_topk(x, q, k, metric="ip", backend="reference")
+        full = true_scores(x.astype(np.float32), q, 64, "ip")
+        check_topk(s, i, sr, ir, full, score_scale(x.astype(np.float32), q, 64, "ip"), 2e-5)
+
+
+# --------------------------------------------------------------------------- Triton (interpreter)
+
+TRITON_CASES = [  # (D, d, N, Q, k, dtype, metric, allow, candidates)
+    (97, 48, 300, 3, 10, "float16", "cosine", True, False),
+    (64, 64, 130, 17, 5, "bfloat16", "l2", False, False),
+    (3, 1, 7, 2, 10, "float32", "ip", False, True),
+    (33, 20, 200, 1, 201, "float32", "cosine", True, True),
+    (64, 32, 150, 16, 3, "float32", "ip", True, False),
+    (20, 20, 90, 4, 7, "bfloat16", "cosine", False, True),
+]
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_triton_interpreter(case, triton_interpret):
+    D, d, N, Q, k, dtype, metric, ua, uc = case
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    run_case("triton", rng, N, D, d, Q, k, dtype, metric, ua, uc, to_torch="cpu",
+             rtol=TOL["gpu"][dtype])
+
+
+@pytest.mark.parametrize("qscale", [1e-6, 1e5])
+def test_triton_query_scale(qscale, triton_interpret):
+    """16-bit kernels take unit-norm queries: tiny or huge queries keep their precision."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((150, 40)).astype(np.float16)
+    q = (rng.standard_normal((17, 40)) * qscale).astype(np.float32)
+    xw = x.astype(np.float32)
+    for metric in ("ip", "cosine"):
+        sr, ir = R.dense_topk(xw, q.astype(np.float64), 5, 40, metric)
+        s, i = ops.dense_topk(torch.from_numpy(x), torch.from_numpy(q), 5, metric=metric,
+                              backend="triton")
+        check_topk(s.numpy(), i.numpy(), sr, ir, true_scores(xw, q, 40, metric),
+                   score_scale(xw, q, 40, metric), TOL["gpu"]["float16"])
+
+
+# --------------------------------------------------------------------------- GPU
+
+GPU_CASES = grid_cases(12, seed=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "D%d-d%d-N%d-Q%d-k%d" % c)
+def test_gpu_grid(backend, case):
+    if backend == "cuda" and not ops.cuda_compiled():
+        pytest.skip("built without CUDA")
+    D, d, N, Q, k = case
+    if k > ops.DENSE_MAX_K_GPU:
+        k = ops.DENSE_MAX_K_GPU
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    for j, (dtype, metric) in enumerate(itertools.product(DTYPES, METRICS)):
+        ua, uc = [(False, False), (True, False), (False, True), (True, True)][j % 4]
+        run_case(backend, rng, N, D, d, Q, k, dtype, metric, ua, uc, to_torch="cuda")
+
+
+# --------------------------------------------------------------------------- funnel
+
+def test_funnel_exact_when_shortlist_covers_all():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((500, 96)).astype(np.float16)
+    q = rng.standard_normal((4, 96)).astype(np.float32)
+    backend = "cpu" if ops._C is not None else "reference"
+    for metric in METRICS:
+        s, i = ops.funnel_topk(x, q, 10, dims=(16, 48, None), shortlist=(500, 500), metric=metric,
+                               backend=backend)
+        se, ie = ops.dense_topk(x, q, 10, metric=metric, backend=backend)
+        np.testing.assert_array_equal(i, ie)
+        np.testing.assert_allclose(s, se, rtol=1e-6, atol=1e-6)
+
+
+def test_funnel_recall_on_matryoshka_like_data():
+    rng = np.random.default_rng(13)
+    decay = np.exp(-np.arange(256) / 40.0)  # information front-loaded into the prefix
+    x = (rng.standard_normal((5000, 256)) * decay).astype(np.float16)
+    q = (x[:20].astype(np.float32) + 0.3 * rng.standard_normal((20, 256)) * decay).astype(np.float32)
+    allow = rng.random(5000) < 0.8
+    backend = "cpu" if ops._C is not None else "reference"
+    s, i = ops.funnel_topk(x, q, 10, allow=allow, backend=backend)  # dims (64, 256, None)
+    se, ie = ops.dense_topk(x, q, 10, allow=allow, backend=backend)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ie)])
+    assert recall >= 0.99
+    assert allow[i[i >= 0]].all()
+
+
+def test_funnel_bad_inputs():
+    x = np.zeros((10, 8), dtype=np.float32)
+    q = np.ones((1, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match="dims"):
+        ops.funnel_topk(x, q, 2, dims=(8, 4))
+    with pytest.raises(ValueError, match="shortlist"):
+        ops.funnel_topk(x, q, 5, dims=(2, 8), shortlist=(3,))
+    with pytest.raises(ValueError, match="shortlist"):
+        ops.funnel_topk(x, q, 2, dims=(2, 4, 8), shortlist=(5,))
+    with pytest.raises(ValueError, match="shortlist"):
+        ops.funnel_topk(x, q, 2, dims=(2, 4, 8), shortlist=(5, 6))
+    with pytest.raises(ValueError, match="dims"):
+        ops.funnel_topk(x, q, 2, dims=())
+    with pytest.raises(ValueError, match="dim"):
+        ops.funnel_topk(x, q, 2, dims=(0, 8))
+
+
+# --------------------------------------------------------------------------- validation
+
+def test_bad_inputs():
+    x = np.zeros((10, 8), dtype=np.float32)
+    q = np.ones((2, 8), dtype=np.float32)
+    cases = [
+        (dict(db=np.zeros(8, np.float32)), ValueError, "db"),
+        (dict(db=np.zeros((10, 8), np.int32)), TypeError, "db"),
+        (dict(db=np.zeros((10, 0), np.float32)), ValueError, "db"),
+        (dict(db=np.zeros((10, 8), np.uint16)), TypeError, "db"),
+        (dict(db=np.zeros((10, 8), np.float32), db_dtype="bfloat16"), ValueError, "db_dtype"),
+        (dict(queries=np.ones((2, 5), np.float32)), ValueError, "queries"),
+        (dict(queries=np.ones((2, 2, 8), np.float32)), ValueError, "queries"),
+        (dict(queries=np.ones((2, 8), np.int64)), TypeError, "queries"),
+        (dict(queries=np.full((2, 8), np.nan, np.float32)), ValueError, "queries"),
+        (dict(k=0), ValueError, "k"),
+        (dict(k=2.0), TypeError, "k"),
+        (dict(k=5000), ValueError, "k"),
+        (dict(dim=0), ValueError, "dim"),
+        (dict(dim=9), ValueError, "dim"),
+        (dict(dim=4.0), TypeError, "dim"),
+        (dict(metric="dot"), ValueError, "metric"),
+        (dict(allow=np.ones(9, bool)), ValueError, "allow"),
+        (dict(allow=np.ones(10, np.int32)), TypeError, "allow"),
+        (dict(candidates=np.zeros((3, 4), np.int64)), ValueError, "candidates"),
+        (dict(candidates=np.zeros((2, 4), np.float32)), TypeError, "candidates"),
+        (dict(candidates=np.zeros(4, np.int64)), ValueError, "candidates"),
+        (dict(backend="gpu"), ValueError, "backend"),
+    ]
+    for over, exc, name in cases:
+        kw = dict(db=x, queries=q, k=3)
+        kw.update(over)
+        with pytest.raises(exc, match=name):
+            ops.dense_topk(**kw)
+
+
+def test_triton_backend_needs_torch():
+    x = np.zeros((10, 8), dtype=np.float32)
+    with pytest.raises((TypeError, ValueError), match="db"):
+        ops.dense_topk(x, np.ones((1, 8), np.float32), 3, backend="triton")
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+def test_cpu_padding_and_single_query():
+    x = np.eye(4, 6, dtype=np.float32)
+    q = np.ones(6, dtype=np.float32)
+    s, i = ops.dense_topk(x, q, 7, metric="l2", backend="cpu")
+    assert s.shape == (7,) and i.shape == (7,)
+    assert (i[4:] == -1).all() and np.isposinf(s[4:]).all()
+    s, i = ops.dense_topk(x, q, 7, allow=np.array([0, 1, 0, 1], bool), backend="cpu")
+    assert i.tolist()[:2] == [1, 3] and (i[2:] == -1).all() and np.isneginf(s[2:]).all()
