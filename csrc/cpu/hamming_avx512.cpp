@@ -163,7 +163,7 @@ inline void run_queries32(const uint8_t* codes, int64_t nrows, int64_t cs, const
     q[j] = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qv[j])));
     tv[j] = _mm512_set1_epi64(int64_t(thr[j]));
   }
-  const int64_t pf_rows = std::max<int64_t>(8, (8192 / std::max<int64_t>(cs, 1)) & ~int64_t(7));
+  const int64_t pf_rows = std::max<int64_t>(8, (16384 / std::max<int64_t>(cs, 1)) & ~int64_t(7));
   constexpr int even = _MM_SHUFFLE(2, 0, 2, 0), odd = _MM_SHUFFLE(3, 1, 3, 1);
   alignas(64) uint64_t buf[8];
   for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
