@@ -1,0 +1,220 @@
+"""lowrank_sparse_matmul: validation and backends (public entry re-exported by ops.py).
+
+Split out of ops.py by concern; it uses ops.py's dispatch framework unchanged.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import _checks as ck
+from . import reference
+from .ops import (_C, _check_backend_device, _row_contiguous,  # noqa: F401
+                  resolve_backend, triton_available)
+
+
+_LRS_DTYPES = ("float32", "float16", "bfloat16")
+_LRS_CODE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+
+
+def _lrs_validate(x, A, B, S, channels, bias):
+    """Shapes, dtypes, devices and channel ids of a lowrank_sparse_matmul call."""
+    x = ck.as_array_like(x, "x")
+    ck.check_ndim(x, "x", (1, 2), "[M, K] or [K]")
+    dt = ck.dtype_name(x)
+    ck.check_dtype(x, "x", _LRS_DTYPES + ("float64",), "float32, float16 or bfloat16 (float64 on "
+                   "the reference backend)")
+    K = x.shape[-1]
+    A = ck.as_array_like(A, "A")
+    B = ck.as_array_like(B, "B")
+    S = ck.as_array_like(S, "S")
+    channels = ck.as_array_like(channels, "channels")
+    for name, t in (("A", A), ("B", B), ("S", S)):
+        ck.check_ndim(t, name, (2,), "a 2-D array")
+        if ck.dtype_name(t) != dt:
+            raise TypeError(f"{name}: expected dtype {dt} like x, got {ck.dtype_name(t)}")
+        ck.check_same_device("x", x, name, t)
+    r = A.shape[0]
+    if A.shape[1] != K:
+        raise ValueError(f"A: expected shape [r, K={K}] (K from x), got {tuple(A.shape)}")
+    N = B.shape[0]
+    if B.shape[1] != r:
+        raise ValueError(f"B: expected shape [N, r={r}] (r from A), got {tuple(B.shape)}")
+    if S.shape[1] != K:
+        raise ValueError(f"S: expected shape [c, K={K}] (K from x), got {tuple(S.shape)}")
+    c = S.shape[0]
+    ck.check_same_device("x", x, "channels", channels)
+    if channels.ndim != 1 or channels.shape[0] != c:
+        raise ValueError(f"channels: expected a 1-D array of {c} output channels (one per row of "
+                         f"S), got shape {tuple(channels.shape)}")
+    ck.check_dtype(channels, "channels", ("int64", "int32", "int16", "uint8", "uint16", "uint32",
+                                          "int8"), "an integer type [c]")
+    if c:
+        if ck.is_torch(channels):
+            import torch
+
+            lo, hi = int(channels.min()), int(channels.max())
+            uniq = int(torch.unique(channels).numel())
+        else:
+            lo, hi = int(channels.min()), int(channels.max())
+            uniq = int(np.unique(channels).size)
+        if lo < 0 or hi >= N:
+            raise ValueError(f"channels: ids must lie in [0, N={N}), got range [{lo}, {hi}]")
+        if uniq != c:
+            raise ValueError(f"channels: ids must be unique, got {c - uniq} duplicate(s)")
+    if bias is not None:
+        bias = ck.as_array_like(bias, "bias")
+        ck.check_same_device("x", x, "bias", bias)
+        if bias.ndim != 1 or bias.shape[0] != N:
+            raise ValueError(f"bias: expected shape [N={N}], got {tuple(bias.shape)}")
+        if ck.dtype_name(bias) != dt:
+            raise TypeError(f"bias: expected dtype {dt} like x, got {ck.dtype_name(bias)}")
+    return x, A, B, S, channels, bias
+
+
+def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, backend: str = "auto"):
+    """LOST low-rank + channel-sparse linear map: ``y = x Aᵀ Bᵀ + scatter(x Sᵀ) + bias``.
+
+    The weight is ``W = B·A + S`` with ``S`` non-zero only on the output channels
+    ``channels``; ``y = x Wᵀ + bias`` without ever forming ``W``.
+
+    Args:
+        x: ``[M, K]`` (or one ``[K]`` row), float32 / float16 / bfloat16 (float64 on the
+            reference backend). Rows may be strided; each row must be contiguous.
+        A: ``[r, K]``, B: ``[N, r]``, S: ``[c, K]`` (row j of S belongs to output
+            column ``channels[j]``), all of x's dtype.
+        channels: integer ``[c]``, unique ids in ``[0, N)``; ``c = 0`` is allowed.
+        bias: optional ``[N]`` of x's dtype.
+        backend: ``auto`` | ``reference`` | ``cpu`` | ``triton`` | ``cuda``.
+
+    Returns:
+        ``y [M, N]`` (``[N]`` for a 1-D x) of x's dtype, same container and device.
+        Products accumulate in float32 (float64 on the reference backend). The cpu
+        backend keeps the intermediate ``x·Aᵀ`` in float32; cuda and triton round it to
+        x's dtype before the second tensor-core GEMM (like a two-step torch low-rank),
+        so 16-bit results there carry about one extra rounding of that dtype.
+
+    Raises:
+        TypeError / ValueError naming the argument: dtype, shape, device, channels
+        out of range or duplicated.
+    """
+    x, A, B, S, channels, bias = _lrs_validate(x, A, B, S, channels, bias)
+    single = x.ndim == 1
+    if single:
+        x = x[None, :]
+    be = resolve_backend(backend, x)
+    auto = backend in (None, "auto") and os.environ.get("NESTVEC_BACKEND", "auto") in ("", "auto")
+    if auto and be == "cuda" and triton_available():
+        # Deviation from DESIGN's auto rule, measured on an H200 (bf16 8192x4096, r=1024):
+        # the Triton GEMM pair runs 0.46 ms, our WMMA CUDA kernels 1.12 ms.
+        be = "triton"
+    if ck.dtype_name(x) == "float64":
+        if backend in (None, "auto") and os.environ.get("NESTVEC_BACKEND", "auto") in ("", "auto"):
+            be = "reference"
+        elif be != "reference":
+            raise TypeError(f"x: float64 runs on the reference backend only, not {be!r}")
+    if be != "reference":
+        _check_backend_device(be, x, "x")
+    if be == "reference" or x.shape[0] == 0:
+        y = _lrs_reference(x, A, B, S, channels, bias)
+    elif be == "cpu":
+        y = _lrs_cpu(x, A, B, S, channels, bias)
+    elif be == "cuda":
+        y = _lrs_cuda(x, A, B, S, channels, bias)
+    else:
+        from .kernels import lowrank_sparse as tk
+
+        y = tk.lowrank_sparse_matmul(x, A, B, S, channels, bias)
+    return y[0] if single else y
+
+
+def _lrs_np(t):
+    if t is None:
+        return None
+    if ck.is_torch(t):
+        import torch
+
+        t = t.detach()
+        if ck.device_of(t) != "cpu":
+            raise ValueError(f"reference backend runs on host memory; got a tensor on {ck.device_of(t)}")
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    return t
+
+
+def _lrs_reference(x, A, B, S, channels, bias):
+    y = reference.lowrank_sparse_matmul(*(_lrs_np(t) for t in (x, A, B, S, channels, bias)))
+    if ck.is_torch(x):
+        import torch
+
+        return torch.from_numpy(y).to(device=x.device, dtype=x.dtype)
+    return y.astype(x.dtype)
+
+
+def _lrs_host(t, contiguous=True):
+    """A host tensor/array -> NumPy (bfloat16 as its uint16 bit pattern), no copy when
+    already contiguous."""
+    if t is None:
+        return None
+    if ck.is_torch(t):
+        import torch
+
+        t = t.detach()
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        a = t.numpy()
+        if a.dtype == np.int16:
+            a = a.view(np.uint16)
+    else:
+        a = t
+    return np.ascontiguousarray(a) if contiguous else a
+
+
+def _aligned_empty(shape, dtype, align=64):
+    """np.empty with a cache-line aligned base (large NumPy buffers start 16 bytes into
+    a page); lets the kernel use non-temporal stores for the output rows."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    buf = np.empty(n * dtype.itemsize + align, dtype=np.uint8)
+    off = (-buf.ctypes.data) % align
+    return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _lrs_cpu(x, A, B, S, channels, bias):
+    dt = ck.dtype_name(x)
+    xa = _row_contiguous(_lrs_host(x, contiguous=False), "x")
+    if xa.ndim == 2 and xa.strides[0] < 0:
+        xa = np.ascontiguousarray(xa)
+    ch = np.ascontiguousarray(_lrs_host(channels), dtype=np.int64)
+    y = _aligned_empty((xa.shape[0], B.shape[0]), xa.dtype)
+    _C.lowrank_sparse_matmul(_LRS_CODE[dt], xa, _lrs_host(A), _lrs_host(B), _lrs_host(S), ch,
+                             _lrs_host(bias), y)
+    if ck.is_torch(x):
+        import torch
+
+        out = torch.from_numpy(y)
+        return out.view(torch.bfloat16) if dt == "bfloat16" else out
+    return y
+
+
+def _lrs_cuda(x, A, B, S, channels, bias):
+    import torch
+
+    dt = ck.dtype_name(x)
+    if x.stride(-1) != 1 or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
+        x = x.contiguous()
+    A, B, S = A.contiguous(), B.contiguous(), S.contiguous()
+    ch = channels.to(torch.int64).contiguous()
+    M, K = x.shape
+    r, N, c = A.shape[0], B.shape[0], S.shape[0]
+    dev = x.device
+    y = torch.empty((M, N), dtype=x.dtype, device=dev)
+    ws_bytes = _C.cuda_lowrank_sparse_workspace_bytes(_LRS_CODE[dt], M, N, r, c)
+    ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=dev)
+    with torch.cuda.device(dev):
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        _C.cuda_lowrank_sparse_matmul(
+            _LRS_CODE[dt], x.data_ptr(), M, K, x.stride(0), A.data_ptr(), r, B.data_ptr(), N,
+            S.data_ptr(), c, ch.data_ptr(), bias.contiguous().data_ptr() if bias is not None else 0,
+            y.data_ptr(), ws.data_ptr(), ws_bytes, stream)
+    return y
