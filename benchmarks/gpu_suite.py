@@ -3,6 +3,13 @@ random inputs, then timing against the torch baseline from DESIGN.md.
 
     python benchmarks/gpu_suite.py [--only hamming,dense] [--quick]
 
+On the lent GPU machine (no network; build with the interpreter that holds torch — a
+bare `pip` there belongs to another Python without pybind11):
+
+    export NESTVEC_CUDA_ARCHS=90 CMAKE_BUILD_PARALLEL_LEVEL=16
+    python3 -m pip install -q --no-build-isolation --no-deps -e . && python3 benchmarks/gpu_suite.py
+    python3 -m pytest -q -m gpu tests/
+
 Each section is independent (a failure is reported and the rest still run). The
 table prints last; JSON goes to benchmarks/results/gpu_suite.json (and $OUT if set).
 """
