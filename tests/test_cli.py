@@ -10,12 +10,6 @@ import pytest
 import nestvec
 
 REPO = Path(__file__).resolve().parent.parent
-try:
-    nestvec.Collection  # noqa: B018
-    HAS_COLLECTION = True
-except AttributeError:
-    HAS_COLLECTION = False
-needs_collection = pytest.mark.skipif(not HAS_COLLECTION, reason="collection not merged")
 
 
 def nv(*args, cwd=None, timeout=300):
@@ -75,7 +69,6 @@ def corpus(tmp_path):
     return tmp_path
 
 
-@needs_collection
 def test_index_search_folder_and_jsonl(corpus):
     out = corpus / "docs.nv"
     r = nv("index", corpus / "docs", "--out", out, "--quiet")
@@ -104,7 +97,6 @@ def test_index_search_folder_and_jsonl(corpus):
 
 
 @pytest.mark.slow
-@needs_collection
 @pytest.mark.parametrize("mode", ["flat", "binary", "funnel"])
 def test_search_modes(corpus, mode):
     out = corpus / "docs.nv"
@@ -114,20 +106,12 @@ def test_search_modes(corpus, mode):
     assert json.loads(r.stdout)[0]["id"] == "bread.rst"
 
 
-@needs_collection
 def test_demo_small():
     r = nv("demo", "--limit", "150", "--no-bench", "--query", "parse command line arguments")
     assert r.returncode == 0, r.stderr
     assert "collected 150 docstrings" in r.stdout
     assert "query: 'parse command line arguments'" in r.stdout
     assert "demo finished" in r.stdout
-
-
-def test_demo_without_collection_is_clear():
-    if HAS_COLLECTION:
-        pytest.skip("collection present")
-    r = nv("demo")
-    assert r.returncode == 2 and "collection not merged" in r.stderr
 
 
 def test_bench_pool_quick(tmp_path):

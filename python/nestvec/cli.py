@@ -34,13 +34,9 @@ class CLIError(Exception):
 
 
 def _collection_api():
-    try:
-        import nestvec
+    import nestvec
 
-        return nestvec.Collection, nestvec.open
-    except (ImportError, AttributeError) as e:
-        raise CLIError("this build of nestvec has no Collection API yet (collection not merged); "
-                       f"'index', 'search' and 'demo' need it ({type(e).__name__}: {e})") from None
+    return nestvec.Collection, nestvec.open
 
 
 def _encoder(args, **over):
