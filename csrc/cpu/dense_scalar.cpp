@@ -4,47 +4,17 @@
 #include <cstring>
 
 #include "nestvec/dense.h"
+#include "nestvec/half.h"
 
 namespace nestvec {
 namespace dense {
 namespace {
 
-inline float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: renormalise
-      exp = 127 - 15 + 1;
-      while (!(man & 0x400)) {
-        man <<= 1;
-        --exp;
-      }
-      bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000 | (man << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t bits = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 template <int DT>
 inline float load1(const void* row, int64_t c) {
   if (DT == kF32) return static_cast<const float*>(row)[c];
-  if (DT == kF16) return half_to_float(static_cast<const uint16_t*>(row)[c]);
-  return bf16_to_float(static_cast<const uint16_t*>(row)[c]);
+  if (DT == kF16) return f16_to_f32(static_cast<const uint16_t*>(row)[c]);
+  return bf16_to_f32(static_cast<const uint16_t*>(row)[c]);
 }
 
 template <int DT>

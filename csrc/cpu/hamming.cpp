@@ -47,9 +47,12 @@ void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* q
                              n * nbytes * nq >= (int64_t(1) << 22);
   if (split_queries) nthreads = max_threads;
 
+  // One selector per (thread, query); a thread that never sees a query leaves its
+  // selector empty, and the merge below simply finds nothing there.
   std::vector<std::vector<IntTopK>> sel(nthreads, std::vector<IntTopK>(nq));
+  for (auto& per_thread : sel)
+    for (auto& x : per_thread) x.reset(k, max_dist);
   auto scan = [&](std::vector<IntTopK>& s, int64_t qb, int64_t qe, int64_t begin, int64_t end) {
-    for (int64_t q = qb; q < qe; ++q) s[q].reset(k, max_dist);
     std::vector<uint32_t> thr(nq, max_dist + 1);
     const int64_t qcap = std::min(qblock, qe - qb);
     std::vector<uint32_t> hit_rows(qcap * tile_rows), hit_dist(qcap * tile_rows), hit_count(qcap);
@@ -78,8 +81,6 @@ void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* q
     }
   };
   if (split_queries) {
-    for (auto& per_thread : sel)
-      for (auto& x : per_thread) x.reset(k, max_dist);
     parallel_for(nq, nthreads, 1, [&](int t, int64_t qb, int64_t qe) { scan(sel[t], qb, qe, 0, n); });
   } else {
     parallel_for(n, nthreads, 8, [&](int t, int64_t begin, int64_t end) { scan(sel[t], 0, nq, begin, end); });

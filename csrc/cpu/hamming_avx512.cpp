@@ -32,6 +32,32 @@ inline __mmask16 pos_mask(int valid_rows) {
   return m;
 }
 
+// Appends the hits of one register of distances (set bits of `m`; lane p holds row
+// lane_row[p] of the 8-row block at r0) in increasing row order, so the selector sees
+// increasing indices.
+template <class Mask, class T>
+inline void emit_hits(Mask m, const int* lane_row, const T* buf, int64_t r0, uint32_t* hr,
+                      uint32_t* hd, uint32_t& cnt) {
+  uint32_t rows_hit[8], dists[8];
+  int nh = 0;
+  while (m) {
+    const int p = __builtin_ctz(m);
+    m &= m - 1;
+    rows_hit[nh] = uint32_t(lane_row[p]);
+    dists[nh++] = uint32_t(buf[p]);
+  }
+  for (int a = 1; a < nh; ++a)  // <= 8 items: insertion sort
+    for (int b = a; b > 0 && rows_hit[b] < rows_hit[b - 1]; --b) {
+      std::swap(rows_hit[b], rows_hit[b - 1]);
+      std::swap(dists[b], dists[b - 1]);
+    }
+  for (int a = 0; a < nh; ++a) {
+    hr[cnt] = uint32_t(r0) + rows_hit[a];
+    hd[cnt] = dists[a];
+    ++cnt;
+  }
+}
+
 template <int QB>
 inline void block8(const uint8_t* const* rows, const uint8_t* const* qv, int64_t nbytes,
                    __m512i* sums) {
@@ -127,24 +153,7 @@ inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, const u
       if (!m) continue;
       _mm512_store_si512(buf, sums[j]);
       // Emit in row order so the selector sees increasing indices.
-      uint32_t rows_hit[8], dists[8];
-      int nh = 0;
-      while (m) {
-        const int p = __builtin_ctz(m);
-        m &= m - 1;
-        rows_hit[nh] = uint32_t(kPosRow[p]);
-        dists[nh++] = buf[p];
-      }
-      for (int a = 1; a < nh; ++a)  // <= 8 items: insertion sort
-        for (int b = a; b > 0 && rows_hit[b] < rows_hit[b - 1]; --b) {
-          std::swap(rows_hit[b], rows_hit[b - 1]);
-          std::swap(dists[b], dists[b - 1]);
-        }
-      for (int a = 0; a < nh; ++a) {
-        hr[j][cnt[j]] = uint32_t(r0) + rows_hit[a];
-        hd[j][cnt[j]] = dists[a];
-        ++cnt[j];
-      }
+      emit_hits(m, kPosRow, buf, r0, hr[j], hd[j], cnt[j]);
     }
   }
 }
@@ -202,24 +211,7 @@ inline void run_queries32(const uint8_t* codes, int64_t nrows, int64_t cs, const
       __mmask8 m = _mm512_mask_cmplt_epu64_mask(vmask, c, tv[j]);
       if (!m) continue;
       _mm512_store_si512(buf, c);
-      uint32_t rows_hit[8], dists[8];
-      int nh = 0;
-      while (m) {
-        const int l = __builtin_ctz(m);
-        m &= m - 1;
-        rows_hit[nh] = uint32_t(kLane32Row[l]);
-        dists[nh++] = uint32_t(buf[l]);
-      }
-      for (int a = 1; a < nh; ++a)
-        for (int b = a; b > 0 && rows_hit[b] < rows_hit[b - 1]; --b) {
-          std::swap(rows_hit[b], rows_hit[b - 1]);
-          std::swap(dists[b], dists[b - 1]);
-        }
-      for (int a = 0; a < nh; ++a) {
-        hr[j][cnt[j]] = uint32_t(r0) + rows_hit[a];
-        hd[j][cnt[j]] = dists[a];
-        ++cnt[j];
-      }
+      emit_hits(m, kLane32Row, buf, r0, hr[j], hd[j], cnt[j]);
     }
   }
 }

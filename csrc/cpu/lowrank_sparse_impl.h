@@ -24,47 +24,13 @@
 #endif
 
 #include "nestvec/dispatch.h"
+#include "nestvec/half.h"
 #include "nestvec/lowrank_sparse.h"
 
 namespace nestvec {
 namespace lowrank_sparse {
 namespace NV_LRS_NS {
 namespace {
-
-// ------------------------------------------------------------------ scalar conversions
-inline float bits_f(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline uint32_t f_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-// IEEE half <-> float, exact and round-to-nearest-even (after M. Dukhan's FP16 library).
-inline float half_to_float(uint16_t h) {
-  const uint32_t w = uint32_t(h) << 16, sign = w & 0x80000000u, two_w = w + w;
-  const float normalized = bits_f((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-  const float denormalized = bits_f((two_w >> 17) | (126u << 23)) - 0.5f;
-  return bits_f(sign | (two_w < (1u << 27) ? f_bits(denormalized) : f_bits(normalized)));
-}
-inline uint16_t float_to_half(float f) {
-  float base = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
-  const uint32_t w = f_bits(f), shl1_w = w + w, sign = w & 0x80000000u;
-  uint32_t bias = shl1_w & 0xFF000000u;
-  if (bias < 0x71000000u) bias = 0x71000000u;
-  base = bits_f((bias >> 1) + 0x07800000u) + base;
-  const uint32_t bits = f_bits(base);
-  const uint32_t nonsign = ((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu);
-  return uint16_t((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-}
-inline float bf16_to_float(uint16_t h) { return bits_f(uint32_t(h) << 16); }
-inline uint16_t float_to_bf16(float f) {
-  const uint32_t u = f_bits(f);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((u >> 16) | 0x40u);  // quiet NaN
-  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 
 inline size_t esize(DType dt) { return dt == DType::F32 ? 4 : 2; }
 inline const void* at(const void* base, int64_t i, DType dt) {
@@ -97,9 +63,9 @@ inline void load_f32(float* dst, const void* src, int64_t n, DType dt) {
   }
 #endif
   if (dt == DType::F16)
-    for (; i < n; ++i) dst[i] = half_to_float(s[i]);
+    for (; i < n; ++i) dst[i] = f16_to_f32(s[i]);
   else
-    for (; i < n; ++i) dst[i] = bf16_to_float(s[i]);
+    for (; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
 }
 
 // n float32 values -> dtype dt (round to nearest even).
@@ -142,9 +108,9 @@ inline void store_from_f32(void* dst, const float* src, int64_t n, DType dt) {
   }
 #endif
   if (dt == DType::F16)
-    for (; i < n; ++i) d[i] = float_to_half(src[i]);
+    for (; i < n; ++i) d[i] = f32_to_f16(src[i]);
   else
-    for (; i < n; ++i) d[i] = float_to_bf16(src[i]);
+    for (; i < n; ++i) d[i] = f32_to_bf16(src[i]);
 }
 
 // ------------------------------------------------------------------ micro-kernels

@@ -1,42 +1,13 @@
-// Scalar float16 / bfloat16 -> float32 conversions shared by the pooling kernels
-// (tails and the scalar path). Internal to csrc/cpu.
+// Scalar helpers shared by the pooling kernels (tails and the scalar path); the
+// conversions themselves are in nestvec/half.h. Internal to csrc/cpu.
 #pragma once
 #include <cstdint>
 #include <cstring>
 
+#include "nestvec/half.h"
+
 namespace nestvec {
 namespace pooling {
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-inline float f16_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
-  if (exp == 0) {
-    if (man == 0) {
-      u = sign;
-    } else {  // subnormal: renormalise
-      exp = 127 - 15 + 1;
-      while (!(man & 0x400)) {
-        man <<= 1;
-        --exp;
-      }
-      u = sign | (exp << 23) | ((man & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    u = sign | 0x7f800000u | (man << 13);
-  } else {
-    u = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 // Element j of a row of `dtype` (see pooling.h) as float32.
 inline float load1(const void* row, int dtype, int64_t j) {

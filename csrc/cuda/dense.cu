@@ -35,18 +35,6 @@ constexpr int kXPad = 8;    // smem row padding (16-bit types): ldm multiple of 
 constexpr int kScPad = 4;   // score rows: ldm multiple of 4 floats
 constexpr int kSortQ = 16;  // queries sorted at a time in the epilogue
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
 __device__ __forceinline__ long long make_key(float key, int64_t row) {
   const int bits = __float_as_int(key);
   const int ordk = bits ^ ((bits >> 31) & 0x7FFFFFFF);
