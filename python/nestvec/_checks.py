@@ -46,6 +46,20 @@ def check_dtype(x, name: str, allowed, what: str) -> None:
         raise TypeError(f"{name}: expected dtype {what}, got {dtype_name(x)}")
 
 
+def float_storage(x, name: str, flag_name: str, flag, what: str) -> str:
+    """Logical dtype of stored floats: float32 / float16 / bfloat16, where bfloat16 is a
+    torch.bfloat16 tensor or a NumPy uint16 array flagged with ``flag == "bfloat16"``."""
+    dt = dtype_name(x)
+    if flag is not None:
+        if flag != "bfloat16" or dt not in ("uint16", "bfloat16"):
+            raise ValueError(f"{flag_name}: only 'bfloat16' is accepted, for a uint16 NumPy array "
+                             "holding bfloat16 bit patterns (or a torch.bfloat16 tensor)")
+        dt = "bfloat16"
+    check_dtype(x, name, ("float32", "float16", "bfloat16") + (("uint16",) if dt == "bfloat16" else ()),
+                f"float32, float16 or bfloat16 {what}")
+    return dt
+
+
 def check_k(k, name: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"{name}: expected a positive int, got {type(k).__name__}")

@@ -4,14 +4,12 @@ Split out of ops.py by concern; it uses ops.py's dispatch framework unchanged.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from . import _checks as ck
 from . import reference
-from .ops import (_C, _check_backend_device, _row_contiguous,  # noqa: F401
-                  resolve_backend, triton_available)
+from .ops import (_C, _check_backend_device, _row_contiguous,
+                  is_auto, resolve_backend)
 
 
 _LRS_DTYPES = ("float32", "float16", "bfloat16")
@@ -103,14 +101,11 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, backend: str = "au
     single = x.ndim == 1
     if single:
         x = x[None, :]
-    be = resolve_backend(backend, x)
-    auto = backend in (None, "auto") and os.environ.get("NESTVEC_BACKEND", "auto") in ("", "auto")
-    if auto and be == "cuda" and triton_available():
-        # Deviation from DESIGN's auto rule, measured on an H200 (bf16 8192x4096, r=1024):
-        # the Triton GEMM pair runs 0.46 ms, our WMMA CUDA kernels 1.12 ms.
-        be = "triton"
+    # Deviation from DESIGN's auto rule, measured on an H200 (bf16 8192x4096, r=1024):
+    # the Triton GEMM pair runs 0.46 ms, our WMMA CUDA kernels 1.12 ms.
+    be = resolve_backend(backend, x, prefer_triton=True)
     if ck.dtype_name(x) == "float64":
-        if backend in (None, "auto") and os.environ.get("NESTVEC_BACKEND", "auto") in ("", "auto"):
+        if is_auto(backend):
             be = "reference"
         elif be != "reference":
             raise TypeError(f"x: float64 runs on the reference backend only, not {be!r}")

@@ -42,12 +42,24 @@ def triton_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str | None, x) -> str:
-    """The backend an op will run on for input ``x`` (see module docstring)."""
+def is_auto(backend: str | None) -> bool:
+    """True when neither the call nor NESTVEC_BACKEND names a backend."""
+    if backend not in (None, "auto"):
+        return False
+    return (os.environ.get("NESTVEC_BACKEND", "auto") or "auto") == "auto"
+
+
+def resolve_backend(backend: str | None, x, prefer_triton: bool = False) -> str:
+    """The backend an op will run on for input ``x`` (see module docstring).
+
+    ``prefer_triton``: for ops whose Triton kernels measure faster than their CUDA ones,
+    ``auto`` sends CUDA tensors to Triton when it is installed."""
     if backend in (None, "auto"):
         backend = os.environ.get("NESTVEC_BACKEND", "auto") or "auto"
     if backend == "auto":
         if ck.device_of(x) == "cuda":
+            if prefer_triton and triton_available():
+                return "triton"
             return "cuda" if cuda_compiled() else "triton"
         return "cpu" if _C is not None else "reference"
     if backend not in BACKENDS:
@@ -229,21 +241,13 @@ def _hamming_cuda(codes, queries, k, allow):
 
 DENSE_MAX_K_CPU = 4096
 DENSE_MAX_K_GPU = 2048
-_DENSE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _dense_db(db, db_dtype):
     """Validate the stored vectors; returns (db, logical dtype name)."""
     db = ck.as_array_like(db, "db")
     ck.check_ndim(db, "db", (2,), "a 2-D array [N, D]")
-    dt = ck.dtype_name(db)
-    if db_dtype is not None:
-        if db_dtype != "bfloat16" or dt not in ("uint16", "bfloat16"):
-            raise ValueError("db_dtype: only 'bfloat16' is accepted, for a uint16 NumPy array "
-                             "holding bfloat16 bit patterns (or a torch.bfloat16 tensor)")
-        dt = "bfloat16"
-    ck.check_dtype(db, "db", _DENSE_DTYPES + (("uint16",) if dt == "bfloat16" else ()),
-                   "float32, float16 or bfloat16 [N, D]")
+    dt = ck.float_storage(db, "db", "db_dtype", db_dtype, "[N, D]")
     if db.shape[1] == 0:
         raise ValueError("db: expected at least one column")
     return _row_contiguous(db, "db"), dt
@@ -512,14 +516,7 @@ def pool(hidden, mask, mode: str = "mean", normalize: bool = True, dim: int | No
     hidden = ck.as_array_like(hidden, "hidden")
     mask = ck.as_array_like(mask, "mask")
     ck.check_ndim(hidden, "hidden", (3,), "a 3-D array [B, T, H]")
-    dt = ck.dtype_name(hidden)
-    if hidden_dtype is not None:
-        if hidden_dtype != "bfloat16" or dt not in ("uint16", "bfloat16"):
-            raise ValueError("hidden_dtype: only 'bfloat16' is accepted, for a uint16 NumPy array "
-                             "holding bfloat16 bit patterns (or a torch.bfloat16 tensor)")
-        dt = "bfloat16"
-    ck.check_dtype(hidden, "hidden", tuple(_POOL_DTYPE_ID) + (("uint16",) if dt == "bfloat16" else ()),
-                   "float32, float16 or bfloat16 [B, T, H]")
+    dt = ck.float_storage(hidden, "hidden", "hidden_dtype", hidden_dtype, "[B, T, H]")
     B, T, H = hidden.shape
     if H == 0:
         raise ValueError("hidden: expected at least one feature (H >= 1)")
