@@ -75,8 +75,7 @@ inline void micro(const char* const* rp, int64_t dim, const float* q, int64_t qs
 
 // The first query block reads the rows from memory (pf is set exactly then): each
 // row is a short stream the hardware prefetcher barely trains on, so the prefix of
-// the rows ~12 KiB ahead is prefetched explicitly (prefetches never fault, so rows
-// past the end of the table are harmless; indexed rows stay within the list).
+// the rows ~12 KiB ahead is prefetched explicitly (prefetch_rows in dense.h).
 template <int DT, int R, int QB, bool NORM>
 void rows_block(const char* base, int64_t stride_b, const int64_t* rows, int64_t nrows,
                 int64_t dim, const float* q, int64_t qs, float* dots, int64_t ld, float* sq,
@@ -87,14 +86,7 @@ void rows_block(const char* base, int64_t stride_b, const int64_t* rows, int64_t
   const int64_t ahead = (12288 / row_bytes + R) / R * R;
   for (; r0 + R <= nrows; r0 += R) {
     for (int r = 0; r < R; ++r) rp[r] = base + (rows ? rows[r0 + r] : r0 + r) * stride_b;
-    if (pf) {
-      for (int r = 0; r < R; ++r) {
-        const int64_t pr = r0 + ahead + r;
-        if (rows && pr >= nrows) break;
-        const char* p = base + (rows ? rows[pr] : pr) * stride_b;
-        for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-      }
-    }
+    if (pf) prefetch_rows(base, stride_b, rows, nrows, r0 + ahead, R, row_bytes);
     micro<DT, R, QB, NORM>(rp, dim, q, qs, dots + r0, ld, NORM ? sq + r0 : nullptr);
   }
   for (; r0 < nrows; ++r0) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "nestvec/hamming.h"
+#include "nestvec/prefetch.h"
 
 namespace nestvec {
 namespace hamming {
@@ -142,7 +143,7 @@ inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, const u
     if (prefetch) {
       for (int r = 0; r < 8; ++r) {
         const char* p = reinterpret_cast<const char*>(codes + (r0 + pf_rows + r) * cs);
-        for (int64_t c = 0; c < nbytes; c += 64) _mm_prefetch(p + c, _MM_HINT_T0);
+        for (int64_t c = 0; c < nbytes; c += 64) prefetch_l1(p + c);
       }
     }
     __m512i sums[QB];
@@ -191,12 +192,12 @@ inline void run_queries32(const uint8_t* codes, int64_t nrows, int64_t cs, const
     if (prefetch) {
       const char* p = reinterpret_cast<const char*>(codes + (r0 + pf_rows) * cs);
       if (cs == 32) {
-        _mm_prefetch(p, _MM_HINT_T0);
-        _mm_prefetch(p + 64, _MM_HINT_T0);
-        _mm_prefetch(p + 128, _MM_HINT_T0);
-        _mm_prefetch(p + 192, _MM_HINT_T0);
+        prefetch_l1(p);
+        prefetch_l1(p + 64);
+        prefetch_l1(p + 128);
+        prefetch_l1(p + 192);
       } else {
-        for (int r = 0; r < 8; ++r) _mm_prefetch(p + r * cs, _MM_HINT_T0);
+        for (int r = 0; r < 8; ++r) prefetch_l1(p + r * cs);
       }
     }
     __mmask8 vmask = 0;
