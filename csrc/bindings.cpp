@@ -220,6 +220,14 @@ PYBIND11_MODULE(_C, m) {
       py::arg("metric"), py::arg("allow"), py::arg("candidates"), py::arg("out_score"),
       py::arg("out_idx"));
 
+  m.def("dense_bf16_stats", [] {
+    int64_t certified = 0, fallback = 0;
+    dense::bf16_stats(&certified, &fallback);
+    return py::make_tuple(certified, fallback);
+  }, "Queries the two-pass bf16 route certified / handed to the float32 scan (counters).");
+  m.def("dense_bf16_enabled", [] { return dense::bf16_pass_enabled(); });
+  m.def("set_dense_bf16", [](bool on) { dense::set_bf16_pass(on); }, py::arg("enabled"),
+        "Two-pass bf16 route for large CPU batches on AVX512-BF16 CPUs (results stay exact).");
   m.def("cuda_dense_block_rows", [] {
 #if defined(NESTVEC_WITH_CUDA)
     return cuda::dense_block_rows();

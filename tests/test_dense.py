@@ -252,6 +252,86 @@ def test_cpu_large_k_and_threads():
         check_topk(s, i, sr, ir, full, score_scale(x.astype(np.float32), q, 64, "ip"), 2e-5)
 
 
+# Two-pass route (csrc/cpu/dense_bf16.cpp): AVX512-BF16 scan, exact rescoring of a
+# shortlist, a certificate per query, float32 scan for the rest. Taken on AVX-512 CPUs
+# for Q >= 16, Q * dim >= 8192 and N >= 4096.
+BF16_CASES = [  # (D, d, N, Q, k)
+    (768, 768, 5000, 17, 10), (768, 384, 4099, 64, 1), (384, 384, 5000, 32, 100),
+    (97, 97, 4099, 100, 10), (1025, 1023, 4099, 16, 7), (64, 64, 4099, 130, 4096),
+    (768, 33, 4099, 300, 10),
+]
+
+
+def _bf16_stats():
+    return ops._C.dense_bf16_stats()
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: "D%d-d%d-N%d-Q%d-k%d" % c)
+def test_cpu_bf16_two_pass(case, restore_isa):
+    D, d, N, Q, k = case
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    for j, (dtype, metric) in enumerate(itertools.product(DTYPES, METRICS)):
+        before = _bf16_stats()
+        run_case("cpu", rng, N, D, d, Q, k, dtype, metric, use_allow=j % 2 == 1, use_cand=False)
+        after = _bf16_stats()
+        routed = (after[0] - before[0]) + (after[1] - before[1])
+        if ops._C.get_isa() == "avx512":
+            assert routed == Q, "the two-pass route was not taken"
+        else:
+            assert routed == 0
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+def test_cpu_bf16_switch():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((5000, 128)).astype(np.float16)
+    q = rng.standard_normal((64, 128)).astype(np.float32)
+    ops._C.set_dense_bf16(False)
+    try:
+        before = _bf16_stats()
+        s0, i0 = ops.dense_topk(x, q, 10, backend="cpu")
+        assert _bf16_stats() == before
+    finally:
+        ops._C.set_dense_bf16(True)
+    s1, i1 = ops.dense_topk(x, q, 10, backend="cpu")
+    np.testing.assert_array_equal(i0, i1)
+    np.testing.assert_allclose(s0, s1, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+def test_cpu_bf16_falls_back_on_near_ties():
+    """Rows closer than bf16 can resolve: no certificate, the float32 scan answers."""
+    if ops._C.get_isa() != "avx512":
+        pytest.skip("the two-pass route needs AVX-512")
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal(384).astype(np.float32)
+    x = (base + 1e-3 * rng.standard_normal((8192, 384))).astype(np.float32)
+    q = (base + 0.5 * rng.standard_normal((32, 384))).astype(np.float32)
+    for metric in METRICS:
+        before = _bf16_stats()
+        s, i = ops.dense_topk(x, q, 10, metric=metric, backend="cpu")
+        after = _bf16_stats()
+        assert after[1] - before[1] > 0, "expected uncertified queries"
+        sr, ir = R.dense_topk(x, q.astype(np.float64), 10, None, metric)
+        check_topk(s, i, sr, ir, true_scores(x, q, 384, metric), score_scale(x, q, 384, metric), 2e-5)
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+def test_cpu_bf16_query_scales():
+    """The error bound scales with |q| and max |x|: tiny and huge inputs stay exact."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((5000, 128)).astype(np.float32)
+    x[:100] *= 1e3  # a few long rows (ip / l2 bounds use max |x|)
+    for qscale in (1e-6, 1e5):
+        q = (qscale * rng.standard_normal((64, 128))).astype(np.float32)
+        for metric in METRICS:
+            s, i = ops.dense_topk(x, q, 10, metric=metric, backend="cpu")
+            sr, ir = R.dense_topk(x, q.astype(np.float64), 10, None, metric)
+            check_topk(s, i, sr, ir, true_scores(x, q, 128, metric), score_scale(x, q, 128, metric),
+                       2e-5)
+
+
 # --------------------------------------------------------------------------- Triton (interpreter)
 
 TRITON_CASES = [  # (D, d, N, Q, k, dtype, metric, allow, candidates)

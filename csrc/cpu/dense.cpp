@@ -78,9 +78,7 @@ bool any_allowed(const uint8_t* allow, int64_t n) {
   return false;
 }
 
-}  // namespace
-
-void topk(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
           const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
           const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
           int64_t* out_idx) {
@@ -196,6 +194,32 @@ void topk(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
                    write_out(merged, k, metric, out_score + j * k, out_idx + j * k);
                  }
                });
+}
+
+}  // namespace
+
+void topk(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+          const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
+          const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
+          int64_t* out_idx) {
+  if (candidates || !bf16_pass_wanted(nq, n, dim))
+    return topk_f32(db, dtype, n, stride, dim, queries, nq, query_stride, k, metric, allow,
+                    candidates, ncand, out_score, out_idx);
+  std::vector<int64_t> failed(static_cast<size_t>(nq));
+  const int64_t nf = topk_bf16(db, dtype, n, stride, dim, queries, nq, query_stride, k, metric,
+                               allow, out_score, out_idx, failed.data());
+  if (nf == 0) return;
+  std::vector<float> qf(static_cast<size_t>(nf * dim)), sf(static_cast<size_t>(nf * k));
+  std::vector<int64_t> xf(static_cast<size_t>(nf * k));
+  for (int64_t i = 0; i < nf; ++i)
+    std::copy(queries + failed[size_t(i)] * query_stride, queries + failed[size_t(i)] * query_stride + dim,
+              qf.begin() + i * dim);
+  topk_f32(db, dtype, n, stride, dim, qf.data(), nf, dim, k, metric, allow, nullptr, 0, sf.data(),
+           xf.data());
+  for (int64_t i = 0; i < nf; ++i) {
+    std::copy(sf.begin() + i * k, sf.begin() + (i + 1) * k, out_score + failed[size_t(i)] * k);
+    std::copy(xf.begin() + i * k, xf.begin() + (i + 1) * k, out_idx + failed[size_t(i)] * k);
+  }
 }
 
 }  // namespace dense

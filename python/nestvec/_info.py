@@ -13,7 +13,8 @@ def info() -> dict:
         bi = ops._C.build_info()
         out.update(isas_compiled=list(bi["isas_compiled"]), isa_detected=bi["isa_detected"],
                    isa_active=bi["isa_active"], cpu_threads=bi["num_threads"],
-                   cuda_compiled=bool(bi["cuda_compiled"]))
+                   cuda_compiled=bool(bi["cuda_compiled"]),
+                   dense_bf16_pass=bool(ops._C.dense_bf16_enabled()) and bi["isa_active"] == "avx512")
     else:
         out.update(isas_compiled=[], isa_active=None, cuda_compiled=False,
                    native_error=str(ops._C_ERROR))
@@ -46,6 +47,7 @@ def format_info(d: dict) -> str:
         f"  native module     : {yn(d['native'])}",
         f"  CPU ISAs compiled : {', '.join(d.get('isas_compiled') or []) or '-'}",
         f"  CPU ISA in use    : {d.get('isa_active') or '-'} (detected {d.get('isa_detected', '-')})",
+        f"  dense bf16 pass   : {yn(d.get('dense_bf16_pass'))} (large CPU batches; NESTVEC_DENSE_BF16=0 turns it off)",
         f"  CUDA compiled     : {yn(d['cuda_compiled'])}",
         f"  GPU visible       : {yn(d['gpu_visible'])} ({d['gpu_count']})",
         f"  Triton available  : {yn(d['triton_available'])}"

@@ -57,11 +57,35 @@ int64_t select_scalar(const float*, const float*, int64_t, int, float, float, fl
 int64_t select_avx512(const float*, const float*, int64_t, int, float, float, float,
                       const uint8_t*, uint32_t*, float*);
 
+// AVX512-BF16 first pass (dense_bf16_avx512.cpp). to_bf16: rows of `dtype` ->
+// packed bfloat16 [nrows, dimp] (round to nearest even; dimp a multiple of 32, the
+// tail zero; `out` 64-byte aligned), and sq[r] = float32 |x_r[:dim]|^2 when sq is set.
+// dots_bf16: dots[j * ld + r] ~= q_j . x_r over such packed rows and queries.
+void to_bf16_avx512(const void* base, int dtype, int64_t stride, int64_t nrows, int64_t dim,
+                    int64_t dimp, uint16_t* out, float* sq);
+void dots_bf16_avx512(const uint16_t* x, int64_t nrows, int64_t dimp, const uint16_t* q,
+                      int64_t nq, float* dots, int64_t ld);
+
+// Two-pass top-k (dense_bf16.cpp): bf16 scan, exact rescoring of a shortlist, and a
+// certificate per query. Same contract as topk (no candidates); returns how many
+// queries it could not certify and writes their indices to `failed` (their outputs
+// are then unspecified). bf16_pass_wanted: whether topk takes this route.
+// bf16_pass_enabled / set_bf16_pass: the switch (default on; NESTVEC_DENSE_BF16=0 = off).
+bool bf16_pass_wanted(int64_t nq, int64_t n, int64_t dim);
+bool bf16_pass_enabled();
+void set_bf16_pass(bool on);
+int64_t topk_bf16(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+                  const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
+                  const uint8_t* allow, float* out_score, int64_t* out_idx, int64_t* failed);
+// Queries certified by / handed back from the two-pass route since the module loaded.
+void bf16_stats(int64_t* certified, int64_t* fallback);
+
 // db [n, >= dim] of `dtype` (row stride `stride` elements); queries float32 [nq, dim]
 // (row stride `query_stride`); allow: optional bool [n]; candidates: optional int64
 // [nq, ncand] row ids (-1 or out of range = padding, duplicates counted once).
 // Output [nq, k]: best first (cosine/ip: highest score; l2: smallest squared
 // distance), ties by index; missing entries are (-inf | +inf for l2, -1).
+// Large batches go through topk_bf16, with a float32 scan for uncertified queries.
 void topk(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
           const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
           const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
