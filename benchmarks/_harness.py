@@ -43,10 +43,16 @@ def machine() -> dict:
     return info
 
 
+# OpenBLAS / OpenMP worker threads spin for tens of milliseconds after a call; on a
+# small machine that steals cores from the next method timed. Pause before timing.
+COOLDOWN_S = 0.25
+
+
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
     """Wall-clock milliseconds: median and min over `repeats` after `warmup` calls."""
     for _ in range(warmup):
         fn()
+    time.sleep(COOLDOWN_S)
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()

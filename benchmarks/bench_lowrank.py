@@ -25,16 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as H  # noqa: E402
 
 
+# Pause after every timed call: OpenBLAS and OpenMP worker threads spin for tens of
+# milliseconds after a call returns, and on a 2-core machine that steals a core from
+# whatever runs next (measured: ours 102 ms after a pause, 126 ms right after NumPy).
+COOLDOWN_S = 0.25
+
+
 def round_robin(fns: dict, rounds: int, warmup: int = 1) -> dict:
     for _ in range(warmup):
         for f in fns.values():
             f()
+            time.sleep(COOLDOWN_S)
     ts = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
             t0 = time.perf_counter()
             f()
             ts[k].append((time.perf_counter() - t0) * 1e3)
+            time.sleep(COOLDOWN_S)
     return {k: {"median_ms": statistics.median(v), "min_ms": min(v)} for k, v in ts.items()}
 
 
