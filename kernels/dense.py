@@ -35,7 +35,8 @@ def _keys(acc, sq, qa, qb, rows, valid, METRIC: tl.constexpr):
     """acc [BQ, BN] dots with unit queries, sq [BN] row prefix norms^2, qa/qb [BQ]
     query factors (see nestvec._dense_gpu.unit_queries)."""
     if METRIC == 0:
-        inv = tl.where(sq > 0, 1.0 / tl.sqrt(tl.maximum(sq, 1e-37)), 0.0)
+        # no clamp: rows with |x|^2 below any floor (e.g. 1e-37) still score exactly
+        inv = tl.where(sq > 0, 1.0 / tl.sqrt(tl.where(sq > 0, sq, 1.0)), 0.0)
         key = acc * qa[:, None] * inv[None, :]
     elif METRIC == 1:
         key = acc * qa[:, None]
@@ -52,7 +53,9 @@ def _dense_scan_kernel(x_ptr, qh_ptr, ql_ptr, qaux_ptr, allow_ptr, out_ptr, N, N
                        stride_x, stride_q, stride_o, METRIC: tl.constexpr,
                        HAS_ALLOW: tl.constexpr, USE_DOT: tl.constexpr, SPLIT: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_n = tl.program_id(0)
+    # int64 block index: with int32, N >= 2^31 (allowed up to 2^32 by the key layout)
+    # wraps rows negative, reading before db and writing keys at wrong offsets.
+    pid_n = tl.program_id(0).to(tl.int64)
     pid_q = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
@@ -181,6 +184,8 @@ def dense_topk(db, queries, k, dim, metric, allow=None, candidates=None, query_c
     m = nblk * kp
     # Bound the [chunk, blocks * KP] key buffer to ~1 GiB.
     chunk = query_chunk or max(block_q, min(nq, ((1 << 27) // max(m, 1)) // block_q * block_q))
+    # grid axis 1 (query blocks) is limited to 65535 programs on CUDA
+    chunk = min(chunk, 65535 * block_q)
     scores, idxs = [], []
     for q0 in range(0, nq, chunk):
         q1 = min(nq, q0 + chunk)

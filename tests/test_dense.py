@@ -367,6 +367,19 @@ def test_triton_query_scale(qscale, triton_interpret):
                    score_scale(xw, q, 40, metric), TOL["gpu"]["float16"])
 
 
+def test_triton_tiny_rows_cosine(triton_interpret):
+    """Rows with |x|^2 ~ 1e-40 (float32 storage) are not zero rows: cosine stays exact."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((120, 24)).astype(np.float32)
+    x[:40] *= 1e-20
+    q = rng.standard_normal((16, 24)).astype(np.float32)
+    sr, ir = R.dense_topk(x, q.astype(np.float64), 5, 24, "cosine")
+    s, i = ops.dense_topk(torch.from_numpy(x), torch.from_numpy(q), 5, metric="cosine",
+                          backend="triton")
+    check_topk(s.numpy(), i.numpy(), sr, ir, true_scores(x, q, 24, "cosine"),
+               score_scale(x, q, 24, "cosine"), TOL["gpu"]["float32"])
+
+
 # --------------------------------------------------------------------------- GPU
 
 GPU_CASES = grid_cases(12, seed=4)

@@ -341,7 +341,10 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
         raise ValueError(f"k: backend {be!r} supports k <= {max_k}, got {k}")
 
     if be == "reference" or n == 0 or queries.shape[0] == 0:
-        s, i = _dense_reference(db, dt, queries, k, dim, metric, allow, candidates)
+        args = (db, queries, allow, candidates)
+        if be != "reference":  # empty input: nothing to scan, so any device is fine
+            args = tuple(a.detach().cpu() if ck.is_torch(a) else a for a in args)
+        s, i = _dense_reference(args[0], dt, args[1], k, dim, metric, args[2], args[3])
         s, i = _like(s, db), _like(i, db)
     else:
         impl = _DENSE_BACKENDS.get(be)

@@ -365,7 +365,13 @@ class Collection:
         if device is not None:
             import torch
 
-            return torch.device(device)
+            dev = torch.device(device)
+            # "cuda" and "cuda:0" must name one cache: otherwise device="cuda" and a
+            # cuda:0 query tensor each hold a full copy of the segments, and the
+            # index-less cache follows torch's current device while an older copy stays.
+            if dev.type == "cuda" and dev.index is None:
+                dev = torch.device("cuda", torch.cuda.current_device())
+            return dev
         if ck.is_torch(q) and ck.device_of(q) != "cpu":
             return q.device
         return None
