@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import device_guard
+
 from .._dense_gpu import INT64_MIN as _INT64_MIN
 from .._dense_gpu import dedupe_candidates, merge_keys, split_query, unit_queries
 
@@ -147,6 +149,11 @@ def _scan_config(nq, dim):
 
 def dense_topk(db, queries, k, dim, metric, allow=None, candidates=None, query_chunk=None):
     """Same contract as nestvec.ops.dense_topk; inputs validated there."""
+    with device_guard(db.device):
+        return _dense_topk(db, queries, k, dim, metric, allow, candidates, query_chunk)
+
+
+def _dense_topk(db, queries, k, dim, metric, allow, candidates, query_chunk):
     n = db.shape[0]
     nq = queries.shape[0]
     dev = db.device

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import device_guard
+
 _IDX_BITS = 40
 _KEY_MAX = torch.iinfo(torch.int64).max
 _INT32_MAX = torch.iinfo(torch.int32).max
@@ -71,6 +73,11 @@ def _launch_keys(codes, queries, allow, out):
 
 def hamming_topk(codes, queries, k, allow=None, query_chunk=None):
     """Same contract as nestvec.ops.hamming_topk; inputs validated by ops.py."""
+    with device_guard(codes.device):
+        return _hamming_topk(codes, queries, k, allow, query_chunk)
+
+
+def _hamming_topk(codes, queries, k, allow, query_chunk):
     n = codes.shape[0]
     nq = queries.shape[0]
     dev = codes.device
@@ -80,6 +87,7 @@ def hamming_topk(codes, queries, k, allow=None, query_chunk=None):
         allow = allow.contiguous().view(torch.uint8)
     # Bound the [chunk, N] int64 key buffer to ~1 GiB.
     chunk = query_chunk or max(1, min(nq, (1 << 27) // max(n, 1)))
+    chunk = min(chunk, 65535)  # grid axis 1 (one program per query) is capped on CUDA
     kk = min(k, n)
     for q0 in range(0, nq, chunk):
         q1 = min(nq, q0 + chunk)

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import device_guard
+
 
 @triton.jit
 def _tile_ids(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
@@ -217,4 +219,6 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, config=None):
                                                                          device=dev)
     if bias is not None:
         bias = bias.contiguous()
-    return _launch(x, A, B, S, col2s, ts, bias, y, config)
+    # Triton launches on the current CUDA device and its stream, not the tensors' one.
+    with device_guard(dev):
+        return _launch(x, A, B, S, col2s, ts, bias, y, config)

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import device_guard
+
 MODES = {"mean": 0, "cls": 1, "last": 2, "max": 3, "weighted_mean": 4}
 
 
@@ -130,11 +132,14 @@ def pool(hidden, mask, mode="mean", normalize=True, dim=None, binary=False):
     block_t, block_d, warps = _blocks(d, hidden.element_size())
     nblk = triton.cdiv(d, block_d)
     fused = nblk == 1
-    _pool_kernel[(B, nblk)](hidden, mask, out, codes, T, d, nb, hidden.stride(0),
-                            hidden.stride(1), mask.stride(0), MODE=MODES[mode], FUSED=fused,
-                            NORMALIZE=bool(normalize), BINARY=bool(binary), BLOCK_T=block_t,
-                            BLOCK_D=block_d, num_warps=warps)
-    if not fused and (normalize or binary):
-        _finish_kernel[(B,)](out, codes, d, nb, NORMALIZE=bool(normalize), BINARY=bool(binary),
-                             BLOCK_D=max(8, triton.next_power_of_2(d)), num_warps=8)
+    # Triton launches on the current CUDA device and its stream, not the tensors' one.
+    with device_guard(dev):
+        _pool_kernel[(B, nblk)](hidden, mask, out, codes, T, d, nb, hidden.stride(0),
+                                hidden.stride(1), mask.stride(0), MODE=MODES[mode], FUSED=fused,
+                                NORMALIZE=bool(normalize), BINARY=bool(binary), BLOCK_T=block_t,
+                                BLOCK_D=block_d, num_warps=warps)
+        if not fused and (normalize or binary):
+            _finish_kernel[(B,)](out, codes, d, nb, NORMALIZE=bool(normalize),
+                                 BINARY=bool(binary), BLOCK_D=max(8, triton.next_power_of_2(d)),
+                                 num_warps=8)
     return (out, codes) if binary else out

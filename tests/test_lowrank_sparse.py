@@ -227,3 +227,43 @@ def test_degenerate_shapes(M, K, N, r, c, monkeypatch):
         y = ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend=be)
         assert y.shape == (M, N), be
         np.testing.assert_allclose(y.numpy(), want.numpy(), atol=1e-5, err_msg=be)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint8, torch.int32])
+def test_channels_integer_dtypes(dtype):
+    """Every accepted channel dtype validates (torch has no min/unique for uint16/32)."""
+    x, A, B, S, ch, b = make(5, 8, 10, 3, 2, "float32", True)
+    want = expected(x, A, B, S, ch, b)
+    backends = ["reference"] + (["cpu"] if ops._C is not None else [])
+    for be in backends:
+        check(ops.lowrank_sparse_matmul(x, A, B, S, ch.to(dtype), b, backend=be), want, "float32", be)
+    with pytest.raises(ValueError, match="^channels:"):
+        ops.lowrank_sparse_matmul(x, A, B, S, torch.tensor([3, 3]).to(dtype), b, backend="reference")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_glue_edges(backend):
+    """Empty x (used to reach the host-only reference), a strided bias (the cuda path
+    passed a freed temporary's pointer), and, on cuda, more row tiles than grid.y's 65535."""
+    if backend == "cuda" and not ops.cuda_compiled():
+        pytest.skip("built without CUDA")
+    x, A, B, S, ch, b = make(6, 8, 10, 3, 2, "float16", True, device="cuda")
+    y = ops.lowrank_sparse_matmul(x[:0], A, B, S, ch, b, backend=backend)
+    assert y.shape == (0, 10) and y.device == x.device and y.dtype == x.dtype
+    b2 = torch.randn(20, device="cuda").half()[::2]
+    check_args(ops.lowrank_sparse_matmul(x, A, B, S, ch, b2, backend=backend),
+               (x, A, B, S, ch, b2), "float16", f"{backend} strided bias")
+    if backend != "cuda":
+        return
+    for dtype, rows_per_tile in (("float16", 128), ("float32", 64)):
+        M = 65535 * rows_per_tile + 5
+        x, A, B, S, ch, b = make(1, 8, 8, 8, 1, dtype, True, device="cuda")
+        x = torch.randn(M, 8, device="cuda").to(DTYPES[dtype])
+        y = ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend="cuda")
+        W = (B.double() @ A.double()).index_add(0, ch, S.double())
+        want = x.double() @ W.T + b.double()
+        mag = x.double().abs() @ (B.double().abs() @ A.double().abs()).index_add(
+            0, ch, S.double().abs()).T + b.double().abs()
+        err = float(((y.double() - want).abs().max(1).values / mag.max(1).values).max())
+        assert err <= TOL[dtype], f"M={M} {dtype}: {err:.3g}"

@@ -42,6 +42,20 @@ def test_grads_match_dense_float32(backend):
         np.testing.assert_allclose(got.grad.numpy(), want.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_non_contiguous_input(backend):
+    """A drop-in nn.Linear takes transposed and expanded inputs (the cpu op needs
+    contiguous rows: the layer makes them)."""
+    if backend == "cpu" and ops._C is None:
+        pytest.skip("native module not built")
+    torch.manual_seed(0)
+    layer = LowRankSparseLinear(13, 11, rank=4, channels=[1, 5], backend=backend)
+    for x in (torch.randn(13, 9).t(), torch.randn(1, 13).expand(6, 13), torch.randn(4, 26)[:, ::2]):
+        want = x @ layer.dense_weight().t() + layer.bias
+        np.testing.assert_allclose(layer(x).detach().numpy(), want.detach().numpy(), rtol=1e-4,
+                                   atol=1e-5)
+
+
 def test_from_dense_full_rank_and_error():
     torch.manual_seed(0)
     lin = nn.Linear(24, 16)

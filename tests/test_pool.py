@@ -194,6 +194,20 @@ def test_triton_interpret(B, T, H, mode, dtype, side, dim, binary, triton_interp
     check(ops.pool(ht, torch.from_numpy(m), mode, True, dim, binary, backend="triton"), ref, binary)
 
 
+def test_triton_interpret_bf16_bits_as_uint16(triton_interpret):
+    """A torch uint16 tensor flagged hidden_dtype="bfloat16" is read as bf16 bit patterns
+    (Triton used to convert the integers to float)."""
+    import torch
+
+    rng = np.random.default_rng(12)
+    h = torch.from_numpy(rng.standard_normal((3, 7, 40)).astype(np.float32)).to(torch.bfloat16)
+    m = torch.from_numpy(make_mask(rng, 3, 7, "left"))
+    ref = reference.pool(h.float().numpy(), m.numpy(), "mean", True, 20, True)
+    got = ops.pool(h.view(torch.uint16), m, "mean", True, 20, True, hidden_dtype="bfloat16",
+                   backend="triton")
+    check(got, ref, True)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_matches_reference(backend):

@@ -252,21 +252,36 @@ int launch_gemm(const Params<T>& p, int64_t ncols_tiles, cudaStream_t s) {
   constexpr bool kF32 = sizeof(T) == 4;
   const int bm = kF32 ? FBM : TBM;
   const int64_t mt = (p.M + bm - 1) / bm;
-  if (mt > 65535 || ncols_tiles > 0x7FFFFFFF) return int(cudaErrorInvalidValue);
-  const dim3 grid{unsigned(ncols_tiles), unsigned(mt), 1u};
-  if constexpr (kF32) {
-    gemm_f32_kernel<<<grid, FTHREADS, 0, s>>>(p);
-  } else {
-    auto al = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
-    const bool vec = p.K % 8 == 0 && p.ldx % 8 == 0 && p.ldw1 % 8 == 0 &&
-                     (p.n2 == 0 || p.ldw2 % 8 == 0) && al(p.X) && al(p.W1) &&
-                     (p.n2 == 0 || al(p.W2));
-    if (vec)
-      gemm_tc_kernel<T, true><<<grid, TTHREADS, 0, s>>>(p);
-    else
-      gemm_tc_kernel<T, false><<<grid, TTHREADS, 0, s>>>(p);
+  if (ncols_tiles > 0x7FFFFFFF) return int(cudaErrorInvalidValue);
+  auto al = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; };
+  const bool vec = !kF32 && p.K % 8 == 0 && p.ldx % 8 == 0 && p.ldw1 % 8 == 0 &&
+                   (p.n2 == 0 || p.ldw2 % 8 == 0) && al(p.X) && al(p.W1) &&
+                   (p.n2 == 0 || al(p.W2));
+  // Row tiles sit on grid.y (at most 65535): more rows than 65535 tiles (M > 8.4M
+  // for 16-bit, 4.2M for float32, e.g. a flattened batch of tokens) go in several
+  // launches over row slices. A slice starts a multiple of bm rows on, so rows stay
+  // 16-byte aligned when `vec` holds (ldx % 8 == 0).
+  for (int64_t mt0 = 0; mt0 < mt; mt0 += 65535) {
+    const int64_t row0 = mt0 * bm;
+    Params<T> c = p;
+    c.X += row0 * p.ldx;
+    c.M = p.M - row0;
+    c.out1 += row0 * p.ldo1;
+    if (c.out2) c.out2 += row0 * p.ldo2;
+    if (c.ts) c.ts += row0 * p.ldts;
+    const int64_t tiles = mt - mt0 < 65535 ? mt - mt0 : 65535;
+    const dim3 grid{unsigned(ncols_tiles), unsigned(tiles), 1u};
+    if constexpr (kF32) {
+      gemm_f32_kernel<<<grid, FTHREADS, 0, s>>>(c);
+    } else {
+      if (vec)
+        gemm_tc_kernel<T, true><<<grid, TTHREADS, 0, s>>>(c);
+      else
+        gemm_tc_kernel<T, false><<<grid, TTHREADS, 0, s>>>(c);
+    }
+    if (const int rc = last_error()) return rc;
   }
-  return last_error();
+  return 0;
 }
 
 size_t esize(int dtype) { return dtype == 0 ? 4 : 2; }

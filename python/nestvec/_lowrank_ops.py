@@ -52,8 +52,10 @@ def _lrs_validate(x, A, B, S, channels, bias):
         if ck.is_torch(channels):
             import torch
 
-            lo, hi = int(channels.min()), int(channels.max())
-            uniq = int(torch.unique(channels).numel())
+            # int64 first: torch has no min/max/unique for uint16 / uint32 tensors.
+            ch64 = channels.to(torch.int64)
+            lo, hi = int(ch64.min()), int(ch64.max())
+            uniq = int(torch.unique(ch64).numel())
         else:
             lo, hi = int(channels.min()), int(channels.max())
             uniq = int(np.unique(channels).size)
@@ -111,7 +113,9 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, backend: str = "au
             raise TypeError(f"x: float64 runs on the reference backend only, not {be!r}")
     if be != "reference":
         _check_backend_device(be, x, "x")
-    if be == "reference" or x.shape[0] == 0:
+    # Empty x on the host goes through the reference; the GPU backends handle M = 0
+    # themselves (the reference cannot read device memory).
+    if be == "reference" or (be == "cpu" and x.shape[0] == 0):
         y = _lrs_reference(x, A, B, S, channels, bias)
     elif be == "cpu":
         y = _lrs_cpu(x, A, B, S, channels, bias)
@@ -200,6 +204,9 @@ def _lrs_cuda(x, A, B, S, channels, bias):
         x = x.contiguous()
     A, B, S = A.contiguous(), B.contiguous(), S.contiguous()
     ch = channels.to(torch.int64).contiguous()
+    # Bound to a name: a temporary copy from an inline .contiguous() would be freed (and
+    # its block reusable) before the kernel that reads it is queued.
+    bias_c = bias.contiguous() if bias is not None else None
     M, K = x.shape
     r, N, c = A.shape[0], B.shape[0], S.shape[0]
     dev = x.device
@@ -210,6 +217,6 @@ def _lrs_cuda(x, A, B, S, channels, bias):
         stream = torch.cuda.current_stream(dev).cuda_stream
         _C.cuda_lowrank_sparse_matmul(
             _LRS_CODE[dt], x.data_ptr(), M, K, x.stride(0), A.data_ptr(), r, B.data_ptr(), N,
-            S.data_ptr(), c, ch.data_ptr(), bias.contiguous().data_ptr() if bias is not None else 0,
+            S.data_ptr(), c, ch.data_ptr(), bias_c.data_ptr() if bias_c is not None else 0,
             y.data_ptr(), ws.data_ptr(), ws_bytes, stream)
     return y

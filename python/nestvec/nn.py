@@ -64,7 +64,12 @@ class _LowRankSparseFunction(torch.autograd.Function):
 def lowrank_sparse_linear(x, A, B, S, channels, bias=None, backend: str = "auto"):
     """Differentiable ``lowrank_sparse_matmul`` on torch tensors; x may be ``[..., K]``."""
     lead = x.shape[:-1]
-    y = _LowRankSparseFunction.apply(x.reshape(-1, x.shape[-1]), A, B, S, channels, bias, backend)
+    x2 = x.reshape(-1, x.shape[-1])
+    # The op wants contiguous, non-overlapping rows (the cpu backend raises otherwise);
+    # a drop-in nn.Linear must take any layout (a transposed or expanded input).
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]):
+        x2 = x2.contiguous()
+    y = _LowRankSparseFunction.apply(x2, A, B, S, channels, bias, backend)
     return y.reshape(*lead, B.shape[0])
 
 

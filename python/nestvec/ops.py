@@ -551,9 +551,14 @@ def pool(hidden, mask, mode: str = "mean", normalize: bool = True, dim: int | No
     if be == "cuda":
         return _pool_cuda(hidden, dt, mask, mode, normalize, d, binary)
     from .kernels import pooling as tk
+    import torch
 
     if hidden.stride(2) != 1:
         hidden = hidden.contiguous()
+    if dt == "bfloat16" and hidden.dtype != torch.bfloat16:
+        # uint16 bit patterns (hidden_dtype="bfloat16"): Triton would convert the
+        # integers to float, so reinterpret the bits first.
+        hidden = hidden.view(torch.bfloat16)
     return tk.pool(hidden, mask, mode, normalize, d, binary)
 
 
