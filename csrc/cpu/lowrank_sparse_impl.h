@@ -19,6 +19,10 @@
 #include <memory>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -227,6 +231,19 @@ Buf alloc_f(int64_t n) {
   return Buf(static_cast<float*>(std::aligned_alloc(64, bytes)));
 }
 
+// Large packed buffers on 2 MiB pages where the kernel allows it (THP "madvise" mode):
+// 20 MiB of weight panels on 4 KiB pages cost TLB misses in every block.
+Buf alloc_f_huge(int64_t n) {
+  const size_t huge = size_t(1) << 21;
+  const size_t bytes = (size_t(std::max<int64_t>(n, 16)) * 4 + huge - 1) / huge * huge;
+  if (bytes < 2 * huge) return alloc_f(n);
+  float* p = static_cast<float*>(std::aligned_alloc(huge, bytes));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (p) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+  return Buf(p);
+}
+
 // Weight rows j (row(j) -> K values of dtype dt) into panels p of NR rows, each stored
 // k-major [K][NR]; rows j >= rows are zero. Rows go four at a time through 4x4
 // transposes (one 16-byte store per 4 values): value-by-value strided stores made
@@ -285,7 +302,7 @@ struct CachedBuf {
   int64_t cap = 0;
   float* get(int64_t n) {
     if (n > cap || n < cap / 4) {  // grow, or shrink after a much larger call
-      buf = alloc_f(n);
+      buf = alloc_f_huge(n);
       cap = n;
     }
     return buf.get();
