@@ -3,8 +3,10 @@ random inputs, then timing against the torch baseline from DESIGN.md.
 
     python benchmarks/gpu_suite.py [--only hamming,dense] [--quick]
 
-On the lent GPU machine (no network; build with the interpreter that holds torch — a
-bare `pip` there belongs to another Python without pybind11):
+On the lent GPU machine run everything in one call (build, `pytest -m gpu`, this
+suite; logs under $OUT): `bash benchmarks/gpu_check.sh`. By hand (no network; build
+with the interpreter that holds torch — a bare `pip` there belongs to another Python
+without pybind11):
 
     export NESTVEC_CUDA_ARCHS=90 CMAKE_BUILD_PARALLEL_LEVEL=16
     python3 -m pip install -q --no-build-isolation --no-deps -e . && python3 benchmarks/gpu_suite.py
