@@ -252,6 +252,19 @@ def test_cpu_large_k_and_threads():
         check_topk(s, i, sr, ir, full, score_scale(x.astype(np.float32), q, 64, "ip"), 2e-5)
 
 
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.parametrize("isa", cpu_isas())
+def test_cpu_query_block_shapes(isa, restore_isa):
+    """Every query-block width of the CPU kernels (1, 2, 4, 8, 12 and their sums) on
+    whole contiguous rows (the streaming kernel) and on strided prefixes."""
+    ops._C.set_isa(isa)
+    rng = np.random.default_rng(14)
+    for D, d, nq in ((97, 97, 8), (33, 33, 11), (1, 1, 9), (768, 768, 15), (97, 50, 8),
+                     (64, 64, 2), (64, 32, 1), (40, 40, 5)):
+        for dtype, metric in (("float16", "cosine"), ("float32", "l2"), ("bfloat16", "ip")):
+            run_case("cpu", rng, 1023, D, d, nq, 10, dtype, metric, False, False)
+
+
 # Two-pass route (csrc/cpu/dense_bf16.cpp): AVX512-BF16 scan, exact rescoring of a
 # shortlist, a certificate per query, float32 scan for the rest. Taken on AVX-512 CPUs
 # for Q >= 16, Q * dim >= 8192 and N >= 4096.

@@ -103,17 +103,66 @@ void rows_block(const char* base, int64_t stride_b, const int64_t* rows, int64_t
   }
 }
 
+// One contiguous stream of whole rows (stride == dim): one row at a time keeps the
+// hardware prefetcher on a single sequential stream (1M x 768 f16, one query: 44 ms per
+// core against 60 ms with four rows interleaved); two partial sums per accumulator
+// hide the FMA latency of the single row. Up to 12 queries: 26 accumulators.
+template <int DT, int QB, bool NORM>
+void stream_rows(const char* base, int64_t nrows, int64_t dim, const float* q, int64_t qs,
+                 float* dots, int64_t ld, float* sq, bool pf) {
+  const int64_t row_bytes = dim * (DT == kF32 ? 4 : 2);
+  const int64_t ahead = 12288 / row_bytes + 1;
+  for (int64_t r = 0; r < nrows; ++r) {
+    const char* row = base + r * row_bytes;
+    if (pf) prefetch_rows(base, row_bytes, nullptr, 0, r + ahead, 1, row_bytes);
+    __m512 a0[QB], a1[QB], n0 = _mm512_setzero_ps(), n1 = _mm512_setzero_ps();
+    for (int j = 0; j < QB; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 32 <= dim; c += 32) {
+      const __m512 x0 = load16<DT>(row, c), x1 = load16<DT>(row, c + 16);
+      if (NORM) {
+        n0 = _mm512_fmadd_ps(x0, x0, n0);
+        n1 = _mm512_fmadd_ps(x1, x1, n1);
+      }
+      for (int j = 0; j < QB; ++j) {
+        a0[j] = _mm512_fmadd_ps(x0, _mm512_load_ps(q + j * qs + c), a0[j]);
+        a1[j] = _mm512_fmadd_ps(x1, _mm512_load_ps(q + j * qs + c + 16), a1[j]);
+      }
+    }
+    for (; c < dim; c += 16) {  // queries are zero-padded to 16; rows are masked
+      const __mmask16 m = dim - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (dim - c)) - 1);
+      const __m512 x0 = load16m<DT>(row, c, m);
+      if (NORM) n0 = _mm512_fmadd_ps(x0, x0, n0);
+      for (int j = 0; j < QB; ++j) a0[j] = _mm512_fmadd_ps(x0, _mm512_load_ps(q + j * qs + c), a0[j]);
+    }
+    for (int j = 0; j < QB; ++j) dots[j * ld + r] = _mm512_reduce_add_ps(_mm512_add_ps(a0[j], a1[j]));
+    if (NORM) sq[r] = _mm512_reduce_add_ps(_mm512_add_ps(n0, n1));
+  }
+}
+
 template <int DT, bool NORM>
 void query_block(const char* base, int64_t stride_b, const int64_t* rows, int64_t nrows,
                  int64_t dim, const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld,
                  float* sq, bool pf) {
-  // Batch 1..3 is memory-bound: 4 rows in flight. Larger blocks are FMA-bound:
-  // 2 rows x 12 queries = 24 accumulators, each row load feeding 12 FMAs.
+  // Whole contiguous rows: one sequential stream, any block of queries (1M x 768 f16,
+  // 2 cores: batch 4 / 8 / 12 in 36 / 44 / 55 ms against 58 / 57 / 69 with interleaved
+  // row tiles, which break the stream the hardware prefetcher follows).
+  if (!rows && stride_b == dim * (DT == kF32 ? 4 : 2)) {
+    if (nq >= 12) return stream_rows<DT, 12, NORM>(base, nrows, dim, q, qs, dots, ld, sq, pf);
+    if (nq >= 8) return stream_rows<DT, 8, NORM>(base, nrows, dim, q, qs, dots, ld, sq, pf);
+    if (nq >= 4) return stream_rows<DT, 4, NORM>(base, nrows, dim, q, qs, dots, ld, sq, pf);
+    if (nq >= 2) return stream_rows<DT, 2, NORM>(base, nrows, dim, q, qs, dots, ld, sq, pf);
+    return stream_rows<DT, 1, NORM>(base, nrows, dim, q, qs, dots, ld, sq, pf);
+  }
+  // Strided prefixes and indexed rows: many short streams, so several rows in flight;
+  // larger blocks are FMA-bound: 2 rows x 12 queries = 24 accumulators, each row load
+  // feeding 12 FMAs.
   if (nq >= 12) return rows_block<DT, 2, 12, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
   if (nq >= 8) return rows_block<DT, 2, 8, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
   if (nq >= 4) return rows_block<DT, 4, 4, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
   if (nq >= 2) return rows_block<DT, 4, 2, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
-  return rows_block<DT, 4, 1, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+  // prefix 256 of 768, one query: 32 ms per core with 8 rows in flight, 35 with 4
+  return rows_block<DT, 8, 1, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
 }
 
 template <int DT>
