@@ -5,9 +5,10 @@ baselines in the same run, forward and a training step (forward + backward).
         python benchmarks/bench_lowrank.py [--m 4096 --k 4096 --n 4096 --rank 512 --sparsity 0.05]
     python benchmarks/bench_lowrank.py --quick      # 1024-sized smoke run
 
-Methods are timed round-robin (one call of each per round, median over rounds), so a
-noisy shared machine slows every method alike. DESIGN target: f32 4096 x 4096, r=512,
-5% channels, ours >= 3.0x faster than NumPy dense (FLOP ideal 3.33x). The NumPy BLAS
+Each method is timed in blocks of back-to-back calls after a warm-up call, and the
+set of blocks runs twice (see round_robin for why not one call of each in turn).
+DESIGN target: f32 4096 x 4096, r=512, 5% channels, ours >= 3.0x faster than NumPy
+dense (FLOP ideal 3.33x). The NumPy BLAS
 kernel in use is recorded in the JSON (OPENBLAS_CORETYPE can force a slower one).
 JSON: benchmarks/results/bench_lowrank.json.
 """
@@ -25,24 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as H  # noqa: E402
 
 
-# Pause after every timed call: OpenBLAS and OpenMP worker threads spin for tens of
-# milliseconds after a call returns, and on a 2-core machine that steals a core from
-# whatever runs next (measured: ours 102 ms after a pause, 126 ms right after NumPy).
-COOLDOWN_S = 0.25
-
-
-def round_robin(fns: dict, rounds: int, warmup: int = 1) -> dict:
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-            time.sleep(COOLDOWN_S)
+def round_robin(fns: dict, rounds: int, warmup: int = 1, passes: int = 2) -> dict:
+    """Blocks of back-to-back calls per method, the whole set of blocks `passes` times
+    (median and min over every timed call). Not one call per method in turn: thread
+    pools of the other libraries (OpenBLAS, torch's OpenMP/MKL) keep spinning for tens
+    to hundreds of milliseconds after a call, and an idle pause before a call lets the
+    VM's cores drop clock; either slowed our ~100 ms call by 20-70% depending on which
+    library ran before it. Each block starts with untimed warm-up calls that absorb it."""
     ts = {k: [] for k in fns}
-    for _ in range(rounds):
+    for _ in range(passes):
         for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            ts[k].append((time.perf_counter() - t0) * 1e3)
-            time.sleep(COOLDOWN_S)
+            for _ in range(warmup):
+                f()
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                f()
+                ts[k].append((time.perf_counter() - t0) * 1e3)
     return {k: {"median_ms": statistics.median(v), "min_ms": min(v)} for k, v in ts.items()}
 
 
