@@ -43,16 +43,21 @@ def machine() -> dict:
     return info
 
 
-# OpenBLAS / OpenMP worker threads spin for tens of milliseconds after a call; on a
-# small machine that steals cores from the next method timed. Pause before timing.
-COOLDOWN_S = 0.25
+# Other libraries' thread pools (OpenBLAS, OpenMP in FAISS / torch) keep spinning for
+# tens to hundreds of milliseconds after a call, and an idle pause lets the VM's cores
+# drop clock: both slow the first calls of the next method. Warm up with the method
+# itself for at least WARM_S (never by sleeping).
+WARM_S = 0.3
 
 
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
-    """Wall-clock milliseconds: median and min over `repeats` after `warmup` calls."""
-    for _ in range(warmup):
+    """Wall-clock milliseconds: median and min over `repeats` after `warmup` calls
+    (more warm-up calls while less than WARM_S has passed, at most 100)."""
+    t_start = time.perf_counter()
+    calls = 0
+    while calls < warmup or (time.perf_counter() - t_start < WARM_S and calls < 100):
         fn()
-    time.sleep(COOLDOWN_S)
+        calls += 1
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
