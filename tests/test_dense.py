@@ -265,6 +265,14 @@ def test_cpu_query_block_shapes(isa, restore_isa):
             run_case("cpu", rng, 1023, D, d, nq, 10, dtype, metric, False, False)
 
 
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+def test_cpu_query_slices():
+    """More than 4096 queries are processed in slices (bounded selector memory)."""
+    rng = np.random.default_rng(15)
+    for n, d in ((1023, 8), (5000, 64)):
+        run_case("cpu", rng, n, d, d, 4100, 10, "float16", "cosine", True, False)
+
+
 # Two-pass route (csrc/cpu/dense_bf16.cpp): AVX512-BF16 scan, exact rescoring of a
 # shortlist, a certificate per query, float32 scan for the rest. Taken on AVX-512 CPUs
 # for Q >= 16, Q * dim >= 8192 and N >= 4096.

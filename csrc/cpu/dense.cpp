@@ -202,6 +202,16 @@ void topk(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
           const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
           const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
           int64_t* out_idx) {
+  // Very large batches go in slices: per-thread selectors hold ~k + 256 keys per query
+  // (100k queries at once would reserve ~1 GB); at 4096 queries a slice is compute-bound,
+  // so reading the table once per slice costs nothing measurable.
+  constexpr int64_t kQuerySlice = 4096;
+  if (nq > kQuerySlice && !candidates) {
+    for (int64_t j0 = 0; j0 < nq; j0 += kQuerySlice)
+      topk(db, dtype, n, stride, dim, queries + j0 * query_stride, std::min(kQuerySlice, nq - j0),
+           query_stride, k, metric, allow, nullptr, 0, out_score + j0 * k, out_idx + j0 * k);
+    return;
+  }
   if (candidates || !bf16_pass_wanted(nq, n, dim))
     return topk_f32(db, dtype, n, stride, dim, queries, nq, query_stride, k, metric, allow,
                     candidates, ncand, out_score, out_idx);
