@@ -162,3 +162,16 @@ def test_query_split_threads_agree(rng):
     dr, ir = reference.hamming_topk(codes, queries, 25)
     np.testing.assert_array_equal(d, dr)
     np.testing.assert_array_equal(i, ir)
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+def test_cpu_query_slices():
+    """More than 4096 queries run in slices (bounded selector memory): still exact."""
+    rng = np.random.default_rng(16)
+    codes = rng.integers(0, 256, (777, 16), dtype=np.uint8)
+    q = rng.integers(0, 256, (4100, 16), dtype=np.uint8)
+    allow = rng.random(777) < 0.7
+    d, i = ops.hamming_topk(codes, q, 10, allow=allow, backend="cpu")
+    dr, ir = ops.hamming_topk(codes, q, 10, allow=allow, backend="reference")
+    np.testing.assert_array_equal(d, dr)
+    np.testing.assert_array_equal(i, ir)
