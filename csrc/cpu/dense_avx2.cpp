@@ -100,6 +100,13 @@ void query_block(const char* base, int64_t sb, const int64_t* rows, int64_t nrow
                  const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq,
                  bool pf) {
   if (nq >= 4) return rows_block<DT, 2, 4, NORM>(base, sb, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+  // Whole contiguous rows at batch 1-3: one row at a time keeps the hardware prefetcher
+  // on one sequential stream (1M x 768 f16 under this ISA: batch 1 / 2 in 39 / 45 ms
+  // against 54 / 50 with interleaved rows; at batch 4+ the per-row reductions cost more).
+  if (!rows && sb == dim * (DT == kF32 ? 4 : 2)) {
+    if (nq >= 2) return rows_block<DT, 1, 2, NORM>(base, sb, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+    return rows_block<DT, 1, 1, NORM>(base, sb, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+  }
   if (nq >= 2) return rows_block<DT, 2, 2, NORM>(base, sb, rows, nrows, dim, q, qs, dots, ld, sq, pf);
   return rows_block<DT, 4, 1, NORM>(base, sb, rows, nrows, dim, q, qs, dots, ld, sq, pf);
 }
