@@ -4,6 +4,8 @@ python/nestvec -> nestvec, kernels/ -> nestvec.kernels.  The CMake build tree li
 build/cmake-<tag> so that repeated ``pip install -e .`` runs are incremental.
 """
 import os
+import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +20,40 @@ ROOT = Path(__file__).resolve().parent
 class CMakeExtension(Extension):
     def __init__(self, name):
         super().__init__(name, sources=[])
+
+
+def _find_ninja():
+    """The ninja of this build: on PATH (pip's isolated build env puts it there), beside
+    the interpreter (a venv without it on PATH), or where the ninja package says."""
+    found = shutil.which("ninja") or (Path(sys.executable).parent / "ninja")
+    if found and os.access(found, os.X_OK):
+        return str(found)
+    try:
+        import ninja
+
+        path = Path(getattr(ninja, "BIN_DIR", "") or "") / "ninja"
+        return str(path) if path.is_absolute() and os.access(path, os.X_OK) else None
+    except ImportError:
+        return None
+
+
+def _drop_stale_cache(build_dir: Path, generator: str) -> None:
+    """pip builds in a fresh isolated environment each time, so a CMake cache can name a
+    cmake or ninja binary that no longer exists (e.g. `make demo` after `make test`);
+    such a cache, or one for another generator, is dropped. The objects stay, and ninja
+    recompiles only what changed."""
+    cache = build_dir / "CMakeCache.txt"
+    if not cache.exists():
+        return
+    text = cache.read_text(errors="ignore")
+    gen = re.search(r"^CMAKE_GENERATOR:INTERNAL=(.*)$", text, re.M)
+    stale = gen is not None and gen.group(1).strip() != generator
+    for key in ("CMAKE_COMMAND", "CMAKE_MAKE_PROGRAM"):
+        m = re.search(rf"^{key}:[A-Z]+=(.*)$", text, re.M)
+        if m and m.group(1).strip() and not os.path.exists(m.group(1).strip()):
+            stale = True
+    if stale:
+        cache.unlink()
 
 
 class CMakeBuild(build_ext):
@@ -37,12 +73,12 @@ class CMakeBuild(build_ext):
             f"-DNESTVEC_OUTPUT_NAME={out.name}",
             f"-DNESTVEC_CUDA={os.environ.get('NESTVEC_CUDA', 'AUTO')}",
         ]
-        try:
-            import ninja  # noqa: F401
-
-            args.append("-GNinja")
-        except ImportError:
-            pass
+        ninja_bin = _find_ninja()
+        generator = "Ninja" if ninja_bin else "Unix Makefiles"
+        args.append(f"-G{generator}")
+        if ninja_bin:
+            args.append(f"-DCMAKE_MAKE_PROGRAM:FILEPATH={ninja_bin}")
+        _drop_stale_cache(build_dir, generator)
         if os.environ.get("NESTVEC_CUDA_ARCHS"):
             args.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['NESTVEC_CUDA_ARCHS']}")
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(max(1, os.cpu_count() or 1)))
