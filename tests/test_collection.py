@@ -189,6 +189,39 @@ def test_funnel(where):
     assert_same_hits(full, per_query(col.search(q, k=k, mode="flat")))
 
 
+def test_funnel_ladder(where):
+    """Hamming shortlist -> exact rescoring at each ladder prefix (shrinking) -> dim."""
+    n = 400
+    x = clustered(n, D, 3)
+    x[:, 12:] = 0.0  # prefix-12 scores == full scores: no ladder stage can lose a hit
+    col = nv.Collection.create(where, dim=D, dtype="float32", binary=True, schema=SCHEMA)
+    for a, b in ((0, 150), (150, 400)):
+        col.add(x[a:b], ids=np.arange(a, b) * 10, metadata=_meta(b - a, a))
+    ids = np.arange(n) * 10
+    q = clustered(6, D, 9)
+    q[:, 12:] = 0.0
+    flat = per_query(col.search(q, k=5, mode="flat"))
+    got = per_query(col.search(q, k=5, mode="funnel", rescore=100, ladder=(12, 24)))
+    assert_same_hits(got, flat)
+    # with a filter and deletions: only matching live rows, scored exactly at dim
+    col.delete(ids=ids[:40])
+    f = nv.field("lang") == "en"
+    got = per_query(col.search(q, k=5, mode="funnel", rescore=100, ladder=(16,), filter=f))
+    allow = (np.arange(n) % 3 == 0) & (np.arange(n) >= 40)
+    assert_same_hits(got, oracle(x, ids, q, 5, allow=allow))
+    # a plain shortlist: every returned score is the exact one at dim
+    xq = clustered(4, D, 10)
+    t = col.search(xq, k=3, dim=24, mode="funnel", rescore=4, ladder=(8, 16))
+    for qi, i, sc in zip(t.column("query").to_numpy(), t.column("id").to_numpy(),
+                         t.column("score").to_numpy()):
+        v, w = x[i // 10, :24], xq[qi, :24]
+        assert abs(sc - v @ w / np.linalg.norm(v) / np.linalg.norm(w)) < 1e-4
+    for bad, err in (((16, 8), ValueError), ((0,), ValueError), ((D,), ValueError),
+                     ("64", TypeError), ((4.5,), TypeError)):
+        with pytest.raises(err, match="ladder"):
+            col.search(q, k=5, mode="funnel", ladder=bad)
+
+
 def test_segmentation_and_compact_do_not_change_results(tmp_path):
     p = str(tmp_path / "c")
     col, x, ids = _make(p, n=300, segments=5)

@@ -315,7 +315,7 @@ class Collection:
     # ------------------------------------------------------------------ search
 
     def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int = 10,
-               filter=None, columns=None, device=None) -> pa.Table:
+               filter=None, columns=None, device=None, ladder=()) -> pa.Table:
         """Top-k rows per query.
 
         Args:
@@ -331,6 +331,11 @@ class Collection:
                 rows, else flat).
             filter: ``nv.field(...)`` expression or SQL WHERE text (DuckDB).
             columns: extra columns to return (metadata names, ``"vector"``).
+            ladder: funnel only: increasing prefix dims below ``dim`` (e.g. ``(64,
+                128)``) at which the Hamming shortlist is rescored exactly before
+                ``dim``, each stage keeping fewer rows (geometric from ``k*rescore``
+                down to ``k``): Matryoshka adaptive retrieval, fewer full-width reads.
+                Ignored by ``flat`` and ``binary``.
 
         Returns:
             pyarrow Table ``query`` (int64), ``id``, ``score`` (float32; l2: squared
@@ -347,6 +352,7 @@ class Collection:
         dim = d_full if dim is None else vd.positive_int(dim, "dim", d_full)
         if mode == "funnel" and k * rescore > MAX_K:
             raise ValueError(f"rescore: the shortlist k*rescore = {k * rescore} exceeds {MAX_K}")
+        ladder = vd.ladder(ladder, dim)
         cols = self._columns(columns, [])
         dev = self._device(q, device)
         qx, single = vd.queries(q, d_full, dim, self.metric)
@@ -354,7 +360,7 @@ class Collection:
             import torch
 
             qx = torch.as_tensor(qx).to(dev)
-        req = Request(k, dim, mode, rescore, self.metric, d_full, self.binary)
+        req = Request(k, dim, mode, rescore, self.metric, d_full, self.binary, ladder)
         planner = Planner(self._segs, self._masks(filter), req,
                           cache=self._cache(dev) if dev is not None else None,
                           filtered=filter is not None)

@@ -124,6 +124,14 @@ class Request:
     metric: str
     d_full: int
     binary: bool
+    ladder: tuple = ()  # funnel: increasing prefix dims < dim rescored before `dim`
+
+
+def ladder_keep(short: int, k: int, stages: int) -> list:
+    """Shortlist kept after each ladder stage: geometric from k*rescore down to k
+    (e.g. 100 -> 46 -> 22 -> 10 for two stages), never below k."""
+    ratio = (k / short) ** (1.0 / (stages + 1))
+    return [max(k, int(round(short * ratio ** (i + 1)))) for i in range(stages)]
 
 
 def resolve_mode(req: Request, n_allowed: int) -> str:
@@ -261,15 +269,20 @@ class Planner:
     def _funnel(self, queries, qcodes, nbytes, nq):
         r = self.req
         short = r.k * r.rescore
-        seg, local, _ = self._hamming(qcodes, nbytes, short, nq)
-        parts = []
-        for i in self._active():
-            cand = np.where(seg == i, local, -1)
-            if not (cand >= 0).any():
-                continue
-            if self.cache is not None:
-                cand = self.cache.put_temporary(np.ascontiguousarray(cand))
-            # the shortlist already honours allow; candidates restrict the exact pass
-            s, idx = dense(self._vec(i), queries, r.k, r.dim, r.metric, candidates=cand)
-            parts.append((self.segments[i].offset, i, s, idx))
-        return _merge(parts, r.k, r.metric != "l2", nq)
+        seg, local, score = self._hamming(qcodes, nbytes, short, nq)
+        # Matryoshka ladder: rescore the survivors at each wider prefix, keeping fewer
+        # (exact scores at every stage; the last stage is `dim` and keeps k)
+        stages = list(zip(r.ladder, ladder_keep(short, r.k, len(r.ladder)))) + [(r.dim, r.k)]
+        for d, keep in stages:
+            parts = []
+            for i in self._active():
+                cand = np.where(seg == i, local, -1)
+                if not (cand >= 0).any():
+                    continue
+                if self.cache is not None:
+                    cand = self.cache.put_temporary(np.ascontiguousarray(cand))
+                # the shortlist already honours allow; candidates restrict the exact pass
+                s, idx = dense(self._vec(i), queries, keep, d, r.metric, candidates=cand)
+                parts.append((self.segments[i].offset, i, s, idx))
+            seg, local, score = _merge(parts, keep, r.metric != "l2", nq)
+        return seg, local, score

@@ -324,3 +324,18 @@ def positive_int(v, name: str, hi: int | None = None) -> int:
     if v < 1 or (hi is not None and v > hi):
         raise ValueError(f"{name}: expected 1 <= {name}" + (f" <= {hi}" if hi else "") + f", got {v}")
     return int(v)
+
+
+def ladder(v, dim: int) -> tuple:
+    """Funnel ladder: strictly increasing prefix dims, each in [1, dim)."""
+    if v is None:
+        return ()
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (v,)
+    if not isinstance(v, (tuple, list)):
+        raise TypeError(f"ladder: expected a tuple of prefix dims, got {type(v).__name__}")
+    out = tuple(positive_int(d, "ladder", dim - 1) if dim > 1 else positive_int(d, "ladder", 0)
+                for d in v)
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"ladder: expected strictly increasing prefix dims below dim={dim}, got {out}")
+    return out
