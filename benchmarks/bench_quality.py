@@ -62,6 +62,18 @@ def search_funnel(codes, qcodes, db, q, k, rescore, dim=None):
     return _dense(db, q, k, dim, candidates=cand)[1]
 
 
+def search_ladder(col, q, k, rescore, ladder):
+    """Collection funnel with a Matryoshka ladder: Hamming shortlist, exact rescoring at
+    each prefix in `ladder` (shrinking), then at full width."""
+    t = col.search(q, k=k, mode="funnel", rescore=rescore, ladder=ladder)
+    out = np.full((q.shape[0], k), -1, dtype=np.int64)
+    qi, ids = t.column("query").to_numpy(), t.column("id").to_numpy()
+    for j in range(q.shape[0]):
+        got = ids[qi == j]
+        out[j, :len(got)] = got
+    return out
+
+
 def search_st_rescore(codes_st, qcodes_st, q, k, rescore):
     """sentence-transformers' binary rescoring: float query . (+-1 unpacked doc bits)."""
     import nestvec.ops as ops
@@ -158,6 +170,15 @@ def run_dataset(path, max_docs=None, batch_size=32, k=10, k_recall=100):
         f10 = search_funnel(codes, qcodes, db16, q, k, r)
         add(f"funnel rescore {r}", "nestvec", f10, search_funnel(codes, qcodes, db16, q, k_recall, r),
             D // 8, D // 8 + 2 * D, recall10_vs_flat=overlap(f10), rescore=r)
+    import nestvec as nv
+
+    col = nv.Collection.create(None, dim=D, dtype="float16", binary=True)
+    col.add(emb, ids=np.arange(len(emb)))
+    for lad in ((128,), (64, 192)):
+        l10 = search_ladder(col, q, k, 10, lad)
+        add(f"funnel rescore 10, ladder {'/'.join(map(str, lad))}", "nestvec", l10,
+            search_ladder(col, q, k_recall, 10, lad), D // 8, D // 8 + 2 * D,
+            recall10_vs_flat=overlap(l10), rescore=10)
     emb3, q3, secs3 = results[3]
     add("early exit: 3 of 6 layers (flat f16)", "nestvec", search_flat(emb3.astype(np.float16), q3, k),
         search_flat(emb3.astype(np.float16), q3, k_recall), 2 * D, 2 * D,
