@@ -49,6 +49,22 @@ def test_cpu_matches_reference(isa, n, b, restore_isa):
                 np.testing.assert_array_equal(i, ir, err_msg=f"idx q={q} k={k}")
 
 
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("b", [40, 65, 96, 127, 200])
+def test_cpu_odd_widths(isa, b, restore_isa):
+    """Widths with a masked tail chunk (one or two chunks; beyond: the generic loop)."""
+    ops._C.set_isa(isa)
+    rng = np.random.default_rng(b)
+    for n, q in ((1023, 5), (4099, 64)):
+        codes, queries = make(rng, n, b, q)
+        for allow in allows_for(rng, n):
+            for k in (1, 10, n + 5):
+                d, i = ops.hamming_topk(codes, queries, k, allow=allow, backend="cpu")
+                dr, ir = reference.hamming_topk(codes, queries, k, allow)
+                np.testing.assert_array_equal(d, dr)
+                np.testing.assert_array_equal(i, ir)
+
+
 def test_reference_semantics():
     codes = np.array([[0b0000], [0b1111], [0b0001], [0b0000]], dtype=np.uint8)
     q = np.array([[0]], dtype=np.uint8)

@@ -117,6 +117,37 @@ struct FixedBlock {
   void operator()(const uint8_t* const* rows, __m512i* sums) const { block8_nc<QB, NC>(rows, q, sums); }
 };
 
+// Widths below 128 bytes that are not a multiple of 64 (384 bits = 48 bytes from a
+// 384-dim model, 768 bits = 96 bytes): NC whole chunks and one masked tail chunk with a
+// fixed mask, queries kept in registers as in FixedBlock (the generic loop reloaded
+// them per row block: 384 bits ran slower than 512).
+template <int QB, int NC>
+struct TailBlock {
+  __m512i q[QB][NC + 1];
+  __mmask64 m;
+  TailBlock(const uint8_t* const* qv, int64_t nbytes) : m(~0ULL >> (64 - (nbytes - 64 * NC))) {
+    for (int j = 0; j < QB; ++j) {
+      for (int c = 0; c < NC; ++c) q[j][c] = _mm512_loadu_si512(qv[j] + 64 * c);
+      q[j][NC] = _mm512_maskz_loadu_epi8(m, qv[j] + 64 * NC);
+    }
+  }
+  void operator()(const uint8_t* const* rows, __m512i* sums) const {
+    __m512i acc[QB][8];
+    for (int r = 0; r < 8; ++r) {
+      __m512i x[NC + 1];
+      for (int c = 0; c < NC; ++c) x[c] = _mm512_loadu_si512(rows[r] + 64 * c);
+      x[NC] = _mm512_maskz_loadu_epi8(m, rows[r] + 64 * NC);
+      for (int j = 0; j < QB; ++j) {
+        __m512i s = _mm512_popcnt_epi64(_mm512_xor_si512(x[0], q[j][0]));
+        for (int c = 1; c <= NC; ++c)
+          s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(x[c], q[j][c])));
+        acc[j][r] = s;
+      }
+    }
+    for (int j = 0; j < QB; ++j) sums[j] = reduce8_packed(acc[j]);
+  }
+};
+
 template <int QB>
 struct GenericBlock {
   const uint8_t* const* qv;
@@ -226,7 +257,10 @@ inline void run_any(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8
     case 64: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 1>(qv)); return;
     case 128: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 2>(qv)); return;
     case 256: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 4>(qv)); return;
-    default: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, GenericBlock<QB>{qv, nbytes});
+    default:
+      if (nbytes < 64) return run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, TailBlock<QB, 0>(qv, nbytes));
+      if (nbytes < 128) return run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, TailBlock<QB, 1>(qv, nbytes));
+      run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, GenericBlock<QB>{qv, nbytes});
   }
 }
 
