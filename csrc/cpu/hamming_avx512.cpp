@@ -256,6 +256,7 @@ inline void run_any(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8
     case 32: run_queries32<QB>(codes, nrows, cs, qv, thr, hr, hd, cnt, pf); return;
     case 64: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 1>(qv)); return;
     case 128: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 2>(qv)); return;
+    case 192: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 3>(qv)); return;
     case 256: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 4>(qv)); return;
     default:
       if (nbytes < 64) return run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, TailBlock<QB, 0>(qv, nbytes));
