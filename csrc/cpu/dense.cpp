@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "dense_driver.h"
 #include "nestvec/dense.h"
 #include "nestvec/dispatch.h"
 #include "nestvec/select.h"
@@ -35,27 +36,6 @@ Kernels pick() {
   }
 }
 
-struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
-};
-using AlignedFloats = std::unique_ptr<float[], FreeDeleter>;
-
-AlignedFloats aligned_floats(int64_t count) {
-  const size_t bytes = size_t((count * 4 + 63) / 64 * 64);
-  float* p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
-  if (!p) throw std::bad_alloc();
-  return AlignedFloats(p);
-}
-
-// Per-row factor of the key formula (see SelectFn): 1/|x| (cosine) or |x|^2 (l2).
-void row_factors(const float* sq, int64_t nrows, int metric, float* rowf) {
-  if (metric == kCosine) {
-    for (int64_t r = 0; r < nrows; ++r) rowf[r] = sq[r] > 0.f ? 1.f / std::sqrt(sq[r]) : 0.f;
-  } else if (metric == kL2) {
-    for (int64_t r = 0; r < nrows; ++r) rowf[r] = sq[r];
-  }
-}
-
 void write_out(std::vector<FloatTopK::Entry>& best, int64_t k, int metric, float* score,
                int64_t* idx) {
   const int64_t m = std::min<int64_t>(k, int64_t(best.size()));
@@ -72,11 +52,6 @@ void write_out(std::vector<FloatTopK::Entry>& best, int64_t k, int metric, float
   }
 }
 
-bool any_allowed(const uint8_t* allow, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (allow[i]) return true;
-  return false;
-}
 
 void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
           const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
@@ -88,18 +63,11 @@ void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
 
   // Queries: float32, zero-padded to a multiple of 16, 64-byte aligned rows.
   const int64_t qs = (dim + 15) / 16 * 16;
-  AlignedFloats q = aligned_floats(std::max<int64_t>(1, nq) * qs);
+  AlignedArray<float> q = aligned_array<float>(std::max<int64_t>(1, nq) * qs);
+  for (int64_t j = 0; j < nq; ++j)
+    for (int64_t c = 0; c < qs; ++c) q[size_t(j * qs + c)] = c < dim ? queries[j * query_stride + c] : 0.f;
   std::vector<float> qa(static_cast<size_t>(nq)), qb(static_cast<size_t>(nq));
-  for (int64_t j = 0; j < nq; ++j) {
-    double s = 0;
-    for (int64_t c = 0; c < qs; ++c) {
-      const float v = c < dim ? queries[j * query_stride + c] : 0.f;
-      q[size_t(j * qs + c)] = v;
-      s += double(v) * v;
-    }
-    qa[size_t(j)] = s > 0 ? float(1.0 / std::sqrt(s)) : 0.f;
-    qb[size_t(j)] = float(s);
-  }
+  query_factors(queries, nq, query_stride, dim, qa.data(), qb.data());
 
   // Rows per tile: ~96 KiB of stored values, so a tile stays in L2 across the batch.
   const int64_t tile = std::max<int64_t>(16, std::min<int64_t>(1024, (98304 / (dim * es)) / 16 * 16));
@@ -127,13 +95,9 @@ void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
           kern.dots(db, dtype, stride, ids.data() + r0, nr, dim, q.get() + j * qs, qs, 1,
                     dots.data(), tile, need_sq ? sq.data() : nullptr);
           if (need_sq) row_factors(sq.data(), nr, metric, rowf.data());
-          const int64_t h = kern.select(dots.data(), rowf.data(), nr, metric, qa[size_t(j)],
-                                        qb[size_t(j)], sel.threshold(), nullptr,
-                                        hit_rows.data(), hit_keys.data());
-          for (int64_t i = 0; i < h; ++i) {
-            const float key = hit_keys[size_t(i)];
-            if (key > sel.threshold()) sel.push(key, ids[size_t(r0 + hit_rows[size_t(i)])]);
-          }
+          select_push(kern.select, dots.data(), rowf.data(), nr, metric, qa[size_t(j)],
+                      qb[size_t(j)], nullptr, hit_rows.data(), hit_keys.data(), sel,
+                      [&](uint32_t r) { return ids[size_t(r0 + r)]; });
         }
         write_out(sel.finish(), k, metric, out_score + j * k, out_idx + j * k);
       }
@@ -164,14 +128,9 @@ void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
                   tile, first && need_sq ? sq.data() : nullptr);
         if (first && need_sq) row_factors(sq.data(), nr, metric, rowf.data());
         for (int64_t j = 0; j < nqc; ++j) {
-          FloatTopK& st = s[size_t(q0 + j)];
-          const int64_t h = kern.select(dots.data() + j * tile, rowf.data(), nr, metric,
-                                        qa[size_t(q0 + j)], qb[size_t(q0 + j)], st.threshold(), al,
-                                        hit_rows.data(), hit_keys.data());
-          for (int64_t i = 0; i < h; ++i) {
-            const float key = hit_keys[size_t(i)];
-            if (key > st.threshold()) st.push(key, r0 + hit_rows[size_t(i)]);
-          }
+          select_push(kern.select, dots.data() + j * tile, rowf.data(), nr, metric,
+                      qa[size_t(q0 + j)], qb[size_t(q0 + j)], al, hit_rows.data(),
+                      hit_keys.data(), s[size_t(q0 + j)], [r0](uint32_t r) { return r0 + r; });
         }
       }
     }
@@ -182,15 +141,7 @@ void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
                [&](int, int64_t qb0, int64_t qb1) {
                  std::vector<FloatTopK::Entry> merged;
                  for (int64_t j = qb0; j < qb1; ++j) {
-                   merged.clear();
-                   for (int t = 0; t < nthreads; ++t) {
-                     auto& e = sel[size_t(t)][size_t(j)].finish();
-                     merged.insert(merged.end(), e.begin(), e.end());
-                   }
-                   const int64_t m = std::min<int64_t>(k, int64_t(merged.size()));
-                   std::partial_sort(merged.begin(), merged.begin() + m, merged.end(),
-                                     FloatTopK::better);
-                   merged.resize(size_t(m));
+                   merge_threads(sel, j, k, merged);
                    write_out(merged, k, metric, out_score + j * k, out_idx + j * k);
                  }
                });

@@ -38,6 +38,20 @@ inline __m256 reduce8(const __m512* v) {
   return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
 }
 
+inline __mmask16 lanes(int64_t left) {
+  return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+}
+
+// out[i] = horizontal sum of acc[i], i < N (a reduce8 tree per 8 accumulators).
+template <int N>
+inline void reduce_all(const __m512* acc, float* out) {
+  for (int i = 0; i < N; i += 8) {
+    __m512 v[8];
+    for (int t = 0; t < 8; ++t) v[t] = i + t < N ? acc[i + t] : _mm512_setzero_ps();
+    _mm256_store_ps(out + i, reduce8(v));
+  }
+}
+
 template <int DT, int R, int QB, bool NORM>
 inline void micro(const char* const* rp, int64_t dim, const float* q, int64_t qs, float* dots,
                   int64_t ld, float* sq) {
@@ -70,11 +84,7 @@ inline void micro(const char* const* rp, int64_t dim, const float* q, int64_t qs
   }
   constexpr int kN = QB * R + (NORM ? R : 0);
   alignas(32) float out[(kN + 7) / 8 * 8];
-  for (int i = 0; i < kN; i += 8) {
-    __m512 v[8];
-    for (int t = 0; t < 8; ++t) v[t] = i + t < kN ? acc[i + t] : _mm512_setzero_ps();
-    _mm256_store_ps(out + i, reduce8(v));
-  }
+  reduce_all<kN>(acc, out);
   for (int j = 0; j < QB; ++j)
     for (int r = 0; r < R; ++r) dots[j * ld + r] = out[j * R + r];
   if (NORM)
@@ -184,6 +194,75 @@ void dots_impl(const void* base, int64_t stride, const int64_t* rows, int64_t nr
   }
 }
 
+// ------------------------------------------------------------------ bf16 first pass
+// AVX512-BF16 first pass of the two-pass dense top-k (dense_bf16.cpp). A tile of rows
+// is rounded once to bfloat16 (packed, zero-padded to 32 values) while its exact
+// float32 prefix norms are taken; vdpbf16ps then multiplies 32 value pairs per
+// instruction where vfmadd231ps does 16, so a compute-bound batch scores about
+// twice as fast. The scores are approximate; the driver bounds their error and
+// rescores the shortlist exactly.
+
+// Rows are streamed from memory once per batch; like the float32 kernels, the rows
+// ~12 KiB ahead are prefetched (a prefix is a short stream the hardware barely follows).
+template <int DT>
+void to_bf16_impl(const void* base, int64_t stride, int64_t nrows, int64_t dim, int64_t dimp,
+                  uint16_t* out, float* sq) {
+  const int64_t sb = stride * (DT == kF32 ? 4 : 2), row_bytes = dim * (DT == kF32 ? 4 : 2);
+  const int64_t ahead = 12288 / row_bytes + 1;
+  const int64_t body = dim / 32 * 32;
+  for (int64_t r = 0; r < nrows; ++r) {
+    const char* row = static_cast<const char*>(base) + r * sb;
+    prefetch_rows(static_cast<const char*>(base), sb, nullptr, 0, r + ahead, 1, row_bytes);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    uint16_t* o = out + r * dimp;
+    int64_t c = 0;
+    for (; c < body; c += 32) {
+      const __m512 lo = load16<DT>(row, c), hi = load16<DT>(row, c + 16);
+      acc0 = _mm512_fmadd_ps(lo, lo, acc0);
+      acc1 = _mm512_fmadd_ps(hi, hi, acc1);
+      _mm512_store_si512(o + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    if (c < dimp) {  // lanes past `dim` load as zero: the padding the kernel relies on
+      const __m512 lo = load16m<DT>(row, c, lanes(dim - c));
+      const __m512 hi = c + 16 < dim ? load16m<DT>(row, c + 16, lanes(dim - c - 16)) : _mm512_setzero_ps();
+      acc0 = _mm512_fmadd_ps(lo, lo, acc0);
+      acc1 = _mm512_fmadd_ps(hi, hi, acc1);
+      _mm512_store_si512(o + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    if (sq) sq[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  }
+}
+
+// R rows x QB queries: 24 accumulators for 2 x 12, each 64-byte row load feeding 12
+// vdpbf16ps (the same shape as the float32 micro above).
+template <int R, int QB>
+inline void micro_bf16(const uint16_t* x, int64_t dimp, const uint16_t* q, float* dots, int64_t ld) {
+  __m512 acc[QB * R];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  for (int64_t c = 0; c < dimp; c += 32) {
+    __m512bh xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = (__m512bh)_mm512_load_si512(x + r * dimp + c);
+    for (int j = 0; j < QB; ++j) {
+      __m512bh qv = (__m512bh)_mm512_load_si512(q + j * dimp + c);
+      if (R > 1) __asm__("" : "+v"(qv));  // one query load per R rows, as in micro
+      for (int r = 0; r < R; ++r) acc[j * R + r] = _mm512_dpbf16_ps(acc[j * R + r], xv[r], qv);
+    }
+  }
+  constexpr int kN = QB * R;
+  alignas(32) float out[(kN + 7) / 8 * 8];
+  reduce_all<kN>(acc, out);
+  for (int j = 0; j < QB; ++j)
+    for (int r = 0; r < R; ++r) dots[j * ld + r] = out[j * R + r];
+}
+
+template <int R, int QB>
+void rows_block_bf16(const uint16_t* x, int64_t nrows, int64_t dimp, const uint16_t* q, float* dots,
+                int64_t ld) {
+  int64_t r0 = 0;
+  for (; r0 + R <= nrows; r0 += R) micro_bf16<R, QB>(x + r0 * dimp, dimp, q, dots + r0, ld);
+  for (; r0 < nrows; ++r0) micro_bf16<1, QB>(x + r0 * dimp, dimp, q, dots + r0, ld);
+}
+
 }  // namespace
 
 void dots_avx512(const void* base, int dtype, int64_t stride, const int64_t* rows, int64_t nrows,
@@ -226,6 +305,23 @@ int64_t select_avx512(const float* dots, const float* rowf, int64_t nrows, int m
     n += __builtin_popcount(m);
   }
   return n;
+}
+
+void to_bf16_avx512(const void* base, int dtype, int64_t stride, int64_t nrows, int64_t dim,
+                    int64_t dimp, uint16_t* out, float* sq) {
+  switch (dtype) {
+    case kF32: return to_bf16_impl<kF32>(base, stride, nrows, dim, dimp, out, sq);
+    case kF16: return to_bf16_impl<kF16>(base, stride, nrows, dim, dimp, out, sq);
+    default: return to_bf16_impl<kBF16>(base, stride, nrows, dim, dimp, out, sq);
+  }
+}
+
+void dots_bf16_avx512(const uint16_t* x, int64_t nrows, int64_t dimp, const uint16_t* q,
+                      int64_t nq, float* dots, int64_t ld) {
+  int64_t j = 0;
+  for (; j + 12 <= nq; j += 12) rows_block_bf16<2, 12>(x, nrows, dimp, q + j * dimp, dots + j * ld, ld);
+  for (; j + 4 <= nq; j += 4) rows_block_bf16<4, 4>(x, nrows, dimp, q + j * dimp, dots + j * ld, ld);
+  for (; j < nq; ++j) rows_block_bf16<4, 1>(x, nrows, dimp, q + j * dimp, dots + j * ld, ld);
 }
 
 }  // namespace dense

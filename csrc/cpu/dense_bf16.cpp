@@ -1,8 +1,8 @@
 // Two-pass exact dense top-k for compute-bound batches on CPUs with AVX512-BF16.
 //
-// Pass 1 scores every row in bfloat16 (dense_bf16_avx512.cpp: about twice the
-// multiply rate of float32 FMAs) and keeps, per query, a shortlist of the kp = k + max(k,
-// 256) best approximate keys. Pass 2 rescores the shortlist with the exact float32
+// Pass 1 scores every row in bfloat16 (the bf16 first pass in dense_avx512.cpp: about
+// twice the multiply rate of float32 FMAs) and keeps, per query, a shortlist of the
+// kp = k + max(k, 256) best approximate keys. Pass 2 rescores the shortlist with the exact float32
 // candidate kernel. The result is then certified: with u = 2^-8 (bf16 rounding) the
 // approximate dot of q and x differs from the exact one by at most
 //   c |q| |x|,   c = 2u + u^2 + m 2^-24   (m = float32 accumulation steps),
@@ -21,6 +21,7 @@
 #include <memory>
 #include <vector>
 
+#include "dense_driver.h"
 #include "nestvec/dense.h"
 #include "nestvec/dispatch.h"
 #include "nestvec/select.h"
@@ -31,22 +32,8 @@ namespace dense {
 namespace {
 
 std::atomic<int64_t> g_certified{0}, g_fallback{0};
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-template <class T>
-std::unique_ptr<T[], FreeDeleter> aligned_array(int64_t count) {
-  const size_t bytes = size_t((count * int64_t(sizeof(T)) + 63) / 64 * 64);
-  T* p = static_cast<T*>(std::aligned_alloc(64, bytes ? bytes : 64));
-  if (!p) throw std::bad_alloc();
-  return std::unique_ptr<T[], FreeDeleter>(p);
-}
-
-}  // namespace
-
-namespace {
 std::atomic<int> g_enabled{-1};  // -1: not read yet; NESTVEC_DENSE_BF16=0 turns it off
+
 }  // namespace
 
 void set_bf16_pass(bool on) { g_enabled = on ? 1 : 0; }
@@ -96,12 +83,7 @@ int64_t topk_bf16(const void* db, int dtype, int64_t n, int64_t stride, int64_t 
   auto qb = aligned_array<uint16_t>(nq * dimp);
   std::vector<float> qa(static_cast<size_t>(nq)), qbb(static_cast<size_t>(nq));
   to_bf16_avx512(queries, kF32, query_stride, nq, dim, dimp, qb.get(), nullptr);
-  for (int64_t j = 0; j < nq; ++j) {
-    double s = 0;
-    for (int64_t c = 0; c < dim; ++c) s += double(queries[j * query_stride + c]) * queries[j * query_stride + c];
-    qa[size_t(j)] = s > 0 ? float(1.0 / std::sqrt(s)) : 0.f;
-    qbb[size_t(j)] = float(s);
-  }
+  query_factors(queries, nq, query_stride, dim, qa.data(), qbb.data());
 
   // Rows per tile: ~96 KiB of bf16 values, rounded once and kept in L2 for the batch.
   const int64_t tile = std::max<int64_t>(16, std::min<int64_t>(1024, (98304 / (dimp * 2)) / 16 * 16));
@@ -110,7 +92,6 @@ int64_t topk_bf16(const void* db, int dtype, int64_t n, int64_t stride, int64_t 
   const int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, n / min_rows)));
   std::vector<std::vector<FloatTopK>> sel(static_cast<size_t>(nthreads), std::vector<FloatTopK>(static_cast<size_t>(nq)));
   std::vector<float> max_sq(static_cast<size_t>(nthreads), 0.f);
-  const SelectFn select = select_avx512;
   parallel_for(n, nthreads, 16, [&](int t, int64_t begin, int64_t end) {
     auto& s = sel[size_t(t)];
     for (auto& x : s) x.reset(kp);
@@ -123,26 +104,19 @@ int64_t topk_bf16(const void* db, int dtype, int64_t n, int64_t stride, int64_t 
     for (int64_t r0 = begin; r0 < end; r0 += tile) {
       const int64_t nr = std::min(tile, end - r0);
       const uint8_t* al = allow ? allow + r0 : nullptr;
-      if (al && std::all_of(al, al + nr, [](uint8_t v) { return v == 0; })) continue;
+      if (al && !any_allowed(al, nr)) continue;
       const char* base = static_cast<const char*>(db) + r0 * stride * es;
       to_bf16_avx512(base, dtype, stride, nr, dim, dimp, xb.get(), sq.data());
-      for (int64_t r = 0; r < nr; ++r) {
+      for (int64_t r = 0; r < nr; ++r)
         if (!al || al[r]) mx = std::max(mx, sq[size_t(r)]);
-        rowf[size_t(r)] = metric == kCosine ? (sq[size_t(r)] > 0.f ? 1.f / std::sqrt(sq[size_t(r)]) : 0.f)
-                                            : sq[size_t(r)];
-      }
+      row_factors(sq.data(), nr, metric, rowf.data());
       for (int64_t q0 = 0; q0 < nq; q0 += qchunk) {
         const int64_t nqc = std::min(qchunk, nq - q0);
         dots_bf16_avx512(xb.get(), nr, dimp, qb.get() + q0 * dimp, nqc, dots.data(), tile);
         for (int64_t j = 0; j < nqc; ++j) {
-          FloatTopK& st = s[size_t(q0 + j)];
-          const int64_t h = select(dots.data() + j * tile, rowf.data(), nr, metric, qa[size_t(q0 + j)],
-                                   qbb[size_t(q0 + j)], st.threshold(), al, hit_rows.data(),
-                                   hit_keys.data());
-          for (int64_t i = 0; i < h; ++i) {
-            const float key = hit_keys[size_t(i)];
-            if (key > st.threshold()) st.push(key, r0 + hit_rows[size_t(i)]);
-          }
+          select_push(select_avx512, dots.data() + j * tile, rowf.data(), nr, metric,
+                      qa[size_t(q0 + j)], qbb[size_t(q0 + j)], al, hit_rows.data(),
+                      hit_keys.data(), s[size_t(q0 + j)], [r0](uint32_t r) { return r0 + r; });
         }
       }
     }
@@ -157,13 +131,8 @@ int64_t topk_bf16(const void* db, int dtype, int64_t n, int64_t stride, int64_t 
   parallel_for(nq, int(std::min<int64_t>(std::max(1, nthreads), nq)), 1, [&](int, int64_t j0, int64_t j1) {
     std::vector<FloatTopK::Entry> merged;
     for (int64_t j = j0; j < j1; ++j) {
-      merged.clear();
-      for (int t = 0; t < nthreads; ++t) {
-        auto& e = sel[size_t(t)][size_t(j)].finish();
-        merged.insert(merged.end(), e.begin(), e.end());
-      }
-      const int64_t m = std::min<int64_t>(kp, int64_t(merged.size()));
-      std::partial_sort(merged.begin(), merged.begin() + m, merged.end(), FloatTopK::better);
+      merge_threads(sel, j, kp, merged);
+      const int64_t m = int64_t(merged.size());
       for (int64_t i = 0; i < m; ++i) cand[size_t(j * kp + i)] = merged[size_t(i)].idx;
       if (m > 0) last_key[size_t(j)] = merged[size_t(m - 1)].key;
       // Every allowed row is on the list: nothing outside can compete.

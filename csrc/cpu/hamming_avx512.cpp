@@ -88,18 +88,24 @@ inline void block8(const uint8_t* const* rows, const uint8_t* const* qv, int64_t
   for (int j = 0; j < QB; ++j) sums[j] = reduce8_packed(acc[j]);
 }
 
-// Widths that are a multiple of 64 bytes (512, 1024, 2048 bits): the chunk count is a
+// Fixed widths: NC whole 64-byte chunks (512, 1024, 1536, 2048 bits), plus, with TAIL,
+// one masked chunk with a fixed mask (widths below 128 bytes that are not a multiple of
+// 64: 384 bits = 48 bytes from a 384-dim model, 768 bits; the generic loop reloaded the
+// queries per row block, and 384 bits ran slower than 512). The chunk count is a
 // template constant, the query chunks stay in registers, and each pair's accumulator
-// is written once, so nothing spills.
-template <int QB, int NC>
-inline void block8_nc(const uint8_t* const* rows, const __m512i (*q)[NC], __m512i* sums) {
+// is written once.
+template <int QB, int NC, bool TAIL>
+inline void block8_nc(const uint8_t* const* rows, const __m512i (*q)[NC + TAIL], __mmask64 m,
+                      __m512i* sums) {
+  constexpr int kChunks = NC + TAIL;
   __m512i acc[QB][8];
   for (int r = 0; r < 8; ++r) {
-    __m512i x[NC];
+    __m512i x[kChunks];
     for (int c = 0; c < NC; ++c) x[c] = _mm512_loadu_si512(rows[r] + 64 * c);
+    if (TAIL) x[kChunks - 1] = _mm512_maskz_loadu_epi8(m, rows[r] + 64 * NC);
     for (int j = 0; j < QB; ++j) {
       __m512i s = _mm512_popcnt_epi64(_mm512_xor_si512(x[0], q[j][0]));
-      for (int c = 1; c < NC; ++c)
+      for (int c = 1; c < kChunks; ++c)
         s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(x[c], q[j][c])));
       acc[j][r] = s;
     }
@@ -107,44 +113,19 @@ inline void block8_nc(const uint8_t* const* rows, const __m512i (*q)[NC], __m512
   for (int j = 0; j < QB; ++j) sums[j] = reduce8_packed(acc[j]);
 }
 
-template <int QB, int NC>
+template <int QB, int NC, bool TAIL = false>
 struct FixedBlock {
-  __m512i q[QB][NC];
-  explicit FixedBlock(const uint8_t* const* qv) {
-    for (int j = 0; j < QB; ++j)
-      for (int c = 0; c < NC; ++c) q[j][c] = _mm512_loadu_si512(qv[j] + 64 * c);
-  }
-  void operator()(const uint8_t* const* rows, __m512i* sums) const { block8_nc<QB, NC>(rows, q, sums); }
-};
-
-// Widths below 128 bytes that are not a multiple of 64 (384 bits = 48 bytes from a
-// 384-dim model, 768 bits = 96 bytes): NC whole chunks and one masked tail chunk with a
-// fixed mask, queries kept in registers as in FixedBlock (the generic loop reloaded
-// them per row block: 384 bits ran slower than 512).
-template <int QB, int NC>
-struct TailBlock {
-  __m512i q[QB][NC + 1];
+  __m512i q[QB][NC + TAIL];
   __mmask64 m;
-  TailBlock(const uint8_t* const* qv, int64_t nbytes) : m(~0ULL >> (64 - (nbytes - 64 * NC))) {
+  FixedBlock(const uint8_t* const* qv, int64_t nbytes)
+      : m(TAIL ? ~0ULL >> (64 - (nbytes - 64 * NC)) : ~0ULL) {
     for (int j = 0; j < QB; ++j) {
       for (int c = 0; c < NC; ++c) q[j][c] = _mm512_loadu_si512(qv[j] + 64 * c);
-      q[j][NC] = _mm512_maskz_loadu_epi8(m, qv[j] + 64 * NC);
+      if (TAIL) q[j][NC + TAIL - 1] = _mm512_maskz_loadu_epi8(m, qv[j] + 64 * NC);
     }
   }
   void operator()(const uint8_t* const* rows, __m512i* sums) const {
-    __m512i acc[QB][8];
-    for (int r = 0; r < 8; ++r) {
-      __m512i x[NC + 1];
-      for (int c = 0; c < NC; ++c) x[c] = _mm512_loadu_si512(rows[r] + 64 * c);
-      x[NC] = _mm512_maskz_loadu_epi8(m, rows[r] + 64 * NC);
-      for (int j = 0; j < QB; ++j) {
-        __m512i s = _mm512_popcnt_epi64(_mm512_xor_si512(x[0], q[j][0]));
-        for (int c = 1; c <= NC; ++c)
-          s = _mm512_add_epi64(s, _mm512_popcnt_epi64(_mm512_xor_si512(x[c], q[j][c])));
-        acc[j][r] = s;
-      }
-    }
-    for (int j = 0; j < QB; ++j) sums[j] = reduce8_packed(acc[j]);
+    block8_nc<QB, NC, TAIL>(rows, q, m, sums);
   }
 };
 
@@ -254,13 +235,13 @@ inline void run_any(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8
                     uint32_t* cnt, bool pf) {
   switch (nbytes) {
     case 32: run_queries32<QB>(codes, nrows, cs, qv, thr, hr, hd, cnt, pf); return;
-    case 64: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 1>(qv)); return;
-    case 128: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 2>(qv)); return;
-    case 192: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 3>(qv)); return;
-    case 256: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 4>(qv)); return;
+    case 64: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 1>(qv, nbytes)); return;
+    case 128: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 2>(qv, nbytes)); return;
+    case 192: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 3>(qv, nbytes)); return;
+    case 256: run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 4>(qv, nbytes)); return;
     default:
-      if (nbytes < 64) return run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, TailBlock<QB, 0>(qv, nbytes));
-      if (nbytes < 128) return run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, TailBlock<QB, 1>(qv, nbytes));
+      if (nbytes < 64) return run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 0, true>(qv, nbytes));
+      if (nbytes < 128) return run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 1, true>(qv, nbytes));
       run_queries<QB>(codes, nrows, cs, qv, nbytes, thr, hr, hd, cnt, pf, GenericBlock<QB>{qv, nbytes});
   }
 }

@@ -244,10 +244,35 @@ Buf alloc_f_huge(int64_t n) {
   return Buf(p);
 }
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+// Four rows of n values into a k-major layout of row width ld: dst[k * ld + i] =
+// r[i][k], through 4x4 transposes (one 16-byte store per 4 values instead of four
+// strided scalar stores). Both packers below go through it.
+inline void transpose4_rows(const float* r0, const float* r1, const float* r2, const float* r3,
+                            int64_t n, float* dst, int64_t ld) {
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    __m128 a = _mm_loadu_ps(r0 + k), b = _mm_loadu_ps(r1 + k), c = _mm_loadu_ps(r2 + k),
+           d = _mm_loadu_ps(r3 + k);
+    _MM_TRANSPOSE4_PS(a, b, c, d);
+    _mm_storeu_ps(dst + k * ld, a);
+    _mm_storeu_ps(dst + (k + 1) * ld, b);
+    _mm_storeu_ps(dst + (k + 2) * ld, c);
+    _mm_storeu_ps(dst + (k + 3) * ld, d);
+  }
+  for (; k < n; ++k) {
+    dst[k * ld] = r0[k];
+    dst[k * ld + 1] = r1[k];
+    dst[k * ld + 2] = r2[k];
+    dst[k * ld + 3] = r3[k];
+  }
+}
+#endif
+
 // Weight rows j (row(j) -> K values of dtype dt) into panels p of NR rows, each stored
-// k-major [K][NR]; rows j >= rows are zero. Rows go four at a time through 4x4
-// transposes (one 16-byte store per 4 values): value-by-value strided stores made
-// packing ~4% of a 4096-sized call. `tmp` holds 4 * K floats (conversions).
+// k-major [K][NR]; rows j >= rows are zero. Rows go four at a time through
+// transpose4_rows: value-by-value strided stores made packing ~4% of a 4096-sized
+// call. `tmp` holds 4 * K floats (conversions).
 template <class RowFn>
 void pack_panels(RowFn row, int64_t rows, int64_t K, DType dt, float* dst, int64_t p0,
                  int64_t p1, float* tmp) {
@@ -262,23 +287,7 @@ void pack_panels(RowFn row, int64_t rows, int64_t K, DType dt, float* dst, int64
 #if defined(__AVX2__) || defined(__AVX512F__)
     for (; jj + 4 <= NR && p * NR + jj + 4 <= rows; jj += 4) {
       const int64_t j = p * NR + jj;
-      const float *r0 = src(j, 0), *r1 = src(j + 1, 1), *r2 = src(j + 2, 2), *r3 = src(j + 3, 3);
-      int64_t k = 0;
-      for (; k + 4 <= K; k += 4) {
-        __m128 a = _mm_loadu_ps(r0 + k), b = _mm_loadu_ps(r1 + k), c = _mm_loadu_ps(r2 + k),
-               d = _mm_loadu_ps(r3 + k);
-        _MM_TRANSPOSE4_PS(a, b, c, d);
-        _mm_storeu_ps(P + k * NR + jj, a);
-        _mm_storeu_ps(P + (k + 1) * NR + jj, b);
-        _mm_storeu_ps(P + (k + 2) * NR + jj, c);
-        _mm_storeu_ps(P + (k + 3) * NR + jj, d);
-      }
-      for (; k < K; ++k) {
-        P[k * NR + jj] = r0[k];
-        P[k * NR + jj + 1] = r1[k];
-        P[k * NR + jj + 2] = r2[k];
-        P[k * NR + jj + 3] = r3[k];
-      }
+      transpose4_rows(src(j, 0), src(j + 1, 1), src(j + 2, 2), src(j + 3, 3), K, P + jj, NR);
     }
 #endif
     for (; jj < NR; ++jj) {
@@ -316,26 +325,9 @@ struct PackCache {
 // One MR-row panel, k-major: dst[k * MR + ii] = rows[ii][k] for ii < nvalid, else 0.
 inline void pack_panel(const float* const* rows, int64_t nvalid, int64_t kc, float* dst) {
 #if defined(__AVX2__) || defined(__AVX512F__)
-  if (nvalid == MR && MR % 4 == 0) {  // 4x4 transposes: one 16-byte store per 4 values
-    for (int g = 0; g < MR; g += 4) {
-      const float *r0 = rows[g], *r1 = rows[g + 1], *r2 = rows[g + 2], *r3 = rows[g + 3];
-      int64_t k = 0;
-      for (; k + 4 <= kc; k += 4) {
-        __m128 a = _mm_loadu_ps(r0 + k), b = _mm_loadu_ps(r1 + k), c = _mm_loadu_ps(r2 + k),
-               d = _mm_loadu_ps(r3 + k);
-        _MM_TRANSPOSE4_PS(a, b, c, d);
-        _mm_storeu_ps(dst + k * MR + g, a);
-        _mm_storeu_ps(dst + (k + 1) * MR + g, b);
-        _mm_storeu_ps(dst + (k + 2) * MR + g, c);
-        _mm_storeu_ps(dst + (k + 3) * MR + g, d);
-      }
-      for (; k < kc; ++k) {
-        dst[k * MR + g] = r0[k];
-        dst[k * MR + g + 1] = r1[k];
-        dst[k * MR + g + 2] = r2[k];
-        dst[k * MR + g + 3] = r3[k];
-      }
-    }
+  if (nvalid == MR && MR % 4 == 0) {
+    for (int g = 0; g < MR; g += 4)
+      transpose4_rows(rows[g], rows[g + 1], rows[g + 2], rows[g + 3], kc, dst + g, MR);
     return;
   }
 #endif

@@ -57,7 +57,7 @@ int64_t select_scalar(const float*, const float*, int64_t, int, float, float, fl
 int64_t select_avx512(const float*, const float*, int64_t, int, float, float, float,
                       const uint8_t*, uint32_t*, float*);
 
-// AVX512-BF16 first pass (dense_bf16_avx512.cpp). to_bf16: rows of `dtype` ->
+// AVX512-BF16 first pass (dense_avx512.cpp). to_bf16: rows of `dtype` ->
 // packed bfloat16 [nrows, dimp] (round to nearest even; dimp a multiple of 32, the
 // tail zero; `out` 64-byte aligned), and sq[r] = float32 |x_r[:dim]|^2 when sq is set.
 // dots_bf16: dots[j * ld + r] ~= q_j . x_r over such packed rows and queries.
