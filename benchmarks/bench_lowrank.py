@@ -6,7 +6,7 @@ baselines in the same run, forward and a training step (forward + backward).
     python benchmarks/bench_lowrank.py --quick      # 1024-sized smoke run
 
 Each method is timed in blocks of back-to-back calls after a warm-up call, and the
-set of blocks runs twice (see round_robin for why not one call of each in turn).
+set of blocks runs twice (see timed_blocks for why not one call of each in turn).
 DESIGN target: f32 4096 x 4096, r=512, 5% channels, ours >= 3.0x faster than NumPy
 dense (FLOP ideal 3.33x). The NumPy BLAS
 kernel in use is recorded in the JSON (OPENBLAS_CORETYPE can force a slower one).
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as H  # noqa: E402
 
 
-def round_robin(fns: dict, rounds: int, warmup: int = 1, passes: int = 2) -> dict:
+def timed_blocks(fns: dict, rounds: int, warmup: int = 1, passes: int = 2) -> dict:
     """Blocks of back-to-back calls per method, the whole set of blocks `passes` times
     (median and min over every timed call). Not one call per method in turn: thread
     pools of the other libraries (OpenBLAS, torch's OpenMP/MKL) keep spinning for tens
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     ref = np_lowrank()
     rel = float(np.abs(y - ref).max() / np.abs(ref).max())
 
-    fwd = round_robin({
+    fwd = timed_blocks({
         "nestvec lowrank_sparse (cpu)": lambda: ops.lowrank_sparse_matmul(x, A, B, S, ch),
         "numpy dense x·Wᵀ": lambda: x @ W.T,
         "numpy low-rank + index add": np_lowrank,
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
             def forward(self, v):
                 return ((v @ self.A.T) @ self.B.T).index_add(1, cht, v @ self.S.T) + self.bias
 
-        train = round_robin({
+        train = timed_blocks({
             "nestvec LowRankSparseLinear fwd+bwd": step(lr),
             "torch nn.Linear (dense) fwd+bwd": step(dense),
             "torch low-rank + index_add fwd+bwd": step(TorchLowRank()),

@@ -67,7 +67,7 @@ def lowrank_sparse_linear(x, A, B, S, channels, bias=None, backend: str = "auto"
     x2 = x.reshape(-1, x.shape[-1])
     # The op wants contiguous, non-overlapping rows (the cpu backend raises otherwise);
     # a drop-in nn.Linear must take any layout (a transposed or expanded input).
-    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]):
+    if not ops.rows_usable(x2):
         x2 = x2.contiguous()
     y = _LowRankSparseFunction.apply(x2, A, B, S, channels, bias, backend)
     return y.reshape(*lead, B.shape[0])

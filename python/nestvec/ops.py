@@ -107,16 +107,29 @@ def _like(out: np.ndarray, template):
     return out
 
 
+def _inner_stride_ok(x) -> bool:
+    if x.ndim == 2 and x.shape[1] > 1 and x.shape[0] > 0:
+        return (x.stride(1) if ck.is_torch(x) else x.strides[1] // x.itemsize) == 1
+    return True
+
+
+def _rows_overlap(x) -> bool:
+    return ck.is_torch(x) and x.ndim == 2 and x.shape[0] > 1 and x.stride(0) < x.shape[1]
+
+
+def rows_usable(x) -> bool:
+    """Whether a [N, D] array can go to the kernels as it is: each row contiguous and no
+    two rows overlapping (rows may be strided views of a larger table)."""
+    return _inner_stride_ok(x) and not _rows_overlap(x)
+
+
 def _row_contiguous(x, name: str):
     """Rows may be strided (a view of a larger table); each row must be contiguous."""
-    if x.ndim == 2 and x.shape[1] > 1 and x.shape[0] > 0:
-        inner = x.stride(1) if ck.is_torch(x) else x.strides[1] // x.itemsize
-        if inner != 1:
-            raise ValueError(f"{name}: each row must be contiguous in memory (last-dimension "
-                             f"stride 1); pass a contiguous copy (np.ascontiguousarray / .contiguous())")
-    if ck.is_torch(x):
-        if x.ndim == 2 and x.shape[0] > 1 and x.stride(0) < x.shape[1]:
-            raise ValueError(f"{name}: rows overlap in memory (row stride {x.stride(0)})")
+    if not _inner_stride_ok(x):
+        raise ValueError(f"{name}: each row must be contiguous in memory (last-dimension "
+                         f"stride 1); pass a contiguous copy (np.ascontiguousarray / .contiguous())")
+    if _rows_overlap(x):
+        raise ValueError(f"{name}: rows overlap in memory (row stride {x.stride(0)})")
     return x
 
 

@@ -334,8 +334,7 @@ def ladder(v, dim: int) -> tuple:
         v = (v,)
     if not isinstance(v, (tuple, list)):
         raise TypeError(f"ladder: expected a tuple of prefix dims, got {type(v).__name__}")
-    out = tuple(positive_int(d, "ladder", dim - 1) if dim > 1 else positive_int(d, "ladder", 0)
-                for d in v)
-    if any(b <= a for a, b in zip(out, out[1:])):
+    out = tuple(positive_int(d, "ladder") for d in v)
+    if any(d >= dim for d in out) or any(b <= a for a, b in zip(out, out[1:])):
         raise ValueError(f"ladder: expected strictly increasing prefix dims below dim={dim}, got {out}")
     return out
