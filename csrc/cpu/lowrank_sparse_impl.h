@@ -500,11 +500,18 @@ void run(const Args& g) {
 
   // ---- compute: threads over contiguous ranges of rows
   nt = int(std::min<int64_t>(nt, cdiv(M, MR)));
-  // Blocks of MC rows are handed out dynamically: on a shared machine a thread that
-  // gets descheduled does not hold the others up.  Blocks shrink so that every thread
-  // has work when M is small.
-  const int64_t mc = std::min<int64_t>(MC, cdiv(cdiv(M, nt), MR) * MR);
-  const int64_t nblocks = cdiv(M, mc);
+  // Blocks of at most MC rows are handed out dynamically: on a shared machine a thread
+  // that gets descheduled does not hold the others up. The block count is a multiple of
+  // the thread count and the MR-row panels are spread evenly over the blocks: M = 4096
+  // on 2 threads was 21 blocks of 192 rows + one of 64, so one thread did 11 full
+  // blocks against 10.3 (3% of the call idle).
+  const int64_t panels = cdiv(M, MR);
+  const int64_t nblocks = cdiv(cdiv(panels, MC / MR), nt) * nt;
+  auto block_rows = [&](int64_t b) {  // [first row, end row) of block b
+    return std::make_pair(std::min(M, b * panels / nblocks * MR),
+                          std::min(M, (b + 1) * panels / nblocks * MR));
+  };
+  const int64_t mc = cdiv(panels, nblocks) * MR;  // the largest block
   std::atomic<int64_t> next{0};
   const int64_t kc_max = std::min(KC, std::max<int64_t>(K, 1));
   const int64_t n_ap = mc * kc_max, n_t = mc * ldt, n_ap2 = mc * std::max<int64_t>(r, 1),
@@ -519,7 +526,9 @@ void run(const Args& g) {
     float* const tiles = xtmp + n_tmp;  // one MR x NR accumulator tile per row panel
     const float* rows[MR];
     for (int64_t blk = next++; blk < nblocks; blk = next++) {
-      const int64_t i0 = blk * mc, mb = std::min(mc, M - i0), nir = cdiv(mb, MR);
+      const auto [i0, i1] = block_rows(blk);
+      const int64_t mb = i1 - i0, nir = cdiv(mb, MR);
+      if (mb <= 0) continue;
       // GEMM 1: t = x[i0 : i0 + mb] · [A; S]ᵀ
       if (K == 0) std::fill(t, t + nir * MR * ldt, 0.0f);
       for (int64_t pc = 0; pc < K; pc += KC) {
