@@ -2,6 +2,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,22 +25,49 @@ std::vector<Isa> compiled_isas();
 int num_threads();
 void set_num_threads(int n);
 
+namespace detail {
+using TaskFn = void (*)(void* ctx, int task);
+// Runs fn(ctx, t) for t in [0, tasks): task 0 on the calling thread, the others on the
+// persistent workers (thread_pool.cpp); returns when all are done and rethrows the
+// first exception. False, having run nothing, when another call owns the pool.
+bool pool_run(int tasks, TaskFn fn, void* ctx);
+}  // namespace detail
+
 // Calls f(tid, begin, end) on contiguous ranges of [0, n), one per thread; the
-// calling thread takes range 0. Ranges are aligned to `align` elements.
+// calling thread takes range 0. Ranges are aligned to `align` elements. Pooled
+// threads serve one call at a time; a concurrent or nested call gets fresh threads.
 template <class F>
 void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
   if (n <= 0) return;
   nthreads = std::max(1, nthreads);
   int64_t per = (n + nthreads - 1) / nthreads;
   per = ((per + align - 1) / align) * align;
+  const int tasks = int((n + per - 1) / per);
+  auto range = [&](int t) {
+    const int64_t b = int64_t(t) * per;
+    f(t, b, std::min(n, b + per));
+  };
+  if (tasks == 1) return range(0);
+  using R = decltype(range);
+  if (detail::pool_run(tasks, [](void* c, int t) { (*static_cast<R*>(c))(t); }, &range)) return;
   std::vector<std::thread> pool;
-  int t = 1;
-  for (int64_t b = per; b < n; b += per, ++t) {
-    int64_t e = std::min(n, b + per);
-    pool.emplace_back([&f, t, b, e] { f(t, b, e); });
+  std::vector<std::exception_ptr> errs(static_cast<size_t>(tasks));
+  for (int t = 1; t < tasks; ++t)
+    pool.emplace_back([&, t] {
+      try {
+        range(t);
+      } catch (...) {
+        errs[size_t(t)] = std::current_exception();
+      }
+    });
+  try {
+    range(0);
+  } catch (...) {
+    errs[0] = std::current_exception();
   }
-  f(0, 0, std::min(n, per));
   for (auto& th : pool) th.join();
+  for (auto& e : errs)
+    if (e) std::rethrow_exception(e);
 }
 
 }  // namespace nestvec

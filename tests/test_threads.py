@@ -1,0 +1,120 @@
+"""The CPU ops' worker threads: one persistent pool serves one call at a time; calls
+made at the same time from several Python threads (the GIL is released in C++) fall
+back to their own threads and must return exactly what a lone call returns; a forked
+child, which inherits no worker threads, must not hang."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import nestvec.ops as ops
+
+pytestmark = pytest.mark.skipif(ops._C is None, reason="needs the C++ extension")
+
+
+@pytest.fixture
+def two_threads():
+    before = ops._C.get_num_threads()
+    ops._C.set_num_threads(2)
+    yield
+    ops._C.set_num_threads(before)
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    db = rng.standard_normal((20000, 64), dtype=np.float32).astype(np.float16)
+    q = rng.standard_normal((5, 64), dtype=np.float32)
+    codes = rng.integers(0, 256, (200000, 16), dtype=np.uint8)
+    qc = rng.integers(0, 256, (5, 16), dtype=np.uint8)
+    x = rng.standard_normal((64, 96), dtype=np.float32)
+    A = rng.standard_normal((8, 96), dtype=np.float32)
+    B = rng.standard_normal((80, 8), dtype=np.float32)
+    S = rng.standard_normal((3, 96), dtype=np.float32)
+    ch = np.array([1, 40, 79])
+    return db, q, codes, qc, (x, A, B, S, ch)
+
+
+def _calls(data):
+    db, q, codes, qc, lrs = data
+    return {
+        "dense": lambda: ops.dense_topk(db, q, 10, dim=48, backend="cpu"),
+        "hamming": lambda: ops.hamming_topk(codes, qc, 10, backend="cpu"),
+        "lowrank": lambda: (ops.lowrank_sparse_matmul(*lrs, backend="cpu"),),
+    }
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_concurrent_calls_match_serial(two_threads):
+    calls = _calls(_data())
+    want = {name: f() for name, f in calls.items()}
+    errors, mismatches = [], []
+
+    def hammer(name):
+        try:
+            for _ in range(30):
+                if not _same(calls[name](), want[name]):
+                    mismatches.append(name)
+        except Exception as e:  # surfaced below: a thread's exception is otherwise lost
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=hammer, args=(name,)) for name in list(calls) * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a concurrent call hung"
+    assert not errors and not mismatches, (errors, mismatches)
+
+
+def test_repeated_calls_reuse_pool_and_agree(two_threads):
+    calls = _calls(_data(1))
+    for name, f in calls.items():
+        first = f()
+        for _ in range(50):
+            assert _same(f(), first), name
+
+
+def test_thread_count_change_between_calls():
+    calls = _calls(_data(2))
+    before = ops._C.get_num_threads()
+    try:
+        ops._C.set_num_threads(1)
+        want = {name: f() for name, f in calls.items()}
+        for n in (2, 4, 3, 1, 7):
+            ops._C.set_num_threads(n)
+            for name, f in calls.items():
+                assert _same(f(), want[name]), (name, n)
+    finally:
+        ops._C.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_does_not_hang(two_threads):
+    calls = _calls(_data(3))
+    want = {name: f() for name, f in calls.items()}  # the parent's pool is now running
+    pid = os.fork()
+    if pid == 0:  # child: no worker threads were inherited
+        code = 1
+        try:
+            code = 0 if all(_same(f(), want[name]) for name, f in calls.items()) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in a pooled call")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
