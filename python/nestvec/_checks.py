@@ -21,10 +21,19 @@ def device_of(x) -> str:
     return x.device.type if is_torch(x) else "cpu"
 
 
+_DTYPE_NAMES: dict = {}
+
+
 def dtype_name(x) -> str:
-    if is_torch(x):
-        return str(x.dtype).replace("torch.", "")
-    return str(x.dtype)
+    # str(numpy dtype) runs Python code inside NumPy (~5 us); every op asks several
+    # times per call, which was most of a small search's time.
+    dt = x.dtype
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        name = str(dt).replace("torch.", "") if is_torch(x) else str(dt)
+        if len(_DTYPE_NAMES) < 256:
+            _DTYPE_NAMES[dt] = name
+    return name
 
 
 def as_array_like(x, name: str):
