@@ -36,15 +36,18 @@ def _data(seed=0):
     B = rng.standard_normal((80, 8), dtype=np.float32)
     S = rng.standard_normal((3, 96), dtype=np.float32)
     ch = np.array([1, 40, 79])
-    return db, q, codes, qc, (x, A, B, S, ch)
+    hidden = rng.standard_normal((16, 64, 384), dtype=np.float32)
+    mask = rng.random((16, 64)) < 0.7
+    return db, q, codes, qc, (x, A, B, S, ch), (hidden, mask)
 
 
 def _calls(data):
-    db, q, codes, qc, lrs = data
+    db, q, codes, qc, lrs, (hidden, mask) = data
     return {
         "dense": lambda: ops.dense_topk(db, q, 10, dim=48, backend="cpu"),
         "hamming": lambda: ops.hamming_topk(codes, qc, 10, backend="cpu"),
         "lowrank": lambda: (ops.lowrank_sparse_matmul(*lrs, backend="cpu"),),
+        "pool": lambda: (ops.pool(hidden, mask, backend="cpu"),),
     }
 
 

@@ -4,7 +4,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <thread>
 #include <vector>
 
 #include "nestvec/dispatch.h"
@@ -52,9 +51,9 @@ void pool(const void* hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_
   const ReduceFn reduce = pick_reduce();
   const int64_t es = dtype == kF32 ? 4 : 2;
   const int64_t cb = (d + 7) / 8;
-  // Spawning a thread costs ~20 us: only split when each thread gets >= 512 KiB.
+  // Waking a pooled worker costs a few us: split when each thread gets >= 128 KiB.
   const int64_t bytes = B * T * d * es;
-  const int64_t want = std::max<int64_t>(1, bytes / (int64_t(1) << 19));
+  const int64_t want = std::max<int64_t>(1, bytes / (int64_t(1) << 17));
   const int nthreads = int(std::min<int64_t>({int64_t(num_threads()), B, want}));
 
   // Rows are handed out one at a time from a shared counter rather than in fixed
@@ -103,10 +102,7 @@ void pool(const void* hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_
       if (codes) pack_signs(o, d, codes + b * cb);
     }
   };
-  std::vector<std::thread> helpers;
-  for (int t = 1; t < nthreads; ++t) helpers.emplace_back(worker);
-  worker();
-  for (auto& th : helpers) th.join();
+  parallel_for(nthreads, nthreads, 1, [&](int, int64_t, int64_t) { worker(); });
 }
 
 }  // namespace pooling
