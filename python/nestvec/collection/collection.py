@@ -398,7 +398,9 @@ class Collection:
             sel = np.flatnonzero(segs == i)
             pieces.append(self._segs[i].table.select(names).take(pa.array(locs[sel])))
             pos.append(sel)
-        if pieces:
+        if len(pieces) == 1:  # rows already in result order
+            t = pieces[0]
+        elif pieces:
             t = pa.concat_tables(pieces)
             t = t.take(pa.array(np.argsort(np.concatenate(pos), kind="stable")))
         else:

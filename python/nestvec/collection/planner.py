@@ -167,6 +167,10 @@ def _merge(parts, k: int, larger_better: bool, nq: int):
     Returns (seg [Q,k], local [Q,k], score [Q,k]) with local -1 for missing entries."""
     if not parts:
         return (np.zeros((nq, 0), np.int64), np.full((nq, 0), -1, np.int64), np.zeros((nq, 0)))
+    if len(parts) == 1:  # one segment: its list is already in contract order
+        _, i, score, idx = parts[0]
+        local = _host(idx).astype(np.int64, copy=False)
+        return np.full(local.shape, i, np.int64), local, _host(score)
     score = np.concatenate([_host(p[2]) for p in parts], axis=1)
     local = np.concatenate([_host(p[3]).astype(np.int64) for p in parts], axis=1)
     seg = np.concatenate([np.full(_host(p[3]).shape, p[1], np.int64) for p in parts], axis=1)
