@@ -121,3 +121,21 @@ def test_forked_child_does_not_hang(two_threads):
             pytest.fail("the forked child hung in a pooled call")
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_public_thread_count_api():
+    import nestvec as nv
+
+    before = nv.get_num_threads()
+    try:
+        nv.set_num_threads(np.int64(1))
+        assert nv.get_num_threads() == 1 == ops._C.get_num_threads()
+        nv.set_num_threads(3)
+        assert nv.get_num_threads() == 3
+        for bad, exc in ((0, ValueError), (-2, ValueError), (10**6, ValueError), (1.5, TypeError),
+                         (True, TypeError), ("2", TypeError), (None, TypeError)):
+            with pytest.raises(exc, match="n: expected"):
+                nv.set_num_threads(bad)
+        assert nv.get_num_threads() == 3  # a refused value changes nothing
+    finally:
+        nv.set_num_threads(before)

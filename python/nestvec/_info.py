@@ -1,6 +1,8 @@
 """Build and runtime facts: what was compiled, what runs."""
 from __future__ import annotations
 
+import numbers
+
 from . import __version__
 
 
@@ -54,3 +56,24 @@ def format_info(d: dict) -> str:
         + (f" ({d['triton_version']})" if d.get("triton_version") else ""),
     ]
     return "\n".join(lines)
+
+
+def get_num_threads() -> int:
+    """Threads the CPU ops use (``NESTVEC_NUM_THREADS``, else every core); 1 without
+    the native extension."""
+    from . import ops
+
+    return ops._C.get_num_threads() if ops._C is not None else 1
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the CPU ops from now on, process-wide (``n >= 1``). The workers are
+    persistent: one call at a time uses them, a concurrent call gets threads of its own."""
+    from . import ops
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    if not 1 <= n <= 4096:
+        raise ValueError(f"n: expected 1 <= n <= 4096 threads, got {n}")
+    if ops._C is not None:
+        ops._C.set_num_threads(int(n))
