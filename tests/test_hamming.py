@@ -50,10 +50,10 @@ def test_cpu_matches_reference(isa, n, b, restore_isa):
 
 
 @pytest.mark.parametrize("isa", cpu_isas())
-@pytest.mark.parametrize("b", [40, 65, 96, 127, 192, 200])
+@pytest.mark.parametrize("b", [40, 64, 65, 96, 127, 192, 200, 256])
 def test_cpu_odd_widths(isa, b, restore_isa):
-    """Widths with a masked tail chunk (one or two chunks), 192 bytes (three whole
-    chunks) and beyond (the generic loop)."""
+    """Widths with a masked tail chunk (one or two chunks), 64 / 192 / 256 bytes (one,
+    three, four whole chunks) and beyond (the generic loop)."""
     ops._C.set_isa(isa)
     rng = np.random.default_rng(b)
     for n, q in ((1023, 5), (4099, 64)):
