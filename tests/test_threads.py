@@ -100,6 +100,7 @@ def test_thread_count_change_between_calls():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # 3.12+: forking with threads
 def test_forked_child_does_not_hang(two_threads):
     calls = _calls(_data(3))
     want = {name: f() for name, f in calls.items()}  # the parent's pool is now running
