@@ -89,6 +89,24 @@ def test_cpu_grid(isa, restore_isa):
         check_args(y, args, dtype, f"{isa} M={M} K={K} N={N} r={r} c={c} {dtype} bias={bias}")
 
 
+@pytest.mark.parametrize("isa", cpu_isas() or ["none"])
+def test_cpu_few_rows(isa, restore_isa):
+    """7 to NR rows of x (32 on AVX-512, 16 below) take the transposed path (weights
+    read row-major, only x packed); 6 is the last dot-product size, NR + 1 the first
+    blocked one. Every rank, channel kind and dtype."""
+    if ops._C is None:
+        pytest.skip("native module not built")
+    ops._C.set_isa(isa)
+    shapes = [(6, 40, 30), (8, 7, 97), (16, 64, 33), (17, 7, 97), (20, 384, 13), (31, 1, 40),
+              (32, 97, 1), (33, 50, 25), (24, 0, 9), (12, 33, 5)]
+    for i, ((M, K, N), r, ck) in enumerate(itertools.product(shapes, RANKS + [0], CHANNELS)):
+        dtype, bias = list(DTYPES)[i % 3], bool(i % 2)
+        c = n_channels(ck, N)
+        args = make(M, K, N, r, c, dtype, bias, seed=i)
+        check_args(ops.lowrank_sparse_matmul(*args, backend="cpu"), args, dtype,
+                   f"{isa} M={M} K={K} N={N} r={r} c={c} {dtype} bias={bias}")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_cpu_numpy_io(dtype, rng):
     """NumPy in, NumPy out (bfloat16 is torch-only)."""
