@@ -5,6 +5,9 @@ baselines in the same run, forward and a training step (forward + backward).
         python benchmarks/bench_lowrank.py [--m 4096 --k 4096 --n 4096 --rank 512 --sparsity 0.05]
     python benchmarks/bench_lowrank.py --quick      # 1024-sized smoke run
 
+A second table times few rows of x (M = 1..32, a query's tokens) through a MiniLM-sized
+layer and the 4096² one, against torch and NumPy dense.
+
 Each method is timed in blocks of back-to-back calls after a warm-up call, and the
 set of blocks runs twice (see timed_blocks for why not one call of each in turn).
 DESIGN target: f32 4096 x 4096, r=512, 5% channels, ours >= 3.0x faster than NumPy
@@ -55,6 +58,34 @@ def blas_info() -> list:
         return [f"threadpoolctl unavailable: {e}"]
 
 
+def few_rows(ops, torch, sparsity) -> list:
+    """M = 1..32 rows through a MiniLM-sized layer (384 -> 1536, rank 192) and the
+    4096² one: the weights are read once per call, so packing them costs as much as
+    the product here (the op packs nothing up to 32 rows)."""
+    rng = np.random.default_rng(1)
+    out = []
+    for K, N, r in ((384, 1536, 192), (4096, 4096, 512)):
+        c = int(round(sparsity * N))
+        A = rng.standard_normal((r, K), dtype=np.float32)
+        B = rng.standard_normal((N, r), dtype=np.float32)
+        S = rng.standard_normal((c, K), dtype=np.float32)
+        ch = np.sort(rng.permutation(N)[:c]).astype(np.int64)
+        W = B @ A
+        W[ch] += S
+        Wt = torch.from_numpy(W)
+        for M in (1, 8, 20, 32):
+            x = rng.standard_normal((M, K), dtype=np.float32)
+            xt = torch.from_numpy(x)
+            t = timed_blocks({"ours": lambda: ops.lowrank_sparse_matmul(x, A, B, S, ch),
+                              "torch": lambda: torch.nn.functional.linear(xt, Wt),
+                              "numpy": lambda: x @ W.T}, rounds=40 if K < 4096 else 10, warmup=5)
+            us = {k: v["median_ms"] * 1e3 for k, v in t.items()}
+            out.append({"pass": "forward, few rows", "K": K, "N": N, "rank": r, "M": M,
+                        "nestvec_us": us["ours"], "torch_dense_us": us["torch"],
+                        "numpy_dense_us": us["numpy"], "x_vs_torch_dense": us["torch"] / us["ours"]})
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--m", type=int, default=4096)
@@ -66,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="0: all cores")
     p.add_argument("--quick", action="store_true", help="M=K=N=1024, r=128")
     p.add_argument("--no-train", action="store_true", help="skip the forward+backward rows")
+    p.add_argument("--no-few-rows", action="store_true",
+                   help="skip the few-rows table (M = 1..32: query-time encoding)")
     p.add_argument("--isa", default=None, help="force a CPU ISA (scalar/avx2/avx512)")
     args = p.parse_args(argv)
     if args.quick:
@@ -164,6 +197,8 @@ def main(argv=None) -> int:
             rows.append({"pass": "forward+backward", "method": name, "median_ms": t["median_ms"],
                          "min_ms": t["min_ms"], "speedup_vs_torch_dense": tbase / t["median_ms"]})
 
+    few = [] if args.no_few_rows else few_rows(ops, torch, args.sparsity)
+
     meta = {"M": M, "K": K, "N": N, "rank": r, "channels": c, "dtype": "float32",
             "ours_rel_error_vs_numpy": rel, "numpy_blas": blas_info(),
             "threads": ops._C.get_num_threads(), "isa": ops._C.get_isa(),
@@ -173,7 +208,11 @@ def main(argv=None) -> int:
     print(f"ours vs numpy low-rank: max rel err {rel:.2e}; FLOP ideal {meta['flop_ideal']:.2f}x")
     print(H.markdown_table(rows, ["pass", "method", "median_ms", "min_ms", "gflops",
                                   "speedup_vs_numpy_dense", "speedup_min_vs_min", "speedup_vs_torch_dense"]))
-    path = H.save("bench_lowrank", rows, meta)
+    if few:
+        print("\nfew rows of x (one query's tokens), microseconds per call, median:")
+        print(H.markdown_table(few, ["K", "N", "rank", "M", "nestvec_us", "torch_dense_us",
+                                     "numpy_dense_us", "x_vs_torch_dense"]))
+    path = H.save("bench_lowrank", rows + few, meta)
     print("saved", path)
     return 0
 
