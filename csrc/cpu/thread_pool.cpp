@@ -43,7 +43,13 @@ inline void cpu_relax() {
 // sleeps: NESTVEC_SPIN_US, default 200 us. A Python loop of small searches spends
 // ~50-150 us of its own between two calls; a worker that fell asleep in between
 // costs a futex wake-up (Collection.search over 10k rows, binary: 80 us per call
-// with 50 us of spinning, 58 with 200, 128 with none).
+// with 50 us of spinning, 58 with 200, 128 with none). Spinning threads yield every
+// few microseconds: the scheduler sometimes queues a worker on the caller's CPU (for
+// ~40 ms after the pool starts, and again after other libraries' threads ran), and a
+// thread spinning there without yielding held the other off for a whole time slice
+// (a 0.1 ms LOST call took ~1 ms). With the yields such a pair runs at about one
+// thread's speed instead (LOST 384 -> 1536, M=20: ~180 us; ~120 us when the two sit
+// on different CPUs, 165 us on one thread).
 std::chrono::microseconds spin_time() {
   long us = 200;
   if (const char* s = std::getenv("NESTVEC_SPIN_US")) us = std::atol(s);
@@ -77,10 +83,13 @@ class Pool {
     // The workers use ctx (on the caller's stack): wait for them even after a throw.
     const auto t0 = std::chrono::steady_clock::now();
     for (int n = 0; pending_.load(std::memory_order_acquire) != 0; ++n) {
-      if ((n & 63) == 63 && std::chrono::steady_clock::now() - t0 > kSpin) {
-        std::unique_lock<std::mutex> lk(mu_);
-        done_cv_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
-        break;
+      if ((n & 63) == 63) {
+        if (std::chrono::steady_clock::now() - t0 > kSpin) {
+          std::unique_lock<std::mutex> lk(mu_);
+          done_cv_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+          break;
+        }
+        std::this_thread::yield();  // see kSpin: the worker may be queued on this CPU
       }
       cpu_relax();
     }
@@ -116,10 +125,13 @@ class Pool {
       if (t == seen) {
         const auto t0 = std::chrono::steady_clock::now();
         for (int n = 0; (t = slot->ticket.load(std::memory_order_acquire)) == seen; ++n) {
-          if ((n & 63) == 63 && std::chrono::steady_clock::now() - t0 > kSpin) {
-            std::unique_lock<std::mutex> lk(mu_);
-            work_cv_.wait(lk, [&] { return (t = slot->ticket.load(std::memory_order_acquire)) != seen; });
-            break;
+          if ((n & 63) == 63) {
+            if (std::chrono::steady_clock::now() - t0 > kSpin) {
+              std::unique_lock<std::mutex> lk(mu_);
+              work_cv_.wait(lk, [&] { return (t = slot->ticket.load(std::memory_order_acquire)) != seen; });
+              break;
+            }
+            std::this_thread::yield();
           }
           cpu_relax();
         }
