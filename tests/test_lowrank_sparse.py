@@ -91,14 +91,15 @@ def test_cpu_grid(isa, restore_isa):
 
 @pytest.mark.parametrize("isa", cpu_isas() or ["none"])
 def test_cpu_few_rows(isa, restore_isa):
-    """7 to NR rows of x (32 on AVX-512, 16 below) take the transposed path (weights
-    read row-major, only x packed); 6 is the last dot-product size, NR + 1 the first
-    blocked one. Every rank, channel kind and dtype."""
+    """7 to 2 NR rows of x (64 on AVX-512, 32 below) take the transposed path (weights
+    read row-major, only x packed, in NR-column panels); 6 is the last dot-product
+    size, 2 NR + 1 the first blocked one. Every rank, channel kind and dtype."""
     if ops._C is None:
         pytest.skip("native module not built")
     ops._C.set_isa(isa)
     shapes = [(6, 40, 30), (8, 7, 97), (16, 64, 33), (17, 7, 97), (20, 384, 13), (31, 1, 40),
-              (32, 97, 1), (33, 50, 25), (24, 0, 9), (12, 33, 5)]
+              (32, 97, 1), (33, 50, 25), (24, 0, 9), (12, 33, 5), (48, 20, 7), (64, 9, 30),
+              (65, 30, 9)]
     for i, ((M, K, N), r, ck) in enumerate(itertools.product(shapes, RANKS + [0], CHANNELS)):
         dtype, bias = list(DTYPES)[i % 3], bool(i % 2)
         c = n_channels(ck, N)

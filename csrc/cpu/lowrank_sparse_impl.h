@@ -10,8 +10,8 @@
 //           (with the conversion to f16 / bf16).
 // Weights are packed once per call into NR-wide k-major panels shared by all threads;
 // x slices and t are packed per thread into MR-tall k-major panels. Few rows of x skip
-// the weight packing: up to kSmallM rows go through dot products (run_small), up to NR
-// rows through the transposed product (run_skinny).
+// the weight packing: up to kSmallM rows go through dot products (run_small), up to
+// kSkinnyM (2 NR) rows through the transposed product (run_skinny).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -97,38 +97,62 @@ void run_small(const Args& g) {
   });
 }
 
-// Up to NR rows of x: the product is taken transposed, tᵀ = [A; S]·xᵀ then yᵀ = B·tᵀ,
-// so that the weights are the micro-kernel's row operand (ROWS), read row-major once,
-// and only x is packed (one k-major panel of NR columns). The blocked path below packs
-// every weight each call (20 MB for a 4096² layer, ~2 ms), which for a few rows costs
-// more than the product itself (384 -> 1536, r=192, 5% channels, M=20: 237 us there,
-// 96 us here; 4096², r=512, M=20: 2.0 -> 1.1 ms).
+// Up to kSkinnyM rows of x: the product is taken transposed, tᵀ = [A; S]·xᵀ then
+// yᵀ = B·tᵀ, so that the weights are the micro-kernel's row operand (ROWS), read
+// row-major once, and only x is packed (k-major panels of NR columns). The blocked
+// path below packs every weight each call (20 MB for a 4096² layer, ~2 ms), which for
+// a few rows costs more than the product itself (384 -> 1536, r=192, 5% channels,
+// M=20: 237 us there, 96 us here; 4096², r=512, M=20: 2.0 -> 1.1 ms). Beyond two
+// panels of x the blocked path wins again: every weight panel meets every x panel,
+// and without blocking over K those stream from L3 (4096², M=48 / 64: 1.6 / 1.9 ms
+// here against 2.7 / 3.0 blocked; M=96: 4.3 against 3.7).
+constexpr int64_t kSkinnyM = 2 * NR;
+
 void run_skinny(const Args& g) {
   const DType dt = g.dtype;
   const int64_t M = g.M, K = g.K, r = g.r, c = g.c, N = g.N, rc = r + c;
-  const int64_t P1 = cdiv(rc, MR), P2 = cdiv(N, MR);
-  // xᵀ: xp[k * NR + m] = x[m][k], columns m >= M zero
-  Buf xp = alloc_f(std::max<int64_t>(K, 1) * NR), tT = alloc_f(std::max<int64_t>(P1 * MR, 1) * NR);
-  std::fill(xp.get(), xp.get() + std::max<int64_t>(K, 1) * NR, 0.0f);
+  const int64_t P1 = cdiv(rc, MR), P2 = cdiv(N, MR), Q = cdiv(M, NR);
+  const int64_t xsz = std::max<int64_t>(K, 1) * NR, tsz = std::max<int64_t>(P1 * MR, 1) * NR;
+  // xᵀ in Q panels of NR columns: xp[q][k * NR + m] = x[q * NR + m][k], zero past M;
+  // tᵀ in the same panels: tT[q][j * NR + m].
+  // Buffers of the calling thread (and, by worker index, of its workers) are kept
+  // between calls: allocated per call, glibc gave their pages back and faulted them in
+  // again, and a 100 us call sometimes took 1 ms.
+  thread_local PackCache tl_skinny;
+  PackCache& cache = tl_skinny;  // a reference: worker lambdas must see the caller's cache
+  float* const xp = cache.weights.get(Q * xsz + Q * tsz + std::max<int64_t>(M * K, 1));
+  float* const tT = xp + Q * xsz;
+  float* const xf = tT + Q * tsz;
+  std::fill(xp, xp + Q * xsz, 0.0f);
   {
-    std::vector<float> xf(static_cast<size_t>(std::max<int64_t>(M * K, 1)));
     std::vector<const float*> rows(static_cast<size_t>(M));
     for (int64_t m = 0; m < M; ++m) {
-      load_f32(xf.data() + m * K, at(g.x, m * g.ldx, dt), K, dt);
-      rows[size_t(m)] = xf.data() + m * K;
+      load_f32(xf + m * K, at(g.x, m * g.ldx, dt), K, dt);
+      rows[size_t(m)] = xf + m * K;
     }
-    int64_t m = 0;
+    for (int64_t q = 0; q < Q; ++q) {
+      const int64_t m1 = std::min(M, (q + 1) * NR);
+      int64_t m = q * NR;
+      float* panel = xp + q * xsz - q * NR;  // column m of the panel at panel + m
 #if defined(__AVX2__) || defined(__AVX512F__)
-    for (; m + 4 <= M; m += 4) transpose4_rows(rows[m], rows[m + 1], rows[m + 2], rows[m + 3], K, xp.get() + m, NR);
+      for (; m + 4 <= m1; m += 4) transpose4_rows(rows[m], rows[m + 1], rows[m + 2], rows[m + 3], K, panel + m, NR);
 #endif
-    for (; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) xp.get()[k * NR + m] = rows[size_t(m)][k];
+      for (; m < m1; ++m)
+        for (int64_t k = 0; k < K; ++k) panel[k * NR + m] = rows[size_t(m)][k];
+    }
   }
   std::vector<int32_t> col2s(size_t(N), -1);
   for (int64_t j = 0; j < c; ++j) col2s[size_t(g.channels[j])] = int32_t(j);
   std::vector<float> biasf(size_t(N), 0.0f);
   if (g.bias) load_f32(biasf.data(), g.bias, N, dt);
-  const bool half = 2 * M <= NR;
+  // the last panel with at most NR / 2 valid columns takes the half-width kernel
+  const bool half_last = 2 * (M - (Q - 1) * NR) <= NR;
+  auto tile_kernel = [&](int64_t q, int64_t kc, const float* a, const float* b, float* out) {
+    if (half_last && q == Q - 1)
+      kernel<true, true>(kc, a, b, out, NR, false, kc);
+    else
+      kernel<false, true>(kc, a, b, out, NR, false, kc);
+  };
   // MR weight rows as float32 rows of length len (zero rows past `count`).
   auto weight_rows = [&](float* buf, int64_t len, int64_t count, auto row) {
     for (int64_t i = 0; i < MR; ++i) {
@@ -138,50 +162,49 @@ void run_skinny(const Args& g) {
         std::fill(buf + i * len, buf + (i + 1) * len, 0.0f);
     }
   };
-  const double bytes = double(K * rc + r * N) * double(esize(dt));
+  const double bytes = double(K * rc + r * N) * double(esize(dt)) * double(Q);
   const int nt = int(std::min<double>(num_threads(), std::max(1.0, bytes / double(1 << 18))));
-  // GEMM 1: tᵀ rows j (of [A; S]) x NR columns
-  parallel_for(P1, std::min<int64_t>(nt, std::max<int64_t>(P1, 1)), 1, [&](int, int64_t p0, int64_t p1) {
-    std::vector<float> w(size_t(MR * std::max<int64_t>(K, 1)));
+  if (int64_t(cache.per_thread.size()) < nt) cache.per_thread.resize(nt);
+  const int64_t n_w = MR * std::max<int64_t>({K, r, 1});
+  // GEMM 1: tᵀ rows j (of [A; S]) x NR columns per panel
+  parallel_for(P1, std::min<int64_t>(nt, std::max<int64_t>(P1, 1)), 1, [&](int tid, int64_t p0, int64_t p1) {
+    float* const w = cache.per_thread[tid].get(n_w + NR * MR);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t j0 = p * MR;
-      weight_rows(w.data(), K, std::min<int64_t>(MR, rc - j0), [&](int64_t i) {
+      weight_rows(w, K, std::min<int64_t>(MR, rc - j0), [&](int64_t i) {
         const int64_t j = j0 + i;
         return j < r ? at(g.A, j * g.lda, dt) : at(g.S, (j - r) * g.lds, dt);
       });
-      float* out = tT.get() + j0 * NR;
-      if (half)
-        kernel<true, true>(K, w.data(), xp.get(), out, NR, false, K);
-      else
-        kernel<false, true>(K, w.data(), xp.get(), out, NR, false, K);
+      for (int64_t q = 0; q < Q; ++q) tile_kernel(q, K, w, xp + q * xsz, tT + q * tsz + j0 * NR);
     }
   });
-  // GEMM 2: yᵀ rows n (of B) x NR columns, + sparse channels + bias, stored transposed
-  parallel_for(P2, std::min<int64_t>(nt, P2), 1, [&](int, int64_t p0, int64_t p1) {
-    std::vector<float> w(size_t(MR * std::max<int64_t>(r, 1)));
+  // GEMM 2: yᵀ rows n (of B) x NR columns per panel, + sparse channels + bias, stored
+  // transposed into y
+  parallel_for(P2, std::min<int64_t>(nt, P2), 1, [&](int tid, int64_t p0, int64_t p1) {
+    float* const w = cache.per_thread[tid].get(n_w + NR * MR);
+    float* const ym = w + n_w;
     alignas(64) float tile[MR * NR];
-    std::vector<float> ym(size_t(M * MR));
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n0 = p * MR, cnt = std::min<int64_t>(MR, N - n0);
-      if (r > 0) {
-        weight_rows(w.data(), r, cnt, [&](int64_t i) { return at(g.B, (n0 + i) * g.ldb, dt); });
-        if (half)
-          kernel<true, true>(r, w.data(), tT.get(), tile, NR, false, r);
+      if (r > 0) weight_rows(w, r, cnt, [&](int64_t i) { return at(g.B, (n0 + i) * g.ldb, dt); });
+      for (int64_t q = 0; q < Q; ++q) {
+        const float* tq = tT + q * tsz;
+        const int64_t mq = std::min<int64_t>(NR, M - q * NR);
+        if (r > 0)
+          tile_kernel(q, r, w, tq, tile);
         else
-          kernel<false, true>(r, w.data(), tT.get(), tile, NR, false, r);
-      } else {
-        std::fill(tile, tile + MR * NR, 0.0f);
+          std::fill(tile, tile + MR * NR, 0.0f);
+        for (int64_t i = 0; i < cnt; ++i) {
+          const int32_t js = col2s[size_t(n0 + i)];
+          const float* sp = js >= 0 ? tq + (r + js) * NR : nullptr;
+          const float b = biasf[size_t(n0 + i)];
+          for (int64_t m = 0; m < mq; ++m)
+            ym[m * MR + i] = tile[i * NR + m] + (sp ? sp[m] : 0.0f) + b;
+        }
+        for (int64_t m = 0; m < mq; ++m)
+          store_from_f32(static_cast<char*>(g.y) + ((q * NR + m) * g.ldy + n0) * int64_t(esize(dt)),
+                         ym + m * MR, cnt, dt);
       }
-      for (int64_t i = 0; i < cnt; ++i) {
-        const int32_t js = col2s[size_t(n0 + i)];
-        const float* sp = js >= 0 ? tT.get() + (r + js) * NR : nullptr;
-        const float b = biasf[size_t(n0 + i)];
-        for (int64_t m = 0; m < M; ++m)
-          ym[size_t(m * MR + i)] = tile[i * NR + m] + (sp ? sp[m] : 0.0f) + b;
-      }
-      for (int64_t m = 0; m < M; ++m)
-        store_from_f32(static_cast<char*>(g.y) + (m * g.ldy + n0) * int64_t(esize(dt)),
-                       ym.data() + m * MR, cnt, dt);
     }
   });
 }
@@ -193,7 +216,7 @@ void run(const Args& g) {
   const int64_t M = g.M, K = g.K, r = g.r, c = g.c, N = g.N;
   if (M <= 0 || N <= 0) return;
   if (M <= kSmallM) return run_small(g);
-  if (M <= NR) return run_skinny(g);
+  if (M <= kSkinnyM) return run_skinny(g);
   const int64_t rc = r + c;
   const int64_t P1 = cdiv(rc, NR), P2 = cdiv(N, NR);
   int64_t ldt = std::max<int64_t>(P1, 1) * NR;
