@@ -58,6 +58,18 @@ def blas_info() -> list:
         return [f"threadpoolctl unavailable: {e}"]
 
 
+def make_layer(rng, K: int, N: int, r: int, c: int):
+    """Factors A [r, K], B [N, r], S [c, K] (unit-variance outputs), sorted channels and
+    the dense W = B·A + S on those channels."""
+    A = (rng.standard_normal((r, K), dtype=np.float32) / np.sqrt(K)).astype(np.float32)
+    B = (rng.standard_normal((N, r), dtype=np.float32) / np.sqrt(r)).astype(np.float32)
+    S = (rng.standard_normal((c, K), dtype=np.float32) / np.sqrt(K)).astype(np.float32)
+    ch = np.sort(rng.permutation(N)[:c]).astype(np.int64)
+    W = B @ A
+    W[ch] += S
+    return A, B, S, ch, W
+
+
 def few_rows(ops, torch, sparsity) -> list:
     """M = 1..64 rows through a MiniLM-sized layer (384 -> 1536, rank 192) and the
     4096² one: the weights are read once per call, so packing them would cost as much
@@ -65,13 +77,7 @@ def few_rows(ops, torch, sparsity) -> list:
     rng = np.random.default_rng(1)
     out = []
     for K, N, r in ((384, 1536, 192), (4096, 4096, 512)):
-        c = int(round(sparsity * N))
-        A = rng.standard_normal((r, K), dtype=np.float32)
-        B = rng.standard_normal((N, r), dtype=np.float32)
-        S = rng.standard_normal((c, K), dtype=np.float32)
-        ch = np.sort(rng.permutation(N)[:c]).astype(np.int64)
-        W = B @ A
-        W[ch] += S
+        A, B, S, ch, W = make_layer(rng, K, N, r, int(round(sparsity * N)))
         Wt = torch.from_numpy(W)
         for M in (1, 8, 20, 32, 64):
             x = rng.standard_normal((M, K), dtype=np.float32)
@@ -122,12 +128,7 @@ def main(argv=None) -> int:
     c = int(round(args.sparsity * N))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((M, K), dtype=np.float32)
-    A = (rng.standard_normal((r, K), dtype=np.float32) / np.sqrt(K)).astype(np.float32)
-    B = (rng.standard_normal((N, r), dtype=np.float32) / np.sqrt(r)).astype(np.float32)
-    S = (rng.standard_normal((c, K), dtype=np.float32) / np.sqrt(K)).astype(np.float32)
-    ch = np.sort(rng.permutation(N)[:c]).astype(np.int64)
-    W = B @ A
-    W[ch] += S
+    A, B, S, ch, W = make_layer(rng, K, N, r, c)
     flops_dense = 2.0 * M * N * K
     flops_lr = 2.0 * M * (K * (r + c) + r * N)
 

@@ -98,7 +98,7 @@ template <int QB, int NC, bool TAIL>
 inline void block8_nc(const uint8_t* const* rows, const __m512i (*q)[NC + TAIL], __mmask64 m,
                       __m512i* sums) {
   constexpr int kChunks = NC + TAIL;
-  if (NC == 0) {  // one masked chunk (< 64 bytes): all QB x 8 sums fit in registers
+  if constexpr (NC == 0) {  // one masked chunk (< 64 bytes): all QB x 8 sums fit in registers
     __m512i acc[QB][8];
     for (int r = 0; r < 8; ++r) {
       const __m512i x = _mm512_maskz_loadu_epi8(m, rows[r]);

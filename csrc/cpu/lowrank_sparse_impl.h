@@ -47,13 +47,25 @@ namespace {
 // channels: M=4: 53 against 67 us, M=8: 67 against 89, M=16: 75 against 152).
 constexpr int64_t kSmallM = 6;
 
+// slot[n] = j when output column n is channels[j] (a row of S), else -1.
+std::vector<int32_t> column_slots(const Args& g) {
+  std::vector<int32_t> slot(size_t(g.N), -1);
+  for (int64_t j = 0; j < g.c; ++j) slot[size_t(g.channels[j])] = int32_t(j);
+  return slot;
+}
+
+// MR float32 rows for the ROWS micro-kernel: row i at p + i * ld.
+struct WRows {
+  const float* p;
+  int64_t ld;
+};
+
 void run_small(const Args& g) {
   const DType dt = g.dtype;
   const int64_t M = g.M, K = g.K, r = g.r, c = g.c, N = g.N, rc = r + c;
   std::vector<float> xf(size_t(M * K)), t(size_t(M * rc));
   for (int64_t m = 0; m < M; ++m) load_f32(xf.data() + m * K, at(g.x, m * g.ldx, dt), K, dt);
-  std::vector<int32_t> col2s(size_t(N), -1);
-  for (int64_t j = 0; j < c; ++j) col2s[size_t(g.channels[j])] = int32_t(j);
+  const std::vector<int32_t> col2s = column_slots(g);
   std::vector<float> biasf;
   if (g.bias) {
     biasf.resize(size_t(N));
@@ -120,47 +132,39 @@ void run_skinny(const Args& g) {
   // again, and a 100 us call sometimes took 1 ms.
   thread_local PackCache tl_skinny;
   PackCache& cache = tl_skinny;  // a reference: worker lambdas must see the caller's cache
-  float* const xp = cache.weights.get(Q * xsz + Q * tsz + std::max<int64_t>(M * K, 1));
+  float* const xp = cache.weights.get(Q * xsz + Q * tsz + 4 * std::max<int64_t>(K, 1));
   float* const tT = xp + Q * xsz;
-  float* const xf = tT + Q * tsz;
-  std::fill(xp, xp + Q * xsz, 0.0f);
-  {
-    std::vector<const float*> rows(static_cast<size_t>(M));
-    for (int64_t m = 0; m < M; ++m) {
-      load_f32(xf + m * K, at(g.x, m * g.ldx, dt), K, dt);
-      rows[size_t(m)] = xf + m * K;
-    }
-    for (int64_t q = 0; q < Q; ++q) {
-      const int64_t m1 = std::min(M, (q + 1) * NR);
-      int64_t m = q * NR;
-      float* panel = xp + q * xsz - q * NR;  // column m of the panel at panel + m
-#if defined(__AVX2__) || defined(__AVX512F__)
-      for (; m + 4 <= m1; m += 4) transpose4_rows(rows[m], rows[m + 1], rows[m + 2], rows[m + 3], K, panel + m, NR);
-#endif
-      for (; m < m1; ++m)
-        for (int64_t k = 0; k < K; ++k) panel[k * NR + m] = rows[size_t(m)][k];
-    }
-  }
-  std::vector<int32_t> col2s(size_t(N), -1);
-  for (int64_t j = 0; j < c; ++j) col2s[size_t(g.channels[j])] = int32_t(j);
+  // the rows of x are packed exactly as the blocked path packs weight rows
+  pack_panels([&](int64_t m) { return at(g.x, m * g.ldx, dt); }, M, K, dt, xp, 0, Q, tT + Q * tsz);
+  const std::vector<int32_t> col2s = column_slots(g);
   std::vector<float> biasf(size_t(N), 0.0f);
   if (g.bias) load_f32(biasf.data(), g.bias, N, dt);
   // the last panel with at most NR / 2 valid columns takes the half-width kernel
   const bool half_last = 2 * (M - (Q - 1) * NR) <= NR;
-  auto tile_kernel = [&](int64_t q, int64_t kc, const float* a, const float* b, float* out) {
+  auto tile_kernel = [&](int64_t q, int64_t kc, const WRows& a, const float* b, float* out) {
     if (half_last && q == Q - 1)
-      kernel<true, true>(kc, a, b, out, NR, false, kc);
+      kernel<true, true>(kc, a.p, b, out, NR, false, a.ld);
     else
-      kernel<false, true>(kc, a, b, out, NR, false, kc);
+      kernel<false, true>(kc, a.p, b, out, NR, false, a.ld);
   };
-  // MR weight rows as float32 rows of length len (zero rows past `count`).
-  auto weight_rows = [&](float* buf, int64_t len, int64_t count, auto row) {
+  // MR weight rows of length len as float32 rows for the kernel: read in place when
+  // they are float32 and evenly spaced (a panel inside A, S or B), else converted into
+  // buf (zero rows past `count`).
+  auto weight_rows = [&](float* buf, int64_t len, int64_t count, auto row) -> WRows {
+    if (dt == DType::F32 && count == MR) {
+      const float* r0 = static_cast<const float*>(row(0));
+      const int64_t ld = static_cast<const float*>(row(1)) - r0;
+      bool even = true;
+      for (int64_t i = 2; i < MR && even; ++i) even = static_cast<const float*>(row(i)) == r0 + i * ld;
+      if (even) return {r0, ld};
+    }
     for (int64_t i = 0; i < MR; ++i) {
       if (i < count)
         load_f32(buf + i * len, row(i), len, dt);
       else
         std::fill(buf + i * len, buf + (i + 1) * len, 0.0f);
     }
+    return {buf, len};
   };
   const double bytes = double(K * rc + r * N) * double(esize(dt)) * double(Q);
   const int nt = int(std::min<double>(num_threads(), std::max(1.0, bytes / double(1 << 18))));
@@ -171,11 +175,11 @@ void run_skinny(const Args& g) {
     float* const w = cache.per_thread[tid].get(n_w + NR * MR);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t j0 = p * MR;
-      weight_rows(w, K, std::min<int64_t>(MR, rc - j0), [&](int64_t i) {
+      const WRows a = weight_rows(w, K, std::min<int64_t>(MR, rc - j0), [&](int64_t i) {
         const int64_t j = j0 + i;
         return j < r ? at(g.A, j * g.lda, dt) : at(g.S, (j - r) * g.lds, dt);
       });
-      for (int64_t q = 0; q < Q; ++q) tile_kernel(q, K, w, xp + q * xsz, tT + q * tsz + j0 * NR);
+      for (int64_t q = 0; q < Q; ++q) tile_kernel(q, K, a, xp + q * xsz, tT + q * tsz + j0 * NR);
     }
   });
   // GEMM 2: yᵀ rows n (of B) x NR columns per panel, + sparse channels + bias, stored
@@ -186,12 +190,13 @@ void run_skinny(const Args& g) {
     alignas(64) float tile[MR * NR];
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n0 = p * MR, cnt = std::min<int64_t>(MR, N - n0);
-      if (r > 0) weight_rows(w, r, cnt, [&](int64_t i) { return at(g.B, (n0 + i) * g.ldb, dt); });
+      WRows a{w, r};
+      if (r > 0) a = weight_rows(w, r, cnt, [&](int64_t i) { return at(g.B, (n0 + i) * g.ldb, dt); });
       for (int64_t q = 0; q < Q; ++q) {
         const float* tq = tT + q * tsz;
         const int64_t mq = std::min<int64_t>(NR, M - q * NR);
         if (r > 0)
-          tile_kernel(q, r, w, tq, tile);
+          tile_kernel(q, r, a, tq, tile);
         else
           std::fill(tile, tile + MR * NR, 0.0f);
         for (int64_t i = 0; i < cnt; ++i) {

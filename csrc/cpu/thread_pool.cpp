@@ -81,18 +81,7 @@ class Pool {
       mine = std::current_exception();
     }
     // The workers use ctx (on the caller's stack): wait for them even after a throw.
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int n = 0; pending_.load(std::memory_order_acquire) != 0; ++n) {
-      if ((n & 63) == 63) {
-        if (std::chrono::steady_clock::now() - t0 > kSpin) {
-          std::unique_lock<std::mutex> lk(mu_);
-          done_cv_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
-          break;
-        }
-        std::this_thread::yield();  // see kSpin: the worker may be queued on this CPU
-      }
-      cpu_relax();
-    }
+    await_true([&] { return pending_.load(std::memory_order_acquire) == 0; }, done_cv_);
     if (mine) std::rethrow_exception(mine);
     if (err_) std::rethrow_exception(err_);
     return true;
@@ -102,6 +91,24 @@ class Pool {
   struct alignas(64) Slot {
     std::atomic<uint64_t> ticket{0};
   };
+
+  // Spins (yielding every few microseconds, see kSpin) until ready(), or for kSpin at
+  // most and then sleeps on cv; whoever makes ready() true takes mu_ before notifying.
+  template <class Ready>
+  void await_true(Ready ready, std::condition_variable& cv) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int n = 0; !ready(); ++n) {
+      if ((n & 63) == 63) {
+        if (std::chrono::steady_clock::now() - t0 > kSpin) {
+          std::unique_lock<std::mutex> lk(mu_);
+          cv.wait(lk, ready);
+          return;
+        }
+        std::this_thread::yield();
+      }
+      cpu_relax();
+    }
+  }
 
   // Only the owner of busy_ grows the pool. False if the system refuses a thread.
   bool grow(int workers) {
@@ -121,21 +128,8 @@ class Pool {
   void worker(int idx, Slot* slot) {
     uint64_t seen = 0;
     for (;;) {
-      uint64_t t = slot->ticket.load(std::memory_order_acquire);
-      if (t == seen) {
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int n = 0; (t = slot->ticket.load(std::memory_order_acquire)) == seen; ++n) {
-          if ((n & 63) == 63) {
-            if (std::chrono::steady_clock::now() - t0 > kSpin) {
-              std::unique_lock<std::mutex> lk(mu_);
-              work_cv_.wait(lk, [&] { return (t = slot->ticket.load(std::memory_order_acquire)) != seen; });
-              break;
-            }
-            std::this_thread::yield();
-          }
-          cpu_relax();
-        }
-      }
+      uint64_t t = seen;
+      await_true([&] { return (t = slot->ticket.load(std::memory_order_acquire)) != seen; }, work_cv_);
       seen = t;
       try {
         fn_(ctx_, idx);
