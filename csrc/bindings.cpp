@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bind_cuda.h"
 #include "nestvec/cuda_api.h"
 #include "nestvec/dense.h"
 #include "nestvec/dispatch.h"
@@ -18,6 +19,10 @@
 
 namespace py = pybind11;
 using namespace nestvec;
+using bind::check_cuda;
+#if !defined(NESTVEC_WITH_CUDA)
+using bind::no_cuda;
+#endif
 
 namespace {
 
@@ -57,14 +62,6 @@ View view2d(const py::array& a, const char* name, size_t itemsize, bool writable
   if (v.rows <= 1) v.row_stride = std::max<int64_t>(v.row_stride, v.cols);
   return v;
 }
-
-void check_cuda(int rc, const char* what) {
-  if (rc != 0) throw std::runtime_error(std::string(what) + ": " + cuda::error_string(rc));
-}
-
-#if !defined(NESTVEC_WITH_CUDA)
-[[noreturn]] void no_cuda() { throw std::runtime_error("nestvec was built without CUDA"); }
-#endif
 
 Isa parse_isa(const std::string& s) {
   if (s == "scalar") return Isa::Scalar;
@@ -143,37 +140,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("codes"), py::arg("queries"), py::arg("k"), py::arg("allow"), py::arg("out_dist"),
       py::arg("out_idx"));
 
-  m.def("cuda_hamming_workspace_bytes", [](int64_t n, int64_t nq, int64_t nbytes, int64_t k) {
-#if defined(NESTVEC_WITH_CUDA)
-    return cuda::hamming_workspace_bytes(n, nq, nbytes, k);
-#else
-    (void)n, (void)nq, (void)nbytes, (void)k;
-    no_cuda();
-#endif
-  });
-  m.def("cuda_hamming_topk", [](uintptr_t codes, int64_t n, int64_t code_stride, uintptr_t queries,
-                                int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k,
-                                uintptr_t allow, uintptr_t out_dist, uintptr_t out_idx,
-                                uintptr_t ws, int64_t ws_bytes, uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
-    int rc;
-    {
-      py::gil_scoped_release nogil;
-      rc = cuda::hamming_topk(reinterpret_cast<const uint8_t*>(codes), n, code_stride,
-                              reinterpret_cast<const uint8_t*>(queries), nq, query_stride, nbytes,
-                              k, reinterpret_cast<const uint8_t*>(allow),
-                              reinterpret_cast<int32_t*>(out_dist),
-                              reinterpret_cast<int64_t*>(out_idx), reinterpret_cast<void*>(ws),
-                              ws_bytes, stream);
-    }
-    check_cuda(rc, "cuda_hamming_topk");
-#else
-    (void)codes, (void)n, (void)code_stride, (void)queries, (void)nq, (void)query_stride;
-    (void)nbytes, (void)k, (void)allow, (void)out_dist, (void)out_idx, (void)ws, (void)ws_bytes;
-    (void)stream;
-    no_cuda();
-#endif
-  });
+  bind::def_cuda_hamming(m);
 
   // ---------------------------------------------------------------- dense (elastic top-k)
   m.def(
@@ -228,58 +195,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("dense_bf16_enabled", [] { return dense::bf16_pass_enabled(); });
   m.def("set_dense_bf16", [](bool on) { dense::set_bf16_pass(on); }, py::arg("enabled"),
         "Two-pass bf16 route for large CPU batches on AVX512-BF16 CPUs (results stay exact).");
-  m.def("cuda_dense_block_rows", [] {
-#if defined(NESTVEC_WITH_CUDA)
-    return cuda::dense_block_rows();
-#else
-    no_cuda();
-#endif
-  });
-  m.def("cuda_dense_scan", [](uintptr_t db, int dtype, int64_t n, int64_t stride, int64_t dim,
-                              uintptr_t queries, int64_t nq, int64_t query_stride, uintptr_t qaux,
-                              int metric, uintptr_t allow, int64_t kp, uintptr_t keys,
-                              int64_t keys_stride, uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
-    int rc;
-    {
-      py::gil_scoped_release nogil;
-      rc = cuda::dense_scan(reinterpret_cast<const void*>(db), dtype, n, stride, dim,
-                            reinterpret_cast<const float*>(queries), nq, query_stride,
-                            reinterpret_cast<const float*>(qaux), metric,
-                            reinterpret_cast<const uint8_t*>(allow), kp,
-                            reinterpret_cast<int64_t*>(keys), keys_stride, stream);
-    }
-    check_cuda(rc, "cuda_dense_scan");
-#else
-    (void)db, (void)dtype, (void)n, (void)stride, (void)dim, (void)queries, (void)nq;
-    (void)query_stride, (void)qaux, (void)metric, (void)allow, (void)kp, (void)keys;
-    (void)keys_stride, (void)stream;
-    no_cuda();
-#endif
-  });
-  m.def("cuda_dense_gather", [](uintptr_t db, int dtype, int64_t n, int64_t stride, int64_t dim,
-                                uintptr_t queries, int64_t nq, int64_t query_stride,
-                                uintptr_t qaux, int metric, uintptr_t cand, int64_t ncand,
-                                int64_t cand_stride, uintptr_t keys, int64_t keys_stride,
-                                uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
-    int rc;
-    {
-      py::gil_scoped_release nogil;
-      rc = cuda::dense_gather(reinterpret_cast<const void*>(db), dtype, n, stride, dim,
-                              reinterpret_cast<const float*>(queries), nq, query_stride,
-                              reinterpret_cast<const float*>(qaux), metric,
-                              reinterpret_cast<const int64_t*>(cand), ncand, cand_stride,
-                              reinterpret_cast<int64_t*>(keys), keys_stride, stream);
-    }
-    check_cuda(rc, "cuda_dense_gather");
-#else
-    (void)db, (void)dtype, (void)n, (void)stride, (void)dim, (void)queries, (void)nq;
-    (void)query_stride, (void)qaux, (void)metric, (void)cand, (void)ncand, (void)cand_stride;
-    (void)keys, (void)keys_stride, (void)stream;
-    no_cuda();
-#endif
-  });
+  bind::def_cuda_dense(m);
 
   // ---------------------------------------------------------------- pooling
 
@@ -326,25 +242,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("hidden"), py::arg("dtype"), py::arg("mask"), py::arg("mode"), py::arg("d"),
       py::arg("normalize"), py::arg("out"), py::arg("codes"));
 
-  m.def("cuda_pool", [](uintptr_t hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_t sb,
-                        int64_t st, uintptr_t mask, int mask_itemsize, int64_t mask_sb, int mode,
-                        bool normalize, uintptr_t out, uintptr_t codes, uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
-    int rc;
-    {
-      py::gil_scoped_release nogil;
-      rc = cuda::pool(reinterpret_cast<const void*>(hidden), dtype, B, T, d, sb, st,
-                      reinterpret_cast<const void*>(mask), mask_itemsize, mask_sb, mode, normalize,
-                      reinterpret_cast<float*>(out), reinterpret_cast<uint8_t*>(codes), stream);
-    }
-    check_cuda(rc, "cuda_pool");
-#else
-    (void)hidden, (void)dtype, (void)B, (void)T, (void)d, (void)sb, (void)st, (void)mask;
-    (void)mask_itemsize, (void)mask_sb, (void)mode, (void)normalize, (void)out, (void)codes;
-    (void)stream;
-    no_cuda();
-#endif
-  });
+  bind::def_cuda_pool(m);
 
   // ---------------------------------------------------------------- lowrank_sparse
   m.def(
@@ -387,41 +285,5 @@ PYBIND11_MODULE(_C, m) {
       py::arg("dtype"), py::arg("x"), py::arg("A"), py::arg("B"), py::arg("S"),
       py::arg("channels"), py::arg("bias"), py::arg("y"));
 
-  m.def("cuda_lowrank_sparse_workspace_bytes",
-        [](const std::string& dtype, int64_t M, int64_t N, int64_t r, int64_t c) -> int64_t {
-#if defined(NESTVEC_WITH_CUDA)
-          return cuda::lowrank_sparse_workspace_bytes(dtype == "f32" ? 0 : dtype == "f16" ? 1 : 2,
-                                                      M, N, r, c);
-#else
-          (void)dtype, (void)M, (void)N, (void)r, (void)c;
-          no_cuda();
-#endif
-        });
-  m.def("cuda_lowrank_sparse_matmul",
-        [](const std::string& dtype, uintptr_t x, int64_t M, int64_t K, int64_t ldx, uintptr_t A,
-           int64_t r, uintptr_t B, int64_t N, uintptr_t S, int64_t c, uintptr_t channels,
-           uintptr_t bias, uintptr_t y, uintptr_t ws, int64_t ws_bytes, uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
-          int dt;
-          if (dtype == "f32") dt = 0;
-          else if (dtype == "f16") dt = 1;
-          else if (dtype == "bf16") dt = 2;
-          else throw std::invalid_argument("dtype: expected 'f32', 'f16' or 'bf16'");
-          int rc;
-          {
-            py::gil_scoped_release nogil;
-            rc = cuda::lowrank_sparse_matmul(
-                dt, reinterpret_cast<const void*>(x), M, K, ldx, reinterpret_cast<const void*>(A),
-                r, reinterpret_cast<const void*>(B), N, reinterpret_cast<const void*>(S), c,
-                reinterpret_cast<const int64_t*>(channels), reinterpret_cast<const void*>(bias),
-                reinterpret_cast<void*>(y), reinterpret_cast<void*>(ws), ws_bytes, stream);
-          }
-          check_cuda(rc, "cuda_lowrank_sparse_matmul");
-#else
-          (void)dtype, (void)x, (void)M, (void)K, (void)ldx, (void)A, (void)r, (void)B, (void)N;
-          (void)S, (void)c, (void)channels, (void)bias, (void)y, (void)ws, (void)ws_bytes;
-          (void)stream;
-          no_cuda();
-#endif
-        });
+  bind::def_cuda_lowrank(m);
 }

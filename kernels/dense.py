@@ -26,7 +26,8 @@ import triton.language as tl
 from . import device_guard
 
 from .._dense_gpu import INT64_MIN as _INT64_MIN
-from .._dense_gpu import dedupe_candidates, merge_keys, split_query, unit_queries
+from .._dense_gpu import (dedupe_candidates, gather_in_chunks, scan_in_chunks, split_query,
+                           unit_queries)
 
 _KEY_MIN = tl.constexpr(-(1 << 63))  # excluded rows: below every real key
 _METRIC = {"cosine": 0, "ip": 1, "l2": 2}
@@ -38,12 +39,17 @@ def _keys(acc, sq, qa, qb, rows, valid, METRIC: tl.constexpr):
     query factors (see nestvec._dense_gpu.unit_queries)."""
     if METRIC == 0:
         # no clamp: rows with |x|^2 below any floor (e.g. 1e-37) still score exactly
-        inv = tl.where(sq > 0, 1.0 / tl.sqrt(tl.where(sq > 0, sq, 1.0)), 0.0)
+        # sq * 0 keeps a NaN row NaN (ineligible below) where a zero row scores 0
+        inv = tl.where(sq > 0, 1.0 / tl.sqrt(tl.where(sq > 0, sq, 1.0)), sq * 0.0)
         key = acc * qa[:, None] * inv[None, :]
     elif METRIC == 1:
         key = acc * qa[:, None]
     else:
         key = 2.0 * acc * qa[:, None] - sq[None, :] - qb[:, None]
+    # NaN (a non-finite value in the row): not eligible, as on the CPU; -0 -> +0 so
+    # that equal scores tie by index.
+    valid = valid & (key == key)
+    key = key + 0.0
     bits = key.to(tl.int32, bitcast=True)
     ordk = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     comp = (ordk.to(tl.int64) << 32) | (4294967295 - rows.to(tl.int64))[None, :]
@@ -168,15 +174,19 @@ def _dense_topk(db, queries, k, dim, metric, allow, candidates, query_chunk):
     if candidates is not None:
         cand = dedupe_candidates(candidates.to(dev), n, allow)
         c = cand.shape[1]
-        keys = torch.empty((nq, max(c, 1)), dtype=torch.int64, device=dev)
-        keys.fill_(_INT64_MIN)
-        if c > 0:
-            block_d = max(16, min(64, triton.next_power_of_2(dim)))
-            grid = (nq, triton.cdiv(c, 64))
-            _dense_gather_kernel[grid](db, q32, qaux, cand, keys, c, dim, db.stride(0),
-                                       q32.stride(0), cand.stride(0), keys.stride(0),
-                                       METRIC=mcode, BLOCK_C=64, BLOCK_D=block_d)
-        return merge_keys(keys, k, metric)
+
+        def gather(q0, q1):
+            keys = torch.full((q1 - q0, max(c, 1)), _INT64_MIN, dtype=torch.int64, device=dev)
+            if c > 0:
+                block_d = max(16, min(64, triton.next_power_of_2(dim)))
+                grid = (q1 - q0, triton.cdiv(c, 64))
+                _dense_gather_kernel[grid](db, q32[q0:q1], qaux[q0:q1], cand[q0:q1], keys, c, dim,
+                                           db.stride(0), q32.stride(0), cand.stride(0),
+                                           keys.stride(0), METRIC=mcode, BLOCK_C=64,
+                                           BLOCK_D=block_d)
+            return keys
+
+        return gather_in_chunks(nq, c, k, metric, gather, q_max=1 << 30)
 
     block_n, block_q, block_d, use_dot = _scan_config(nq, dim)
     split = use_dot and db.dtype in (torch.float16, torch.bfloat16)
@@ -187,26 +197,20 @@ def _dense_topk(db, queries, k, dim, metric, allow, candidates, query_chunk):
     else:
         qh = ql = q32
     kp = min(k, block_n)
-    nblk = triton.cdiv(n, block_n)
-    m = nblk * kp
-    # Bound the [chunk, blocks * KP] key buffer to ~1 GiB.
-    chunk = query_chunk or max(block_q, min(nq, ((1 << 27) // max(m, 1)) // block_q * block_q))
-    # grid axis 1 (query blocks) is limited to 65535 programs on CUDA
-    chunk = min(chunk, 65535 * block_q)
-    scores, idxs = [], []
-    for q0 in range(0, nq, chunk):
-        q1 = min(nq, q0 + chunk)
-        keys = torch.empty((q1 - q0, m), dtype=torch.int64, device=dev)
+
+    def scan(q0, q1, r0, r1):
+        nblk = triton.cdiv(r1 - r0, block_n)
+        keys = torch.empty((q1 - q0, nblk * kp), dtype=torch.int64, device=dev)
         grid = (nblk, triton.cdiv(q1 - q0, block_q))
-        _dense_scan_kernel[grid](db, qh[q0:q1], ql[q0:q1], qaux[q0:q1],
-                                 allow_u8 if allow is not None else qaux, keys, n, q1 - q0, dim, kp,
-                                 db.stride(0), qh.stride(0), keys.stride(0), METRIC=mcode,
-                                 HAS_ALLOW=allow is not None, USE_DOT=use_dot, SPLIT=split,
-                                 BLOCK_N=block_n, BLOCK_Q=block_q, BLOCK_D=block_d,
+        _dense_scan_kernel[grid](db[r0:r1], qh[q0:q1], ql[q0:q1], qaux[q0:q1],
+                                 allow_u8[r0:r1] if allow is not None else qaux, keys, r1 - r0,
+                                 q1 - q0, dim, kp, db.stride(0), qh.stride(0), keys.stride(0),
+                                 METRIC=mcode, HAS_ALLOW=allow is not None, USE_DOT=use_dot,
+                                 SPLIT=split, BLOCK_N=block_n, BLOCK_Q=block_q, BLOCK_D=block_d,
                                  num_warps=8 if use_dot else 4)
-        s, i = merge_keys(keys, k, metric)
-        scores.append(s)
-        idxs.append(i)
-    if len(scores) == 1:
-        return scores[0], idxs[0]
-    return torch.cat(scores), torch.cat(idxs)
+        return keys
+
+    # Query chunks and row slices keep each key buffer within ~1 GiB; grid axis 1 (query
+    # blocks) is limited to 65535 programs on CUDA.
+    return scan_in_chunks(n, nq, block_n, kp, k, metric, scan, q_align=block_q,
+                          q_max=query_chunk or 65535 * block_q)

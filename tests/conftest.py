@@ -64,6 +64,16 @@ def triton_interpret():
 
 
 @pytest.fixture
+def cuda_emu(monkeypatch):
+    """backend="cuda" on CPU torch tensors: the CUDA kernels run on nvemu (csrc/cuda_emu)."""
+    pytest.importorskip("torch")
+    if ops._nvemu is None:
+        pytest.skip("nestvec._nvemu (the CUDA emulator module) is not built")
+    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+    yield
+
+
+@pytest.fixture
 def restore_isa():
     if ops._C is None:
         yield

@@ -401,6 +401,146 @@ def test_triton_tiny_rows_cosine(triton_interpret):
                score_scale(x, q, 24, "cosine"), TOL["gpu"]["float32"])
 
 
+# --------------------------------------------------------------------------- CUDA (emulated)
+# The CUDA kernels themselves (csrc/cuda/dense.cu) on the CPU through nvemu: the same
+# source nvcc builds, with its barriers, shuffles, WMMA alignment and shared-memory
+# bounds checked (see csrc/cuda_emu/include/nvemu.h).
+
+EMU_CASES = [c for c in grid_cases(40, seed=4, max_n=1023)][:16] + [
+    (768, 384, 5000, 64, 100), (97, 48, 5000, 17, 10)]
+
+
+@pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: "D%d-d%d-N%d-Q%d-k%d" % c)
+def test_cuda_emulated_grid(case, cuda_emu):
+    D, d, N, Q, k = case
+    k = min(k, ops.DENSE_MAX_K_GPU)
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    for j, (dtype, metric) in enumerate(itertools.product(DTYPES, METRICS)):
+        ua, uc = [(False, False), (True, False), (False, True), (True, True)][j % 4]
+        run_case("cuda", rng, N, D, d, Q, k, dtype, metric, ua, uc, to_torch="cpu")
+
+
+@pytest.mark.parametrize("qscale", [1e-6, 1e5])
+def test_cuda_emulated_query_scale(qscale, cuda_emu):
+    rng = np.random.default_rng(23)
+    for dtype in ("float16", "bfloat16"):
+        stored = make_db(rng, 150, 40, dtype)
+        xw = widened(stored, dtype)
+        q = (rng.standard_normal((17, 40)) * qscale).astype(np.float32)
+        db = torch.from_numpy(xw).to(getattr(torch, dtype))
+        for metric in ("ip", "cosine"):
+            sr, ir = R.dense_topk(xw, q.astype(np.float64), 5, 40, metric)
+            s, i = ops.dense_topk(db, torch.from_numpy(q), 5, metric=metric, backend="cuda")
+            check_topk(s.numpy(), i.numpy(), sr, ir, true_scores(xw, q, 40, metric),
+                       score_scale(xw, q, 40, metric), TOL["gpu"][dtype])
+
+
+def test_cuda_emulated_strided_and_unaligned(cuda_emu):
+    """A prefix view of wider rows (stride != dim) and rows that are not 16-byte aligned
+    (the kernels' element-load path)."""
+    rng = np.random.default_rng(24)
+    for dtype in DTYPES:
+        stored = make_db(rng, 300, 101, dtype)
+        xw = widened(stored, dtype)
+        full = torch.from_numpy(xw).to(getattr(torch, dtype))
+        q = rng.standard_normal((5, 101)).astype(np.float32)
+        for db, dim in ((full[:, :64], 64), (full[:, 1:], 100), (full[1:], 101)):
+            xs = db.float().numpy()
+            sr, ir = R.dense_topk(xs, q[:, :xs.shape[1]].astype(np.float64), 7, dim, "cosine")
+            s, i = ops.dense_topk(db, torch.from_numpy(q[:, :xs.shape[1]]), 7, dim=dim,
+                                  metric="cosine", backend="cuda")
+            check_topk(s.numpy(), i.numpy(), sr, ir,
+                       true_scores(xs, q[:, :xs.shape[1]], dim, "cosine"),
+                       score_scale(xs, q, dim, "cosine"), TOL["gpu"][dtype])
+
+
+def _backends_here():
+    """Every backend that runs on this machine's CPU (GPU kernels through TRITON_INTERPRET
+    and nvemu)."""
+    out = ["reference"] + (["cpu"] if ops._C is not None else [])
+    if torch is not None and ops.ck.interpret_mode() and ops.triton_available():
+        out.append("triton")
+    if torch is not None and ops._nvemu is not None:
+        out.append("cuda")
+    return out
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
+    """A NaN in a row's prefix (or an inf, under cosine: inf * 0) makes its score NaN;
+    such rows are not eligible, identically on every backend (db is not scanned for
+    them up front). Under ip / l2 an inf row may score +-inf, which is a score."""
+    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    x[0, 0] = np.nan
+    x[3, 5] = np.inf if metric == "cosine" else np.nan
+    x[7, 39] = np.nan   # outside the prefix: an ordinary row
+    x[9] = 0.0          # a zero row stays eligible (scores 0 under cosine)
+    stored = x.astype(np.float16) if dtype == "float16" else (
+        R.f32_to_bf16(x) if dtype == "bfloat16" else x)
+    xw = widened(stored, dtype)
+    q = rng.standard_normal((5, 40)).astype(np.float32)
+    sr, ir = R.dense_topk(xw, q.astype(np.float64), 300, 32, metric)
+    assert not np.isin(ir, [0, 3]).any() and ((ir == 7).any(1) & (ir == 9).any(1)).all()
+    cand = np.tile(np.arange(300), (5, 1))
+    runs = [(be, None, c) for be in _backends_here() for c in (None, cand)]
+    runs += [("cpu", isa, None) for isa in cpu_isas()]
+    for be, isa, c in runs:
+        if isa is not None:
+            ops._C.set_isa(isa)
+        if be in ("triton", "cuda"):
+            db = torch.from_numpy(xw).to(getattr(torch, dtype))
+            s, i = ops.dense_topk(db, torch.from_numpy(q), 300, dim=32, metric=metric, backend=be,
+                                  candidates=None if c is None else torch.from_numpy(c))
+            s, i = s.numpy(), i.numpy()
+        else:
+            s, i = ops.dense_topk(stored, q, 300, dim=32, metric=metric, backend=be, candidates=c,
+                                  db_dtype="bfloat16" if dtype == "bfloat16" else None)
+        fam = "cpu" if be in ("cpu", "reference") else "gpu"
+        check_topk(s, i, sr, ir, true_scores(np.nan_to_num(xw, posinf=0.0), q, 32, metric),
+                   score_scale(np.nan_to_num(xw, posinf=0.0), q, 32, metric), TOL[fam][dtype],
+                   np.isin(np.arange(300), [0, 3], invert=True)[None, :].repeat(5, 0))
+
+
+def test_torch_uint16_as_bf16_every_backend(monkeypatch):
+    """A torch uint16 tensor flagged db_dtype="bfloat16" holds bf16 bit patterns on every
+    backend (the GPU glue used to look its dtype up as-is)."""
+    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+    rng = np.random.default_rng(26)
+    bits = R.f32_to_bf16(rng.standard_normal((200, 24)).astype(np.float32))
+    xw = R.bf16_to_f32(bits)
+    q = rng.standard_normal((3, 24)).astype(np.float32)
+    sr, ir = R.dense_topk(xw, q.astype(np.float64), 9, 24, "ip")
+    for be in _backends_here():
+        s, i = ops.dense_topk(torch.from_numpy(bits.view(np.int16)).view(torch.uint16),
+                              torch.from_numpy(q), 9, metric="ip", db_dtype="bfloat16",
+                              backend=be)
+        check_topk(s.numpy(), i.numpy(), sr, ir, true_scores(xw, q, 24, "ip"),
+                   score_scale(xw, q, 24, "ip"), TOL["gpu"]["bfloat16"])
+
+
+@pytest.mark.parametrize("use_cand", [False, True])
+def test_gpu_glue_key_budget_slices(use_cand, monkeypatch):
+    """With a tiny key budget the GPU glue scans in query chunks and row slices (merging
+    the slices' best keys with their rows renumbered) and gathers in query chunks: same
+    result as one pass."""
+    from nestvec import _dense_gpu
+
+    backends = [b for b in _backends_here() if b in ("triton", "cuda")]
+    if not backends:
+        pytest.skip("no GPU backend runs here")
+    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+    monkeypatch.setattr(_dense_gpu, "_KEY_BUDGET", 100)
+    rng = np.random.default_rng(27)
+    for be in backends:
+        run_case(be, rng, 1100, 48, 40, 3, 10, "float16", "cosine", True, use_cand,
+                 to_torch="cpu")
+        run_case(be, rng, 300, 16, 16, 2, 130, "float32", "l2", False, use_cand,
+                 to_torch="cpu")
+
+
 # --------------------------------------------------------------------------- GPU
 
 GPU_CASES = grid_cases(12, seed=4)

@@ -93,6 +93,26 @@ def test_triton_matches_reference(n, b, triton_interpret):
                 np.testing.assert_array_equal(i.numpy(), ir)
 
 
+@pytest.mark.parametrize("n,b", [(1, 1), (7, 3), (97, 32), (1023, 48), (4099, 128), (300, 13),
+                                 (5000, 8)])
+def test_cuda_emulated(n, b, cuda_emu):
+    """csrc/cuda/hamming.cu on the CPU through nvemu: histogram (shared and global),
+    threshold, count / scan / scatter and sort kernels, every word width."""
+    import torch
+
+    rng = np.random.default_rng(n + b + 1)
+    for q in (1, 5):
+        codes, queries = make(rng, n, b, q)
+        for allow in allows_for(rng, n):
+            for k in [k for k in ks_for(n) if k <= ops.HAMMING_MAX_K_GPU]:
+                d, i = ops.hamming_topk(torch.from_numpy(codes), torch.from_numpy(queries), k,
+                                        allow=None if allow is None else torch.from_numpy(allow),
+                                        backend="cuda")
+                dr, ir = reference.hamming_topk(codes, queries, k, allow)
+                np.testing.assert_array_equal(d.numpy(), dr)
+                np.testing.assert_array_equal(i.numpy(), ir)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("n,b", [(1, 1), (97, 3), (4099, 128), (70001, 32)])

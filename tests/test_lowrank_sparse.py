@@ -177,6 +177,31 @@ def test_cpu_full_grid(isa, restore_isa):
                    f"{isa} M={M} K={K} N={N} r={r} c={c} {dtype} bias={bias}")
 
 
+def test_cuda_emulated_grid(cuda_emu):
+    """csrc/cuda/lowrank_sparse.cu itself on the CPU through nvemu (WMMA, the cp.async
+    double buffer, the SIMT float32 kernel, the sparse epilogue)."""
+    for (M, K, N), r, ck, dtype, bias in cpu_cases():
+        c = n_channels(ck, N)
+        args = make(M, K, N, r, c, dtype, bias, seed=5)
+        check_args(ops.lowrank_sparse_matmul(*args, backend="cuda"), args, dtype,
+                   f"emulated cuda M={M} K={K} N={N} r={r} c={c} {dtype} bias={bias}")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_cuda_emulated_strided_x_and_tiles(dtype, cuda_emu):
+    """x rows with a stride (a column slice), K a multiple of 8 (the cp.async path) and
+    not, several row and column tiles, r and c crossing tile boundaries."""
+    for M, K, N, r, c, sl in [(260, 64, 300, 136, 130, False), (130, 72, 129, 8, 0, True),
+                              (65, 40, 257, 0, 20, False), (200, 33, 140, 17, 7, True)]:
+        x, A, B, S, ch, b = make(M, K + 8 if sl else K, N, r, c, dtype, True, seed=9)
+        if sl:
+            x = x[:, 8:]
+            A, S = A[:, 8:].contiguous(), S[:, 8:].contiguous()
+        args = (x, A, B, S, ch, b)
+        check_args(ops.lowrank_sparse_matmul(*args, backend="cuda"), args, dtype,
+                   f"emulated cuda M={M} K={K} N={N} r={r} c={c} sliced={sl}")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_grid(backend):

@@ -208,6 +208,36 @@ def test_triton_interpret_bf16_bits_as_uint16(triton_interpret):
     check(got, ref, True)
 
 
+@pytest.mark.parametrize("B,T,H,mode,dtype,side,dim,binary,normalize", cases(60, 13))
+def test_cuda_emulated(B, T, H, mode, dtype, side, dim, binary, normalize, cuda_emu):
+    """csrc/cuda/pooling.cu on the CPU through nvemu (fused and two-kernel paths)."""
+    import torch
+
+    rng = np.random.default_rng(B * 1000 + T + H)
+    h, h32 = make_hidden(rng, B, T, H, "float32")
+    ht = torch.from_numpy(h).to(getattr(torch, dtype))
+    m = make_mask(rng, B, T, side)
+    ref = reference.pool(ht.float().numpy(), m, mode, normalize, dim, binary)
+    check(ops.pool(ht, torch.from_numpy(m), mode, normalize, dim, binary, backend="cuda"), ref,
+          binary)
+
+
+def test_cuda_emulated_strided_and_unaligned(cuda_emu):
+    """Token rows that are not 16-byte aligned (scalar loads) and a strided hidden view."""
+    import torch
+
+    rng = np.random.default_rng(14)
+    h = torch.from_numpy(rng.standard_normal((3, 9, 101)).astype(np.float32))
+    m = torch.from_numpy(make_mask(rng, 3, 9, "right"))
+    for dtype in DTYPES:
+        ht = h.to(getattr(torch, dtype))
+        for view in (ht[:, :, 1:], ht[:, :, :64], ht[:, ::2]):
+            mm = m[:, ::2] if view.shape[1] != m.shape[1] else m
+            for mode in MODES:
+                ref = reference.pool(view.float().numpy(), mm.numpy(), mode, True, None, True)
+                check(ops.pool(view, mm, mode, True, None, True, backend="cuda"), ref, True)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_matches_reference(backend):

@@ -6,6 +6,16 @@
 
 #include <cstdint>
 
+// Kernel launches and dynamic shared memory go through these two macros so that the
+// same source also builds for nvemu (csrc/cuda_emu: the kernels on the CPU, for tests).
+#if defined(NESTVEC_CUDA_EMU)
+#define NV_LAUNCH(grid, block, smem, stream, ...) ::nvemu::launch(__VA_ARGS__, grid, block, smem, stream)
+#define NV_DYNAMIC_SMEM(type, name, align) type* const name = reinterpret_cast<type*>(::nvemu::tl_smem)
+#else
+#define NV_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define NV_DYNAMIC_SMEM(type, name, align) extern __shared__ __align__(align) type name[]
+#endif
+
 #define NV_CUDA_TRY(expr)                  \
   do {                                     \
     cudaError_t e_ = (expr);               \

@@ -35,8 +35,12 @@ constexpr int kXPad = 8;    // smem row padding (16-bit types): ldm multiple of 
 constexpr int kScPad = 4;   // score rows: ldm multiple of 4 floats
 constexpr int kSortQ = 16;  // queries sorted at a time in the epilogue
 
+// The contract order as one int64. A NaN score (a non-finite value in the row's prefix,
+// e.g. inf * 0) makes the row ineligible, as on the CPU; -0 counts as +0, so that
+// equal scores always tie by index.
 __device__ __forceinline__ long long make_key(float key, int64_t row) {
-  const int bits = __float_as_int(key);
+  if (key != key) return LLONG_MIN;
+  const int bits = __float_as_int(key + 0.0f);
   const int ordk = bits ^ ((bits >> 31) & 0x7FFFFFFF);
   // Shift as unsigned (a negative left shift is undefined in C++17), then reinterpret.
   const unsigned long long hi = static_cast<unsigned long long>(static_cast<long long>(ordk)) << 32;
@@ -45,7 +49,7 @@ __device__ __forceinline__ long long make_key(float key, int64_t row) {
 
 __device__ __forceinline__ float score_key(float dot, float sq, float qa, float qb, int metric) {
   // dot is taken with the unit-norm query; qa restores its scale (see cuda_api.h).
-  if (metric == 0) return sq > 0.f ? dot * qa * (1.f / sqrtf(sq)) : 0.f;
+  if (metric == 0) return sq > 0.f ? dot * qa * (1.f / sqrtf(sq)) : sq + 0.f;  // NaN row: NaN
   if (metric == 1) return dot * qa;
   return 2.f * dot * qa - sq - qb;
 }
@@ -200,7 +204,7 @@ scan_wmma_kernel(const T* __restrict__ db, int64_t n, int64_t stride, int64_t di
                  int kp, int nqb, bool vec_ok, long long* __restrict__ out, int64_t ostride) {
   using namespace nvcuda;
   using L = Smem<T, BQ, SPLIT>;
-  extern __shared__ __align__(128) unsigned char smem[];
+  NV_DYNAMIC_SMEM(unsigned char, smem, 128);
   T* xs = reinterpret_cast<T*>(smem + L::x_off);
   T* qs = reinterpret_cast<T*>(smem + L::q_off);
   T* qls = SPLIT ? reinterpret_cast<T*>(smem + L::ql_off) : nullptr;
@@ -260,7 +264,7 @@ scan_f32_kernel(const float* __restrict__ db, int64_t n, int64_t stride, int64_t
                 const float* __restrict__ qaux, int metric, const uint8_t* __restrict__ allow,
                 int kp, int nqb, bool vec_ok, long long* __restrict__ out, int64_t ostride) {
   using L = Smem<float, BQ, false>;
-  extern __shared__ __align__(128) unsigned char smem[];
+  NV_DYNAMIC_SMEM(unsigned char, smem, 128);
   float* xs = reinterpret_cast<float*>(smem + L::x_off);
   float* qs = reinterpret_cast<float*>(smem + L::q_off);
   float* sc = reinterpret_cast<float*>(smem + L::sc_off);
@@ -343,7 +347,7 @@ int scan_typed(const void* db, int64_t n, int64_t stride, int64_t dim, const flo
   const int smem = Smem<T, BQ, SPLIT>::bytes;
   auto kern = scan_wmma_kernel<T, BQ, SPLIT>;
   NV_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kern<<<unsigned(blocks), kThreads, smem, s>>>(static_cast<const T*>(db), n, stride, dim, q,
+  NV_LAUNCH(unsigned(blocks), kThreads, smem, s, kern)(static_cast<const T*>(db), n, stride, dim, q,
                                                 qstride, nq, qaux, metric, allow, kp, nqb, vec_ok,
                                                 out, ostride);
   return last_error();
@@ -359,7 +363,7 @@ int scan_f32(const void* db, int64_t n, int64_t stride, int64_t dim, const float
   const int smem = Smem<float, BQ, false>::bytes;
   auto kern = scan_f32_kernel<BQ>;
   NV_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kern<<<unsigned(blocks), kThreads, smem, s>>>(static_cast<const float*>(db), n, stride, dim, q,
+  NV_LAUNCH(unsigned(blocks), kThreads, smem, s, kern)(static_cast<const float*>(db), n, stride, dim, q,
                                                 qstride, nq, qaux, metric, allow, kp, nqb, vec_ok,
                                                 out, ostride);
   return last_error();
@@ -407,11 +411,11 @@ int dense_gather(const void* db, int dtype, int64_t n, int64_t stride, int64_t d
   const dim3 grid{static_cast<unsigned>(bx), static_cast<unsigned>(nq), 1u};
   long long* out = reinterpret_cast<long long*>(keys);
   if (dtype == 0)
-    gather_kernel<float><<<grid, kThreads, 0, s>>>(static_cast<const float*>(db), n, stride, dim, queries, query_stride, qaux, metric, cand, ncand, cand_stride, out, keys_stride);
+    NV_LAUNCH(grid, kThreads, 0, s, gather_kernel<float>)(static_cast<const float*>(db), n, stride, dim, queries, query_stride, qaux, metric, cand, ncand, cand_stride, out, keys_stride);
   else if (dtype == 1)
-    gather_kernel<__half><<<grid, kThreads, 0, s>>>(static_cast<const __half*>(db), n, stride, dim, queries, query_stride, qaux, metric, cand, ncand, cand_stride, out, keys_stride);
+    NV_LAUNCH(grid, kThreads, 0, s, gather_kernel<__half>)(static_cast<const __half*>(db), n, stride, dim, queries, query_stride, qaux, metric, cand, ncand, cand_stride, out, keys_stride);
   else
-    gather_kernel<__nv_bfloat16><<<grid, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(db), n, stride, dim, queries, query_stride, qaux, metric, cand, ncand, cand_stride, out, keys_stride);
+    NV_LAUNCH(grid, kThreads, 0, s, gather_kernel<__nv_bfloat16>)(static_cast<const __nv_bfloat16*>(db), n, stride, dim, queries, query_stride, qaux, metric, cand, ncand, cand_stride, out, keys_stride);
   return last_error();
 }
 

@@ -42,7 +42,7 @@ __global__ void dist_hist_kernel(const uint8_t* __restrict__ codes, int64_t n, i
                                  int nbytes, const uint8_t* __restrict__ allow,
                                  uint16_t* __restrict__ dist, uint32_t* __restrict__ hist,
                                  int bins, bool smem_hist, int rows_per_block) {
-  extern __shared__ __align__(16) uint8_t smem[];
+  NV_DYNAMIC_SMEM(uint8_t, smem, 16);
   const int nwords = nbytes / int(sizeof(Word));
   const int qbase = blockIdx.y * QS;
   const int nqv = min(QS, nq - qbase);
@@ -230,7 +230,7 @@ __global__ void scatter_kernel(const uint16_t* __restrict__ dist, int64_t n,
 __global__ void sort_kernel(const unsigned long long* __restrict__ cand, const int* __restrict__ n_lt,
                             const int* __restrict__ need_eq, int64_t k, int P,
                             int32_t* __restrict__ out_dist, int64_t* __restrict__ out_idx) {
-  extern __shared__ unsigned long long keys[];
+  NV_DYNAMIC_SMEM(unsigned long long, keys, 16);
   const int q = blockIdx.x;
   const int m = n_lt[q] + need_eq[q];
   for (int i = threadIdx.x; i < P; i += blockDim.x)
@@ -300,7 +300,7 @@ int launch_dist(const Plan& p, dim3 grid, cudaStream_t s, const uint8_t* codes, 
                 const uint8_t* allow, uint16_t* dist, uint32_t* hist, int bins) {
   auto kern = dist_hist_kernel<Word, QS>;
   NV_CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, p.smem_bytes));
-  kern<<<grid, kThreads, p.smem_bytes, s>>>(codes, n, stride, queries, q_stride, nq, nbytes, allow,
+  NV_LAUNCH(grid, kThreads, p.smem_bytes, s, kern)(codes, n, stride, queries, q_stride, nq, nbytes, allow,
                                              dist, hist, bins, p.smem_hist, p.rows_per_block());
   return last_error();
 }
@@ -376,16 +376,16 @@ int hamming_topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uin
     else
       rc = launch_dist_qs<uint8_t>(p, grid, s, codes, n, code_stride, qp, query_stride, gq, int(nbytes), allow, dist, hist, bins);
     if (rc) return rc;
-    threshold_kernel<<<gq, 32, 0, s>>>(hist, bins, k, thr, need, nlt);
+    NV_LAUNCH(gq, 32, 0, s, threshold_kernel)(hist, bins, k, thr, need, nlt);
     NV_CUDA_TRY(cudaGetLastError());
-    count_kernel<<<dim3(nblk, gq), kThreads, 0, s>>>(dist, n, thr, nblk, lt_cnt, eq_cnt);
+    NV_LAUNCH(dim3(nblk, gq), kThreads, 0, s, count_kernel)(dist, n, thr, nblk, lt_cnt, eq_cnt);
     NV_CUDA_TRY(cudaGetLastError());
-    scan_blocks_kernel<<<gq, 1024, 0, s>>>(lt_cnt, eq_cnt, nblk);
+    NV_LAUNCH(gq, 1024, 0, s, scan_blocks_kernel)(lt_cnt, eq_cnt, nblk);
     NV_CUDA_TRY(cudaGetLastError());
-    scatter_kernel<<<dim3(nblk, gq), kThreads, 0, s>>>(dist, n, thr, need, nlt, lt_cnt, eq_cnt,
+    NV_LAUNCH(dim3(nblk, gq), kThreads, 0, s, scatter_kernel)(dist, n, thr, need, nlt, lt_cnt, eq_cnt,
                                                        nblk, k, 0, cand);
     NV_CUDA_TRY(cudaGetLastError());
-    sort_kernel<<<gq, 1024, size_t(P) * 8, s>>>(cand, nlt, need, k, P, out_dist + q0 * k,
+    NV_LAUNCH(gq, 1024, size_t(P) * 8, s, sort_kernel)(cand, nlt, need, k, P, out_dist + q0 * k,
                                                out_idx + q0 * k);
     NV_CUDA_TRY(cudaGetLastError());
   }

@@ -81,6 +81,16 @@ __device__ __forceinline__ void weight_of(const Params<T>& p, int tile, int bn, 
 constexpr int TBM = 128, TBN = 128, TBK = 32, TLDS = TBK + 8;  // +8: fewer bank conflicts
 constexpr int TTHREADS = 256;                                   // 8 warps: 2 (M) x 4 (N)
 
+#if defined(NESTVEC_CUDA_EMU)  // nvemu queues the copies until the matching wait
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  nvemu::async_copy16(smem, gmem, valid);
+}
+__device__ __forceinline__ void cp_async_commit() { nvemu::async_commit(); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  nvemu::async_wait(N);
+}
+#else
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int sz = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros
@@ -91,6 +101,7 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
+#endif
 
 // rows x TBK tile of a K-contiguous operand into shared memory (row stride TLDS).
 template <typename T, bool VEC>
@@ -272,12 +283,12 @@ int launch_gemm(const Params<T>& p, int64_t ncols_tiles, cudaStream_t s) {
     const int64_t tiles = mt - mt0 < 65535 ? mt - mt0 : 65535;
     const dim3 grid{unsigned(ncols_tiles), unsigned(tiles), 1u};
     if constexpr (kF32) {
-      gemm_f32_kernel<<<grid, FTHREADS, 0, s>>>(c);
+      NV_LAUNCH(grid, FTHREADS, 0, s, gemm_f32_kernel)(c);
     } else {
       if (vec)
-        gemm_tc_kernel<T, true><<<grid, TTHREADS, 0, s>>>(c);
+        NV_LAUNCH(grid, TTHREADS, 0, s, gemm_tc_kernel<T, true>)(c);
       else
-        gemm_tc_kernel<T, false><<<grid, TTHREADS, 0, s>>>(c);
+        NV_LAUNCH(grid, TTHREADS, 0, s, gemm_tc_kernel<T, false>)(c);
     }
     if (const int rc = last_error()) return rc;
   }
@@ -300,8 +311,8 @@ int run(const void* x, int64_t M, int64_t K, int64_t ldx, const void* A, int64_t
   if (M == 0 || N == 0) return 0;
 
   if (c > 0) {
-    fill_kernel<<<unsigned((N + 255) / 256), 256, 0, s>>>(col2s, N, -1);
-    col2s_kernel<<<unsigned((c + 255) / 256), 256, 0, s>>>(channels, c, col2s);
+    NV_LAUNCH(unsigned((N + 255) / 256), 256, 0, s, fill_kernel)(col2s, N, -1);
+    NV_LAUNCH(unsigned((c + 255) / 256), 256, 0, s, col2s_kernel)(channels, c, col2s);
     NV_CUDA_TRY(cudaGetLastError());
   }
   // GEMM 1: [t_lr | t_s] = x · [A; S]ᵀ

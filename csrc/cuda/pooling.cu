@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 
 #include <cfloat>
+#include <climits>
 
 #include "common.cuh"
 #include "nestvec/cuda_api.h"
@@ -256,12 +257,12 @@ int launch(const void* hidden, int64_t B, int64_t T, int64_t d, int64_t sb, int6
   if (chunks > 65535) return int(cudaErrorInvalidConfiguration);
   const bool fused = chunks == 1;
   const dim3 grid{unsigned(B), unsigned(chunks), 1u};
-  pool_kernel<DT, VEC><<<grid, kThreads, 0, s>>>(
+  NV_LAUNCH(grid, kThreads, 0, s, pool_kernel<DT, VEC>)(
       static_cast<const char*>(hidden), T, d, sb, st, static_cast<const uint8_t*>(mask), msize,
       msb, mode, fused, normalize, out, codes);
   NV_CUDA_TRY(cudaGetLastError());
   if (!fused && (normalize || codes)) {
-    finish_kernel<<<unsigned(B), kThreads, 0, s>>>(out, d, normalize, codes);
+    NV_LAUNCH(unsigned(B), kThreads, 0, s, finish_kernel)(out, d, normalize, codes);
     NV_CUDA_TRY(cudaGetLastError());
   }
   return 0;

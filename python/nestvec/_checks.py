@@ -6,6 +6,7 @@ Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError
 from __future__ import annotations
 
 import numbers
+import contextlib
 import os
 
 import numpy as np
@@ -128,3 +129,17 @@ def unpack_bits(packed, n: int):
 
 def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@contextlib.contextmanager
+def launch_scope(dev):
+    """Yields the stream (an int) for CUDA launches on torch device ``dev``: the current
+    stream, with ``dev`` made current; 0 for the CPU, where only the kernels' emulator
+    (nestvec._nvemu, see ops.cuda_emulated) runs them."""
+    if dev.type != "cuda":
+        yield 0
+        return
+    import torch
+
+    with torch.cuda.device(dev):
+        yield torch.cuda.current_stream(dev).cuda_stream

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import launch_scope
+
 INT64_MIN = -(1 << 63)
 _METRIC = {"cosine": 0, "ip": 1, "l2": 2}
 _DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -77,10 +79,61 @@ def _stride_rows(db):
     return db.stride(0) if db.shape[0] > 1 else max(db.stride(0), db.shape[1])
 
 
+def scan_in_chunks(n, nq, bn, kp, k, metric, launch, q_align=1, q_max=None, budget=None):
+    """Runs a block-key scan in query chunks and row slices so that no [chunk, keys]
+    buffer exceeds ``budget`` int64 keys, and merges the result.
+
+    ``launch(q0, q1, r0, r1)`` scans queries [q0, q1) over rows [r0, r1) (r0 a multiple
+    of ``bn``) and returns int64 keys [q1 - q0, ceil((r1 - r0) / bn) * kp] whose rows are
+    numbered from r0. Row slices are reduced to their best k keys and renumbered (the
+    key's low half is 2^32 - 1 - row, so subtracting r0 adds r0 to the row) before the
+    next one, so a huge N costs one slice of keys at a time."""
+    budget = budget or _KEY_BUDGET
+    m = (n + bn - 1) // bn * kp
+    chunk = max(1, min(nq, budget // max(m, 1)))
+    if chunk > q_align:
+        chunk = chunk // q_align * q_align
+    if q_max:
+        chunk = min(chunk, q_max)
+    rows = n
+    if chunk * m > budget:
+        rows = max(1, budget // (chunk * kp)) * bn
+    results = []
+    for q0 in range(0, nq, chunk):
+        q1 = min(nq, q0 + chunk)
+        best = None
+        for r0 in range(0, n, rows):
+            keys = launch(q0, q1, r0, min(n, r0 + rows))
+            if rows < n:
+                keys = torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=False).values
+                if r0:
+                    keys = torch.where(keys != INT64_MIN, keys - r0, keys)
+                if best is not None:
+                    keys = torch.cat([best, keys], 1)
+                    keys = torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=False).values
+            best = keys
+        results.append(merge_keys(best, k, metric))
+    if len(results) == 1:
+        return results[0]
+    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+
+
+def gather_in_chunks(nq, c, k, metric, launch, q_max=65535, budget=None):
+    """Candidate path: ``launch(q0, q1)`` returns keys [q1 - q0, c]; query chunks keep
+    each buffer within ``budget`` keys (and grid.y within ``q_max``)."""
+    budget = budget or _KEY_BUDGET
+    chunk = max(1, min(nq, q_max, budget // max(c, 1)))
+    results = [merge_keys(launch(q0, min(nq, q0 + chunk)), k, metric)
+               for q0 in range(0, nq, chunk)]
+    if len(results) == 1:
+        return results[0]
+    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+
+
 def dense_topk_cuda(C, db, queries, k, dim, metric, allow=None, candidates=None):
-    """CUDA backend: scan (or gather) kernels from _C, merge with torch.topk."""
+    """CUDA backend: scan (or gather) kernels from C (nestvec._C, or nestvec._nvemu with
+    CPU tensors in the tests), merge with torch.topk."""
     n = db.shape[0]
-    nq = queries.shape[0]
     dev = db.device
     if n >= (1 << 32):
         raise ValueError("db: the cuda backend supports N < 2^32 rows")
@@ -88,38 +141,34 @@ def dense_topk_cuda(C, db, queries, k, dim, metric, allow=None, candidates=None)
     mcode = _METRIC[metric]
     dcode = _DTYPE[db.dtype]
     stride = _stride_rows(db)
-    results = []
-    with torch.cuda.device(dev):
-        stream = torch.cuda.current_stream(dev).cuda_stream
+    esize = db.element_size()
+    with launch_scope(dev) as stream:
         if candidates is not None:
             cand = dedupe_candidates(candidates, n, allow)
             c = cand.shape[1]
-            for q0 in range(0, nq, 65535):
-                q1 = min(nq, q0 + 65535)
+
+            def gather(q0, q1):
                 keys = torch.full((q1 - q0, max(c, 1)), INT64_MIN, dtype=torch.int64, device=dev)
                 if c > 0:
                     C.cuda_dense_gather(db.data_ptr(), dcode, n, stride, dim, q32[q0:q1].data_ptr(),
                                         q1 - q0, q32.stride(0), qaux[q0:q1].data_ptr(), mcode,
                                         cand[q0:q1].data_ptr(), c, cand.stride(0), keys.data_ptr(),
                                         keys.stride(0), stream)
-                results.append(merge_keys(keys, k, metric))
-        else:
-            allow_u8 = allow.contiguous().view(torch.uint8) if allow is not None else None
-            bn = C.cuda_dense_block_rows()
-            kp = min(k, bn)
-            m = (n + bn - 1) // bn * kp
-            chunk = max(1, min(nq, _KEY_BUDGET // max(m, 1)))
-            if chunk > 64:
-                chunk = chunk // 64 * 64
-            for q0 in range(0, nq, chunk):
-                q1 = min(nq, q0 + chunk)
-                keys = torch.empty((q1 - q0, m), dtype=torch.int64, device=dev)
-                C.cuda_dense_scan(db.data_ptr(), dcode, n, stride, dim, q32[q0:q1].data_ptr(), q1 - q0,
-                                  q32.stride(0), qaux[q0:q1].data_ptr(), mcode,
-                                  allow_u8.data_ptr() if allow_u8 is not None else 0, kp,
-                                  keys.data_ptr(), keys.stride(0), stream)
-                results.append(merge_keys(keys, k, metric))
-                del keys
-    if len(results) == 1:
-        return results[0]
-    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+                return keys
+
+            return gather_in_chunks(queries.shape[0], c, k, metric, gather)
+        allow_u8 = allow.contiguous().view(torch.uint8) if allow is not None else None
+        bn = C.cuda_dense_block_rows()
+        kp = min(k, bn)
+
+        def scan(q0, q1, r0, r1):
+            m = (r1 - r0 + bn - 1) // bn * kp
+            keys = torch.empty((q1 - q0, m), dtype=torch.int64, device=dev)
+            C.cuda_dense_scan(db.data_ptr() + r0 * stride * esize, dcode, r1 - r0, stride, dim,
+                              q32[q0:q1].data_ptr(), q1 - q0, q32.stride(0),
+                              qaux[q0:q1].data_ptr(), mcode,
+                              allow_u8.data_ptr() + r0 if allow_u8 is not None else 0, kp,
+                              keys.data_ptr(), keys.stride(0), stream)
+            return keys
+
+        return scan_in_chunks(n, queries.shape[0], bn, kp, k, metric, scan, q_align=64)

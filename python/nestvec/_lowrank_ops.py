@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import reference
-from .ops import (_C, _check_backend_device, _row_contiguous,
+from .ops import (_C, _check_backend_device, _row_contiguous, cuda_module,
                   is_auto, resolve_backend)
 
 
@@ -197,7 +197,10 @@ def _lrs_cpu(x, A, B, S, channels, bias):
 
 
 def _lrs_cuda(x, A, B, S, channels, bias):
+    """CUDA backend (nestvec._C; nestvec._nvemu for CPU tensors, see ops.cuda_emulated)."""
     import torch
+
+    C = cuda_module(x)
 
     dt = ck.dtype_name(x)
     if x.stride(-1) != 1 or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
@@ -211,11 +214,10 @@ def _lrs_cuda(x, A, B, S, channels, bias):
     r, N, c = A.shape[0], B.shape[0], S.shape[0]
     dev = x.device
     y = torch.empty((M, N), dtype=x.dtype, device=dev)
-    ws_bytes = _C.cuda_lowrank_sparse_workspace_bytes(_LRS_CODE[dt], M, N, r, c)
+    ws_bytes = C.cuda_lowrank_sparse_workspace_bytes(_LRS_CODE[dt], M, N, r, c)
     ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=dev)
-    with torch.cuda.device(dev):
-        stream = torch.cuda.current_stream(dev).cuda_stream
-        _C.cuda_lowrank_sparse_matmul(
+    with ck.launch_scope(dev) as stream:
+        C.cuda_lowrank_sparse_matmul(
             _LRS_CODE[dt], x.data_ptr(), M, K, x.stride(0), A.data_ptr(), r, B.data_ptr(), N,
             S.data_ptr(), c, ch.data_ptr(), bias_c.data_ptr() if bias_c is not None else 0,
             y.data_ptr(), ws.data_ptr(), ws_bytes, stream)

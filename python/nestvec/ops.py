@@ -30,8 +30,27 @@ else:
     _C_ERROR = None
 
 
+try:  # the CUDA kernels on a CPU emulator (tests)
+    from . import _nvemu
+except ImportError:
+    _nvemu = None
+
+
 def cuda_compiled() -> bool:
     return _C is not None and bool(_C.build_info()["cuda_compiled"])
+
+
+def cuda_emulated() -> bool:
+    """NESTVEC_CUDA_EMU=1: backend ``cuda`` also takes CPU torch tensors and runs the
+    CUDA kernels on them through nestvec._nvemu (csrc/cuda_emu: a CPU emulator, slow,
+    for tests; what TRITON_INTERPRET=1 is for Triton)."""
+    return _nvemu is not None and os.environ.get("NESTVEC_CUDA_EMU", "0") not in ("", "0")
+
+
+def cuda_module(x):
+    """The module whose launchers run the CUDA kernels on ``x``: _C for CUDA tensors,
+    _nvemu for CPU tensors (emulation, see cuda_emulated)."""
+    return _C if ck.device_of(x) == "cuda" else _nvemu
 
 
 def triton_available() -> bool:
@@ -75,6 +94,8 @@ def _check_backend_device(backend: str, x, name: str) -> None:
         if dev != "cpu":
             raise ValueError(f"{name}: backend 'cpu' needs host memory, got a tensor on {dev}")
     elif backend == "cuda":
+        if dev == "cpu" and ck.is_torch(x) and cuda_emulated():
+            return
         if not cuda_compiled():
             raise RuntimeError("backend 'cuda': nestvec was built without CUDA kernels")
         if dev != "cuda":
@@ -237,16 +258,16 @@ def _hamming_cuda(codes, queries, k, allow):
         allow = allow.contiguous().view(torch.uint8)
     dev = codes.device
     nq = queries.shape[0]
-    ws_bytes = _C.cuda_hamming_workspace_bytes(n, nq, nbytes, k)
+    C = cuda_module(codes)
+    ws_bytes = C.cuda_hamming_workspace_bytes(n, nq, nbytes, k)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=dev)
     dist = torch.empty((nq, k), dtype=torch.int32, device=dev)
     idx = torch.empty((nq, k), dtype=torch.int64, device=dev)
-    with torch.cuda.device(dev):
-        stream = torch.cuda.current_stream(dev).cuda_stream
-        _C.cuda_hamming_topk(codes.data_ptr(), n, codes.stride(0), queries.data_ptr(), nq,
-                             queries.stride(0), nbytes, k,
-                             allow.data_ptr() if allow is not None else 0, dist.data_ptr(),
-                             idx.data_ptr(), ws.data_ptr(), ws_bytes, stream)
+    with ck.launch_scope(dev) as stream:
+        C.cuda_hamming_topk(codes.data_ptr(), n, codes.stride(0), queries.data_ptr(), nq,
+                            queries.stride(0), nbytes, k,
+                            allow.data_ptr() if allow is not None else 0, dist.data_ptr(),
+                            idx.data_ptr(), ws.data_ptr(), ws_bytes, stream)
     return dist, idx
 
 
@@ -316,8 +337,10 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
 
     Args:
         db: stored vectors ``[N, D]``, float32 / float16 / bfloat16 (a torch.bfloat16
-            tensor, or a NumPy uint16 array with ``db_dtype="bfloat16"``). Rows may be
-            strided; each row must be contiguous. Never copied.
+            tensor, or a NumPy array / torch tensor of uint16 with
+            ``db_dtype="bfloat16"``). Rows may be strided; each row must be contiguous.
+            Never copied, and not scanned for NaN / inf (that would be a second pass):
+            a row whose score comes out NaN is never returned, on every backend.
         queries: ``[Q, D]`` (or ``[Q, dim]``, or one ``[D]`` query), any float type.
         k: results per query, ``>= 1`` (<= 4096 on CPU, 2048 on GPU); ``k > N`` pads.
         dim: prefix length ``1 <= dim <= D``; default D. The prefix norm of each row is
@@ -353,6 +376,10 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
     if k > max_k:
         raise ValueError(f"k: backend {be!r} supports k <= {max_k}, got {k}")
 
+    if dt == "bfloat16" and ck.is_torch(db) and ck.dtype_name(db) != "bfloat16":
+        import torch
+
+        db = db.view(torch.bfloat16)  # uint16 bit patterns flagged db_dtype="bfloat16"
     if be == "reference" or n == 0 or queries.shape[0] == 0:
         args = (db, queries, allow, candidates)
         if be != "reference":  # empty input: nothing to scan, so any device is fine
@@ -417,7 +444,8 @@ def _dense_triton(db, dt, queries, k, dim, metric, allow, candidates):
 def _dense_cuda(db, dt, queries, k, dim, metric, allow, candidates):
     from . import _dense_gpu
 
-    return _dense_gpu.dense_topk_cuda(_C, db, queries, k, dim, metric, allow, candidates)
+    return _dense_gpu.dense_topk_cuda(cuda_module(db), db, queries, k, dim, metric, allow,
+                                      candidates)
 
 
 # backend name -> fn(db, dtype_name, queries, k, dim, metric, allow, candidates)
@@ -615,12 +643,11 @@ def _pool_cuda(hidden, dt, mask, mode, normalize, d, binary):
     dev = hidden.device
     out = torch.empty((B, d), dtype=torch.float32, device=dev)
     codes = torch.empty((B, (d + 7) // 8), dtype=torch.uint8, device=dev) if binary else None
-    with torch.cuda.device(dev):
-        stream = torch.cuda.current_stream(dev).cuda_stream
-        _C.cuda_pool(hidden.data_ptr(), _POOL_DTYPE_ID[dt], B, T, d, hidden.stride(0),
-                     hidden.stride(1), mask.data_ptr(), mask.element_size(), mask.stride(0),
-                     _POOL_MODE_ID[mode], normalize, out.data_ptr(),
-                     codes.data_ptr() if binary else 0, stream)
+    with ck.launch_scope(dev) as stream:
+        cuda_module(hidden).cuda_pool(
+            hidden.data_ptr(), _POOL_DTYPE_ID[dt], B, T, d, hidden.stride(0), hidden.stride(1),
+            mask.data_ptr(), mask.element_size(), mask.stride(0), _POOL_MODE_ID[mode], normalize,
+            out.data_ptr(), codes.data_ptr() if binary else 0, stream)
     return (out, codes) if binary else out
 
 

@@ -79,7 +79,7 @@ def dense_scores(db: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray
     denom = qn[:, None] * xn[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.where(denom > 0, (q @ x.T) / np.where(denom > 0, denom, 1.0), 0.0)
-    return s
+    return np.where(np.isnan(xn)[None, :], np.nan, s)  # a NaN row is not a zero row
 
 
 def dense_topk(db, queries, k, dim=None, metric="cosine", allow=None, candidates=None):
@@ -88,8 +88,8 @@ def dense_topk(db, queries, k, dim=None, metric="cosine", allow=None, candidates
     db float [N, D] (float32 / float16, or bf16 already widened to float32), queries
     float [Q, >= dim]. cosine / ip: best = highest score; l2: best = smallest squared
     distance. Ties by index ascending. candidates: optional int64 [Q, C] row ids
-    (-1 = padding, duplicates allowed): only those rows are eligible for a query.
-    Returns (score float32 [Q, k], idx int64 [Q, k]); padding is (-inf, -1) for
+    (-1 = padding, duplicates allowed): only those rows are eligible for a query. Rows
+    whose score is NaN (NaN or inf in the prefix) are not eligible. Returns (score float32 [Q, k], idx int64 [Q, k]); padding is (-inf, -1) for
     cosine / ip and (+inf, -1) for l2."""
     n, d_full = db.shape
     dim = d_full if dim is None else dim
@@ -109,6 +109,8 @@ def dense_topk(db, queries, k, dim=None, metric="cosine", allow=None, candidates
             c = np.unique(c[(c >= 0) & (c < n)])
             rows = c[eligible[c]]
         si = s[i, rows]
+        finite = ~np.isnan(si)  # a row with NaN / inf in its prefix may score NaN: never returned
+        rows, si = rows[finite], si[finite]
         key = si if metric == "l2" else -si
         order = np.lexsort((rows, key))[:k]
         m = order.shape[0]
