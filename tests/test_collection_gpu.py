@@ -1,5 +1,7 @@
-"""Collection search on a CUDA device: same answers as the host path, device cache
-invalidated on commit. Runs only where CUDA is available (gpu marker)."""
+"""Collection search through the GPU path (device cache, GPU kernels): same answers as
+the host path, device cache invalidated on commit. Runs on a CUDA device where there is
+one (gpu marker), and everywhere through nvemu: CPU torch tensors in a "cpu" device
+cache with the cuda backend forced (NESTVEC_BACKEND=cuda, NESTVEC_CUDA_EMU=1)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +12,35 @@ import nestvec.ops as ops
 
 from collection_helpers import clustered, per_query
 
-pytestmark = pytest.mark.gpu
 D = 64
+
+
+@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.gpu), "emulated"])
+def target(request):
+    torch = pytest.importorskip("torch")
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU")
+        return torch.device("cuda", torch.cuda.current_device())
+    if ops._nvemu is None:
+        pytest.skip("nestvec._nvemu (the CUDA emulator module) is not built")
+    return torch.device("cpu")
+
+
+def gpu_search(col, q, target, monkeypatch, as_device_arg=False, **kw):
+    """col.search on the GPU path: a query tensor on the device, or host queries with
+    device=... (as_device_arg)."""
+    import torch
+
+    if target.type == "cuda":
+        if as_device_arg:
+            return col.search(np.asarray(q), device="cuda", **kw)
+        return col.search(torch.as_tensor(q).to(target), **kw)
+    with monkeypatch.context() as m:
+        m.setenv("NESTVEC_BACKEND", "cuda")
+        m.setenv("NESTVEC_CUDA_EMU", "1")
+        return col.search(np.asarray(q) if as_device_arg else torch.as_tensor(q), device="cpu",
+                          **kw)
 
 
 def _dense_on_gpu() -> bool:
@@ -51,40 +80,37 @@ def _same(col, got, want, q, mode, flt=None, tol=2e-3):
             assert abs(exact - ws[j]) <= tol, (j, gi, wi)
 
 
-def test_cuda_matches_host(col):
-    import torch
-
+def test_gpu_path_matches_host(col, target, monkeypatch):
     q = clustered(5, D, 4)
-    qt = torch.from_numpy(q).cuda()
     modes = ["binary"] + (["flat", "funnel"] if _dense_on_gpu() else [])
     for mode in modes:
         for flt in (None, nv.field("lang") == "fr"):
             want = col.search(q, k=10, mode=mode, filter=flt)
-            _same(col, col.search(qt, k=10, mode=mode, filter=flt), want, q, mode, flt)
-            _same(col, col.search(q, k=10, mode=mode, filter=flt, device="cuda"), want, q, mode, flt)
+            for as_arg in (False, True):
+                got = gpu_search(col, q, target, monkeypatch, k=10, mode=mode, filter=flt,
+                                 as_device_arg=as_arg)
+                _same(col, got, want, q, mode, flt)
     # device="cuda" and a cuda:N tensor share one device cache (one copy of the segments)
-    assert list(col._caches) == [str(qt.device)]
-    if not _dense_on_gpu():
+    assert list(col._caches) == [str(target)]
+    if not _dense_on_gpu() and target.type == "cuda":
         with pytest.raises(RuntimeError, match="mode='binary'"):
-            col.search(qt, k=10, mode="flat")
+            gpu_search(col, q, target, monkeypatch, k=10, mode="flat")
 
 
-def test_cuda_cache_invalidated_on_commit(col):
-    import torch
-
-    q = torch.from_numpy(clustered(2, D, 5)).cuda()
-    col.search(q, k=5, mode="binary")
-    cache = col._caches[str(q.device)]
+def test_gpu_cache_invalidated_on_commit(col, target, monkeypatch):
+    q = clustered(2, D, 5)
+    gpu_search(col, q, target, monkeypatch, k=5, mode="binary")
+    cache = col._caches[str(target)]
     n = cache.transfers
-    col.search(q, k=5, mode="binary")
+    gpu_search(col, q, target, monkeypatch, k=5, mode="binary")
     assert cache.transfers == n
-    top = col.search(q, k=1, mode="binary").column("id").to_pylist()
+    top = gpu_search(col, q, target, monkeypatch, k=1, mode="binary").column("id").to_pylist()
     col.delete(ids=top)
-    got = col.search(q, k=5, mode="binary")
+    got = gpu_search(col, q, target, monkeypatch, k=5, mode="binary")
     assert not set(top) & set(got.column("id").to_pylist())
-    assert got.equals(col.search(q.cpu().numpy(), k=5, mode="binary"))
+    assert got.equals(col.search(q, k=5, mode="binary"))
     if _dense_on_gpu():  # the dense modes read the cached vectors + the new live mask
         for mode in ("flat", "funnel"):
-            got = col.search(q, k=5, mode=mode)
+            got = gpu_search(col, q, target, monkeypatch, k=5, mode=mode)
             assert not set(top) & set(got.column("id").to_pylist())
-            _same(col, got, col.search(q.cpu().numpy(), k=5, mode=mode), q.cpu().numpy(), mode)
+            _same(col, got, col.search(q, k=5, mode=mode), q, mode)

@@ -24,10 +24,12 @@ def test_gradcheck_float64(M, K, N, r, c, bias):
     assert torch.autograd.gradcheck(f, (x, A, B, S, b), eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
-def test_grads_match_dense_float32(backend):
+@pytest.mark.parametrize("backend", ["cpu", "reference", "cuda"])
+def test_grads_match_dense_float32(backend, request):
     if backend == "cpu" and ops._C is None:
         pytest.skip("native module not built")
+    if backend == "cuda":  # the CUDA kernels on CPU tensors (nvemu)
+        request.getfixturevalue("cuda_emu")
     x, A, B, S, ch, b = _params(9, 13, 11, 4, 3, True, dtype=torch.float32, seed=1)
     x3 = x.detach().reshape(3, 3, 13).requires_grad_()
     y = lowrank_sparse_linear(x3, A, B, S, ch, b, backend=backend)
@@ -42,12 +44,14 @@ def test_grads_match_dense_float32(backend):
         np.testing.assert_allclose(got.grad.numpy(), want.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
-def test_non_contiguous_input(backend):
+@pytest.mark.parametrize("backend", ["cpu", "reference", "cuda"])
+def test_non_contiguous_input(backend, request):
     """A drop-in nn.Linear takes transposed and expanded inputs (the cpu op needs
     contiguous rows: the layer makes them)."""
     if backend == "cpu" and ops._C is None:
         pytest.skip("native module not built")
+    if backend == "cuda":
+        request.getfixturevalue("cuda_emu")
     torch.manual_seed(0)
     layer = LowRankSparseLinear(13, 11, rank=4, channels=[1, 5], backend=backend)
     for x in (torch.randn(13, 9).t(), torch.randn(1, 13).expand(6, 13), torch.randn(4, 26)[:, ::2]):
