@@ -58,7 +58,8 @@ def test_dynamic_shared_memory_limits_and_poison():
 def test_dynamic_shared_memory_overrun_faults():
     code = "import nestvec.ops as o; o._nvemu.selftest_dynamic_smem(4096, at=4096)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
-    assert r.returncode == -signal.SIGSEGV, r.stderr.decode()[-2000:]
+    asan = b"AddressSanitizer: SEGV" in r.stderr  # the sanitized build (slow suite) reports it
+    assert r.returncode == -signal.SIGSEGV or asan, r.stderr.decode()[-2000:]
 
 
 def test_launch_config_errors_are_cuda_errors():

@@ -2,6 +2,10 @@
 // runtime-API calls the launchers make (see include/nvemu.h for the model).
 #include "nvemu.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define NV_ASAN 1
+#endif
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -65,6 +69,28 @@ struct Run : Block {
 
 thread_local Run* tl_run = nullptr;
 
+// AddressSanitizer must be told about every stack switch (else it reports false
+// positives and mistakes fiber stacks for the thread's); no-ops in normal builds.
+thread_local const void* tl_sched_bottom = nullptr;
+thread_local size_t tl_sched_size = 0;
+inline void asan_leave(void** fake, const void* bottom, size_t size) {
+#if NV_ASAN
+  __sanitizer_start_switch_fiber(fake, bottom, size);
+#else
+  (void)fake, (void)bottom, (void)size;
+#endif
+}
+inline void asan_arrive(void* fake, bool learn_sched) {
+#if NV_ASAN
+  if (learn_sched)
+    __sanitizer_finish_switch_fiber(fake, &tl_sched_bottom, &tl_sched_size);
+  else
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+  (void)fake, (void)learn_sched;
+#endif
+}
+
 // Stacks (with a guard page below each) and the dynamic shared memory (ending at a
 // guard page) are mapped once per OS thread and reused by every launch.
 struct Arena {
@@ -109,7 +135,10 @@ unsigned char* smem_of(size_t bytes) {
 
 void yield() {
   ThreadState* me = static_cast<ThreadState*>(tl_fiber);
+  void* fake = nullptr;
+  asan_leave(&fake, tl_sched_bottom, tl_sched_size);
   swapcontext(&me->ctx, &tl_run->sched);
+  asan_arrive(fake, false);
 }
 
 // Arrive at b; returns once every live member has arrived.
@@ -135,6 +164,7 @@ void leave(Barrier& b) {
 }
 
 void fiber_main() {
+  asan_arrive(nullptr, true);
   Run& r = *tl_run;
   ThreadState* me = static_cast<ThreadState*>(tl_fiber);
   try {
@@ -150,6 +180,7 @@ void fiber_main() {
   leave(r.warps[me->linear / 32]);
   me->done = true;
   ++r.progress;
+  asan_leave(nullptr, tl_sched_bottom, tl_sched_size);  // this stack is done
   // Returning resumes uc_link, the scheduler.
 }
 
@@ -177,7 +208,10 @@ void run_block(Run& r) {
       ThreadState& t = r.threads[i];
       if (t.done) continue;
       tl_fiber = &t;
+      void* fake = nullptr;
+      asan_leave(&fake, t.ctx.uc_stack.ss_sp, kStack);
       swapcontext(&r.sched, &t.ctx);
+      asan_arrive(fake, false);
       if (t.done) --alive;
     }
     tl_fiber = nullptr;
