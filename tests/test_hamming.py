@@ -76,21 +76,26 @@ def test_reference_semantics():
     assert d.tolist() == [[1, 4]] and i.tolist() == [[2, 1]]
 
 
-@pytest.mark.parametrize("n,b", [(1, 1), (7, 3), (97, 32), (1023, 48), (300, 128), (65, 13)])
-def test_triton_matches_reference(n, b, triton_interpret):
+def sweep(backend, rng, n, b, qs, device="cpu"):
+    """Every query count, allow mask and k (within the backend's limit) on torch inputs
+    on ``device``: exactly the reference."""
     import torch
 
-    rng = np.random.default_rng(n + b)
-    for q in (1, 5):
+    kmax = ops.HAMMING_MAX_K_GPU if backend in ("cuda", "triton") else None
+    t = lambda a: None if a is None else torch.from_numpy(a).to(device)  # noqa: E731
+    for q in qs:
         codes, queries = make(rng, n, b, q)
         for allow in allows_for(rng, n):
-            for k in ks_for(n):
-                d, i = ops.hamming_topk(torch.from_numpy(codes), torch.from_numpy(queries), k,
-                                        allow=None if allow is None else torch.from_numpy(allow),
-                                        backend="triton")
+            for k in [k for k in ks_for(n) if kmax is None or k <= kmax]:
+                d, i = ops.hamming_topk(t(codes), t(queries), k, allow=t(allow), backend=backend)
                 dr, ir = reference.hamming_topk(codes, queries, k, allow)
-                np.testing.assert_array_equal(d.numpy(), dr)
-                np.testing.assert_array_equal(i.numpy(), ir)
+                np.testing.assert_array_equal(d.cpu().numpy(), dr)
+                np.testing.assert_array_equal(i.cpu().numpy(), ir)
+
+
+@pytest.mark.parametrize("n,b", [(1, 1), (7, 3), (97, 32), (1023, 48), (300, 128), (65, 13)])
+def test_triton_matches_reference(n, b, triton_interpret):
+    sweep("triton", np.random.default_rng(n + b), n, b, (1, 5))
 
 
 @pytest.mark.parametrize("n,b", [(1, 1), (7, 3), (97, 32), (1023, 48), (4099, 128), (300, 13),
@@ -98,40 +103,16 @@ def test_triton_matches_reference(n, b, triton_interpret):
 def test_cuda_emulated(n, b, cuda_emu):
     """csrc/cuda/hamming.cu on the CPU through nvemu: histogram (shared and global),
     threshold, count / scan / scatter and sort kernels, every word width."""
-    import torch
-
-    rng = np.random.default_rng(n + b + 1)
-    for q in (1, 5):
-        codes, queries = make(rng, n, b, q)
-        for allow in allows_for(rng, n):
-            for k in [k for k in ks_for(n) if k <= ops.HAMMING_MAX_K_GPU]:
-                d, i = ops.hamming_topk(torch.from_numpy(codes), torch.from_numpy(queries), k,
-                                        allow=None if allow is None else torch.from_numpy(allow),
-                                        backend="cuda")
-                dr, ir = reference.hamming_topk(codes, queries, k, allow)
-                np.testing.assert_array_equal(d.numpy(), dr)
-                np.testing.assert_array_equal(i.numpy(), ir)
+    sweep("cuda", np.random.default_rng(n + b + 1), n, b, (1, 5))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("n,b", [(1, 1), (97, 3), (4099, 128), (70001, 32)])
 def test_gpu_matches_reference(backend, n, b):
-    import torch
-
     if backend == "cuda" and not ops.cuda_compiled():
         pytest.skip("built without CUDA")
-    rng = np.random.default_rng(n + b)
-    for q in QS:
-        codes, queries = make(rng, n, b, q)
-        for allow in allows_for(rng, n):
-            for k in [k for k in ks_for(n) if k <= 2048]:
-                d, i = ops.hamming_topk(torch.from_numpy(codes).cuda(), torch.from_numpy(queries).cuda(),
-                                        k, allow=None if allow is None else torch.from_numpy(allow).cuda(),
-                                        backend=backend)
-                dr, ir = reference.hamming_topk(codes, queries, k, allow)
-                np.testing.assert_array_equal(d.cpu().numpy(), dr)
-                np.testing.assert_array_equal(i.cpu().numpy(), ir)
+    sweep(backend, np.random.default_rng(n + b), n, b, QS, device="cuda")
 
 
 def test_auto_backend_and_env(monkeypatch, rng):
