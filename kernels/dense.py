@@ -38,17 +38,22 @@ def _keys(acc, sq, qa, qb, rows, valid, METRIC: tl.constexpr):
     """acc [BQ, BN] dots with unit queries, sq [BN] row prefix norms^2, qa/qb [BQ]
     query factors (see nestvec._dense_gpu.unit_queries)."""
     if METRIC == 0:
-        # no clamp: rows with |x|^2 below any floor (e.g. 1e-37) still score exactly
-        # sq * 0 keeps a NaN row NaN (ineligible below) where a zero row scores 0
-        inv = tl.where(sq > 0, 1.0 / tl.sqrt(tl.where(sq > 0, sq, 1.0)), sq * 0.0)
+        # No clamp: rows with |x|^2 down to the subnormals (e.g. 1e-39) still score
+        # exactly. Compiled tl.sqrt flushes subnormal inputs to 0, so tiny sums are
+        # scaled by 2^100 first (and the root by 2^-50 after). sq * 0 keeps a NaN row NaN
+        # (ineligible below) where a zero row scores 0.
+        tiny = sq < 7.888609052210118e-31  # 2^-100
+        s = tl.where(tiny, sq * 1.2676506002282294e30, sq)  # * 2^100
+        root = tl.sqrt(tl.where(s > 0, s, 1.0))
+        inv = tl.where(sq > 0, tl.where(tiny, 1125899906842624.0, 1.0) / root, sq * 0.0)  # 2^50
         key = acc * qa[:, None] * inv[None, :]
     elif METRIC == 1:
         key = acc * qa[:, None]
     else:
         key = 2.0 * acc * qa[:, None] - sq[None, :] - qb[:, None]
-    # NaN (a non-finite value in the row): not eligible, as on the CPU; -0 -> +0 so
-    # that equal scores tie by index.
-    valid = valid & (key == key)
+    # A non-finite score (NaN or inf in the row, or an overflow) is not eligible, on
+    # every backend; -0 -> +0 so that equal scores tie by index.
+    valid = valid & (tl.abs(key) <= 3.4028234663852886e38)
     key = key + 0.0
     bits = key.to(tl.int32, bitcast=True)
     ordk = bits ^ ((bits >> 31) & 0x7FFFFFFF)
@@ -108,8 +113,8 @@ def _dense_scan_kernel(x_ptr, qh_ptr, ql_ptr, qaux_ptr, allow_ptr, out_ptr, N, N
 def _dense_gather_kernel(x_ptr, q_ptr, qaux_ptr, cand_ptr, out_ptr, C, DIM, stride_x, stride_q,
                          stride_c, stride_o, METRIC: tl.constexpr, BLOCK_C: tl.constexpr,
                          BLOCK_D: tl.constexpr):
-    qi = tl.program_id(0)
-    pid_c = tl.program_id(1)
+    pid_c = tl.program_id(0)  # candidate tiles on axis 0 (2^31 programs), queries on
+    qi = tl.program_id(1)     # axis 1 (<= 65535 per launch: gather_in_chunks)
     ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask_c = ci < C
     rows = tl.load(cand_ptr + qi.to(tl.int64) * stride_c + ci, mask=cmask_c, other=-1)
@@ -179,14 +184,14 @@ def _dense_topk(db, queries, k, dim, metric, allow, candidates, query_chunk):
             keys = torch.full((q1 - q0, max(c, 1)), _INT64_MIN, dtype=torch.int64, device=dev)
             if c > 0:
                 block_d = max(16, min(64, triton.next_power_of_2(dim)))
-                grid = (q1 - q0, triton.cdiv(c, 64))
+                grid = (triton.cdiv(c, 64), q1 - q0)
                 _dense_gather_kernel[grid](db, q32[q0:q1], qaux[q0:q1], cand[q0:q1], keys, c, dim,
                                            db.stride(0), q32.stride(0), cand.stride(0),
                                            keys.stride(0), METRIC=mcode, BLOCK_C=64,
                                            BLOCK_D=block_d)
             return keys
 
-        return gather_in_chunks(nq, c, k, metric, gather, q_max=1 << 30)
+        return gather_in_chunks(nq, c, k, metric, gather)
 
     block_n, block_q, block_d, use_dot = _scan_config(nq, dim)
     split = use_dot and db.dtype in (torch.float16, torch.bfloat16)

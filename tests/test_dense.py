@@ -339,6 +339,27 @@ def test_cpu_bf16_falls_back_on_near_ties():
 
 
 @pytest.mark.skipif(ops._C is None, reason="native module not built")
+def test_cpu_bf16_nonfinite_rows():
+    """The two-pass route skips rows with a non-finite score like the float32 scan."""
+    if ops._C.get_isa() != "avx512":
+        pytest.skip("the two-pass route needs AVX-512")
+    rng = np.random.default_rng(28)
+    x = rng.standard_normal((6000, 128)).astype(np.float16)
+    x[10, 3], x[20, 4], x[30] = np.inf, -np.inf, np.nan
+    q = rng.standard_normal((64, 128)).astype(np.float32)
+    xw = x.astype(np.float32)
+    clean = np.nan_to_num(xw, posinf=0.0, neginf=0.0)
+    for metric in METRICS:
+        before = _bf16_stats()
+        s, i = ops.dense_topk(x, q, 10, metric=metric, backend="cpu")
+        assert sum(_bf16_stats()) > sum(before), "the two-pass route was not taken"
+        sr, ir = R.dense_topk(xw, q.astype(np.float64), 10, None, metric)
+        assert not np.isin(i, [10, 20, 30]).any()
+        check_topk(s, i, sr, ir, true_scores(clean, q, 128, metric),
+                   score_scale(clean, q, 128, metric), 2e-5)
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
 def test_cpu_bf16_query_scales():
     """The error bound scales with |q| and max |x|: tiny and huge inputs stay exact."""
     rng = np.random.default_rng(12)
@@ -468,23 +489,26 @@ def _backends_here():
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
-    """A NaN in a row's prefix (or an inf, under cosine: inf * 0) makes its score NaN;
-    such rows are not eligible, identically on every backend (db is not scanned for
-    them up front). Under ip / l2 an inf row may score +-inf, which is a score."""
+    """A NaN or inf in a row's prefix makes its score NaN or +-inf; such rows are not
+    eligible, identically on every backend (db is not scanned for them up front; the
+    16-bit GPU kernels' split queries turn inf * 0 into NaN where others get inf, so the
+    rule is on the score, not on its sign)."""
     monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
     rng = np.random.default_rng(25)
     x = rng.standard_normal((300, 40)).astype(np.float32)
     x[0, 0] = np.nan
-    x[3, 5] = np.inf if metric == "cosine" else np.nan
+    x[3, 5] = np.inf
+    x[4, 6] = -np.inf
     x[7, 39] = np.nan   # outside the prefix: an ordinary row
     x[9] = 0.0          # a zero row stays eligible (scores 0 under cosine)
     stored = x.astype(np.float16) if dtype == "float16" else (
         R.f32_to_bf16(x) if dtype == "bfloat16" else x)
     xw = widened(stored, dtype)
-    q = rng.standard_normal((5, 40)).astype(np.float32)
+    nq = 17 if dtype == "float16" else 5  # 17: the GPU kernels' tensor-core (split) paths
+    q = rng.standard_normal((nq, 40)).astype(np.float32)
     sr, ir = R.dense_topk(xw, q.astype(np.float64), 300, 32, metric)
-    assert not np.isin(ir, [0, 3]).any() and ((ir == 7).any(1) & (ir == 9).any(1)).all()
-    cand = np.tile(np.arange(300), (5, 1))
+    assert not np.isin(ir, [0, 3, 4]).any() and ((ir == 7).any(1) & (ir == 9).any(1)).all()
+    cand = np.tile(np.arange(300), (nq, 1))
     runs = [(be, None, c) for be in _backends_here() for c in (None, cand)]
     runs += [("cpu", isa, None) for isa in cpu_isas()]
     for be, isa, c in runs:
@@ -499,9 +523,10 @@ def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
             s, i = ops.dense_topk(stored, q, 300, dim=32, metric=metric, backend=be, candidates=c,
                                   db_dtype="bfloat16" if dtype == "bfloat16" else None)
         fam = "cpu" if be in ("cpu", "reference") else "gpu"
-        check_topk(s, i, sr, ir, true_scores(np.nan_to_num(xw, posinf=0.0), q, 32, metric),
-                   score_scale(np.nan_to_num(xw, posinf=0.0), q, 32, metric), TOL[fam][dtype],
-                   np.isin(np.arange(300), [0, 3], invert=True)[None, :].repeat(5, 0))
+        clean = np.nan_to_num(xw, posinf=0.0, neginf=0.0)
+        check_topk(s, i, sr, ir, true_scores(clean, q, 32, metric),
+                   score_scale(clean, q, 32, metric), TOL[fam][dtype],
+                   np.isin(np.arange(300), [0, 3, 4], invert=True)[None, :].repeat(nq, 0))
 
 
 def test_torch_uint16_as_bf16_every_backend(monkeypatch):

@@ -18,6 +18,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <climits>
 #include <type_traits>
 
@@ -35,11 +36,11 @@ constexpr int kXPad = 8;    // smem row padding (16-bit types): ldm multiple of 
 constexpr int kScPad = 4;   // score rows: ldm multiple of 4 floats
 constexpr int kSortQ = 16;  // queries sorted at a time in the epilogue
 
-// The contract order as one int64. A NaN score (a non-finite value in the row's prefix,
-// e.g. inf * 0) makes the row ineligible, as on the CPU; -0 counts as +0, so that
+// The contract order as one int64. A non-finite score (NaN or inf in the row's prefix,
+// or an overflow) makes the row ineligible, on every backend; -0 counts as +0, so that
 // equal scores always tie by index.
 __device__ __forceinline__ long long make_key(float key, int64_t row) {
-  if (key != key) return LLONG_MIN;
+  if (!(fabsf(key) <= FLT_MAX)) return LLONG_MIN;
   const int bits = __float_as_int(key + 0.0f);
   const int ordk = bits ^ ((bits >> 31) & 0x7FFFFFFF);
   // Shift as unsigned (a negative left shift is undefined in C++17), then reinterpret.

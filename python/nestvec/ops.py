@@ -340,7 +340,8 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
             tensor, or a NumPy array / torch tensor of uint16 with
             ``db_dtype="bfloat16"``). Rows may be strided; each row must be contiguous.
             Never copied, and not scanned for NaN / inf (that would be a second pass):
-            a row whose score comes out NaN is never returned, on every backend.
+            a row whose score is not finite (NaN or inf in its prefix, or an overflow)
+            is never returned, on every backend.
         queries: ``[Q, D]`` (or ``[Q, dim]``, or one ``[D]`` query), any float type.
         k: results per query, ``>= 1`` (<= 4096 on CPU, 2048 on GPU); ``k > N`` pads.
         dim: prefix length ``1 <= dim <= D``; default D. The prefix norm of each row is

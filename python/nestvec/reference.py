@@ -89,7 +89,7 @@ def dense_topk(db, queries, k, dim=None, metric="cosine", allow=None, candidates
     float [Q, >= dim]. cosine / ip: best = highest score; l2: best = smallest squared
     distance. Ties by index ascending. candidates: optional int64 [Q, C] row ids
     (-1 = padding, duplicates allowed): only those rows are eligible for a query. Rows
-    whose score is NaN (NaN or inf in the prefix) are not eligible. Returns (score float32 [Q, k], idx int64 [Q, k]); padding is (-inf, -1) for
+    whose score is not finite (NaN or inf in the prefix) are not eligible. Returns (score float32 [Q, k], idx int64 [Q, k]); padding is (-inf, -1) for
     cosine / ip and (+inf, -1) for l2."""
     n, d_full = db.shape
     dim = d_full if dim is None else dim
@@ -109,7 +109,7 @@ def dense_topk(db, queries, k, dim=None, metric="cosine", allow=None, candidates
             c = np.unique(c[(c >= 0) & (c < n)])
             rows = c[eligible[c]]
         si = s[i, rows]
-        finite = ~np.isnan(si)  # a row with NaN / inf in its prefix may score NaN: never returned
+        finite = np.isfinite(si)  # NaN / inf in the prefix (or overflow): never returned
         rows, si = rows[finite], si[finite]
         key = si if metric == "l2" else -si
         order = np.lexsort((rows, key))[:k]

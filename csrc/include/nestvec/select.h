@@ -1,6 +1,7 @@
 // Exact top-k selection helpers.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -99,7 +100,11 @@ class FloatTopK {
   // Accept iff key > threshold().
   float threshold() const { return thr_; }
 
+  // A non-finite key (NaN or inf in the row, or an overflow) is never kept: the dense
+  // contract on every backend. Callers push only keys above threshold(), so this test
+  // is off the hot path.
   void push(float key, int64_t idx) {
+    if (!(std::fabs(key) <= std::numeric_limits<float>::max())) return;
     buf_.push_back({key, idx});
     if (int64_t(buf_.size()) >= cap_) compact();
   }
