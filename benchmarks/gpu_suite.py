@@ -1,7 +1,11 @@
 """Every GPU kernel in one short run: correctness against the reference on fresh
 random inputs, then timing against the torch baseline from DESIGN.md.
 
-    python benchmarks/gpu_suite.py [--only hamming,dense] [--quick]
+    python benchmarks/gpu_suite.py [--only hamming,dense] [--quick] [--smoke]
+
+--smoke runs every section on the CPU at toy sizes (the CUDA kernels through nvemu,
+Triton through its interpreter): the tests do, so the suite itself is known to run
+before it meets a GPU.
 
 On the lent GPU machine run everything in one call (build, `pytest -m gpu`, this
 suite; logs under $OUT): `bash benchmarks/gpu_check.sh`. By hand (no network; build
@@ -31,6 +35,37 @@ import _harness as H  # noqa: E402
 
 ROWS: list[dict] = []
 CHECKS: list[dict] = []
+# --smoke: the whole suite on the CPU at toy sizes (CUDA kernels through nvemu, Triton
+# through its interpreter), so that a run on a lent GPU never fails on the suite's own
+# Python. Timings then mean nothing and nothing is saved under benchmarks/results/.
+DEV = "cuda"
+SMOKE = False
+
+
+def size(full, smoke):
+    return smoke if SMOKE else full
+
+
+def timeit(fn, repeats=20, warmup=3):
+    if SMOKE:  # exercise the code path once
+        t = time.perf_counter()
+        fn()
+        return {"median_ms": (time.perf_counter() - t) * 1e3, "repeats": 1}
+    return H.cuda_timeit(fn, repeats=repeats, warmup=warmup)
+
+
+def sync():
+    if DEV == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def free():
+    if DEV == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def record(op, case, ours_ms, baseline, baseline_ms, target_ms=None, impl="cuda", **extra):
@@ -45,7 +80,7 @@ def record(op, case, ours_ms, baseline, baseline_ms, target_ms=None, impl="cuda"
 
 def save_partial():
     """Results so far, so a run cut short still leaves them under $OUT."""
-    if os.environ.get("OUT"):
+    if os.environ.get("OUT") and not SMOKE:
         H.save("gpu_suite_partial", ROWS, {"checks": CHECKS}, out_dir=Path(os.environ["OUT"]))
 
 
@@ -75,11 +110,11 @@ def section_hamming(quick=False):
     import nestvec.ops as ops
     from nestvec import reference
 
-    dev = "cuda"
+    dev = DEV
     g = torch.Generator(device="cpu").manual_seed(7)
     for backend in ("cuda", "triton"):
         ok_all, bad = True, ""
-        for n in (1, 97, 4099, 70001):
+        for n in size((1, 97, 4099, 70001), (1, 97, 700)):
             for nbytes in (3, 32, 128):
                 for nq in (1, 5, 17):
                     c = torch.randint(0, 256, (n, nbytes), generator=g, dtype=torch.uint8)
@@ -100,20 +135,20 @@ def section_hamming(quick=False):
         check("hamming", backend, ok_all, bad)
         save_partial()
 
-    n = 1_000_000 if quick else 10_000_000
+    n = size(1_000_000 if quick else 10_000_000, 5000)
     codes = torch.randint(0, 256, (n, 128), dtype=torch.uint8, device=dev)
     targets = {1: 0.6, 16: 1.5}
     for nq in (1, 16):
         q = torch.randint(0, 256, (nq, 128), dtype=torch.uint8, device=dev)
-        ours = H.cuda_timeit(lambda: ops.hamming_topk(codes, q, 10, backend="cuda"))["median_ms"]
-        tri = H.cuda_timeit(lambda: ops.hamming_topk(codes, q, 10, backend="triton"), repeats=5)["median_ms"]
+        ours = timeit(lambda: ops.hamming_topk(codes, q, 10, backend="cuda"))["median_ms"]
+        tri = timeit(lambda: ops.hamming_topk(codes, q, 10, backend="triton"), repeats=5)["median_ms"]
         c64, q64 = codes.view(torch.int64), q.view(torch.int64)
         if nq == 1:
-            base = H.cuda_timeit(lambda: torch_hamming_baseline(c64, q64, 10), repeats=5)["median_ms"]
+            base = timeit(lambda: torch_hamming_baseline(c64, q64, 10), repeats=5)["median_ms"]
         else:  # the [Q, N, W] intermediate does not fit at once: chunk queries
-            base = H.cuda_timeit(lambda: [torch_hamming_baseline(c64, q64[j:j + 4], 10)
+            base = timeit(lambda: [torch_hamming_baseline(c64, q64[j:j + 4], 10)
                                           for j in range(0, nq, 4)], repeats=3)["median_ms"]
-        case = f"{n // 1_000_000}M x 1024b q={nq} k=10"
+        case = f"{n / 1e6:g}M x 1024b q={nq} k=10"
         record("hamming", case, ours, "torch bit tricks", base, targets[nq])
         record("hamming", case, tri, "torch bit tricks", base, None, impl="triton")
         save_partial()
@@ -127,12 +162,12 @@ def section_hamming(quick=False):
                     d = cp.bitwise_count(cc ^ cq).sum(axis=1, dtype=cp.int32)
                     cp.argpartition(d, 10)[:10]
 
-                cb = H.cuda_timeit(cupy_run, repeats=5)["median_ms"]
+                cb = timeit(cupy_run, repeats=5)["median_ms"]
                 record("hamming", case, ours, "cupy bitwise_count", cb, targets[nq])
         except Exception as e:  # CuPy is optional
             print("  (cupy baseline skipped:", type(e).__name__, e, ")")
     del codes
-    torch.cuda.empty_cache()
+    free()
 
 
 # --------------------------------------------------------------------------- dense / elastic
@@ -159,9 +194,9 @@ def _dense_case_ok(backend, g, n, dd, dim, nq, k, dtype, metric, use_allow, use_
     sr, ir = reference.dense_topk(xw, q.double().numpy(), k, dim, metric,
                                   None if allow is None else allow.numpy(),
                                   None if cand is None else cand.numpy())
-    s, i = ops.dense_topk(xs.cuda(), q.cuda(), k, dim=dim, metric=metric,
-                          allow=None if allow is None else allow.cuda(),
-                          candidates=None if cand is None else cand.cuda(), backend=backend)
+    s, i = ops.dense_topk(xs.to(DEV), q.to(DEV), k, dim=dim, metric=metric,
+                          allow=None if allow is None else allow.to(DEV),
+                          candidates=None if cand is None else cand.to(DEV), backend=backend)
     s, i = s.cpu().numpy(), i.cpu().numpy()
     full = reference.dense_scores(xw[:, :dim], q.double().numpy()[:, :dim], metric)
     qn = np.sqrt((q.double().numpy()[:, :dim] ** 2).sum(1))
@@ -191,7 +226,7 @@ def section_dense(quick=False):
 
     import nestvec.ops as ops
 
-    dev = "cuda"
+    dev = DEV
     g = torch.Generator(device="cpu").manual_seed(11)
     cases = [  # n, D, dim, Q, k, dtype, metric, allow, candidates
         (1, 3, 3, 1, 5, "float16", "cosine", False, False),
@@ -207,6 +242,8 @@ def section_dense(quick=False):
         (777, 97, 33, 40, 50, "bfloat16", "l2", False, True),
         (500, 768, 768, 3, 10, "float32", "ip", True, True),
     ]
+    if SMOKE:  # the Triton interpreter is slow: the same shapes on fewer rows
+        cases = [(min(c[0], 300),) + c[1:] for c in cases]
     for backend in ("cuda", "triton"):
         if backend == "cuda" and not ops.cuda_compiled():
             check("dense", backend, False, "built without CUDA")
@@ -221,7 +258,7 @@ def section_dense(quick=False):
                 bad.append(f"{c}: {why}")
         check("dense", backend, not bad, "; ".join(bad)[:600])
 
-    n = 1_000_000 if quick else 10_000_000
+    n = size(1_000_000 if quick else 10_000_000, 600)
     try:
         db = torch.randn(n, 768, dtype=torch.float16, device=dev)
     except torch.cuda.OutOfMemoryError as e:
@@ -237,25 +274,25 @@ def section_dense(quick=False):
             out.append(torch.topk(qn[j:j + chunk] @ dbn.T, k, dim=1))
         return out
 
-    for nq in (1, 128, 1024):
+    for nq in size((1, 128, 1024), (1, 17)):
         try:
             q = torch.randn(nq, 768, device=dev)
             qn = (q / q.norm(dim=1, keepdim=True)).half()
-            case = f"{n // 1_000_000}M x 768 f16 q={nq} k=10"
-            base = H.cuda_timeit(lambda: torch_full(qn), repeats=5, warmup=1)["median_ms"]
+            case = f"{n / 1e6:g}M x 768 f16 q={nq} k=10"
+            base = timeit(lambda: torch_full(qn), repeats=5, warmup=1)["median_ms"]
             if ops.cuda_compiled():
-                ours = H.cuda_timeit(lambda: ops.dense_topk(db, q, 10, backend="cuda"),
+                ours = timeit(lambda: ops.dense_topk(db, q, 10, backend="cuda"),
                                      repeats=10 if nq < 1024 else 5, warmup=2)["median_ms"]
-                record("dense", case, ours, "torch mm+topk", base, targets[nq])
-            tri = H.cuda_timeit(lambda: ops.dense_topk(db, q, 10, backend="triton"),
+                record("dense", case, ours, "torch mm+topk", base, targets.get(nq))
+            tri = timeit(lambda: ops.dense_topk(db, q, 10, backend="triton"),
                                 repeats=3, warmup=1)["median_ms"]
             record("dense", case, tri, "torch mm+topk", base, None, impl="triton")
         except Exception as e:
             traceback.print_exc()
             check("dense", "timing", False, f"q={nq}: {type(e).__name__}: {e}"[:300])
-        torch.cuda.empty_cache()
+        free()
     del dbn
-    torch.cuda.empty_cache()
+    free()
 
     # Elastic: prefix 256 of the stored 768, no copy; baseline re-normalises the view.
     view = db[:, :256]
@@ -267,24 +304,24 @@ def section_dense(quick=False):
         s /= torch.linalg.vector_norm(view, dim=1, dtype=torch.float32)
         return torch.topk(s, k, dim=1)
 
-    for nq in (1, 128):
+    for nq in size((1, 128), (1, 17)):
         try:
             q = torch.randn(nq, 768, device=dev)
-            case = f"{n // 1_000_000}M x 768[:256] f16 q={nq}"
-            base = H.cuda_timeit(lambda: torch_prefix(q), repeats=5, warmup=1)["median_ms"]
+            case = f"{n / 1e6:g}M x 768[:256] f16 q={nq}"
+            base = timeit(lambda: torch_prefix(q), repeats=5, warmup=1)["median_ms"]
             if ops.cuda_compiled():
-                ours = H.cuda_timeit(lambda: ops.dense_topk(db, q, 10, dim=256, backend="cuda"),
+                ours = timeit(lambda: ops.dense_topk(db, q, 10, dim=256, backend="cuda"),
                                      repeats=10, warmup=2)["median_ms"]
-                record("elastic", case, ours, "torch view+renorm+topk", base, etargets[nq])
-            tri = H.cuda_timeit(lambda: ops.dense_topk(db, q, 10, dim=256, backend="triton"),
+                record("elastic", case, ours, "torch view+renorm+topk", base, etargets.get(nq))
+            tri = timeit(lambda: ops.dense_topk(db, q, 10, dim=256, backend="triton"),
                                 repeats=3, warmup=1)["median_ms"]
             record("elastic", case, tri, "torch view+renorm+topk", base, None, impl="triton")
         except Exception as e:
             traceback.print_exc()
             check("elastic", "timing", False, f"q={nq}: {type(e).__name__}: {e}"[:300])
-        torch.cuda.empty_cache()
+        free()
     del view, db
-    torch.cuda.empty_cache()
+    free()
 
 
 
@@ -347,30 +384,30 @@ def section_pooling(quick=False):
             binary = bool(i % 2) if backend == "cuda" else True
             normalize = bool((i // 2) % 4) if backend == "cuda" else True
             h, m = _pool_case_inputs(rng, B, T, Hd, side)
-            ht = torch.from_numpy(h).to(dt).cuda()
+            ht = torch.from_numpy(h).to(dt).to(DEV)
             ref = reference.pool(ht.float().cpu().numpy(), m, mode, normalize, dim, binary)
-            got = ops.pool(ht, torch.from_numpy(m).cuda(), mode, normalize, dim, binary,
+            got = ops.pool(ht, torch.from_numpy(m).to(DEV), mode, normalize, dim, binary,
                            backend=backend)
             if not _pool_ok(got, ref, binary):
                 ok_all = False
                 bad = f"B={B} T={T} H={Hd} {mode} {dt} {side} dim={dim} bin={binary} norm={normalize}"
         # a strided view (tokens 3..) and a bool mask
-        big = torch.randn(8, 140, 384, device="cuda", dtype=torch.bfloat16)
-        hv, mv = big[:, 3:131], torch.rand(8, 128, device="cuda") < 0.7
+        big = torch.randn(8, 140, 384, device=DEV, dtype=torch.bfloat16)
+        hv, mv = big[:, 3:131], torch.rand(8, 128, device=DEV) < 0.7
         ref = reference.pool(hv.float().cpu().numpy(), mv.cpu().numpy(), "mean", True, 100, True)
         if not _pool_ok(ops.pool(hv, mv, "mean", True, 100, True, backend=backend), ref, True):
             ok_all, bad = False, "strided view / bool mask"
         check("pool", backend, ok_all, bad)
 
-    B, T, Hd = (64, 512, 1024) if quick else (256, 512, 1024)
-    h = torch.randn(B, T, Hd, device="cuda", dtype=torch.bfloat16)
-    full = torch.ones(B, T, dtype=torch.long, device="cuda")
-    lens = torch.randint(T // 8, T + 1, (B,), device="cuda")
-    half = (torch.arange(T, device="cuda")[None, :] < lens[:, None]).long()
+    B, T, Hd = size((64, 512, 1024) if quick else (256, 512, 1024), (4, 16, 64))
+    h = torch.randn(B, T, Hd, device=DEV, dtype=torch.bfloat16)
+    full = torch.ones(B, T, dtype=torch.long, device=DEV)
+    lens = torch.randint(T // 8, T + 1, (B,), device=DEV)
+    half = (torch.arange(T, device=DEV)[None, :] < lens[:, None]).long()
     def per_call(fn, calls=10):
         # calls back to back, so the host-side launch cost overlaps the GPU work (as in
         # an encoder loop); the same for every implementation and baseline
-        return H.cuda_timeit(lambda: [fn() for _ in range(calls)])["median_ms"] / calls
+        return timeit(lambda: [fn() for _ in range(calls)])["median_ms"] / calls
 
     for mask, label in ((full, "no padding"), (half, "random lengths")):
         case = f"B={B} T={T} H={Hd} bf16 mean+norm {label}"
@@ -385,7 +422,7 @@ def section_pooling(quick=False):
                    torch_bmm_ms=bmm)
     # other modes / outputs at the same size, for the table
     for mode, binary, dim in (("cls", False, None), ("max", False, None),
-                              ("weighted_mean", False, None), ("mean", True, 256)):
+                              ("weighted_mean", False, None), ("mean", True, min(256, Hd))):
         case = f"B={B} T={T} H={Hd} bf16 {mode}" + (f" dim={dim} +bits" if binary else "")
         for impl in ("cuda", "triton"):
             if impl == "cuda" and not ops.cuda_compiled():
@@ -393,13 +430,13 @@ def section_pooling(quick=False):
             t = per_call(lambda: ops.pool(h, full, mode, True, dim, binary, backend=impl))
             record("pooling", case, t, "-", None, None, impl=impl)
     del h
-    torch.cuda.empty_cache()
+    free()
 
 
 
 # --------------------------------------------------------------------------- lowrank_sparse
 
-def _lrs_inputs(M, K, N, r, c, dtype, bias, seed, dev="cuda"):
+def _lrs_inputs(M, K, N, r, c, dtype, bias, seed, dev=None):
     import torch
 
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -409,6 +446,7 @@ def _lrs_inputs(M, K, N, r, c, dtype, bias, seed, dev="cuda"):
     S = torch.randn(c, K, generator=g) / K ** 0.5
     ch = torch.randperm(N, generator=g)[:c]
     b = torch.randn(N, generator=g) if bias else None
+    dev = dev or DEV
     cast = lambda v: None if v is None else v.to(device=dev, dtype=dtype)  # noqa: E731
     return cast(x), cast(A), cast(B), cast(S), ch.to(dev), cast(b)
 
@@ -452,7 +490,7 @@ def section_lowrank(quick=False):
             args = _lrs_inputs(M, K, N, r, c, dt, bias, seed=i)
             try:
                 y = ops.lowrank_sparse_matmul(*args, backend=backend)
-                torch.cuda.synchronize()
+                sync()
                 err = _lrs_error(y, args)
             except Exception as e:  # report, keep going
                 err, bad = float("inf"), f"{type(e).__name__}: {e}"[:200]
@@ -467,7 +505,7 @@ def section_lowrank(quick=False):
         print(f"  [lowrank] {backend} checks done at {time.time() - t_start:.1f}s", flush=True)
 
     # Timing: DESIGN's case, bf16 M=8192 K=N=4096 r=1024 5% channels.
-    M, K, N, r = (2048 if quick else 8192), 4096, 4096, 1024
+    M, K, N, r = size(((2048 if quick else 8192), 4096, 4096, 1024), (64, 256, 256, 32))
     c = round(0.05 * N)
     x, A, B, S, ch, _ = _lrs_inputs(M, K, N, r, c, torch.bfloat16, False, seed=11)
     W = (B @ A).index_add_(0, ch, S).contiguous()  # the same weight, dense
@@ -480,14 +518,14 @@ def section_lowrank(quick=False):
         y = (x @ A.t()) @ B.t()
         return y.index_add_(1, ch, x @ S.t())
 
-    dense_ms = H.cuda_timeit(dense)["median_ms"]
-    tl_ms = H.cuda_timeit(torch_lowrank)["median_ms"]
+    dense_ms = timeit(dense)["median_ms"]
+    tl_ms = timeit(torch_lowrank)["median_ms"]
     case = f"M={M} K=N={K} r={r} c={c} bf16"
     target = dense_ms / 1.5  # DESIGN: >= 1.5x faster than dense, measured in this run
     for backend in backends:
         try:
             fn = lambda: ops.lowrank_sparse_matmul(x, A, B, S, ch, backend=backend)  # noqa: E731
-            ours = H.cuda_timeit(fn)["median_ms"]
+            ours = timeit(fn)["median_ms"]
         except Exception as e:
             check("lowrank", backend + "-time", False, f"{type(e).__name__}: {e}"[:200])
             continue
@@ -506,7 +544,7 @@ def section_lowrank(quick=False):
             break
         try:
             fn = lambda: tk.lowrank_sparse_matmul(x, A, B, S, ch, None, config=cfg)  # noqa: E731
-            ms = H.cuda_timeit(fn, repeats=10)["median_ms"]
+            ms = timeit(fn, repeats=10)["median_ms"]
             record("lowrank", case + f" cfg={cfg}", ms, "torch dense matmul", dense_ms, None,
                    impl="triton")
         except Exception as e:
@@ -514,7 +552,7 @@ def section_lowrank(quick=False):
     print(f"  dense {dense_ms:.3f} ms, torch low-rank+scatter {tl_ms:.3f} ms "
           f"({dense_ms / tl_ms:.2f}x of dense)", flush=True)
     del x, A, B, S, W
-    torch.cuda.empty_cache()
+    free()
 
 
 SECTIONS = {
@@ -529,10 +567,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--only", default="", help="comma-separated section names")
     p.add_argument("--quick", action="store_true", help="smaller sizes")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU dry run at toy sizes (nvemu + Triton interpreter); saves nothing")
     args = p.parse_args(argv)
+    global DEV, SMOKE
+    if args.smoke:
+        DEV, SMOKE = "cpu", True
+        os.environ["NESTVEC_CUDA_EMU"] = "1"
+        os.environ["TRITON_INTERPRET"] = "1"  # read when triton is first imported
     import torch
 
-    if not torch.cuda.is_available():
+    if not SMOKE and not torch.cuda.is_available():
         print("gpu_suite: no CUDA device; nothing to do")
         return 0
     import nestvec
@@ -550,8 +595,9 @@ def main(argv=None) -> int:
             check(name, "-", False, f"section crashed: {type(e).__name__}: {e}")
         print(f"== {name} done in {time.time() - t0:.1f}s", flush=True)
     meta = {"seconds": time.time() - t_all, "checks": CHECKS}
-    H.save("gpu_suite", ROWS, meta)
-    if os.environ.get("OUT"):
+    if not SMOKE:
+        H.save("gpu_suite", ROWS, meta)
+    if os.environ.get("OUT") and not SMOKE:
         H.save("gpu_suite", ROWS, meta, out_dir=Path(os.environ["OUT"]))
     print("\nCorrectness:")
     print(H.markdown_table(CHECKS, ["op", "backend", "ok", "detail"]))
