@@ -70,10 +70,11 @@ def dense_scores(db: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray
     cosine: q.x / (|q| |x|), 0 where either norm is 0; ip: q.x; l2: |q - x|^2."""
     x = db.astype(np.float64)
     q = queries.astype(np.float64)
-    if metric == "ip":
-        return q @ x.T
-    if metric == "l2":
-        return (q * q).sum(1)[:, None] - 2.0 * (q @ x.T) + (x * x).sum(1)[None, :]
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf rows score NaN / inf
+        if metric == "ip":
+            return q @ x.T
+        if metric == "l2":
+            return (q * q).sum(1)[:, None] - 2.0 * (q @ x.T) + (x * x).sum(1)[None, :]
     xn = np.sqrt((x * x).sum(1))
     qn = np.sqrt((q * q).sum(1))
     denom = qn[:, None] * xn[None, :]
