@@ -35,6 +35,21 @@ def test_barrier_divergence_is_reported():
         E.selftest_barrier(mode=2)
 
 
+def test_schedules_expose_races(monkeypatch):
+    """Between barriers, threads run one after another in the NVEMU_SCHEDULE order (the
+    last to reach a barrier goes first after it): a racy result changes with the order,
+    which is how the slow suite's reruns under other schedules find races."""
+    seen = {}
+    for sched in ("forward", "reverse", "random:1", "random:2"):
+        monkeypatch.setenv("NVEMU_SCHEDULE", sched)
+        seen[sched] = E.selftest_race()
+    assert seen["forward"] == 64 and seen["reverse"] == 63, seen
+    assert len(set(seen.values())) > 1
+    monkeypatch.setenv("NVEMU_SCHEDULE", "sideways")
+    with pytest.raises(RuntimeError, match="NVEMU_SCHEDULE"):
+        E.selftest_race()
+
+
 def test_wmma_product_and_alignment():
     a = (np.arange(256) % 7 - 3).astype(np.float32).reshape(16, 16)
     c = np.array(E.selftest_wmma(0)).reshape(16, 16)

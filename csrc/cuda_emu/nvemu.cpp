@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <exception>
+#include <random>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -57,7 +59,16 @@ struct Warp : Barrier {
   bool arrived[32];
 };
 
+// NVEMU_SCHEDULE=forward (default) | reverse | random[:seed]: the order in which the
+// threads of a block run between barriers. Fibers only switch at barriers, so a read of
+// shared or global memory that another thread writes without a barrier in between sees
+// the write in one order and not in another: running the tests under reverse and random
+// orders turns such races into wrong results.
+enum class Schedule { Forward, Reverse, Random };
+
 struct Run : Block {
+  Schedule schedule = Schedule::Forward;
+  std::mt19937 rng;
   std::vector<ThreadState> threads;
   std::vector<Warp> warps;
   Barrier block_bar;
@@ -201,10 +212,15 @@ void run_block(Run& r) {
     t.ctx.uc_link = &r.sched;
     makecontext(&t.ctx, fiber_main, 0);
   }
+  // The order fibers run in between two barriers: any order is legal on a GPU, so a
+  // result that depends on it is a race (NVEMU_SCHEDULE, see Schedule).
+  std::vector<int> order(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) order[size_t(i)] = r.schedule == Schedule::Reverse ? n - 1 - i : i;
   int alive = n;
   while (alive > 0) {
     const uint64_t before = r.progress;
-    for (int i = 0; i < n; ++i) {
+    if (r.schedule == Schedule::Random) std::shuffle(order.begin(), order.end(), r.rng);
+    for (int i : order) {
       ThreadState& t = r.threads[i];
       if (t.done) continue;
       tl_fiber = &t;
@@ -254,6 +270,17 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
   }
   if (tl_run) fail("a kernel launched another kernel");
   Run r;
+  if (const char* env = std::getenv("NVEMU_SCHEDULE")) {
+    const std::string v(env);
+    if (v == "reverse") {
+      r.schedule = Schedule::Reverse;
+    } else if (v.rfind("random", 0) == 0) {
+      r.schedule = Schedule::Random;
+      r.rng.seed(v.size() > 7 ? unsigned(std::strtoul(v.c_str() + 7, nullptr, 10)) : 1u);
+    } else if (v != "forward" && !v.empty()) {
+      fail("NVEMU_SCHEDULE: expected forward, reverse or random[:seed]");
+    }
+  }
   r.threads.resize(nthreads);
   r.warps.resize((nthreads + 31) / 32);
   r.bdim = block;

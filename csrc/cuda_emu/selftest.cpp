@@ -83,6 +83,16 @@ __global__ void dyn_smem_kernel(int* out, int at) {
   }
 }
 
+// A race on purpose: thread 63 writes v while the others read it, with no barrier in
+// between. What each thread sees depends on the schedule (NVEMU_SCHEDULE).
+__global__ void race_kernel(int* out) {
+  __shared__ int v;
+  if (threadIdx.x == 0) v = 0;
+  __syncthreads();
+  if (threadIdx.x == 63) v = 1;
+  out[threadIdx.x] = v;
+}
+
 int run_barrier(int mode) {
   int out[64] = {};
   nvemu::launch(barrier_kernel, 1, 64, 0, nullptr)(out, mode);
@@ -102,6 +112,13 @@ void def_selftest(py::module_& m) {
     return l;
   });
   m.def("selftest_barrier", &run_barrier, py::arg("mode"));
+  m.def("selftest_race", [] {
+    int out[64] = {};
+    nvemu::launch(race_kernel, 1, 64, 0, nullptr)(out);
+    int seen = 0;
+    for (int v : out) seen += v;
+    return seen;  // how many threads saw thread 63's write
+  });
   m.def("selftest_wmma", [](int offset) {
     __half a[256];
     for (int i = 0; i < 256; ++i) a[i] = __float2half_rn(float(i % 7) - 3.0f);

@@ -20,7 +20,9 @@
 // never-written shared memory shows up as NaN or -1.
 //
 // Not modelled: the memory model between threads (fibers run until they block, which
-// hides races a GPU would show), warp divergence, streams (everything is synchronous),
+// hides some races; NVEMU_SCHEDULE=reverse | random[:seed] changes the order threads run
+// in between barriers, so the slow suite's reruns expose order-dependent results),
+// warp divergence, streams (everything is synchronous),
 // cp.async copies are queued per thread and done at the matching wait_group, so a
 // read before the wait sees the old shared memory.
 #pragma once
