@@ -1,4 +1,5 @@
 import os
+import sys
 
 
 def _cuda_available() -> bool:
@@ -63,12 +64,22 @@ def triton_interpret():
     yield
 
 
+def require_nvemu():
+    """nestvec._nvemu, the CUDA kernels on the CPU emulator. Its absence skips only where
+    it is not built on purpose (no native build, NESTVEC_EMU=OFF, not Linux); anywhere
+    else it fails, so that a build or import error cannot hide every emulated test."""
+    if ops._nvemu is not None:
+        return ops._nvemu
+    if ops._C is None or sys.platform != "linux" or os.environ.get("NESTVEC_EMU", "").upper() == "OFF":
+        pytest.skip("nestvec._nvemu is not built here (NESTVEC_EMU=OFF, not Linux, or no build)")
+    pytest.fail(f"nestvec._nvemu is missing from this build: {ops._NVEMU_ERROR}")
+
+
 @pytest.fixture
 def cuda_emu(monkeypatch):
     """backend="cuda" on CPU torch tensors: the CUDA kernels run on nvemu (csrc/cuda_emu)."""
     pytest.importorskip("torch")
-    if ops._nvemu is None:
-        pytest.skip("nestvec._nvemu (the CUDA emulator module) is not built")
+    require_nvemu()
     monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
     yield
 

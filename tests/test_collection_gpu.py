@@ -11,6 +11,7 @@ import nestvec as nv
 import nestvec.ops as ops
 
 from collection_helpers import clustered, per_query
+from conftest import require_nvemu
 
 D = 64
 
@@ -22,8 +23,7 @@ def target(request):
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA GPU")
         return torch.device("cuda", torch.cuda.current_device())
-    if ops._nvemu is None:
-        pytest.skip("nestvec._nvemu (the CUDA emulator module) is not built")
+    require_nvemu()
     return torch.device("cpu")
 
 

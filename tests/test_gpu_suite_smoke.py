@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import nestvec.ops as ops
+from conftest import require_nvemu
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_suite_smoke():
     pytest.importorskip("torch")
     pytest.importorskip("triton")
-    if ops._nvemu is None:
-        pytest.skip("nestvec._nvemu (the CUDA emulator module) is not built")
+    require_nvemu()
     before = {p: p.stat().st_mtime for p in (ROOT / "benchmarks" / "results").glob("gpu_suite*")}
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_suite.py"), "--smoke"],
                          capture_output=True, text=True, timeout=1200, cwd=ROOT)

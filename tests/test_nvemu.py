@@ -11,8 +11,14 @@ import pytest
 
 import nestvec.ops as ops
 
+from conftest import require_nvemu
+
 E = ops._nvemu
-pytestmark = pytest.mark.skipif(E is None, reason="nestvec._nvemu is not built")
+
+
+@pytest.fixture(autouse=True)
+def _nvemu_built():
+    require_nvemu()
 
 
 def test_barriers_and_warp_collectives():

@@ -1,7 +1,8 @@
-"""The CUDA kernels under AddressSanitizer: nvemu (csrc/cuda_emu) rebuilt with
--fsanitize=address and every emulated-kernel test run against it, so a kernel that
-reads or writes outside a tensor (the GPU's "illegal memory access", or silent garbage)
-fails here. Slow suite; skipped without g++, pybind11 or the ASan runtime."""
+"""The CUDA kernels under AddressSanitizer: nvemu (csrc/cuda_emu) rebuilt from the
+project's CMake target with -fsanitize=address and every emulated-kernel test run
+against it, so a kernel that reads or writes outside a tensor (the GPU's "illegal memory
+access", or silent garbage) fails here. Slow suite; skipped without g++, cmake, pybind11
+or the ASan runtime."""
 from __future__ import annotations
 
 import os
@@ -38,24 +39,26 @@ def test_emulated_cuda_kernels_under_asan(tmp_path):
                     ignore=shutil.ignore_patterns("_nvemu*", "__pycache__"))
     if not (pkg / "kernels").exists():
         shutil.copytree(ROOT / "kernels", pkg / "kernels")
-    wrappers = []
-    for cu in sorted((ROOT / "csrc" / "cuda").glob("*.cu")):
-        w = tmp_path / f"{cu.stem}.cpp"
-        w.write_text(f'#include "{cu}"\n')
-        wrappers.append(str(w))
-    emu = ROOT / "csrc" / "cuda_emu"
+    # The project's own CMake target, built with ASan into the private copy.
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("needs cmake")
     out = pkg / ("_nvemu" + sysconfig.get_config_var("EXT_SUFFIX"))
-    build = subprocess.run(
-        [cxx, "-std=c++17", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
-         "-fno-strict-aliasing", "-shared", "-fPIC", "-DNESTVEC_CUDA_EMU=1", "-DNESTVEC_WITH_CUDA=1",
-         f"-I{emu / 'include'}", f"-I{ROOT / 'csrc' / 'include'}",
-         f"-I{sysconfig.get_paths()['include']}", f"-I{pybind11.get_include()}",
-         str(emu / "module.cpp"), str(emu / "nvemu.cpp"), str(emu / "selftest.cpp"), *wrappers,
-         "-o", str(out)], capture_output=True, text=True)
-    if build.returncode != 0:
-        if "cannot find" in build.stderr and "asan" in build.stderr:
-            pytest.skip("AddressSanitizer runtime unavailable")
-        pytest.fail(build.stderr[-4000:])
+    build_dir = tmp_path / "build"
+    steps = [
+        [cmake, "-S", str(ROOT), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+         "-DNESTVEC_CUDA=OFF", f"-DPython_EXECUTABLE={sys.executable}",
+         f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", f"-DNESTVEC_OUTPUT_DIR={pkg}",
+         f"-DNESTVEC_EMU_OUTPUT_NAME={out.name}",
+         "-DCMAKE_CXX_FLAGS=-fsanitize=address -fno-omit-frame-pointer"],
+        [cmake, "--build", str(build_dir), "--target", "_nvemu", "-j", str(os.cpu_count() or 1)],
+    ]
+    for cmd in steps:
+        build = subprocess.run(cmd, capture_output=True, text=True)
+        if build.returncode != 0:
+            if "cannot find" in build.stderr and "asan" in build.stderr:
+                pytest.skip("AddressSanitizer runtime unavailable")
+            pytest.fail(build.stdout[-2000:] + build.stderr[-4000:])
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkg"), LD_PRELOAD=f"{asan} {stdcxx}",
                ASAN_OPTIONS="detect_leaks=0")
     where = subprocess.run([sys.executable, "-c", "import nestvec._nvemu as e; print(e.__file__)"],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import nestvec.ops as ops
+from conftest import require_nvemu
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("schedule", ["reverse", "random:1"])
 def test_emulated_kernels_under_schedule(schedule, tmp_path):
-    if ops._nvemu is None:
-        pytest.skip("nestvec._nvemu (the CUDA emulator module) is not built")
+    require_nvemu()
     env = dict(os.environ, NVEMU_SCHEDULE=schedule)
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:warnings",

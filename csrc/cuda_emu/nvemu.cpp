@@ -55,8 +55,7 @@ struct Barrier {
 };
 
 struct Warp : Barrier {
-  uint64_t slot[32];
-  bool arrived[32];
+  uint64_t slot[32];  // one value per lane, for shuffles and ballots
 };
 
 // NVEMU_SCHEDULE=forward (default) | reverse | random[:seed]: the order in which the
@@ -287,26 +286,17 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
   r.gdim = grid;
   r.body = &body;
   unsigned char* sm = smem ? smem_of(smem) : nullptr;
-  tl_run = &r;
-  tl_block = &r;
-  tl_smem = sm;
-  try {
-    for (unsigned z = 0; z < grid.z; ++z)
-      for (unsigned y = 0; y < grid.y; ++y)
-        for (unsigned x = 0; x < grid.x; ++x) {
-          r.bid = dim3(x, y, z);
-          if (sm) std::memset(sm, 0xFF, smem);
-          run_block(r);
-        }
-  } catch (...) {
-    tl_run = nullptr;
-    tl_block = nullptr;
-    tl_smem = nullptr;
-    throw;
-  }
-  tl_run = nullptr;
-  tl_block = nullptr;
-  tl_smem = nullptr;
+  struct Current {  // this launch's state, cleared however the launch ends
+    Current(Run* r, unsigned char* sm) { tl_run = r, tl_block = r, tl_smem = sm; }
+    ~Current() { tl_run = nullptr, tl_block = nullptr, tl_smem = nullptr; }
+  } current(&r, sm);
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        r.bid = dim3(x, y, z);
+        if (sm) std::memset(sm, 0xFF, smem);
+        run_block(r);
+      }
 }
 
 void syncthreads(const char* file, int line) {
@@ -322,19 +312,30 @@ void syncthreads(const char* file, int line) {
   arrive(b);
 }
 
-void syncwarp(unsigned mask) {
+// This thread's warp, which a warp collective needs whole and converged.
+Warp& full_warp(unsigned mask, const char* what) {
   Warp& w = tl_run->warps[tl_fiber->linear / 32];
-  if (mask != 0xffffffffu || w.live != 32) fail("__syncwarp: only full, converged warps are modelled");
+  if (mask != 0xffffffffu || w.live != 32) fail(what);
+  return w;
+}
+
+// Warp exchange: every lane publishes v; returns once all have. The caller reads
+// w.slot, then calls arrive(w) again so that no lane overwrites a slot still unread.
+Warp& publish(unsigned mask, uint64_t v, const char* what) {
+  Warp& w = full_warp(mask, what);
+  w.slot[tl_fiber->linear % 32] = v;
   arrive(w);
+  return w;
+}
+
+void syncwarp(unsigned mask) {
+  arrive(full_warp(mask, "__syncwarp: only full, converged warps are modelled"));
 }
 
 uint64_t shfl_raw(unsigned mask, uint64_t v, int arg, int kind, int width) {
-  Warp& w = tl_run->warps[tl_fiber->linear / 32];
-  if (mask != 0xffffffffu || w.live != 32) fail("shuffle: only full, converged warps are modelled");
   if (width <= 0 || width > 32 || (width & (width - 1))) fail("shuffle: width must be a power of 2 <= 32");
+  Warp& w = publish(mask, v, "shuffle: only full, converged warps are modelled");
   const int l = tl_fiber->linear % 32;
-  w.slot[l] = v;
-  arrive(w);
   const int base = l & ~(width - 1), sub = l - base;
   int src = l;
   switch (kind) {
@@ -344,7 +345,7 @@ uint64_t shfl_raw(unsigned mask, uint64_t v, int arg, int kind, int width) {
     default: src = sub + arg < width ? l + arg : l; break;
   }
   const uint64_t out = w.slot[src];
-  arrive(w);  // nobody overwrites a slot before every lane has read
+  arrive(w);
   return out;
 }
 
@@ -374,11 +375,7 @@ void async_wait(int n) {
 }
 
 unsigned ballot(unsigned mask, bool pred) {
-  Warp& w = tl_run->warps[tl_fiber->linear / 32];
-  if (mask != 0xffffffffu || w.live != 32) fail("__ballot_sync: only full, converged warps are modelled");
-  const int l = tl_fiber->linear % 32;
-  w.slot[l] = pred;
-  arrive(w);
+  Warp& w = publish(mask, pred, "__ballot_sync: only full, converged warps are modelled");
   unsigned bits = 0;
   for (int i = 0; i < 32; ++i) bits |= unsigned(w.slot[i] != 0) << i;
   arrive(w);

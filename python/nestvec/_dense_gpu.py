@@ -74,6 +74,12 @@ def merge_keys(keys, k, metric):
     return score, idx
 
 
+def _cat(results):
+    """Per-chunk (score, idx) pairs -> one pair, stacked along the queries."""
+    if len(results) == 1:
+        return results[0]
+    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+
 
 def _stride_rows(db):
     return db.stride(0) if db.shape[0] > 1 else max(db.stride(0), db.shape[1])
@@ -113,9 +119,7 @@ def scan_in_chunks(n, nq, bn, kp, k, metric, launch, q_align=1, q_max=None, budg
                     keys = torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=False).values
             best = keys
         results.append(merge_keys(best, k, metric))
-    if len(results) == 1:
-        return results[0]
-    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+    return _cat(results)
 
 
 def gather_in_chunks(nq, c, k, metric, launch, q_max=65535, budget=None):
@@ -123,11 +127,8 @@ def gather_in_chunks(nq, c, k, metric, launch, q_max=65535, budget=None):
     each buffer within ``budget`` keys (and grid.y within ``q_max``)."""
     budget = budget or _KEY_BUDGET
     chunk = max(1, min(nq, q_max, budget // max(c, 1)))
-    results = [merge_keys(launch(q0, min(nq, q0 + chunk)), k, metric)
-               for q0 in range(0, nq, chunk)]
-    if len(results) == 1:
-        return results[0]
-    return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+    return _cat([merge_keys(launch(q0, min(nq, q0 + chunk)), k, metric)
+                 for q0 in range(0, nq, chunk)])
 
 
 def dense_topk_cuda(C, db, queries, k, dim, metric, allow=None, candidates=None):

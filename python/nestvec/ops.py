@@ -32,8 +32,11 @@ else:
 
 try:  # the CUDA kernels on a CPU emulator (tests)
     from . import _nvemu
-except ImportError:
+except ImportError as _e:
     _nvemu = None
+    _NVEMU_ERROR = _e
+else:
+    _NVEMU_ERROR = None
 
 
 def cuda_compiled() -> bool:
@@ -284,6 +287,10 @@ def _dense_db(db, db_dtype):
     dt = ck.float_storage(db, "db", "db_dtype", db_dtype, "[N, D]")
     if db.shape[1] == 0:
         raise ValueError("db: expected at least one column")
+    if dt == "bfloat16" and ck.is_torch(db) and ck.dtype_name(db) != "bfloat16":
+        import torch
+
+        db = db.view(torch.bfloat16)  # uint16 bit patterns flagged db_dtype="bfloat16"
     return _row_contiguous(db, "db"), dt
 
 
@@ -377,10 +384,6 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
     if k > max_k:
         raise ValueError(f"k: backend {be!r} supports k <= {max_k}, got {k}")
 
-    if dt == "bfloat16" and ck.is_torch(db) and ck.dtype_name(db) != "bfloat16":
-        import torch
-
-        db = db.view(torch.bfloat16)  # uint16 bit patterns flagged db_dtype="bfloat16"
     if be == "reference" or n == 0 or queries.shape[0] == 0:
         args = (db, queries, allow, candidates)
         if be != "reference":  # empty input: nothing to scan, so any device is fine
