@@ -551,8 +551,60 @@ def section_lowrank(quick=False):
             print(f"  (triton config {cfg} failed: {type(e).__name__}: {str(e)[:120]})")
     print(f"  dense {dense_ms:.3f} ms, torch low-rank+scatter {tl_ms:.3f} ms "
           f"({dense_ms / tl_ms:.2f}x of dense)", flush=True)
+    _lowrank_cublas_routes(x, A, B, S, ch, dense_ms, case)
     del x, A, B, S, W
     free()
+
+
+def _lowrank_cublas_routes(x, A, B, S, ch, dense_ms, case):
+    """The same product through cuBLAS GEMMs (torch.mm), by part, so one GPU run tells
+    whether the Triton pair or a cuBLAS route should back LOST on this card (the H200
+    run had both the Triton pair and torch's three-GEMM low-rank at ~0.46 ms, with
+    dense at 0.37, and x·[A;S]ᵀ at N = r + c = 1229 costing 1.8x the N = 1024 GEMM:
+    a partial last wave). W1 = [A; S] (and its zero-padded copy, N to a multiple of
+    128) and the folded B2 = [B | P] (P one-hot on the channels, so the sparse add
+    becomes part of GEMM 2) are weight-side, built once per layer, not timed."""
+    import torch
+
+    r, c, N = A.shape[0], S.shape[0], B.shape[0]
+    W1 = torch.cat([A, S]).contiguous()
+    pad = -(r + c) % 128
+    W1p = torch.cat([W1, W1.new_zeros(pad, W1.shape[1])]).contiguous()
+    P = B.new_zeros(N, c)
+    P[ch, torch.arange(c, device=B.device)] = 1
+    B2 = torch.cat([B, P, B.new_zeros(N, pad)], 1).contiguous()
+    t = x @ W1p.t()
+    tr = t[:, :r].contiguous()
+    y0 = x.new_zeros(x.shape[0], N)
+    parts = {
+        "x·[A;S]ᵀ (N=r+c)": lambda: x @ W1.t(),
+        f"x·[A;S]ᵀ padded (N={r + c + pad})": lambda: x @ W1p.t(),
+        "x·Aᵀ (N=r)": lambda: x @ A.t(),
+        "t·Bᵀ (K=r)": lambda: tr @ B.t(),
+        f"t·[B|P]ᵀ folded (K={r + c + pad})": lambda: t @ B2.t(),
+        "index_add_ of the x·Sᵀ columns into y": lambda: y0.index_add_(1, ch, t[:, r:r + c]),
+    }
+
+    def pair_scatter():
+        tt = x @ W1p.t()
+        return (tt[:, :r] @ B.t()).index_add_(1, ch, tt[:, r:r + c])
+
+    def pair_folded():
+        return (x @ W1p.t()) @ B2.t()
+
+    routes = {"cublas pair + index_add": pair_scatter, "cublas pair, folded": pair_folded}
+    for name, fn in {**parts, **routes}.items():
+        try:
+            ms = timeit(fn, repeats=10)["median_ms"]
+        except Exception as e:  # report, keep going
+            print(f"  ({name} failed: {type(e).__name__}: {str(e)[:120]})")
+            continue
+        record("lowrank", case + f" {name}", ms, "torch dense matmul", dense_ms, None,
+               impl="torch")
+    if SMOKE:  # the routes must compute the same product as the op
+        ref = pair_scatter().float()
+        err = float((pair_folded().float() - ref).abs().max() / ref.abs().max())
+        check("lowrank", "cublas-routes", err < 3e-2, f"folded vs scatter rel err {err:.2e}")
 
 
 SECTIONS = {
