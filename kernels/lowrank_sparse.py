@@ -197,8 +197,9 @@ def _launch(x, A, B, S, col2s, ts_buf, bias, y, config=None):
 
 # ------------------------------------------------------------------------------ public
 
-def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, config=None):
-    """Same contract as nestvec.ops.lowrank_sparse_matmul; inputs validated by ops.py.
+def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, config=None, out=None):
+    """Same contract as nestvec.ops.lowrank_sparse_matmul; inputs (and ``out``, written
+    in place: any row stride) validated by ops.py.
 
     ``config`` = (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) overrides
     the block sizes (benchmarks)."""
@@ -208,7 +209,7 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, config=None):
     M = x.shape[0]
     N, C = B.shape[0], S.shape[0]
     dev = x.device
-    y = torch.empty((M, N), dtype=x.dtype, device=dev)
+    y = out if out is not None else torch.empty((M, N), dtype=x.dtype, device=dev)
     if M == 0 or N == 0:
         return y
     ts = torch.empty((M, C), dtype=torch.float32, device=dev) if C else None

@@ -311,3 +311,126 @@ def test_gpu_glue_edges(backend):
             0, ch, S.double().abs()).T + b.double().abs()
         err = float(((y.double() - want).abs().max(1).values / mag.max(1).values).max())
         assert err <= TOL[dtype], f"M={M} {dtype}: {err:.3g}"
+
+
+# ------------------------------------------------------------------------------ out=
+
+def _out_backends():
+    return ["reference"] + (["cpu"] if ops._C is not None else [])
+
+
+def _wide_out(M, N, dtype, pad=5):
+    """An out with padded rows: a column slice of a wider buffer (row stride != N)."""
+    big = torch.full((M, N + pad), 7.0, dtype=DTYPES[dtype])
+    return big, big[:, 2:2 + N]
+
+
+@pytest.mark.parametrize("backend", _out_backends())
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_out_written_in_place(backend, dtype):
+    if backend == "reference" and dtype == "bfloat16":
+        dtype = "float32"
+    args = make(33, 40, 70, 8, 4, dtype, True, seed=21)
+    want = ops.lowrank_sparse_matmul(*args, backend=backend)
+    out = torch.empty(33, 70, dtype=DTYPES[dtype])
+    got = ops.lowrank_sparse_matmul(*args, out=out, backend=backend)
+    assert got is out
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    big, view = _wide_out(33, 70, dtype)
+    assert ops.lowrank_sparse_matmul(*args, out=view, backend=backend) is view
+    torch.testing.assert_close(view, want, rtol=0, atol=0)
+    # the padding around the rows is untouched
+    assert bool((big[:, :2] == 7).all()) and bool((big[:, 72:] == 7).all())
+    # one row: x [K] -> out [N]
+    out1 = torch.empty(70, dtype=DTYPES[dtype])
+    assert ops.lowrank_sparse_matmul(args[0][3], *args[1:], out=out1, backend=backend) is out1
+    want1 = ops.lowrank_sparse_matmul(args[0][3], *args[1:], backend=backend)  # few-rows path
+    torch.testing.assert_close(out1, want1, rtol=0, atol=0)
+
+
+def test_out_numpy_cpu():
+    if ops._C is None:
+        pytest.skip("no native build")
+    x, A, B, S, ch, b = (None if v is None else v.numpy() for v in make(9, 16, 20, 4, 3, "float32",
+                                                                       True, seed=2))
+    want = ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend="cpu")
+    out = np.zeros((9, 20), np.float32)
+    assert ops.lowrank_sparse_matmul(x, A, B, S, ch, b, out=out, backend="cpu") is out
+    np.testing.assert_array_equal(out, want)
+
+
+def test_out_triton(triton_interpret):
+    args = make(20, 40, 130, 16, 7, "float16", True, seed=4)
+    want = ops.lowrank_sparse_matmul(*args, backend="triton")
+    big, view = _wide_out(20, 130, "float16")
+    assert ops.lowrank_sparse_matmul(*args, out=view, backend="triton") is view
+    torch.testing.assert_close(view, want, rtol=0, atol=0)
+    assert bool((big[:, :2] == 7).all())
+
+
+def test_out_cuda_emulated(cuda_emu):
+    """The CUDA kernel writes a contiguous out directly, a padded one through a copy."""
+    args = make(20, 40, 130, 16, 7, "bfloat16", True, seed=4)
+    want = ops.lowrank_sparse_matmul(*args, backend="cuda")
+    out = torch.empty(20, 130, dtype=torch.bfloat16)
+    assert ops.lowrank_sparse_matmul(*args, out=out, backend="cuda") is out
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    big, view = _wide_out(20, 130, "bfloat16")
+    assert ops.lowrank_sparse_matmul(*args, out=view, backend="cuda") is view
+    torch.testing.assert_close(view, want, rtol=0, atol=0)
+    assert bool((big[:, :2] == 7).all())
+
+
+def _bad_outs(args):
+    x, A, B, S, ch, b = args
+    M, N = x.shape[0], B.shape[0]
+    ro = np.zeros((M, N), np.float32)
+    ro.flags.writeable = False
+    grad = torch.zeros(M, N, requires_grad=True)
+    return [
+        (torch.empty(M, N + 1), ValueError, "shape"),
+        (torch.empty(N, M), ValueError, "shape"),
+        (torch.empty(M, N, dtype=torch.float64), TypeError, "dtype"),
+        (np.zeros((M, N), np.float32), TypeError, "torch tensor"),
+        (torch.empty(M, 2 * N)[:, ::2], ValueError, "contiguous"),
+        (torch.empty(N).expand(M, N), ValueError, "overlap"),
+        (torch.empty(M, N, device="meta"), ValueError, "meta"),
+        (grad, TypeError, "requires grad"),
+        (ro, TypeError, "torch tensor"),
+    ]
+
+
+@pytest.mark.parametrize("backend", _out_backends())
+def test_out_validation(backend):
+    args = make(6, 8, 10, 3, 2, "float32", True)
+    for bad, exc, what in _bad_outs(args):
+        with pytest.raises(exc, match=rf"^out:.*{what}"):
+            ops.lowrank_sparse_matmul(*args, out=bad, backend=backend)
+    # numpy x: a read-only numpy out
+    npargs = tuple(None if v is None else v.numpy() for v in args)
+    ro = np.zeros((6, 10), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="^out:.*read-only"):
+        ops.lowrank_sparse_matmul(*npargs, out=ro, backend=backend)
+
+
+@pytest.mark.parametrize("backend", _out_backends())
+def test_out_must_not_alias_inputs(backend):
+    """x [M, K] with K == N: out = x, a view into x, or into bias / B is refused, and
+    nothing is written."""
+    x, A, B, S, ch, b = make(6, 10, 10, 3, 2, "float32", True)
+    x0, b0 = x.clone(), b.clone()
+    for out, name in [(x, "x"), (x[:, :], "x"), (b.expand(6, 10), None), (B[:6, :1], None)]:
+        if name is None:
+            continue  # (overlapping rows / wrong shape are caught before aliasing)
+        with pytest.raises(ValueError, match=rf"^out: shares memory with {name}"):
+            ops.lowrank_sparse_matmul(x, A, B, S, ch, b, out=out, backend=backend)
+    big = torch.zeros(6, 20)
+    xs, ys = big[:, :10], big[:, 10:]  # disjoint halves of one buffer are fine
+    xs.copy_(x)
+    ops.lowrank_sparse_matmul(xs, A, B, S, ch, b, out=ys, backend=backend)
+    torch.testing.assert_close(ys, ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend=backend))
+    with pytest.raises(ValueError, match="^out: shares memory with x"):
+        ops.lowrank_sparse_matmul(big[:, :10], A, B, S, ch, b, out=big[:, 5:15], backend=backend)
+    torch.testing.assert_close(x, x0)
+    torch.testing.assert_close(b, b0)

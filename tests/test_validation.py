@@ -68,3 +68,30 @@ def test_native_binding_rejects_bad_buffers():
         ops._C.hamming_topk(C, Q, 3, np.ones(4, np.uint8), out_d, out_i)
     with pytest.raises(ValueError):
         ops._C.hamming_topk(C, Q, 4, None, out_d, out_i)
+
+
+def test_shares_memory_row_blocks():
+    """out= aliasing: exact on the host, and the device rule (byte ranges refined for
+    column blocks of one row-strided buffer) agrees with it on these views."""
+    torch = pytest.importorskip("torch")
+    from nestvec import _checks as ck
+
+    big = torch.zeros(6, 20, dtype=torch.bfloat16)
+    cases = [
+        ((slice(None), slice(0, 10)), (slice(None), slice(10, 20)), False),
+        ((slice(None), slice(0, 10)), (slice(None), slice(5, 15)), True),
+        ((slice(None), slice(0, 10)), (slice(None), slice(9, 10)), True),
+        ((slice(1, None), slice(10, 20)), (slice(None), slice(0, 10)), False),
+        ((slice(0, 3), slice(None)), (slice(3, 6), slice(None)), False),
+        ((slice(0, 4), slice(None)), (slice(3, 6), slice(None)), True),
+    ]
+    for ia, ib, want in cases:
+        a, b = big[ia], big[ib]
+        assert ck.shares_memory(a, b) is want, (ia, ib)
+        assert ck._device_overlap(a, b) is want, (ia, ib)
+    # rows of b that wrap into a's next row
+    wrap = torch.as_strided(big, (5, 10), (20, 1), storage_offset=15)
+    assert ck.shares_memory(big[:, :10], wrap) is True
+    assert ck._device_overlap(big[:, :10], wrap) is True
+    assert ck.shares_memory(big.float(), big) is False
+    assert ck.shares_memory(np.zeros(3), big) is False

@@ -88,6 +88,93 @@ def check_same_device(name_a: str, a, name_b: str, b) -> None:
                          "inputs between devices, move them first")
 
 
+def _host_numpy(t):
+    """A CPU tensor as a NumPy view of the same memory (bfloat16 as int16)."""
+    import torch
+
+    t = t.detach()
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _rows_extent(t):
+    """(first byte, row stride, row width, rows) of a 1-D / 2-D tensor whose rows have a
+    unit element stride."""
+    es = t.element_size()
+    if t.ndim == 1:
+        return t.data_ptr(), t.shape[0] * es, t.shape[0] * es, 1
+    return t.data_ptr(), t.stride(0) * es, t.shape[1] * es, t.shape[0]
+
+
+def _device_overlap(a, b) -> bool:
+    """Whether two device tensors may share memory: their byte ranges, refined for
+    row-strided 2-D views of one buffer (column blocks of one matrix do not overlap)."""
+    def span(t):
+        lo = t.data_ptr()
+        ext = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+        return lo, lo + (ext + 1) * t.element_size()
+
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    (alo, ahi), (blo, bhi) = span(a), span(b)
+    if not (alo < bhi and blo < ahi):
+        return False
+    if a.ndim in (1, 2) and b.ndim in (1, 2) and a.stride(-1) == 1 and b.stride(-1) == 1:
+        a0, sa, wa, _ = _rows_extent(a)
+        b0, sb, wb, _ = _rows_extent(b)
+        if sa == sb and wa <= sa and wb <= sb:
+            d = (b0 - a0) % sa  # b's rows start d bytes into a's row period
+            return d < wa or d + wb > sa
+    return True
+
+
+def shares_memory(a, b) -> bool:
+    """Exact for host arrays and CPU tensors (np.shares_memory), conservative on devices."""
+    if is_torch(a) and is_torch(b) and (a.device.type != "cpu" or b.device.type != "cpu"):
+        return a.device == b.device and _device_overlap(a, b)
+    if is_torch(a) != is_torch(b) and device_of(a) != device_of(b):
+        return False
+    na = _host_numpy(a) if is_torch(a) else a
+    nb = _host_numpy(b) if is_torch(b) else b
+    return bool(np.shares_memory(na, nb))
+
+
+def check_out(out, name: str, like, shape, inputs: dict):
+    """An ``out=`` buffer: the container kind, device and dtype of ``like``, exactly
+    ``shape``, rows with unit element stride that do not overlap each other, writable,
+    and sharing no memory with any of ``inputs`` (name -> array or None): a kernel
+    reads the inputs while it writes ``out``."""
+    if is_torch(out) != is_torch(like):
+        kind = "a torch tensor" if is_torch(like) else "a NumPy array"
+        raise TypeError(f"{name}: expected {kind} like x, got {type(out).__name__}")
+    check_same_device("x", like, name, out)
+    if dtype_name(out) != dtype_name(like):
+        raise TypeError(f"{name}: expected dtype {dtype_name(like)} like x, got {dtype_name(out)}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(out.shape)}")
+    if is_torch(out):
+        import torch
+
+        if out.requires_grad and torch.is_grad_enabled():
+            raise TypeError(f"{name}: a tensor that requires grad cannot be written in place")
+        strides = tuple(out.stride())
+        esz = 1
+    else:
+        if not out.flags.writeable:
+            raise ValueError(f"{name}: the array is read-only")
+        strides, esz = out.strides, out.itemsize
+    if len(shape) and shape[-1] > 1 and strides[-1] != esz:
+        raise ValueError(f"{name}: each row must be contiguous (unit stride along its last "
+                         f"axis), got strides {strides}")
+    if len(shape) == 2 and shape[0] > 1 and shape[1] > 0 and not \
+            (strides[0] > 0 and strides[0] >= shape[1] * esz):
+        raise ValueError(f"{name}: rows must not overlap (row stride >= row length), got "
+                         f"strides {strides}")
+    for in_name, t in inputs.items():
+        if t is not None and shares_memory(out, t):
+            raise ValueError(f"{name}: shares memory with {in_name}; the kernel reads "
+                             f"{in_name} while it writes {name}")
+
+
 def _dev_str(x) -> str:
     return str(x.device) if is_torch(x) else "cpu"
 
