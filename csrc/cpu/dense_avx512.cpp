@@ -52,13 +52,25 @@ inline void reduce_all(const __m512* acc, float* out) {
   }
 }
 
+// pp (optional): R rows read a few blocks later, whose lines are prefetched one per row
+// per 64 bytes consumed here, spread through the loop (see rows_block).
 template <int DT, int R, int QB, bool NORM>
 inline void micro(const char* const* rp, int64_t dim, const float* q, int64_t qs, float* dots,
-                  int64_t ld, float* sq) {
+                  int64_t ld, float* sq, const char* const* pp = nullptr) {
   __m512 acc[QB * R + (NORM ? R : 0)];
   for (auto& a : acc) a = _mm512_setzero_ps();
+  constexpr int64_t kEs = DT == kF32 ? 4 : 2, kLine = 64 / kEs;  // values per line
   int64_t c = 0;
   for (; c + 16 <= dim; c += 16) {
+    if (pp && c % kLine == 0)
+      for (int r = 0; r < R; ++r) {
+        const uintptr_t t = reinterpret_cast<uintptr_t>(pp[r]);
+        prefetch_l1(t + uintptr_t(c * kEs));
+        // A row that does not start on a line boundary (NumPy's large arrays start 16
+        // bytes into one) ends in one more line; without it every row waited for that
+        // line from memory (prefix 256, 12 queries: 23 -> 60 ms).
+        if (c == 0) prefetch_l1(t + uintptr_t(dim * kEs - 1));
+      }
     __m512 x[R];
     for (int r = 0; r < R; ++r) x[r] = load16<DT>(rp[r], c);
     if (NORM)
@@ -93,19 +105,27 @@ inline void micro(const char* const* rp, int64_t dim, const float* q, int64_t qs
 
 // The first query block reads the rows from memory (pf is set exactly then): each
 // row is a short stream the hardware prefetcher barely trains on, so the prefix of
-// the rows ~12 KiB ahead is prefetched explicitly (prefetch_rows in dense.h).
+// the rows ~12 KiB ahead is prefetched explicitly (prefetch_targets in dense.h),
+// spread through the micro-kernel's loop, one line per row at a time. Issued as one
+// burst per block (R rows x all their lines), the prefetches overflowed the core's
+// miss queue and the scan took the time of a bare read plus the arithmetic (1M x 768
+// f16, prefix 256, one query, 8 rows, 2 cores: 13.5 -> 12.6 ms, 19.2 -> 17.4 in a
+// slower bandwidth phase; prefix 128: 9.2 -> 6.9; a bare read of the same bytes
+// 12-14 / 16-17 / 6.4 ms).
 template <int DT, int R, int QB, bool NORM>
 void rows_block(const char* base, int64_t stride_b, const int64_t* rows, int64_t nrows,
                 int64_t dim, const float* q, int64_t qs, float* dots, int64_t ld, float* sq,
                 bool pf) {
   int64_t r0 = 0;
   const char* rp[R];
+  const char* pp[R];
   const int64_t row_bytes = dim * (DT == kF32 ? 4 : 2);
   const int64_t ahead = (12288 / row_bytes + R) / R * R;
   for (; r0 + R <= nrows; r0 += R) {
     for (int r = 0; r < R; ++r) rp[r] = base + (rows ? rows[r0 + r] : r0 + r) * stride_b;
-    if (pf) prefetch_rows(base, stride_b, rows, nrows, r0 + ahead, R, row_bytes);
-    micro<DT, R, QB, NORM>(rp, dim, q, qs, dots + r0, ld, NORM ? sq + r0 : nullptr);
+    if (pf) prefetch_targets<R>(base, stride_b, rows, nrows, r0, ahead, rp, pp);
+    micro<DT, R, QB, NORM>(rp, dim, q, qs, dots + r0, ld, NORM ? sq + r0 : nullptr,
+                           pf ? pp : nullptr);
   }
   for (; r0 < nrows; ++r0) {
     rp[0] = base + (rows ? rows[r0] : r0) * stride_b;
@@ -116,19 +136,28 @@ void rows_block(const char* base, int64_t stride_b, const int64_t* rows, int64_t
 // One contiguous stream of whole rows (stride == dim): one row at a time keeps the
 // hardware prefetcher on a single sequential stream (1M x 768 f16, one query: 44 ms per
 // core against 60 ms with four rows interleaved); two partial sums per accumulator
-// hide the FMA latency of the single row. Up to 12 queries: 26 accumulators.
+// hide the FMA latency of the single row. Up to 12 queries: 26 accumulators. The row
+// ~12 KiB on is prefetched a line per step, not all at once (2 cores: 33.5 -> 31.2 ms,
+// a bare read of the same 1.5 GB 30.7).
 template <int DT, int QB, bool NORM>
 void stream_rows(const char* base, int64_t nrows, int64_t dim, const float* q, int64_t qs,
                  float* dots, int64_t ld, float* sq, bool pf) {
   const int64_t row_bytes = dim * (DT == kF32 ? 4 : 2);
   const int64_t ahead = 12288 / row_bytes + 1;
+  constexpr int64_t kEs = DT == kF32 ? 4 : 2;
   for (int64_t r = 0; r < nrows; ++r) {
     const char* row = base + r * row_bytes;
-    if (pf) prefetch_rows(base, row_bytes, nullptr, 0, r + ahead, 1, row_bytes);
+    // the row `ahead` rows on, a line or two per step (as an integer: it may lie past
+    // the table; prefetches do not fault)
+    const uintptr_t pfrow = reinterpret_cast<uintptr_t>(row) + uintptr_t(ahead * row_bytes);
     __m512 a0[QB], a1[QB], n0 = _mm512_setzero_ps(), n1 = _mm512_setzero_ps();
     for (int j = 0; j < QB; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
     int64_t c = 0;
     for (; c + 32 <= dim; c += 32) {
+      if (pf) {
+        prefetch_l1(pfrow + uintptr_t(c * kEs));
+        if (kEs == 4) prefetch_l1(pfrow + uintptr_t(c * kEs + 64));
+      }
       const __m512 x0 = load16<DT>(row, c), x1 = load16<DT>(row, c + 16);
       if (NORM) {
         n0 = _mm512_fmadd_ps(x0, x0, n0);
@@ -139,6 +168,8 @@ void stream_rows(const char* base, int64_t nrows, int64_t dim, const float* q, i
         a1[j] = _mm512_fmadd_ps(x1, _mm512_load_ps(q + j * qs + c + 16), a1[j]);
       }
     }
+    if (pf)
+      for (int64_t b = c * kEs; b < row_bytes; b += 64) prefetch_l1(pfrow + uintptr_t(b));
     for (; c < dim; c += 16) {  // queries are zero-padded to 16; rows are masked
       const __mmask16 m = dim - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (dim - c)) - 1);
       const __m512 x0 = load16m<DT>(row, c, m);
@@ -171,8 +202,10 @@ void query_block(const char* base, int64_t stride_b, const int64_t* rows, int64_
   if (nq >= 8) return rows_block<DT, 2, 8, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
   if (nq >= 4) return rows_block<DT, 4, 4, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
   if (nq >= 2) return rows_block<DT, 4, 2, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
-  // prefix 256 of 768, one query: 32 ms per core with 8 rows in flight, 35 with 4
-  return rows_block<DT, 8, 1, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
+  // One query: 4 rows in flight. With the prefetches spread through the loop, 4 rows
+  // beat 8 (prefix 256 of 1M x 768 f16, 2 cores: 11.2 against 12.6 ms, 16.8 against
+  // 18.1 in a slower phase; prefix 128: 6.0 against 7.1); 2 rows are slower (23 ms).
+  return rows_block<DT, 4, 1, NORM>(base, stride_b, rows, nrows, dim, q, qs, dots, ld, sq, pf);
 }
 
 template <int DT>

@@ -46,6 +46,23 @@ static inline void prefetch_rows(const char* base, int64_t stride_b, const int64
   }
 }
 
+// The rows `ahead` rows after rows r0 .. r0+R-1 of a row block (the addressing of
+// DotsFn), for prefetches spread through a micro-kernel's loop: issued as one burst
+// per block (R rows x all their lines) they overflow the core's miss queue. Strided
+// rows: addresses formed as integers (they may lie past the table, and are prefetched,
+// never dereferenced). Indexed rows past the list stand in for the current row.
+template <int R>
+static inline void prefetch_targets(const char* base, int64_t stride_b, const int64_t* rows,
+                                    int64_t nrows, int64_t r0, int64_t ahead,
+                                    const char* const* rp, const char** pp) {
+  for (int r = 0; r < R; ++r) {
+    const int64_t i = r0 + ahead + r;
+    pp[r] = rows ? (i < nrows ? base + rows[i] * stride_b : rp[r])
+                 : reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(rp[r]) +
+                                                 uintptr_t(ahead * stride_b));
+  }
+}
+
 void dots_scalar(const void*, int, int64_t, const int64_t*, int64_t, int64_t, const float*,
                  int64_t, int64_t, float*, int64_t, float*);
 void dots_avx2(const void*, int, int64_t, const int64_t*, int64_t, int64_t, const float*,
