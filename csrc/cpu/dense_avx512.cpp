@@ -243,18 +243,25 @@ void to_bf16_impl(const void* base, int64_t stride, int64_t nrows, int64_t dim, 
   const int64_t sb = stride * (DT == kF32 ? 4 : 2), row_bytes = dim * (DT == kF32 ? 4 : 2);
   const int64_t ahead = 12288 / row_bytes + 1;
   const int64_t body = dim / 32 * 32;
+  constexpr int64_t kEs = DT == kF32 ? 4 : 2;
   for (int64_t r = 0; r < nrows; ++r) {
     const char* row = static_cast<const char*>(base) + r * sb;
-    prefetch_rows(static_cast<const char*>(base), sb, nullptr, 0, r + ahead, 1, row_bytes);
+    // the row `ahead` rows on, a line or two per step as in stream_rows (an integer:
+    // it may lie past the table)
+    const uintptr_t pfrow = reinterpret_cast<uintptr_t>(row) + uintptr_t(ahead * sb);
+    prefetch_l1(pfrow + uintptr_t(row_bytes - 1));  // the extra line of a mid-line start
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     uint16_t* o = out + r * dimp;
     int64_t c = 0;
     for (; c < body; c += 32) {
+      prefetch_l1(pfrow + uintptr_t(c * kEs));
+      if (kEs == 4) prefetch_l1(pfrow + uintptr_t(c * kEs + 64));
       const __m512 lo = load16<DT>(row, c), hi = load16<DT>(row, c + 16);
       acc0 = _mm512_fmadd_ps(lo, lo, acc0);
       acc1 = _mm512_fmadd_ps(hi, hi, acc1);
       _mm512_store_si512(o + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
+    for (int64_t b = c * kEs; b < row_bytes; b += 64) prefetch_l1(pfrow + uintptr_t(b));
     if (c < dimp) {  // lanes past `dim` load as zero: the padding the kernel relies on
       const __m512 lo = load16m<DT>(row, c, lanes(dim - c));
       const __m512 hi = c + 16 < dim ? load16m<DT>(row, c + 16, lanes(dim - c - 16)) : _mm512_setzero_ps();

@@ -31,21 +31,6 @@ using SelectFn = int64_t (*)(const float* dots, const float* rowf, int64_t nrows
                              float a, float b, float thr, const uint8_t* allow,
                              uint32_t* hit_rows, float* hit_keys);
 
-// Prefetches the first `row_bytes` of rows first .. first+count-1 of a row block (the
-// addressing of DotsFn); indexed rows past `nrows` are skipped. Addresses are formed as
-// integers: rows past the end of a table are never dereferenced (prefetches do not
-// fault), and pointer arithmetic past an object would be undefined. Internal linkage:
-// each ISA's object keeps its own copy.
-static inline void prefetch_rows(const char* base, int64_t stride_b, const int64_t* rows,
-                                 int64_t nrows, int64_t first, int count, int64_t row_bytes) {
-  const int64_t m = rows ? std::min<int64_t>(count, nrows - first) : count;
-  for (int64_t r = 0; r < m; ++r) {
-    const int64_t pr = first + r;
-    const uintptr_t p = reinterpret_cast<uintptr_t>(base) + uintptr_t((rows ? rows[pr] : pr) * stride_b);
-    for (int64_t off = 0; off < row_bytes; off += 64) prefetch_l1(p + uintptr_t(off));
-  }
-}
-
 // The rows `ahead` rows after rows r0 .. r0+R-1 of a row block (the addressing of
 // DotsFn), for prefetches spread through a micro-kernel's loop: issued as one burst
 // per block (R rows x all their lines) they overflow the core's miss queue. Strided
