@@ -48,6 +48,20 @@ static inline void prefetch_targets(const char* base, int64_t stride_b, const in
   }
 }
 
+// One step of a spread prefetch: byte `off` of each of R rows (see prefetch_targets).
+// The first step also takes each row's last line: a row that does not start on a line
+// boundary (NumPy's large arrays start 16 bytes into one) ends in one more line, and
+// without it every row waited for that line from memory (prefix 256, 12 queries: 23 ->
+// 60 ms).
+template <int R>
+static inline void prefetch_step(const char* const* pp, int64_t off, int64_t row_bytes) {
+  for (int r = 0; r < R; ++r) {
+    const uintptr_t t = reinterpret_cast<uintptr_t>(pp[r]);
+    prefetch_l1(t + uintptr_t(off));
+    if (off == 0) prefetch_l1(t + uintptr_t(row_bytes - 1));
+  }
+}
+
 void dots_scalar(const void*, int, int64_t, const int64_t*, int64_t, int64_t, const float*,
                  int64_t, int64_t, float*, int64_t, float*);
 void dots_avx2(const void*, int, int64_t, const int64_t*, int64_t, int64_t, const float*,
