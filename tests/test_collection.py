@@ -493,3 +493,78 @@ def test_sql_filters_everywhere(where):
     assert col.count() == 86 and col.get([0, 10, 20, 30, 40]).column("id").to_pylist() == [40]
     with pytest.raises(ValueError, match="';'"):
         col.count(filter="1=1; DROP TABLE t")
+
+
+# --------------------------------------------------------------------------- filter masks
+
+
+def test_filter_masks_cached_per_segment(where, monkeypatch):
+    """An equal filter is evaluated once per segment; upserts, deletes and compaction
+    keep results exact (segments never change; the live mask applies after)."""
+    from nestvec.collection import filters
+
+    calls = []
+    real = filters.evaluate
+    monkeypatch.setattr(filters, "evaluate", lambda f, t: calls.append(t.num_rows) or real(f, t))
+    col, x, ids = _make(where)
+    q = clustered(2, D, 10)
+    flt = nv.field("lang") == "en"
+    match = np.array(_meta(300)["lang"]) == "en"
+    first = per_query(col.search(q, k=10, mode="flat", filter=flt))
+    assert len(calls) == 3  # one per segment
+    # equal filters built anew hit the cache; count() shares it
+    assert_same_hits(per_query(col.search(q, k=10, mode="flat", filter=nv.field("lang") == "en")), first)
+    assert col.count(filter=nv.field("lang") == "en") == int(match.sum()) and len(calls) == 3
+    assert_same_hits(first, oracle(x, ids, q, 10, allow=match))
+    # SQL text is its own key
+    assert_same_hits(per_query(col.search(q, k=10, mode="flat", filter="lang = 'en'")), first)
+    assert len(calls) == 3 + 3 * ("duckdb" in _sql_available())
+    n_sql = len(calls)
+    # a delete: the cached masks stay, the live mask removes the rows
+    best = [int(h[0][0]) for h in first]
+    col.delete(ids=best)
+    match[np.isin(ids, best)] = False
+    got = per_query(col.search(q, k=10, mode="flat", filter=flt))
+    assert_same_hits(got, oracle(x, ids, q, 10, allow=match))
+    assert len(calls) == n_sql
+    # an upsert adds a segment: only that one is evaluated
+    col.upsert(x[:5], ids=ids[:5], metadata={"lang": ["en"] * 5, "year": [1] * 5, "score0": [0.0] * 5})
+    match[:5] = True
+    assert col.count(filter=flt) == int(match.sum())
+    assert len(calls) == n_sql + 1
+    # compaction rewrites segments: old entries go, results stay exact
+    col.compact()
+    assert len(col._mask_cache) <= 2 * len(col._segs)
+    assert {k[0] for k in col._mask_cache._d} <= {s.name for s in col._segs}
+    got = per_query(col.search(q, k=10, mode="flat", filter=flt))
+    assert_same_hits(got, oracle(x, ids, q, 10, allow=match))
+    col.close()
+
+
+def _sql_available():
+    try:
+        import duckdb  # noqa: F401
+        return "duckdb"
+    except ImportError:
+        return ""
+
+
+def test_filter_mask_cache_keys_and_budget(monkeypatch):
+    from nestvec.collection.filters import MaskCache
+
+    # str() renders these alike; their cache keys differ
+    assert str(nv.field("year") == 7) == str(nv.field("year") == 7.0)
+    assert MaskCache.key(nv.field("year") == 7) != MaskCache.key(nv.field("year") == 7.0)
+    assert MaskCache.key(nv.field("year") == 7) == MaskCache.key(nv.field("year") == 7)
+    t = pa.table({"year": pa.array(np.arange(1000, dtype=np.int32))})
+    c = MaskCache(budget_mb=2000 / (1 << 20))  # room for two 1000-row masks
+    masks = [c.mask(f"s{i}", c.key(nv.field("year") < i), nv.field("year") < i, t) for i in range(3)]
+    assert [int(m.sum()) for m in masks] == [0, 1, 2]
+    assert not masks[0].flags.writeable
+    assert len(c) == 2 and ("s0", c.key(nv.field("year") < 0)) not in c._d  # least recent out
+    c.retain(["s2"])
+    assert len(c) == 1
+    monkeypatch.setenv("NESTVEC_FILTER_CACHE_MB", "0")
+    off = MaskCache()
+    off.mask("s", off.key(nv.field("year") < 5), nv.field("year") < 5, t)
+    assert len(off) == 0

@@ -47,6 +47,7 @@ class Collection:
         self._pinned = pinned
         self._closed = False
         self._caches: dict = {}
+        self._mask_cache = filters.MaskCache()
         self._schema = _schema_from_b64(manifest["schema_ipc"])
 
     @classmethod
@@ -182,6 +183,7 @@ class Collection:
             self._store.release()
             self._segs = []
             self._caches.clear()
+            self._mask_cache.clear()
 
     def __del__(self):
         try:
@@ -211,11 +213,13 @@ class Collection:
     def _masks(self, flt):
         """Per segment: allow mask = live & filter (None = every row)."""
         filters.check_filter(flt)
+        fkey = None
         if flt is not None:
             filters.validate(flt, self._meta_schema())
+            fkey = self._mask_cache.key(flt)
         out = []
         for s in self._segs:
-            m = filters.evaluate(flt, s.table)
+            m = None if flt is None else self._mask_cache.mask(s.name, fkey, flt, s.table)
             if s.live is not None:
                 m = s.live if m is None else (m & s.live)
             out.append(m)
@@ -308,6 +312,7 @@ class Collection:
 
     def _set_snapshot(self, m, segs):
         self._m, self._segs = m, segs
+        self._mask_cache.retain(s.name for s in segs)
         keys = DeviceCache.keys_for(segs, self.binary)
         for cache in self._caches.values():
             cache.retain(keys)  # invalidation: drop what this version no longer names

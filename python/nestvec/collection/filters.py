@@ -13,7 +13,9 @@ a column with a value of the wrong type raises ``TypeError``.
 from __future__ import annotations
 
 import os
+import pickle
 import threading
+from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa
@@ -146,6 +148,67 @@ def evaluate(flt, table: pa.Table) -> np.ndarray | None:
     if isinstance(flt, str):
         return _eval_sql(flt, table)
     return _eval_expression(flt, table)
+
+
+class MaskCache:
+    """Filter masks of segments, reused by later searches with an equal filter.
+
+    Segments never change once written (an upsert or delete adds a segment or a
+    deletion file, which the live mask applies after the filter), so a mask keyed by
+    (segment name, filter) stays valid for as long as the segment exists: entries of
+    segments a snapshot no longer names are dropped (:meth:`retain`). Expressions key by
+    their pickled form (``str`` renders ``x == 7`` and ``x == 7.0`` alike), SQL by its
+    text. Least recently used masks go first beyond ``NESTVEC_FILTER_CACHE_MB`` (64 MB
+    default, a byte per row; 0 turns the cache off). A 1%-selective filter over 1M rows
+    took about half of a flat search's 3.6 ms before.
+    """
+
+    def __init__(self, budget_mb: float | None = None):
+        if budget_mb is None:
+            budget_mb = float(os.environ.get("NESTVEC_FILTER_CACHE_MB", "64"))
+        self.budget = int(budget_mb * (1 << 20))
+        self._d: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(flt):
+        return ("sql", flt) if isinstance(flt, str) else ("expr", pickle.dumps(flt))
+
+    def mask(self, segment: str, fkey, flt, table: pa.Table) -> np.ndarray:
+        """``evaluate(flt, table)`` for a non-None filter, from the cache when present;
+        the mask is read-only."""
+        k = (segment, fkey)
+        with self._lock:
+            m = self._d.get(k)
+            if m is not None:
+                self._d.move_to_end(k)
+                return m
+        m = evaluate(flt, table)
+        m.setflags(write=False)
+        if 0 < m.nbytes <= self.budget:
+            with self._lock:
+                if k not in self._d:
+                    self._d[k] = m
+                    self._bytes += m.nbytes
+                while self._bytes > self.budget:
+                    _, old = self._d.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return m
+
+    def retain(self, segments) -> None:
+        keep = set(segments)
+        with self._lock:
+            for k in [k for k in self._d if k[0] not in keep]:
+                self._bytes -= self._d.pop(k).nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
 
 
 def validate(flt, schema: pa.Schema) -> None:

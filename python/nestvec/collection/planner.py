@@ -24,6 +24,9 @@ MODES = ("auto", "flat", "binary", "funnel")
 MAX_K = ops.DENSE_MAX_K_CPU
 # flat search copies the allowed rows out when fewer than this fraction are allowed
 GATHER_FRACTION = 0.05
+# ... or, for at most this many host queries, scores them in place (candidate path):
+# each query reads the rows on its own there, so a larger batch is cheaper on a copy
+CANDIDATE_QUERIES = 2
 
 
 def dense(db, queries, k, dim, metric, allow=None, candidates=None):
@@ -254,9 +257,17 @@ class Planner:
                 # a selective filter: score a compact copy of the allowed rows instead of
                 # streaming the whole segment (ascending rows keep the tie order)
                 rows = np.flatnonzero(self.masks[i])
-                s, idx = dense(_take_rows(self._vec(i), rows), queries, kk, r.dim, r.metric)
-                idx = _host(idx)
-                idx = np.where(idx >= 0, rows[np.maximum(idx, 0)], -1)
+                vec = self._vec(i)
+                if nq <= CANDIDATE_QUERIES and not ck.is_torch(vec):
+                    # one or two queries on the host: score the rows in place through
+                    # the candidate path (no copy of the rows; 1M x 384 f16, 1% allowed:
+                    # 2.7 -> 1.6 ms)
+                    s, idx = dense(vec, queries, kk, r.dim, r.metric,
+                                   candidates=np.broadcast_to(rows, (nq, len(rows))))
+                else:
+                    s, idx = dense(_take_rows(vec, rows), queries, kk, r.dim, r.metric)
+                    idx = _host(idx)
+                    idx = np.where(idx >= 0, rows[np.maximum(idx, 0)], -1)
             else:
                 s, idx = dense(self._vec(i), queries, kk, r.dim, r.metric, allow=self._allow(i))
             parts.append((self.segments[i].offset, i, s, idx))
