@@ -215,8 +215,10 @@ class Collection:
         filters.check_filter(flt)
         fkey = None
         if flt is not None:
-            filters.validate(flt, self._meta_schema())
             fkey = self._mask_cache.key(flt)
+            # (a filter with every mask cached was validated when they were made)
+            if not self._segs or not self._mask_cache.has_all((s.name for s in self._segs), fkey):
+                filters.validate(flt, self._meta_schema())
         out = []
         for s in self._segs:
             m = None if flt is None else self._mask_cache.mask(s.name, fkey, flt, s.table)

@@ -196,6 +196,10 @@ class MaskCache:
                     self._bytes -= old.nbytes
         return m
 
+    def has_all(self, segments, fkey) -> bool:
+        with self._lock:
+            return all((name, fkey) in self._d for name in segments)
+
     def retain(self, segments) -> None:
         keep = set(segments)
         with self._lock:
