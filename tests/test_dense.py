@@ -167,6 +167,44 @@ CPU_CASES = grid_cases(30, seed=3)
 
 @pytest.mark.skipif(ops._C is None, reason="native module not built")
 @pytest.mark.parametrize("isa", cpu_isas())
+def test_cpu_long_candidate_lists(isa, restore_isa):
+    """Candidate lists long enough that one query's rows are split over the threads
+    (forced to 4, whatever the machine), ascending and unique (a filter's rows: no
+    sort) or random with duplicates and padding, with and without allow."""
+    import nestvec as nv
+
+    ops._C.set_isa(isa)
+    threads = nv.get_num_threads()
+    nv.set_num_threads(4)
+    try:
+        rng = np.random.default_rng(7)
+        n, D, dim, k = 20000, 97, 64, 50
+        for dtype in DTYPES:
+            stored = make_db(rng, n, D, dtype)
+            xw = widened(stored, dtype)
+            for nq, kind, use_allow in [(1, "sorted", False), (1, "random", True), (2, "sorted", True),
+                                        (5, "random", False)]:
+                if kind == "sorted":
+                    rows = np.flatnonzero(rng.random(n) < 0.5)
+                    cand = np.ascontiguousarray(np.broadcast_to(rows, (nq, len(rows))))
+                else:
+                    cand = make_candidates(rng, n, nq, 9000)
+                allow = (rng.random(n) < 0.7) if use_allow else None
+                for metric in METRICS:
+                    q = rng.standard_normal((nq, D)).astype(np.float32)
+                    sr, ir = R.dense_topk(xw, q.astype(np.float64), k, dim, metric, allow, cand)
+                    s, i = ops.dense_topk(stored, q, k, dim=dim, metric=metric, allow=allow,
+                                          candidates=cand, backend="cpu",
+                                          db_dtype="bfloat16" if dtype == "bfloat16" else None)
+                    check_topk(s, i, sr, ir, true_scores(xw, q, dim, metric),
+                               score_scale(xw, q, dim, metric), TOL["cpu"][dtype],
+                               eligible_mask(n, nq, allow, cand))
+    finally:
+        nv.set_num_threads(threads)
+
+
+@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.parametrize("isa", cpu_isas())
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "D%d-d%d-N%d-Q%d-k%d" % c)
 def test_cpu_grid(isa, case, restore_isa):
     ops._C.set_isa(isa)
