@@ -93,7 +93,8 @@ void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
     struct Scratch {
       std::vector<float> dots, sq, rowf, hit_keys;
       std::vector<uint32_t> hit_rows;
-      explicit Scratch(int64_t t) : dots(size_t(t)), sq(size_t(t)), rowf(size_t(t)), hit_keys(size_t(t)), hit_rows(size_t(t)) {}
+      explicit Scratch(int64_t t)
+          : dots(size_t(t)), sq(size_t(t)), rowf(size_t(t)), hit_keys(size_t(t)), hit_rows(size_t(t)) {}
     };
     // rows ids[r0 .. r1) of query j into sel, in tiles
     auto score = [&](int64_t j, const std::vector<int64_t>& ids, int64_t r0, int64_t r1, Scratch& w,
@@ -110,8 +111,9 @@ void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
     };
     const int nthreads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), nq)));
     // Fewer queries than threads and long lists (a selective filter's rows): each
-    // query's rows are split over the threads instead (1M x 384 f16, one query, 40k
-    // allowed rows: one thread read them all before).
+    // query's rows are split over the threads instead, where one thread read them all
+    // (one query, 2 cores: 100k candidates of 1M x 768 f16, 13.2 -> 10.9 ms; a 4%
+    // filter on a 1M x 384 collection, 4.3 -> 3.8 ms).
     constexpr int64_t kSplitRows = 4096;
     if (nq < num_threads() && ncand >= kSplitRows) {
       const int nt = num_threads();
