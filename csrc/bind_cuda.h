@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -16,28 +17,20 @@ namespace bind {
 
 namespace py = pybind11;
 
+#if defined(NESTVEC_WITH_CUDA)
+
 inline void check_cuda(int rc, const char* what) {
   if (rc != 0) throw std::runtime_error(std::string(what) + ": " + cuda::error_string(rc));
 }
 
-#if !defined(NESTVEC_WITH_CUDA)
-[[noreturn]] inline void no_cuda() { throw std::runtime_error("nestvec was built without CUDA"); }
-#endif
-
 inline void def_cuda_hamming(py::module_& m) {
   m.def("cuda_hamming_workspace_bytes", [](int64_t n, int64_t nq, int64_t nbytes, int64_t k) {
-#if defined(NESTVEC_WITH_CUDA)
     return cuda::hamming_workspace_bytes(n, nq, nbytes, k);
-#else
-    (void)n, (void)nq, (void)nbytes, (void)k;
-    no_cuda();
-#endif
   });
   m.def("cuda_hamming_topk", [](uintptr_t codes, int64_t n, int64_t code_stride, uintptr_t queries,
                                 int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k,
                                 uintptr_t allow, uintptr_t out_dist, uintptr_t out_idx,
                                 uintptr_t ws, int64_t ws_bytes, uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
     int rc;
     {
       py::gil_scoped_release nogil;
@@ -49,12 +42,6 @@ inline void def_cuda_hamming(py::module_& m) {
                               ws_bytes, stream);
     }
     check_cuda(rc, "cuda_hamming_topk");
-#else
-    (void)codes, (void)n, (void)code_stride, (void)queries, (void)nq, (void)query_stride;
-    (void)nbytes, (void)k, (void)allow, (void)out_dist, (void)out_idx, (void)ws, (void)ws_bytes;
-    (void)stream;
-    no_cuda();
-#endif
   });
 }
 
@@ -62,7 +49,6 @@ inline void def_cuda_pool(py::module_& m) {
   m.def("cuda_pool", [](uintptr_t hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_t sb,
                         int64_t st, uintptr_t mask, int mask_itemsize, int64_t mask_sb, int mode,
                         bool normalize, uintptr_t out, uintptr_t codes, uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
     int rc;
     {
       py::gil_scoped_release nogil;
@@ -71,28 +57,15 @@ inline void def_cuda_pool(py::module_& m) {
                       reinterpret_cast<float*>(out), reinterpret_cast<uint8_t*>(codes), stream);
     }
     check_cuda(rc, "cuda_pool");
-#else
-    (void)hidden, (void)dtype, (void)B, (void)T, (void)d, (void)sb, (void)st, (void)mask;
-    (void)mask_itemsize, (void)mask_sb, (void)mode, (void)normalize, (void)out, (void)codes;
-    (void)stream;
-    no_cuda();
-#endif
   });
 }
 
 inline void def_cuda_dense(py::module_& m) {
-  m.def("cuda_dense_block_rows", [] {
-#if defined(NESTVEC_WITH_CUDA)
-    return cuda::dense_block_rows();
-#else
-    no_cuda();
-#endif
-  });
+  m.def("cuda_dense_block_rows", [] { return cuda::dense_block_rows(); });
   m.def("cuda_dense_scan", [](uintptr_t db, int dtype, int64_t n, int64_t stride, int64_t dim,
                               uintptr_t queries, int64_t nq, int64_t query_stride, uintptr_t qaux,
                               int metric, uintptr_t allow, int64_t kp, uintptr_t keys,
                               int64_t keys_stride, uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
     int rc;
     {
       py::gil_scoped_release nogil;
@@ -103,19 +76,12 @@ inline void def_cuda_dense(py::module_& m) {
                             reinterpret_cast<int64_t*>(keys), keys_stride, stream);
     }
     check_cuda(rc, "cuda_dense_scan");
-#else
-    (void)db, (void)dtype, (void)n, (void)stride, (void)dim, (void)queries, (void)nq;
-    (void)query_stride, (void)qaux, (void)metric, (void)allow, (void)kp, (void)keys;
-    (void)keys_stride, (void)stream;
-    no_cuda();
-#endif
   });
   m.def("cuda_dense_gather", [](uintptr_t db, int dtype, int64_t n, int64_t stride, int64_t dim,
                                 uintptr_t queries, int64_t nq, int64_t query_stride,
                                 uintptr_t qaux, int metric, uintptr_t cand, int64_t ncand,
                                 int64_t cand_stride, uintptr_t keys, int64_t keys_stride,
                                 uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
     int rc;
     {
       py::gil_scoped_release nogil;
@@ -126,37 +92,27 @@ inline void def_cuda_dense(py::module_& m) {
                               reinterpret_cast<int64_t*>(keys), keys_stride, stream);
     }
     check_cuda(rc, "cuda_dense_gather");
-#else
-    (void)db, (void)dtype, (void)n, (void)stride, (void)dim, (void)queries, (void)nq;
-    (void)query_stride, (void)qaux, (void)metric, (void)cand, (void)ncand, (void)cand_stride;
-    (void)keys, (void)keys_stride, (void)stream;
-    no_cuda();
-#endif
   });
 
+}
+
+inline int lowrank_dtype(const std::string& dtype) {
+  if (dtype == "f32") return 0;
+  if (dtype == "f16") return 1;
+  if (dtype == "bf16") return 2;
+  throw std::invalid_argument("dtype: expected 'f32', 'f16' or 'bf16'");
 }
 
 inline void def_cuda_lowrank(py::module_& m) {
   m.def("cuda_lowrank_sparse_workspace_bytes",
         [](const std::string& dtype, int64_t M, int64_t N, int64_t r, int64_t c) -> int64_t {
-#if defined(NESTVEC_WITH_CUDA)
-          return cuda::lowrank_sparse_workspace_bytes(dtype == "f32" ? 0 : dtype == "f16" ? 1 : 2,
-                                                      M, N, r, c);
-#else
-          (void)dtype, (void)M, (void)N, (void)r, (void)c;
-          no_cuda();
-#endif
+          return cuda::lowrank_sparse_workspace_bytes(lowrank_dtype(dtype), M, N, r, c);
         });
   m.def("cuda_lowrank_sparse_matmul",
         [](const std::string& dtype, uintptr_t x, int64_t M, int64_t K, int64_t ldx, uintptr_t A,
            int64_t r, uintptr_t B, int64_t N, uintptr_t S, int64_t c, uintptr_t channels,
            uintptr_t bias, uintptr_t y, uintptr_t ws, int64_t ws_bytes, uintptr_t stream) {
-#if defined(NESTVEC_WITH_CUDA)
-          int dt;
-          if (dtype == "f32") dt = 0;
-          else if (dtype == "f16") dt = 1;
-          else if (dtype == "bf16") dt = 2;
-          else throw std::invalid_argument("dtype: expected 'f32', 'f16' or 'bf16'");
+          const int dt = lowrank_dtype(dtype);
           int rc;
           {
             py::gil_scoped_release nogil;
@@ -167,14 +123,29 @@ inline void def_cuda_lowrank(py::module_& m) {
                 reinterpret_cast<void*>(y), reinterpret_cast<void*>(ws), ws_bytes, stream);
           }
           check_cuda(rc, "cuda_lowrank_sparse_matmul");
-#else
-          (void)dtype, (void)x, (void)M, (void)K, (void)ldx, (void)A, (void)r, (void)B, (void)N;
-          (void)S, (void)c, (void)channels, (void)bias, (void)y, (void)ws, (void)ws_bytes;
-          (void)stream;
-          no_cuda();
-#endif
         });
 }
+
+#else  // built without CUDA: the same names, raising when called
+
+inline void def_missing(py::module_& m, std::initializer_list<const char*> names) {
+  for (const char* name : names)
+    m.def(name, [](py::args, py::kwargs) -> py::object {
+      throw std::runtime_error("nestvec was built without CUDA");
+    });
+}
+inline void def_cuda_hamming(py::module_& m) {
+  def_missing(m, {"cuda_hamming_workspace_bytes", "cuda_hamming_topk"});
+}
+inline void def_cuda_pool(py::module_& m) { def_missing(m, {"cuda_pool"}); }
+inline void def_cuda_dense(py::module_& m) {
+  def_missing(m, {"cuda_dense_block_rows", "cuda_dense_scan", "cuda_dense_gather"});
+}
+inline void def_cuda_lowrank(py::module_& m) {
+  def_missing(m, {"cuda_lowrank_sparse_workspace_bytes", "cuda_lowrank_sparse_matmul"});
+}
+
+#endif
 
 }  // namespace bind
 }  // namespace nestvec

@@ -19,10 +19,6 @@
 
 namespace py = pybind11;
 using namespace nestvec;
-using bind::check_cuda;
-#if !defined(NESTVEC_WITH_CUDA)
-using bind::no_cuda;
-#endif
 
 namespace {
 

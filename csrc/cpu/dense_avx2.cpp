@@ -131,9 +131,7 @@ void stream_rows(const char* base, int64_t nrows, int64_t dim, const float* q, i
     }
     int64_t c = 0;
     for (; c + 8 * P <= dim; c += 8 * P) {
-      if (pf)  // each 64-byte offset of the row once, over the steps
-        for (int64_t b = (c * kEs + 63) / 64 * 64; b < (c + 8 * P) * kEs; b += 64)
-          prefetch_l1(pfrow + uintptr_t(b));
+      if (pf) prefetch_bytes(pfrow, c * kEs, (c + 8 * P) * kEs);
       for (int p = 0; p < P; ++p) {
         const __m256 x = load8<DT>(row, c + 8 * p);
         if (NORM) n[p] = _mm256_fmadd_ps(x, x, n[p]);
@@ -141,8 +139,7 @@ void stream_rows(const char* base, int64_t nrows, int64_t dim, const float* q, i
           a[j][p] = _mm256_fmadd_ps(x, _mm256_load_ps(q + j * qs + c + 8 * p), a[j][p]);
       }
     }
-    if (pf)
-      for (int64_t b = (c * kEs + 63) / 64 * 64; b < row_bytes; b += 64) prefetch_l1(pfrow + uintptr_t(b));
+    if (pf) prefetch_bytes(pfrow, c * kEs, row_bytes);
     for (; c + 8 <= dim; c += 8) {
       const __m256 x = load8<DT>(row, c);
       if (NORM) n[0] = _mm256_fmadd_ps(x, x, n[0]);

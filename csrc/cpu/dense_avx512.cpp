@@ -146,10 +146,7 @@ void stream_rows(const char* base, int64_t nrows, int64_t dim, const float* q, i
     for (int j = 0; j < QB; ++j) a0[j] = a1[j] = _mm512_setzero_ps();
     int64_t c = 0;
     for (; c + 32 <= dim; c += 32) {
-      if (pf) {
-        prefetch_l1(pfrow + uintptr_t(c * kEs));
-        if (kEs == 4) prefetch_l1(pfrow + uintptr_t(c * kEs + 64));
-      }
+      if (pf) prefetch_bytes(pfrow, c * kEs, (c + 32) * kEs);
       const __m512 x0 = load16<DT>(row, c), x1 = load16<DT>(row, c + 16);
       if (NORM) {
         n0 = _mm512_fmadd_ps(x0, x0, n0);
@@ -160,8 +157,7 @@ void stream_rows(const char* base, int64_t nrows, int64_t dim, const float* q, i
         a1[j] = _mm512_fmadd_ps(x1, _mm512_load_ps(q + j * qs + c + 16), a1[j]);
       }
     }
-    if (pf)
-      for (int64_t b = c * kEs; b < row_bytes; b += 64) prefetch_l1(pfrow + uintptr_t(b));
+    if (pf) prefetch_bytes(pfrow, c * kEs, row_bytes);
     for (; c < dim; c += 16) {  // queries are zero-padded to 16; rows are masked
       const __mmask16 m = dim - c >= 16 ? __mmask16(0xffff) : __mmask16((1u << (dim - c)) - 1);
       const __m512 x0 = load16m<DT>(row, c, m);
@@ -246,14 +242,13 @@ void to_bf16_impl(const void* base, int64_t stride, int64_t nrows, int64_t dim, 
     uint16_t* o = out + r * dimp;
     int64_t c = 0;
     for (; c < body; c += 32) {
-      prefetch_l1(pfrow + uintptr_t(c * kEs));
-      if (kEs == 4) prefetch_l1(pfrow + uintptr_t(c * kEs + 64));
+      prefetch_bytes(pfrow, c * kEs, (c + 32) * kEs);
       const __m512 lo = load16<DT>(row, c), hi = load16<DT>(row, c + 16);
       acc0 = _mm512_fmadd_ps(lo, lo, acc0);
       acc1 = _mm512_fmadd_ps(hi, hi, acc1);
       _mm512_store_si512(o + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
-    for (int64_t b = c * kEs; b < row_bytes; b += 64) prefetch_l1(pfrow + uintptr_t(b));
+    prefetch_bytes(pfrow, c * kEs, row_bytes);
     if (c < dimp) {  // lanes past `dim` load as zero: the padding the kernel relies on
       const __m512 lo = load16m<DT>(row, c, lanes(dim - c));
       const __m512 hi = c + 16 < dim ? load16m<DT>(row, c + 16, lanes(dim - c - 16)) : _mm512_setzero_ps();

@@ -88,12 +88,15 @@ def check_same_device(name_a: str, a, name_b: str, b) -> None:
                          "inputs between devices, move them first")
 
 
-def _host_numpy(t):
-    """A CPU tensor as a NumPy view of the same memory (bfloat16 as int16)."""
+def host_view(t):
+    """A CPU tensor as a NumPy view of the same memory, bfloat16 as its uint16 bit
+    pattern (NumPy has no bfloat16)."""
     import torch
 
     t = t.detach()
-    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
 def _rows_extent(t):
@@ -133,8 +136,8 @@ def shares_memory(a, b) -> bool:
         return a.device == b.device and _device_overlap(a, b)
     if is_torch(a) != is_torch(b) and device_of(a) != device_of(b):
         return False
-    na = _host_numpy(a) if is_torch(a) else a
-    nb = _host_numpy(b) if is_torch(b) else b
+    na = host_view(a) if is_torch(a) else a
+    nb = host_view(b) if is_torch(b) else b
     return bool(np.shares_memory(na, nb))
 
 

@@ -174,17 +174,7 @@ def _lrs_host(t, contiguous=True):
     already contiguous."""
     if t is None:
         return None
-    if ck.is_torch(t):
-        import torch
-
-        t = t.detach()
-        if t.dtype == torch.bfloat16:
-            t = t.view(torch.int16)
-        a = t.numpy()
-        if a.dtype == np.int16:
-            a = a.view(np.uint16)
-    else:
-        a = t
+    a = ck.host_view(t) if ck.is_torch(t) else t
     return np.ascontiguousarray(a) if contiguous else a
 
 

@@ -416,13 +416,7 @@ _DENSE_METRIC_CODE = {"cosine": 0, "ip": 1, "l2": 2}
 
 def _dense_cpu(db, dt, queries, k, dim, metric, allow, candidates):
     """C++ backend: the stored rows are passed as they are (strided view, no copy)."""
-    if ck.is_torch(db):
-        import torch
-
-        x = db.detach()
-        x = x.view(torch.int16).numpy().view(np.uint16) if x.dtype == torch.bfloat16 else x.numpy()
-    else:
-        x = db
+    x = ck.host_view(db) if ck.is_torch(db) else db
     q = queries.detach().float().numpy() if ck.is_torch(queries) else queries
     q = np.ascontiguousarray(q[:, :dim], dtype=np.float32)
     a = None
@@ -614,7 +608,7 @@ def _pool_cpu(hidden, dt, mask, mode, normalize, d, binary):
         h = hidden.detach()
         if h.stride(2) != 1 and h.shape[2] > 1:
             h = h.contiguous()
-        h = h.view(torch.int16).numpy() if h.dtype == torch.bfloat16 else h.numpy()
+        h = ck.host_view(h)
         m = mask.detach()
         m = (m.view(torch.uint8) if m.dtype == torch.bool else m).numpy()
     else:

@@ -39,7 +39,7 @@ class BlockReduce : public BlockCollective<T, BLOCK_DIM_X> {
 
  public:
   using typename Base::TempStorage;
-  explicit BlockReduce(TempStorage& t) : Base(t) {}
+  using Base::Base;
   T Sum(T v) {
     return Reduce(v, [](const T& a, const T& b) { return a + b; });
   }
@@ -63,7 +63,7 @@ class BlockScan : public BlockCollective<T, BLOCK_DIM_X> {
 
  public:
   using typename Base::TempStorage;
-  explicit BlockScan(TempStorage& t) : Base(t) {}
+  using Base::Base;
   void ExclusiveSum(T in, T& out) {
     T total;
     ExclusiveSum(in, out, total);

@@ -62,6 +62,12 @@ static inline void prefetch_step(const char* const* pp, int64_t off, int64_t row
   }
 }
 
+// Prefetches each 64-byte offset in bytes [from, to) of the row at integer address p:
+// one loop step's share of the row a streaming loop reads `ahead` rows later.
+static inline void prefetch_bytes(uintptr_t p, int64_t from, int64_t to) {
+  for (int64_t b = (from + 63) / 64 * 64; b < to; b += 64) prefetch_l1(p + uintptr_t(b));
+}
+
 void dots_scalar(const void*, int, int64_t, const int64_t*, int64_t, int64_t, const float*,
                  int64_t, int64_t, float*, int64_t, float*);
 void dots_avx2(const void*, int, int64_t, const int64_t*, int64_t, int64_t, const float*,
