@@ -310,6 +310,8 @@ def test_query_forms(where):
     assert batch.column("query").to_pylist() == [0] * 4 + [1] * 4 + [2] * 4
     assert col.search(x[5, :16], k=4, dim=16, mode="flat").column("id")[0].as_py() == 50
     assert col.search(x[5, :16], k=4, dim=16, mode="funnel").column("id")[0].as_py() == 50
+    # a prefix query whose width is not whole code bytes: auto searches flat
+    assert col.search(x[5, :20], k=4, dim=20).equals(col.search(x[5, :20], k=4, dim=20, mode="flat"))
 
 
 def test_auto_mode(where):

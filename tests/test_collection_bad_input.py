@@ -145,6 +145,11 @@ def test_delete_rejects(col):
     (dict(q=np.ones(5), dim=5, mode="binary"), ValueError, "dim % 8"),
     (dict(q=np.ones((0, D))), ValueError, "at least one"),
     (dict(q="abc"), TypeError, "numbers"),
+    (dict(q=np.ones(D), columns=["lang", "lang"]), ValueError, "more than once"),
+    (dict(q=np.ones(D), device="nope"), ValueError, "device"),
+    (dict(q=np.ones(D), filter=""), ValueError, "empty SQL"),
+    (dict(q=np.full(D, 1e-20)), ValueError, "norm below"),  # queries are float32
+    (dict(q=np.full(D, 1e20)), ValueError, "norm above"),
 ])
 def test_search_rejects(col, kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -156,6 +161,8 @@ def test_search_rejects(col, kwargs, exc, match):
     (dict(dim=8, dtype="int8"), ValueError, "dtype"),
     (dict(dim=8, metric="hamming"), ValueError, "metric"),
     (dict(dim=8, schema={"id": "string"}), ValueError, "reserved"),
+    (dict(dim=8, schema={"score": "float64"}), ValueError, "reserved"),  # result columns
+    (dict(dim=8, schema={"query": "string"}), ValueError, "reserved"),
     (dict(dim=8, schema={"x": "not-a-type"}), TypeError, "unknown type"),
     (dict(dim=8, schema=["x"]), TypeError, "schema"),
 ])
@@ -173,3 +180,71 @@ def test_closed_and_readonly(col):
     r.close()
     with pytest.raises(ValueError, match="closed"):
         r.search(np.ones(D))
+
+
+def test_search_on_cuda_without_cuda(col):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        col.search(np.ones(D), device="cuda")
+
+
+@pytest.mark.parametrize("metric, scale, match", [
+    ("l2", 1e20, "norm above"), ("ip", 1e19, "norm above"), ("cosine", 1e30, "norm above"),
+    ("cosine", 1e-30, "norm below"),
+])
+def test_float32_norms_the_kernels_cannot_score(tmp_path, metric, scale, match):
+    """A float32 row or query whose squared norm overflows float32 (or, under cosine,
+    underflows it) would score inf / 0 and silently drop out of the results."""
+    c = nv.Collection.create(str(tmp_path / "f"), dim=D, dtype="float32", metric=metric)
+    c.add(_good(4), ids=[0, 1, 2, 3])
+    before = (c.version, c._store.files())
+    bad = _good(3)
+    bad[1] = scale
+    with pytest.raises(ValueError, match="vectors: row 1 has a " + match):
+        c.add(bad, ids=[10, 11, 12])
+    assert (c.version, c._store.files()) == before
+    with pytest.raises(ValueError, match="q: query 0 has a " + match):
+        c.search(np.full(D, scale, np.float32), mode="flat")
+    ok = _good(1)[0] * (1e-12 if scale < 1 else 1e12)  # far from the limits: scored
+    assert c.search(ok, k=4).num_rows == 4
+
+
+def test_float_metadata_overflow(tmp_path):
+    c = nv.Collection.create(str(tmp_path / "m"), dim=D, schema={"f": "float32"})
+    with pytest.raises(TypeError, match="'f'.*overflows"):
+        c.add(_good(2), metadata={"f": [1e300, 1.0]})
+    c.add(_good(2), metadata={"f": [float("inf"), None]})  # an explicit inf is a value
+    assert c.count() == 2
+
+
+def test_generated_ids_cannot_overflow(col):
+    col.add(_good(1), ids=[np.iinfo(np.int64).max])
+    before = _state(col)
+    with pytest.raises(ValueError, match="pass ids explicitly"):
+        col.add(_good(2))
+    assert _state(col)[:3] == before[:3]
+
+
+@pytest.fixture
+def duckdb():
+    return pytest.importorskip("duckdb")
+
+
+def test_sql_filter_must_be_boolean(col, duckdb):
+    with pytest.raises(TypeError, match="gives INTEGER, expected a boolean"):
+        col.search(np.ones(D), filter="year")
+    with pytest.raises(TypeError, match="expected a boolean"):
+        col.count(filter="year + 1")
+    assert col.count(filter="year >= 5") == 5
+
+
+def test_sql_filter_cannot_read_files_or_other_rows(col, duckdb, tmp_path):
+    f = tmp_path / "secret.csv"
+    f.write_text("a\n1\n")
+    with pytest.raises(ValueError, match="disabled|Permission"):
+        col.count(filter=f"EXISTS (SELECT * FROM read_csv_auto('{f}'))")
+    with pytest.raises(ValueError, match="not a plain WHERE"):
+        col.search(np.ones(D), filter="year > 3) UNION ALL SELECT 999 --")

@@ -240,6 +240,9 @@ class Collection:
         bad = [c for c in columns if c not in allowed]
         if bad:
             raise ValueError(f"columns: unknown {bad}; available: {allowed}")
+        dup = sorted({c for c in columns if list(columns).count(c) > 1})
+        if dup:
+            raise ValueError(f"columns: {dup} named more than once")
         return list(columns)
 
     def _find(self, ids_arr: pa.Array) -> list:
@@ -378,7 +381,13 @@ class Collection:
         if device is not None:
             import torch
 
-            dev = torch.device(device)
+            try:
+                dev = torch.device(device)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"device: expected 'cuda', 'cuda:N' or a torch.device, got "
+                                 f"{device!r} ({e})") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device: {device!r} asked for, but torch sees no CUDA device")
             # "cuda" and "cuda:0" must name one cache: otherwise device="cuda" and a
             # cuda:0 query tensor each hold a full copy of the segments, and the
             # index-less cache follows torch's current device while an older copy stays.
@@ -430,6 +439,9 @@ class Collection:
                 raise ValueError("ids: upsert needs ids")
             # generated int ids start above every int id ever added: never a collision
             start = self._m.get("next_id", self._m["next_row"])
+            if id_type != "string" and start + n - 1 > np.iinfo(np.int64).max:
+                raise ValueError(f"ids: cannot generate {n} int64 ids above the largest id already "
+                                 f"added ({start - 1}); pass ids explicitly")
             arr = pa.array([uuid.uuid4().hex for _ in range(n)], pa.string()) if id_type == "string" \
                 else pa.array(np.arange(start, start + n, dtype=np.int64))
         else:

@@ -105,12 +105,18 @@ def _connection(duckdb):
     pid, con = getattr(_LOCAL, "con", (None, None))
     if con is None or pid != os.getpid():
         con = duckdb.connect()
+        # a filter is a condition on the metadata: no reading files or URLs through it
+        # (read_csv('/etc/passwd') in a subquery), and no turning that back on
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         _LOCAL.con = (os.getpid(), con)
     return con
 
 
 def _eval_sql(sql: str, table: pa.Table) -> np.ndarray:
     duckdb = _duckdb()
+    if not sql.strip():
+        raise ValueError("filter: empty SQL condition (pass filter=None for no filter)")
     if ";" in sql:
         raise ValueError("filter: SQL filter is a WHERE condition, ';' is not allowed")
     meta = _metadata(table)
@@ -134,8 +140,28 @@ def _eval_sql(sql: str, table: pa.Table) -> np.ndarray:
     rows = primitive_view(table.column("_row"), np.int64)
     mask = np.zeros(len(rows), dtype=bool)
     if len(hit):
-        mask[np.searchsorted(rows, np.sort(hit))] = True
+        pos = np.searchsorted(rows, np.sort(hit))
+        if pos[-1] >= len(rows) or not np.array_equal(rows[pos], np.sort(hit)):
+            # only a condition that smuggles in a set operation can return other rows
+            raise ValueError(f"filter: {sql!r} is not a plain WHERE condition on the metadata")
+        mask[pos] = True
     return mask
+
+
+def _check_sql_type(sql: str, table: pa.Table) -> None:
+    """DuckDB casts a WHERE operand to boolean (``WHERE year`` = ``year <> 0``); the
+    expression filters refuse that, so SQL does too."""
+    duckdb = _duckdb()
+    con = _connection(duckdb)
+    con.register("t", _metadata(table))
+    try:
+        kind = con.execute(f"DESCRIBE SELECT ({sql}) AS m FROM t").fetchall()[0][1]
+    except duckdb.Error:
+        return  # the evaluation itself reports it, with the right exception type
+    finally:
+        con.unregister("t")
+    if kind.upper() not in ("BOOLEAN", '"NULL"', "NULL"):
+        raise TypeError(f"filter: SQL condition {sql!r} gives {kind}, expected a boolean")
 
 
 def evaluate(flt, table: pa.Table) -> np.ndarray | None:
@@ -223,5 +249,6 @@ def validate(flt, schema: pa.Schema) -> None:
     empty = schema.empty_table()
     if isinstance(flt, str):
         _eval_sql(flt, empty)
+        _check_sql_type(flt, empty)
     else:
         _eval_expression(flt, empty)

@@ -137,10 +137,13 @@ def ladder_keep(short: int, k: int, stages: int) -> list:
     return [max(k, int(round(short * ratio ** (i + 1)))) for i in range(stages)]
 
 
-def resolve_mode(req: Request, n_allowed: int) -> str:
+def resolve_mode(req: Request, n_allowed: int, q_width: int | None = None) -> str:
+    """``q_width``: values per query (D, or just ``dim``)."""
     if req.mode == "auto":
         if not req.binary:
             return "flat"
+        if q_width is not None and q_width < req.d_full and req.dim % 8:
+            return "flat"  # no query codes from a prefix that is not whole bytes
         # a shortlist that covers every allowed row is just flat search, done cheaper;
         # a shortlist beyond the kernels' k limit falls back to exact flat search too
         short = req.k * req.rescore
@@ -230,7 +233,7 @@ class Planner:
     def run(self, queries):
         """queries: [Q, D] or [Q, dim] float (NumPy or a torch tensor on the cache's
         device). Returns (mode, seg [Q,k], local [Q,k], score [Q,k]); local -1 = none."""
-        mode = resolve_mode(self.req, sum(self.counts))
+        mode = resolve_mode(self.req, sum(self.counts), queries.shape[1])
         nq = queries.shape[0]
         if mode == "flat":
             return (mode,) + self._flat(queries, nq)

@@ -13,7 +13,13 @@ from .. import _checks as ck
 
 DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 METRICS = ("cosine", "ip", "l2")
-RESERVED = ("_row", "id", "vector", "code")
+# stored columns, then the names search() gives its own result columns
+RESERVED = ("_row", "id", "vector", "code", "query", "score")
+# The kernels square and sum in float32: a float32 vector's squared norm must stay
+# finite with headroom for an l2 distance (|q - x|^2 <= 4e37 < 3.4e38), and under cosine
+# normal enough to divide by (rows of 1e-30 would score 0 instead of 1).
+_MAX_SQ_NORM = 1e37
+_MIN_SQ_NORM_COSINE = 1e-30
 _ALIASES = {"str": "string", "text": "string", "int": "int64", "float": "float64",
             "boolean": "bool", "utf8": "string"}
 
@@ -111,7 +117,27 @@ def vectors(x, dim: int, dtype: str, metric: str) -> np.ndarray:
         if zero.any():
             raise ValueError(f"vectors: row {int(np.flatnonzero(zero)[0])} is all zeros; a zero vector "
                              f"has no direction under metric='cosine'")
+    if dt == np.float32:  # float16 values cannot reach either limit in float32 sums
+        _check_norms(np.einsum("ij,ij->i", xs, xs), metric, "vectors", "row")
     return xs
+
+
+def _check_norms(sq, metric: str, name: str, what: str) -> None:
+    """Reject vectors whose float32 squared norm (``sq``, NumPy or torch) the kernels
+    cannot score: infinite or above _MAX_SQ_NORM, or under cosine below
+    _MIN_SQ_NORM_COSINE (all-zero rows have their own message, checked before)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = np.asarray(sq.cpu() if ck.is_torch(sq) else sq, dtype=np.float64)
+        big = ~(sq <= _MAX_SQ_NORM)
+        small = (sq < _MIN_SQ_NORM_COSINE) if metric == "cosine" else np.zeros_like(big)
+    if big.any():
+        i = int(np.flatnonzero(big)[0])
+        raise ValueError(f"{name}: {what} {i} has a norm above {_MAX_SQ_NORM ** 0.5:.3g}; scores "
+                         f"are computed in float32 and would overflow (rescale the vectors)")
+    if small.any():
+        i = int(np.flatnonzero(small)[0])
+        raise ValueError(f"{name}: {what} {i} has a norm below {_MIN_SQ_NORM_COSINE ** 0.5:.3g}; "
+                         f"too small to normalise in float32 under metric='cosine' (rescale it)")
 
 
 def sign_codes(xs: np.ndarray) -> np.ndarray:
@@ -150,12 +176,16 @@ def queries(q, dim_full: int, dim: int, metric: str):
             raise ValueError("q: contains NaN or infinity")
         if metric == "cosine" and bool((x[:, :dim] == 0).all(dim=1).any()):
             raise ValueError("q: a query is all zeros in its first dim values; no cosine direction")
+        _check_norms((x[:, :dim] * x[:, :dim]).sum(dim=1), metric, "q", "query")
         return x.contiguous(), single
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise ValueError("q: contains NaN or infinity")
     if metric == "cosine" and (~(x[:, :dim] != 0).any(axis=1)).any():
         raise ValueError("q: a query is all zeros in its first dim values; no cosine direction")
+    xd = x[:, :dim]
+    with np.errstate(over="ignore", under="ignore"):
+        _check_norms(np.einsum("ij,ij->i", xd, xd), metric, "q", "query")
     return x, single
 
 
@@ -310,9 +340,14 @@ def _coerce(values, t: pa.DataType, name: str) -> pa.Array:
     if not (src == dst or (src == "int" and dst == "float")):
         raise TypeError(f"metadata: column {name!r} is {t}, got {arr.type} values")
     try:
-        return pc.cast(arr, t, safe=True)
+        out = pc.cast(arr, t, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise TypeError(f"metadata: column {name!r} is {t}; values do not fit: {e}") from None
+    if src == "float" and dst == "float" and out.null_count == arr.null_count and \
+            pc.any(pc.and_(pc.is_inf(out), pc.invert(pc.is_inf(arr)))).as_py():
+        # a safe cast still narrows 1e300 to float32 inf
+        raise TypeError(f"metadata: column {name!r} is {t}; a finite value overflows it")
+    return out
 
 
 # --------------------------------------------------------------------------- search args
