@@ -72,7 +72,8 @@ def cpu_cases():
     out = []
     for i, (shape, r, ck) in enumerate(itertools.product(SHAPES, RANKS, CHANNELS)):
         dtype = list(DTYPES)[i % 3]
-        out.append((shape, r, ck, dtype, bool(i % 2)))
+        # bias from i // 4, not i: i % 2 would tie it to the channel kind (i % 4)
+        out.append((shape, r, ck, dtype, bool((i // 4) % 2)))
     return out
 
 
@@ -101,7 +102,8 @@ def test_cpu_few_rows(isa, restore_isa):
               (32, 97, 1), (33, 50, 25), (24, 0, 9), (12, 33, 5), (48, 20, 7), (64, 9, 30),
               (65, 30, 9)]
     for i, ((M, K, N), r, ck) in enumerate(itertools.product(shapes, RANKS + [0], CHANNELS)):
-        dtype, bias = list(DTYPES)[i % 3], bool(i % 2)
+        # bias untied from the channel kind (i % 4) and the rank ((i // 4) % 4)
+        dtype, bias = list(DTYPES)[i % 3], bool((i // 4 + i // 16) % 2)
         c = n_channels(ck, N)
         args = make(M, K, N, r, c, dtype, bias, seed=i)
         check_args(ops.lowrank_sparse_matmul(*args, backend="cpu"), args, dtype,
@@ -160,6 +162,24 @@ def test_triton_interpreter(case, triton_interpret):
     y = ops.lowrank_sparse_matmul(*args, backend="triton")
     assert y.dtype == DTYPES[dtype]
     check_args(y, args, dtype, f"triton {case}")
+
+
+def test_triton_interpreter_grid(triton_interpret):
+    """kernels/lowrank_sparse.py over the same covering grid as the cpu and emulated
+    cuda backends (sizes 1 / 7 / 97 / 1025 in every position; ~15 s interpreted)."""
+    for (M, K, N), r, ck, dtype, bias in cpu_cases():
+        c = n_channels(ck, N)
+        args = make(M, K, N, r, c, dtype, bias, seed=7)
+        check_args(ops.lowrank_sparse_matmul(*args, backend="triton"), args, dtype,
+                   f"triton M={M} K={K} N={N} r={r} c={c} {dtype} bias={bias}")
+
+
+def test_grid_axes_meet():
+    """The covering grid's claim: every pair of axes meets in all value combinations."""
+    cases = [(shape, r, ck, dt, b) for shape, r, ck, dt, b in cpu_cases()]
+    for a, b in itertools.combinations(range(5), 2):
+        seen = {(c[a], c[b]) for c in cases}
+        assert len(seen) == len({c[a] for c in cases}) * len({c[b] for c in cases}), (a, b)
 
 
 @pytest.mark.slow
@@ -253,6 +273,69 @@ def test_validation_backend():
         ops.lowrank_sparse_matmul(*args, backend="nope")
     with pytest.raises(TypeError, match="^x:"):
         ops.lowrank_sparse_matmul(*(v.numpy() for v in args), backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("which", [1, 4, 5])  # A, channels, bias as NumPy
+def test_gpu_backends_want_torch_throughout(backend, which, monkeypatch):
+    """x a tensor, another input a NumPy array: a named TypeError, not an AttributeError
+    from inside the launcher."""
+    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if backend == "triton" and not ops.triton_available():
+        pytest.skip("no triton")
+    if backend == "cuda" and not (ops.cuda_compiled() or ops.cuda_emulated()):
+        pytest.skip("no cuda backend")
+    args = list(_ok())
+    args[which] = args[which].numpy()
+    name = ["x", "A", "B", "S", "channels", "bias"][which]
+    with pytest.raises(TypeError, match=rf"^{name}: the {backend} backend takes torch tensors"):
+        ops.lowrank_sparse_matmul(*args, backend=backend)
+
+
+def test_autograd_through_the_op():
+    """Inputs that require grad give a result with a grad_fn (as a torch op would), the
+    same gradients as the dense formula; out= is refused then, NumPy mixing is named."""
+    x, A, B, S, ch, b = make(5, 8, 10, 3, 2, "float32", True)
+    leaves = [t.clone().requires_grad_() for t in (x, A, B, S, b)]
+    xg, Ag, Bg, Sg, bg = leaves
+    y = ops.lowrank_sparse_matmul(xg, Ag, Bg, Sg, ch, bg, backend="reference")
+    assert y.grad_fn is not None
+    y.square().sum().backward()
+    dense = [t.clone().requires_grad_() for t in (x, A, B, S, b)]
+    W = (dense[2] @ dense[1]).index_add(0, ch, dense[3])
+    (dense[0] @ W.T + dense[4]).square().sum().backward()
+    for got, want in zip(leaves, dense):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="^out: not supported when an input requires grad"):
+        ops.lowrank_sparse_matmul(xg, A, B, S, ch, b, out=torch.empty(5, 10))
+    with pytest.raises(TypeError, match="^A: gradients need torch tensors"):
+        ops.lowrank_sparse_matmul(xg, A.numpy(), B, S, ch, b)
+    with torch.no_grad():
+        assert ops.lowrank_sparse_matmul(xg, A, B, S, ch, b).grad_fn is None
+
+
+def test_channels_validated_once_per_tensor_version(monkeypatch):
+    """A channel tensor is range/uniqueness-checked once (on a GPU each check is three
+    host syncs); an in-place write makes the next call check it again."""
+    x, A, B, S, ch, b = make(5, 8, 10, 3, 2, "float32", True)
+    calls = []
+    real = torch.unique
+    monkeypatch.setattr(torch, "unique", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(3):
+        ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend="reference")
+    assert len(calls) == 1
+    ch[0] = 10  # out of range for N = 10, written in place
+    with pytest.raises(ValueError, match="^channels: ids must lie in"):
+        ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend="reference")
+    ch[0] = ch[1]  # a duplicate
+    with pytest.raises(ValueError, match="^channels: ids must be unique"):
+        ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend="reference")
+    # valid for N = 10 does not make it valid for a smaller N
+    ch2 = torch.tensor([1, 9])
+    ops.lowrank_sparse_matmul(x, A, B, S, ch2, b, backend="reference")
+    with pytest.raises(ValueError, match="^channels: ids must lie in"):
+        ops.lowrank_sparse_matmul(x, A, B[:9], S, ch2, b[:9], backend="reference")
 
 
 @pytest.mark.parametrize("M,K,N,r,c", [(3, 0, 5, 2, 1), (0, 4, 5, 2, 1), (3, 4, 0, 2, 0),

@@ -342,7 +342,7 @@ template <typename T, int BQ, bool SPLIT>
 int scan_typed(const void* db, int64_t n, int64_t stride, int64_t dim, const float* q,
                int64_t qstride, int nq, const float* qaux, int metric, const uint8_t* allow,
                int kp, bool vec_ok, long long* out, int64_t ostride, cudaStream_t s) {
-  const int nqb = (nq + BQ - 1) / BQ;
+  const int nqb = int((int64_t(nq) + BQ - 1) / BQ);  // int64: nq near INT_MAX
   const int64_t blocks = (n + BN - 1) / BN * nqb;
   if (blocks >= (int64_t(1) << 31)) return int(cudaErrorInvalidValue);
   const int smem = Smem<T, BQ, SPLIT>::bytes;
@@ -358,7 +358,7 @@ template <int BQ>
 int scan_f32(const void* db, int64_t n, int64_t stride, int64_t dim, const float* q,
              int64_t qstride, int nq, const float* qaux, int metric, const uint8_t* allow, int kp,
              bool vec_ok, long long* out, int64_t ostride, cudaStream_t s) {
-  const int nqb = (nq + BQ - 1) / BQ;
+  const int nqb = int((int64_t(nq) + BQ - 1) / BQ);  // int64: nq near INT_MAX
   const int64_t blocks = (n + BN - 1) / BN * nqb;
   if (blocks >= (int64_t(1) << 31)) return int(cudaErrorInvalidValue);
   const int smem = Smem<float, BQ, false>::bytes;

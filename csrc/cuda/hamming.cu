@@ -161,8 +161,9 @@ __global__ void count_kernel(const uint16_t* __restrict__ dist, int64_t n,
   }
 }
 
-// Exclusive scan of the per-block counts, one block per query.
-__global__ void scan_blocks_kernel(int* __restrict__ lt_cnt, int* __restrict__ eq_cnt, int nblk) {
+// Exclusive scan of the per-block counts, one block per query. (__launch_bounds__:
+// a 1024-thread launch fails on hardware beyond 64 registers a thread.)
+__global__ void __launch_bounds__(1024) scan_blocks_kernel(int* __restrict__ lt_cnt, int* __restrict__ eq_cnt, int nblk) {
   using Scan = cub::BlockScan<int, 1024>;
   __shared__ typename Scan::TempStorage tmp;
   __shared__ int carry[2];
@@ -231,7 +232,7 @@ __global__ void scatter_kernel(const uint16_t* __restrict__ dist, int64_t n,
 }
 
 // Bitonic sort of the <= k candidate keys of one query in shared memory.
-__global__ void sort_kernel(const unsigned long long* __restrict__ cand, const int* __restrict__ n_lt,
+__global__ void __launch_bounds__(1024) sort_kernel(const unsigned long long* __restrict__ cand, const int* __restrict__ n_lt,
                             const int* __restrict__ need_eq, int64_t k, int P,
                             int32_t* __restrict__ out_dist, int64_t* __restrict__ out_idx) {
   NV_DYNAMIC_SMEM(unsigned long long, keys, 16);
@@ -268,10 +269,12 @@ __global__ void sort_kernel(const unsigned long long* __restrict__ cand, const i
   }
 }
 
-// Queries per group: bounded by the distance budget, and by 65535 because count_kernel
-// and scatter_kernel put the group's queries on grid.y (e.g. 100k queries over 1k codes).
-int64_t group_size(int64_t n, int64_t nq) {
-  const int64_t g = std::max<int64_t>(1, kDistBudget / std::max<int64_t>(1, 2 * n));
+// Queries per group: bounded by the budget for the group's distances and candidate
+// keys (k of them a query, even where k > n: few codes, many queries and a large k
+// would otherwise ask for GBs), and by 65535 because count_kernel and scatter_kernel
+// put the group's queries on grid.y (e.g. 100k queries over 1k codes).
+int64_t group_size(int64_t n, int64_t nq, int64_t k) {
+  const int64_t g = std::max<int64_t>(1, kDistBudget / std::max<int64_t>(1, 2 * n + 8 * k));
   return std::min<int64_t>(std::min<int64_t>(g, nq), 65535);
 }
 
@@ -326,7 +329,7 @@ int launch_dist_qs(const Plan& p, dim3 grid, cudaStream_t s, const uint8_t* code
 }  // namespace
 
 int64_t hamming_workspace_bytes(int64_t n, int64_t nq, int64_t nbytes, int64_t k) {
-  const int64_t g = group_size(n, nq);
+  const int64_t g = group_size(n, nq, k);
   const int64_t bins = 8 * nbytes + 1;
   const int64_t nblk = (n + kScanRows - 1) / kScanRows;
   int64_t b = 0;
@@ -346,7 +349,7 @@ int hamming_topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uin
     return int(cudaErrorInvalidValue);
   if (workspace_bytes < hamming_workspace_bytes(n, nq, nbytes, k)) return int(cudaErrorInvalidValue);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  const int64_t g = group_size(n, nq);
+  const int64_t g = group_size(n, nq, k);
   const int bins = int(8 * nbytes + 1);
   const int nblk = int((n + kScanRows - 1) / kScanRows);
   Carver c{static_cast<char*>(workspace)};

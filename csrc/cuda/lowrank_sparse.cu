@@ -94,12 +94,13 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int sz = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(sz));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(sz)
+               : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 #endif
 
@@ -252,9 +253,15 @@ __global__ void fill_kernel(int* __restrict__ a, int64_t n, int v) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) a[i] = v;
 }
-__global__ void col2s_kernel(const int64_t* __restrict__ channels, int64_t c, int* __restrict__ col2s) {
+// Ids outside [0, N) are skipped: the Python layer rejects them, but a C caller that
+// does not must not get an out-of-bounds device write.
+__global__ void col2s_kernel(const int64_t* __restrict__ channels, int64_t c, int64_t N,
+                             int* __restrict__ col2s) {
   const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j < c) col2s[channels[j]] = int(j);
+  if (j < c) {
+    const int64_t ch = channels[j];
+    if (ch >= 0 && ch < N) col2s[ch] = int(j);
+  }
 }
 
 template <typename T>
@@ -312,7 +319,7 @@ int run(const void* x, int64_t M, int64_t K, int64_t ldx, const void* A, int64_t
 
   if (c > 0) {
     NV_LAUNCH(unsigned((N + 255) / 256), 256, 0, s, fill_kernel)(col2s, N, -1);
-    NV_LAUNCH(unsigned((c + 255) / 256), 256, 0, s, col2s_kernel)(channels, c, col2s);
+    NV_LAUNCH(unsigned((c + 255) / 256), 256, 0, s, col2s_kernel)(channels, c, N, col2s);
     NV_CUDA_TRY(cudaGetLastError());
   }
   // GEMM 1: [t_lr | t_s] = x · [A; S]ᵀ

@@ -4,6 +4,8 @@ Split out of ops.py by concern; it uses ops.py's dispatch framework unchanged.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from . import _checks as ck
@@ -48,7 +50,7 @@ def _lrs_validate(x, A, B, S, channels, bias):
                          f"S), got shape {tuple(channels.shape)}")
     ck.check_dtype(channels, "channels", ("int64", "int32", "int16", "uint8", "uint16", "uint32",
                                           "int8"), "an integer type [c]")
-    if c:
+    if c and not _channels_known_valid(channels, N):
         if ck.is_torch(channels):
             import torch
 
@@ -63,6 +65,7 @@ def _lrs_validate(x, A, B, S, channels, bias):
             raise ValueError(f"channels: ids must lie in [0, N={N}), got range [{lo}, {hi}]")
         if uniq != c:
             raise ValueError(f"channels: ids must be unique, got {c - uniq} duplicate(s)")
+        _remember_valid_channels(channels, hi + 1)
     if bias is not None:
         bias = ck.as_array_like(bias, "bias")
         ck.check_same_device("x", x, "bias", bias)
@@ -71,6 +74,42 @@ def _lrs_validate(x, A, B, S, channels, bias):
         if ck.dtype_name(bias) != dt:
             raise TypeError(f"bias: expected dtype {dt} like x, got {ck.dtype_name(bias)}")
     return x, A, B, S, channels, bias
+
+
+# Channel tensors that passed the range / uniqueness check, by identity: a layer's
+# channel buffer is validated once, not on every forward (on a GPU the check costs
+# three host syncs a call, and a sync cannot run under CUDA-graph capture). The entry
+# holds a weak reference (the tensor itself, not a reused id) and the tensor's version
+# counter, which any in-place write bumps. NumPy arrays have no version counter and
+# are checked every call.
+_VALID_CHANNELS: dict = {}
+
+
+def _channels_known_valid(channels, N: int) -> bool:
+    if not ck.is_torch(channels):
+        return False
+    e = _VALID_CHANNELS.get(id(channels))
+    return e is not None and e[0]() is channels and e[1] == channels._version and e[2] <= N
+
+
+def _remember_valid_channels(channels, n_min: int) -> None:
+    """``n_min``: max id + 1, so the ids are valid for any ``N >= n_min``."""
+    if not ck.is_torch(channels):
+        return
+    key = id(channels)
+    try:
+        ref = weakref.ref(channels, lambda _r, key=key: _VALID_CHANNELS.pop(key, None))
+    except TypeError:
+        return
+    _VALID_CHANNELS[key] = (ref, channels._version, n_min)
+
+
+def _grad_needed(*ts) -> bool:
+    if not any(ck.is_torch(t) for t in ts):
+        return False
+    import torch
+
+    return torch.is_grad_enabled() and any(ck.is_torch(t) and t.requires_grad for t in ts)
 
 
 def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend: str = "auto"):
@@ -96,7 +135,9 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
     Returns:
         ``y [M, N]`` (``[N]`` for a 1-D x) of x's dtype, same container and device
         (``out`` itself when given).
-        Products accumulate in float32 (float64 on the reference backend). The cpu
+        Products accumulate in float32 (float64 on the reference backend). With torch
+        inputs that require grad (and grad mode on) the result carries a ``grad_fn``
+        (through ``nestvec.nn.lowrank_sparse_linear``; ``out=`` is refused then). The cpu
         backend keeps the intermediate ``x·Aᵀ`` in float32; cuda and triton round it to
         x's dtype before the second tensor-core GEMM (like a two-step torch low-rank),
         so 16-bit results there carry about one extra rounding of that dtype.
@@ -106,6 +147,20 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
         out of range or duplicated.
     """
     x, A, B, S, channels, bias = _lrs_validate(x, A, B, S, channels, bias)
+    if _grad_needed(x, A, B, S, bias):
+        # Differentiate like a torch op would, through nestvec.nn's autograd Function
+        # (its forward calls back in here with grad mode off).
+        named = {"x": x, "A": A, "B": B, "S": S, "channels": channels, "bias": bias}
+        for name, t in named.items():
+            if t is not None and not ck.is_torch(t):
+                raise TypeError(f"{name}: gradients need torch tensors throughout, got "
+                                f"{type(t).__module__}.{type(t).__name__}")
+        if out is not None:
+            raise ValueError("out: not supported when an input requires grad (as in torch); "
+                             "call it under torch.no_grad() or drop out=")
+        from .nn import lowrank_sparse_linear
+
+        return lowrank_sparse_linear(x, A, B, S, channels, bias, backend=backend)
     single = x.ndim == 1
     if out is not None:
         ck.check_out(out, "out", x, x.shape[:-1] + (B.shape[0],),
@@ -125,6 +180,11 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
             raise TypeError(f"x: float64 runs on the reference backend only, not {be!r}")
     if be != "reference":
         _check_backend_device(be, x, "x")
+    if be in ("triton", "cuda"):
+        for name, t in (("A", A), ("B", B), ("S", S), ("channels", channels), ("bias", bias)):
+            if t is not None and not ck.is_torch(t):
+                raise TypeError(f"{name}: the {be} backend takes torch tensors like x, got "
+                                f"{type(t).__module__}.{type(t).__name__}")
     # Empty x on the host goes through the reference; the GPU backends handle M = 0
     # themselves (the reference cannot read device memory).
     if be == "reference" or (be == "cpu" and x.shape[0] == 0):
