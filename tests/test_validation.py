@@ -57,6 +57,68 @@ def test_mixed_containers_device_check():
     ops.hamming_topk(C, torch.from_numpy(Q), 3)
 
 
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_backends_name_a_numpy_input(backend, monkeypatch):
+    """A tensor db / codes next to a NumPy queries / allow / candidates: a TypeError
+    naming it, not an AttributeError from inside the launcher (reachable on the CPU
+    through the Triton interpreter and nvemu)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if backend == "triton" and not ops.triton_available():
+        pytest.skip("no triton")
+    if backend == "cuda" and not (ops.cuda_compiled() or ops.cuda_emulated()):
+        pytest.skip("no cuda backend")
+    x = torch.randn(20, 8)
+    q = x[:2].clone()
+    for kw, name in ((dict(queries=q.numpy()), "queries"), (dict(allow=np.ones(20, bool)), "allow"),
+                     (dict(candidates=np.zeros((2, 3), np.int64)), "candidates")):
+        args = dict(db=x, queries=q, k=3, backend=backend)
+        args.update(kw)
+        with pytest.raises(TypeError, match=rf"^{name}: the {backend} backend takes torch"):
+            ops.dense_topk(**args)
+    with pytest.raises(TypeError, match=rf"^queries: the {backend} backend takes torch"):
+        ops.hamming_topk(torch.from_numpy(C), Q, 3, backend=backend)
+
+
+@pytest.mark.parametrize("bad", [[[0, 20], [1, 2]], [[0, -2], [1, 2]], [[2**62, 1], [0, -1]]])
+def test_dense_candidates_out_of_range(bad):
+    x = np.random.default_rng(0).random((20, 8), dtype=np.float32)
+    backends = ["reference"] + (["cpu"] if ops._C is not None else [])
+    for be in backends:
+        with pytest.raises(ValueError, match=r"^candidates: row ids must lie in \[0, N=20\)"):
+            ops.dense_topk(x, x[:2], 3, candidates=np.array(bad), backend=be)
+
+
+def test_dense_cpu_cosine_queries_beyond_float32():
+    """The cpu kernel takes float32 queries; a cosine query is scale-free, so one beyond
+    float32's range is normalised first (1/|q| used to overflow: every row dropped)."""
+    if ops._C is None:
+        pytest.skip("native module not built")
+    x = np.random.default_rng(1).random((30, 8), dtype=np.float32)
+    for q in (x[:3].astype(np.float64) * 1e39, x[:3] * np.float32(1e-40)):
+        s, i = ops.dense_topk(x, q, 4, backend="cpu")
+        rs, ri = ops.dense_topk(x, q, 4, backend="reference")
+        np.testing.assert_array_equal(i, ri)
+        np.testing.assert_allclose(s, rs, rtol=1e-5)
+    with pytest.raises(ValueError, match="^queries: values beyond float32"):
+        ops.dense_topk(x, x[:3].astype(np.float64) * 1e39, 4, metric="ip", backend="cpu")
+
+
+def test_funnel_single_and_prefix_queries():
+    x = np.random.default_rng(2).random((60, 16), dtype=np.float32)
+    backends = ["reference"] + (["cpu"] if ops._C is not None else [])
+    for be in backends:
+        s1, i1 = ops.funnel_topk(x, x[3], 4, dims=(4, None), backend=be)
+        s2, i2 = ops.funnel_topk(x, x[3:4], 4, dims=(4, None), backend=be)
+        assert i1.shape == (4,) and (i1 == i2[0]).all() and (s1 == s2[0]).all()
+        _, ip = ops.funnel_topk(x, x[3:5, :8], 4, dims=(4, 8), backend=be)  # [Q, dims[-1]]
+        _, iw = ops.funnel_topk(x, x[3:5], 4, dims=(4, 8), backend=be)
+        assert (ip == iw).all()
+        with pytest.raises(ValueError, match="^shortlist: backend"):
+            ops.funnel_topk(x, x[:2], 3, dims=(4, None), shortlist=5000, backend=be)
+
+
 def test_native_binding_rejects_bad_buffers():
     if ops._C is None:
         pytest.skip("no native module")

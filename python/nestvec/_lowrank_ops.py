@@ -11,7 +11,7 @@ import numpy as np
 from . import _checks as ck
 from . import reference
 from .ops import (_C, _check_backend_device, _row_contiguous, cuda_module,
-                  is_auto, resolve_backend)
+                  is_auto, require_torch, resolve_backend)
 
 
 _LRS_DTYPES = ("float32", "float16", "bfloat16")
@@ -180,11 +180,7 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
             raise TypeError(f"x: float64 runs on the reference backend only, not {be!r}")
     if be != "reference":
         _check_backend_device(be, x, "x")
-    if be in ("triton", "cuda"):
-        for name, t in (("A", A), ("B", B), ("S", S), ("channels", channels), ("bias", bias)):
-            if t is not None and not ck.is_torch(t):
-                raise TypeError(f"{name}: the {be} backend takes torch tensors like x, got "
-                                f"{type(t).__module__}.{type(t).__name__}")
+    require_torch(be, A=A, B=B, S=S, channels=channels, bias=bias)
     # Empty x on the host goes through the reference; the GPU backends handle M = 0
     # themselves (the reference cannot read device memory).
     if be == "reference" or (be == "cpu" and x.shape[0] == 0):

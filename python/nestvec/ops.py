@@ -218,6 +218,7 @@ def hamming_topk(codes, queries, k: int, allow=None, *, backend: str = "auto"):
     be = resolve_backend(backend, codes)
     if be != "reference":
         _check_backend_device(be, codes, "codes")
+    require_torch(be, codes=codes, queries=queries, allow=allow)
 
     if be == "reference" or n == 0 or queries.shape[0] == 0:
         d, i = reference.hamming_topk(_to_numpy(codes), np.ascontiguousarray(_to_numpy(queries)), k,
@@ -324,7 +325,31 @@ def _check_candidates(candidates, nq, ref):
     ck.check_ndim(candidates, "candidates", (2,), "a 2-D array [Q, C] (-1 = padding)")
     if candidates.shape[0] != nq:
         raise ValueError(f"candidates: expected one row per query ({nq}), got {candidates.shape[0]}")
+    if candidates.size if not ck.is_torch(candidates) else candidates.numel():
+        # an id past N (say, from another segment) is a caller's bug: say so instead
+        # of silently scoring fewer rows (one host sync on a device)
+        if ck.is_torch(candidates):
+            import torch
+
+            lo, hi = (int(v) for v in torch.aminmax(candidates))
+        else:
+            lo, hi = int(candidates.min()), int(candidates.max())
+        n = ref.shape[0]
+        if lo < -1 or hi >= n:
+            raise ValueError(f"candidates: row ids must lie in [0, N={n}) or be -1 (padding), "
+                             f"got range [{lo}, {hi}]")
     return candidates
+
+
+def require_torch(backend: str, **named) -> None:
+    """The triton and cuda backends launch on torch tensors: name a NumPy / list input
+    next to a tensor instead of failing inside the launcher."""
+    if backend not in ("triton", "cuda"):
+        return
+    for name, t in named.items():
+        if t is not None and not ck.is_torch(t):
+            raise TypeError(f"{name}: the {backend} backend takes torch tensors, got "
+                            f"{type(t).__module__}.{type(t).__name__}")
 
 
 def _finite(x, name):
@@ -354,10 +379,13 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
         dim: prefix length ``1 <= dim <= D``; default D. The prefix norm of each row is
             computed in the same pass (no stored norms).
         metric: ``cosine`` | ``ip`` (higher is better) | ``l2`` (squared distance,
-            lower is better). Zero-norm rows score 0 under cosine.
+            lower is better). Zero-norm rows score 0 under cosine; so do rows whose
+            squared prefix norm leaves float32's range (float32 / bfloat16 storage with
+            a norm above ~1.8e19 or below ~1e-19: the kernels accumulate in float32;
+            nestvec.Collection refuses such rows).
         allow: optional bool ``[N]`` mask (or packed uint8 bitset) of eligible rows.
-        candidates: optional int ``[Q, C]`` row ids per query (``-1`` = padding,
-            duplicates ignored): top-k among those rows only (rescoring).
+        candidates: optional int ``[Q, C]`` row ids per query in ``[0, N)`` (``-1`` =
+            padding, duplicates ignored): top-k among those rows only (rescoring).
 
     Returns:
         ``(score float32 [Q, k], idx int64 [Q, k])``, best first, ties by index;
@@ -380,6 +408,7 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
     be = resolve_backend(backend, db)
     if be != "reference":
         _check_backend_device(be, db, "db")
+    require_torch(be, db=db, queries=queries, allow=allow, candidates=candidates)
     max_k = DENSE_MAX_K_GPU if be in ("cuda", "triton") else DENSE_MAX_K_CPU
     if k > max_k:
         raise ValueError(f"k: backend {be!r} supports k <= {max_k}, got {k}")
@@ -417,8 +446,19 @@ _DENSE_METRIC_CODE = {"cosine": 0, "ip": 1, "l2": 2}
 def _dense_cpu(db, dt, queries, k, dim, metric, allow, candidates):
     """C++ backend: the stored rows are passed as they are (strided view, no copy)."""
     x = ck.host_view(db) if ck.is_torch(db) else db
-    q = queries.detach().float().numpy() if ck.is_torch(queries) else queries
-    q = np.ascontiguousarray(q[:, :dim], dtype=np.float32)
+    q = queries.detach().double().numpy() if ck.is_torch(queries) else queries
+    q = q[:, :dim]
+    if metric == "cosine":
+        # unit queries: the kernel's float32 1/|q| overflows for |q| beyond float32's
+        # range (a float64 query of 1e39, a float32 one of 1e-40); scores are unchanged
+        q = q.astype(np.float64)
+        nrm = np.sqrt(np.einsum("ij,ij->i", q, q))[:, None]
+        q = np.divide(q, nrm, out=np.zeros_like(q), where=nrm > 0)
+    with np.errstate(over="ignore"):
+        q = np.ascontiguousarray(q, dtype=np.float32)
+    if metric != "cosine" and not np.isfinite(q).all():
+        raise ValueError("queries: values beyond float32's range (the cpu backend scores in "
+                         "float32); rescale the queries")
     a = None
     if allow is not None:
         a = allow.detach().numpy() if ck.is_torch(allow) else allow
@@ -510,13 +550,21 @@ def funnel_topk(db, queries, k: int, dims=(64, 256, None), shortlist=None, metri
         if s < k or (prev is not None and s > prev):
             raise ValueError(f"shortlist: expected non-increasing sizes >= k={k}, got {shortlist}")
         prev = s
+        if s > max_k:
+            raise ValueError(f"shortlist: backend {be!r} supports sizes <= {max_k}, got {s}")
     keeps = shortlist + (k,)
-    score, idx = dense_topk(db, queries, keeps[0], dim=ladder[0], metric=metric, allow=allow,
-                            db_dtype=db_dtype, backend=backend)
+    queries = _dense_queries(queries, d_full, ladder[-1])
+    single = queries.ndim == 1
+    if single:  # the later stages pass [Q, C] candidates, so queries stay 2-D
+        queries = queries[None, :]
+    # a prefix query (dims[-1] values) feeds each stage its first d values
+    at = (lambda d: queries) if queries.shape[1] == d_full else (lambda d: queries[:, :d])
+    score, idx = dense_topk(db, at(ladder[0]), keeps[0], dim=ladder[0], metric=metric,
+                            allow=allow, db_dtype=db_dtype, backend=backend)
     for d, keep in zip(ladder[1:], keeps[1:]):
-        score, idx = dense_topk(db, queries, keep, dim=d, metric=metric, candidates=idx,
+        score, idx = dense_topk(db, at(d), keep, dim=d, metric=metric, candidates=idx,
                                 db_dtype=db_dtype, backend=backend)
-    return score, idx
+    return (score[0], idx[0]) if single else (score, idx)
 
 
 # --------------------------------------------------------------------------- pool
