@@ -75,6 +75,18 @@ def require_nvemu():
     pytest.fail(f"nestvec._nvemu is missing from this build: {ops._NVEMU_ERROR}")
 
 
+def emulated_gpu_backend(backend: str, monkeypatch) -> None:
+    """Run backend "triton" / "cuda" on CPU tensors (interpreter / nvemu), or skip."""
+    pytest.importorskip("torch")
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if not ops.ck.interpret_mode():
+            pytest.skip("TRITON_INTERPRET is off (a GPU is present: the gpu tests cover Triton)")
+    else:
+        require_nvemu()
+        monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+
+
 @pytest.fixture
 def cuda_emu(monkeypatch):
     """backend="cuda" on CPU torch tensors: the CUDA kernels run on nvemu (csrc/cuda_emu)."""

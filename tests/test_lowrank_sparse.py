@@ -7,7 +7,7 @@ import pytest
 import nestvec.ops as ops
 from nestvec import reference
 
-from conftest import HAS_CUDA, cpu_isas
+from conftest import HAS_CUDA, cpu_isas, emulated_gpu_backend
 
 torch = pytest.importorskip("torch")
 
@@ -280,12 +280,7 @@ def test_validation_backend():
 def test_gpu_backends_want_torch_throughout(backend, which, monkeypatch):
     """x a tensor, another input a NumPy array: a named TypeError, not an AttributeError
     from inside the launcher."""
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    if backend == "triton" and not ops.triton_available():
-        pytest.skip("no triton")
-    if backend == "cuda" and not (ops.cuda_compiled() or ops.cuda_emulated()):
-        pytest.skip("no cuda backend")
+    emulated_gpu_backend(backend, monkeypatch)
     args = list(_ok())
     args[which] = args[which].numpy()
     name = ["x", "A", "B", "S", "channels", "bias"][which]

@@ -4,6 +4,8 @@ import pytest
 
 import nestvec.ops as ops
 
+from conftest import emulated_gpu_backend
+
 C = np.zeros((10, 4), dtype=np.uint8)
 Q = np.zeros((2, 4), dtype=np.uint8)
 
@@ -63,12 +65,7 @@ def test_gpu_backends_name_a_numpy_input(backend, monkeypatch):
     naming it, not an AttributeError from inside the launcher (reachable on the CPU
     through the Triton interpreter and nvemu)."""
     torch = pytest.importorskip("torch")
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    if backend == "triton" and not ops.triton_available():
-        pytest.skip("no triton")
-    if backend == "cuda" and not (ops.cuda_compiled() or ops.cuda_emulated()):
-        pytest.skip("no cuda backend")
+    emulated_gpu_backend(backend, monkeypatch)
     x = torch.randn(20, 8)
     q = x[:2].clone()
     for kw, name in ((dict(queries=q.numpy()), "queries"), (dict(allow=np.ones(20, bool)), "allow"),
