@@ -9,7 +9,8 @@ Design (exact):
      the key order *is* the contract order (best first, ties by index) and every key
      is unique. The program sorts its keys per query (``tl.sort`` along the rows) and
      writes only its best KP = min(k, BLOCK_N) keys.
-  2. merge: ``torch.topk`` over the [Q, blocks * KP] surviving keys, then decode.
+  2. merge: ``torch.topk`` over the [Q, blocks * KP] surviving keys, then decode
+     (in chunks of at most 1 GiB of keys: from k = BLOCK_N on, every row keeps a key).
 Rows excluded by ``allow`` or past N get INT64_MIN and decode to padding. The keys
 need N < 2^32 rows. 16-bit storage enters ``tl.dot`` as is; the float32 query is split
 into two numbers of the storage type (hi + lo) so the products keep ~16 mantissa

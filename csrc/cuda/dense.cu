@@ -11,7 +11,9 @@
 // key order is the contract order: best first, ties by index; excluded rows get
 // INT64_MIN); each query's 128 keys are bitonic-sorted in shared memory and the best
 // KP = min(k, 128) are written to keys[q, block * KP + i]. The caller (ops.py,
-// _dense_gpu.py) merges with torch.topk over [Q, blocks * KP]: never a [Q, N] matrix.
+// _dense_gpu.py) merges with torch.topk over [Q, blocks * KP], in query chunks and row
+// slices of at most 1 GiB of keys. For k < 128 that is a fraction k / 128 of a [Q, N]
+// matrix; from k = 128 on it is one key per (query, row), bounded by the chunking.
 // gather kernel (candidates): one warp per (query, candidate id), same key.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
