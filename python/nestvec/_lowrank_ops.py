@@ -10,8 +10,8 @@ import numpy as np
 
 from . import _checks as ck
 from . import reference
-from .ops import (_C, _check_backend_device, _row_contiguous, cuda_module,
-                  is_auto, require_torch, resolve_backend)
+from .ops import (_C, _check_backend_device, _require_gpu_inputs, _row_contiguous,
+                  cuda_module, is_auto, require_torch, resolve_backend)
 
 
 _LRS_DTYPES = ("float32", "float16", "bfloat16")
@@ -51,21 +51,7 @@ def _lrs_validate(x, A, B, S, channels, bias):
     ck.check_dtype(channels, "channels", ("int64", "int32", "int16", "uint8", "uint16", "uint32",
                                           "int8"), "an integer type [c]")
     if c and not _channels_known_valid(channels, N):
-        if ck.is_torch(channels):
-            import torch
-
-            # int64 first: torch has no min/max/unique for uint16 / uint32 tensors.
-            ch64 = channels.to(torch.int64)
-            lo, hi = int(ch64.min()), int(ch64.max())
-            uniq = int(torch.unique(ch64).numel())
-        else:
-            lo, hi = int(channels.min()), int(channels.max())
-            uniq = int(np.unique(channels).size)
-        if lo < 0 or hi >= N:
-            raise ValueError(f"channels: ids must lie in [0, N={N}), got range [{lo}, {hi}]")
-        if uniq != c:
-            raise ValueError(f"channels: ids must be unique, got {c - uniq} duplicate(s)")
-        _remember_valid_channels(channels, hi + 1)
+        _remember_valid_channels(channels, check_channel_ids(channels, N))
     if bias is not None:
         bias = ck.as_array_like(bias, "bias")
         ck.check_same_device("x", x, "bias", bias)
@@ -74,6 +60,27 @@ def _lrs_validate(x, A, B, S, channels, bias):
         if ck.dtype_name(bias) != dt:
             raise TypeError(f"bias: expected dtype {dt} like x, got {ck.dtype_name(bias)}")
     return x, A, B, S, channels, bias
+
+
+def check_channel_ids(channels, n: int, bound: str = "N") -> int:
+    """Non-empty integer ids ``channels`` (tensor or array): each in ``[0, n)``, no two
+    alike, else ValueError naming channels (and ``bound``, the name of ``n``). Returns
+    the largest id + 1."""
+    if ck.is_torch(channels):
+        import torch
+
+        # int64 first: torch has no min/max/unique for uint16 / uint32 tensors.
+        ch64 = channels.to(torch.int64)
+        lo, hi = int(ch64.min()), int(ch64.max())
+        uniq = int(torch.unique(ch64).numel())
+    else:
+        lo, hi = int(channels.min()), int(channels.max())
+        uniq = int(np.unique(channels).size)
+    if lo < 0 or hi >= n:
+        raise ValueError(f"channels: ids must lie in [0, {bound}={n}), got range [{lo}, {hi}]")
+    if uniq != len(channels):
+        raise ValueError(f"channels: ids must be unique, got {len(channels) - uniq} duplicate(s)")
+    return hi + 1
 
 
 # Channel tensors that passed the range / uniqueness check, by identity: a layer's
@@ -150,11 +157,8 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
     if _grad_needed(x, A, B, S, bias):
         # Differentiate like a torch op would, through nestvec.nn's autograd Function
         # (its forward calls back in here with grad mode off).
-        named = {"x": x, "A": A, "B": B, "S": S, "channels": channels, "bias": bias}
-        for name, t in named.items():
-            if t is not None and not ck.is_torch(t):
-                raise TypeError(f"{name}: gradients need torch tensors throughout, got "
-                                f"{type(t).__module__}.{type(t).__name__}")
+        require_torch("gradients need torch tensors throughout", x=x, A=A, B=B, S=S,
+                      channels=channels, bias=bias)
         if out is not None:
             raise ValueError("out: not supported when an input requires grad (as in torch); "
                              "call it under torch.no_grad() or drop out=")
@@ -180,7 +184,7 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
             raise TypeError(f"x: float64 runs on the reference backend only, not {be!r}")
     if be != "reference":
         _check_backend_device(be, x, "x")
-    require_torch(be, A=A, B=B, S=S, channels=channels, bias=bias)
+    _require_gpu_inputs(be, A=A, B=B, S=S, channels=channels, bias=bias)
     # Empty x on the host goes through the reference; the GPU backends handle M = 0
     # themselves (the reference cannot read device memory).
     if be == "reference" or (be == "cpu" and x.shape[0] == 0):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import ops
+from ._lowrank_ops import check_channel_ids
 
 __all__ = ["LowRankSparseLinear", "lowrank_sparse_linear", "compress_model", "CompressionReport"]
 
@@ -151,16 +152,9 @@ class LowRankSparseLinear(nn.Module):
             return torch.empty(0, dtype=torch.int64, device=device)
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise TypeError(f"channels: expected integer ids, got dtype {t.dtype}")
-        # int64 first: torch has no min / unique for uint16 / uint32; uint64 ids past
-        # int64 wrap negative and fail the range check below.
+        # uint64 ids past int64 wrap negative and fail the range check
         t = t.to(device="cpu", dtype=torch.int64)
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= out_features:
-            raise ValueError(f"channels: ids must lie in [0, out_features={out_features}), got "
-                             f"range [{lo}, {hi}]")
-        dup = t.numel() - int(torch.unique(t).numel())
-        if dup:
-            raise ValueError(f"channels: ids must be unique, got {dup} duplicate(s)")
+        check_channel_ids(t, out_features, "out_features")
         return t.to(device)
 
     def forward(self, x):

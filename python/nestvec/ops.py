@@ -218,7 +218,7 @@ def hamming_topk(codes, queries, k: int, allow=None, *, backend: str = "auto"):
     be = resolve_backend(backend, codes)
     if be != "reference":
         _check_backend_device(be, codes, "codes")
-    require_torch(be, codes=codes, queries=queries, allow=allow)
+    _require_gpu_inputs(be, codes=codes, queries=queries, allow=allow)
 
     if be == "reference" or n == 0 or queries.shape[0] == 0:
         d, i = reference.hamming_topk(_to_numpy(codes), np.ascontiguousarray(_to_numpy(queries)), k,
@@ -325,7 +325,7 @@ def _check_candidates(candidates, nq, ref):
     ck.check_ndim(candidates, "candidates", (2,), "a 2-D array [Q, C] (-1 = padding)")
     if candidates.shape[0] != nq:
         raise ValueError(f"candidates: expected one row per query ({nq}), got {candidates.shape[0]}")
-    if candidates.size if not ck.is_torch(candidates) else candidates.numel():
+    if candidates.shape[0] and candidates.shape[1]:
         # an id past N (say, from another segment) is a caller's bug: say so instead
         # of silently scoring fewer rows (one host sync on a device)
         if ck.is_torch(candidates):
@@ -341,15 +341,18 @@ def _check_candidates(candidates, nq, ref):
     return candidates
 
 
-def require_torch(backend: str, **named) -> None:
-    """The triton and cuda backends launch on torch tensors: name a NumPy / list input
-    next to a tensor instead of failing inside the launcher."""
-    if backend not in ("triton", "cuda"):
-        return
+def require_torch(why: str, **named) -> None:
+    """TypeError naming the first non-None input of ``named`` that is not a torch tensor
+    (``f"{name}: {why}, got numpy.ndarray"``): the triton and cuda backends launch on
+    tensors, and a NumPy input next to a tensor would otherwise fail inside a launcher."""
     for name, t in named.items():
         if t is not None and not ck.is_torch(t):
-            raise TypeError(f"{name}: the {backend} backend takes torch tensors, got "
-                            f"{type(t).__module__}.{type(t).__name__}")
+            raise TypeError(f"{name}: {why}, got {type(t).__module__}.{type(t).__name__}")
+
+
+def _require_gpu_inputs(backend: str, **named) -> None:
+    if backend in ("triton", "cuda"):
+        require_torch(f"the {backend} backend takes torch tensors", **named)
 
 
 def _finite(x, name):
@@ -408,7 +411,7 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
     be = resolve_backend(backend, db)
     if be != "reference":
         _check_backend_device(be, db, "db")
-    require_torch(be, db=db, queries=queries, allow=allow, candidates=candidates)
+    _require_gpu_inputs(be, db=db, queries=queries, allow=allow, candidates=candidates)
     max_k = DENSE_MAX_K_GPU if be in ("cuda", "triton") else DENSE_MAX_K_CPU
     if k > max_k:
         raise ValueError(f"k: backend {be!r} supports k <= {max_k}, got {k}")
@@ -446,14 +449,18 @@ _DENSE_METRIC_CODE = {"cosine": 0, "ip": 1, "l2": 2}
 def _dense_cpu(db, dt, queries, k, dim, metric, allow, candidates):
     """C++ backend: the stored rows are passed as they are (strided view, no copy)."""
     x = ck.host_view(db) if ck.is_torch(db) else db
-    q = queries.detach().double().numpy() if ck.is_torch(queries) else queries
-    q = q[:, :dim]
+    q = queries[:, :dim]
+    if ck.is_torch(q):
+        import torch
+
+        q = q.detach()
+        q = (q if q.dtype == torch.float64 else q.float()).numpy()
     if metric == "cosine":
         # unit queries: the kernel's float32 1/|q| overflows for |q| beyond float32's
         # range (a float64 query of 1e39, a float32 one of 1e-40); scores are unchanged
-        q = q.astype(np.float64)
+        q = q.astype(np.float64)  # the one copy, normalised in place
         nrm = np.sqrt(np.einsum("ij,ij->i", q, q))[:, None]
-        q = np.divide(q, nrm, out=np.zeros_like(q), where=nrm > 0)
+        np.divide(q, nrm, out=q, where=nrm > 0)
     with np.errstate(over="ignore"):
         q = np.ascontiguousarray(q, dtype=np.float32)
     if metric != "cosine" and not np.isfinite(q).all():

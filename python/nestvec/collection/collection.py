@@ -234,16 +234,15 @@ class Collection:
     def _columns(self, columns, default) -> list:
         if columns is None:
             return list(default)
-        if isinstance(columns, str):
-            columns = [columns]
+        columns = [columns] if isinstance(columns, str) else list(columns)
         allowed = ["id", "vector"] + (["code"] if self.binary else []) + self._schema.names
         bad = [c for c in columns if c not in allowed]
         if bad:
             raise ValueError(f"columns: unknown {bad}; available: {allowed}")
-        dup = sorted({c for c in columns if list(columns).count(c) > 1})
-        if dup:
+        if len(set(columns)) != len(columns):
+            dup = sorted({c for c in columns if columns.count(c) > 1})
             raise ValueError(f"columns: {dup} named more than once")
-        return list(columns)
+        return columns
 
     def _find(self, ids_arr: pa.Array) -> list:
         """Per segment: bool mask of live rows whose id is in ids_arr."""

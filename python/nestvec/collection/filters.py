@@ -113,35 +113,41 @@ def _connection(duckdb):
     return con
 
 
-def _eval_sql(sql: str, table: pa.Table) -> np.ndarray:
+def _run_sql(sql: str, table: pa.Table, query: str, fetch):
+    """``fetch`` of the DuckDB result of ``query`` (formatted with ``{sql}``, over the
+    metadata of ``table`` as ``t``); DuckDB's errors become ValueError / TypeError
+    naming filter."""
     duckdb = _duckdb()
     if not sql.strip():
         raise ValueError("filter: empty SQL condition (pass filter=None for no filter)")
     if ";" in sql:
         raise ValueError("filter: SQL filter is a WHERE condition, ';' is not allowed")
-    meta = _metadata(table)
     con = _connection(duckdb)
-    con.register("t", meta)  # a zero-copy scan of the Arrow buffers
+    con.register("t", _metadata(table))  # a zero-copy scan of the Arrow buffers
     try:
-        try:
-            # the position column keeps the mask aligned whatever order DuckDB scans in
-            hit = np.asarray(con.execute(f"SELECT _row FROM t WHERE ({sql})").fetchnumpy()["_row"],
-                             dtype=np.int64)
-        except duckdb.BinderException as e:
-            if "not found" in str(e):
-                raise ValueError(f"filter: unknown column: {e}; columns are {_columns_msg(table)}") from None
-            raise TypeError(f"filter: type mismatch in {sql!r}: {e}") from None
-        except (duckdb.ConversionException, duckdb.TypeMismatchException) as e:
-            raise TypeError(f"filter: type mismatch in {sql!r}: {e}") from None
-        except duckdb.Error as e:
-            raise ValueError(f"filter: invalid SQL condition {sql!r}: {e}") from None
+        return fetch(con.execute(query.format(sql=sql)))
+    except duckdb.BinderException as e:
+        if "not found" in str(e):
+            raise ValueError(f"filter: unknown column: {e}; columns are {_columns_msg(table)}") from None
+        raise TypeError(f"filter: type mismatch in {sql!r}: {e}") from None
+    except (duckdb.ConversionException, duckdb.TypeMismatchException) as e:
+        raise TypeError(f"filter: type mismatch in {sql!r}: {e}") from None
+    except duckdb.Error as e:
+        raise ValueError(f"filter: invalid SQL condition {sql!r}: {e}") from None
     finally:
         con.unregister("t")
+
+
+def _eval_sql(sql: str, table: pa.Table) -> np.ndarray:
+    # the position column keeps the mask aligned whatever order DuckDB scans in
+    hit = _run_sql(sql, table, "SELECT _row FROM t WHERE ({sql})",
+                   lambda res: res.fetchnumpy()["_row"])
+    hit = np.sort(np.asarray(hit, dtype=np.int64))
     rows = primitive_view(table.column("_row"), np.int64)
     mask = np.zeros(len(rows), dtype=bool)
     if len(hit):
-        pos = np.searchsorted(rows, np.sort(hit))
-        if pos[-1] >= len(rows) or not np.array_equal(rows[pos], np.sort(hit)):
+        pos = np.searchsorted(rows, hit)
+        if pos[-1] >= len(rows) or not np.array_equal(rows[pos], hit):
             # only a condition that smuggles in a set operation can return other rows
             raise ValueError(f"filter: {sql!r} is not a plain WHERE condition on the metadata")
         mask[pos] = True
@@ -151,15 +157,8 @@ def _eval_sql(sql: str, table: pa.Table) -> np.ndarray:
 def _check_sql_type(sql: str, table: pa.Table) -> None:
     """DuckDB casts a WHERE operand to boolean (``WHERE year`` = ``year <> 0``); the
     expression filters refuse that, so SQL does too."""
-    duckdb = _duckdb()
-    con = _connection(duckdb)
-    con.register("t", _metadata(table))
-    try:
-        kind = con.execute(f"DESCRIBE SELECT ({sql}) AS m FROM t").fetchall()[0][1]
-    except duckdb.Error:
-        return  # the evaluation itself reports it, with the right exception type
-    finally:
-        con.unregister("t")
+    kind = _run_sql(sql, table, "DESCRIBE SELECT ({sql}) AS m FROM t",
+                    lambda res: res.fetchall()[0][1])
     if kind.upper() not in ("BOOLEAN", '"NULL"', "NULL"):
         raise TypeError(f"filter: SQL condition {sql!r} gives {kind}, expected a boolean")
 

@@ -343,7 +343,7 @@ def _coerce(values, t: pa.DataType, name: str) -> pa.Array:
         out = pc.cast(arr, t, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise TypeError(f"metadata: column {name!r} is {t}; values do not fit: {e}") from None
-    if src == "float" and dst == "float" and out.null_count == arr.null_count and \
+    if src == "float" and dst == "float" and \
             pc.any(pc.and_(pc.is_inf(out), pc.invert(pc.is_inf(arr)))).as_py():
         # a safe cast still narrows 1e300 to float32 inf
         raise TypeError(f"metadata: column {name!r} is {t}; a finite value overflows it")
