@@ -1,50 +1,145 @@
-// The machine's floor for the batch-1 dense scans: how fast two threads can merely
-// read (a) 1M whole rows of 1536 B and (b) the first 512 B of each (a Matryoshka
-// prefix 256 of 768 float16), with no arithmetic. Compare with bench_dense.py's
-// batch-1 rows run in the same minutes (this VM's bandwidth drifts).
+// The machine's floor for the batch-1 scans: how fast T threads can merely read the
+// bytes a scan reads, with no arithmetic: `bytes` of each of `rows` rows laid out
+// `stride` bytes apart (whole 1536-byte rows of 768 float16, the first 512 B of each: a
+// Matryoshka prefix 256, or 32 / 128-byte binary codes). Compare with the batch-1 rows
+// of bench_dense.py / bench_hamming.py, which run it in the same minutes (this VM's
+// bandwidth drifts); _harness.read_floor() builds and runs it.
 //
-//   g++ -O2 -mavx512f -pthread benchmarks/read_floor.cpp -o /tmp/read_floor && /tmp/read_floor
-#include <immintrin.h>
+//   g++ -O2 -pthread benchmarks/read_floor.cpp -o /tmp/read_floor
+//   /tmp/read_floor [--threads T] [--offset B] ROWS STRIDE BYTES [BYTES ...]
+//
+// Prints one JSON object per BYTES: {"rows", "stride", "bytes", "threads", "isa",
+// "best_ms", "median_ms", "gbps"}. --offset starts the table B bytes into a 2 MiB page
+// (NumPy's large arrays start 16 bytes into a cache line). Portable: 32-byte vector
+// loads where the CPU has AVX2 (chosen at run time, as nestvec does), 16-byte loads
+// elsewhere (SSE2 / NEON through GCC vector extensions).
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
+#include <vector>
 
-static const long kRows = 1000000, kStride = 1536;
+typedef float v4 __attribute__((vector_size(16), aligned(1)));
 
-__attribute__((noinline)) float read_rows(const char* b, long r0, long r1, long bytes) {
-  __m512 acc = _mm512_setzero_ps();
+// Reads `bytes` of each row in 16-byte steps (the last step may overlap the previous).
+// pf > 0: the same bytes of the row `pf` rows ahead are prefetched as each row is read
+// (a short prefix per row is a stream the hardware prefetcher barely follows; nestvec's
+// kernels prefetch it, so the floor is the better of the two reads).
+static inline void prefetch_row(const char* p, long bytes) {
+  for (long c = 0; c < bytes; c += 64) __builtin_prefetch(p + c, 0, 3);
+  __builtin_prefetch(p + bytes - 1, 0, 3);
+}
+
+__attribute__((noinline)) static float read_rows_v16(const char* b, long r0, long r1,
+                                                     long stride, long bytes, long pf) {
+  v4 acc = {0, 0, 0, 0};
+  const long last = bytes >= 16 ? bytes - 16 : 0;
   for (long r = r0; r < r1; ++r) {
-    const char* p = b + r * kStride;
-    for (long c = 0; c < bytes; c += 64) acc = _mm512_add_ps(acc, _mm512_load_ps((const float*)(p + c)));
+    const char* p = b + r * stride;
+    if (pf) prefetch_row(p + pf * stride, bytes);
+    for (long c = 0; c < last; c += 16) acc += *reinterpret_cast<const v4*>(p + c);
+    acc += *reinterpret_cast<const v4*>(p + last);
   }
-  return _mm512_reduce_add_ps(acc);
+  return acc[0] + acc[1] + acc[2] + acc[3];
 }
 
-static double best_ms(const char* b, long bytes) {
-  double best = 1e30;
-  for (int rep = 0; rep < 7; ++rep) {
-    float s1 = 0, s2 = 0;
+#if defined(__x86_64__)
+typedef float v8 __attribute__((vector_size(32), aligned(1)));
+__attribute__((noinline, target("avx2"))) static float read_rows_v32(const char* b, long r0,
+                                                                     long r1, long stride,
+                                                                     long bytes, long pf) {
+  v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+  const long last = bytes >= 32 ? bytes - 32 : 0;
+  for (long r = r0; r < r1; ++r) {
+    const char* p = b + r * stride;
+    if (pf) prefetch_row(p + pf * stride, bytes);
+    for (long c = 0; c < last; c += 32) acc += *reinterpret_cast<const v8*>(p + c);
+    acc += *reinterpret_cast<const v8*>(p + last);
+  }
+  float s = 0;
+  for (int i = 0; i < 8; ++i) s += acc[i];
+  return s;
+}
+static bool have_avx2() { return __builtin_cpu_supports("avx2"); }
+#else
+static float read_rows_v32(const char* b, long r0, long r1, long stride, long bytes, long pf) {
+  return read_rows_v16(b, r0, r1, stride, bytes, pf);
+}
+static bool have_avx2() { return false; }
+#endif
+
+struct Timing {
+  double best, median;
+};
+
+static Timing time_reads(const char* b, long rows, long stride, long bytes, int threads,
+                         bool wide, long pf) {
+  std::vector<double> ts;
+  for (int rep = 0; rep < 9; ++rep) {
+    std::vector<float> sums(size_t(threads), 0.f);
+    auto part = [&](int t) {
+      const long r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
+      sums[size_t(t)] = wide ? read_rows_v32(b, r0, r1, stride, bytes, pf)
+                             : read_rows_v16(b, r0, r1, stride, bytes, pf);
+    };
     const auto t0 = std::chrono::steady_clock::now();
-    std::thread th([&] { s2 = read_rows(b, kRows / 2, kRows, bytes); });
-    s1 = read_rows(b, 0, kRows / 2, bytes);
-    th.join();
-    const double ms = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e3;
-    if (ms < best) best = ms;
-    if (s1 + s2 == 1.5f) std::printf(" ");  // keep the sums alive
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(part, t);
+    part(0);
+    for (auto& th : pool) th.join();
+    ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1e3);
+    float s = 0;
+    for (float v : sums) s += v;
+    if (s == 1.5f) std::printf(" ");  // keep the sums alive
   }
-  return best;
+  std::sort(ts.begin(), ts.end());
+  return {ts.front(), ts[ts.size() / 2]};
 }
 
-int main() {
-  const size_t huge = size_t(1) << 21, bytes = (kRows * kStride + huge - 1) / huge * huge;
-  char* b = static_cast<char*>(std::aligned_alloc(huge, bytes));
-  madvise(b, bytes, MADV_HUGEPAGE);
-  std::memset(b, 1, bytes);
-  const double full = best_ms(b, kStride), prefix = best_ms(b, 512);
-  std::printf("read 1M x 1536 B rows: %.1f ms (%.0f GB/s); first 512 B of each: %.1f ms (%.0f GB/s useful)\n",
-              full, kRows * kStride / full / 1e6, prefix, kRows * 512.0 / prefix / 1e6);
+int main(int argc, char** argv) {
+  int threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  if (const char* s = std::getenv("NESTVEC_NUM_THREADS")) threads = std::max(1, std::atoi(s));
+  long offset = 0;
+  std::vector<long> pos;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--threads" && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--offset" && i + 1 < argc) offset = std::atol(argv[++i]);
+    else pos.push_back(std::atol(argv[i]));
+  }
+  if (pos.size() < 3) {
+    std::fprintf(stderr, "usage: read_floor [--threads T] [--offset B] ROWS STRIDE BYTES [BYTES ...]\n");
+    return 2;
+  }
+  const long rows = pos[0], stride = pos[1];
+  const size_t huge = size_t(1) << 21;
+  const size_t total = (size_t(rows) * size_t(stride) + size_t(offset) + huge - 1) / huge * huge;
+  char* mem = static_cast<char*>(std::aligned_alloc(huge, total));
+  if (!mem) return 1;
+  madvise(mem, total, MADV_HUGEPAGE);
+  std::memset(mem, 1, total);
+  const bool wide = have_avx2();
+  for (size_t i = 2; i < pos.size(); ++i) {
+    const long bytes = std::min(pos[i], stride);
+    // The floor is the faster of a plain read and reads with the rows 4, 12 or 32 KiB
+    // ahead prefetched (by median).
+    Timing t{0, 1e30};
+    long best_pf = 0;
+    for (long ahead_bytes : {0L, 4096L, 12288L, 32768L}) {
+      const long pf = ahead_bytes ? std::max(1L, ahead_bytes / stride) : 0;
+      const Timing x = time_reads(mem + offset, rows, stride, bytes, threads, wide, pf);
+      if (x.median < t.median) t = x, best_pf = pf;
+    }
+    std::printf("{\"rows\": %ld, \"stride\": %ld, \"bytes\": %ld, \"threads\": %d, \"isa\": \"%s\", "
+                "\"prefetch_rows\": %ld, \"best_ms\": %.3f, \"median_ms\": %.3f, \"gbps\": %.1f}\n",
+                rows, stride, bytes, threads, wide ? "avx2" : "vec16", best_pf, t.best, t.median,
+                double(rows) * double(bytes) / t.median / 1e6);
+  }
+  std::free(mem);
+  return 0;
 }
