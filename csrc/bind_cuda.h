@@ -11,6 +11,7 @@
 #include <string>
 
 #include "nestvec/cuda_api.h"
+#include "nestvec/dtype.h"
 
 namespace nestvec {
 namespace bind {
@@ -49,6 +50,7 @@ inline void def_cuda_pool(py::module_& m) {
   m.def("cuda_pool", [](uintptr_t hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_t sb,
                         int64_t st, uintptr_t mask, int mask_itemsize, int64_t mask_sb, int mode,
                         bool normalize, uintptr_t out, uintptr_t codes, uintptr_t stream) {
+    dtype_from_code(dtype);  // a clear error for a bad code, before the launch
     int rc;
     {
       py::gil_scoped_release nogil;
@@ -66,6 +68,7 @@ inline void def_cuda_dense(py::module_& m) {
                               uintptr_t queries, int64_t nq, int64_t query_stride, uintptr_t qaux,
                               int metric, uintptr_t allow, int64_t kp, uintptr_t keys,
                               int64_t keys_stride, uintptr_t stream) {
+    dtype_from_code(dtype);
     int rc;
     {
       py::gil_scoped_release nogil;
@@ -82,6 +85,7 @@ inline void def_cuda_dense(py::module_& m) {
                                 uintptr_t qaux, int metric, uintptr_t cand, int64_t ncand,
                                 int64_t cand_stride, uintptr_t keys, int64_t keys_stride,
                                 uintptr_t stream) {
+    dtype_from_code(dtype);
     int rc;
     {
       py::gil_scoped_release nogil;
@@ -96,12 +100,7 @@ inline void def_cuda_dense(py::module_& m) {
 
 }
 
-inline int lowrank_dtype(const std::string& dtype) {
-  if (dtype == "f32") return 0;
-  if (dtype == "f16") return 1;
-  if (dtype == "bf16") return 2;
-  throw std::invalid_argument("dtype: expected 'f32', 'f16' or 'bf16'");
-}
+inline int lowrank_dtype(const std::string& dtype) { return int(dtype_from_name(dtype)); }
 
 inline void def_cuda_lowrank(py::module_& m) {
   m.def("cuda_lowrank_sparse_workspace_bytes",

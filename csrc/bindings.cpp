@@ -13,6 +13,7 @@
 #include "nestvec/cuda_api.h"
 #include "nestvec/dense.h"
 #include "nestvec/dispatch.h"
+#include "nestvec/dtype.h"
 #include "nestvec/hamming.h"
 #include "nestvec/pooling.h"
 #include "nestvec/lowrank_sparse.h"
@@ -59,11 +60,11 @@ View view2d(const py::array& a, const char* name, size_t itemsize, bool writable
   return v;
 }
 
-Isa parse_isa(const std::string& s) {
-  if (s == "scalar") return Isa::Scalar;
-  if (s == "avx2") return Isa::Avx2;
-  if (s == "avx512") return Isa::Avx512;
-  throw std::invalid_argument("isa: expected 'scalar', 'avx2' or 'avx512', got '" + s + "'");
+Isa isa_arg(const std::string& s) {
+  Isa isa;
+  if (!parse_isa(s.c_str(), &isa))
+    throw std::invalid_argument("isa: expected 'scalar', 'avx2', 'avx512' or 'neon', got '" + s + "'");
+  return isa;
 }
 
 }  // namespace
@@ -88,6 +89,7 @@ PYBIND11_MODULE(_C, m) {
     d["isas_compiled"] = isas;
     d["isa_detected"] = isa_name(detected_isa());
     d["isa_active"] = isa_name(active_isa());
+    d["cpu_features"] = cpu_features();
 #if defined(NESTVEC_WITH_CUDA)
     d["cuda_compiled"] = true;
 #else
@@ -98,12 +100,18 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("cuda_device_count", [] { return cuda::device_count(); });
   m.def("set_isa", [](const std::string& s) {
-    Isa isa = parse_isa(s);
+    Isa isa = isa_arg(s);
     if (!set_isa(isa))
       throw std::invalid_argument("isa: '" + s + "' is not supported on this CPU");
   });
   m.def("get_isa", [] { return std::string(isa_name(active_isa())); });
-  m.def("isa_supported", [](const std::string& s) { return isa_supported(parse_isa(s)); });
+  m.def("isa_supported", [](const std::string& s) { return isa_supported(isa_arg(s)); });
+  // The dtype codes the functions below take (include/nestvec/dtype.h).
+  m.def("dtype_codes", [] {
+    py::dict d;
+    for (int i = 0; i < kNumDTypes; ++i) d[dtype_name(DType(i))] = i;
+    return d;
+  });
   m.def("set_num_threads", [](int n) { set_num_threads(n); });
   m.def("get_num_threads", [] { return num_threads(); });
 
@@ -143,9 +151,9 @@ PYBIND11_MODULE(_C, m) {
       "dense_topk",
       [](py::array db, int dtype, int64_t dim, py::array queries, int64_t k, int metric,
          py::object allow, py::object candidates, py::array out_score, py::array out_idx) {
-        if (dtype < dense::kF32 || dtype > dense::kBF16) throw std::invalid_argument("dtype: 0, 1 or 2");
+        const DType dt = dtype_from_code(dtype);
         if (metric < dense::kCosine || metric > dense::kL2) throw std::invalid_argument("metric: 0, 1 or 2");
-        View x = view2d(db, "db", dtype == dense::kF32 ? 4 : 2);
+        View x = view2d(db, "db", size_t(dtype_size(dt)));
         if (db.ndim() != 2) throw std::invalid_argument("db: expected [N, D]");
         View q = view2d(queries, "queries", 4);
         if (queries.dtype().kind() != 'f') throw std::invalid_argument("queries: expected float32");
@@ -175,7 +183,7 @@ PYBIND11_MODULE(_C, m) {
           ncand = c.cols;
         }
         py::gil_scoped_release nogil;
-        dense::topk(x.ptr, dtype, x.rows, x.row_stride, dim, static_cast<const float*>(q.ptr),
+        dense::topk(x.ptr, dt, x.rows, x.row_stride, dim, static_cast<const float*>(q.ptr),
                     q.rows, q.row_stride, k, metric, al, cand, ncand,
                     static_cast<float*>(os.ptr), static_cast<int64_t*>(oi.ptr));
       },
@@ -200,9 +208,9 @@ PYBIND11_MODULE(_C, m) {
       [](py::array hidden, int dtype, py::array mask, int mode, int64_t d, bool normalize,
          py::array out, py::object codes) {
         if (hidden.ndim() != 3) throw std::invalid_argument("hidden: expected [B, T, H]");
-        const ssize_t es = dtype == pooling::kF32 ? 4 : 2;
-        if (dtype < 0 || dtype > 2 || hidden.itemsize() != es)
-          throw std::invalid_argument("hidden: item size does not match dtype");
+        const DType dt = dtype_from_code(dtype);
+        const ssize_t es = ssize_t(dtype_size(dt));
+        if (hidden.itemsize() != es) throw std::invalid_argument("hidden: item size does not match dtype");
         const int64_t B = hidden.shape(0), T = hidden.shape(1), H = hidden.shape(2);
         if (H > 1 && hidden.strides(2) != es)
           throw std::invalid_argument("hidden: last dimension must be contiguous");
@@ -232,7 +240,7 @@ PYBIND11_MODULE(_C, m) {
         const int64_t sb = hidden.strides(0) / es, st = hidden.strides(1) / es;
         const int64_t msb = mask.strides(0) / ms;
         py::gil_scoped_release nogil;
-        pooling::pool(hidden.data(), dtype, B, T, d, sb, st, mask.data(), int(ms), msb, mode,
+        pooling::pool(hidden.data(), dt, B, T, d, sb, st, mask.data(), int(ms), msb, mode,
                       normalize, static_cast<float*>(o.ptr), cp);
       },
       py::arg("hidden"), py::arg("dtype"), py::arg("mask"), py::arg("mode"), py::arg("d"),
@@ -245,12 +253,8 @@ PYBIND11_MODULE(_C, m) {
       "lowrank_sparse_matmul",
       [](const std::string& dtype, py::array x, py::array A, py::array B, py::array S,
          py::array channels, py::object bias, py::array y) {
-        lowrank_sparse::DType dt;
-        size_t es;
-        if (dtype == "f32") dt = lowrank_sparse::DType::F32, es = 4;
-        else if (dtype == "f16") dt = lowrank_sparse::DType::F16, es = 2;
-        else if (dtype == "bf16") dt = lowrank_sparse::DType::BF16, es = 2;
-        else throw std::invalid_argument("dtype: expected 'f32', 'f16' or 'bf16'");
+        const DType dt = dtype_from_name(dtype);
+        const size_t es = size_t(dtype_size(dt));
         if (x.ndim() != 2 || A.ndim() != 2 || B.ndim() != 2 || S.ndim() != 2 || y.ndim() != 2)
           throw std::invalid_argument("x, A, B, S, y: expected 2-D arrays");
         View xv = view2d(x, "x", es), av = view2d(A, "A", es), bv = view2d(B, "B", es),

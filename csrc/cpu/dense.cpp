@@ -1,7 +1,7 @@
 // Dense top-k driver. Full scan: threads over row ranges; each thread walks tiles of
 // rows small enough to stay in L2 while every query block passes over them (the
 // row tile is read from memory once per batch), computes the prefix dot products
-// and prefix norms of the tile (dense_<isa>.cpp), turns them into keys and keeps,
+// and prefix norms of the tile (dense_impl.h, built per ISA), turns them into keys and keeps,
 // per query, only keys above that query's running k-th key (select.h FloatTopK).
 // Only a [queries x tile] block of scores ever exists. Candidates: threads over
 // queries; each query's sorted, de-duplicated row ids are scored in tiles the same way.
@@ -21,21 +21,6 @@ namespace nestvec {
 namespace dense {
 namespace {
 
-struct Kernels {
-  DotsFn dots;
-  SelectFn select;
-};
-
-Kernels pick() {
-  switch (active_isa()) {
-#if defined(NESTVEC_X86)
-    case Isa::Avx512: return {dots_avx512, select_avx512};
-    case Isa::Avx2: return {dots_avx2, select_scalar};
-#endif
-    default: return {dots_scalar, select_scalar};
-  }
-}
-
 void write_out(std::vector<FloatTopK::Entry>& best, int64_t k, int metric, float* score,
                int64_t* idx) {
   const int64_t m = std::min<int64_t>(k, int64_t(best.size()));
@@ -53,12 +38,12 @@ void write_out(std::vector<FloatTopK::Entry>& best, int64_t k, int metric, float
 }
 
 
-void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+void topk_f32(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
           const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
           const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
           int64_t* out_idx) {
-  const Kernels kern = pick();
-  const int64_t es = dtype == kF32 ? 4 : 2;
+  const Kernels kern = active_kernels();
+  const int64_t es = dtype_size(dtype);
   const bool need_sq = metric != kIP;
 
   // Queries: float32, zero-padded to a multiple of 16, 64-byte aligned rows.
@@ -192,7 +177,11 @@ void topk_f32(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
 
 }  // namespace
 
-void topk(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+Kernels active_kernels() {
+  return with_isa(active_isa(), [](auto isa) { return kernels<decltype(isa)::value>(); });
+}
+
+void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
           const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
           const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
           int64_t* out_idx) {

@@ -1,6 +1,6 @@
 // Two-pass exact dense top-k for compute-bound batches on CPUs with AVX512-BF16.
 //
-// Pass 1 scores every row in bfloat16 (the bf16 first pass in dense_avx512.cpp: about
+// Pass 1 scores every row in bfloat16 (the bf16 first pass in dense_impl.h: about
 // twice the multiply rate of float32 FMAs) and keeps, per query, a shortlist of the
 // kp = k + max(k, 256) best approximate keys. Pass 2 rescores the shortlist with the exact float32
 // candidate kernel. The result is then certified: with u = 2^-8 (bf16 rounding) the
@@ -49,15 +49,11 @@ bool bf16_pass_enabled() {
 }
 
 bool bf16_pass_wanted(int64_t nq, int64_t n, int64_t dim) {
-#if defined(NESTVEC_X86)
-  // Measured on 1M x 768 float16 (2-core Zen 5): below ~16 queries, or ~8192 query
-  // values, the scan is bound by memory rather than multiplies and one pass wins.
-  return bf16_pass_enabled() && active_isa() == Isa::Avx512 && nq >= 16 && nq * dim >= 8192 &&
+  // Measured on 1M x 768 float16 (2-core Zen 5, AVX512-BF16): below ~16 queries, or
+  // ~8192 query values, the scan is bound by memory rather than multiplies and one
+  // pass wins.
+  return bf16_pass_enabled() && active_kernels().dots_bf16 && nq >= 16 && nq * dim >= 8192 &&
          n >= 4096;
-#else
-  (void)nq, (void)n, (void)dim;
-  return false;
-#endif
 }
 
 void bf16_stats(int64_t* certified, int64_t* fallback) {
@@ -65,12 +61,16 @@ void bf16_stats(int64_t* certified, int64_t* fallback) {
   *fallback = g_fallback.load();
 }
 
-int64_t topk_bf16(const void* db, int dtype, int64_t n, int64_t stride, int64_t dim,
+int64_t topk_bf16(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
                   const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
                   const uint8_t* allow, float* out_score, int64_t* out_idx, int64_t* failed) {
-#if defined(NESTVEC_X86)
-  const int64_t es = dtype == kF32 ? 4 : 2;
-  const int64_t dimp = (dim + 31) / 32 * 32;
+  const Kernels kern = active_kernels();
+  if (!kern.dots_bf16) {  // not this ISA's route: every query goes back to the caller
+    for (int64_t j = 0; j < nq; ++j) failed[j] = j;
+    return nq;
+  }
+  const int64_t es = dtype_size(dtype);
+  const int64_t dimp = (dim + kern.bf16_block - 1) / kern.bf16_block * kern.bf16_block;
   const int64_t kp = k + std::max<int64_t>(k, 256);
 
   int64_t n_allowed = n;
@@ -82,7 +82,7 @@ int64_t topk_bf16(const void* db, int dtype, int64_t n, int64_t stride, int64_t 
   // Queries: bf16 for pass 1; exact norms for keys and bounds.
   auto qb = aligned_array<uint16_t>(nq * dimp);
   std::vector<float> qa(static_cast<size_t>(nq)), qbb(static_cast<size_t>(nq));
-  to_bf16_avx512(queries, kF32, query_stride, nq, dim, dimp, qb.get(), nullptr);
+  kern.to_bf16(queries, DType::F32, query_stride, nq, dim, dimp, qb.get(), nullptr);
   query_factors(queries, nq, query_stride, dim, qa.data(), qbb.data());
 
   // Rows per tile: ~96 KiB of bf16 values, rounded once and kept in L2 for the batch.
@@ -106,15 +106,15 @@ int64_t topk_bf16(const void* db, int dtype, int64_t n, int64_t stride, int64_t 
       const uint8_t* al = allow ? allow + r0 : nullptr;
       if (al && !any_allowed(al, nr)) continue;
       const char* base = static_cast<const char*>(db) + r0 * stride * es;
-      to_bf16_avx512(base, dtype, stride, nr, dim, dimp, xb.get(), sq.data());
+      kern.to_bf16(base, dtype, stride, nr, dim, dimp, xb.get(), sq.data());
       for (int64_t r = 0; r < nr; ++r)
         if (!al || al[r]) mx = std::max(mx, sq[size_t(r)]);
       row_factors(sq.data(), nr, metric, rowf.data());
       for (int64_t q0 = 0; q0 < nq; q0 += qchunk) {
         const int64_t nqc = std::min(qchunk, nq - q0);
-        dots_bf16_avx512(xb.get(), nr, dimp, qb.get() + q0 * dimp, nqc, dots.data(), tile);
+        kern.dots_bf16(xb.get(), nr, dimp, qb.get() + q0 * dimp, nqc, dots.data(), tile);
         for (int64_t j = 0; j < nqc; ++j) {
-          select_push(select_avx512, dots.data() + j * tile, rowf.data(), nr, metric,
+          select_push(kern.select, dots.data() + j * tile, rowf.data(), nr, metric,
                       qa[size_t(q0 + j)], qbb[size_t(q0 + j)], al, hit_rows.data(),
                       hit_keys.data(), s[size_t(q0 + j)], [r0](uint32_t r) { return r0 + r; });
         }
@@ -172,12 +172,6 @@ int64_t topk_bf16(const void* db, int dtype, int64_t n, int64_t stride, int64_t 
   g_certified += nq - nfail;
   g_fallback += nfail;
   return nfail;
-#else
-  (void)db, (void)dtype, (void)n, (void)stride, (void)dim, (void)queries, (void)query_stride;
-  (void)k, (void)metric, (void)allow, (void)out_score, (void)out_idx;
-  for (int64_t j = 0; j < nq; ++j) failed[j] = j;
-  return nq;
-#endif
 }
 
 }  // namespace dense

@@ -12,13 +12,7 @@ namespace hamming {
 namespace {
 
 TileFn pick_tile() {
-  switch (active_isa()) {
-#if defined(NESTVEC_X86)
-    case Isa::Avx512: return tile_avx512;
-    case Isa::Avx2: return tile_avx2;
-#endif
-    default: return tile_scalar;
-  }
+  return with_isa(active_isa(), [](auto isa) { return kernels<decltype(isa)::value>().tile; });
 }
 
 bool any_allowed(const uint8_t* allow, int64_t n) {

@@ -7,13 +7,7 @@ namespace nestvec {
 namespace lowrank_sparse {
 
 void matmul(const Args& a) {
-  switch (active_isa()) {
-#if defined(NESTVEC_X86)
-    case Isa::Avx512: return matmul_avx512(a);
-    case Isa::Avx2: return matmul_avx2(a);
-#endif
-    default: return matmul_scalar(a);
-  }
+  with_isa(active_isa(), [](auto isa) { return kernels<decltype(isa)::value>(); }).matmul(a);
 }
 
 }  // namespace lowrank_sparse

@@ -1,4 +1,3 @@
-// lowrank_sparse_matmul, avx2 build of the driver in lowrank_sparse_impl.h.
-#define NV_LRS_NS avx2
-#define NV_LRS_ENTRY matmul_avx2
+// AVX2 + FMA + F16C build of lowrank_sparse_matmul (lowrank_sparse_impl.h; flags from CMakeLists.txt).
+#include "isa/avx2.h"
 #include "lowrank_sparse_impl.h"

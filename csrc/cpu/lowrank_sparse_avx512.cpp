@@ -1,4 +1,3 @@
-// lowrank_sparse_matmul, avx512 build of the driver in lowrank_sparse_impl.h.
-#define NV_LRS_NS avx512
-#define NV_LRS_ENTRY matmul_avx512
+// AVX-512 build of lowrank_sparse_matmul (lowrank_sparse_impl.h; flags from CMakeLists.txt).
+#include "isa/avx512.h"
 #include "lowrank_sparse_impl.h"

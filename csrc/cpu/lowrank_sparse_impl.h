@@ -1,7 +1,7 @@
-// Blocked SGEMM-style driver of lowrank_sparse_matmul, compiled once per ISA: each
-// csrc/cpu/lowrank_sparse_<isa>.cpp defines NV_LRS_NS (a namespace, so that the
-// per-ISA copies never merge at link time) and NV_LRS_ENTRY, then includes this file.
-// The micro-kernel and the dtype conversions are chosen by the TU's target macros.
+// Blocked SGEMM-style driver of lowrank_sparse_matmul, written once and compiled per
+// ISA: each lowrank_sparse_<isa>.cpp includes its ISA's primitives (isa/<isa>.h), then
+// this file, and exports the result as lowrank_sparse::kernels<Isa>(). Everything here
+// has internal linkage, so the per-ISA copies never merge at link time.
 //
 // Per thread, per block of MC rows of x (BLIS-style packing, float32 accumulation):
 //   GEMM 1  t[rows, r + c] = x[rows, :] · [A; S]ᵀ      (K in KC-deep slices, t in L2)
@@ -25,18 +25,15 @@
 #include <sys/mman.h>
 #endif
 
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include "nestvec/dispatch.h"
 #include "nestvec/half.h"
 #include "nestvec/lowrank_sparse.h"
 
 namespace nestvec {
 namespace lowrank_sparse {
-namespace NV_LRS_NS {
 namespace {
+
+using namespace simd;
 
 #include "lowrank_sparse_kernels.h"  // conversions, micro-kernels, packers
 
@@ -71,7 +68,7 @@ void run_small(const Args& g) {
     biasf.resize(size_t(N));
     load_f32(biasf.data(), g.bias, N, dt);
   }
-  const double bytes = double(K * rc + r * N) * double(esize(dt));
+  const double bytes = double(K * rc + r * N) * double(dtype_size(dt));
   const int nt = int(std::min<double>(num_threads(), std::max(1.0, bytes / double(1 << 18))));
   // t = x · [A; S]ᵀ
   parallel_for(rc, std::min<int64_t>(nt, std::max<int64_t>(rc, 1)), 16, [&](int, int64_t b, int64_t e) {
@@ -104,7 +101,7 @@ void run_small(const Args& g) {
       }
     }
     for (int64_t m = 0; m < M; ++m)
-      store_from_f32(static_cast<char*>(g.y) + (m * g.ldy + b) * int64_t(esize(dt)),
+      store_from_f32(static_cast<char*>(g.y) + (m * g.ldy + b) * int64_t(dtype_size(dt)),
                      out.data() + m * (e - b), e - b, dt);
   });
 }
@@ -166,7 +163,7 @@ void run_skinny(const Args& g) {
     }
     return {buf, len};
   };
-  const double bytes = double(K * rc + r * N) * double(esize(dt)) * double(Q);
+  const double bytes = double(K * rc + r * N) * double(dtype_size(dt)) * double(Q);
   const int nt = int(std::min<double>(num_threads(), std::max(1.0, bytes / double(1 << 18))));
   if (int64_t(cache.per_thread.size()) < nt) cache.per_thread.resize(nt);
   const int64_t n_w = MR * std::max<int64_t>({K, r, 1});
@@ -207,14 +204,12 @@ void run_skinny(const Args& g) {
             ym[m * MR + i] = tile[i * NR + m] + (sp ? sp[m] : 0.0f) + b;
         }
         for (int64_t m = 0; m < mq; ++m)
-          store_from_f32(static_cast<char*>(g.y) + ((q * NR + m) * g.ldy + n0) * int64_t(esize(dt)),
+          store_from_f32(static_cast<char*>(g.y) + ((q * NR + m) * g.ldy + n0) * int64_t(dtype_size(dt)),
                          ym + m * MR, cnt, dt);
       }
     }
   });
 }
-
-}  // namespace
 
 void run(const Args& g) {
   const DType dt = g.dtype;
@@ -236,7 +231,7 @@ void run(const Args& g) {
   PackCache& cache = tl_cache;  // a reference: worker lambdas must see the caller's cache
   float* w1 = cache.weights.get(P1 * K * NR + P2 * r * NR);
   float* w2 = w1 + P1 * K * NR;
-  const size_t ws = esize(dt);
+  const size_t ws = dtype_size(dt);
   auto row1 = [&](int64_t j) -> const void* {
     return j < r ? at(g.A, j * g.lda, dt) : at(g.S, (j - r) * g.lds, dt);
   };
@@ -362,18 +357,17 @@ void run(const Args& g) {
           for (int64_t ii = 0; ii < rows; ++ii) {
             float* tr = tile + ii * NR;
             void* yrow = static_cast<char*>(g.y) +
-                         ((i0 + ir * MR + ii) * g.ldy + p * NR) * int64_t(esize(dt));
+                         ((i0 + ir * MR + ii) * g.ldy + p * NR) * int64_t(dtype_size(dt));
             if (dt == DType::F32 && cols == NR) {
               // add + store in one vectorised loop (a plain copy would become a memcpy call);
-              // aligned rows take non-temporal stores: y is written once, never re-read here
+              // aligned rows take non-temporal stores where the ISA wants them: y is
+              // written once, never re-read here
               float* yr = static_cast<float*>(yrow);
-#if defined(__AVX512F__)
-              if ((reinterpret_cast<uintptr_t>(yr) & 63) == 0) {
-                _mm512_stream_ps(yr, _mm512_add_ps(_mm512_loadu_ps(tr), _mm512_loadu_ps(bb)));
-                _mm512_stream_ps(yr + 16, _mm512_add_ps(_mm512_loadu_ps(tr + 16), _mm512_loadu_ps(bb + 16)));
+              if (kStreamStores && (reinterpret_cast<uintptr_t>(yr) & 63) == 0) {
+                for (int v = 0; v < kLrsNV; ++v)
+                  vstream(yr + v * kF, vadd(vloadu(tr + v * kF), vloadu(bb + v * kF)));
                 continue;
               }
-#endif
               for (int64_t jj = 0; jj < NR; ++jj) yr[jj] = tr[jj] + bb[jj];
             } else {
               for (int64_t jj = 0; jj < NR; ++jj) tr[jj] += bb[jj];
@@ -383,15 +377,16 @@ void run(const Args& g) {
         }
       }
     }
-#if defined(__AVX512F__)
-    _mm_sfence();  // make the non-temporal stores visible before the join
-#endif
+    if (kStreamStores) stream_fence();  // make the non-temporal stores visible before the join
   });
 }
 
-}  // namespace NV_LRS_NS
+}  // namespace
 
-void NV_LRS_ENTRY(const Args& a) { NV_LRS_NS::run(a); }
+template <>
+Kernels kernels<simd::kIsa>() {
+  return {run};
+}
 
 }  // namespace lowrank_sparse
 }  // namespace nestvec

@@ -1,4 +1,3 @@
-// lowrank_sparse_matmul, scalar build of the driver in lowrank_sparse_impl.h.
-#define NV_LRS_NS scalar
-#define NV_LRS_ENTRY matmul_scalar
+// Portable (no SIMD flags) build of lowrank_sparse_matmul (lowrank_sparse_impl.h; flags from CMakeLists.txt).
+#include "isa/scalar.h"
 #include "lowrank_sparse_impl.h"

@@ -14,13 +14,7 @@ namespace pooling {
 namespace {
 
 ReduceFn pick_reduce() {
-  switch (active_isa()) {
-#if defined(NESTVEC_X86)
-    case Isa::Avx512: return reduce_avx512;
-    case Isa::Avx2: return reduce_avx2;
-#endif
-    default: return reduce_scalar;
-  }
+  return with_isa(active_isa(), [](auto isa) { return kernels<decltype(isa)::value>().reduce; });
 }
 
 inline bool present(const uint8_t* m, int itemsize, int64_t t) {
@@ -45,11 +39,11 @@ void pack_signs(const float* x, int64_t d, uint8_t* code) {
 
 }  // namespace
 
-void pool(const void* hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_t sb, int64_t st,
+void pool(const void* hidden, DType dtype, int64_t B, int64_t T, int64_t d, int64_t sb, int64_t st,
           const void* mask, int mask_itemsize, int64_t mask_sb, int mode, bool normalize,
           float* out, uint8_t* codes) {
   const ReduceFn reduce = pick_reduce();
-  const int64_t es = dtype == kF32 ? 4 : 2;
+  const int64_t es = dtype_size(dtype);
   const int64_t cb = (d + 7) / 8;
   // Waking a pooled worker costs a few us: split when each thread gets >= 128 KiB.
   const int64_t bytes = B * T * d * es;

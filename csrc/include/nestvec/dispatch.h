@@ -5,21 +5,49 @@
 #include <exception>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace nestvec {
 
-enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+// The CPU ISAs a kernel is built for. Each op's kernels are one implementation
+// header compiled once per ISA (csrc/cpu/<op>_impl.h + csrc/cpu/isa/<isa>.h), each
+// build exporting its entry points as the specialisation `kernels<Isa::...>()` of its
+// op's kernel table; with_isa() turns the active ISA into that template argument.
+// x86-64 builds have Scalar, Avx2, Avx512; aarch64 builds Scalar and Neon.
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Neon = 3 };
 
 const char* isa_name(Isa isa);
+// Parses "scalar" / "avx2" / "avx512" / "neon"; false for anything else.
+bool parse_isa(const char* s, Isa* out);
 // Best ISA this build has and this CPU + OS support.
 Isa detected_isa();
 // ISA the kernels use now (detected, or lower if forced by set_isa / NESTVEC_ISA).
 Isa active_isa();
 // Force an ISA (tests use it to cover every path); false if unsupported here.
 bool set_isa(Isa isa);
+// Compiled into this build and runnable on this CPU + OS.
 bool isa_supported(Isa isa);
+// Compiled into this build, in increasing order of preference.
 std::vector<Isa> compiled_isas();
+// CPU features behind the detection, for `nestvec info` (e.g. "avx2 fma f16c").
+std::string cpu_features();
+
+// Calls f(std::integral_constant<Isa, I>{}) for isa == I among the ISAs compiled
+// (Scalar for any other value): the one place a run-time ISA becomes a kernel.
+template <class F>
+decltype(auto) with_isa(Isa isa, F&& f) {
+  switch (isa) {
+#if defined(NESTVEC_X86)
+    case Isa::Avx512: return f(std::integral_constant<Isa, Isa::Avx512>{});
+    case Isa::Avx2: return f(std::integral_constant<Isa, Isa::Avx2>{});
+#endif
+#if defined(NESTVEC_ARM)
+    case Isa::Neon: return f(std::integral_constant<Isa, Isa::Neon>{});
+#endif
+    default: return f(std::integral_constant<Isa, Isa::Scalar>{});
+  }
+}
 
 // Threads for CPU kernels: NESTVEC_NUM_THREADS, else hardware concurrency.
 int num_threads();

@@ -2,6 +2,8 @@
 #pragma once
 #include <cstdint>
 
+#include "nestvec/dispatch.h"
+
 namespace nestvec {
 namespace hamming {
 
@@ -13,12 +15,12 @@ using TileFn = void (*)(const uint8_t* codes, int64_t nrows, int64_t code_stride
                         int64_t nbytes, const uint32_t* thr, uint32_t* hit_rows,
                         uint32_t* hit_dist, int64_t hit_cap, uint32_t* hit_count);
 
-void tile_scalar(const uint8_t*, int64_t, int64_t, const uint8_t*, int64_t, int64_t, int64_t,
-                 const uint32_t*, uint32_t*, uint32_t*, int64_t, uint32_t*);
-void tile_avx2(const uint8_t*, int64_t, int64_t, const uint8_t*, int64_t, int64_t, int64_t,
-               const uint32_t*, uint32_t*, uint32_t*, int64_t, uint32_t*);
-void tile_avx512(const uint8_t*, int64_t, int64_t, const uint8_t*, int64_t, int64_t, int64_t,
-                 const uint32_t*, uint32_t*, uint32_t*, int64_t, uint32_t*);
+// One ISA's build of csrc/cpu/hamming_impl.h (hamming_<isa>.cpp).
+struct Kernels {
+  TileFn tile;
+};
+template <Isa I>
+Kernels kernels();
 
 // codes [n, nbytes] (row stride code_stride), queries [nq, nbytes] (row stride
 // query_stride); allow: optional bool [n]. Output [nq, k]: distance ascending, then

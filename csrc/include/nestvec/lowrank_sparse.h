@@ -2,10 +2,11 @@
 #pragma once
 #include <cstdint>
 
+#include "nestvec/dispatch.h"
+#include "nestvec/dtype.h"
+
 namespace nestvec {
 namespace lowrank_sparse {
-
-enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
 
 // Row-major operands; every row contiguous, `ld*` are row strides in elements.
 // x [M, K], A [r, K], B [N, r], S [c, K], channels int64 [c] (unique, in [0, N)),
@@ -29,9 +30,12 @@ struct Args {
 // Dispatches on the active ISA (dispatch.h).
 void matmul(const Args& a);
 
-void matmul_scalar(const Args& a);
-void matmul_avx2(const Args& a);
-void matmul_avx512(const Args& a);
+// One ISA's build of csrc/cpu/lowrank_sparse_impl.h (lowrank_sparse_<isa>.cpp).
+struct Kernels {
+  void (*matmul)(const Args& a);
+};
+template <Isa I>
+Kernels kernels();
 
 }  // namespace lowrank_sparse
 }  // namespace nestvec

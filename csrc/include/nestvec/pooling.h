@@ -3,30 +3,32 @@
 #pragma once
 #include <cstdint>
 
+#include "nestvec/dispatch.h"
+#include "nestvec/dtype.h"
+
 namespace nestvec {
 namespace pooling {
 
 enum Mode : int { kMean = 0, kCls = 1, kLast = 2, kMax = 3, kWeightedMean = 4 };
-enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
 // out[0:d] = sum_i w[i] * row(tok[i])[0:d] (w == nullptr: all ones), or the
 // element-wise max over the rows when `max` is set. `base` points at token 0 of one
 // batch item, token rows are `tstride` elements apart; n >= 1.
-using ReduceFn = void (*)(const void* base, int64_t tstride, int dtype, const int32_t* tok,
+using ReduceFn = void (*)(const void* base, int64_t tstride, DType dtype, const int32_t* tok,
                           const float* w, int64_t n, int64_t d, bool max, float* out);
 
-void reduce_scalar(const void*, int64_t, int, const int32_t*, const float*, int64_t, int64_t, bool,
-                   float*);
-void reduce_avx2(const void*, int64_t, int, const int32_t*, const float*, int64_t, int64_t, bool,
-                 float*);
-void reduce_avx512(const void*, int64_t, int, const int32_t*, const float*, int64_t, int64_t, bool,
-                   float*);
+// One ISA's build of csrc/cpu/pooling_impl.h (pooling_<isa>.cpp).
+struct Kernels {
+  ReduceFn reduce;
+};
+template <Isa I>
+Kernels kernels();
 
 // hidden [B, T, >= d] of `dtype` (element strides sb, st; last dimension contiguous);
 // mask [B, T] of `mask_itemsize`-byte elements (1, 2, 4 or 8; nonzero = present), row
 // stride mask_sb elements; out float32 [B, d] contiguous; codes uint8 [B, ceil(d/8)]
 // or nullptr. Threads over the batch.
-void pool(const void* hidden, int dtype, int64_t B, int64_t T, int64_t d, int64_t sb, int64_t st,
+void pool(const void* hidden, DType dtype, int64_t B, int64_t T, int64_t d, int64_t sb, int64_t st,
           const void* mask, int mask_itemsize, int64_t mask_sb, int mode, bool normalize,
           float* out, uint8_t* codes);
 

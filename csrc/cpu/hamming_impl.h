@@ -1,0 +1,276 @@
+// Hamming tile kernel, written once and compiled per ISA: each hamming_<isa>.cpp
+// includes its ISA's primitives (isa/<isa>.h: loads, popcounts, the 8-row reduction),
+// then this file, and exports the result as hamming::kernels<Isa>().
+//
+// A register block of 8 rows x QB queries keeps one popcount accumulator per pair; the
+// 8 accumulators of a query are reduced at once (simd::reduce8, a transpose tree: 21
+// ops for 8 rows on AVX-512 instead of 8 horizontal sums), compared with the query's
+// threshold in one mask, and the hits appended in row order.
+#include <algorithm>
+#include <cstdint>
+#include <iterator>
+
+#include "nestvec/hamming.h"
+#include "nestvec/prefetch.h"
+
+namespace nestvec {
+namespace hamming {
+namespace {
+
+using namespace simd;
+
+// Appends the hits of one register of distances (set bits of `m`; lane p holds row
+// lane_row[p] of the 8-row block at r0) in increasing row order, so the selector sees
+// increasing indices.
+template <class T>
+inline void emit_hits(uint32_t m, const int* lane_row, const T* buf, int64_t r0, uint32_t* hr,
+                      uint32_t* hd, uint32_t& cnt) {
+  uint32_t rows_hit[8], dists[8];
+  int nh = 0;
+  while (m) {
+    const int p = __builtin_ctz(m);
+    m &= m - 1;
+    rows_hit[nh] = uint32_t(lane_row[p]);
+    dists[nh++] = uint32_t(buf[p]);
+  }
+  for (int a = 1; a < nh; ++a)  // <= 8 items: insertion sort
+    for (int b = a; b > 0 && rows_hit[b] < rows_hit[b - 1]; --b) {
+      std::swap(rows_hit[b], rows_hit[b - 1]);
+      std::swap(dists[b], dists[b - 1]);
+    }
+  for (int a = 0; a < nh; ++a) {
+    hr[cnt] = uint32_t(r0) + rows_hit[a];
+    hd[cnt] = dists[a];
+    ++cnt;
+  }
+}
+
+// Any width: all QB x 8 accumulators live, chunk by chunk.
+template <int QB>
+inline void block8(const uint8_t* const* rows, const uint8_t* const* qv, int64_t nbytes,
+                   vsum* sums) {
+  vacc acc[QB][8];
+  for (int j = 0; j < QB; ++j)
+    for (int r = 0; r < 8; ++r) acc[j][r] = acc_zero();
+  int64_t c = 0;
+  for (; c + kB <= nbytes; c += kB) {
+    vb q[QB];
+    for (int j = 0; j < QB; ++j) q[j] = bload(qv[j] + c);
+    for (int r = 0; r < 8; ++r) {
+      const vb x = bload(rows[r] + c);
+      for (int j = 0; j < QB; ++j) acc[j][r] = acc_popxor(acc[j][r], x, q[j]);
+    }
+  }
+  if (c < nbytes) {
+    const btail t = btail_make(nbytes - c);
+    vb q[QB];
+    for (int j = 0; j < QB; ++j) q[j] = bload_tail(qv[j] + c, t);
+    for (int r = 0; r < 8; ++r) {
+      const vb x = bload_tail(rows[r] + c, t);
+      for (int j = 0; j < QB; ++j) acc[j][r] = acc_popxor(acc[j][r], x, q[j]);
+    }
+  }
+  for (int j = 0; j < QB; ++j) sums[j] = reduce8(acc[j]);
+}
+
+// Fixed widths: NC whole chunks (1-4), plus, with TAIL, one partial chunk with a fixed
+// mask (widths below two chunks that are not a multiple of one: 384 bits = 48 bytes
+// from a 384-dim model; the generic loop reloaded the queries per row block, and 384
+// bits ran slower than 512 on AVX-512). The chunk count is a template constant, the
+// query chunks stay in registers, and each pair's counts are summed in the narrow
+// count lanes before one widening.
+template <int QB, int NC, bool TAIL>
+inline void block8_nc(const uint8_t* const* rows, const vb (*q)[NC + TAIL], const btail& t,
+                      vsum* sums) {
+  constexpr int kChunks = NC + TAIL;
+  static_assert(kChunks <= kCntMax, "chunk counts must fit the count lanes");
+  if constexpr (NC == 0) {  // one partial chunk: all QB x 8 sums fit in registers
+    vacc acc[QB][8];
+    for (int r = 0; r < 8; ++r) {
+      const vb x = bload_tail(rows[r], t);
+      for (int j = 0; j < QB; ++j) acc[j][r] = acc_of(cnt_popxor(x, q[j][0]));
+    }
+    for (int j = 0; j < QB; ++j) sums[j] = reduce8(acc[j]);
+    return;
+  }
+  // One query at a time, its 8 sums reduced at once: keeping all QB x 8 sums live
+  // needed more than 32 registers on AVX-512, and GCC spilled ~20 of them per block to
+  // the stack and back (1M x 1024 bit, batch 256: 112 -> 93 ms). Reloading the rows
+  // instead costs L1 loads, which have ports to spare.
+  for (int j = 0; j < QB; ++j) {
+    vacc acc[8];
+    for (int r = 0; r < 8; ++r) {
+      auto chunk = [&](int c) {
+        return TAIL && c == kChunks - 1 ? bload_tail(rows[r] + kB * NC, t) : bload(rows[r] + kB * c);
+      };
+      vcnt s = cnt_popxor(chunk(0), q[j][0]);
+      for (int c = 1; c < kChunks; ++c) s = cnt_add(s, cnt_popxor(chunk(c), q[j][c]));
+      acc[r] = acc_of(s);
+    }
+    sums[j] = reduce8(acc);
+  }
+}
+
+template <int QB, int NC, bool TAIL = false>
+struct FixedBlock {
+  vb q[QB][NC + TAIL];
+  btail t;
+  FixedBlock(const uint8_t* const* qv, int64_t nbytes) : t(btail_make(TAIL ? nbytes - kB * NC : 1)) {
+    for (int j = 0; j < QB; ++j) {
+      for (int c = 0; c < NC; ++c) q[j][c] = bload(qv[j] + kB * c);
+      if (TAIL) q[j][NC + TAIL - 1] = bload_tail(qv[j] + kB * NC, t);
+    }
+  }
+  void operator()(const uint8_t* const* rows, vsum* sums) const { block8_nc<QB, NC, TAIL>(rows, q, t, sums); }
+};
+
+template <int QB>
+struct GenericBlock {
+  const uint8_t* const* qv;
+  int64_t nbytes;
+  void operator()(const uint8_t* const* rows, vsum* sums) const { block8<QB>(rows, qv, nbytes, sums); }
+};
+
+template <int QB, class Block>
+inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t nbytes,
+                        const uint32_t* thr, uint32_t* const* hr, uint32_t* const* hd,
+                        uint32_t* cnt, bool prefetch, const Block& block) {
+  // The first pass over a tile streams it from memory: prefetch ~8 KiB ahead (prefetches
+  // never fault, so running past the end of the array is harmless).
+  const int64_t pf_rows = std::max<int64_t>(8, (8192 / std::max<int64_t>(cs, 1)) & ~int64_t(7));
+  vsum tv[QB];
+  for (int j = 0; j < QB; ++j) tv[j] = sum_set1(thr[j]);
+  alignas(64) uint32_t buf[kSumLanes];
+  const uint32_t full_mask = sum_valid(8);
+  for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
+    const int valid = int(nrows - r0 < 8 ? nrows - r0 : 8);
+    const uint8_t* rows[8];
+    // Past the end of the tile, repeat the first row and mask its lanes out.
+    for (int r = 0; r < 8; ++r) rows[r] = codes + (r0 + (r < valid ? r : 0)) * cs;
+    if (prefetch) {
+      for (int r = 0; r < 8; ++r) {
+        const uintptr_t p = reinterpret_cast<uintptr_t>(codes) + uintptr_t((r0 + pf_rows + r) * cs);
+        for (int64_t c = 0; c < nbytes; c += 64) prefetch_l1(p + uintptr_t(c));
+      }
+    }
+    vsum sums[QB];
+    block(rows, sums);
+    const uint32_t vmask = valid == 8 ? full_mask : sum_valid(valid);
+    for (int j = 0; j < QB; ++j) {
+      const uint32_t m = sum_lt(sums[j], tv[j], vmask);
+      if (!m) continue;
+      sum_store(buf, sums[j]);
+      emit_hits(m, kSumLaneRow, buf, r0, hr[j], hd[j], cnt[j]);
+    }
+  }
+}
+
+#if defined(NV_SIMD_PAIR_ROWS)
+// Codes of half a chunk (256 bits on AVX-512): two rows per register.
+template <int QB>
+inline void run_pairs(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* const* qv,
+                      const uint32_t* thr, uint32_t* const* hr, uint32_t* const* hd,
+                      uint32_t* cnt, bool prefetch) {
+  constexpr int64_t kHalf = kB / 2;
+  vb q[QB];
+  vpsum tv[QB];
+  for (int j = 0; j < QB; ++j) {
+    q[j] = bdup_half(qv[j]);
+    tv[j] = pair_set1(thr[j]);
+  }
+  const int64_t pf_rows = std::max<int64_t>(8, (16384 / std::max<int64_t>(cs, 1)) & ~int64_t(7));
+  alignas(64) uint64_t buf[8];
+  for (int64_t r0 = 0; r0 < nrows; r0 += 8) {
+    const int valid = int(nrows - r0 < 8 ? nrows - r0 : 8);
+    vb x[4];
+    if (valid == 8 && cs == kHalf) {
+      for (int m = 0; m < 4; ++m) x[m] = bload(codes + (r0 + 2 * m) * kHalf);
+    } else {
+      for (int m = 0; m < 4; ++m) {
+        const int64_t a = r0 + (2 * m < valid ? 2 * m : 0), b = r0 + (2 * m + 1 < valid ? 2 * m + 1 : 0);
+        x[m] = bload_pair(codes + a * cs, codes + b * cs);
+      }
+    }
+    if (prefetch) {
+      const uintptr_t p = reinterpret_cast<uintptr_t>(codes) + uintptr_t((r0 + pf_rows) * cs);
+      if (cs == kHalf) {
+        for (int64_t o = 0; o < 8 * kHalf; o += 64) prefetch_l1(p + uintptr_t(o));
+      } else {
+        for (int r = 0; r < 8; ++r) prefetch_l1(p + uintptr_t(r * cs));
+      }
+    }
+    uint32_t vmask = 0;
+    for (int l = 0; l < 8; ++l)
+      if (kPairLaneRow[l] < valid) vmask |= 1u << l;
+    for (int j = 0; j < QB; ++j) {
+      const vpsum c = reduce_pairs(x, q[j]);
+      const uint32_t m = pair_lt(c, tv[j], vmask);
+      if (!m) continue;
+      pair_store(buf, c);
+      emit_hits(m, kPairLaneRow, buf, r0, hr[j], hd[j], cnt[j]);
+    }
+  }
+}
+#endif
+
+template <int QB>
+inline void run_any(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* const* qv,
+                    int64_t nbytes, const uint32_t* thr, uint32_t* const* hr, uint32_t* const* hd,
+                    uint32_t* cnt, bool pf) {
+#if defined(NV_SIMD_PAIR_ROWS)
+  if (nbytes == kB / 2) return run_pairs<QB>(codes, nrows, cs, qv, thr, hr, hd, cnt, pf);
+#endif
+  if (nbytes % kB == 0) {
+    switch (nbytes / kB) {
+      case 1: return run_queries<QB>(codes, nrows, cs, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 1>(qv, nbytes));
+      case 2: return run_queries<QB>(codes, nrows, cs, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 2>(qv, nbytes));
+      case 3: return run_queries<QB>(codes, nrows, cs, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 3>(qv, nbytes));
+      case 4: return run_queries<QB>(codes, nrows, cs, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 4>(qv, nbytes));
+      default: break;
+    }
+  }
+  if (nbytes < kB)
+    return run_queries<QB>(codes, nrows, cs, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 0, true>(qv, nbytes));
+  if (nbytes < 2 * kB)
+    return run_queries<QB>(codes, nrows, cs, nbytes, thr, hr, hd, cnt, pf, FixedBlock<QB, 1, true>(qv, nbytes));
+  run_queries<QB>(codes, nrows, cs, nbytes, thr, hr, hd, cnt, pf, GenericBlock<QB>{qv, nbytes});
+}
+
+// Queries in blocks of kHammingQB[I] (largest first), the rest to the next size.
+template <int I = 0>
+inline void query_blocks(int64_t q, const uint8_t* codes, int64_t nrows, int64_t cs,
+                         const uint8_t* queries, int64_t nq, int64_t qs, int64_t nbytes,
+                         const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist, int64_t cap,
+                         uint32_t* hit_count) {
+  constexpr int QB = kHammingQB[I];
+  for (; q + QB <= nq; q += QB) {
+    const uint8_t* qv[QB];
+    uint32_t *hr[QB], *hd[QB];
+    for (int j = 0; j < QB; ++j) {
+      qv[j] = queries + (q + j) * qs;
+      hr[j] = hit_rows + (q + j) * cap;
+      hd[j] = hit_dist + (q + j) * cap;
+      hit_count[q + j] = 0;
+    }
+    run_any<QB>(codes, nrows, cs, qv, nbytes, thr + q, hr, hd, hit_count + q, q == 0);
+  }
+  if constexpr (I + 1 < int(std::size(kHammingQB)))
+    query_blocks<I + 1>(q, codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
+}
+
+void tile(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* queries, int64_t nq,
+          int64_t qs, int64_t nbytes, const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist,
+          int64_t cap, uint32_t* hit_count) {
+  static_assert(kHammingQB[std::size(kHammingQB) - 1] == 1, "the last query block must be 1");
+  query_blocks(0, codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
+}
+
+}  // namespace
+
+template <>
+Kernels kernels<simd::kIsa>() {
+  return {tile};
+}
+
+}  // namespace hamming
+}  // namespace nestvec

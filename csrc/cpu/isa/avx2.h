@@ -1,0 +1,210 @@
+// AVX2 + FMA + F16C primitives: 8 float32 lanes, 32-byte code chunks, 16 vector
+// registers. Included by the *_avx2.cpp translation units only, which CMakeLists.txt
+// builds with -mavx2 -mfma -mf16c -mpopcnt -mbmi -mbmi2, before an op's
+// implementation header (see isa/README.md for the contract every ISA header meets).
+#pragma once
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "isa/avx2.h needs -mavx2 -mfma -mf16c"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "x86_common.h"
+#include "nestvec/dispatch.h"
+#include "nestvec/dtype.h"
+#include "nestvec/half.h"
+
+namespace nestvec {
+namespace simd {
+namespace {
+
+constexpr Isa kIsa = Isa::Avx2;
+
+// ------------------------------------------------------------------ float32 vectors
+using vf = __m256;
+constexpr int kF = 8;
+
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vset1(float x) { return _mm256_set1_ps(x); }
+inline vf vbroadcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline vf vload(const float* p) { return _mm256_load_ps(p); }  // 32-byte aligned
+inline vf vloadu(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstoreu(float* p, vf v) { _mm256_storeu_ps(p, v); }
+inline __m256i lane_mask(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+// The first n lanes (0 <= n <= kF); the others read as zero / are left alone.
+inline vf vloadu_n(const float* p, int64_t n) { return _mm256_maskload_ps(p, lane_mask(n)); }
+inline void vstoreu_n(float* p, vf v, int64_t n) { _mm256_maskstore_ps(p, lane_mask(n), v); }
+inline void vstream(float* p, vf v) { _mm256_stream_ps(p, v); }
+inline void stream_fence() { _mm_sfence(); }
+constexpr bool kStreamStores = false;
+
+inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }  // a * b + c
+inline vf vfms(vf a, vf b, vf c) { return _mm256_fmsub_ps(a, b, c); }  // a * b - c
+// Bit l set where a[l] > b[l] (ordered: false for NaN).
+inline uint32_t vgt_mask(vf a, vf b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ))); }
+
+inline float vhsum(vf v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+// out[i] = horizontal sum of v[i], i < 8.
+inline void vhsum8(const vf* v, float* out) { _mm256_storeu_ps(out, x86::hadd_tree8(v)); }
+// Keeps v in a register: folded into each FMA it would be loaded once per use.
+inline void vkeep(vf& v) { __asm__("" : "+x"(v)); }
+
+// kF values of a row of dtype DT from element c, widened to float32.
+template <DType DT>
+inline vf vloadx(const void* row, int64_t c) {
+  if constexpr (DT == DType::F32) return _mm256_loadu_ps(static_cast<const float*>(row) + c);
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + c));
+  if constexpr (DT == DType::F16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+// The first n of those values (0 <= n <= kF), zero in the other lanes; never reads past n.
+template <DType DT>
+inline vf vloadx_n(const void* row, int64_t c, int64_t n) {
+  if constexpr (DT == DType::F32) return vloadu_n(static_cast<const float*>(row) + c, n);
+  alignas(16) uint16_t buf[8] = {};
+  std::memcpy(buf, static_cast<const uint16_t*>(row) + c, size_t(n) * 2);
+  return vloadx<DT>(buf, 0);
+}
+// kF floats stored as DT at element c of row (round to nearest even; NaN stays NaN).
+template <DType DT>
+inline void vstorex(void* row, int64_t c, vf v) {
+  if constexpr (DT == DType::F32) {
+    _mm256_storeu_ps(static_cast<float*>(row) + c, v);
+  } else {
+    __m128i h;
+    if constexpr (DT == DType::F16) {
+      h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      const __m256i u = _mm256_castps_si256(v);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      __m256i rnd = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+      // NaN stays a (quiet) NaN: keep the truncated pattern with the quiet bit set.
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      const __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+      rnd = _mm256_blendv_epi8(rnd, qnan, nan);
+      const __m256i p = _mm256_packus_epi32(rnd, rnd);  // per 128-bit lane
+      h = _mm256_castsi256_si128(_mm256_permute4x64_epi64(p, 0x08));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(row) + c), h);
+  }
+}
+
+// Rows selected by a key threshold, appended in lane order: rows[i] = base + lane,
+// keys[i] = key[lane] for each set bit of m; returns the count (hits are rare).
+inline int64_t compress_hits(uint32_t m, vf key, uint32_t base, uint32_t* rows, float* keys) {
+  alignas(32) float kb[8];
+  _mm256_store_ps(kb, key);
+  int64_t n = 0;
+  for (; m; m &= m - 1, ++n) {
+    const int l = __builtin_ctz(m);
+    rows[n] = base + uint32_t(l);
+    keys[n] = kb[l];
+  }
+  return n;
+}
+// Bit l set where allow[l] != 0, l < n (n <= kF).
+inline uint32_t allow_mask(const uint8_t* allow, int64_t n) {
+  uint64_t w = 0;
+  std::memcpy(&w, allow, size_t(n));
+  const __m128i z = _mm_cmpeq_epi8(_mm_cvtsi64_si128(int64_t(w)), _mm_setzero_si128());
+  return ~uint32_t(_mm_movemask_epi8(z)) & ((1u << n) - 1);
+}
+
+// ------------------------------------------------------------------ binary codes
+// Popcounts by nibble lookup (vpshufb), 32 bytes a step: the byte counts of up to
+// kCntMax chunks add up in bytes (<= 8 each), then vpsadbw sums them into qwords.
+using vb = __m256i;
+constexpr int kB = 32;
+inline vb bload(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+// The first n bytes of a chunk (0 < n < kB), zero beyond: masked qword / dword loads
+// when n allows, else a copy.
+struct btail {
+  __m256i mask;
+  int kind;  // 0: qwords, 1: dwords, 2: copy
+  int n;
+};
+inline btail btail_make(int64_t n) {
+  if (n % 8 == 0) return {_mm256_cmpgt_epi64(_mm256_set1_epi64x(n / 8), _mm256_setr_epi64x(0, 1, 2, 3)), 0, int(n)};
+  if (n % 4 == 0) return {lane_mask(n / 4), 1, int(n)};
+  return {_mm256_setzero_si256(), 2, int(n)};
+}
+inline vb bload_tail(const uint8_t* p, const btail& t) {
+  if (t.kind == 0) return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p), t.mask);
+  if (t.kind == 1) return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), t.mask);
+  alignas(32) uint8_t buf[32] = {};
+  std::memcpy(buf, p, size_t(t.n));
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(buf));
+}
+
+using vcnt = __m256i;      // byte counts
+constexpr int kCntMax = 31;  // 31 x 8 < 256
+inline vcnt cnt_popxor(vb a, vb b) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3,
+                                       1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i v = _mm256_xor_si256(a, b);
+  const __m256i lo = _mm256_and_si256(v, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+inline vcnt cnt_add(vcnt a, vcnt b) { return _mm256_add_epi8(a, b); }
+using vacc = __m256i;  // qword sums
+inline vacc acc_zero() { return _mm256_setzero_si256(); }
+inline vacc acc_of(vcnt c) { return _mm256_sad_epu8(c, _mm256_setzero_si256()); }
+inline vacc acc_popxor(vacc acc, vb a, vb b) { return _mm256_add_epi64(acc, acc_of(cnt_popxor(a, b))); }
+
+// The totals of 8 rows' accumulators in one vector of 8 dwords: rows r and r+4 share
+// a qword (low / high dword), then a transpose tree. Dword p holds row kSumLaneRow[p].
+using vsum = __m256i;
+constexpr int kSumLanes = 8;
+constexpr int kSumLaneRow[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+inline vsum reduce8(const vacc* a) {
+  __m256i p[4];
+  for (int i = 0; i < 4; ++i) p[i] = _mm256_add_epi64(a[i], _mm256_slli_epi64(a[i + 4], 32));
+  const __m256i b0 = _mm256_add_epi64(_mm256_unpacklo_epi64(p[0], p[1]), _mm256_unpackhi_epi64(p[0], p[1]));
+  const __m256i b1 = _mm256_add_epi64(_mm256_unpacklo_epi64(p[2], p[3]), _mm256_unpackhi_epi64(p[2], p[3]));
+  return _mm256_add_epi64(_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31));
+}
+inline vsum sum_set1(uint32_t t) { return _mm256_set1_epi32(int32_t(t)); }
+inline uint32_t sum_valid(int valid_rows) {
+  uint32_t m = 0;
+  for (int p = 0; p < kSumLanes; ++p)
+    if (kSumLaneRow[p] < valid_rows) m |= 1u << p;
+  return m;
+}
+// Lanes (within `valid`) where s < t (signed compare: distances and thresholds stay
+// far below 2^31).
+inline uint32_t sum_lt(vsum s, vsum t, uint32_t valid) {
+  return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t, s)))) & valid;
+}
+inline void sum_store(uint32_t* buf, vsum s) { _mm256_store_si256(reinterpret_cast<__m256i*>(buf), s); }
+
+// ------------------------------------------------------------------ tuning
+constexpr int kHammingQB[] = {3, 2, 1};
+// Dense float32 scan (see isa/avx512.h): 16 registers, so smaller register tiles, and
+// the stream kernel only up to 2 queries (beyond, its per-row reductions cost more).
+constexpr int kDenseTiles[][2] = {{4, 2}, {2, 2}, {1, 4}};
+constexpr int kDenseStreamMaxQB = 2;
+constexpr int kDenseStreamSums = 2, kDenseStreamSums1 = 4;
+// Dense large batches: packed GEMM route, kGemmRows rows (broadcast) x kGemmQV vectors
+// of queries per micro-tile, from kGemmMinQ queries.
+constexpr int kGemmRows = 6, kGemmQV = 2, kGemmMinQ = 32;
+// LOST micro-kernel: MR rows x kLrsNV vectors of columns.
+constexpr int kLrsMR = 6, kLrsNV = 2;
+constexpr bool kLrsPrefetchB = false;
+
+}  // namespace
+}  // namespace simd
+}  // namespace nestvec
