@@ -6,7 +6,7 @@
 // row for the prefix norm), streaming the rows once per query block: loads are widened
 // to float32 in registers (F16C vcvtph2ps / FCVTL for float16, a 16-bit shift for
 // bfloat16) and never written back. Row-major rows need one horizontal sum per pair at
-// the end (simd::vhsum8 does 8 at a time). Large batches on ISAs that set kGemmRows
+// the end (simd::vhsum8 does 8 at a time). Large batches on ISAs that set kGemmRowVecs
 // instead widen a tile of rows once into a k-major float32 panel and run a GEMM-style
 // micro-kernel (dots_gemm), which needs no horizontal sums at all.
 #include <algorithm>
@@ -225,7 +225,7 @@ inline int64_t with_tile(int64_t left, F&& f) {
 }
 
 // ------------------------------------------------------------------ packed GEMM route
-constexpr int kGemmRowsPerPanel = kGemmRows > 0 ? kGemmRows : 1;
+constexpr int kGemmRV = kGemmRowVecs > 0 ? kGemmRowVecs : 1;
 
 struct FreeDeleter {
   void operator()(float* p) const { std::free(p); }
@@ -245,14 +245,14 @@ inline float* scratch(int64_t count) {
   return buf.get();
 }
 
-// kGemmRows vectors of rows (RW = kGemmRows * kF rows) x QJ queries: accumulator
+// kGemmRowVecs vectors of rows (RW = kGemmRowVecs * kF rows) x QJ queries: accumulator
 // (j, v) holds rows v*kF .. v*kF+kF-1 of query j, so it is stored straight into dots.
-// xp: the panel, k-major [dim][RW] float32; each step loads kGemmRows row vectors and
+// xp: the panel, k-major [dim][RW] float32; each step loads kGemmRowVecs row vectors and
 // broadcasts one value of each of the QJ queries against them.
 template <int QJ>
 inline void gemm_micro(const float* __restrict xp, int64_t dim, const float* q, int64_t qs,
                        float* dots, int64_t ld, int64_t valid) {
-  constexpr int RV = kGemmRowsPerPanel;
+  constexpr int RV = kGemmRV;
   constexpr int RW = RV * kF;
   vf acc[QJ][RV];
   for (int j = 0; j < QJ; ++j)
@@ -283,7 +283,7 @@ inline void gemm_micro(const float* __restrict xp, int64_t dim, const float* q, 
 template <DType DT>
 void dots_gemm(const char* base, int64_t sb, const int64_t* rows, int64_t nrows, int64_t dim,
                const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq) {
-  constexpr int RV = kGemmRowsPerPanel, RW = RV * kF, QJ = kGemmQV * kF;
+  constexpr int RV = kGemmRV, RW = RV * kF, QJ = kGemmQueries;
   const int64_t panels = (nrows + RW - 1) / RW;
   float* const xp = scratch(panels * RW * dim + 64);
   float* const tmp = xp + panels * RW * dim;  // one row's last partial vector
@@ -331,7 +331,7 @@ void dots_impl(const void* base, int64_t stride, const int64_t* rows, int64_t nr
                const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq) {
   const char* b = static_cast<const char*>(base);
   const int64_t sb = stride * dtype_size(DT);
-  if constexpr (kGemmRows > 0) {
+  if constexpr (kGemmRowVecs > 0) {
     if (nq >= kGemmMinQ) return dots_gemm<DT>(b, sb, rows, nrows, dim, q, qs, nq, dots, ld, sq);
   }
   int64_t j = 0;

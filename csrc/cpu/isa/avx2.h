@@ -198,9 +198,9 @@ constexpr int kHammingQB[] = {3, 2, 1};
 constexpr int kDenseTiles[][2] = {{4, 2}, {2, 2}, {1, 4}};
 constexpr int kDenseStreamMaxQB = 2;
 constexpr int kDenseStreamSums = 2, kDenseStreamSums1 = 4;
-// Dense large batches: packed GEMM route, kGemmRows rows (broadcast) x kGemmQV vectors
-// of queries per micro-tile, from kGemmMinQ queries.
-constexpr int kGemmRows = 6, kGemmQV = 2, kGemmMinQ = 32;
+// Dense large batches: the packed GEMM route from kGemmMinQ queries, a micro-tile of
+// kGemmRowVecs vectors of rows x kGemmQueries queries (2 x 6: 12 accumulators).
+constexpr int kGemmRowVecs = 2, kGemmQueries = 6, kGemmMinQ = 32;
 // LOST micro-kernel: MR rows x kLrsNV vectors of columns.
 constexpr int kLrsMR = 6, kLrsNV = 2;
 constexpr bool kLrsPrefetchB = false;

@@ -219,7 +219,7 @@ constexpr int kDenseTiles[][2] = {{12, 2}, {8, 2}, {4, 4}, {2, 4}, {1, 4}};
 constexpr int kDenseStreamMaxQB = 12;
 constexpr int kDenseStreamSums = 2, kDenseStreamSums1 = 2;
 // Dense large batches: no packed GEMM route (the bf16 two-pass route takes them).
-constexpr int kGemmRows = 0, kGemmQV = 0, kGemmMinQ = 0;
+constexpr int kGemmRowVecs = 0, kGemmQueries = 0, kGemmMinQ = 0;
 // LOST micro-kernel: MR rows x NR = kLrsNV vectors of columns; prefetch the b panel.
 constexpr int kLrsMR = 12, kLrsNV = 2;
 constexpr bool kLrsPrefetchB = true;

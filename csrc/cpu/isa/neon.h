@@ -187,7 +187,7 @@ constexpr int kHammingQB[] = {3, 2, 1};
 constexpr int kDenseTiles[][2] = {{8, 2}, {4, 4}, {2, 4}, {1, 4}};
 constexpr int kDenseStreamMaxQB = 4;
 constexpr int kDenseStreamSums = 2, kDenseStreamSums1 = 4;
-constexpr int kGemmRows = 8, kGemmQV = 3, kGemmMinQ = 32;
+constexpr int kGemmRowVecs = 4, kGemmQueries = 6, kGemmMinQ = 32;
 constexpr int kLrsMR = 8, kLrsNV = 3;
 constexpr bool kLrsPrefetchB = false;
 

@@ -128,7 +128,7 @@ constexpr int kHammingQB[] = {1};
 constexpr int kDenseTiles[][2] = {{4, 2}, {2, 2}, {1, 4}};
 constexpr int kDenseStreamMaxQB = 2;
 constexpr int kDenseStreamSums = 4, kDenseStreamSums1 = 4;
-constexpr int kGemmRows = 0, kGemmQV = 0, kGemmMinQ = 0;
+constexpr int kGemmRowVecs = 0, kGemmQueries = 0, kGemmMinQ = 0;
 constexpr int kLrsMR = 4, kLrsNV = 16;
 constexpr bool kLrsPrefetchB = false;
 
