@@ -401,11 +401,14 @@ def test_cpu_large_k_and_threads():
 @pytest.mark.parametrize("isa", cpu_isas())
 def test_cpu_query_block_shapes(isa, restore_isa):
     """Every query-block width of the CPU kernels (1, 2, 4, 8, 12 and their sums) on
-    whole contiguous rows (the streaming kernel) and on strided prefixes."""
+    whole contiguous rows (the streaming kernel) and on strided prefixes, and batches
+    of 32+ queries (the packed GEMM route where the ISA has one: full blocks of 6 and a
+    short last block, panels of rows past the tile's end)."""
     ops._C.set_isa(isa)
     rng = np.random.default_rng(14)
     for D, d, nq in ((97, 97, 8), (33, 33, 11), (1, 1, 9), (768, 768, 15), (97, 50, 8),
-                     (64, 64, 2), (64, 32, 1), (40, 40, 5)):
+                     (64, 64, 2), (64, 32, 1), (40, 40, 5), (97, 97, 37), (70, 33, 40),
+                     (5, 5, 32)):
         for dtype, metric in (("float16", "cosine"), ("float32", "l2"), ("bfloat16", "ip")):
             run_case("cpu", rng, 1023, D, d, nq, 10, dtype, metric, False, False)
 

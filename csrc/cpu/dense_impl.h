@@ -277,42 +277,47 @@ inline void gemm_micro(const float* __restrict xp, int64_t dim, const float* q, 
     }
 }
 
-// Large batches: each row of the tile is widened once into a k-major float32 panel of
-// RW rows (its prefix norm taken on the way), then every block of QJ queries runs over
-// the panels, which stay in L2 (the query block in L1).
+// f(std::integral_constant<int, N>) for 1 <= n <= M (the last short block of queries).
+template <int M, class F>
+inline void with_count(int64_t n, F&& f) {
+  if constexpr (M > 1) {
+    if (n < M) return with_count<M - 1>(n, f);
+  }
+  f(std::integral_constant<int, M>{});
+}
+
+// Large batches: the rows of the tile are widened once into k-major float32 panels of
+// RW rows (kF x kF blocks transposed in registers, prefix norms taken on the way), then
+// every block of QJ queries runs over the panels, which stay in L2 (the query block in
+// L1).
 template <DType DT>
 void dots_gemm(const char* base, int64_t sb, const int64_t* rows, int64_t nrows, int64_t dim,
                const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq) {
   constexpr int RV = kGemmRV, RW = RV * kF, QJ = kGemmQueries;
   const int64_t panels = (nrows + RW - 1) / RW;
-  float* const xp = scratch(panels * RW * dim + 64);
-  float* const tmp = xp + panels * RW * dim;  // one row's last partial vector
-  for (int64_t p = 0; p < panels; ++p) {
-    float* P = xp + p * RW * dim;
-    for (int rr = 0; rr < RW; ++rr) {
-      const int64_t r = p * RW + rr;
-      if (r >= nrows) {
-        for (int64_t k = 0; k < dim; ++k) P[k * RW + rr] = 0.f;
-        continue;
-      }
-      const char* row = base + (rows ? rows[r] : r) * sb;
-      vf s = vzero();
-      int64_t c = 0;
-      for (; c + kF <= dim; c += kF) {
-        const vf x = vloadx<DT>(row, c);
-        s = vfma(x, x, s);
-        alignas(64) float xb[kF];
-        vstoreu(xb, x);
-        for (int t = 0; t < kF; ++t) P[(c + t) * RW + rr] = xb[t];
-      }
-      if (c < dim) {
-        const vf x = vloadx_n<DT>(row, c, dim - c);
-        s = vfma(x, x, s);
-        vstoreu(tmp, x);
-        for (int64_t t = 0; t < dim - c; ++t) P[(c + t) * RW + rr] = tmp[t];
-      }
-      if (sq) sq[r] = vhsum(s);
+  float* const xp = scratch(panels * RW * dim);
+  for (int64_t g = 0; g < panels * RV; ++g) {  // kF rows at a time
+    float* P = xp + (g / RV) * RW * dim + (g % RV) * kF;
+    const char* rp[kF];
+    const int64_t r0 = g * kF;
+    for (int t = 0; t < kF; ++t) {
+      const int64_t r = r0 + t < nrows ? r0 + t : r0;  // rows past the tile: zero below
+      rp[t] = base + (rows ? rows[r] : r) * sb;
     }
+    const int live = int(std::min<int64_t>(kF, nrows - r0));  // may be <= 0
+    vf s[kF], x[kF];
+    for (int t = 0; t < kF; ++t) s[t] = vzero();
+    for (int64_t c = 0; c < dim; c += kF) {
+      const int64_t m = std::min<int64_t>(kF, dim - c);
+      for (int t = 0; t < kF; ++t) {
+        x[t] = t >= live ? vzero() : m == kF ? vloadx<DT>(rp[t], c) : vloadx_n<DT>(rp[t], c, m);
+        s[t] = vfma(x[t], x[t], s[t]);
+      }
+      vtranspose(x);
+      for (int64_t i = 0; i < m; ++i) vstoreu(P + (c + i) * RW, x[i]);
+    }
+    if (sq)
+      for (int t = 0; t < live; ++t) sq[r0 + t] = vhsum(s[t]);
   }
   auto run = [&](auto qj, int64_t j0) {
     for (int64_t p = 0; p < panels; ++p)
@@ -321,9 +326,7 @@ void dots_gemm(const char* base, int64_t sb, const int64_t* rows, int64_t nrows,
   };
   int64_t j0 = 0;
   for (; j0 + QJ <= nq; j0 += QJ) run(std::integral_constant<int, QJ>{}, j0);
-  // The last < QJ queries: one query at a time keeps the code small (a batch this
-  // large has at most QJ - 1 of them).
-  for (; j0 < nq; ++j0) run(std::integral_constant<int, 1>{}, j0);
+  if (j0 < nq) with_count<QJ>(nq - j0, [&](auto qj) { run(qj, j0); });
 }
 
 template <DType DT>

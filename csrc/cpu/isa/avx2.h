@@ -60,6 +60,25 @@ inline float vhsum(vf v) {
 inline void vhsum8(const vf* v, float* out) { _mm256_storeu_ps(out, x86::hadd_tree8(v)); }
 // Keeps v in a register: folded into each FMA it would be loaded once per use.
 inline void vkeep(vf& v) { __asm__("" : "+x"(v)); }
+// Transposes the kF x kF block v[0..kF) in registers (v[i][l] <-> v[l][i]).
+inline void vtranspose(vf* v) {
+  const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  v[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  v[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  v[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  v[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  v[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  v[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  v[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  v[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
 
 // kF values of a row of dtype DT from element c, widened to float32.
 template <DType DT>
@@ -192,7 +211,7 @@ inline uint32_t sum_lt(vsum s, vsum t, uint32_t valid) {
 inline void sum_store(uint32_t* buf, vsum s) { _mm256_store_si256(reinterpret_cast<__m256i*>(buf), s); }
 
 // ------------------------------------------------------------------ tuning
-constexpr int kHammingQB[] = {3, 2, 1};
+constexpr int kHammingQB[] = {3,2,1};
 // Dense float32 scan (see isa/avx512.h): 16 registers, so smaller register tiles, and
 // the stream kernel only up to 2 queries (beyond, its per-row reductions cost more).
 constexpr int kDenseTiles[][2] = {{4, 2}, {2, 2}, {1, 4}};

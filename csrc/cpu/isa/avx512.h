@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "x86_common.h"
 #include "nestvec/dispatch.h"
@@ -70,6 +71,15 @@ inline void vhsum8(const vf* v, float* out) {
 }
 // Keeps v in a register: folded into each FMA it would be loaded once per use.
 inline void vkeep(vf& v) { __asm__("" : "+v"(v)); }
+// Transposes the kF x kF block v[0..kF) (through memory: only the dense GEMM route
+// uses it, which AVX-512 leaves off).
+inline void vtranspose(vf* v) {
+  alignas(64) float m[16][16];
+  for (int i = 0; i < 16; ++i) _mm512_store_ps(m[i], v[i]);
+  for (int i = 0; i < 16; ++i)
+    for (int j = i + 1; j < 16; ++j) std::swap(m[i][j], m[j][i]);
+  for (int i = 0; i < 16; ++i) v[i] = _mm512_load_ps(m[i]);
+}
 
 // kF values of a row of dtype DT from element c, widened to float32 (F16C vcvtph2ps
 // for float16, a 16-bit shift for bfloat16).

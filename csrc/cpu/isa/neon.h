@@ -66,6 +66,15 @@ inline void vhsum8(const vf* v, float* out) {
   vst1q_f32(out + 4, vpaddq_f32(vpaddq_f32(v[4], v[5]), vpaddq_f32(v[6], v[7])));
 }
 inline void vkeep(vf& v) { __asm__("" : "+w"(v)); }
+// Transposes the kF x kF block v[0..kF) in registers (v[i][l] <-> v[l][i]).
+inline void vtranspose(vf* v) {
+  const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(v[0], v[1])), t1 = vreinterpretq_f64_f32(vtrn2q_f32(v[0], v[1]));
+  const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(v[2], v[3])), t3 = vreinterpretq_f64_f32(vtrn2q_f32(v[2], v[3]));
+  v[0] = vreinterpretq_f32_f64(vtrn1q_f64(t0, t2));
+  v[1] = vreinterpretq_f32_f64(vtrn1q_f64(t1, t3));
+  v[2] = vreinterpretq_f32_f64(vtrn2q_f64(t0, t2));
+  v[3] = vreinterpretq_f32_f64(vtrn2q_f64(t1, t3));
+}
 
 template <DType DT>
 inline vf vloadx(const void* row, int64_t c) {

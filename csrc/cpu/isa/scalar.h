@@ -46,6 +46,7 @@ inline void vhsum8(const vf* v, float* out) {
   for (int i = 0; i < 8; ++i) out[i] = v[i];
 }
 inline void vkeep(vf&) {}
+inline void vtranspose(vf*) {}  // a 1 x 1 block
 
 template <DType DT>
 inline vf vloadx(const void* row, int64_t c) {
