@@ -2,15 +2,20 @@
 baseline in the same run, JSON under benchmarks/results/."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict:
@@ -26,11 +31,28 @@ def machine() -> dict:
         pass
     try:
         import nestvec
+        import nestvec.ops as ops
 
         ni = nestvec.info()
         info["nestvec"] = ni["version"]
         info["isa"] = ni.get("isa_active")
+        if ops._C is not None:
+            bi = ops._C.build_info()
+            info["isa_detected"] = bi.get("isa_detected")
+            info["cpu_features"] = bi.get("cpu_features")
     except Exception:
+        pass
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:  # which of its builds FAISS loaded (FAISS_OPT_LEVEL picks one)
+        info["faiss"] = getattr(faiss, "__version__", "?")
+        try:
+            info["faiss_opt"] = faiss.get_compile_options()
+        except Exception:
+            pass
+    try:
+        with open("/proc/loadavg") as f:
+            info["loadavg"] = f.read().split()[:3]
+    except OSError:
         pass
     try:
         import torch
@@ -41,6 +63,79 @@ def machine() -> dict:
     except Exception:
         pass
     return info
+
+
+def cpu_isas(spec: str | None) -> list[str]:
+    """The CPU ISAs to run nestvec under: a comma list ("avx2,avx512"), "all" (every
+    SIMD ISA this CPU runs, e.g. both avx2 and avx512 on an AVX-512 machine), or
+    None / "auto" (the one in use)."""
+    import nestvec.ops as ops
+
+    if ops._C is None:
+        return []
+    if not spec or spec == "auto":
+        return [ops._C.get_isa()]
+    compiled = ops._C.build_info()["isas_compiled"]
+    if spec == "all":
+        simd = [i for i in compiled if i != "scalar" and ops._C.isa_supported(i)]
+        return simd or ["scalar"]
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    bad = [n for n in names if n not in compiled or not ops._C.isa_supported(n)]
+    if bad:
+        ok = [i for i in compiled if ops._C.isa_supported(i)]
+        raise SystemExit(f"--isa {','.join(bad)}: not available here (this CPU runs {', '.join(ok)})")
+    return names
+
+
+@contextlib.contextmanager
+def using_isa(name: str):
+    """nestvec's CPU kernels forced to ISA `name` inside the block."""
+    import nestvec.ops as ops
+
+    prev = ops._C.get_isa()
+    ops._C.set_isa(name)
+    try:
+        yield
+    finally:
+        ops._C.set_isa(prev)
+
+
+def describe() -> str:
+    """One line for the top of a benchmark's output: machine, ISA, load."""
+    m = machine()
+    return (f"machine: {m.get('cpu')} x{m.get('cpu_count')}; nestvec ISA {m.get('isa')} "
+            f"(detected {m.get('isa_detected')}; {m.get('cpu_features')}); load average "
+            f"{' '.join(m.get('loadavg', []))}" + (f"; FAISS {m['faiss']} [{m.get('faiss_opt')}]"
+                                                   if "faiss" in m else ""))
+
+
+def read_floor(rows: int, stride: int, nbytes: list[int], offset: int = 16) -> dict | None:
+    """Median ms of a bare read, by as many threads as nestvec uses, of `b` bytes of
+    each of `rows` rows `stride` bytes apart, for each b in nbytes: the floor of a
+    batch-1 scan (benchmarks/read_floor.cpp, built here on first use). None without g++.
+    `offset`: where the table starts in a cache line (NumPy's large arrays: 16 bytes)."""
+    src = Path(__file__).resolve().parent / "read_floor.cpp"
+    exe = ROOT / "build" / "read_floor"
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        return None
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([cxx, "-O2", "-pthread", str(src), "-o", str(exe)], check=True)
+    try:
+        import nestvec.ops as ops
+
+        threads = ops._C.get_num_threads() if ops._C is not None else os.cpu_count()
+    except Exception:
+        threads = os.cpu_count()
+    out = subprocess.run([str(exe), "--threads", str(threads), "--offset", str(offset), str(rows),
+                          str(stride), *map(str, nbytes)], capture_output=True, text=True, check=True)
+    res = {}
+    for line in out.stdout.splitlines():
+        if line.strip().startswith("{"):
+            r = json.loads(line)
+            res[r["bytes"]] = r
+    return res
 
 
 # Other libraries' thread pools (OpenBLAS, OpenMP in FAISS / torch) keep spinning for

@@ -1,6 +1,13 @@
 """dense_topk on CPU against NumPy, FAISS and torch, one table from one run.
 
-    python benchmarks/bench_dense.py [--n 1000000] [--repeats 3] [--batches 1,16,256]
+    python benchmarks/bench_dense.py [--n 1000000] [--repeats 3] [--batches 1,16,256] [--isa all]
+    FAISS_OPT_LEVEL=avx2 NESTVEC_ISA=avx2 python benchmarks/bench_dense.py   # AVX2 only
+
+nestvec runs under every ISA given by --isa (default "all": each SIMD ISA this CPU runs,
+so an AVX-512 machine gives avx2 and avx512 rows); the baselines run once. Batch-1 cases
+also get a "bare read" row: a read of the same bytes (whole rows, or the prefix of each)
+by the same number of threads in the same minutes (benchmarks/read_floor.cpp), the floor
+a memory-bound scan can reach.
 
 Case "full": N x 768 stored float16, cosine, k=10. nestvec reads the float16 rows and
 computes norms on the fly; the baselines search a normalised float32 copy (NumPy
@@ -58,9 +65,12 @@ def main(argv=None):
     p.add_argument("--repeats-large", type=int, default=2, help="repeats at batch >= 256")
     p.add_argument("--batches", default="1,16,256")
     p.add_argument("--prefix-batches", default="1,16")
-    p.add_argument("--skip", default="", help="comma list of baselines to skip: numpy,faiss,torch")
+    p.add_argument("--skip", default="", help="comma list of baselines to skip: numpy,faiss,torch,floor")
+    p.add_argument("--isa", default="all", help="nestvec CPU ISAs: all, auto, or a list (avx2,avx512)")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
+    isas = H.cpu_isas(args.isa)
+    print(H.describe(), flush=True)
     n, d, k = args.n, args.d, args.k
     rng = np.random.default_rng(0)
     print(f"building {n} x {d} ...", flush=True)
@@ -83,6 +93,7 @@ def main(argv=None):
         out = last["out"]
         rec = recall(np.asarray(out[1]), ref) if ref is not None else None
         row = dict(case=case, batch=batch, impl=impl, median_ms=t["median_ms"], min_ms=t["min_ms"],
+                   isa=ops._C.get_isa() if impl.startswith("nestvec") else None,
                    recall=rec, build_s=build_s, target_ms=TARGETS.get((case, batch)) if impl.startswith("nestvec") else None)
         rows.append(row)
         print(f"  {case:10s} b={batch:<4d} {impl:28s} {t['median_ms']:9.1f} ms (min {t['min_ms']:.1f})"
@@ -115,9 +126,34 @@ def main(argv=None):
         sq.add(xn)
         fidx["sq"] = (sq, time.perf_counter() - t0)
     xt = torch.from_numpy(xn) if torch is not None else None
+    def ours(case, b, impl, fn):
+        """nestvec under each ISA; the first one's indices are the others' reference."""
+        ref = None
+        for isa in isas:
+            with H.using_isa(isa):
+                out = add(case, b, f"{impl} [{isa}]", fn, ref)
+            ref = out[1] if ref is None else ref
+        return ref
+
+    def floor(case, b, nbytes):
+        """The bare read of the same bytes (batch 1: the scan's floor), and our ratio to it."""
+        if b != 1 or "floor" in skip:
+            return
+        fl = H.read_floor(n, d * 2, [nbytes])
+        if not fl:
+            return
+        ms = fl[nbytes]["median_ms"]
+        rows.append(dict(case=case, batch=b, impl=f"bare read of the same bytes ({nbytes} B/row)",
+                         median_ms=ms, min_ms=fl[nbytes]["best_ms"]))
+        for r in rows:
+            if r["case"] == case and r["batch"] == b and r["impl"].startswith("nestvec"):
+                r["x_floor"] = r["median_ms"] / ms
+        print(f"  {case:10s} b={b:<4d} {'bare read':28s} {ms:9.1f} ms", flush=True)
+
     for b in map(int, args.batches.split(",")):
         q = qs[b]
-        ref = add("full", b, "nestvec cpu f16", lambda: ops.dense_topk(x16, q, k, backend="cpu"))[1]
+        ref = ours("full", b, "nestvec cpu f16", lambda: ops.dense_topk(x16, q, k, backend="cpu"))
+        floor("full", b, d * 2)
         qn = q / np.linalg.norm(q, axis=1, keepdims=True)
         if "numpy" not in skip:
             add("full", b, "numpy f32 matmul+argpart", lambda: numpy_topk(xn, qn, k), ref)
@@ -146,8 +182,9 @@ def main(argv=None):
         del cp
     for b in map(int, args.prefix_batches.split(",")):
         q = qs[b]
-        ref = add("prefix256", b, "nestvec cpu f16 (in place)",
-                  lambda: ops.dense_topk(x16, q, k, dim=dp, backend="cpu"))[1]
+        ref = ours("prefix256", b, "nestvec cpu f16 (in place)",
+                   lambda: ops.dense_topk(x16, q, k, dim=dp, backend="cpu"))
+        floor("prefix256", b, dp * 2)
         qp = q[:, :dp] / np.linalg.norm(q[:, :dp], axis=1, keepdims=True)
         if "numpy" not in skip:
             add("prefix256", b, "numpy f32 slice view", lambda: numpy_prefix_topk(view, qp, k), ref)
@@ -156,8 +193,15 @@ def main(argv=None):
                 build_s=build)
     fprefix = None
 
-    cols = ["case", "batch", "impl", "median_ms", "min_ms", "target_ms", "recall", "build_s"]
+    for r in rows:  # ratios to the FAISS FlatIP row of the same case and batch
+        fl = [x for x in rows if x["case"] == r["case"] and x["batch"] == r["batch"]
+              and x["impl"].startswith("faiss") and "FlatIP" in x["impl"]]
+        if fl and r["impl"].startswith("nestvec"):
+            r["x_vs_faiss_flat"] = fl[0]["median_ms"] / r["median_ms"]
+    cols = ["case", "batch", "impl", "median_ms", "min_ms", "x_vs_faiss_flat", "x_floor", "target_ms",
+            "recall", "build_s"]
     print()
+    print(H.describe())
     print(H.markdown_table(rows, cols))
     path = H.save("bench_dense", rows, {"n": n, "d": d, "k": k, "repeats": args.repeats,
                                         "threads": ops._C.get_num_threads() if ops._C else None})
