@@ -81,6 +81,12 @@ def run(quick=False, isas=None):
                 res[f"nestvec cpu (warm) [{isa}]"] = H.timeit(lambda: ops.pool(bufs[0], mask), repeats=reps)
         res["sentence-transformers recipe"] = H.timeit(cold(lambda h: st_recipe(h, mask)), repeats=reps)
         res["torch bmm"] = H.timeit(cold(lambda h: bmm_recipe(h, mask)), repeats=reps)
+        # the floor of a cold call: a bare read of the same bytes, same threads, same minutes
+        es = torch.tensor([], dtype=dt).element_size()
+        fl = H.read_floor(B * T, Hd * es, [Hd * es], offset=0)
+        if fl:
+            res["bare read of the same bytes"] = {"median_ms": fl[Hd * es]["median_ms"],
+                                                  "min_ms": fl[Hd * es]["best_ms"]}
         ours = res[f"nestvec cpu [{isas[0]}]"]["median_ms"]
         for impl, t in res.items():
             cold_ours = impl.startswith("nestvec cpu [")
