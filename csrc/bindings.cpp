@@ -197,6 +197,10 @@ PYBIND11_MODULE(_C, m) {
     return py::make_tuple(certified, fallback);
   }, "Queries the two-pass bf16 route certified / handed to the float32 scan (counters).");
   m.def("dense_bf16_enabled", [] { return dense::bf16_pass_enabled(); });
+  m.def("dense_two_pass", [] {
+    const int kind = dense::active_kernels().approx.kind;
+    return std::string(kind == dense::kApproxBf16 ? "bf16" : kind == dense::kApproxI16 ? "int16" : "");
+  }, "The active ISA's approximate first pass of the two-pass route ('' when it has none).");
   m.def("set_dense_bf16", [](bool on) { dense::set_bf16_pass(on); }, py::arg("enabled"),
         "Two-pass bf16 route for large CPU batches on AVX512-BF16 CPUs (results stay exact).");
   bind::def_cuda_dense(m);

@@ -421,9 +421,10 @@ def test_cpu_query_slices():
         run_case("cpu", rng, n, d, d, 4100, 10, "float16", "cosine", True, False)
 
 
-# Two-pass route (csrc/cpu/dense_bf16.cpp): AVX512-BF16 scan, exact rescoring of a
-# shortlist, a certificate per query, float32 scan for the rest. Taken on AVX-512 CPUs
-# for Q >= 16, Q * dim >= 8192 and N >= 4096.
+# Two-pass route (csrc/cpu/dense_bf16.cpp): an approximate scan (bfloat16 on AVX-512,
+# int16 with a scale per row on AVX2), exact rescoring of a shortlist, a certificate per
+# query, float32 scan for the rest. Taken for Q >= 16, Q * dim >= 8192 and N >= 4096.
+TWO_PASS_ISAS = ("avx512", "avx2")
 BF16_CASES = [  # (D, d, N, Q, k)
     (768, 768, 5000, 17, 10), (768, 384, 4099, 64, 1), (384, 384, 5000, 32, 100),
     (97, 97, 4099, 100, 10), (1025, 1023, 4099, 16, 7), (64, 64, 4099, 130, 4096),
@@ -436,8 +437,10 @@ def _bf16_stats():
 
 
 @pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.parametrize("isa", cpu_isas())
 @pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: "D%d-d%d-N%d-Q%d-k%d" % c)
-def test_cpu_bf16_two_pass(case, restore_isa):
+def test_cpu_bf16_two_pass(case, isa, restore_isa):
+    ops._C.set_isa(isa)
     D, d, N, Q, k = case
     rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
     for j, (dtype, metric) in enumerate(itertools.product(DTYPES, METRICS)):
@@ -445,7 +448,7 @@ def test_cpu_bf16_two_pass(case, restore_isa):
         run_case("cpu", rng, N, D, d, Q, k, dtype, metric, use_allow=j % 2 == 1, use_cand=False)
         after = _bf16_stats()
         routed = (after[0] - before[0]) + (after[1] - before[1])
-        if ops._C.get_isa() == "avx512":
+        if ops._C.get_isa() in TWO_PASS_ISAS:
             assert routed == Q, "the two-pass route was not taken"
         else:
             assert routed == 0
@@ -469,10 +472,13 @@ def test_cpu_bf16_switch():
 
 
 @pytest.mark.skipif(ops._C is None, reason="native module not built")
-def test_cpu_bf16_falls_back_on_near_ties():
-    """Rows closer than bf16 can resolve: no certificate, the float32 scan answers."""
-    if ops._C.get_isa() != "avx512":
-        pytest.skip("the two-pass route needs AVX-512")
+@pytest.mark.parametrize("isa", [i for i in TWO_PASS_ISAS if i in cpu_isas()] or ["none"])
+def test_cpu_bf16_falls_back_on_near_ties(isa, restore_isa):
+    """Rows closer than the approximate pass can resolve: no certificate, the float32
+    scan answers."""
+    if isa == "none":
+        pytest.skip("the two-pass route needs AVX-512 or AVX2")
+    ops._C.set_isa(isa)
     rng = np.random.default_rng(11)
     base = rng.standard_normal(384).astype(np.float32)
     x = (base + 1e-3 * rng.standard_normal((8192, 384))).astype(np.float32)
@@ -487,10 +493,12 @@ def test_cpu_bf16_falls_back_on_near_ties():
 
 
 @pytest.mark.skipif(ops._C is None, reason="native module not built")
-def test_cpu_bf16_nonfinite_rows():
+@pytest.mark.parametrize("isa", [i for i in TWO_PASS_ISAS if i in cpu_isas()] or ["none"])
+def test_cpu_bf16_nonfinite_rows(isa, restore_isa):
     """The two-pass route skips rows with a non-finite score like the float32 scan."""
-    if ops._C.get_isa() != "avx512":
-        pytest.skip("the two-pass route needs AVX-512")
+    if isa == "none":
+        pytest.skip("the two-pass route needs AVX-512 or AVX2")
+    ops._C.set_isa(isa)
     rng = np.random.default_rng(28)
     x = rng.standard_normal((6000, 128)).astype(np.float16)
     x[10, 3], x[20, 4], x[30] = np.inf, -np.inf, np.nan
@@ -508,8 +516,10 @@ def test_cpu_bf16_nonfinite_rows():
 
 
 @pytest.mark.skipif(ops._C is None, reason="native module not built")
-def test_cpu_bf16_query_scales():
+@pytest.mark.parametrize("isa", cpu_isas())
+def test_cpu_bf16_query_scales(isa, restore_isa):
     """The error bound scales with |q| and max |x|: tiny and huge inputs stay exact."""
+    ops._C.set_isa(isa)
     rng = np.random.default_rng(12)
     x = rng.standard_normal((5000, 128)).astype(np.float32)
     x[:100] *= 1e3  # a few long rows (ip / l2 bounds use max |x|)

@@ -1,17 +1,21 @@
-// Two-pass exact dense top-k for compute-bound batches on CPUs with AVX512-BF16.
+// Two-pass exact dense top-k for compute-bound batches, on CPUs with a narrow format
+// they multiply faster than float32 (ApproxPass in dense.h): bfloat16 on AVX512-BF16,
+// int16 with a scale per row on AVX2.
 //
-// Pass 1 scores every row in bfloat16 (the bf16 first pass in dense_impl.h: about
-// twice the multiply rate of float32 FMAs) and keeps, per query, a shortlist of the
+// Pass 1 scores every row approximately (dense_impl.h: about twice the multiply rate
+// of float32 FMAs with bf16, ~1.5x with int16) and keeps, per query, a shortlist of the
 // kp = k + max(k, 256) best approximate keys. Pass 2 rescores the shortlist with the exact float32
-// candidate kernel. The result is then certified: with u = 2^-8 (bf16 rounding) the
-// approximate dot of q and x differs from the exact one by at most
+// candidate kernel. The result is then certified by a bound eps on |approximate - exact|
+// for every row: with bf16 (u = 2^-8) the dots differ by at most
 //   c |q| |x|,   c = 2u + u^2 + m 2^-24   (m = float32 accumulation steps),
-// because sum |q_i x_i| <= |q| |x|. So a row left out of the shortlist has an exact key
-// of at most A + eps, A = the shortlist's last approximate key, eps = c (cosine),
-// c |q| max|x| (ip) or 2 c |q| max|x| (l2), plus float32 slack. If the exact k-th key
-// beats that bound, no row outside the shortlist can enter the top-k and the answer is
-// the exact one; otherwise (many rows within ~2 eps of the k-th score) the query is
-// handed back and the caller runs the float32 scan for it.
+// because sum |q_i x_i| <= |q| |x|; with int16 (a value off by at most s/2, s = max|x_i|
+// / L) by at most (s_x/2)|q|_1 + (s_q/2)|x|_1 + dim s_x s_q / 4, bounded over the rows
+// by the largest max|x_i| and |x|_1 (relative to |x| for cosine) seen in pass 1. So a
+// row left out of the shortlist has an exact key of at most A + eps, A = the
+// shortlist's last approximate key, plus float32 slack. If the exact k-th key beats
+// that bound, no row outside the shortlist can enter the top-k and the answer is the
+// exact one; otherwise (many rows within ~2 eps of the k-th score) the query is handed
+// back and the caller runs the float32 scan for it.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -52,8 +56,8 @@ bool bf16_pass_wanted(int64_t nq, int64_t n, int64_t dim) {
   // Measured on 1M x 768 float16 (2-core Zen 5, AVX512-BF16): below ~16 queries, or
   // ~8192 query values, the scan is bound by memory rather than multiplies and one
   // pass wins.
-  return bf16_pass_enabled() && active_kernels().dots_bf16 && nq >= 16 && nq * dim >= 8192 &&
-         n >= 4096;
+  return bf16_pass_enabled() && active_kernels().approx.kind != kApproxNone && nq >= 16 &&
+         nq * dim >= 8192 && n >= 4096;
 }
 
 void bf16_stats(int64_t* certified, int64_t* fallback) {
@@ -61,16 +65,42 @@ void bf16_stats(int64_t* certified, int64_t* fallback) {
   *fallback = g_fallback.load();
 }
 
+namespace {
+
+// Largest row statistics of one thread's share (allowed rows only): |x|^2, and for the
+// int16 pass max|x_i|, sum|x_i| and both relative to |x| (rows with |x| > 0).
+struct RowMax {
+  double sq = 0, amax = 0, l1 = 0, amax_rel = 0, l1_rel = 0;
+  void add(float s, float a, float l, bool i16) {
+    sq = std::max(sq, double(s));
+    if (!i16) return;
+    amax = std::max(amax, double(a));
+    l1 = std::max(l1, double(l));
+    if (s > 0) {
+      const double x = std::sqrt(double(s));
+      amax_rel = std::max(amax_rel, double(a) / x);
+      l1_rel = std::max(l1_rel, double(l) / x);
+    }
+  }
+  void merge(const RowMax& o) {
+    sq = std::max(sq, o.sq), amax = std::max(amax, o.amax), l1 = std::max(l1, o.l1);
+    amax_rel = std::max(amax_rel, o.amax_rel), l1_rel = std::max(l1_rel, o.l1_rel);
+  }
+};
+
+}  // namespace
+
 int64_t topk_bf16(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
                   const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
                   const uint8_t* allow, float* out_score, int64_t* out_idx, int64_t* failed) {
   const Kernels kern = active_kernels();
-  if (!kern.dots_bf16) {  // not this ISA's route: every query goes back to the caller
+  const ApproxPass& ap = kern.approx;
+  if (ap.kind == kApproxNone) {  // not this ISA's route: every query goes back to the caller
     for (int64_t j = 0; j < nq; ++j) failed[j] = j;
     return nq;
   }
+  const bool i16 = ap.kind == kApproxI16;
   const int64_t es = dtype_size(dtype);
-  const int64_t dimp = (dim + kern.bf16_block - 1) / kern.bf16_block * kern.bf16_block;
   const int64_t kp = k + std::max<int64_t>(k, 256);
 
   int64_t n_allowed = n;
@@ -79,40 +109,46 @@ int64_t topk_bf16(const void* db, DType dtype, int64_t n, int64_t stride, int64_
     for (int64_t i = 0; i < n; ++i) n_allowed += allow[i] != 0;
   }
 
-  // Queries: bf16 for pass 1; exact norms for keys and bounds.
-  auto qb = aligned_array<uint16_t>(nq * dimp);
+  // Queries packed for pass 1 (with their scales and statistics); exact norms for the
+  // keys and the bounds.
+  const int64_t nq64 = (nq + 63) / 64 * 64;
+  auto qpk = aligned_array<char>(ap.queries_bytes(nq, dim));
+  std::vector<float> qscale(static_cast<size_t>(nq64)), qamax(static_cast<size_t>(nq64)), ql1(static_cast<size_t>(nq64));
   std::vector<float> qa(static_cast<size_t>(nq)), qbb(static_cast<size_t>(nq));
-  kern.to_bf16(queries, DType::F32, query_stride, nq, dim, dimp, qb.get(), nullptr);
+  ap.pack_queries(queries, nq, query_stride, dim, qpk.get(), qscale.data(), qamax.data(), ql1.data());
   query_factors(queries, nq, query_stride, dim, qa.data(), qbb.data());
 
-  // Rows per tile: ~96 KiB of bf16 values, rounded once and kept in L2 for the batch.
-  const int64_t tile = std::max<int64_t>(16, std::min<int64_t>(1024, (98304 / (dimp * 2)) / 16 * 16));
+  // Rows per tile: ~96 KiB of packed values, packed once and kept in L2 for the batch.
+  const int64_t tile = std::max<int64_t>(16, std::min<int64_t>(1024, (98304 / (((dim + 31) / 32 * 32) * 2)) / 16 * 16));
   const int64_t qchunk = 256;
   const int64_t min_rows = std::max<int64_t>(tile, 262144 / (dim * es));
   const int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, n / min_rows)));
   std::vector<std::vector<FloatTopK>> sel(static_cast<size_t>(nthreads), std::vector<FloatTopK>(static_cast<size_t>(nq)));
-  std::vector<float> max_sq(static_cast<size_t>(nthreads), 0.f);
+  std::vector<RowMax> row_max(static_cast<size_t>(nthreads));
   parallel_for(n, nthreads, 16, [&](int t, int64_t begin, int64_t end) {
     auto& s = sel[size_t(t)];
     for (auto& x : s) x.reset(kp);
-    const int64_t qc = std::min(qchunk, nq);
-    auto xb = aligned_array<uint16_t>(tile * dimp);
-    std::vector<float> dots(static_cast<size_t>(qc * tile)), sq(static_cast<size_t>(tile)), rowf(static_cast<size_t>(tile));
+    const int64_t qc = std::min(qchunk, nq), tile64 = (tile + 63) / 64 * 64;
+    auto xb = aligned_array<char>(ap.rows_bytes(tile, dim));
+    std::vector<float> dots(static_cast<size_t>(qc * tile)), rowf(static_cast<size_t>(tile));
+    const size_t t64 = static_cast<size_t>(tile64);
+    std::vector<float> sq(t64), xscale(t64), amax(t64), l1(t64);
     std::vector<uint32_t> hit_rows(static_cast<size_t>(tile));
     std::vector<float> hit_keys(static_cast<size_t>(tile));
-    float mx = 0.f;
+    RowMax mx;
     for (int64_t r0 = begin; r0 < end; r0 += tile) {
       const int64_t nr = std::min(tile, end - r0);
       const uint8_t* al = allow ? allow + r0 : nullptr;
       if (al && !any_allowed(al, nr)) continue;
       const char* base = static_cast<const char*>(db) + r0 * stride * es;
-      kern.to_bf16(base, dtype, stride, nr, dim, dimp, xb.get(), sq.data());
+      ap.pack_rows(base, dtype, stride, nr, dim, xb.get(), xscale.data(), sq.data(), amax.data(), l1.data());
       for (int64_t r = 0; r < nr; ++r)
-        if (!al || al[r]) mx = std::max(mx, sq[size_t(r)]);
+        if (!al || al[r]) mx.add(sq[size_t(r)], i16 ? amax[size_t(r)] : 0.f, i16 ? l1[size_t(r)] : 0.f, i16);
       row_factors(sq.data(), nr, metric, rowf.data());
       for (int64_t q0 = 0; q0 < nq; q0 += qchunk) {
         const int64_t nqc = std::min(qchunk, nq - q0);
-        kern.dots_bf16(xb.get(), nr, dimp, qb.get() + q0 * dimp, nqc, dots.data(), tile);
+        ap.dots(xb.get(), xscale.data(), nr, dim, qpk.get() + ap.queries_bytes(q0, dim), qscale.data() + q0,
+                nqc, dots.data(), tile);
         for (int64_t j = 0; j < nqc; ++j) {
           select_push(kern.select, dots.data() + j * tile, rowf.data(), nr, metric,
                       qa[size_t(q0 + j)], qbb[size_t(q0 + j)], al, hit_rows.data(),
@@ -120,9 +156,11 @@ int64_t topk_bf16(const void* db, DType dtype, int64_t n, int64_t stride, int64_
         }
       }
     }
-    max_sq[size_t(t)] = mx;
+    row_max[size_t(t)] = mx;
   });
-  const double xmax = std::sqrt(double(*std::max_element(max_sq.begin(), max_sq.end())));
+  RowMax rm;
+  for (const RowMax& m : row_max) rm.merge(m);
+  const double xmax = std::sqrt(rm.sq);
 
   // Shortlists: the kp best approximate keys over all threads; A = the last of them.
   std::vector<int64_t> cand(static_cast<size_t>(nq * kp), -1);
@@ -147,20 +185,40 @@ int64_t topk_bf16(const void* db, DType dtype, int64_t n, int64_t stride, int64_
   topk(db, dtype, n, stride, dim, queries, nq, query_stride, k, metric, allow, cand.data(), kp,
        out_score, out_idx);
 
-  // Certify each query (keys: larger is better; l2 keys are negated distances).
-  const double u = 1.0 / 256;
-  const double c = (2 * u + u * u + double(2 * dimp / 32 + 16) / 16777216.0) * 1.001;
+  // Certify each query (keys: larger is better; l2 keys are negated distances). eps
+  // bounds |approximate - exact| for every row outside the shortlist; ip's and l2's
+  // keys are dots (l2: twice), cosine's are dots / (|q| |x|).
+  const double u = 1.0 / 256, f32 = 1.0 / 16777216.0;
+  const double dimp = double((dim + 31) / 32 * 32);
+  const double c_bf16 = (2 * u + u * u + (2 * dimp / 32 + 16) * f32) * 1.001;
+  // int16: a value x is stored as s round(x / s) with s = max|x| / L, up to float32
+  // rounding of s and 1/s: off by at most h max|x|, h = 1/(2L) + 2^-22. Then the int32
+  // sums flushed into float32, the sums of those and the scaling round too.
+  const double chunks = i16 ? double((dim + ap.i16_chunk - 1) / ap.i16_chunk) : 0;
+  const double h = i16 ? 1 / (2 * double(ap.i16_max)) + f32 * 4 : 0;
   int64_t nfail = 0;
   for (int64_t j = 0; j < nq; ++j) {
     if (complete[size_t(j)]) continue;
     const double qn = std::sqrt(double(qbb[size_t(j)]));
+    double eps_rel, eps_dot;  // cosine key error; ip dot error
+    if (!i16) {
+      eps_rel = c_bf16, eps_dot = c_bf16 * qn * xmax;
+    } else {
+      const double qa1 = ql1[size_t(j)], qmax = qamax[size_t(j)];
+      const double q1r = qn > 0 ? qa1 / qn : 0, qmr = qn > 0 ? qmax / qn : 0;
+      const double round_rel = (chunks + 3) * f32;
+      eps_rel = h * (rm.amax_rel * q1r + qmr * rm.l1_rel) + dim * h * h * rm.amax_rel * qmr;
+      eps_rel = (eps_rel + round_rel * (1 + eps_rel)) * 1.001;
+      eps_dot = h * (rm.amax * qa1 + qmax * rm.l1) + dim * h * h * rm.amax * qmax;
+      eps_dot = (eps_dot + round_rel * (qn * xmax + eps_dot)) * 1.001;
+    }
     double eps, scale;
     if (metric == kCosine) {
-      eps = c, scale = 1;
+      eps = eps_rel, scale = 1;
     } else if (metric == kIP) {
-      eps = c * qn * xmax, scale = qn * xmax;
+      eps = eps_dot, scale = qn * xmax;
     } else {
-      eps = 2 * c * qn * xmax, scale = (qn + xmax) * (qn + xmax);
+      eps = 2 * eps_dot, scale = (qn + xmax) * (qn + xmax);
     }
     // Float32 rounding of norms, keys and the exact pass itself.
     const double bound = double(last_key[size_t(j)]) + eps + 1e-5 * scale;

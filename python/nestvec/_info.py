@@ -16,7 +16,8 @@ def info() -> dict:
         out.update(isas_compiled=list(bi["isas_compiled"]), isa_detected=bi["isa_detected"],
                    isa_active=bi["isa_active"], cpu_threads=bi["num_threads"],
                    cuda_compiled=bool(bi["cuda_compiled"]),
-                   dense_bf16_pass=bool(ops._C.dense_bf16_enabled()) and bi["isa_active"] == "avx512")
+                   dense_two_pass=(ops._C.dense_two_pass() or None) if ops._C.dense_bf16_enabled() else None)
+        out["dense_bf16_pass"] = out["dense_two_pass"] == "bf16"
     else:
         out.update(isas_compiled=[], isa_active=None, cuda_compiled=False,
                    native_error=str(ops._C_ERROR))
@@ -50,7 +51,7 @@ def format_info(d: dict) -> str:
         f"  native module     : {yn(d['native'])}",
         f"  CPU ISAs compiled : {', '.join(d.get('isas_compiled') or []) or '-'}",
         f"  CPU ISA in use    : {d.get('isa_active') or '-'} (detected {d.get('isa_detected', '-')})",
-        f"  dense bf16 pass   : {yn(d.get('dense_bf16_pass'))} (large CPU batches; NESTVEC_DENSE_BF16=0 turns it off)",
+        f"  dense two-pass    : {d.get('dense_two_pass') or 'no'} (large CPU batches; NESTVEC_DENSE_BF16=0 turns it off)",
         f"  CUDA compiled     : {yn(d['cuda_compiled'])}",
         f"  GPU visible       : {yn(d['gpu_visible'])} ({d['gpu_count']})",
         f"  CUDA emulator     : {yn(d['cuda_emulator'])} (tests: NESTVEC_CUDA_EMU=1)",

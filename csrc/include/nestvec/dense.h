@@ -30,32 +30,48 @@ using SelectFn = int64_t (*)(const float* dots, const float* rowf, int64_t nrows
                              float a, float b, float thr, const uint8_t* allow,
                              uint32_t* hit_rows, float* hit_keys);
 
-// bf16 first pass of the two-pass route (ISAs with a bf16 dot instruction: AVX512-BF16).
-// ToBf16Fn: rows of `dtype` -> packed bfloat16 [nrows, dimp] (round to nearest even;
-// dimp a multiple of Kernels::bf16_block, the tail zero; `out` 64-byte aligned), and
-// sq[r] = float32 |x_r[:dim]|^2 when sq is set. DotsBf16Fn: dots[j * ld + r] ~= q_j .
-// x_r over such packed rows and queries.
-using ToBf16Fn = void (*)(const void* base, DType dtype, int64_t stride, int64_t nrows,
-                          int64_t dim, int64_t dimp, uint16_t* out, float* sq);
-using DotsBf16Fn = void (*)(const uint16_t* x, int64_t nrows, int64_t dimp, const uint16_t* q,
-                            int64_t nq, float* dots, int64_t ld);
+// First pass of the two-pass route (dense_bf16.cpp): rows and queries rounded to a
+// narrower format the ISA multiplies faster than float32, scored approximately, with a
+// bound on the error that certifies the exact rescoring of a shortlist:
+//   kApproxBf16: bfloat16 (AVX512-BF16's vdpbf16ps), error <= c |q| |x|;
+//   kApproxI16:  int16 with a scale per row / query, s = max|x_i| / i16_max (AVX2's
+//                vpmaddwd), error <= (s_x/2)|q|_1 + (s_q/2)|x|_1 + dim s_x s_q / 4, plus
+//                the rounding of int32 sums flushed to float32 every i16_chunk values.
+enum ApproxKind : int { kApproxNone = 0, kApproxBf16 = 1, kApproxI16 = 2 };
+struct ApproxPass {
+  int kind;
+  float i16_max;      // kApproxI16: largest |rounded value|
+  int64_t i16_chunk;  // kApproxI16: values per int32 sum
+  // Bytes of `n` packed rows / queries of `dim` values (64-byte aligned buffers).
+  int64_t (*rows_bytes)(int64_t n, int64_t dim);
+  int64_t (*queries_bytes)(int64_t n, int64_t dim);
+  // Rows of `dtype` (stride in elements) -> packed; per row: the scale (int16; NaN for
+  // a row with a non-finite value), sq = float32 |x_r[:dim]|^2 (when not null), amax =
+  // max |x_i| and l1 = sum |x_i| (int16). Arrays hold n rows rounded up to 64.
+  void (*pack_rows)(const void* base, DType dtype, int64_t stride, int64_t n, int64_t dim,
+                    void* out, float* scale, float* sq, float* amax, float* l1);
+  // float32 queries -> packed, with the same per-query statistics (no sq).
+  void (*pack_queries)(const float* q, int64_t nq, int64_t qs, int64_t dim, void* out,
+                       float* scale, float* amax, float* l1);
+  // dots[j * ld + r] ~= q_j . x_r over packed rows and queries (q: query 0 of a block).
+  void (*dots)(const void* x, const float* xscale, int64_t nrows, int64_t dim, const void* q,
+               const float* qscale, int64_t nq, float* dots, int64_t ld);
+};
 
-// One ISA's build of csrc/cpu/dense_impl.h (dense_<isa>.cpp); the bf16 entries are null
-// on ISAs without a bf16 dot instruction.
+// One ISA's build of csrc/cpu/dense_impl.h (dense_<isa>.cpp); approx.kind is
+// kApproxNone on ISAs without a faster narrow format.
 struct Kernels {
   DotsFn dots;
   SelectFn select;
-  ToBf16Fn to_bf16;
-  DotsBf16Fn dots_bf16;
-  int bf16_block;
+  ApproxPass approx;
 };
 template <Isa I>
 Kernels kernels();
 // The active ISA's kernels.
 Kernels active_kernels();
 
-// Two-pass top-k (dense_bf16.cpp): bf16 scan, exact rescoring of a shortlist, and a
-// certificate per query. Same contract as topk (no candidates); returns how many
+// Two-pass top-k (dense_bf16.cpp): an approximate scan (bf16 or int16, ApproxPass),
+// exact rescoring of a shortlist, and a certificate per query. Same contract as topk (no candidates); returns how many
 // queries it could not certify and writes their indices to `failed` (their outputs
 // are then unspecified). bf16_pass_wanted: whether topk takes this route.
 // bf16_pass_enabled / set_bf16_pass: the switch (default on; NESTVEC_DENSE_BF16=0 = off).
@@ -73,7 +89,8 @@ void bf16_stats(int64_t* certified, int64_t* fallback);
 // [nq, ncand] row ids (-1 or out of range = padding, duplicates counted once).
 // Output [nq, k]: best first (cosine/ip: highest score; l2: smallest squared
 // distance), ties by index; missing entries are (-inf | +inf for l2, -1).
-// Large batches go through topk_bf16, with a float32 scan for uncertified queries.
+// Large batches go through topk_bf16 (the two-pass route) where the ISA has an
+// approximate pass, with a float32 scan for uncertified queries.
 void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
           const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
           const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
