@@ -127,12 +127,22 @@ def main(argv=None):
         fidx["sq"] = (sq, time.perf_counter() - t0)
     xt = torch.from_numpy(xn) if torch is not None else None
     def ours(case, b, impl, fn):
-        """nestvec under each ISA; the first one's indices are the others' reference."""
+        """nestvec under each ISA; the first one's indices are the others' reference. Where
+        the ISA has a two-pass route (bf16 / int16 first pass) and the batch takes it,
+        also the float32 scan alone (NESTVEC_DENSE_BF16=0)."""
         ref = None
         for isa in isas:
             with H.using_isa(isa):
-                out = add(case, b, f"{impl} [{isa}]", fn, ref)
-            ref = out[1] if ref is None else ref
+                two = getattr(ops._C, "dense_two_pass", lambda: "")()
+                tag = f" (two-pass, {two})" if two and b >= 16 else ""
+                out = add(case, b, f"{impl} [{isa}]{tag}", fn, ref)
+                ref = out[1] if ref is None else ref
+                if tag:
+                    ops._C.set_dense_bf16(False)
+                    try:
+                        add(case, b, f"{impl} [{isa}] (float32 scan only)", fn, ref)
+                    finally:
+                        ops._C.set_dense_bf16(True)
         return ref
 
     def floor(case, b, nbytes):
