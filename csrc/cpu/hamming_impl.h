@@ -90,7 +90,7 @@ inline void block8_nc(const uint8_t* const* rows, const vb (*q)[NC + TAIL], cons
       const vb x = bload_tail(rows[r], t);
       for (int j = 0; j < QB; ++j) acc[j][r] = acc_of(cnt_popxor(x, q[j][0]));
     }
-    for (int j = 0; j < QB; ++j) sums[j] = reduce8(acc[j]);
+    for (int j = 0; j < QB; ++j) sums[j] = reduce8_small(acc[j]);
     return;
   }
   // One query at a time, its 8 sums reduced at once: keeping all QB x 8 sums live
@@ -107,7 +107,7 @@ inline void block8_nc(const uint8_t* const* rows, const vb (*q)[NC + TAIL], cons
       for (int c = 1; c < kChunks; ++c) s = cnt_add(s, cnt_popxor(chunk(c), q[j][c]));
       acc[r] = acc_of(s);
     }
-    sums[j] = reduce8(acc);
+    sums[j] = reduce8_small(acc);
   }
 }
 
@@ -134,7 +134,7 @@ struct GenericBlock {
 template <int QB, class Block>
 inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t nbytes,
                         const uint32_t* thr, uint32_t* const* hr, uint32_t* const* hd,
-                        uint32_t* cnt, bool prefetch, const Block& block) {
+                        uint32_t* cnt, bool prefetch, const Block& block, int64_t row_base = 0) {
   // The first pass over a tile streams it from memory: prefetch ~8 KiB ahead (prefetches
   // never fault, so running past the end of the array is harmless).
   const int64_t pf_rows = std::max<int64_t>(8, (8192 / std::max<int64_t>(cs, 1)) & ~int64_t(7));
@@ -160,10 +160,87 @@ inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t
       const uint32_t m = sum_lt(sums[j], tv[j], vmask);
       if (!m) continue;
       sum_store(buf, sums[j]);
-      emit_hits(m, kSumLaneRow, buf, r0, hr[j], hd[j], cnt[j]);
+      emit_hits(m, kSumLaneRow, buf, row_base + r0, hr[j], hd[j], cnt[j]);
     }
   }
 }
+
+#if defined(NV_SIMD_NIBBLE_POPCNT)
+// NC whole chunks of nibble-split rows (split_rows): row r holds, per chunk, its low
+// nibbles then its high nibbles (2 kB bytes); the queries are split once here.
+template <int QB, int NC>
+struct SplitBlock {
+  vb lo[QB][NC], hi[QB][NC];
+  SplitBlock(const uint8_t* const* qv) {
+    for (int j = 0; j < QB; ++j)
+      for (int c = 0; c < NC; ++c) {
+        const vb x = bload(qv[j] + kB * c);
+        lo[j][c] = bnib_lo(x), hi[j][c] = bnib_hi(x);
+      }
+  }
+  void operator()(const uint8_t* const* rows, vsum* sums) const {
+    static_assert(NC <= kCntMax, "chunk counts must fit the count lanes");
+    for (int j = 0; j < QB; ++j) {
+      vacc acc[8];
+      for (int r = 0; r < 8; ++r) {
+        vcnt s = cnt_popxor_nib(bload_a(rows[r]), bload_a(rows[r] + kB), lo[j][0], hi[j][0]);
+        for (int c = 1; c < NC; ++c)
+          s = cnt_add(s, cnt_popxor_nib(bload_a(rows[r] + 2 * kB * c), bload_a(rows[r] + 2 * kB * c + kB), lo[j][c],
+                                        hi[j][c]));
+        acc[r] = acc_of(s);
+      }
+      sums[j] = reduce8_small(acc);
+    }
+  }
+};
+
+// Rows [0, n) of a tile, nibble-split into out (2 nbytes per row, 64-byte aligned),
+// prefetching the rows `ahead` rows on as it goes (the split is the tile's first read).
+inline void split_rows(const uint8_t* codes, int64_t n, int64_t cs, int64_t nbytes, uint8_t* out) {
+  const int64_t ahead = std::max<int64_t>(8, 8192 / std::max<int64_t>(cs, 1));
+  for (int64_t r = 0; r < n; ++r) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(codes) + uintptr_t((r + ahead) * cs);
+    for (int64_t c = 0; c < nbytes; c += 64) prefetch_l1(p + uintptr_t(c));
+    for (int64_t c = 0; c < nbytes; c += kB) {
+      const vb x = bload(codes + r * cs + c);
+      bstore(out + r * 2 * nbytes + 2 * c, bnib_lo(x));
+      bstore(out + r * 2 * nbytes + 2 * c + kB, bnib_hi(x));
+    }
+  }
+}
+
+// Fixed widths (1-4 whole chunks) on ISAs whose popcount is a nibble lookup: the tile is
+// split kSplitRows rows at a time, and every query runs over the split rows.
+template <int NC>
+void tile_split(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* queries, int64_t nq,
+                int64_t qs, int64_t nbytes, const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist,
+                int64_t cap, uint32_t* hit_count) {
+  constexpr int64_t kSplitRows = 256;  // 256 rows x 2 x 128 bytes: half of L1 at most
+  alignas(64) static thread_local uint8_t split[kSplitRows * 2 * 4 * kB];
+  for (int64_t q = 0; q < nq; ++q) hit_count[q] = 0;
+  for (int64_t s0 = 0; s0 < nrows; s0 += kSplitRows) {
+    const int64_t ns = std::min(kSplitRows, nrows - s0);
+    split_rows(codes + s0 * cs, ns, cs, nbytes, split);
+    int64_t q = 0;
+    auto blocks = [&](auto qb) {
+      constexpr int QB = decltype(qb)::value;
+      for (; q + QB <= nq; q += QB) {
+        const uint8_t* qv[QB];
+        uint32_t *hr[QB], *hd[QB];
+        for (int j = 0; j < QB; ++j) {
+          qv[j] = queries + (q + j) * qs;
+          hr[j] = hit_rows + (q + j) * cap;
+          hd[j] = hit_dist + (q + j) * cap;
+        }
+        run_queries<QB>(split, ns, 2 * nbytes, nbytes, thr + q, hr, hd, hit_count + q, false,
+                        SplitBlock<QB, NC>(qv), s0);
+      }
+    };
+    blocks(std::integral_constant<int, kHammingQB[0]>{});
+    blocks(std::integral_constant<int, 1>{});
+  }
+}
+#endif
 
 #if defined(NV_SIMD_PAIR_ROWS)
 // Codes of half a chunk (256 bits on AVX-512): two rows per register.
@@ -262,6 +339,17 @@ void tile(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* querie
           int64_t qs, int64_t nbytes, const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist,
           int64_t cap, uint32_t* hit_count) {
   static_assert(kHammingQB[std::size(kHammingQB) - 1] == 1, "the last query block must be 1");
+#if defined(NV_SIMD_NIBBLE_POPCNT)
+  if (nbytes % kB == 0) {
+    switch (nbytes / kB) {
+      case 1: return tile_split<1>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
+      case 2: return tile_split<2>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
+      case 3: return tile_split<3>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
+      case 4: return tile_split<4>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
+      default: break;
+    }
+  }
+#endif
   query_blocks(0, codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
 }
 

@@ -208,22 +208,55 @@ inline vcnt cnt_popxor(vb a, vb b) {
   return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
 }
 inline vcnt cnt_add(vcnt a, vcnt b) { return _mm256_add_epi8(a, b); }
+// Nibble-split codes: the low and high nibble of each byte in bytes of their own, so
+// that a ^ b's nibbles are lo(a) ^ lo(b) and hi(a) ^ hi(b): a tile of rows split once
+// and reused by every query saves the three split ops per pair (two of them on the
+// shuffle ports vpshufb needs).
+#define NV_SIMD_NIBBLE_POPCNT 1
+inline vb bnib_lo(vb x) { return _mm256_and_si256(x, _mm256_set1_epi8(0x0f)); }
+inline vb bnib_hi(vb x) { return _mm256_and_si256(_mm256_srli_epi16(x, 4), _mm256_set1_epi8(0x0f)); }
+inline vb bstore(uint8_t* p, vb x) {
+  _mm256_store_si256(reinterpret_cast<__m256i*>(p), x);
+  return x;
+}
+inline vb bload_a(const uint8_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
+inline vcnt cnt_popxor_nib(vb alo, vb ahi, vb blo, vb bhi) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3,
+                                       1, 2, 2, 3, 2, 3, 3, 4);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_xor_si256(alo, blo)),
+                         _mm256_shuffle_epi8(lut, _mm256_xor_si256(ahi, bhi)));
+}
 using vacc = __m256i;  // qword sums
 inline vacc acc_zero() { return _mm256_setzero_si256(); }
 inline vacc acc_of(vcnt c) { return _mm256_sad_epu8(c, _mm256_setzero_si256()); }
 inline vacc acc_popxor(vacc acc, vb a, vb b) { return _mm256_add_epi64(acc, acc_of(cnt_popxor(a, b))); }
 
-// The totals of 8 rows' accumulators in one vector of 8 dwords: rows r and r+4 share
-// a qword (low / high dword), then a transpose tree. Dword p holds row kSumLaneRow[p].
+// The totals of 8 rows' accumulators in one vector of 8 dwords, row r in dword r.
+// reduce8_small, for qword sums below 2^16 (the fixed widths of 1-4 chunks): two
+// saturating packs take the rows' qwords down to words, vpmaddwd adds neighbouring
+// words, and the 128-bit halves are added (11 ops for 8 rows). reduce8, any sums below
+// 2^32: rows r and r+4 share a qword (low / high dword), an unpack tree, and a vpermd
+// back into row order (18 ops).
 using vsum = __m256i;
 constexpr int kSumLanes = 8;
-constexpr int kSumLaneRow[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+constexpr int kSumLaneRow[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+inline vsum reduce8_small(const vacc* a) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  // dwords [r q0, r q1, r+1 q0, r+1 q1 | the same of q2, q3]
+  const __m256i p01 = _mm256_packus_epi32(a[0], a[1]), p23 = _mm256_packus_epi32(a[2], a[3]);
+  const __m256i p45 = _mm256_packus_epi32(a[4], a[5]), p67 = _mm256_packus_epi32(a[6], a[7]);
+  // words -> dwords [r0, r1, r2, r3 | r0, r1, r2, r3] (halves of the rows' sums)
+  const __m256i m0 = _mm256_madd_epi16(_mm256_packus_epi32(p01, p23), ones);
+  const __m256i m1 = _mm256_madd_epi16(_mm256_packus_epi32(p45, p67), ones);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(m0, m1, 0x20), _mm256_permute2x128_si256(m0, m1, 0x31));
+}
 inline vsum reduce8(const vacc* a) {
   __m256i p[4];
   for (int i = 0; i < 4; ++i) p[i] = _mm256_add_epi64(a[i], _mm256_slli_epi64(a[i + 4], 32));
   const __m256i b0 = _mm256_add_epi64(_mm256_unpacklo_epi64(p[0], p[1]), _mm256_unpackhi_epi64(p[0], p[1]));
   const __m256i b1 = _mm256_add_epi64(_mm256_unpacklo_epi64(p[2], p[3]), _mm256_unpackhi_epi64(p[2], p[3]));
-  return _mm256_add_epi64(_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31));
+  const __m256i c = _mm256_add_epi64(_mm256_permute2x128_si256(b0, b1, 0x20), _mm256_permute2x128_si256(b0, b1, 0x31));
+  return _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));  // dwords held rows 0 4 1 5 2 6 3 7
 }
 inline vsum sum_set1(uint32_t t) { return _mm256_set1_epi32(int32_t(t)); }
 inline uint32_t sum_valid(int valid_rows) {

@@ -177,6 +177,7 @@ inline vsum reduce8(const vacc* a) {
   __m512i c = _mm512_add_epi64(_mm512_shuffle_i64x2(b0, b1, even), _mm512_shuffle_i64x2(b0, b1, odd));
   return _mm512_add_epi64(c, _mm512_shuffle_i64x2(c, c, _MM_SHUFFLE(2, 3, 0, 1)));
 }
+inline vsum reduce8_small(const vacc* a) { return reduce8(a); }  // sums of fixed widths
 inline vsum sum_set1(uint32_t t) { return _mm512_set1_epi32(int32_t(t)); }
 // Lanes whose row is < valid_rows.
 inline uint32_t sum_valid(int valid_rows) {

@@ -156,6 +156,7 @@ inline vsum reduce8(const vacc* a) {
   s.val[1] = vpaddq_u32(vpaddq_u32(a[4], a[5]), vpaddq_u32(a[6], a[7]));
   return s;
 }
+inline vsum reduce8_small(const vacc* a) { return reduce8(a); }  // sums of fixed widths
 inline vsum sum_set1(uint32_t t) { return {{vdupq_n_u32(t), vdupq_n_u32(t)}}; }
 inline uint32_t sum_valid(int valid_rows) { return (1u << valid_rows) - 1; }
 inline uint32_t sum_lt(const vsum& s, const vsum& t, uint32_t valid) {

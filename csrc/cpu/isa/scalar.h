@@ -111,6 +111,7 @@ inline vsum reduce8(const vacc* a) {
   for (int i = 0; i < 8; ++i) s.v[i] = uint32_t(a[i]);
   return s;
 }
+inline vsum reduce8_small(const vacc* a) { return reduce8(a); }  // sums of fixed widths
 inline vsum sum_set1(uint32_t t) {
   vsum s;
   for (auto& x : s.v) x = t;
