@@ -340,7 +340,8 @@ void tile(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* querie
           int64_t cap, uint32_t* hit_count) {
   static_assert(kHammingQB[std::size(kHammingQB) - 1] == 1, "the last query block must be 1");
 #if defined(NV_SIMD_NIBBLE_POPCNT)
-  if (nbytes % kB == 0) {
+  // (the split pays for itself from a few queries on; one query streams the rows as is)
+  if (nbytes % kB == 0 && nq >= 4) {
     switch (nbytes / kB) {
       case 1: return tile_split<1>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
       case 2: return tile_split<2>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
