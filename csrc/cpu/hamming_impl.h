@@ -131,6 +131,29 @@ struct GenericBlock {
   void operator()(const uint8_t* const* rows, vsum* sums) const { block8<QB>(rows, qv, nbytes, sums); }
 };
 
+// The codes and hit lists of QB consecutive queries from q.
+template <int QB>
+struct QueryBlock {
+  const uint8_t* qv[QB];
+  uint32_t *hr[QB], *hd[QB];
+  QueryBlock(const uint8_t* queries, int64_t qs, uint32_t* hit_rows, uint32_t* hit_dist, int64_t cap, int64_t q) {
+    for (int j = 0; j < QB; ++j) {
+      qv[j] = queries + (q + j) * qs;
+      hr[j] = hit_rows + (q + j) * cap;
+      hd[j] = hit_dist + (q + j) * cap;
+    }
+  }
+};
+
+// f(std::integral_constant<int, QB>{}, q) for the queries [q, nq) in blocks of the
+// sizes kHammingQB[I...] (largest first; the last size is 1).
+template <int I = 0, class F>
+inline void for_query_blocks(int64_t q, int64_t nq, F&& f) {
+  constexpr int QB = kHammingQB[I];
+  for (; q + QB <= nq; q += QB) f(std::integral_constant<int, QB>{}, q);
+  if constexpr (I + 1 < int(std::size(kHammingQB))) for_query_blocks<I + 1>(q, nq, f);
+}
+
 template <int QB, class Block>
 inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t nbytes,
                         const uint32_t* thr, uint32_t* const* hr, uint32_t* const* hd,
@@ -221,23 +244,12 @@ void tile_split(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* 
   for (int64_t s0 = 0; s0 < nrows; s0 += kSplitRows) {
     const int64_t ns = std::min(kSplitRows, nrows - s0);
     split_rows(codes + s0 * cs, ns, cs, nbytes, split);
-    int64_t q = 0;
-    auto blocks = [&](auto qb) {
+    for_query_blocks(0, nq, [&](auto qb, int64_t q) {
       constexpr int QB = decltype(qb)::value;
-      for (; q + QB <= nq; q += QB) {
-        const uint8_t* qv[QB];
-        uint32_t *hr[QB], *hd[QB];
-        for (int j = 0; j < QB; ++j) {
-          qv[j] = queries + (q + j) * qs;
-          hr[j] = hit_rows + (q + j) * cap;
-          hd[j] = hit_dist + (q + j) * cap;
-        }
-        run_queries<QB>(split, ns, 2 * nbytes, nbytes, thr + q, hr, hd, hit_count + q, false,
-                        SplitBlock<QB, NC>(qv), s0);
-      }
-    };
-    blocks(std::integral_constant<int, kHammingQB[0]>{});
-    blocks(std::integral_constant<int, 1>{});
+      const QueryBlock<QB> b(queries, qs, hit_rows, hit_dist, cap, q);
+      run_queries<QB>(split, ns, 2 * nbytes, nbytes, thr + q, b.hr, b.hd, hit_count + q, false,
+                      SplitBlock<QB, NC>(b.qv), s0);
+    });
   }
 }
 #endif
@@ -313,28 +325,6 @@ inline void run_any(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8
   run_queries<QB>(codes, nrows, cs, nbytes, thr, hr, hd, cnt, pf, GenericBlock<QB>{qv, nbytes});
 }
 
-// Queries in blocks of kHammingQB[I] (largest first), the rest to the next size.
-template <int I = 0>
-inline void query_blocks(int64_t q, const uint8_t* codes, int64_t nrows, int64_t cs,
-                         const uint8_t* queries, int64_t nq, int64_t qs, int64_t nbytes,
-                         const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist, int64_t cap,
-                         uint32_t* hit_count) {
-  constexpr int QB = kHammingQB[I];
-  for (; q + QB <= nq; q += QB) {
-    const uint8_t* qv[QB];
-    uint32_t *hr[QB], *hd[QB];
-    for (int j = 0; j < QB; ++j) {
-      qv[j] = queries + (q + j) * qs;
-      hr[j] = hit_rows + (q + j) * cap;
-      hd[j] = hit_dist + (q + j) * cap;
-      hit_count[q + j] = 0;
-    }
-    run_any<QB>(codes, nrows, cs, qv, nbytes, thr + q, hr, hd, hit_count + q, q == 0);
-  }
-  if constexpr (I + 1 < int(std::size(kHammingQB)))
-    query_blocks<I + 1>(q, codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
-}
-
 void tile(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* queries, int64_t nq,
           int64_t qs, int64_t nbytes, const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist,
           int64_t cap, uint32_t* hit_count) {
@@ -351,7 +341,12 @@ void tile(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* querie
     }
   }
 #endif
-  query_blocks(0, codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
+  for_query_blocks(0, nq, [&](auto qb, int64_t q) {
+    constexpr int QB = decltype(qb)::value;
+    const QueryBlock<QB> b(queries, qs, hit_rows, hit_dist, cap, q);
+    for (int j = 0; j < QB; ++j) hit_count[q + j] = 0;
+    run_any<QB>(codes, nrows, cs, b.qv, nbytes, thr + q, b.hr, b.hd, hit_count + q, q == 0);
+  });
 }
 
 }  // namespace
