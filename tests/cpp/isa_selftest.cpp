@@ -125,7 +125,7 @@ void check_dense(Check& ck) {
   std::vector<Case> cases = {{1, 1, 1, 1},     {7, 7, 7, 2},       {97, 16, 16, 3},  {97, 33, 20, 5},
                              {1023, 100, 100, 13}, {300, 64, 64, 40}, {1025, 40, 33, 37}, {130, 768, 256, 4},
                              {4099, 24, 24, 1}, {200, 17, 17, 64}, {5000, 64, 64, 130}, {4100, 301, 257, 33}};
-  if (g_quick) cases = {cases[0], cases[1], cases[2], cases[3], cases[4], cases[5], cases[6], cases[10]};
+  if (g_quick) cases.resize(7);  // (qemu: the two-pass cases cost minutes there, and NEON has no such route)
   for (const Case& c : cases)
     for (DType dt : {DType::F32, DType::F16, DType::BF16})
       for (int metric : {dense::kCosine, dense::kIP, dense::kL2})
