@@ -625,9 +625,14 @@ def main(argv=None) -> int:
     global DEV, SMOKE
     if args.smoke:
         DEV, SMOKE = "cpu", True
-        os.environ["NESTVEC_CUDA_EMU"] = "1"
         os.environ["TRITON_INTERPRET"] = "1"  # read when triton is first imported
     import torch
+
+    if SMOKE:  # the CUDA kernels on the tests' CPU emulator, behind the cuda backend
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import nvemu
+
+        nvemu.install()
 
     if not SMOKE and not torch.cuda.is_available():
         print("gpu_suite: no CUDA device; nothing to do")

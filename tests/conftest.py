@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import nestvec.ops as ops  # noqa: E402
+import nvemu  # noqa: E402  (tests/nvemu: the CUDA kernels on a CPU emulator)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -65,14 +66,15 @@ def triton_interpret():
 
 
 def require_nvemu():
-    """nestvec._nvemu, the CUDA kernels on the CPU emulator. Its absence skips only where
-    it is not built on purpose (no native build, NESTVEC_EMU=OFF, not Linux); anywhere
-    else it fails, so that a build or import error cannot hide every emulated test."""
-    if ops._nvemu is not None:
-        return ops._nvemu
-    if ops._C is None or sys.platform != "linux" or os.environ.get("NESTVEC_EMU", "").upper() == "OFF":
-        pytest.skip("nestvec._nvemu is not built here (NESTVEC_EMU=OFF, not Linux, or no build)")
-    pytest.fail(f"nestvec._nvemu is missing from this build: {ops._NVEMU_ERROR}")
+    """The emulator module (tests/nvemu: the CUDA kernels on the CPU), built on first use.
+    It skips only where the emulator is off on purpose (NESTVEC_EMU=OFF, not Linux);
+    anywhere else a build or import error fails, so it cannot hide every emulated test."""
+    if not nvemu.supported():
+        pytest.skip("nvemu is off here (NESTVEC_EMU=OFF, or not Linux)")
+    try:
+        return nvemu.load()
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"nvemu could not be built or loaded: {type(e).__name__}: {e}")
 
 
 def emulated_gpu_backend(backend: str, monkeypatch) -> None:
@@ -83,16 +85,14 @@ def emulated_gpu_backend(backend: str, monkeypatch) -> None:
         if not ops.ck.interpret_mode():
             pytest.skip("TRITON_INTERPRET is off (a GPU is present: the gpu tests cover Triton)")
     else:
-        require_nvemu()
-        monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+        nvemu.use(monkeypatch, require_nvemu())
 
 
 @pytest.fixture
 def cuda_emu(monkeypatch):
-    """backend="cuda" on CPU torch tensors: the CUDA kernels run on nvemu (csrc/cuda_emu)."""
+    """backend="cuda" on CPU torch tensors: the CUDA kernels run on nvemu (tests/nvemu)."""
     pytest.importorskip("torch")
-    require_nvemu()
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+    nvemu.use(monkeypatch, require_nvemu())
     yield
 
 

@@ -16,7 +16,8 @@ import pytest
 import nestvec.ops as ops
 from nestvec import reference as R
 
-from conftest import cpu_isas
+import nvemu
+from conftest import cpu_isas, require_nvemu
 
 try:
     import torch
@@ -705,7 +706,7 @@ def test_triton_ties_dot_path(triton_interpret):
 # --------------------------------------------------------------------------- CUDA (emulated)
 # The CUDA kernels themselves (csrc/cuda/dense.cu) on the CPU through nvemu: the same
 # source nvcc builds, with its barriers, shuffles, WMMA alignment and shared-memory
-# bounds checked (see csrc/cuda_emu/include/nvemu.h).
+# bounds checked (see tests/nvemu/include/nvemu.h).
 
 # A covering sample of the grid (each case runs every dtype x metric, the allow /
 # candidates combinations rotating: grid_runs), sized by the emulator's cost: the scan
@@ -806,13 +807,14 @@ def test_cuda_emulated_strided_and_unaligned(cuda_emu):
                        score_scale(xs, q, dim, "cosine"), TOL["gpu"][dtype])
 
 
-def _backends_here():
+def _backends_here(monkeypatch):
     """Every backend that runs on this machine's CPU (GPU kernels through TRITON_INTERPRET
-    and nvemu)."""
+    and nvemu, which this puts behind the cuda backend for the test)."""
     out = ["reference"] + (["cpu"] if ops._C is not None else [])
     if torch is not None and ops.ck.interpret_mode() and ops.triton_available():
         out.append("triton")
-    if torch is not None and ops._nvemu is not None:
+    if torch is not None and nvemu.supported():
+        nvemu.use(monkeypatch, require_nvemu())
         out.append("cuda")
     return out
 
@@ -825,7 +827,6 @@ def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
     eligible, identically on every backend (db is not scanned for them up front; the
     16-bit GPU kernels' split queries turn inf * 0 into NaN where others get inf, so the
     rule is on the score, not on its sign)."""
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
     rng = np.random.default_rng(25)
     x = rng.standard_normal((300, 40)).astype(np.float32)
     x[0, 0] = np.nan
@@ -841,7 +842,7 @@ def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
     sr, ir = R.dense_topk(xw, q.astype(np.float64), 300, 32, metric)
     assert not np.isin(ir, [0, 3, 4]).any() and ((ir == 7).any(1) & (ir == 9).any(1)).all()
     cand = np.tile(np.arange(300), (nq, 1))
-    runs = [(be, None, c) for be in _backends_here() for c in (None, cand)]
+    runs = [(be, None, c) for be in _backends_here(monkeypatch) for c in (None, cand)]
     runs += [("cpu", isa, None) for isa in cpu_isas()]
     for be, isa, c in runs:
         if isa is not None:
@@ -864,13 +865,12 @@ def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
 def test_torch_uint16_as_bf16_every_backend(monkeypatch):
     """A torch uint16 tensor flagged db_dtype="bfloat16" holds bf16 bit patterns on every
     backend (the GPU glue used to look its dtype up as-is)."""
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
     rng = np.random.default_rng(26)
     bits = R.f32_to_bf16(rng.standard_normal((200, 24)).astype(np.float32))
     xw = R.bf16_to_f32(bits)
     q = rng.standard_normal((3, 24)).astype(np.float32)
     sr, ir = R.dense_topk(xw, q.astype(np.float64), 9, 24, "ip")
-    for be in _backends_here():
+    for be in _backends_here(monkeypatch):
         s, i = ops.dense_topk(torch.from_numpy(bits.view(np.int16)).view(torch.uint16),
                               torch.from_numpy(q), 9, metric="ip", db_dtype="bfloat16",
                               backend=be)
@@ -885,10 +885,9 @@ def test_gpu_glue_key_budget_slices(use_cand, monkeypatch):
     result as one pass."""
     from nestvec import _dense_gpu
 
-    backends = [b for b in _backends_here() if b in ("triton", "cuda")]
+    backends = [b for b in _backends_here(monkeypatch) if b in ("triton", "cuda")]
     if not backends:
         pytest.skip("no GPU backend runs here")
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
     monkeypatch.setattr(_dense_gpu, "_KEY_BUDGET", 100)
     rng = np.random.default_rng(27)
     for be in backends:

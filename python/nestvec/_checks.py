@@ -224,11 +224,7 @@ def interpret_mode() -> bool:
 @contextlib.contextmanager
 def launch_scope(dev):
     """Yields the stream (an int) for CUDA launches on torch device ``dev``: the current
-    stream, with ``dev`` made current; 0 for the CPU, where only the kernels' emulator
-    (nestvec._nvemu, see ops.cuda_emulated) runs them."""
-    if dev.type != "cuda":
-        yield 0
-        return
+    stream, with ``dev`` made current."""
     import torch
 
     with torch.cuda.device(dev):

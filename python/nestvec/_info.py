@@ -32,7 +32,6 @@ def info() -> dict:
             gpu = 0
     out["gpu_visible"] = gpu > 0
     out["gpu_count"] = gpu
-    out["cuda_emulator"] = ops._nvemu is not None
     out["triton_available"] = ops.triton_available()
     try:
         import triton
@@ -53,7 +52,6 @@ def format_info(d: dict) -> str:
         f"  dense bf16 pass   : {yn(d.get('dense_bf16_pass'))} (large CPU batches; NESTVEC_DENSE_BF16=0 turns it off)",
         f"  CUDA compiled     : {yn(d['cuda_compiled'])}",
         f"  GPU visible       : {yn(d['gpu_visible'])} ({d['gpu_count']})",
-        f"  CUDA emulator     : {yn(d['cuda_emulator'])} (tests: NESTVEC_CUDA_EMU=1)",
         f"  Triton available  : {yn(d['triton_available'])}"
         + (f" ({d['triton_version']})" if d.get("triton_version") else ""),
     ]

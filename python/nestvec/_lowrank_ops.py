@@ -11,7 +11,7 @@ import numpy as np
 from . import _checks as ck
 from . import reference
 from .ops import (_C, _check_backend_device, _require_gpu_inputs, _row_contiguous,
-                  cuda_module, is_auto, require_torch, resolve_backend)
+                  is_auto, require_torch, resolve_backend)
 
 
 _LRS_DTYPES = ("float32", "float16", "bfloat16")
@@ -270,10 +270,12 @@ def _lrs_cpu(x, A, B, S, channels, bias, out=None):
 
 
 def _lrs_cuda(x, A, B, S, channels, bias, out=None):
-    """CUDA backend (nestvec._C; nestvec._nvemu for CPU tensors, see ops.cuda_emulated)."""
+    """CUDA backend: the launchers of ops.CUDA (a CudaRuntime)."""
     import torch
 
-    C = cuda_module(x)
+    from . import ops
+
+    C = ops.CUDA.module
 
     dt = ck.dtype_name(x)
     if x.stride(-1) != 1 or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
@@ -291,7 +293,7 @@ def _lrs_cuda(x, A, B, S, channels, bias, out=None):
                                                                         device=dev)
     ws_bytes = C.cuda_lowrank_sparse_workspace_bytes(_LRS_CODE[dt], M, N, r, c)
     ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=dev)
-    with ck.launch_scope(dev) as stream:
+    with ops.CUDA.stream(dev) as stream:
         C.cuda_lowrank_sparse_matmul(
             _LRS_CODE[dt], x.data_ptr(), M, K, x.stride(0), A.data_ptr(), r, B.data_ptr(), N,
             S.data_ptr(), c, ch.data_ptr(), bias_c.data_ptr() if bias_c is not None else 0,

@@ -30,30 +30,36 @@ else:
     _C_ERROR = None
 
 
-try:  # the CUDA kernels on a CPU emulator (tests)
-    from . import _nvemu
-except ImportError as _e:
-    _nvemu = None
-    _NVEMU_ERROR = _e
-else:
-    _NVEMU_ERROR = None
+class CudaRuntime:
+    """Where backend ``cuda`` launches: the CUDA launchers of nestvec._C, on tensors of
+    ``device`` ("cuda"), each launch on the device's current stream.
+
+    One object the cuda backend asks for all three, so that another runtime can stand
+    in for it; the test suite puts the same kernels on a CPU emulator here
+    (tests/nvemu), nothing in the package does."""
+
+    device = "cuda"
+
+    def __init__(self, module):
+        self.module = module
+
+    @property
+    def compiled(self) -> bool:
+        return self.module is not None and bool(self.module.build_info()["cuda_compiled"])
+
+    def accepts(self, x) -> bool:
+        return ck.device_of(x) == self.device
+
+    def stream(self, dev):
+        """Context: the current stream of ``dev`` (an int), with ``dev`` made current."""
+        return ck.launch_scope(dev)
+
+
+CUDA = CudaRuntime(_C)
 
 
 def cuda_compiled() -> bool:
-    return _C is not None and bool(_C.build_info()["cuda_compiled"])
-
-
-def cuda_emulated() -> bool:
-    """NESTVEC_CUDA_EMU=1: backend ``cuda`` also takes CPU torch tensors and runs the
-    CUDA kernels on them through nestvec._nvemu (csrc/cuda_emu: a CPU emulator, slow,
-    for tests; what TRITON_INTERPRET=1 is for Triton)."""
-    return _nvemu is not None and os.environ.get("NESTVEC_CUDA_EMU", "0") not in ("", "0")
-
-
-def cuda_module(x):
-    """The module whose launchers run the CUDA kernels on ``x``: _C for CUDA tensors,
-    _nvemu for CPU tensors (emulation, see cuda_emulated)."""
-    return _C if ck.device_of(x) == "cuda" else _nvemu
+    return CUDA.compiled
 
 
 def triton_available() -> bool:
@@ -97,11 +103,9 @@ def _check_backend_device(backend: str, x, name: str) -> None:
         if dev != "cpu":
             raise ValueError(f"{name}: backend 'cpu' needs host memory, got a tensor on {dev}")
     elif backend == "cuda":
-        if dev == "cpu" and ck.is_torch(x) and cuda_emulated():
-            return
-        if not cuda_compiled():
+        if not CUDA.compiled:
             raise RuntimeError("backend 'cuda': nestvec was built without CUDA kernels")
-        if dev != "cuda":
+        if not CUDA.accepts(x):
             raise ValueError(f"{name}: backend 'cuda' needs a CUDA tensor, got {type(x).__name__} on {dev}")
     elif backend == "triton":
         if not ck.is_torch(x):
@@ -160,6 +164,9 @@ def _row_contiguous(x, name: str):
 # --------------------------------------------------------------------------- hamming
 
 HAMMING_MAX_K_GPU = 4096
+# The cuda backend runs queries in groups whose uint16 distances and candidate keys fit
+# in this many bytes of device memory.
+HAMMING_GROUP_BYTES = 512 << 20
 
 
 def _as_bytes(x, name: str):
@@ -262,16 +269,17 @@ def _hamming_cuda(codes, queries, k, allow):
         allow = allow.contiguous().view(torch.uint8)
     dev = codes.device
     nq = queries.shape[0]
-    C = cuda_module(codes)
-    ws_bytes = C.cuda_hamming_workspace_bytes(n, nq, nbytes, k)
+    C = CUDA.module
+    group = HAMMING_GROUP_BYTES
+    ws_bytes = C.cuda_hamming_workspace_bytes(n, nq, nbytes, k, group)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=dev)
     dist = torch.empty((nq, k), dtype=torch.int32, device=dev)
     idx = torch.empty((nq, k), dtype=torch.int64, device=dev)
-    with ck.launch_scope(dev) as stream:
+    with CUDA.stream(dev) as stream:
         C.cuda_hamming_topk(codes.data_ptr(), n, codes.stride(0), queries.data_ptr(), nq,
                             queries.stride(0), nbytes, k,
                             allow.data_ptr() if allow is not None else 0, dist.data_ptr(),
-                            idx.data_ptr(), ws.data_ptr(), ws_bytes, stream)
+                            idx.data_ptr(), group, ws.data_ptr(), ws_bytes, stream)
     return dist, idx
 
 
@@ -489,7 +497,7 @@ def _dense_triton(db, dt, queries, k, dim, metric, allow, candidates):
 def _dense_cuda(db, dt, queries, k, dim, metric, allow, candidates):
     from . import _dense_gpu
 
-    return _dense_gpu.dense_topk_cuda(cuda_module(db), db, queries, k, dim, metric, allow,
+    return _dense_gpu.dense_topk_cuda(CUDA, db, queries, k, dim, metric, allow,
                                       candidates)
 
 
@@ -696,8 +704,8 @@ def _pool_cuda(hidden, dt, mask, mode, normalize, d, binary):
     dev = hidden.device
     out = torch.empty((B, d), dtype=torch.float32, device=dev)
     codes = torch.empty((B, (d + 7) // 8), dtype=torch.uint8, device=dev) if binary else None
-    with ck.launch_scope(dev) as stream:
-        cuda_module(hidden).cuda_pool(
+    with CUDA.stream(dev) as stream:
+        CUDA.module.cuda_pool(
             hidden.data_ptr(), _POOL_DTYPE_ID[dt], B, T, d, hidden.stride(0), hidden.stride(1),
             mask.data_ptr(), mask.element_size(), mask.stride(0), _POOL_MODE_ID[mode], normalize,
             out.data_ptr(), codes.data_ptr() if binary else 0, stream)
