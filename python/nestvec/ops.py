@@ -36,7 +36,7 @@ class CudaRuntime:
 
     One object the cuda backend asks for all three, so that another runtime can stand
     in for it; the test suite puts the same kernels on a CPU emulator here
-    (tests/nvemu), nothing in the package does."""
+    (tests/conftest.py), nothing in the package does."""
 
     device = "cuda"
 
