@@ -12,7 +12,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -89,7 +89,8 @@ class CMakeBuild(build_ext):
 
 setup(
     package_dir={"nestvec": "python/nestvec", "nestvec.kernels": "kernels"},
-    packages=["nestvec", "nestvec.kernels", "nestvec.collection"],
+    packages=["nestvec", "nestvec.kernels"]
+    + [f"nestvec.{p}" for p in find_packages(str(ROOT / "python" / "nestvec"))],
     ext_modules=[CMakeExtension("nestvec._C")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

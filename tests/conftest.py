@@ -1,5 +1,4 @@
 import os
-import sys
 
 
 def _cuda_available() -> bool:
@@ -20,8 +19,9 @@ if not HAS_CUDA:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import nestvec.ops as ops  # noqa: E402
 import nvemu  # noqa: E402  (tests/nvemu: the CUDA kernels on a CPU emulator)
+from nestvec import _backend  # noqa: E402
+from nestvec import _checks as ck  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,14 +35,14 @@ def pytest_collection_modifyitems(config, items):
 
 def cpu_backends():
     """Host backends available here: the reference and the C++ one."""
-    return ["reference"] + (["cpu"] if ops._C is not None else [])
+    return ["reference"] + (["cpu"] if _backend._C is not None else [])
 
 
 def cpu_isas():
     """Every ISA of the C++ backend this CPU can run (tests cover each path)."""
-    if ops._C is None:
+    if _backend._C is None:
         return []
-    return [i for i in ("scalar", "avx2", "avx512") if ops._C.isa_supported(i)]
+    return [i for i in ("scalar", "avx2", "avx512") if _backend._C.isa_supported(i)]
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def triton_interpret():
     """Triton kernels on CPU tensors through the interpreter (set at conftest import)."""
     pytest.importorskip("torch")
     pytest.importorskip("triton")
-    if not ops.ck.interpret_mode():
+    if not ck.interpret_mode():
         pytest.skip("TRITON_INTERPRET is off (a GPU is present: the gpu tests cover Triton)")
     yield
 
@@ -82,7 +82,7 @@ def emulated_gpu_backend(backend: str, monkeypatch) -> None:
     pytest.importorskip("torch")
     if backend == "triton":
         pytest.importorskip("triton")
-        if not ops.ck.interpret_mode():
+        if not ck.interpret_mode():
             pytest.skip("TRITON_INTERPRET is off (a GPU is present: the gpu tests cover Triton)")
     else:
         nvemu.use(monkeypatch, require_nvemu())
@@ -98,9 +98,9 @@ def cuda_emu(monkeypatch):
 
 @pytest.fixture
 def restore_isa():
-    if ops._C is None:
+    if _backend._C is None:
         yield
         return
-    prev = ops._C.get_isa()
+    prev = _backend._C.get_isa()
     yield
-    ops._C.set_isa(prev)
+    _backend._C.set_isa(prev)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nestvec as nv
-import nestvec.ops as ops
+from nestvec import _backend
 
 from collection_helpers import clustered, per_query
 import nvemu
@@ -45,7 +45,7 @@ def gpu_search(col, q, target, monkeypatch, as_device_arg=False, **kw):
 
 
 def _dense_on_gpu() -> bool:
-    return any(b in ops._DENSE_BACKENDS for b in ("cuda", "triton"))
+    return any(b in _backend.registered("dense_topk") for b in ("cuda", "triton"))
 
 
 @pytest.fixture

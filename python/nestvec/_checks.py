@@ -70,13 +70,31 @@ def float_storage(x, name: str, flag_name: str, flag, what: str) -> str:
     return dt
 
 
+def check_int(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as a Python int (any integral type, never bool), within ``[lo, hi]``
+    where given; else TypeError / ValueError naming ``name``. The one integer check."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if hi is None:
+            raise ValueError(f"{name}: expected {name} >= {lo}, got {value}")
+        if lo is None:
+            raise ValueError(f"{name}: expected {name} <= {hi}, got {value}")
+        raise ValueError(f"{name}: expected {lo} <= {name} <= {hi}, got {value}")
+    return value
+
+
 def check_k(k, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"{name}: expected a positive int, got {type(k).__name__}")
-    k = int(k)
-    if k <= 0:
-        raise ValueError(f"{name}: must be >= 1, got {k}")
-    return k
+    """A result count: an int >= 1."""
+    return check_int(k, name, lo=1)
+
+
+def check_dim(dim, d_full: int, name: str = "dim") -> int:
+    """A prefix length ``1 <= dim <= d_full`` (None means ``d_full``)."""
+    if dim is None:
+        return d_full
+    return check_int(dim, name, lo=1, hi=d_full)
 
 
 def check_same_device(name_a: str, a, name_b: str, b) -> None:
@@ -176,6 +194,63 @@ def check_out(out, name: str, like, shape, inputs: dict):
         if t is not None and shares_memory(out, t):
             raise ValueError(f"{name}: shares memory with {in_name}; the kernel reads "
                              f"{in_name} while it writes {name}")
+
+
+def to_numpy(x):
+    """A host array or CPU tensor as NumPy (no copy); other devices are refused."""
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    if is_torch(x):
+        if device_of(x) != "cpu":
+            raise ValueError(f"reference backend runs on host memory; got a tensor on {device_of(x)}")
+        return x.detach().numpy()
+    return np.asarray(x)
+
+
+def like(out: np.ndarray, template):
+    """A NumPy result in the container of ``template`` (a tensor on its device)."""
+    if is_torch(template):
+        import torch
+
+        return torch.from_numpy(out).to(template.device)
+    return out
+
+
+def _inner_stride_ok(x) -> bool:
+    if x.ndim == 2 and x.shape[1] > 1 and x.shape[0] > 0:
+        return (x.stride(1) if is_torch(x) else x.strides[1] // x.itemsize) == 1
+    return True
+
+
+def _rows_overlap(x) -> bool:
+    return is_torch(x) and x.ndim == 2 and x.shape[0] > 1 and x.stride(0) < x.shape[1]
+
+
+def rows_usable(x) -> bool:
+    """Whether a [N, D] array can go to the kernels as it is: each row contiguous and no
+    two rows overlapping (rows may be strided views of a larger table)."""
+    return _inner_stride_ok(x) and not _rows_overlap(x)
+
+
+def row_contiguous(x, name: str):
+    """Rows may be strided (a view of a larger table); each row must be contiguous."""
+    if not _inner_stride_ok(x):
+        raise ValueError(f"{name}: each row must be contiguous in memory (last-dimension "
+                         f"stride 1); pass a contiguous copy (np.ascontiguousarray / .contiguous())")
+    if _rows_overlap(x):
+        raise ValueError(f"{name}: rows overlap in memory (row stride {x.stride(0)})")
+    return x
+
+
+def check_finite(x, name: str) -> None:
+    if is_torch(x):
+        import torch
+
+        ok = bool(torch.isfinite(x).all())
+    else:
+        ok = bool(np.isfinite(x).all())
+    if not ok:
+        raise ValueError(f"{name}: contains NaN or infinity")
 
 
 def _dev_str(x) -> str:

@@ -331,7 +331,7 @@ def _cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nestvec", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
+    from ._version import __version__
 
     p.add_argument("--version", action="version", version=f"nestvec {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

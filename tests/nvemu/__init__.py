@@ -91,7 +91,7 @@ def load():
 
 
 class EmulatedCuda:
-    """A stand-in for nestvec's CudaRuntime: the same launchers, compiled against nvemu,
+    """A stand-in for nestvec._backend.CudaRuntime: the same launchers, compiled against nvemu,
     on CPU torch tensors; every launch is synchronous (stream 0)."""
 
     device = "cpu"
@@ -113,15 +113,17 @@ class EmulatedCuda:
 def install(module=None) -> None:
     """Put the emulator behind the cuda backend for the rest of the process (scripts:
     benchmarks/gpu_suite.py --smoke). Tests use ``use(monkeypatch)``."""
-    from nestvec import ops
+    from nestvec import _backend
+    from nestvec.ops import hamming
 
-    ops.CUDA = EmulatedCuda(module or load())
-    ops.HAMMING_GROUP_BYTES = GROUP_BYTES
+    _backend.CUDA = EmulatedCuda(module or load())
+    hamming.GROUP_BYTES = GROUP_BYTES
 
 
 def use(monkeypatch, module=None) -> None:
     """Put the emulator behind the cuda backend until the test ends."""
-    from nestvec import ops
+    from nestvec import _backend
+    from nestvec.ops import hamming
 
-    monkeypatch.setattr(ops, "CUDA", EmulatedCuda(module or load()))
-    monkeypatch.setattr(ops, "HAMMING_GROUP_BYTES", GROUP_BYTES)
+    monkeypatch.setattr(_backend, "CUDA", EmulatedCuda(module or load()))
+    monkeypatch.setattr(hamming, "GROUP_BYTES", GROUP_BYTES)
