@@ -85,9 +85,49 @@ def check_int(value, name: str, lo: int | None = None, hi: int | None = None) ->
     return value
 
 
+def check_choice(value, name: str, choices) -> str:
+    """One of the strings ``choices``, else TypeError / ValueError naming ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected one of {tuple(choices)}, got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    """A flag: bool (or NumPy bool, or the ints 0 / 1)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+
+
+def int_sequence(value, name: str, allow_none: bool = False) -> tuple:
+    """An int (or None where allowed), or a tuple / list of them, as a tuple."""
+    if value is None and allow_none:
+        return (None,)
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return (value,)
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name}: expected an int or a tuple of ints, got {type(value).__name__}")
+    for v in value:
+        if not (v is None and allow_none):
+            check_int(v, name)
+    return tuple(value)
+
+
 def check_k(k, name: str = "k") -> int:
     """A result count: an int >= 1."""
     return check_int(k, name, lo=1)
+
+
+def check_k_rows(k: int, n: int, pad_limit: int, name: str = "k") -> None:
+    """k beyond the ``n`` rows only pads the result (-1 ids): up to ``pad_limit``
+    columns of padding are fine, more is an error, raised before anything is allocated."""
+    if k > n + pad_limit:
+        raise ValueError(f"{name}: expected {name} <= N + {pad_limit} = {n + pad_limit} "
+                         f"(there are N = {n} rows; a larger {name} only pads), got {k}")
 
 
 def check_dim(dim, d_full: int, name: str = "dim") -> int:

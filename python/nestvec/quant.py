@@ -34,6 +34,9 @@ def binarize(x, dim: int | None = None):
 def _binarize_torch(x):
     import torch
 
+    if x.numel() == 0:
+        return torch.zeros(*x.shape[:-1], (x.shape[-1] + 7) // 8, dtype=torch.uint8,
+                           device=x.device)
     bits = (x > 0).to(torch.uint8)
     d = bits.shape[-1]
     pad = (-d) % 8

@@ -102,14 +102,14 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
     if single:
         queries = queries[None, :]
     k = ck.check_k(k)
-    if metric not in reference.METRICS:
-        raise ValueError(f"metric: expected one of {reference.METRICS}, got {metric!r}")
+    ck.check_choice(metric, "metric", reference.METRICS)
     ck.check_same_device("db", db, "queries", queries)
     ck.check_finite(queries, "queries")
     allow = ck.check_allow(allow, n, db, "db")
     candidates = _check_candidates(candidates, queries.shape[0], db)
     name = be.resolve(backend, db)
     be.check_inputs(name, db, "db", queries=queries, allow=allow, candidates=candidates)
+    ck.check_k_rows(k, n, MAX_K_CPU)
     if k > max_k(name):
         raise ValueError(f"k: backend {name!r} supports k <= {max_k(name)}, got {k}")
     if n == 0 or queries.shape[0] == 0:  # nothing to scan, so any device is fine
@@ -219,8 +219,8 @@ def funnel_topk(db, queries, k: int, dims=(64, 256, None), shortlist=None, metri
     db_checked, _ = _dense_db(db, db_dtype)
     d_full = db_checked.shape[1]
     k = ck.check_k(k)
-    if isinstance(dims, (int, np.integer)) or dims is None:
-        dims = (dims,)
+    ck.check_choice(metric, "metric", reference.METRICS)
+    dims = ck.int_sequence(dims, "dims", allow_none=True)
     if len(dims) == 0:
         raise ValueError("dims: expected at least one prefix length")
     ladder = []
@@ -239,9 +239,7 @@ def funnel_topk(db, queries, k: int, dims=(64, 256, None), shortlist=None, metri
     stages = len(ladder) - 1
     if shortlist is None:
         shortlist = tuple(min(limit, k * 4 ** (stages - i)) for i in range(stages))
-    elif isinstance(shortlist, (int, np.integer)):
-        shortlist = (shortlist,)
-    shortlist = tuple(shortlist)
+    shortlist = ck.int_sequence(shortlist, "shortlist")
     if len(shortlist) != stages:
         raise ValueError(f"shortlist: expected {stages} sizes (one per stage but the last) for "
                          f"dims {tuple(ladder)}, got {len(shortlist)}")

@@ -8,6 +8,9 @@ from .. import _checks as ck
 from .. import reference
 
 MAX_K_GPU = 4096
+# k beyond the N rows only pads the result; more than this many columns of padding is an
+# error rather than gigabytes of -1 (the caller asked for more rows than there are)
+PAD_K = 4096
 # The cuda backend runs queries in groups whose uint16 distances and candidate keys fit
 # in this many bytes of device memory.
 GROUP_BYTES = 512 << 20
@@ -21,6 +24,11 @@ def _as_bytes(x, name: str):
     if ck.is_torch(x):
         import torch
 
+        if x.stride(-1) != 1:  # a view as bytes needs unit-stride words
+            if name != "codes":
+                return x.contiguous().view(torch.uint8)
+            raise ValueError(f"{name}: uint64 codes must have contiguous rows (last-dimension "
+                             f"stride 1, got {x.stride(-1)}); pass codes.contiguous()")
         return x.view(torch.uint8)
     if not x.flags.c_contiguous and x.ndim == 2 and x.strides[1] != 8:
         raise ValueError(f"{name}: uint64 codes must have contiguous rows")
@@ -65,6 +73,7 @@ def hamming_topk(codes, queries, k: int, allow=None, *, backend: str = "auto"):
     if codes.shape[1] == 0:
         raise ValueError("codes: expected at least one byte per code")
     n = codes.shape[0]
+    ck.check_k_rows(k, n, PAD_K)
     allow = ck.check_allow(allow, n, codes)
     name = be.resolve(backend, codes)
     be.check_inputs(name, codes, "codes", queries=queries, allow=allow)
@@ -83,13 +92,12 @@ def _reference(codes, queries, k, allow):
 
 @be.register("hamming_topk", "cpu")
 def _cpu(codes, queries, k, allow):
-    torch_in = ck.is_torch(codes)
-    c = codes.detach().numpy() if torch_in else codes
-    q = np.ascontiguousarray(queries.detach().numpy() if torch_in else queries)
+    # host memory, each input a NumPy array or a CPU tensor of its own (viewed, not copied)
+    c = ck.to_numpy(codes)
+    q = np.ascontiguousarray(ck.to_numpy(queries))
     a = None
     if allow is not None:
-        a = allow.detach().numpy() if ck.is_torch(allow) else allow
-        a = np.ascontiguousarray(a, dtype=bool).view(np.uint8)
+        a = np.ascontiguousarray(ck.to_numpy(allow), dtype=bool).view(np.uint8)
     dist = np.empty((q.shape[0], k), dtype=np.int32)
     idx = np.empty((q.shape[0], k), dtype=np.int64)
     be._C.hamming_topk(c, q, k, a, dist, idx)

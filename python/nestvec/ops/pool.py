@@ -53,17 +53,23 @@ def pool(hidden, mask, mode: str = "mean", normalize: bool = True, dim: int | No
         raise ValueError(f"mask: expected shape [B, T] = [{B}, {T}] like hidden, got {tuple(mask.shape)}")
     ck.check_dtype(mask, "mask", _MASK_DTYPES, "bool, an integer or a float type")
     ck.check_same_device("hidden", hidden, "mask", mask)
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    ck.check_choice(mode, "mode", MODES)
     d = ck.check_dim(dim, H)
-    normalize, binary = bool(normalize), bool(binary)
+    normalize, binary = ck.check_bool(normalize, "normalize"), ck.check_bool(binary, "binary")
     name = be.resolve(backend, hidden)
     be.check_inputs(name, hidden, "hidden", mask=mask)
     if ck.dtype_name(mask).startswith(("float", "bfloat")):
         mask = mask != 0  # read as bytes below; -0.0 must count as absent
-    if B == 0:
-        name = "reference"
+    if B == 0 or T == 0:  # nothing to read: zero vectors (and zero bits), as documented
+        return _zeros(hidden, B, d, binary)
     return be.implementation("pool", name)(hidden, dt, mask, mode, normalize, d, binary)
+
+
+def _zeros(hidden, B, d, binary):
+    emb = np.zeros((B, d), np.float32)
+    if not binary:
+        return ck.like(emb, hidden)
+    return ck.like(emb, hidden), ck.like(np.zeros((B, (d + 7) // 8), np.uint8), hidden)
 
 
 # Backends: fn(hidden, dtype name, mask, mode, normalize, d, binary).
@@ -81,19 +87,17 @@ def _reference(hidden, dt, mask, mode, normalize, d, binary):
 
 @be.register("pool", "cpu")
 def _cpu(hidden, dt, mask, mode, normalize, d, binary):
+    # host memory, hidden and mask each a NumPy array or a CPU tensor (viewed, not copied)
     if ck.is_torch(hidden):
-        import torch
-
         h = hidden.detach()
         if h.stride(2) != 1 and h.shape[2] > 1:
             h = h.contiguous()
         h = ck.host_view(h)
-        m = mask.detach()
-        m = (m.view(torch.uint8) if m.dtype == torch.bool else m).numpy()
     else:
-        h, m = hidden, mask
+        h = hidden
         if h.shape[2] > 1 and h.strides[2] != h.itemsize:
             h = np.ascontiguousarray(h)
+    m = ck.host_view(mask) if ck.is_torch(mask) else mask
     if m.ndim == 2 and m.shape[1] > 1 and m.strides[1] != m.itemsize:
         m = np.ascontiguousarray(m)
     if m.dtype == np.bool_:
