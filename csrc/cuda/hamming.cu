@@ -277,9 +277,9 @@ struct Plan {
   int qs;           // queries per dist_hist block (template)
   bool smem_hist;
   int smem_bytes;
-  // Few queries: small blocks, many waves (measured on an H200, 10M x 1024 bit, q=1:
-  // 0.62 ms at 2048 rows vs 0.68 at 8192). Many queries: each block flushes a
-  // histogram per query, so larger blocks (q=16: 2.18 ms at 8192 vs 2.37 at 2048).
+  // Few queries: small blocks, many waves. Many queries: each block flushes a histogram
+  // per query, so larger blocks amortise it (both sizes from runs on an H200; the
+  // suite's hamming rows, benchmarks/results/gpu_suite_hamming_h200.json).
   int rows_per_block() const { return qs <= 2 ? 2048 : 8192; }
 };
 

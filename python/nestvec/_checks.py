@@ -26,7 +26,7 @@ _DTYPE_NAMES: dict = {}
 
 
 def dtype_name(x) -> str:
-    # str(numpy dtype) runs Python code inside NumPy (~5 us); every op asks several
+    # str(numpy dtype) runs Python code inside NumPy; every op asks several
     # times per call, which was most of a small search's time.
     dt = x.dtype
     name = _DTYPE_NAMES.get(dt)

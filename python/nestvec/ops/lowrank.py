@@ -131,8 +131,7 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
         out: optional result buffer: ``[M, N]`` (``[N]`` for a 1-D x) of x's dtype, kind
             and device, each row contiguous, sharing no memory with the inputs. Written
             in place and returned. Reusing one buffer across calls saves the page faults
-            of a fresh large output (4096 x 4096 float32 on the cpu backend: ~100 ms
-            -> ~92 ms a call).
+            of a fresh large output (README, LOST table).
         backend: ``auto`` | ``reference`` | ``cpu`` | ``triton`` | ``cuda``.
 
     Returns:
@@ -168,8 +167,8 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
         out2 = None if out is None else out[None, :]
     else:
         out2 = out
-    # Deviation from DESIGN's auto rule, measured on an H200 (bf16 8192x4096, r=1024):
-    # the Triton GEMM pair runs 0.46 ms, our WMMA CUDA kernels 1.12 ms.
+    # auto sends CUDA tensors to the Triton GEMM pair, not the CUDA kernels: on an H200
+    # the pair was the faster of the two (README, GPU table).
     name = be.resolve(backend, x, prefer_triton=True)
     if ck.dtype_name(x) == "float64":
         if be.is_auto(backend):
