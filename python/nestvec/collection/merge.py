@@ -1,0 +1,138 @@
+"""Merge policy: keeps many small commits from piling up into many small segments.
+
+Every ``add`` / ``upsert`` writes one new segment, and every segment costs each search
+a kernel call, each open a mapping and each manifest an entry. After a commit (or on
+``Collection.optimize()``) the collection asks its policy which runs of *adjacent*
+segments to merge; each merge rewrites the live rows of a run into new segment(s) in
+one commit (op ``"merge"``). Adjacent runs only: rows keep their global order, so
+merging never changes a search result (ties break by row order).
+
+The interface has two halves that change independently:
+
+* :class:`MergePolicy` decides: ``find_merges(segments)`` gets a
+  :class:`SegmentStats` per segment and returns ``(start, stop)`` ranges.
+* the merge body executes one range (:func:`merge_tables` today: the run's live rows
+  in memory, one output segment). Issue 21's streaming, size-capped compaction
+  replaces the body (output split at ``max_segment_bytes``) without touching a policy.
+
+:class:`TieredMergePolicy` (the default) is a log-structured policy: segments are
+grouped into tiers by live rows (tier t holds sizes in [floor * f^t, floor * f^(t+1)),
+``f = merge_factor``) and a run of ``merge_factor`` adjacent segments of one tier is
+merged. Each row is rewritten about ``log_f(N / floor)`` times over its life (write
+amplification), and a collection keeps at most about ``merge_factor`` segments per
+tier, so N rows of small commits leave O(merge_factor * log N) segments.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """What a policy knows of a segment."""
+
+    name: str
+    rows: int  # rows in the file
+    live: int  # rows not deleted
+    bytes: int  # file size (estimated for in-memory collections)
+
+
+class MergePolicy:
+    """Base class: decides which runs of adjacent segments to merge."""
+
+    #: ask the policy after every commit (False: only ``Collection.optimize()``)
+    on_commit: bool = True
+
+    def find_merges(self, segments: Sequence[SegmentStats]) -> list:
+        """Disjoint, ascending ``(start, stop)`` ranges (half-open, ``stop - start >= 1``)
+        of ``segments`` to rewrite, each into new segment(s). A range of one segment
+        rewrites it without its deleted rows. Empty: nothing to do."""
+        raise NotImplementedError
+
+
+class NoMergePolicy(MergePolicy):
+    """Never merges (segments pile up until ``compact()``)."""
+
+    on_commit = False
+
+    def find_merges(self, segments):
+        return []
+
+
+class TieredMergePolicy(MergePolicy):
+    """Merge ``merge_factor`` adjacent segments of one size tier.
+
+    Args:
+        merge_factor: segments per tier before they merge (>= 2). Larger: fewer
+            rewrites, more segments to search.
+        floor_rows: segments below this many live rows all count as tier 0 (tiny
+            segments merge freely; each such merge rewrites fewer than
+            ``floor_rows * merge_factor`` rows).
+        max_segment_bytes: a merge whose output would exceed this is not made (the
+            size cap that issue 21's streaming compaction will split at).
+        max_deleted_fraction: a segment with more deleted rows than this is rewritten
+            on its own, reclaiming the space of its deleted rows.
+        on_commit: merge after each commit (False: only ``Collection.optimize()``).
+    """
+
+    def __init__(self, merge_factor: int = 10, floor_rows: int = 1000, max_segment_bytes: int = 1 << 30,
+                 max_deleted_fraction: float = 0.5, on_commit: bool = True):
+        for name, v, lo in (("merge_factor", merge_factor, 2), ("floor_rows", floor_rows, 1),
+                            ("max_segment_bytes", max_segment_bytes, 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        if not isinstance(max_deleted_fraction, (int, float)) or not 0 < max_deleted_fraction <= 1:
+            raise ValueError(f"max_deleted_fraction: expected a number in (0, 1], got {max_deleted_fraction!r}")
+        self.merge_factor = int(merge_factor)
+        self.floor_rows = int(floor_rows)
+        self.max_segment_bytes = int(max_segment_bytes)
+        self.max_deleted_fraction = float(max_deleted_fraction)
+        self.on_commit = bool(on_commit)
+
+    def __repr__(self):
+        return (f"TieredMergePolicy(merge_factor={self.merge_factor}, floor_rows={self.floor_rows}, "
+                f"max_segment_bytes={self.max_segment_bytes}, max_deleted_fraction="
+                f"{self.max_deleted_fraction}, on_commit={self.on_commit})")
+
+    def tier(self, s: SegmentStats) -> int:
+        return int(math.log(max(s.live, self.floor_rows) / self.floor_rows, self.merge_factor) + 1e-9)
+
+    @staticmethod
+    def _out_bytes(run) -> int:
+        return int(sum(s.bytes * s.live / max(s.rows, 1) for s in run))
+
+    def find_merges(self, segments):
+        out, i, n, f = [], 0, len(segments), self.merge_factor
+        tiers = [self.tier(s) for s in segments]
+        while i < n:
+            j = i
+            while j < n and tiers[j] == tiers[i]:
+                j += 1
+            # a run of one tier: merge it in groups of f, newest first (the tail grows)
+            stop = j
+            while stop - i >= f:
+                run = segments[stop - f:stop]
+                if self._out_bytes(run) <= self.max_segment_bytes:
+                    out.append((stop - f, stop))
+                stop -= f
+            for k in range(i, stop):
+                s = segments[k]
+                if s.rows - s.live > self.max_deleted_fraction * s.rows:
+                    out.append((k, k + 1))
+            i = j
+        return sorted(out)
+
+
+def merge_tables(segments) -> list:
+    """The merge body: the live rows of a run of segments (in order) as the table(s)
+    to write. Today one table; a size-capped body returns several."""
+    parts = []
+    for s in segments:
+        t = s.file.table
+        parts.append(t if s.live is None else t.filter(pa.array(s.live)))
+    return [pa.concat_tables(parts).combine_chunks()]
