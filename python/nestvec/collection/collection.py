@@ -332,17 +332,10 @@ class Collection(SearchMixin):
         (from each manifest's summary line)."""
         self._snapshot()
         latest = self._store.latest()
-        out = []
-        for v in self._store.manifest_versions():
-            if v > latest:
-                continue  # an uncommitted manifest (a crashed writer); GC removes it
-            try:
-                s = self._store.manifest_summary(v)
-            except KeyError:
-                continue
-            out.append({"version": v, "rows": s["rows"], "segments": s["segments"], "created": s["created"],
-                        "op": s["op"]})
-        return out
+        # versions above LATEST: an uncommitted manifest (a crashed writer); GC removes it
+        vs = [v for v in self._store.manifest_versions() if v <= latest]
+        return [{"version": v, "rows": s["rows"], "segments": s["segments"], "created": s["created"],
+                 "op": s["op"]} for v, s in self._store.summaries(vs)]
 
     def verify(self) -> dict:
         """Check every byte of this handle's version: each file's checksums, sizes and

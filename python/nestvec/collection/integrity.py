@@ -22,6 +22,7 @@ Every failure is a :class:`CorruptionError` naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import zlib
@@ -44,6 +45,18 @@ def expected_schema(m: dict, user: pa.Schema) -> pa.Schema:
     if m["binary"]:
         fields.append(pa.field("code", pa.binary((d + 7) // 8)))
     return pa.schema(fields + list(user))
+
+
+@contextlib.contextmanager
+def damage(path):
+    """Whatever a damaged file makes Arrow or NumPy raise (a name that is not UTF-8, a
+    buffer too short for a view, ...) is CorruptionError naming it."""
+    try:
+        yield
+    except (CorruptionError, FileNotFoundError):
+        raise
+    except (pa.ArrowException, ValueError, IndexError, TypeError, OverflowError, OSError) as e:
+        raise CorruptionError(path, f"is damaged ({type(e).__name__}: {e})") from None
 
 
 # --------------------------------------------------------------------------- checksums

@@ -62,7 +62,7 @@ _CRC_AT = slice(len(_HEAD), len(_HEAD) + 8)
 
 def encode(m: dict) -> bytes:
     head = {"crc32": "00000000"}
-    head.update((k, len(m["segments"]) if k == "segments" else m[k]) for k in _SUMMARY)
+    head.update((k, len(m.get("segments", ())) if k == "segments" else m.get(k)) for k in _SUMMARY)
     body = {"_summary": head}
     body.update(sorted((k, v) for k, v in m.items() if k != "_summary"))
     data = json.dumps(body, separators=(",", ":")).encode()
@@ -95,8 +95,8 @@ def summary(data: bytes, path) -> dict:
     """The summary fields of a manifest from its first bytes (whole file for format 1)."""
     if data.startswith(_HEAD):
         try:
-            s, _ = json.JSONDecoder().raw_decode(data[len(b'{"_summary":'):].decode("utf-8", "replace"))
-        except ValueError as e:
+            s = json.loads(data[len(b'{"_summary":'):data.index(b"}") + 1])
+        except ValueError as e:  # JSONDecodeError, or no "}"
             raise CorruptionError(path, f"manifest summary is not valid JSON ({e})") from None
         if not isinstance(s, dict) or any(k not in s for k in _SUMMARY):
             raise CorruptionError(path, "manifest summary lacks fields")

@@ -16,9 +16,9 @@ The interface has two halves that change independently:
   replaces the body (output split at ``max_segment_bytes``) without touching a policy.
 
 :class:`TieredMergePolicy` (the default) is a log-structured policy: segments are
-grouped into tiers by live rows (tier t holds sizes in [floor * f^t, floor * f^(t+1)),
-``f = merge_factor``) and a run of ``merge_factor`` adjacent segments of one tier is
-merged. Each row is rewritten about ``log_f(N / floor)`` times over its life (write
+grouped into tiers by live rows (tier 0 holds segments below ``floor_rows``, tier t >= 1
+sizes in [floor * f^(t-1), floor * f^t), ``f = merge_factor``) and a run of
+``merge_factor`` adjacent segments of one tier is merged. Each row is rewritten about ``log_f(N / floor)`` times over its life (write
 amplification), and a collection keeps at most about ``merge_factor`` segments per
 tier, so N rows of small commits leave O(merge_factor * log N) segments.
 """
@@ -70,9 +70,10 @@ class TieredMergePolicy(MergePolicy):
     Args:
         merge_factor: segments per tier before they merge (>= 2). Larger: fewer
             rewrites, more segments to search.
-        floor_rows: segments below this many live rows all count as tier 0 (tiny
-            segments merge freely; each such merge rewrites fewer than
-            ``floor_rows * merge_factor`` rows).
+        floor_rows: segments below this many live rows all count as tier 0, so
+            commits of different small sizes still merge (a tier-0 merge output
+            below the floor is merged again: keep the floor near the size of a
+            typical small commit times ``merge_factor``).
         max_segment_bytes: a merge whose output would exceed this is not made (the
             size cap that issue 21's streaming compaction will split at).
         max_deleted_fraction: a segment with more deleted rows than this is rewritten
@@ -80,7 +81,7 @@ class TieredMergePolicy(MergePolicy):
         on_commit: merge after each commit (False: only ``Collection.optimize()``).
     """
 
-    def __init__(self, merge_factor: int = 10, floor_rows: int = 1000, max_segment_bytes: int = 1 << 30,
+    def __init__(self, merge_factor: int = 10, floor_rows: int = 100, max_segment_bytes: int = 1 << 30,
                  max_deleted_fraction: float = 0.5, on_commit: bool = True):
         for name, v, lo in (("merge_factor", merge_factor, 2), ("floor_rows", floor_rows, 1),
                             ("max_segment_bytes", max_segment_bytes, 1)):
@@ -100,7 +101,9 @@ class TieredMergePolicy(MergePolicy):
                 f"{self.max_deleted_fraction}, on_commit={self.on_commit})")
 
     def tier(self, s: SegmentStats) -> int:
-        return int(math.log(max(s.live, self.floor_rows) / self.floor_rows, self.merge_factor) + 1e-9)
+        if s.live < self.floor_rows:
+            return 0
+        return 1 + int(math.log(s.live / self.floor_rows, self.merge_factor) + 1e-9)
 
     @staticmethod
     def _out_bytes(run) -> int:

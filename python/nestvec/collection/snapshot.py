@@ -40,7 +40,8 @@ class SegmentFile:
             with self._lock:
                 for n in todo:
                     if n not in self._checked:
-                        ig.check_column(self.table, n, self.entry, self.path)
+                        with ig.damage(self.path):
+                            ig.check_column(self.table, n, self.entry, self.path)
                         self._checked.add(n)
 
     def column(self, name: str) -> pa.ChunkedArray:
@@ -62,7 +63,7 @@ class SegmentFile:
         if self.path is None:
             return True
         summed = ig.check_file_crc(self.path, self.entry.get("crc32"), crc_block)
-        with self._lock:
+        with self._lock, ig.damage(self.path):
             for n in self.table.column_names:
                 if n in ig.BULK_COLUMNS:
                     try:
@@ -131,7 +132,9 @@ class Segment:
         if self._live is None:
             with self._lock:
                 if self._live is None:
-                    pos = ig.deletion_positions(self.rows, self._deleted, self.deletion_path)
+                    rows = self.rows
+                    with ig.damage(self.deletion_path):
+                        pos = ig.deletion_positions(rows, self._deleted, self.deletion_path)
                     live = np.ones(self.n, dtype=bool)
                     live[pos] = False
                     live.setflags(write=False)
@@ -198,21 +201,23 @@ def load_segment(store, entry: dict, m: dict, schema: pa.Schema, offset: int,
     """Map (or reuse ``file``) and check one segment of manifest ``m``; read its
     deletion file. ``schema`` is the full expected file schema."""
     persistent = store.persistent
-    if file is None:
-        table = store.load_segment(entry)
-        path = store.segment_path(entry["name"])
-        if persistent:
-            ig.check_structure(table, entry, schema, path)
-        file = SegmentFile(entry, table, path, checked=not persistent)
-    d, np_dtype = m["dim"], np.dtype(m["dtype"])
-    vectors = fixed_list_view(file.table.column("vector"), d, np_dtype)
-    codes = fixed_list_view(file.table.column("code"), (d + 7) // 8, np.uint8) if m["binary"] else None
+    path = store.segment_path(entry["name"])
+    with ig.damage(path):
+        if file is None:
+            table = store.load_segment(entry)
+            if persistent:
+                ig.check_structure(table, entry, schema, path)
+            file = SegmentFile(entry, table, path, checked=not persistent)
+        d, np_dtype = m["dim"], np.dtype(m["dtype"])
+        vectors = fixed_list_view(file.table.column("vector"), d, np_dtype)
+        codes = fixed_list_view(file.table.column("code"), (d + 7) // 8, np.uint8) if m["binary"] else None
     deleted, dentry, dpath = None, mf.deletion_entry(entry), None
     if dentry:
-        deleted = store.load_deletions(dentry)
         dpath = store.deletion_path(dentry["name"])
-        if persistent:
-            ig.check_deletions(deleted, entry, dpath)
+        with ig.damage(dpath):
+            deleted = store.load_deletions(dentry)
+            if persistent:
+                ig.check_deletions(deleted, entry, dpath)
     return Segment(file, vectors, codes, dentry, dpath, deleted, entry["rows"] - entry["deleted"], offset)
 
 

@@ -251,17 +251,25 @@ class DirStore:
             raise KeyError(version) from None
         return mf.check(mf.decode(data, path), int(version), path)
 
-    def manifest_summary(self, version: int) -> dict:
+    def manifest_summary(self, version: int, dir_fd=None) -> dict:
+        """The summary of a manifest (its first bytes); ``dir_fd``: an open
+        ``manifests/`` folder (saves a path lookup per version in ``versions()``)."""
         path = self.manifest_path(version)
         try:
-            with open(path, "rb") as f:
-                head = f.read(1024)
-                if head.startswith(mf._HEAD) and b"}" in head:
-                    return mf.summary(head, path)
-                data = head + f.read()
+            fd = os.open(f"{int(version)}.json", os.O_RDONLY, dir_fd=dir_fd) if dir_fd is not None \
+                else os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise KeyError(version) from None
-        return mf.summary(data, path)
+        try:
+            head = os.read(fd, 512)
+            if head.startswith(mf._HEAD) and b"}" in head:
+                return mf.summary(head, path)
+            parts = [head]
+            while parts[-1]:
+                parts.append(os.read(fd, 1 << 20))
+        finally:
+            os.close(fd)
+        return mf.summary(b"".join(parts), path)
 
     def set_latest(self, version: int) -> None:
         write_atomic(self._p(LATEST_NAME), f"{int(version)}\n".encode())
@@ -277,6 +285,20 @@ class DirStore:
         if not text.isdigit() or len(text) > 18:
             raise CorruptionError(path, f"does not hold a version number (got {data[:40]!r})")
         return int(text)
+
+    def summaries(self, versions) -> list:
+        """(version, summary) of each of ``versions`` whose manifest exists."""
+        out = []
+        dfd = os.open(self._p("manifests"), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            for v in versions:
+                try:
+                    out.append((v, self.manifest_summary(v, dfd)))
+                except KeyError:
+                    pass
+        finally:
+            os.close(dfd)
+        return out
 
     def manifest_versions(self) -> list[int]:
         out = []
@@ -410,6 +432,9 @@ class MemoryStore:
 
     def set_latest(self, version: int) -> None:
         self._latest = int(version)
+
+    def summaries(self, versions) -> list:
+        return [(v, self.manifest_summary(v)) for v in versions if v in self.manifests]
 
     def latest(self) -> int:
         return self._latest
