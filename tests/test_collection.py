@@ -428,6 +428,9 @@ def test_planner_uses_registered_dense_backend(monkeypatch):
 
     if ops._C is None:
         pytest.skip("no native module")
+    from nestvec.collection import packing
+
+    monkeypatch.setattr(packing, "PACK_SEGMENT_BYTES", 0)  # segments searched apart, in place
     col, x, ids = _make(None, n=200, segments=2)
     q = clustered(3, D, 12)
     monkeypatch.delitem(ops._DENSE_BACKENDS, "cpu", raising=False)  # the reference fallback

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from . import commit as cm
 from . import filters
 from . import manifest as mf
+from . import packing
 from . import snapshot as sn
 from . import storage as st
 from . import validate as vd
@@ -51,6 +52,7 @@ class Collection(SearchMixin):
         self._closed = False
         self._caches: dict = {}
         self._mask_cache = filters.MaskCache()
+        self._packs = packing.PackCache()
         self._write_lock = threading.RLock()
         self.merge_policy = merge_policy
 
@@ -219,6 +221,7 @@ class Collection(SearchMixin):
                 self._snap = sn.Snapshot(self._snap.manifest, (), self._snap.schema)
                 self._caches.clear()
                 self._mask_cache.clear()
+                self._packs.clear()
 
     def __del__(self):
         try:
@@ -380,6 +383,7 @@ class Collection(SearchMixin):
     def _publish(self, snap: sn.Snapshot) -> None:
         self._snap = snap  # the one assignment readers see
         self._mask_cache.retain(s.name for s in snap.segments)
+        self._packs.retain(s.name for s in snap.segments)
         keys = DeviceCache.keys_for(snap.segments, snap.manifest["binary"])
         for cache in list(self._caches.values()):
             cache.retain(keys)  # invalidation: drop what this version no longer names

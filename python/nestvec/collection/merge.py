@@ -15,12 +15,14 @@ The interface has two halves that change independently:
   in memory, one output segment). Issue 21's streaming, size-capped compaction
   replaces the body (output split at ``max_segment_bytes``) without touching a policy.
 
-:class:`TieredMergePolicy` (the default) is a log-structured policy: segments are
-grouped into tiers by live rows (tier 0 holds segments below ``floor_rows``, tier t >= 1
-sizes in [floor * f^(t-1), floor * f^t), ``f = merge_factor``) and a run of
-``merge_factor`` adjacent segments of one tier is merged. Each row is rewritten about ``log_f(N / floor)`` times over its life (write
-amplification), and a collection keeps at most about ``merge_factor`` segments per
-tier, so N rows of small commits leave O(merge_factor * log N) segments.
+:class:`TieredMergePolicy` (the default) is a log-structured policy over adjacent
+segments (Lucene's LogMergePolicy): a segment's level is ``log_f(max(live rows,
+floor_rows))`` with ``f = merge_factor``; from the oldest segment on, the band of
+segments down to 0.75 levels below the largest remaining one (every segment, when
+all are below the floor) is merged in groups of ``f`` adjacent segments, smaller
+segments inside the band included. Each row is rewritten about
+``log_f(N / floor_rows)`` times over its life, and N rows of small commits leave
+O(merge_factor * log N) segments.
 """
 from __future__ import annotations
 
@@ -100,34 +102,35 @@ class TieredMergePolicy(MergePolicy):
                 f"max_segment_bytes={self.max_segment_bytes}, max_deleted_fraction="
                 f"{self.max_deleted_fraction}, on_commit={self.on_commit})")
 
-    def tier(self, s: SegmentStats) -> int:
-        if s.live < self.floor_rows:
-            return 0
-        return 1 + int(math.log(s.live / self.floor_rows, self.merge_factor) + 1e-9)
+    LEVEL_SPAN = 0.75  # segments this close in level merge together (Lucene's value)
+
+    def level(self, s: SegmentStats) -> float:
+        return math.log(max(s.live, self.floor_rows)) / math.log(self.merge_factor)
 
     @staticmethod
     def _out_bytes(run) -> int:
         return int(sum(s.bytes * s.live / max(s.rows, 1) for s in run))
 
     def find_merges(self, segments):
-        out, i, n, f = [], 0, len(segments), self.merge_factor
-        tiers = [self.tier(s) for s in segments]
-        while i < n:
-            j = i
-            while j < n and tiers[j] == tiers[i]:
-                j += 1
-            # a run of one tier: merge it in groups of f, newest first (the tail grows)
-            stop = j
-            while stop - i >= f:
-                run = segments[stop - f:stop]
+        out, n, f = [], len(segments), self.merge_factor
+        levels = [self.level(s) for s in segments]
+        floor_level = math.log(self.floor_rows) / math.log(f)
+        start, merged = 0, set()
+        while start < n:
+            top = max(levels[start:])
+            low = top - self.LEVEL_SPAN if top > floor_level + 1e-9 else -math.inf
+            upto = max(i for i in range(start, n) if levels[i] >= low)
+            end = start
+            while end + f <= upto + 1:
+                run = segments[end:end + f]
                 if self._out_bytes(run) <= self.max_segment_bytes:
-                    out.append((stop - f, stop))
-                stop -= f
-            for k in range(i, stop):
-                s = segments[k]
-                if s.rows - s.live > self.max_deleted_fraction * s.rows:
-                    out.append((k, k + 1))
-            i = j
+                    out.append((end, end + f))
+                    merged.update(range(end, end + f))
+                end += f
+            start = upto + 1
+        for k, s in enumerate(segments):
+            if k not in merged and s.rows - s.live > self.max_deleted_fraction * s.rows:
+                out.append((k, k + 1))  # reclaim the space of its deleted rows
         return sorted(out)
 
 

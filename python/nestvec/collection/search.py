@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import _checks as ck
+from . import packing
 from . import validate as vd
 from .planner import MAX_K, MODES, DeviceCache, Planner, Request
 
@@ -65,10 +66,14 @@ class SearchMixin:
 
             qx = torch.as_tensor(qx).to(dev)
         req = Request(k, dim, mode, rescore, m["metric"], d_full, m["binary"], ladder)
-        planner = Planner(snap.segments, self._masks(snap, filter), req,
-                          cache=self._cache(dev) if dev is not None else None,
+        segs, masks, remap = snap.segments, self._masks(snap, filter), None
+        if dev is None:
+            segs, masks, remap = packing.pack(segs, masks, self._packs)
+        planner = Planner(segs, masks, req, cache=self._cache(dev) if dev is not None else None,
                           filtered=filter is not None)
         used, seg, local, score = planner.run(qx)
+        if remap is not None:
+            seg, local = remap(seg, local)
         return self._result(snap, seg, local, score, cols, used)
 
     def _device(self, q, device):
@@ -108,6 +113,15 @@ class SearchMixin:
         qi = np.nonzero(valid)[0].astype(np.int64)
         segs, locs, scores = seg[valid], local[valid], score[valid]
         names = ["id"] + [c for c in cols if c != "id"]
+        score_arr = pa.array(scores.astype(np.int32 if mode == "binary" else np.float32))
+        if names == ["id"] and snap.manifest["id_type"] == "int64":
+            # the common result: int ids gathered in NumPy (one pyarrow take per
+            # segment and a re-ordering take cost more than a small search)
+            ids = np.empty(len(segs), np.int64)
+            for i in np.unique(segs):
+                sel = segs == i
+                ids[sel] = snap.segments[i].file.int_ids()[locs[sel]]
+            return pa.table({"query": pa.array(qi), "id": pa.array(ids), "score": score_arr})
         pieces, pos = [], []
         for i in np.unique(segs):
             sel = np.flatnonzero(segs == i)
@@ -120,7 +134,6 @@ class SearchMixin:
             t = t.take(pa.array(np.argsort(np.concatenate(pos), kind="stable")))
         else:
             t = self._empty_table(snap, names)
-        score_arr = pa.array(scores.astype(np.int32 if mode == "binary" else np.float32))
         out = pa.table({"query": pa.array(qi), "id": t.column("id"), "score": score_arr})
         for c in names[1:]:
             out = out.append_column(c, t.column(c))

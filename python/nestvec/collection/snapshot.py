@@ -33,6 +33,13 @@ class SegmentFile:
         self.path = path
         self._checked = set(table.column_names) if checked else set(ig.BULK_COLUMNS)
         self._lock = threading.Lock()
+        self._ids = None
+
+    def int_ids(self) -> np.ndarray:
+        """The int64 ``id`` column as a NumPy view (checked)."""
+        if self._ids is None:
+            self._ids = primitive_view(self.column("id"), np.int64)
+        return self._ids
 
     def _ensure(self, names) -> None:
         todo = [n for n in names if n not in self._checked]
