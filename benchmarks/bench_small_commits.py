@@ -35,16 +35,18 @@ def build(path, adds, rows, d, seed=0):
     rng = np.random.default_rng(seed)
     col = nv.Collection.create(path, dim=d, dtype="float16", metric="cosine", binary=True,
                                schema={"lang": "string", "year": "int32"})
-    times = []
+    times, merged = [], []
     for i in range(adds):
         x = rng.standard_normal((rows, d)).astype(np.float32)
         meta = {"lang": rng.choice(["en", "de", "fr"], rows).tolist(),
                 "year": rng.integers(2000, 2025, rows).astype(np.int32)}
+        v = col.version
         t0 = time.perf_counter()
         col.add(x, ids=np.arange(i * rows, (i + 1) * rows), metadata=meta)
         times.append((time.perf_counter() - t0) * 1e3)
+        merged.append(col.version - v > 1)  # the add's commit was followed by a merge
     col.close()
-    return np.array(times)
+    return np.array(times), np.array(merged)
 
 
 def median_ms(fn, repeats):
@@ -113,13 +115,16 @@ def main(argv=None):
         warm = nv.Collection.create(None, dim=args.d, schema={"lang": "string"})
         warm.add(np.ones((2, args.d)), metadata={"lang": ["en", "de"]})
         warm.count(filter="lang = 'en'")
-        t = build(path, args.adds, args.rows, args.d)
+        t, merged = build(path, args.adds, args.rows, args.d)
         n100 = min(100, len(t))
+        plain = t[~merged]
         row = {"case": f"{args.adds} adds of {args.rows}",
                "add_first100_mean_ms": float(t[:n100].mean()), "add_last100_mean_ms": float(t[-n100:].mean()),
                "add_first100_median_ms": float(np.median(t[:n100])),
                "add_last100_median_ms": float(np.median(t[-n100:])),
-               "add_max_ms": float(t.max()),
+               "add_max_ms": float(t.max()), "adds_with_merge": int(merged.sum()),
+               "plain_add_first100_median_ms": float(np.median(plain[:n100])),
+               "plain_add_last100_median_ms": float(np.median(plain[-n100:])),
                "manifest_bytes": dir_bytes(path, "manifests"),
                "data_bytes": dir_bytes(path, "segments") + dir_bytes(path, "deletions")}
         row.update(reader_costs(path, args.d, args.repeats))
@@ -137,7 +142,8 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         load = f.read().strip()
     cols = ["case", "add_first100_mean_ms", "add_last100_mean_ms", "add_first100_median_ms",
-            "add_last100_median_ms", "add_max_ms", "manifest_bytes", "data_bytes", "segments", "open_ms",
+            "add_last100_median_ms", "add_max_ms", "adds_with_merge", "plain_add_first100_median_ms",
+            "plain_add_last100_median_ms", "manifest_bytes", "data_bytes", "segments", "open_ms",
             "versions_ms", "first_sql_filter_ms", "search_flat_ms", "search_funnel_ms"]
     print(f"adds={args.adds} rows={args.rows} d={args.d} float16 + codes; loadavg {load}")
     print(H.markdown_table(rows, cols))
