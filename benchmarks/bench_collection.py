@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness as H  # noqa: E402
 
 import nestvec as nv  # noqa: E402
-from nestvec import ops  # noqa: E402
+from nestvec import _backend
 
 FILTERS = {"1%": ("cat", 7), "50%": ("half", True)}
 
@@ -242,8 +242,7 @@ def main(argv=None):
     for p in (ours, lance):
         shutil.rmtree(p, ignore_errors=True)
     q = queries(args.d)
-    dense_backend = ops.resolve_backend("auto", np.zeros((1, 1), np.float16))
-    dense_backend = dense_backend if dense_backend in ops._DENSE_BACKENDS else "reference (fallback)"
+    dense_backend = _backend.resolve("auto", np.zeros((1, 1), np.float16))
     rows = []
     try:
         t_add = build_ours(ours, args.n, args.d, args.chunk)

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 import nestvec as nv
+from nestvec import _backend
 from nestvec.quant import binarize
 
 from collection_helpers import assert_same_hits, clustered, hamming_oracle, oracle, per_query
@@ -422,30 +423,30 @@ def test_readonly_refresh_invalidates_cache(tmp_path):
 
 
 def test_planner_uses_registered_dense_backend(monkeypatch):
-    """Once the native dense backend is registered, the planner calls it (zero-copy,
-    candidates passed through) and gives the same answer as the reference fallback."""
-    import nestvec.ops as ops
-
-    if ops._C is None:
+    """The planner calls the registered dense backend (zero-copy, candidates passed
+    through) and gives the same answer as the reference backend."""
+    if _backend._C is None:
         pytest.skip("no native module")
     from nestvec.collection import packing
 
     monkeypatch.setattr(packing, "PACK_SEGMENT_BYTES", 0)  # segments searched apart, in place
     col, x, ids = _make(None, n=200, segments=2)
     q = clustered(3, D, 12)
-    monkeypatch.delitem(ops._DENSE_BACKENDS, "cpu", raising=False)  # the reference fallback
+    monkeypatch.setenv("NESTVEC_BACKEND", "reference")
     want = {m: col.search(q, k=5, mode=m, rescore=4) for m in ("flat", "funnel")}
     calls = []
+    reference_impl = _backend.implementation("dense_topk", "reference")
 
     def fake_cpu(db, dt, queries, k, dim, metric, allow, candidates):
         calls.append((db.shape, candidates is not None))
-        return ops._dense_reference(db, dt, queries, k, dim, metric, allow, candidates)
+        return reference_impl(db, dt, queries, k, dim, metric, allow, candidates)
 
-    monkeypatch.setitem(ops._DENSE_BACKENDS, "cpu", fake_cpu)
     monkeypatch.delenv("NESTVEC_BACKEND", raising=False)
-    for m, t in want.items():
-        assert col.search(q, k=5, mode=m, rescore=4).equals(t)
-    assert (col._snap.segments[0].vectors.shape, True) in calls and (col._snap.segments[0].vectors.shape, False) in calls
+    with _backend.override("dense_topk", "cpu", fake_cpu):
+        for m, t in want.items():
+            assert col.search(q, k=5, mode=m, rescore=4).equals(t)
+    shape = col._snap.segments[0].vectors.shape
+    assert (shape, True) in calls and (shape, False) in calls
 
 
 @pytest.mark.parametrize("device", [None, "cpu"])

@@ -384,11 +384,7 @@ def _coerce(values, t: pa.DataType, name: str) -> pa.Array:
 
 
 def positive_int(v, name: str, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if v < 1 or (hi is not None and v > hi):
-        raise ValueError(f"{name}: expected 1 <= {name}" + (f" <= {hi}" if hi else "") + f", got {v}")
-    return int(v)
+    return ck.check_int(v, name, lo=1, hi=hi)
 
 
 def ladder(v, dim: int) -> tuple:
