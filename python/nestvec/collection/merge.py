@@ -134,9 +134,11 @@ class TieredMergePolicy(MergePolicy):
         return sorted(out)
 
 
-def merge_tables(segments) -> list:
-    """The merge body: the live rows of a run of segments (in order) as the table(s)
-    to write. Today one table; a size-capped body returns several."""
+def merge_tables(segments):
+    """The merge body: the live rows of a run of segments (in order) as an iterable of
+    tables, each written as one output segment as soon as it is produced (commit.rewrite
+    consumes them one at a time). Today one table built in memory; a streaming,
+    size-capped body yields capped tables from bounded buffers instead."""
     parts = []
     for s in segments:
         t = s.file.table
