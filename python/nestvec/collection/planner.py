@@ -11,6 +11,7 @@ identical to a single-segment shortlist), then rescores those rows exactly with
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ class DeviceCache:
         self.device = device
         self._transfer = transfer or self._to_device
         self._items: dict = {}
+        self._lock = threading.Lock()  # searching threads share one cache
         self.transfers = 0  # cache misses: segment arrays copied to the device
         self.temporaries = 0  # per-search arrays (filter masks, candidate lists)
 
@@ -64,8 +66,9 @@ class DeviceCache:
         hit = self._items.get(key)
         if hit is None:
             hit = self._transfer(array)
-            self._items[key] = hit
-            self.transfers += 1
+            with self._lock:
+                hit = self._items.setdefault(key, hit)
+                self.transfers += 1
         return hit
 
     def put_temporary(self, array):
@@ -75,8 +78,8 @@ class DeviceCache:
 
     def retain(self, keys) -> None:
         keys = set(keys)
-        for key in list(self._items):
-            if key not in keys:
+        with self._lock:
+            for key in [k for k in self._items if k not in keys]:
                 del self._items[key]
 
     def keys(self):
