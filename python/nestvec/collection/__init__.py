@@ -1,4 +1,4 @@
-"""Arrow-backed persistent collections (see DESIGN.md, Collections)."""
+"""Arrow-backed persistent collections (see docs/ARCHITECTURE.md)."""
 from .collection import Collection, open  # noqa: A004
 from .errors import CollectionNotFound, CorruptionError, FilterLimitError, LockError
 from .filters import field

@@ -1,6 +1,6 @@
 """The Collection API: a persistent, versioned, filterable vector table.
 
-See DESIGN.md (Collections) and ``storage.py`` for the on-disk format. Every write
+See docs/ARCHITECTURE.md and ``storage.py`` for the on-disk format. Every write
 validates all of its input first, writes new files, then commits a new version; a
 failed call writes nothing and a crash leaves the last committed version intact.
 

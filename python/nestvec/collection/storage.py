@@ -1,6 +1,6 @@
 """On-disk layout of a collection: segments, deletion files, manifests, commits, lock.
 
-A collection directory holds (DESIGN.md, Collections)::
+A collection directory holds (docs/ARCHITECTURE.md, "Storage format")::
 
     LATEST                          the current version number (replaced atomically)
     LOCK                            flock()ed by the single writer; holds its pid
