@@ -32,12 +32,13 @@ def machine() -> dict:
     try:
         import nestvec
         import nestvec.ops as ops
+        from nestvec import _backend
 
         ni = nestvec.info()
         info["nestvec"] = ni["version"]
         info["isa"] = ni.get("isa_active")
-        if ops._C is not None:
-            bi = ops._C.build_info()
+        if _backend._C is not None:
+            bi = _backend._C.build_info()
             info["isa_detected"] = bi.get("isa_detected")
             info["cpu_features"] = bi.get("cpu_features")
     except Exception:
@@ -70,19 +71,20 @@ def cpu_isas(spec: str | None) -> list[str]:
     SIMD ISA this CPU runs, e.g. both avx2 and avx512 on an AVX-512 machine), or
     None / "auto" (the one in use)."""
     import nestvec.ops as ops
+    from nestvec import _backend
 
-    if ops._C is None:
+    if _backend._C is None:
         return []
     if not spec or spec == "auto":
-        return [ops._C.get_isa()]
-    compiled = ops._C.build_info()["isas_compiled"]
+        return [_backend._C.get_isa()]
+    compiled = _backend._C.build_info()["isas_compiled"]
     if spec == "all":
-        simd = [i for i in compiled if i != "scalar" and ops._C.isa_supported(i)]
+        simd = [i for i in compiled if i != "scalar" and _backend._C.isa_supported(i)]
         return simd or ["scalar"]
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    bad = [n for n in names if n not in compiled or not ops._C.isa_supported(n)]
+    bad = [n for n in names if n not in compiled or not _backend._C.isa_supported(n)]
     if bad:
-        ok = [i for i in compiled if ops._C.isa_supported(i)]
+        ok = [i for i in compiled if _backend._C.isa_supported(i)]
         raise SystemExit(f"--isa {','.join(bad)}: not available here (this CPU runs {', '.join(ok)})")
     return names
 
@@ -91,13 +93,14 @@ def cpu_isas(spec: str | None) -> list[str]:
 def using_isa(name: str):
     """nestvec's CPU kernels forced to ISA `name` inside the block."""
     import nestvec.ops as ops
+    from nestvec import _backend
 
-    prev = ops._C.get_isa()
-    ops._C.set_isa(name)
+    prev = _backend._C.get_isa()
+    _backend._C.set_isa(name)
     try:
         yield
     finally:
-        ops._C.set_isa(prev)
+        _backend._C.set_isa(prev)
 
 
 def describe() -> str:
@@ -124,8 +127,9 @@ def read_floor(rows: int, stride: int, nbytes: list[int], offset: int = 16) -> d
         subprocess.run([cxx, "-O2", "-pthread", str(src), "-o", str(exe)], check=True)
     try:
         import nestvec.ops as ops
+        from nestvec import _backend
 
-        threads = ops._C.get_num_threads() if ops._C is not None else os.cpu_count()
+        threads = _backend._C.get_num_threads() if _backend._C is not None else os.cpu_count()
     except Exception:
         threads = os.cpu_count()
     out = subprocess.run([str(exe), "--threads", str(threads), "--offset", str(offset), str(rows),

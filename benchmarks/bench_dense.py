@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as H  # noqa: E402
 
 import nestvec.ops as ops  # noqa: E402
+from nestvec import _backend
 
 TARGETS = {("full", 1): 30, ("full", 16): 100, ("full", 256): 900,
            ("prefix256", 1): 12, ("prefix256", 16): 40}
@@ -93,7 +94,7 @@ def main(argv=None):
         out = last["out"]
         rec = recall(np.asarray(out[1]), ref) if ref is not None else None
         row = dict(case=case, batch=batch, impl=impl, median_ms=t["median_ms"], min_ms=t["min_ms"],
-                   isa=ops._C.get_isa() if impl.startswith("nestvec") else None,
+                   isa=_backend._C.get_isa() if impl.startswith("nestvec") else None,
                    recall=rec, build_s=build_s, target_ms=TARGETS.get((case, batch)) if impl.startswith("nestvec") else None)
         rows.append(row)
         print(f"  {case:10s} b={batch:<4d} {impl:28s} {t['median_ms']:9.1f} ms (min {t['min_ms']:.1f})"
@@ -133,16 +134,16 @@ def main(argv=None):
         ref = None
         for isa in isas:
             with H.using_isa(isa):
-                two = getattr(ops._C, "dense_two_pass", lambda: "")()
+                two = getattr(_backend._C, "dense_two_pass", lambda: "")()
                 tag = f" (two-pass, {two})" if two and b >= 16 else ""
                 out = add(case, b, f"{impl} [{isa}]{tag}", fn, ref)
                 ref = out[1] if ref is None else ref
                 if tag:
-                    ops._C.set_dense_bf16(False)
+                    _backend._C.set_dense_bf16(False)
                     try:
                         add(case, b, f"{impl} [{isa}] (float32 scan only)", fn, ref)
                     finally:
-                        ops._C.set_dense_bf16(True)
+                        _backend._C.set_dense_bf16(True)
         return ref
 
     def floor(case, b, nbytes):
@@ -214,7 +215,7 @@ def main(argv=None):
     print(H.describe())
     print(H.markdown_table(rows, cols))
     path = H.save("bench_dense", rows, {"n": n, "d": d, "k": k, "repeats": args.repeats,
-                                        "threads": ops._C.get_num_threads() if ops._C else None})
+                                        "threads": _backend._C.get_num_threads() if _backend._C else None})
     print(f"\nsaved {path}")
 
 

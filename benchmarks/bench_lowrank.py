@@ -118,13 +118,15 @@ def main(argv=None) -> int:
     import torch
 
     import nestvec.ops as ops
+
+    from nestvec import _backend
     from nestvec.nn import LowRankSparseLinear
 
     if args.threads:
-        ops._C.set_num_threads(args.threads)
+        _backend._C.set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
     isas = H.cpu_isas(args.isa)
-    ops._C.set_isa(isas[0])
+    _backend._C.set_isa(isas[0])
     print(H.describe(), flush=True)
     M, K, N, r = args.m, args.k, args.n, args.rank
     c = int(round(args.sparsity * N))
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
     y_np = np.empty((M, N), np.float32)
     def under(isa, f):
         def g():
-            ops._C.set_isa(isa)
+            _backend._C.set_isa(isa)
             return f()
         return g
 
@@ -174,7 +176,7 @@ def main(argv=None) -> int:
         "torch dense F.linear": lambda: torch.nn.functional.linear(xt, Wt),
         "torch low-rank + index_add_": torch_lowrank,
     }, args.rounds)
-    ops._C.set_isa(isas[0])
+    _backend._C.set_isa(isas[0])
     rows = []
     for name, t in fwd.items():
         fl = flops_dense if "dense" in name else flops_lr
@@ -227,7 +229,7 @@ def main(argv=None) -> int:
 
     meta = {"M": M, "K": K, "N": N, "rank": r, "channels": c, "dtype": "float32",
             "ours_rel_error_vs_numpy": rel, "numpy_blas": blas_info(),
-            "threads": ops._C.get_num_threads(), "isa": ops._C.get_isa(), "isas": isas,
+            "threads": _backend._C.get_num_threads(), "isa": _backend._C.get_isa(), "isas": isas,
             "target": ">= 3.0x over numpy dense (forward)", "flop_ideal": flops_dense / flops_lr}
     print(f"M={M} K={K} N={N} r={r} c={c} f32, threads={meta['threads']}, isa={meta['isa']}, "
           f"numpy BLAS {meta['numpy_blas']}")

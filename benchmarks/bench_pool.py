@@ -52,9 +52,10 @@ def run(quick=False, isas=None):
     import torch
 
     import nestvec.ops as ops
+    from nestvec import _backend
 
     isas = isas or H.cpu_isas("auto")
-    torch.set_num_threads(max(1, ops._C.get_num_threads() if ops._C else 1))
+    torch.set_num_threads(max(1, _backend._C.get_num_threads() if _backend._C else 1))
     rng = np.random.default_rng(0)
     rows = []
     cases = [(64, 256, 384, torch.float32, 0.5)]
