@@ -85,7 +85,7 @@ class Rows:
         vec = np.empty((n, dim), np.dtype(dtype))
         codes = np.empty((n, (dim + 7) // 8), np.uint8) if m["binary"] else None
         for c in range(0, n, VALIDATE_ROWS):
-            part = vd.vectors(self.x[a + c:a + c + VALIDATE_ROWS], dim, dtype, m["metric"], first_row=a + c)
+            part = vd.vectors(self.x[a + c:min(b, a + c + VALIDATE_ROWS)], dim, dtype, m["metric"], first_row=a + c)
             vec[c:c + len(part)] = part
             if codes is not None:
                 codes[c:c + len(part)] = vd.sign_codes(part)

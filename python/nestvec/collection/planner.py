@@ -137,7 +137,7 @@ def resolve_mode(req: Request, n_allowed: int, q_width: int | None = None) -> st
 
         rescore = req.rescore or 10
         if req.indexes and req.selectivity >= EXACT_FRACTION and n_allowed > req.k * rescore:
-            return req.indexes[0]  # the first the snapshot lists: ivf before hnsw
+            return "ivf" if "ivf" in req.indexes else req.indexes[0]
         if not req.binary:
             return "flat"
         if q_width is not None and q_width < req.d_full and req.dim % 8:

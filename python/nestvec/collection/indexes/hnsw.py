@@ -44,7 +44,7 @@ def space_for(metric: str) -> str:
 
 
 def graph_input(vectors, dim: int, metric: str) -> np.ndarray:
-    x = np.ascontiguousarray(vectors[:, :dim], dtype=np.float32)
+    x = np.array(vectors[:, :dim], dtype=np.float32)  # a copy: normalised in place
     if metric == "cosine":
         n = np.sqrt(np.einsum("ij,ij->i", x, x))
         np.divide(x, n[:, None], out=x, where=n[:, None] > 0)

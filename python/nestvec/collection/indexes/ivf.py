@@ -36,8 +36,9 @@ ASSIGN_BYTES = 64 << 20  # scores held at once while rows are assigned to lists
 
 
 def prefix_f32(vectors: np.ndarray, dim: int, metric: str) -> np.ndarray:
-    """float32 copy of the first ``dim`` values of each row, unit length unless l2."""
-    x = np.asarray(vectors[:, :dim], dtype=np.float32)
+    """float32 copy of the first ``dim`` values of each row, unit length unless l2
+    (always a copy: it is normalised in place)."""
+    x = np.array(vectors[:, :dim], dtype=np.float32)
     if metric != "l2":
         n = np.sqrt(np.einsum("ij,ij->i", x, x))
         np.divide(x, n[:, None], out=x, where=n[:, None] > 0)
