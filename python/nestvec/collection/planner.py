@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _checks as ck
-from .. import ops
+from . import hostcalls
 from ..ops import dense as dense_op
 from ..quant import binarize
 from .topk import host as _host
@@ -36,9 +36,9 @@ CANDIDATE_QUERIES = 2
 
 
 def dense(db, queries, k, dim, metric, allow=None, candidates=None):
-    """dense_topk on the backend for where ``db`` lives."""
-    return ops.dense_topk(db, queries, k, dim=dim, metric=metric, allow=allow,
-                          candidates=candidates)
+    """dense_topk on the backend for where ``db`` lives (hostcalls.py: host searches
+    skip the op's checks of what the collection already checked)."""
+    return hostcalls.dense(db, queries, k, dim, metric, allow, candidates)
 
 
 # --------------------------------------------------------------------------- device cache
@@ -225,12 +225,13 @@ class Planner:
 
     def _query_codes(self, queries):
         r = self.req
+        pack = (lambda x: np.packbits(x > 0, axis=-1)) if type(queries) is np.ndarray else binarize
         if queries.shape[1] == r.d_full and (r.mode != "binary" or r.dim == r.d_full):
-            return binarize(queries), (r.d_full + 7) // 8
+            return pack(queries), (r.d_full + 7) // 8
         if r.dim % 8:
             raise ValueError(f"dim: binary codes of a {r.dim}-value prefix need dim % 8 == 0 "
                              f"(or pass full {r.d_full}-value queries with mode='funnel')")
-        return binarize(queries[:, :r.dim]), r.dim // 8
+        return pack(queries[:, :r.dim]), r.dim // 8
 
     def _flat(self, queries, nq, only=None):
         r = self.req
@@ -260,8 +261,8 @@ class Planner:
     def _hamming(self, qcodes, nbytes, k, nq, only=None):
         parts = []
         for i in self._active(only):
-            d, idx = ops.hamming_topk(self._codes(i, nbytes), qcodes, min(k, self.counts[i]),
-                                      allow=self._allow(i))
+            d, idx = hostcalls.hamming(self._codes(i, nbytes), qcodes, min(k, self.counts[i]),
+                                       allow=self._allow(i))
             parts.append((self.segments[i].offset, i, d, idx))
         return _merge(parts, k, False, nq)
 
@@ -269,7 +270,7 @@ class Planner:
         r = self.req
         short = r.k * (r.rescore or 10)
         seg, local, _ = self._hamming(qcodes, nbytes, short, nq)
-        self.stats["rows_rescored"] = int((local >= 0).sum())
+        self.stats["rows_rescored"] = int(np.count_nonzero(local >= 0))
         return self._rescore(queries, seg, local, nq)
 
     def _rescore(self, queries, seg, local, nq):
@@ -280,12 +281,13 @@ class Planner:
         # Matryoshka ladder: rescore the survivors at each wider prefix, keeping fewer
         # (exact scores at every stage; the last stage is `dim` and keeps k)
         stages = list(zip(r.ladder, ladder_keep(max(short, r.k), r.k, len(r.ladder)))) + [(r.dim, r.k)]
-        segs = set(np.unique(seg[local >= 0]).tolist())
+        active = self._active()
+        segs = active if len(active) == 1 else set(np.unique(seg[local >= 0]).tolist())
         for d, keep in stages:
             parts = []
             for i in self._active(segs):
-                cand = np.where(seg == i, local, -1)
-                if not (cand >= 0).any():
+                cand = local if len(segs) == 1 else np.where(seg == i, local, -1)
+                if len(segs) > 1 and not (cand >= 0).any():
                     continue
                 if self.cache is not None:
                     cand = self.cache.put_temporary(np.ascontiguousarray(cand))

@@ -20,6 +20,13 @@ def _check_device_type(dev, name: str) -> None:
                          f"{dev.type!r}")
 
 
+def _pint(v, name: str, hi: int | None = None) -> int:
+    """vd.positive_int, with the common case (a plain int in range) first."""
+    if type(v) is int and 0 < v and (hi is None or v <= hi):
+        return v
+    return vd.positive_int(v, name, hi)
+
+
 class SearchMixin:
     def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
                filter=None, columns=None, device=None, ladder=(), nprobe: int | None = None,
@@ -65,16 +72,17 @@ class SearchMixin:
         m = snap.manifest
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-        k = vd.positive_int(k, "k", MAX_K)
-        rescore = None if rescore is None else vd.positive_int(rescore, "rescore")
-        nprobe = None if nprobe is None else vd.positive_int(nprobe, "nprobe")
-        ef = None if ef is None else vd.positive_int(ef, "ef")
+        k = _pint(k, "k", MAX_K)
+        rescore = None if rescore is None else _pint(rescore, "rescore")
+        nprobe = None if nprobe is None else _pint(nprobe, "nprobe")
+        ef = None if ef is None else _pint(ef, "ef")
         d_full = m["dim"]
-        dim = d_full if dim is None else vd.positive_int(dim, "dim", d_full)
+        dim = d_full if dim is None else _pint(dim, "dim", d_full)
         if mode in ("funnel", "ivf") and k * (rescore or 10) > MAX_K:
             raise ValueError(f"rescore: the shortlist k*rescore = {k * (rescore or 10)} exceeds {MAX_K}")
-        self._check_index_args(snap, mode, dim, nprobe)
-        ladder = vd.ladder(ladder, dim)
+        if mode in ("ivf", "hnsw") or nprobe is not None:
+            self._check_index_args(snap, mode, dim, nprobe)
+        ladder = () if type(ladder) is tuple and not ladder else vd.ladder(ladder, dim)
         cols = self._columns(snap, columns, [])
         dev = self._device(q, device)
         qx, single = vd.queries(q, d_full, dim, m["metric"])
@@ -162,17 +170,25 @@ class SearchMixin:
 
     def _result(self, snap, seg, local, score, cols, mode) -> pa.Table:
         valid = local >= 0
-        qi = np.nonzero(valid)[0].astype(np.int64)
-        segs, locs, scores = seg[valid], local[valid], score[valid]
+        nq, k = local.shape
+        if valid.all():  # every query has k rows: no masking
+            qi = np.repeat(np.arange(nq, dtype=np.int64), k)
+            segs, locs, scores = seg.ravel(), local.ravel(), score.ravel()
+        else:
+            qi = np.nonzero(valid)[0].astype(np.int64)
+            segs, locs, scores = seg[valid], local[valid], score[valid]
         names = ["id"] + [c for c in cols if c != "id"]
-        score_arr = pa.array(scores.astype(np.int32 if mode == "binary" else np.float32))
+        score_arr = pa.array(scores.astype(np.int32 if mode == "binary" else np.float32, copy=False))
         if names == ["id"] and snap.manifest["id_type"] == "int64":
             # the common result: int ids gathered in NumPy (one pyarrow take per
             # segment and a re-ordering take cost more than a small search)
-            ids = np.empty(len(segs), np.int64)
-            for i in np.unique(segs):
-                sel = segs == i
-                ids[sel] = snap.segments[i].file.int_ids()[locs[sel]]
+            if len(snap.segments) == 1:
+                ids = snap.segments[0].file.int_ids()[locs]
+            else:
+                ids = np.empty(len(segs), np.int64)
+                for i in np.unique(segs):
+                    sel = segs == i
+                    ids[sel] = snap.segments[i].file.int_ids()[locs[sel]]
             return pa.table({"query": pa.array(qi), "id": pa.array(ids), "score": score_arr})
         pieces, pos = [], []
         for i in np.unique(segs):

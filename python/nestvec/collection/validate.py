@@ -176,8 +176,26 @@ def sign_codes(xs: np.ndarray) -> np.ndarray:
     return np.packbits((u < sign) & (u != 0), axis=-1)
 
 
+# The fast path accepts norms inside the limits with a margin (its squares are summed in
+# float64, the kernels' in float32); anything near or past a limit takes the full checks.
+_FAST_HI = _MAX_SQ_NORM * 0.999
+_FAST_LO = _MIN_SQ_NORM_COSINE * 1.001
+
+
 def queries(q, dim_full: int, dim: int, metric: str):
     """Search queries -> ([Q, D or dim] float32 NumPy array or float torch tensor, single)."""
+    if type(q) is np.ndarray and q.dtype == np.float32 and q.ndim in (1, 2) and q.size \
+            and q.shape[-1] in (dim_full, dim):
+        # the common case in one pass: a float32 array whose prefix norms are in range
+        # (NaN and infinity fail the range test and get the full checks' message)
+        x = q[None, :] if q.ndim == 1 else q
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        xd = x[:, :dim] if dim < x.shape[1] else x
+        sq = np.einsum("ij,ij->i", xd, xd, dtype=np.float64)
+        lo = _FAST_LO if metric == "cosine" else -1.0
+        if ((sq >= lo) & (sq <= _FAST_HI)).all() and (xd is x or np.isfinite(x).all()):
+            return x, q.ndim == 1
     on_device = ck.is_torch(q) and ck.device_of(q) != "cpu"
     if on_device:
         import torch

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from ... import ops
+from .. import hostcalls
 from ..topk import merge_parts, merge_results
 
 # Filters allowing fewer rows than this fraction are searched over the allowed rows
@@ -123,7 +123,7 @@ class IndexRun:
             codes = pl._codes(i, nbytes)
             if rows is not None:
                 codes = codes[rows]
-            d, idx = ops.hamming_topk(codes, qcodes, min(short, len(codes)))
+            d, idx = hostcalls.hamming(codes, qcodes, min(short, len(codes)))
             if rows is not None:
                 idx = np.where(idx >= 0, rows[np.maximum(idx, 0)], -1)
             parts.append((s.offset, i, d, idx))
@@ -197,9 +197,9 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
             lst = pl.segments[i].ann["ivf"].ready()
             ranges = lst.ranges(lists)
             pl.stats["rows_scanned"] += int((ranges[..., 1] - ranges[..., 0]).sum())
-            d, loc = ops.hamming_topk_ranges(lst.codes if nbytes == lst.codes.shape[1] else lst.codes[:, :nbytes],
-                                             qcodes[todo], min(short, pl.counts[i]), ranges, ids=lst.rows,
-                                             allow=pl.masks[i])
+            d, loc = hostcalls.hamming_ranges(lst.codes if nbytes == lst.codes.shape[1] else lst.codes[:, :nbytes],
+                                              qcodes[todo], min(short, pl.counts[i]), ranges, ids=lst.rows,
+                                              allow=pl.masks[i])
             parts.append((pl.segments[i].offset, i, d, loc))
         s, lo, _ = merge_parts(parts, short, False, len(todo))
         seg[todo, :s.shape[1]] = s
