@@ -332,7 +332,7 @@ def tune(snap, kind: str, fixed: dict) -> dict:
     if kind == "ivf":
         spec = snap.indexes["ivf"].spec
         nlist = spec["nlist"]
-        rescores = [fixed["rescore"]] if fixed["rescore"] else [10, 20, 40]
+        rescores = [fixed["rescore"]] if fixed["rescore"] else [10, 20, 40, 100]
         probes = [fixed["nprobe"]] if fixed["nprobe"] else \
             sorted({min(nlist, 2 ** i) for i in range(0, int(math.log2(nlist)) + 2)})
         best = None
