@@ -15,6 +15,7 @@
 #include "nestvec/dispatch.h"
 #include "nestvec/dtype.h"
 #include "nestvec/hamming.h"
+#include "nestvec/hamming_ranges.h"
 #include "nestvec/pooling.h"
 #include "nestvec/lowrank_sparse.h"
 
@@ -145,6 +146,51 @@ PYBIND11_MODULE(_C, m) {
       py::arg("out_idx"));
 
   bind::def_cuda_hamming(m);
+
+  m.def(
+      "hamming_topk_ranges",
+      [](py::array codes, py::array queries, py::array ranges, py::object ids, py::object allow,
+         int64_t k, py::array out_dist, py::array out_idx) {
+        View c = view2d(codes, "codes", 1), q = view2d(queries, "queries", 1);
+        View od = view2d(out_dist, "out_dist", 4, true), oi = view2d(out_idx, "out_idx", 8, true);
+        if (q.cols != c.cols) throw std::invalid_argument("queries: byte width differs from codes");
+        if (k <= 0) throw std::invalid_argument("k must be positive");
+        if (od.rows != q.rows || od.cols != k || oi.rows != q.rows || oi.cols != k ||
+            od.row_stride != k || oi.row_stride != k)
+          throw std::invalid_argument("out: expected contiguous [Q, k]");
+        if (ranges.ndim() != 3 || ranges.shape(0) != q.rows || ranges.shape(2) != 2 ||
+            ranges.itemsize() != 8 || !(ranges.flags() & py::array::c_style))
+          throw std::invalid_argument("ranges: expected a contiguous int64 [Q, P, 2]");
+        const void* idp = nullptr;
+        int id_bytes = 0;
+        py::array ids_arr, allow_arr;
+        if (!ids.is_none()) {
+          ids_arr = ids.cast<py::array>();
+          View iv = view2d(ids_arr, "ids", size_t(ids_arr.itemsize()));
+          if (iv.rows * iv.cols != c.rows || (ids_arr.itemsize() != 4 && ids_arr.itemsize() != 8))
+            throw std::invalid_argument("ids: expected int32 or int64 [N]");
+          idp = iv.ptr;
+          id_bytes = int(ids_arr.itemsize());
+        }
+        const uint8_t* al = nullptr;
+        int64_t n_allow = 0;
+        if (!allow.is_none()) {
+          allow_arr = allow.cast<py::array>();
+          View a = view2d(allow_arr, "allow", 1);
+          al = static_cast<const uint8_t*>(a.ptr);
+          n_allow = a.rows * a.cols;
+        }
+        if (c.rows >= (int64_t(1) << 40)) throw std::invalid_argument("codes: too many rows");
+        py::gil_scoped_release nogil;
+        hamming::topk_ranges(static_cast<const uint8_t*>(c.ptr), c.rows, c.row_stride,
+                             static_cast<const uint8_t*>(q.ptr), q.rows, q.row_stride, c.cols,
+                             static_cast<const int64_t*>(ranges.data()), ranges.shape(1), idp,
+                             id_bytes, al, n_allow, k, static_cast<int32_t*>(od.ptr),
+                             static_cast<int64_t*>(oi.ptr));
+      },
+      py::arg("codes"), py::arg("queries"), py::arg("ranges"), py::arg("ids"), py::arg("allow"),
+      py::arg("k"), py::arg("out_dist"), py::arg("out_idx"));
+
 
   // ---------------------------------------------------------------- dense (elastic top-k)
   m.def(

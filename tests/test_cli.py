@@ -71,10 +71,13 @@ def corpus(tmp_path):
 
 def test_index_search_folder_and_jsonl(corpus):
     out = corpus / "docs.nv"
-    r = nv("index", corpus / "docs", "--out", out, "--quiet")
+    ann = ("--ann", "ivf") if _have_faiss() else ()
+    r = nv("index", corpus / "docs", "--out", out, "--quiet", *ann)
     assert r.returncode == 0, r.stderr
     assert "indexed 4 documents" in r.stdout
-    r = nv("search", out, "kitten", "-k", "2")
+    if ann:  # 4 rows: below min_rows, searched exhaustively
+        assert "ivf index over 0 rows" in r.stdout and "ivf" in nestvec.open(out, read_only=True).indexes()
+    r = nv("search", out, "kitten", "-k", "2", *(("--mode", "ivf") if ann else ()))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].split()[2] == "cats.txt"
     r = nv("search", out, "baking", "-k", "1", "--dim", "128", "--mode", "flat", "--json")
@@ -122,3 +125,26 @@ def test_bench_pool_quick(tmp_path):
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "bench_pool.png").is_file()
     r = nv("bench", "--only", "nope", "--out", tmp_path)
     assert r.returncode == 2
+
+
+def _have_faiss() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ann", ["ivf", "hnsw"])
+def test_index_ann_and_search_mode(corpus, ann):
+    pytest.importorskip("faiss")
+    pytest.importorskip("hnswlib")
+    out = corpus / f"{ann}.nv"
+    r = nv("index", corpus / "docs", "--out", out, "--quiet", "--ann", ann)
+    assert r.returncode == 0, r.stderr
+    assert f"{ann} index over 0 rows" in r.stdout  # 4 rows: below min_rows, searched exhaustively
+    assert ann in nestvec.open(out, read_only=True).indexes()
+    r = nv("search", out, "baking", "-k", "1", "--mode", ann, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["id"] == "bread.rst"
+    r = nv("search", out, "baking", "--mode", "hnsw" if ann == "ivf" else "ivf")
+    assert r.returncode == 2 and "no " in r.stderr and "index" in r.stderr

@@ -2,6 +2,7 @@
 
   nestvec demo                         index the Python stdlib's docstrings, search, benchmark
   nestvec index SOURCE --out DIR       embed a folder of text files or a .jsonl file
+                                       (--ann ivf|hnsw: and build a sub-linear index)
   nestvec search DIR "query" -k 10     search a collection built by `nestvec index`
   nestvec bench                        run the benchmark suite (JSON, markdown, PNG plots)
   nestvec info                         build and runtime facts
@@ -155,9 +156,18 @@ def _cmd_index(args) -> int:
     col = _write_collection(out, vecs, [r["id"] for r in recs], meta, schema, args.append,
                             _enc_info(enc))
     n = len(col)
+    ann = ""
+    if args.ann and args.ann not in col.indexes():
+        try:
+            spec = col.create_index(args.ann)
+        except (ImportError, ValueError, TypeError) as e:
+            col.close()
+            raise CLIError(f"--ann {args.ann}: {e}") from None
+        ann = (f", {args.ann} index over {spec['rows_indexed']} rows in {spec['segments_indexed']} segment(s)"
+               f" (segments below {spec['min_rows']} rows are searched exhaustively)")
     col.close()
     print(f"indexed {len(recs)} documents from {args.source} into {out} ({n} rows, "
-          f"{vecs.shape[1]}-dim, binary codes) in {t_enc:.1f} s")
+          f"{vecs.shape[1]}-dim, binary codes{ann}) in {t_enc:.1f} s")
     return 0
 
 
@@ -364,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     px.add_argument("--append", action="store_true",
                     help="add to an existing collection (documents with an existing id are replaced)")
     px.add_argument("--quiet", action="store_true", help="no progress bar")
+    px.add_argument("--ann", choices=("ivf", "hnsw"), default=None,
+                    help="also build a sub-linear index (search it with --mode ivf / hnsw, or auto)")
     encoder_opts(px)
     px.set_defaults(func=_cmd_index)
 
@@ -372,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("query", help="query text")
     ps.add_argument("-k", type=int, default=10, help="results (default 10)")
     ps.add_argument("--dim", type=int, default=None, help="search on the first DIM values (Matryoshka)")
-    ps.add_argument("--mode", default="auto", choices=("auto", "flat", "binary", "funnel"))
-    ps.add_argument("--rescore", type=int, default=10, help="funnel shortlist = k * rescore")
+    ps.add_argument("--mode", default="auto", choices=("auto", "flat", "binary", "funnel", "ivf", "hnsw"))
+    ps.add_argument("--rescore", type=int, default=None,
+                    help="funnel / ivf shortlist = k * rescore (default: the index's, else 10)")
     ps.add_argument("--filter", default=None, help="SQL WHERE condition on metadata columns")
     ps.add_argument("--json", action="store_true", help="print JSON rows")
     encoder_opts(ps, dim=False)

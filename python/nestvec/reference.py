@@ -44,6 +44,33 @@ def hamming_topk(codes, queries, k, allow=None):
     return dist, idx
 
 
+def hamming_topk_ranges(codes, queries, k, ranges, ids=None, allow=None):
+    """Top-k smallest Hamming distances among the positions of each query's ranges.
+
+    codes uint8 [N, B], queries uint8 [Q, B], ranges int64 [Q, P, 2] of (start, stop)
+    positions (disjoint within a query; stop <= start is empty; clipped to [0, N]),
+    ids int [N] (the row id of each position; None: the position), allow bool [M]
+    indexed by id. Returns (dist int32 [Q, k], id int64 [Q, k]) ordered by distance,
+    then id; padding (INT32_MAX, -1)."""
+    n, q = codes.shape[0], queries.shape[0]
+    dist = np.full((q, k), INT32_MAX, dtype=np.int32)
+    out = np.full((q, k), -1, dtype=np.int64)
+    for i in range(q):
+        pos = [np.arange(max(0, a), min(n, b)) for a, b in ranges[i] if min(n, b) > max(0, a)]
+        pos = np.concatenate(pos) if pos else np.zeros(0, np.int64)
+        rid = pos if ids is None else np.asarray(ids, np.int64)[pos]
+        if allow is not None:
+            keep = np.asarray(allow, bool)[rid]
+            pos, rid = pos[keep], rid[keep]
+        if not len(pos):
+            continue
+        d = hamming_distances(codes[pos], queries[i:i + 1])[0]
+        order = np.lexsort((rid, d))[:k]
+        dist[i, :len(order)] = d[order]
+        out[i, :len(order)] = rid[order]
+    return dist, out
+
+
 # --------------------------------------------------------------------------- dense_topk
 
 METRICS = ("cosine", "ip", "l2")

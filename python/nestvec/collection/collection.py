@@ -28,12 +28,13 @@ from . import validate as vd
 from .errors import CorruptionError
 from .merge import MergePolicy, SegmentStats, TieredMergePolicy
 from .planner import DeviceCache
+from .index_api import IndexMixin
 from .search import SearchMixin
 
 _MAX_MERGE_ROUNDS = 64  # cascades (a merge output completing the next tier) per call
 
 
-class Collection(SearchMixin):
+class Collection(SearchMixin, IndexMixin):
     """A collection of vectors with ids and typed metadata columns.
 
     Create with :meth:`create`, reopen with :func:`nestvec.open`. One writer process
@@ -364,10 +365,20 @@ class Collection(SearchMixin):
                 problems.extend(e.problems)
             except FileNotFoundError as e:
                 problems.append((e.filename, "is missing"))
+        n_index = 0
+        for check, nb in self._index_checks(snap, block):
+            try:
+                check()
+                n_index += 1
+                nbytes += nb or 0
+            except CorruptionError as e:
+                problems.extend(e.problems)
+            except FileNotFoundError as e:
+                problems.append((e.filename, "is missing"))
         if problems:
             raise CorruptionError(problems[0][0], problems[0][1], problems)
-        return {"version": snap.version, "files": len(snap.segments) + sum(s.deletions is not None
-                                                                           for s in snap.segments),
+        return {"version": snap.version, "files": len(snap.segments) + n_index + sum(
+                    s.deletions is not None for s in snap.segments),
                 "bytes": nbytes, "not_checksummed": unchecked}
 
     def refresh(self) -> int:
@@ -389,7 +400,8 @@ class Collection(SearchMixin):
             cache.retain(keys)  # invalidation: drop what this version no longer names
 
     def _publish_manifest(self, m: dict) -> None:
-        self._publish(sn.load_snapshot(self._store, m, reuse=self._snap.segments))
+        self._publish(sn.load_snapshot(self._store, m, reuse=self._snap.segments,
+                                       reuse_indexes=self._snap.indexes))
 
     # ------------------------------------------------------------------ writing
 
@@ -406,21 +418,27 @@ class Collection(SearchMixin):
             metadata: dict of columns, pyarrow Table/RecordBatch or pandas
                 DataFrame; columns from the schema only, missing ones are null.
 
-        Raises ValueError / TypeError before anything is written. The merge policy
-        may merge segments after the commit (a second commit, op ``"merge"``).
+        Raises ValueError / TypeError before anything is written (vectors of a large
+        add are checked segment by segment as they are written: a bad row aborts the
+        add, removes what it wrote and commits nothing). Rows go into segments of at
+        most ``merge_policy.max_segment_bytes``, written one at a time, so an add of
+        more rows than memory holds (a ``numpy.memmap``) streams. Segments reaching an
+        index's ``min_rows`` are indexed before the commit. The merge policy may merge
+        segments after the commit (a second commit, op ``"merge"``).
         """
         with self._write_lock:
             self._check_writable()
             snap = self._snap
-            table, arr, id_type = cm.build_rows(snap.manifest, snap.schema, vectors, ids, metadata, False)
+            rows = cm.Rows(snap.manifest, snap.schema, vectors, ids, metadata, False)
+            arr, id_type = rows.ids, rows.id_type
             if ids is not None:
                 found = self._find(snap, arr)
                 if any(m.any() for m in found):
                     dup = pa.concat_arrays([s.column("id").filter(pa.array(m)).combine_chunks()
                                             for s, m in zip(snap.segments, found) if m.any()])[:5].to_pylist()
                     raise ValueError(f"ids: already in the collection: {dup} (use upsert to replace)")
-            if table.num_rows:
-                self._commit([table], {}, "add", id_type)
+            if rows.n:
+                self._commit(rows.tables(self._policy.max_segment_bytes), {}, "add", id_type)
             return arr
 
     def upsert(self, vectors, ids, metadata=None) -> pa.Array:
@@ -428,10 +446,11 @@ class Collection(SearchMixin):
         with self._write_lock:
             self._check_writable()
             snap = self._snap
-            table, arr, id_type = cm.build_rows(snap.manifest, snap.schema, vectors, ids, metadata, True)
-            if table.num_rows:
+            rows = cm.Rows(snap.manifest, snap.schema, vectors, ids, metadata, True)
+            arr = rows.ids
+            if rows.n:
                 dels = {s.name: s.rows[m] for s, m in zip(snap.segments, self._find(snap, arr)) if m.any()}
-                self._commit([table], dels, "upsert", id_type)
+                self._commit(rows.tables(self._policy.max_segment_bytes), dels, "upsert", rows.id_type)
             return arr
 
     def delete(self, ids=None, filter=None) -> int:
@@ -455,7 +474,8 @@ class Collection(SearchMixin):
             return n
 
     def _commit(self, tables, deletions, op, id_type) -> None:
-        self._publish_manifest(cm.commit(self._store, self._snap, tables, deletions, op, id_type))
+        self._publish_manifest(cm.commit(self._store, self._snap, tables, deletions, op, id_type,
+                                         self._indexer()))
         if self._policy.on_commit:
             self._merge(self._policy)
 
@@ -474,9 +494,13 @@ class Collection(SearchMixin):
                 break
             merges += len(ranges)
             rewritten += sum(s.n_live for a, b in ranges for s in self._snap.segments[a:b])
-            self._publish_manifest(cm.rewrite(self._store, self._snap, ranges, "merge"))
+            self._publish_manifest(cm.rewrite(self._store, self._snap, ranges, "merge",
+                                              self._policy.max_segment_bytes, self._indexer()))
         return {"merges": merges, "rows_rewritten": rewritten, "segments_before": before,
                 "segments_after": len(self._snap.segments)}
+
+    def _compact_ranges(self) -> list:
+        return _rewrite_runs(self._stats(), self._policy.max_segment_bytes)
 
     def optimize(self) -> dict:
         """Run the merge policy until it finds nothing to merge (merges it would
@@ -488,15 +512,19 @@ class Collection(SearchMixin):
             return self._merge(self._policy)
 
     def compact(self, keep_versions: int = 1) -> dict:
-        """Rewrite the live rows into one segment (row order and ids unchanged) and
-        remove all but the newest ``keep_versions`` versions with the files only they
-        use. Readers that already opened a removed version keep reading it."""
+        """Rewrite the live rows into as few segments as the size cap allows
+        (``merge_policy.max_segment_bytes``; row order and ids unchanged), streaming:
+        one output segment in memory at a time; segments already at least half the
+        cap and without deleted rows are kept as they are. Then remove all but the
+        newest ``keep_versions`` versions with the files only they use. Readers that
+        already opened a removed version keep reading it."""
         with self._write_lock:
             self._check_writable()
             keep_versions = vd.positive_int(keep_versions, "keep_versions")
-            segs = self._snap.segments
-            if len(segs) > 1 or any(s.deletions is not None for s in segs):
-                self._publish_manifest(cm.rewrite(self._store, self._snap, [(0, len(segs))], "compact"))
+            ranges = self._compact_ranges()
+            if ranges:
+                self._publish_manifest(cm.rewrite(self._store, self._snap, ranges, "compact",
+                                                  self._policy.max_segment_bytes, self._indexer()))
             keep = []
             for v in sorted(self._store.manifest_versions(), reverse=True):
                 if v <= self.version and len(keep) < keep_versions:
@@ -505,6 +533,22 @@ class Collection(SearchMixin):
                     except KeyError:
                         pass
             return self._store.gc(keep)
+
+
+def _rewrite_runs(stats, cap: int) -> list:
+    """Maximal runs of adjacent segments that compaction rewrites: every segment but
+    those at least half the cap with nothing deleted (a run of one is rewritten only
+    to drop deleted rows)."""
+    keep = [s.live == s.rows and s.bytes * 2 >= cap for s in stats]
+    out, start = [], None
+    for i, k in enumerate(keep + [True]):
+        if not k and start is None:
+            start = i
+        elif k and start is not None:
+            if i - start > 1 or stats[start].live < stats[start].rows:
+                out.append((start, i))
+            start = None
+    return out
 
 
 def open(path, version: int | None = None, read_only: bool = False, verify: bool = False,  # noqa: A001

@@ -28,9 +28,14 @@ import pyarrow as pa
 
 from . import validate as vd
 from .errors import CorruptionError
+from .indexes import spec as ix
 
 FORMAT_V1 = "nestvec-collection/1"
 FORMAT = "nestvec-collection/2"
+# Format 3 = format 2 + indexes (indexes/spec.py). Written only by manifests that carry
+# an index, so a reader that does not know indexes refuses them (its garbage collection
+# would delete the index files) while index-less collections stay readable by it.
+FORMAT_V3 = "nestvec-collection/3"
 # Whole-file checksums are one CRC-32 per block, so verify() can check blocks in
 # parallel and a damaged block is located.
 CRC_BLOCK = 1 << 26
@@ -39,6 +44,11 @@ SEGMENT_RE = re.compile(r"^[0-9a-f]{32}\.arrow$")
 DELETION_RE = re.compile(r"^([0-9a-f]{32})\.([0-9]{1,19})\.arrow$")
 _HEX = re.compile(r"^(?:[0-9a-f]{8})+$")
 _SUMMARY = ("created", "op", "rows", "segments", "version")
+
+
+def format_for(m: dict) -> str:
+    """The format a manifest is written in: 3 when it carries an index."""
+    return FORMAT_V3 if m.get("indexes") else FORMAT
 
 
 def crc_hex(data) -> str:
@@ -83,7 +93,7 @@ def decode(data: bytes, path) -> dict:
     if not isinstance(m, dict):
         raise CorruptionError(path, f"manifest is a JSON {type(m).__name__}, expected an object")
     head = m.pop("_summary", None)
-    if m.get("format") == FORMAT and not data.startswith(_HEAD):
+    if m.get("format") in (FORMAT, FORMAT_V3) and not data.startswith(_HEAD):
         raise CorruptionError(path, "manifest was rewritten: its checksum header is missing")
     if head is not None and (not isinstance(head, dict) or any(
             head.get(k) != (len(m.get("segments", ())) if k == "segments" else m.get(k)) for k in _SUMMARY)):
@@ -123,10 +133,10 @@ def check(m: dict, version: int, path) -> dict:
         raise CorruptionError(path, f"invalid manifest: {why}")
 
     fmt = m.get("format")
-    if fmt not in (FORMAT, FORMAT_V1):
+    if fmt not in (FORMAT, FORMAT_V1, FORMAT_V3):
         if isinstance(fmt, str) and fmt.startswith("nestvec-collection/"):
             raise ValueError(f"{path}: collection format {fmt!r} is newer than this nestvec reads "
-                             f"({FORMAT}); upgrade nestvec")
+                             f"({FORMAT_V3}); upgrade nestvec")
         bad(f"'format' is {fmt!r}, expected {FORMAT!r}")
     if m.get("version") != version:
         bad(f"'version' is {m.get('version')!r} in the file of version {version}")
@@ -158,10 +168,19 @@ def check(m: dict, version: int, path) -> dict:
         bad(f"'segments' is {type(segs).__name__}, expected a list")
     if segs and m["id_type"] is None:
         bad("segments but no 'id_type'")
+    indexes = m.get("indexes") or {}
+    if not isinstance(indexes, dict) or (indexes and fmt != FORMAT_V3):
+        bad(f"'indexes' is {type(indexes).__name__} in a {fmt} manifest (indexes need format 3)")
+    indexes = {kind: ix.check_spec(kind, spec, m, bad) for kind, spec in indexes.items()}
     out, names, prev_last, live = [], set(), -1, 0
     for i, e in enumerate(segs):
         out.append(_check_entry(e, i, version, bad))
         e = out[-1]
+        for kind in ix.KINDS:
+            if isinstance(segs[i], dict) and segs[i].get(kind) is not None:
+                if kind not in indexes:
+                    bad(f"segment {e['name']} names a {kind} index file but the manifest has no {kind} index")
+                e[kind] = ix.check_file(segs[i][kind], kind, f"segment {e['name']}", bad)
         if e["name"] in names:
             bad(f"segment {e['name']} is listed twice")
         names.add(e["name"])
@@ -173,9 +192,9 @@ def check(m: dict, version: int, path) -> dict:
         bad(f"'next_row' {m['next_row']} is not above the last row {prev_last}")
     if live != m["rows"]:
         bad(f"'rows' is {m['rows']} but the segments hold {live} live rows")
-    if fmt == FORMAT and not _int(m.get("crc_block"), 1):
+    if fmt in (FORMAT, FORMAT_V3) and not _int(m.get("crc_block"), 1):
         bad(f"'crc_block' is {m.get('crc_block')!r}")
-    return dict(m, segments=out, crc_block=m.get("crc_block", CRC_BLOCK))
+    return dict(m, segments=out, crc_block=m.get("crc_block", CRC_BLOCK), indexes=indexes)
 
 
 def _check_entry(e, i, version, bad) -> dict:

@@ -11,9 +11,9 @@ The interface has two halves that change independently:
 
 * :class:`MergePolicy` decides: ``find_merges(segments)`` gets a
   :class:`SegmentStats` per segment and returns ``(start, stop)`` ranges.
-* the merge body executes one range (:func:`merge_tables` today: the run's live rows
-  in memory, one output segment). Issue 21's streaming, size-capped compaction
-  replaces the body (output split at ``max_segment_bytes``) without touching a policy.
+* the merge body executes one range (:func:`merge_tables`): it streams the run's live
+  rows into output segments of at most ``max_segment_bytes`` each (balanced sizes),
+  holding one output segment in memory at a time; the inputs stay memory-mapped.
 
 :class:`TieredMergePolicy` (the default) is a log-structured policy over adjacent
 segments (Lucene's LogMergePolicy): a segment's level is ``log_f(max(live rows,
@@ -44,11 +44,17 @@ class SegmentStats:
     bytes: int  # file size (estimated for in-memory collections)
 
 
+DEFAULT_SEGMENT_BYTES = 1 << 30
+COPY_ROWS = 65536  # rows gathered at a time into an output column (bounds temporaries)
+
+
 class MergePolicy:
     """Base class: decides which runs of adjacent segments to merge."""
 
     #: ask the policy after every commit (False: only ``Collection.optimize()``)
     on_commit: bool = True
+    #: merges, compaction and large adds write segments of at most this many bytes
+    max_segment_bytes: int = DEFAULT_SEGMENT_BYTES
 
     def find_merges(self, segments: Sequence[SegmentStats]) -> list:
         """Disjoint, ascending ``(start, stop)`` ranges (half-open, ``stop - start >= 1``)
@@ -134,13 +140,89 @@ class TieredMergePolicy(MergePolicy):
         return sorted(out)
 
 
-def merge_tables(segments):
-    """The merge body: the live rows of a run of segments (in order) as an iterable of
-    tables, each written as one output segment as soon as it is produced (commit.rewrite
-    consumes them one at a time). Today one table built in memory; a streaming,
-    size-capped body yields capped tables from bounded buffers instead."""
-    parts = []
+def row_bytes(segments) -> int:
+    """Bytes per row of a run's files (the largest; at least the fixed-width part)."""
+    out = 1
     for s in segments:
-        t = s.file.table
-        parts.append(t if s.live is None else t.filter(pa.array(s.live)))
-    return [pa.concat_tables(parts).combine_chunks()]
+        b = s.file.entry.get("bytes") or s.file.table.nbytes
+        out = max(out, -(-int(b) // max(s.n, 1)))
+    return out
+
+
+def split_rows(total: int, per_row: int, max_bytes: int) -> list:
+    """Row counts of the outputs that hold ``total`` rows within ``max_bytes`` each,
+    balanced (10 rows over a cap of 4 -> 4, 3, 3), so no output is a sliver."""
+    if total <= 0:
+        return []
+    cap = max(1, max_bytes // max(per_row, 1))
+    n_out = -(-total // cap)
+    base, extra = divmod(total, n_out)
+    return [base + (i < extra) for i in range(n_out)]
+
+
+def merge_tables(segments, max_segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+    """The merge body: the live rows of a run of segments, in order, as a stream of
+    tables of at most ``max_segment_bytes`` (balanced), each yielded as soon as it is
+    built and written by the caller (commit.rewrite) before the next is built. Memory:
+    one output table (its vector and code columns gathered straight from the mapped
+    inputs into one buffer each, COPY_ROWS at a time), never the whole run."""
+    schema = segments[0].file.table.schema
+    pieces = []  # (segment, live positions or None for all)
+    for s in segments:
+        live = s.live
+        if s.n_live:
+            pieces.append((s, None if live is None else np.flatnonzero(live)))
+    sizes = split_rows(sum(s.n_live for s, _ in pieces), row_bytes(segments), max_segment_bytes)
+    cursor = [0, 0]  # piece index, rows of it taken
+    for size in sizes:
+        take = []  # (segment, positions or (start, stop))
+        need = size
+        while need:
+            s, pos = pieces[cursor[0]]
+            avail = s.n_live - cursor[1]
+            m = min(avail, need)
+            a = cursor[1]
+            take.append((s, (a, a + m) if pos is None else pos[a:a + m]))
+            need -= m
+            cursor[1] += m
+            if cursor[1] == s.n_live:
+                cursor[0], cursor[1] = cursor[0] + 1, 0
+        yield _gather(schema, take, size)
+
+
+def _gather(schema: pa.Schema, take, n: int) -> pa.Table:
+    cols = []
+    for f in schema:
+        if f.name in ("vector", "code"):
+            cols.append(_gather_fixed(f, take, n))
+            continue
+        parts = []
+        for s, sel in take:
+            col = s.file.column(f.name).chunk(0)
+            parts.append(col.slice(sel[0], sel[1] - sel[0]) if isinstance(sel, tuple)
+                         else col.take(pa.array(sel)))
+        cols.append(pa.concat_arrays(parts) if len(parts) > 1 else parts[0])
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _gather_fixed(f: pa.Field, take, n: int) -> pa.Array:
+    """A vector / code column copied from the inputs' mapped views into one buffer."""
+    views = [s.vectors if f.name == "vector" else s.codes for s, _ in take]
+    out = np.empty((n,) + views[0].shape[1:], views[0].dtype)
+    at = 0
+    for view, (_, sel) in zip(views, take):
+        if isinstance(sel, tuple):
+            m = sel[1] - sel[0]
+            out[at:at + m] = view[sel[0]:sel[1]]
+        else:
+            m = len(sel)
+            for a in range(0, m, COPY_ROWS):
+                part = sel[a:a + COPY_ROWS]
+                np.take(view, part, axis=0, out=out[at + a:at + a + len(part)])
+        at += m
+    buf = pa.py_buffer(out)
+    if f.name == "code":
+        return pa.FixedSizeBinaryArray.from_buffers(f.type, n, [None, buf])
+    width = f.type.list_size
+    values = pa.Array.from_buffers(f.type.value_type, n * width, [None, buf])
+    return pa.FixedSizeListArray.from_arrays(values, width)

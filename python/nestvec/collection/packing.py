@@ -82,7 +82,8 @@ def pack(segments, masks, cache: PackCache):
     packed segment each; ``remap(seg, local)`` maps the planner's hits back."""
     groups, run, run_bytes = [], [], 0
     for i, s in enumerate(segments):
-        b = _size(s)
+        # a segment with an index is searched through it, never packed
+        b = PACK_SEGMENT_BYTES if getattr(s, "ann", None) else _size(s)
         if b < PACK_SEGMENT_BYTES and run_bytes + b <= PACK_BYTES:
             run.append(i)
             run_bytes += b

@@ -1,4 +1,4 @@
-"""Search planning: flat / binary / funnel over the segments of one snapshot.
+"""Search planning: flat / binary / funnel / ivf / hnsw over the segments of one snapshot.
 
 Every segment is searched by the op kernels with its ``allow`` mask (live rows, and
 filter matches), then per-segment top-k lists are merged exactly. Merge order is
@@ -7,7 +7,8 @@ does not depend on how rows are split into segments (compaction never changes it
 
 ``funnel`` takes the *global* Hamming top ``k*rescore`` (merged across segments,
 identical to a single-segment shortlist), then rescores those rows exactly with
-``dense_topk(candidates=...)`` at ``dim``.
+``dense_topk(candidates=...)`` at ``dim``. ``ivf`` and ``hnsw`` (indexes/plan.py) take
+their candidates from the segments' indexes and rescore them the same way.
 """
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _checks as ck
-from .. import ops
+from . import hostcalls
 from ..ops import dense as dense_op
 from ..quant import binarize
+from .topk import host as _host
+from .topk import merge_parts as _merge
 
-MODES = ("auto", "flat", "binary", "funnel")
+MODES = ("auto", "flat", "binary", "funnel", "ivf", "hnsw")
+INDEX_MODES = ("ivf", "hnsw")
 MAX_K = dense_op.MAX_K_CPU
 # flat search copies the allowed rows out when fewer than this fraction are allowed
 GATHER_FRACTION = 0.05
@@ -32,9 +36,9 @@ CANDIDATE_QUERIES = 2
 
 
 def dense(db, queries, k, dim, metric, allow=None, candidates=None):
-    """dense_topk on the backend for where ``db`` lives."""
-    return ops.dense_topk(db, queries, k, dim=dim, metric=metric, allow=allow,
-                          candidates=candidates)
+    """dense_topk on the backend for where ``db`` lives (hostcalls.py: host searches
+    skip the op's checks of what the collection already checked)."""
+    return hostcalls.dense(db, queries, k, dim, metric, allow, candidates)
 
 
 # --------------------------------------------------------------------------- device cache
@@ -110,6 +114,10 @@ class Request:
     d_full: int
     binary: bool
     ladder: tuple = ()  # funnel: increasing prefix dims < dim rescored before `dim`
+    nprobe: int | None = None  # ivf: lists probed (None: the index's tuned default)
+    ef: int | None = None  # hnsw: candidates per query (None: the index's default)
+    indexes: tuple = ()  # index kinds the snapshot has (auto picks one)
+    selectivity: float = 1.0  # allowed rows / rows (auto routes selective filters to exact modes)
 
 
 def ladder_keep(short: int, k: int, stages: int) -> list:
@@ -121,14 +129,22 @@ def ladder_keep(short: int, k: int, stages: int) -> list:
 
 def resolve_mode(req: Request, n_allowed: int, q_width: int | None = None) -> str:
     """``q_width``: values per query (D, or just ``dim``)."""
+    if req.mode in INDEX_MODES and req.mode not in req.indexes:
+        raise ValueError(f"mode={req.mode!r}: this collection has no {req.mode} index "
+                         f"(create one with col.create_index({req.mode!r}))")
     if req.mode == "auto":
+        from .indexes.plan import EXACT_FRACTION
+
+        rescore = req.rescore or 10
+        if req.indexes and req.selectivity >= EXACT_FRACTION and n_allowed > req.k * rescore:
+            return "ivf" if "ivf" in req.indexes else req.indexes[0]
         if not req.binary:
             return "flat"
         if q_width is not None and q_width < req.d_full and req.dim % 8:
             return "flat"  # no query codes from a prefix that is not whole bytes
         # a shortlist that covers every allowed row is just flat search, done cheaper;
         # a shortlist beyond the kernels' k limit falls back to exact flat search too
-        short = req.k * req.rescore
+        short = req.k * rescore
         return "funnel" if n_allowed > short and short <= MAX_K else "flat"
     if req.mode in ("binary", "funnel") and not req.binary:
         raise ValueError(f"mode={req.mode!r} needs binary codes; this collection was created "
@@ -144,36 +160,6 @@ def _take_rows(vec, rows):
     return vec[rows]
 
 
-def _host(x):
-    if ck.is_torch(x):
-        return x.detach().cpu().numpy()
-    return x
-
-
-def _merge(parts, k: int, larger_better: bool, nq: int):
-    """Exact top-k of per-segment lists. parts: (offset, seg_index, score [Q,kk], idx [Q,kk]).
-    Returns (seg [Q,k], local [Q,k], score [Q,k]) with local -1 for missing entries."""
-    if not parts:
-        return (np.zeros((nq, 0), np.int64), np.full((nq, 0), -1, np.int64), np.zeros((nq, 0)))
-    if len(parts) == 1:  # one segment: its list is already in contract order
-        _, i, score, idx = parts[0]
-        local = _host(idx).astype(np.int64, copy=False)
-        return np.full(local.shape, i, np.int64), local, _host(score)
-    score = np.concatenate([_host(p[2]) for p in parts], axis=1)
-    local = np.concatenate([_host(p[3]).astype(np.int64) for p in parts], axis=1)
-    seg = np.concatenate([np.full(_host(p[3]).shape, p[1], np.int64) for p in parts], axis=1)
-    gpos = np.concatenate([np.where(_host(p[3]) >= 0, _host(p[3]) + p[0], -1) for p in parts], axis=1)
-    key = score.astype(np.float64)
-    if larger_better:
-        key = -key
-    missing = local < 0
-    key[missing] = np.inf
-    gpos = np.where(missing, np.iinfo(np.int64).max, gpos)
-    order = np.lexsort((gpos, key), axis=-1)[:, :k]
-    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    return pick(seg), pick(local), pick(score)
-
-
 class Planner:
     """Runs one request over a snapshot's segments.
 
@@ -182,13 +168,16 @@ class Planner:
     cache and the queries must already be on that device."""
 
     def __init__(self, segments, masks, req: Request, cache: DeviceCache | None = None,
-                 filtered: bool = False):
+                 filtered: bool = False, indexes=None, counts=None):
         self.segments = segments
         self.masks = masks
         self.req = req
         self.cache = cache
         self.filtered = filtered
-        self.counts = [s.n if m is None else int(m.sum()) for s, m in zip(segments, masks)]
+        self.indexes = indexes or {}  # kind -> the snapshot's index (ivf: IvfCentroids, hnsw: spec)
+        self.counts = counts if counts is not None else \
+            [s.n if m is None else int(np.count_nonzero(m)) for s, m in zip(segments, masks)]
+        self.stats: dict = {}  # what the search did (explain)
 
     # -- arrays on the right device
     def _vec(self, i):
@@ -208,8 +197,8 @@ class Planner:
             return self.cache.get(("live", s.name, s.deletions), m)
         return self.cache.put_temporary(m)
 
-    def _active(self):
-        return [i for i, c in enumerate(self.counts) if c > 0]
+    def _active(self, only=None):
+        return [i for i, c in enumerate(self.counts) if c > 0 and (only is None or i in only)]
 
     # -- modes
     def run(self, queries):
@@ -217,6 +206,16 @@ class Planner:
         device). Returns (mode, seg [Q,k], local [Q,k], score [Q,k]); local -1 = none."""
         mode = resolve_mode(self.req, sum(self.counts), queries.shape[1])
         nq = queries.shape[0]
+        self.stats["mode"] = mode
+        if mode in INDEX_MODES:
+            if self.cache is not None:
+                raise ValueError(f"mode={mode!r} searches on the host; pass host queries (device "
+                                 f"searches: mode='flat', 'binary' or 'funnel')")
+            from .indexes import plan
+
+            return (mode,) + (plan.run_ivf if mode == "ivf" else plan.run_hnsw)(self, queries)
+        self.stats.update(segments=len(self.segments), rows=sum(s.n for s in self.segments),
+                          matches=sum(self.counts), rows_scanned=nq * sum(self.counts), rows_rescored=0)
         if mode == "flat":
             return (mode,) + self._flat(queries, nq)
         qcodes, nbytes = self._query_codes(queries)
@@ -226,17 +225,18 @@ class Planner:
 
     def _query_codes(self, queries):
         r = self.req
+        pack = (lambda x: np.packbits(x > 0, axis=-1)) if type(queries) is np.ndarray else binarize
         if queries.shape[1] == r.d_full and (r.mode != "binary" or r.dim == r.d_full):
-            return binarize(queries), (r.d_full + 7) // 8
+            return pack(queries), (r.d_full + 7) // 8
         if r.dim % 8:
             raise ValueError(f"dim: binary codes of a {r.dim}-value prefix need dim % 8 == 0 "
                              f"(or pass full {r.d_full}-value queries with mode='funnel')")
-        return binarize(queries[:, :r.dim]), r.dim // 8
+        return pack(queries[:, :r.dim]), r.dim // 8
 
-    def _flat(self, queries, nq):
+    def _flat(self, queries, nq, only=None):
         r = self.req
         parts = []
-        for i in self._active():
+        for i in self._active(only):
             kk = min(r.k, self.counts[i])
             if self.masks[i] is not None and self.counts[i] < GATHER_FRACTION * self.segments[i].n:
                 # a selective filter: score a compact copy of the allowed rows instead of
@@ -258,26 +258,36 @@ class Planner:
             parts.append((self.segments[i].offset, i, s, idx))
         return _merge(parts, r.k, r.metric != "l2", nq)
 
-    def _hamming(self, qcodes, nbytes, k, nq):
+    def _hamming(self, qcodes, nbytes, k, nq, only=None):
         parts = []
-        for i in self._active():
-            d, idx = ops.hamming_topk(self._codes(i, nbytes), qcodes, min(k, self.counts[i]),
-                                      allow=self._allow(i))
+        for i in self._active(only):
+            d, idx = hostcalls.hamming(self._codes(i, nbytes), qcodes, min(k, self.counts[i]),
+                                       allow=self._allow(i))
             parts.append((self.segments[i].offset, i, d, idx))
         return _merge(parts, k, False, nq)
 
     def _funnel(self, queries, qcodes, nbytes, nq):
         r = self.req
-        short = r.k * r.rescore
-        seg, local, score = self._hamming(qcodes, nbytes, short, nq)
+        short = r.k * (r.rescore or 10)
+        seg, local, _ = self._hamming(qcodes, nbytes, short, nq)
+        self.stats["rows_rescored"] = int(np.count_nonzero(local >= 0))
+        return self._rescore(queries, seg, local, nq)
+
+    def _rescore(self, queries, seg, local, nq):
+        """Exact scores at ``dim`` of a shortlist (seg, local [Q, C]; local -1 =
+        none), keeping k; through the ladder's prefix dims first."""
+        r = self.req
+        short = seg.shape[1]
         # Matryoshka ladder: rescore the survivors at each wider prefix, keeping fewer
         # (exact scores at every stage; the last stage is `dim` and keeps k)
-        stages = list(zip(r.ladder, ladder_keep(short, r.k, len(r.ladder)))) + [(r.dim, r.k)]
+        stages = list(zip(r.ladder, ladder_keep(max(short, r.k), r.k, len(r.ladder)))) + [(r.dim, r.k)]
+        active = self._active()
+        segs = active if len(active) == 1 else set(np.unique(seg[local >= 0]).tolist())
         for d, keep in stages:
             parts = []
-            for i in self._active():
-                cand = np.where(seg == i, local, -1)
-                if not (cand >= 0).any():
+            for i in self._active(segs):
+                cand = local if len(segs) == 1 else np.where(seg == i, local, -1)
+                if len(segs) > 1 and not (cand >= 0).any():
                     continue
                 if self.cache is not None:
                     cand = self.cache.put_temporary(np.ascontiguousarray(cand))

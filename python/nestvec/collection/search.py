@@ -2,6 +2,9 @@
 result table (a mixin of :class:`~.collection.Collection`)."""
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pyarrow as pa
 
@@ -17,9 +20,17 @@ def _check_device_type(dev, name: str) -> None:
                          f"{dev.type!r}")
 
 
+def _pint(v, name: str, hi: int | None = None) -> int:
+    """vd.positive_int, with the common case (a plain int in range) first."""
+    if type(v) is int and 0 < v and (hi is None or v <= hi):
+        return v
+    return vd.positive_int(v, name, hi)
+
+
 class SearchMixin:
-    def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int = 10,
-               filter=None, columns=None, device=None, ladder=()) -> pa.Table:
+    def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
+               filter=None, columns=None, device=None, ladder=(), nprobe: int | None = None,
+               ef: int | None = None, explain: bool = False) -> pa.Table:
         """Top-k rows per query.
 
         Args:
@@ -30,9 +41,18 @@ class SearchMixin:
             dim: Matryoshka prefix length to score on (default D).
             mode: ``flat`` (exact dense), ``binary`` (Hamming on codes; score = the
                 distance, lower is better), ``funnel`` (Hamming shortlist of
-                ``k*rescore`` rows, exact rescoring at ``dim``), ``auto`` (funnel
+                ``k*rescore`` rows, exact rescoring at ``dim``), ``ivf`` (the funnel
+                over the ``nprobe`` lists nearest each query), ``hnsw`` (``ef``
+                graph candidates, exact rescoring), ``auto`` (an index when the
+                collection has one and the filter is not selective, else the funnel
                 when codes exist and there are more than ``k*rescore`` candidate
                 rows, else flat).
+            rescore: shortlist factor of funnel / ivf (default: the ivf index's
+                tuned value, else 10).
+            nprobe: ivf lists probed per query (default: the index's tuned value).
+            ef: hnsw candidates per query (default: the index's tuned value).
+            explain: attach the plan (see :meth:`explain`) to the result's schema
+                metadata under ``b"nestvec.explain"`` (JSON).
             filter: ``nv.field(...)`` expression or SQL WHERE text (DuckDB).
             columns: extra columns to return (metadata names, ``"vector"``).
             ladder: funnel only: increasing prefix dims below ``dim`` (e.g. ``(64,
@@ -45,19 +65,24 @@ class SearchMixin:
             pyarrow Table ``query`` (int64), ``id``, ``score`` (float32; l2: squared
             distance, lower is better; binary: int32 Hamming distance) and
             ``columns``; per query exactly ``min(k, matching live rows)`` rows, best
-            first, ties by row order.
+            first, ties by row order (every mode, filters and deletes included).
         """
+        t0 = time.perf_counter()
         snap = self._snapshot()  # the one snapshot this search reads
         m = snap.manifest
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-        k = vd.positive_int(k, "k", MAX_K)
-        rescore = vd.positive_int(rescore, "rescore")
+        k = _pint(k, "k", MAX_K)
+        rescore = None if rescore is None else _pint(rescore, "rescore")
+        nprobe = None if nprobe is None else _pint(nprobe, "nprobe")
+        ef = None if ef is None else _pint(ef, "ef")
         d_full = m["dim"]
-        dim = d_full if dim is None else vd.positive_int(dim, "dim", d_full)
-        if mode == "funnel" and k * rescore > MAX_K:
-            raise ValueError(f"rescore: the shortlist k*rescore = {k * rescore} exceeds {MAX_K}")
-        ladder = vd.ladder(ladder, dim)
+        dim = d_full if dim is None else _pint(dim, "dim", d_full)
+        if mode in ("funnel", "ivf") and k * (rescore or 10) > MAX_K:
+            raise ValueError(f"rescore: the shortlist k*rescore = {k * (rescore or 10)} exceeds {MAX_K}")
+        if mode in ("ivf", "hnsw") or nprobe is not None:
+            self._check_index_args(snap, mode, dim, nprobe)
+        ladder = () if type(ladder) is tuple and not ladder else vd.ladder(ladder, dim)
         cols = self._columns(snap, columns, [])
         dev = self._device(q, device)
         qx, single = vd.queries(q, d_full, dim, m["metric"])
@@ -65,16 +90,51 @@ class SearchMixin:
             import torch
 
             qx = torch.as_tensor(qx).to(dev)
-        req = Request(k, dim, mode, rescore, m["metric"], d_full, m["binary"], ladder)
         segs, masks, remap = snap.segments, self._masks(snap, filter), None
+        counts = [s.n if mk is None else int(np.count_nonzero(mk)) for s, mk in zip(segs, masks)]
+        rows = sum(s.n for s in segs)
+        req = Request(k, dim, mode, rescore, m["metric"], d_full, m["binary"], ladder, nprobe, ef,
+                      tuple(snap.indexes) if dev is None else (), sum(counts) / rows if rows else 1.0)
         if dev is None:
             segs, masks, remap = packing.pack(segs, masks, self._packs)
+            if remap is not None:
+                counts = None
         planner = Planner(segs, masks, req, cache=self._cache(dev) if dev is not None else None,
-                          filtered=filter is not None)
+                          filtered=filter is not None, indexes=snap.indexes, counts=counts)
         used, seg, local, score = planner.run(qx)
         if remap is not None:
             seg, local = remap(seg, local)
-        return self._result(snap, seg, local, score, cols, used)
+        out = self._result(snap, seg, local, score, cols, used)
+        if explain:
+            plan = dict(planner.stats, requested=mode, k=k, dim=dim, queries=int(qx.shape[0]),
+                        filtered=filter is not None, version=snap.version,
+                        ms=round((time.perf_counter() - t0) * 1e3, 3))
+            out = out.replace_schema_metadata({b"nestvec.explain": json.dumps(plan)})
+        return out
+
+    def explain(self, q, k: int = 10, **kwargs) -> dict:
+        """Run ``search(q, k, **kwargs)`` and report its plan: the ``mode`` used (and
+        ``requested``), the ``route`` (index probe, or exhaustive search of a
+        selective filter's rows), ``segments`` / ``indexed_segments`` /
+        ``scanned_segments``, ``rows`` and the filter's ``matches``, and what the
+        search read: ``lists_probed`` (ivf: over all queries), ``nprobe`` (after
+        widening for a filter) and ``probe_rounds`` (re-probes of queries that found
+        too few rows), ``ef`` (hnsw), ``rows_scanned`` (binary codes compared, or graph
+        candidates), ``rows_rescored`` (rows scored exactly at ``dim``), ``ms``."""
+        kwargs["explain"] = True
+        t = self.search(q, k, **kwargs)
+        return json.loads(t.schema.metadata[b"nestvec.explain"])
+
+    @staticmethod
+    def _check_index_args(snap, mode, dim, nprobe) -> None:
+        """An index mode the snapshot cannot serve: a clear error before any work."""
+        specs = snap.manifest.get("indexes") or {}
+        if mode in ("ivf", "hnsw") and mode not in specs:
+            raise ValueError(f"mode={mode!r}: this collection has no {mode} index "
+                             f"(create one with col.create_index({mode!r}))")
+        ivf = specs.get("ivf")
+        if nprobe is not None and ivf is not None and nprobe > ivf["nlist"]:
+            raise ValueError(f"nprobe: expected an int in [1, nlist={ivf['nlist']}], got {nprobe}")
 
     def _device(self, q, device):
         """None (host search) or the torch device whose cached segment copies to search
@@ -113,17 +173,25 @@ class SearchMixin:
 
     def _result(self, snap, seg, local, score, cols, mode) -> pa.Table:
         valid = local >= 0
-        qi = np.nonzero(valid)[0].astype(np.int64)
-        segs, locs, scores = seg[valid], local[valid], score[valid]
+        nq, k = local.shape
+        if valid.all():  # every query has k rows: no masking
+            qi = np.repeat(np.arange(nq, dtype=np.int64), k)
+            segs, locs, scores = seg.ravel(), local.ravel(), score.ravel()
+        else:
+            qi = np.nonzero(valid)[0].astype(np.int64)
+            segs, locs, scores = seg[valid], local[valid], score[valid]
         names = ["id"] + [c for c in cols if c != "id"]
-        score_arr = pa.array(scores.astype(np.int32 if mode == "binary" else np.float32))
+        score_arr = pa.array(scores.astype(np.int32 if mode == "binary" else np.float32, copy=False))
         if names == ["id"] and snap.manifest["id_type"] == "int64":
             # the common result: int ids gathered in NumPy (one pyarrow take per
             # segment and a re-ordering take cost more than a small search)
-            ids = np.empty(len(segs), np.int64)
-            for i in np.unique(segs):
-                sel = segs == i
-                ids[sel] = snap.segments[i].file.int_ids()[locs[sel]]
+            if len(snap.segments) == 1:
+                ids = snap.segments[0].file.int_ids()[locs]
+            else:
+                ids = np.empty(len(segs), np.int64)
+                for i in np.unique(segs):
+                    sel = segs == i
+                    ids[sel] = snap.segments[i].file.int_ids()[locs[sel]]
             return pa.table({"query": pa.array(qi), "id": pa.array(ids), "score": score_arr})
         pieces, pos = [], []
         for i in np.unique(segs):

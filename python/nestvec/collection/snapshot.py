@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from . import integrity as ig
 from . import manifest as mf
+from .arrays import fixed_list_view, primitive_view  # noqa: F401 (re-exported)
 from .errors import CorruptionError
+from .indexes import spec as ixspec
 
 
 class SegmentFile:
@@ -90,10 +92,10 @@ class Segment:
     snapshot's global order (the tie order)."""
 
     __slots__ = ("file", "vectors", "codes", "deletions", "deletion_entry", "deletion_path", "_deleted", "n",
-                 "n_live", "offset", "_live", "_lock")
+                 "n_live", "offset", "_live", "_lock", "ann")
 
     def __init__(self, file: SegmentFile, vectors, codes, deletion_entry, deletion_path, deleted, n_live: int,
-                 offset: int):
+                 offset: int, ann=None):
         self.file = file
         self.vectors = vectors
         self.codes = codes
@@ -106,14 +108,19 @@ class Segment:
         self.offset = offset
         self._live = None
         self._lock = threading.Lock()
+        self.ann = ann or {}  # index kind -> this segment's index (indexes/ivf.py, hnsw.py)
 
     @property
     def name(self) -> str:
         return self.file.name
 
+    def key(self) -> tuple:
+        """What makes two snapshots' segments interchangeable."""
+        return (self.name, self.deletions) + tuple(sorted((k, v.name) for k, v in self.ann.items()))
+
     def at(self, offset: int) -> "Segment":
         s = Segment(self.file, self.vectors, self.codes, self.deletion_entry, self.deletion_path, self._deleted,
-                    self.n_live, offset)
+                    self.n_live, offset, self.ann)
         s._live = self._live
         return s
 
@@ -158,55 +165,21 @@ class Snapshot:
     manifest: dict
     segments: tuple
     schema: pa.Schema  # the user's metadata columns
+    indexes: dict = field(default_factory=dict)  # kind -> ivf.IvfCentroids / the hnsw spec
 
     @property
     def version(self) -> int:
         return self.manifest["version"]
 
 
-# --------------------------------------------------------------------------- views
-
-
-def fixed_list_view(col, width: int, np_dtype) -> np.ndarray:
-    """Zero-copy ``[n, width]`` NumPy view of a fixed_size_list / fixed_size_binary column."""
-    arr = col.chunk(0) if isinstance(col, pa.ChunkedArray) and col.num_chunks == 1 else None
-    if arr is None:  # not one chunk (only for foreign files): one copy
-        arr = pa.concat_arrays(col.chunks) if isinstance(col, pa.ChunkedArray) and col.num_chunks \
-            else pa.array([], col.type)
-    n = len(arr)
-    if pa.types.is_fixed_size_binary(arr.type):
-        buf = arr.buffers()[1]
-        if buf is None or n == 0:
-            return np.zeros((0, width), dtype=np_dtype)
-        flat = np.frombuffer(buf, dtype=np_dtype, count=(arr.offset + n) * width)
-        return flat.reshape(-1, width)[arr.offset:]
-    values = arr.values  # the whole child array; slice by the list offset ourselves
-    flat = primitive_view(values, np_dtype)
-    return flat.reshape(-1, width)[arr.offset:arr.offset + n]
-
-
-def primitive_view(arr, np_dtype) -> np.ndarray:
-    """Zero-copy NumPy view of a null-free primitive Arrow array (straight from its
-    buffer: ``to_numpy`` would import pandas, ~0.4 s and ~40 MB, on first use)."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.chunk(0) if arr.num_chunks == 1 else pa.concat_arrays(arr.chunks) if arr.num_chunks \
-            else pa.array([], arr.type)
-    if arr.null_count:
-        raise ValueError("unexpected nulls in a storage column")
-    np_dtype = np.dtype(np_dtype)
-    buf = arr.buffers()[1]
-    if buf is None or len(arr) == 0:
-        return np.zeros(0, dtype=np_dtype)
-    return np.frombuffer(buf, dtype=np_dtype, count=arr.offset + len(arr))[arr.offset:]
-
-
 # --------------------------------------------------------------------------- loading
 
 
 def load_segment(store, entry: dict, m: dict, schema: pa.Schema, offset: int,
-                 file: SegmentFile | None = None) -> Segment:
+                 file: SegmentFile | None = None, anns=None) -> Segment:
     """Map (or reuse ``file``) and check one segment of manifest ``m``; read its
-    deletion file. ``schema`` is the full expected file schema."""
+    deletion file and map its index files (or reuse them from ``anns``: file name ->
+    loaded index). ``schema`` is the full expected file schema."""
     persistent = store.persistent
     path = store.segment_path(entry["name"])
     with ig.damage(path):
@@ -225,24 +198,67 @@ def load_segment(store, entry: dict, m: dict, schema: pa.Schema, offset: int,
             deleted = store.load_deletions(dentry)
             if persistent:
                 ig.check_deletions(deleted, entry, dpath)
-    return Segment(file, vectors, codes, dentry, dpath, deleted, entry["rows"] - entry["deleted"], offset)
+    ann = {}
+    for kind in ixspec.KINDS:
+        ie = entry.get(kind)
+        if ie:
+            ann[kind] = (anns or {}).get(ie["name"]) or load_index(store, kind, ie, m, file.table.num_rows)
+    return Segment(file, vectors, codes, dentry, dpath, deleted, entry["rows"] - entry["deleted"], offset, ann)
 
 
-def load_snapshot(store, m: dict, reuse=()) -> Snapshot:
+def load_index(store, kind: str, ie: dict, m: dict, n: int):
+    """Map and check (structure only: integrity.py) one segment's index file."""
+    from .indexes import hnsw, ivf
+
+    spec = m["indexes"][kind]
+    path = store.index_path(ie["name"])
+    with ig.damage(path):
+        if kind == "ivf":
+            return ivf.IvfLists(ie, store.load_index_table(ie), path, spec, n, (m["dim"] + 7) // 8)
+        if path is None:
+            return hnsw.HnswGraph(ie, None, spec, n, m["crc_block"], obj=store.indexes[ie["name"]])
+        ig.regular_file(path, ie.get("bytes"))
+        return hnsw.HnswGraph(ie, path, spec, n, m["crc_block"])
+
+
+def load_indexes(store, m: dict, reuse: dict) -> dict:
+    """The collection-level part of each index (ivf: its centroids, mapped)."""
+    from .indexes import ivf
+
+    out = {}
+    for kind, spec in (m.get("indexes") or {}).items():
+        if kind == "ivf":
+            ce = spec["centroids"]
+            old = reuse.get("ivf")
+            if old is not None and old.name == ce["name"]:
+                out[kind] = old
+                continue
+            path = store.index_path(ce["name"])
+            with ig.damage(path):
+                out[kind] = ivf.IvfCentroids(spec, store.load_index_table(ce), path, m["dim"])
+        else:
+            out[kind] = spec
+    return out
+
+
+def load_snapshot(store, m: dict, reuse=(), reuse_indexes=None) -> Snapshot:
     """Segments of checked manifest ``m``; ``reuse``: segments of a previous snapshot
-    (same file and deletion file: reused as is; same file: its mapping is reused)."""
+    (same files: reused as is; same segment file: its mapping is reused; same index
+    file: its mapping too)."""
     user = mf.schema_from_b64(m["schema_ipc"])
     schema = ig.expected_schema(m, user)
-    by_key = {(s.name, s.deletions): s for s in reuse}
+    by_key = {s.key(): s for s in reuse}
     files = {s.name: s.file for s in reuse}
+    anns = {a.name: a for s in reuse for a in s.ann.values()}
+    indexes = load_indexes(store, m, reuse_indexes or {})
     segs, off = [], 0
     for e in m["segments"]:
-        dname = e.get("deletions")
-        s = by_key.get((e["name"], dname))
-        s = s.at(off) if s is not None else load_segment(store, e, m, schema, off, files.get(e["name"]))
+        key = (e["name"], e.get("deletions")) + tuple(sorted((k, e[k]["name"]) for k in ixspec.KINDS if e.get(k)))
+        s = by_key.get(key)
+        s = s.at(off) if s is not None else load_segment(store, e, m, schema, off, files.get(e["name"]), anns)
         segs.append(s)
         off += s.n
-    return Snapshot(m, tuple(segs), user)
+    return Snapshot(m, tuple(segs), user, indexes)
 
 
 def read_snapshot(store, version: int | None, retries: int = 20) -> Snapshot:

@@ -7,6 +7,8 @@ A collection directory holds (docs/ARCHITECTURE.md, "Storage format")::
     manifests/<version>.json        one per committed version (manifest.py)
     segments/<uuid>.arrow           Arrow IPC *file*, uncompressed, one record batch
     deletions/<segment>.<version>.arrow   all deleted ``_row``s of that segment so far
+    indexes/<uuid>.<kind suffix>    index files (indexes/spec.py): ivf centroids and
+                                    lists (Arrow IPC), hnsw graphs (hnswlib's format)
 
 The manifest records every data file's size and CRC-32 (whole file, per 64 MiB block;
 and per metadata column of a segment); integrity.py checks them. File names come
@@ -34,6 +36,7 @@ import pyarrow as pa
 
 from . import integrity as ig
 from . import manifest as mf
+from .indexes import spec as ix
 from .errors import CollectionNotFound, CorruptionError, LockError  # noqa: F401 (re-exported)
 
 LOCK_NAME = "LOCK"
@@ -157,6 +160,11 @@ class DirStore:
             raise CorruptionError(self.path, f"invalid deletion file name {name!r}")
         return self._p("deletions", name)
 
+    def index_path(self, name: str) -> str:
+        if not ix.INDEX_RE.match(name):
+            raise CorruptionError(self.path, f"invalid index file name {name!r}")
+        return self._p("indexes", name)
+
     def manifest_path(self, version: int) -> str:
         return self._p("manifests", f"{int(version)}.json")
 
@@ -166,17 +174,27 @@ class DirStore:
 
     def init_dirs(self) -> None:
         os.makedirs(self.path, exist_ok=True)
-        for d in ("manifests", "segments", "deletions"):
+        for d in ("manifests", "segments", "deletions"):  # indexes/: with the first index
             os.makedirs(self._p(d), exist_ok=True)
         fsync_dir(self.path)
         fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
     def check_dirs(self) -> None:
-        """The three data folders are real folders of this directory (not links out)."""
-        for d in ("manifests", "segments", "deletions"):
+        """The data folders are real folders of this directory (not links out);
+        ``indexes/`` may be missing (collections created before indexes existed)."""
+        for d in ("manifests", "segments", "deletions", "indexes"):
             p = self._p(d)
+            if d == "indexes" and not os.path.lexists(p):
+                continue
             if not os.path.isdir(p) or os.path.islink(p):
                 raise CorruptionError(p, "is missing or not a plain folder of the collection")
+
+    def ensure_index_dir(self) -> None:
+        p = self._p("indexes")
+        if not os.path.lexists(p):
+            os.makedirs(p, exist_ok=True)
+            fsync_dir(self.path)
+        self.check_dirs()
 
     def acquire(self) -> None:
         if self.lock is None:
@@ -198,6 +216,42 @@ class DirStore:
         back = ig.read_ipc(path)
         return {"name": name, "bytes": os.path.getsize(path), "crc32": ig.file_crc(path, crc_block),
                 "columns": ig.column_crcs(back)}
+
+    def write_index_table(self, what: str, table: pa.Table, crc_block: int) -> dict:
+        """An Arrow index file (ivf centroids or lists): like a segment, its manifest
+        fields are taken from the file as written."""
+        self.ensure_index_dir()
+        name = ix.new_name(what)
+        path = self._p("indexes", name)
+        write_ipc(path, table)
+        back = ig.read_ipc(path)
+        return {"name": name, "bytes": os.path.getsize(path), "crc32": ig.file_crc(path, crc_block),
+                "columns": ig.column_crcs(back)}
+
+    def write_index_file(self, what: str, write, crc_block: int) -> dict:
+        """An index file written by ``write(path)`` (a library's own format), fsynced."""
+        self.ensure_index_dir()
+        name = ix.new_name(what)
+        path = self._p("indexes", name)
+        write(path)
+        fsync_file(path)
+        return {"name": name, "bytes": os.path.getsize(path), "crc32": ig.file_crc(path, crc_block),
+                "columns": None}
+
+    def load_index_table(self, entry: dict) -> pa.Table:
+        path = self.index_path(entry["name"])
+        ig.regular_file(path, entry.get("bytes"))
+        return ig.read_ipc(path)
+
+    def discard(self, entries) -> None:
+        """Remove files this writer wrote for a commit it then abandoned (no manifest
+        names them); garbage collection would remove them too."""
+        for e in entries:
+            for sub, key in (("segments", "name"),):
+                _unlink(self._p(sub, e[key]))
+            for kind in ix.KINDS:
+                if e.get(kind):
+                    _unlink(self._p("indexes", e[kind]["name"]))
 
     def load_segment(self, entry: dict) -> pa.Table:
         path = self.segment_path(entry["name"])
@@ -235,6 +289,8 @@ class DirStore:
         """Make new data-file directory entries durable before the manifest names them."""
         fsync_dir(self._p("segments"))
         fsync_dir(self._p("deletions"))
+        if os.path.isdir(self._p("indexes")):
+            fsync_dir(self._p("indexes"))
 
     # -- manifests
     def write_manifest(self, manifest: dict) -> None:
@@ -313,13 +369,16 @@ class DirStore:
         """Remove manifests not in ``keep`` and every data/temp file none of them names.
         Only the writer (holding the lock) calls this, so no commit is in flight."""
         keep_versions = {m["version"] for m in keep}
-        segs, dels = _live_names(keep)
-        removed = {"manifests": 0, "segments": 0, "deletions": 0}
+        segs, dels, idx = _live_names(keep)
+        removed = {"manifests": 0, "segments": 0, "deletions": 0, "indexes": 0}
         for v in self.manifest_versions():
             if v not in keep_versions:
                 _unlink(self.manifest_path(v))
                 removed["manifests"] += 1
-        for sub, live in (("segments", segs), ("deletions", dels)):
+        subs = [("segments", segs), ("deletions", dels)]
+        if os.path.isdir(self._p("indexes")):
+            subs.append(("indexes", idx))
+        for sub, live in subs:
             for fn in os.listdir(self._p(sub)):
                 if fn not in live:
                     _unlink(self._p(sub, fn))
@@ -332,6 +391,8 @@ class DirStore:
                 _unlink(self._p(fn))
         for d in ("manifests", "segments", "deletions"):
             fsync_dir(self._p(d))
+        if os.path.isdir(self._p("indexes")):
+            fsync_dir(self._p("indexes"))
         return removed
 
     def files(self) -> list[str]:
@@ -344,13 +405,19 @@ class DirStore:
 
 
 def _live_names(keep: list[dict]) -> tuple:
-    segs, dels = set(), set()
+    segs, dels, idx = set(), set(), set()
     for m in keep:
+        for spec in (m.get("indexes") or {}).values():
+            if spec.get("centroids"):
+                idx.add(spec["centroids"]["name"])
         for s in m["segments"]:
             segs.add(s["name"])
             if s.get("deletions"):
                 dels.add(s["deletions"])
-    return segs, dels
+            for kind in ix.KINDS:
+                if s.get(kind):
+                    idx.add(s[kind]["name"])
+    return segs, dels, idx
 
 
 def deletion_name(segment: str, version: int) -> str:
@@ -372,6 +439,7 @@ class MemoryStore:
     segments: dict = field(default_factory=dict)
     deletions: dict = field(default_factory=dict)
     manifests: dict = field(default_factory=dict)
+    indexes: dict = field(default_factory=dict)  # name -> Arrow table or a library's index object
     _latest: int | None = None
     path: str | None = None
 
@@ -407,6 +475,32 @@ class MemoryStore:
 
     def load_segment(self, entry: dict) -> pa.Table:
         return self.segments[entry["name"]]
+
+    def index_path(self, name: str):
+        return None
+
+    def ensure_index_dir(self) -> None:
+        pass
+
+    def write_index_table(self, what: str, table: pa.Table, crc_block: int) -> dict:
+        name = ix.new_name(what)
+        self.indexes[name] = table.combine_chunks()
+        return {"name": name, "bytes": None, "crc32": None, "columns": None}
+
+    def write_index_object(self, what: str, obj) -> dict:
+        name = ix.new_name(what)
+        self.indexes[name] = obj
+        return {"name": name, "bytes": None, "crc32": None, "columns": None}
+
+    def load_index_table(self, entry: dict) -> pa.Table:
+        return self.indexes[entry["name"]]
+
+    def discard(self, entries) -> None:
+        for e in entries:
+            self.segments.pop(e["name"], None)
+            for kind in ix.KINDS:
+                if e.get(kind):
+                    self.indexes.pop(e[kind]["name"], None)
 
     def write_deletions(self, segment: str, version: int, rows: np.ndarray) -> dict:
         name = mf.deletion_name(segment, version)
@@ -444,8 +538,12 @@ class MemoryStore:
 
     def gc(self, keep: list[dict]) -> dict:
         keep_versions = {m["version"] for m in keep}
-        segs, dels = _live_names(keep)
-        removed = {"manifests": 0, "segments": 0, "deletions": 0}
+        segs, dels, idx = _live_names(keep)
+        removed = {"manifests": 0, "segments": 0, "deletions": 0, "indexes": 0}
+        for name in list(self.indexes):
+            if name not in idx:
+                del self.indexes[name]
+                removed["indexes"] += 1
         for v in list(self.manifests):
             if v not in keep_versions:
                 del self.manifests[v]

@@ -88,8 +88,10 @@ _BITS = {np.dtype(np.float16): (np.uint16, 0x7C00, 0x7FFF, 0x8000),
          np.dtype(np.float32): (np.uint32, 0x7F800000, 0x7FFFFFFF, 0x80000000)}
 
 
-def vectors(x, dim: int, dtype: str, metric: str) -> np.ndarray:
-    """Validated ``[n, dim]`` array in the storage dtype."""
+def vectors(x, dim: int, dtype: str, metric: str, first_row: int = 0) -> np.ndarray:
+    """Validated ``[n, dim]`` array in the storage dtype. ``first_row``: the number of
+    ``x``'s first row in the caller's input (error messages; large adds validate in
+    chunks)."""
     x = to_host_float(x, "vectors")
     if x.ndim == 1:
         x = x[None, :]
@@ -100,7 +102,7 @@ def vectors(x, dim: int, dtype: str, metric: str) -> np.ndarray:
     if x.dtype.kind == "f" and x.dtype != dt:
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
-            raise ValueError(f"vectors: row {int(np.flatnonzero(bad)[0])} contains NaN or infinity")
+            raise ValueError(f"vectors: row {first_row + int(np.flatnonzero(bad)[0])} contains NaN or infinity")
     with np.errstate(over="ignore"):
         xs = np.ascontiguousarray(x, dtype=dt)
     # checks on the bit patterns: NumPy's float16 arithmetic is emulated and slow
@@ -110,17 +112,17 @@ def vectors(x, dim: int, dtype: str, metric: str) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         if x.dtype == dt or not np.isfinite(x[row]).all():
-            raise ValueError(f"vectors: row {row} contains NaN or infinity")
-        raise ValueError(f"vectors: row {row} overflows {dtype} (|value| > {float(np.finfo(dt).max):g})")
+            raise ValueError(f"vectors: row {first_row + row} contains NaN or infinity")
+        raise ValueError(f"vectors: row {first_row + row} overflows {dtype} (|value| > {float(np.finfo(dt).max):g})")
     if metric == "cosine" and len(xs):
         zero = ~((u & mag_mask) != 0).any(axis=1)
         if zero.any():
-            raise ValueError(f"vectors: row {int(np.flatnonzero(zero)[0])} is all zeros; a zero vector "
+            raise ValueError(f"vectors: row {first_row + int(np.flatnonzero(zero)[0])} is all zeros; a zero vector "
                              f"has no direction under metric='cosine'")
     if dt == np.float32:  # float16 values cannot reach either limit in float32 sums
-        _check_norms(np.einsum("ij,ij->i", xs, xs), metric, "vectors", "row")
+        _check_norms(np.einsum("ij,ij->i", xs, xs), metric, "vectors", "row", first_row)
         if metric == "cosine" and len(xs):
-            _check_prefixes(u & mag_mask)
+            _check_prefixes(u & mag_mask, first_row)
     return xs
 
 
@@ -128,7 +130,7 @@ def vectors(x, dim: int, dtype: str, metric: str) -> np.ndarray:
 _MIN_FIRST_BITS = int(np.array(_MIN_SQ_NORM_COSINE ** 0.5, np.float32).view(np.uint32))
 
 
-def _check_prefixes(mag: np.ndarray) -> None:
+def _check_prefixes(mag: np.ndarray, first_row: int = 0) -> None:
     """Under cosine any prefix ``dim`` may be searched, and its norm must be scorable
     too: the smallest nonzero prefix norm of a row is its first nonzero value, so that
     value must reach _MIN_SQ_NORM_COSINE ** 0.5 (a row opening with 1e-25 would score
@@ -141,14 +143,14 @@ def _check_prefixes(mag: np.ndarray) -> None:
     bad = sub[np.arange(len(cand)), first] < _MIN_FIRST_BITS
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        row, j = int(cand[i]), int(first[i])
+        row, j = first_row + int(cand[i]), int(first[i])
         val = float(sub[i, j:j + 1].view(np.float32)[0])
         raise ValueError(f"vectors: row {row} opens with {val:.3g} (its first nonzero value, at index {j}); "
                          f"under metric='cosine' every prefix norm must reach {_MIN_SQ_NORM_COSINE ** 0.5:g} "
                          f"for the float32 kernels to score it (rescale the vector)")
 
 
-def _check_norms(sq, metric: str, name: str, what: str) -> None:
+def _check_norms(sq, metric: str, name: str, what: str, first: int = 0) -> None:
     """Reject vectors whose float32 squared norm (``sq``, NumPy or torch) the kernels
     cannot score: infinite or above _MAX_SQ_NORM, or under cosine below
     _MIN_SQ_NORM_COSINE (all-zero rows have their own message, checked before)."""
@@ -157,11 +159,11 @@ def _check_norms(sq, metric: str, name: str, what: str) -> None:
         big = ~(sq <= _MAX_SQ_NORM)
         small = (sq < _MIN_SQ_NORM_COSINE) if metric == "cosine" else np.zeros_like(big)
     if big.any():
-        i = int(np.flatnonzero(big)[0])
+        i = first + int(np.flatnonzero(big)[0])
         raise ValueError(f"{name}: {what} {i} has a norm above {_MAX_SQ_NORM ** 0.5:.3g}; scores "
                          f"are computed in float32 and would overflow (rescale the vectors)")
     if small.any():
-        i = int(np.flatnonzero(small)[0])
+        i = first + int(np.flatnonzero(small)[0])
         raise ValueError(f"{name}: {what} {i} has a norm below {_MIN_SQ_NORM_COSINE ** 0.5:.3g}; "
                          f"too small to normalise in float32 under metric='cosine' (rescale it)")
 
@@ -174,8 +176,26 @@ def sign_codes(xs: np.ndarray) -> np.ndarray:
     return np.packbits((u < sign) & (u != 0), axis=-1)
 
 
+# The fast path accepts norms inside the limits with a margin (its squares are summed in
+# float64, the kernels' in float32); anything near or past a limit takes the full checks.
+_FAST_HI = _MAX_SQ_NORM * 0.999
+_FAST_LO = _MIN_SQ_NORM_COSINE * 1.001
+
+
 def queries(q, dim_full: int, dim: int, metric: str):
     """Search queries -> ([Q, D or dim] float32 NumPy array or float torch tensor, single)."""
+    if type(q) is np.ndarray and q.dtype == np.float32 and q.ndim in (1, 2) and q.size \
+            and q.shape[-1] in (dim_full, dim):
+        # the common case in one pass: a float32 array whose prefix norms are in range
+        # (NaN and infinity fail the range test and get the full checks' message)
+        x = q[None, :] if q.ndim == 1 else q
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        xd = x[:, :dim] if dim < x.shape[1] else x
+        sq = np.einsum("ij,ij->i", xd, xd, dtype=np.float64)
+        lo = _FAST_LO if metric == "cosine" else -1.0
+        if ((sq >= lo) & (sq <= _FAST_HI)).all() and (xd is x or np.isfinite(x).all()):
+            return x, q.ndim == 1
     on_device = ck.is_torch(q) and ck.device_of(q) != "cpu"
     if on_device:
         import torch

@@ -7,8 +7,9 @@ torch tensor in, a torch tensor out on the same device). See docs/ARCHITECTURE.m
 """
 from .dense import dense_topk, funnel_topk
 from .hamming import hamming_topk
+from .hamming_ranges import hamming_topk_ranges
 from .lowrank import lowrank_sparse_matmul
 from .pool import MODES as POOL_MODES
 from .pool import pool
 
-__all__ = ["dense_topk", "funnel_topk", "hamming_topk", "lowrank_sparse_matmul", "pool", "POOL_MODES"]
+__all__ = ["dense_topk", "funnel_topk", "hamming_topk", "hamming_topk_ranges", "lowrank_sparse_matmul", "pool", "POOL_MODES"]

@@ -1,0 +1,643 @@
+"""Sub-linear search: nestvec ivf / hnsw against the ANN libraries, same data, same run.
+
+    python benchmarks/bench_ann.py --n 1000000 --d 768            # synthetic, every method
+    python benchmarks/bench_ann.py --n 1000000 --d 768 --only ours-ivf,hnswlib-M16
+    python benchmarks/bench_ann.py --msmarco                      # nDCG@10 of ivf / hnsw defaults vs flat
+    python benchmarks/bench_ann.py --report                       # table + PNG from the saved runs
+
+Data: ``bench_collection.data_chunks`` (clustered, embedding-like: a cluster centre out
+of ``--clusters``, a point of a shared 32-dim latent subspace and isotropic noise, unit
+norm, float16; seed 0; queries: other points of the same distribution, seed 123), plus
+an int ``cat`` column uniform in 0..99 for the filtered runs. Kept in ``--data-dir``
+(default /tmp/nestvec-ann) with its exact top-10 (nestvec flat search, float16 rows).
+
+Each method is tuned over its own parameter sweep; every point reports recall@10
+against exact search (1,000 queries), QPS at batch 1 and batch 16, build time and
+index memory. Anchors get float32 copies of the same float16 rows (normalised;
+inner product = cosine). Builds hold a shared lock on /tmp/nestvec-cpu.lock and every
+timed loop an exclusive one (other jobs share the machine). Results:
+benchmarks/results/bench_ann_<n>x<d>.json (one file per dataset), bench_ann.png.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as H  # noqa: E402
+
+import nestvec as nv  # noqa: E402
+
+K = 10
+NQ = 1000
+LOCK = "/tmp/nestvec-cpu.lock"
+TIME_B1_S = 1.5  # each timed point: at least this long (or every query), after a warm-up
+RECALL_TARGET = 0.95
+
+
+@contextlib.contextmanager
+def cpu_lock(exclusive: bool):
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def status_kb(field: str, pid="self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+# --------------------------------------------------------------------------- data
+
+
+def dataset(n: int, d: int, clusters: int, data_dir: Path):
+    """(memmapped float16 rows [n, d], queries float32 [NQ, d], cat [n], exact top-10
+    [NQ, 10], filtered exact top-10 {percent: [NQ, 10]}); generated once."""
+    from bench_collection import data_chunks
+
+    base = data_dir / f"synth-{n}x{d}-c{clusters}"
+    files = {k: Path(f"{base}.{k}.npy") for k in ("x", "q", "cat", "gt", "gt1", "gt10", "gt50")}
+    if not all(f.exists() for f in files.values()):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with cpu_lock(False):
+            x = np.lib.format.open_memmap(files["x"], "w+", np.float16, (n, d))
+            cat = np.empty(n, np.int32)
+            for ids, xs, meta in data_chunks(n, d, 100_000, clusters=clusters):
+                x[ids[0]:ids[-1] + 1] = xs
+                cat[ids[0]:ids[-1] + 1] = meta["cat"]
+            x.flush()
+            q = next(data_chunks(NQ, d, NQ, clusters=clusters, noise_seed=123))[1].astype(np.float32)
+            np.save(files["q"], q)
+            np.save(files["cat"], cat)
+            for key, allow in (("gt", None), ("gt1", cat < 1), ("gt10", cat < 10), ("gt50", cat < 50)):
+                gt = np.concatenate([nv.dense_topk(x, q[a:a + 50], K, allow=allow)[1] for a in range(0, NQ, 50)])
+                np.save(files[key], gt)
+            del x
+    x = np.load(files["x"], mmap_mode="r")
+    out = {k: np.load(v) for k, v in files.items() if k != "x"}
+    return x, out["q"], out["cat"], out["gt"], {1: out["gt1"], 10: out["gt10"], 50: out["gt50"]}
+
+
+def recall_at(got: np.ndarray, gt: np.ndarray) -> float:
+    return float(np.mean([len(set(a[a >= 0].tolist()) & set(b[b >= 0].tolist())) / max(1, min(K, (b >= 0).sum()))
+                          for a, b in zip(got, gt)]))
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def measure(search, q, gt):
+    """search(q_batch) -> ids [B, K]. recall over all queries (batch 16), QPS at batch 1
+    and 16 (at least TIME_B1_S each, after a warm-up), under the exclusive lock."""
+    with cpu_lock(True):
+        got = np.concatenate([search(q[a:a + 16]) for a in range(0, len(q), 16)])
+        out = {"recall10": round(recall_at(got, gt), 4)}
+        for b in (1, 16):
+            t_end = time.perf_counter() + H.WARM_S
+            i = 0
+            while time.perf_counter() < t_end:
+                search(q[i % len(q):i % len(q) + b])
+                i += b
+            n, t0 = 0, time.perf_counter()
+            while n < len(q) and (time.perf_counter() - t0 < TIME_B1_S or n < 4 * b):
+                search(q[n:n + b])
+                n += b
+            out[f"qps_b{b}"] = round(n / (time.perf_counter() - t0), 1)
+        out["load"] = os.getloadavg()[0]
+    return out
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def normalised_f32(x, chunk=200_000):
+    out = np.empty(x.shape, np.float32)
+    for a in range(0, len(x), chunk):
+        v = np.asarray(x[a:a + chunk], np.float32)
+        out[a:a + chunk] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+class Method:
+    """An index built once (shared lock) and saved in the data dir with its build time,
+    so the timed runs (exclusive lock) only load it, and reruns skip the build."""
+
+    name = "?"
+    family = "anchor"
+
+    def build(self, x, cat, work: Path):
+        self.path = work / f"{self.name}-{len(x)}x{x.shape[1]}.index"
+        meta = self.path.with_suffix(".json")
+        if self.path.exists() and meta.exists():
+            self.build_s = json.loads(meta.read_text())["build_s"]
+            self.load(x)
+            return self
+        with cpu_lock(False):
+            t0 = time.perf_counter()
+            self.make(x)
+            self.build_s = time.perf_counter() - t0
+            self.save()
+        meta.write_text(json.dumps({"build_s": self.build_s}))
+        return self
+
+    def make(self, x): ...
+
+    def save(self): ...
+
+    def load(self, x): ...
+
+    def sweep(self):
+        return [{}]
+
+    def search(self, q, **p): ...
+
+    def memory(self) -> int:
+        return 0
+
+
+class Ours(Method):
+    family = "nestvec"
+
+    def __init__(self, mode, index=None, opts=None, sweep=None):
+        self.mode, self.index, self.opts, self._sweep = mode, index, opts or {}, sweep
+        self.name = f"ours-{mode}"
+
+    def build(self, x, cat, work):
+        path = work / f"col-{len(x)}x{x.shape[1]}.nv"
+        t0 = time.perf_counter()
+        if not (path / "LATEST").exists():
+            with cpu_lock(False):
+                col = nv.Collection.create(str(path), dim=x.shape[1], schema={"cat": "int32"})
+                step = 1 << 20
+                for a in range(0, len(x), step):
+                    col.add(x[a:a + step], metadata={"cat": cat[a:a + step]})
+                col.compact()
+                col.close()
+        self.col = nv.open(str(path))
+        self.add_s = time.perf_counter() - t0
+        self.build_s = 0.0
+        self.path = path
+        if self.index:
+            have = self.col.indexes().get(self.index)
+            if have is None or any(have.get(k) != v for k, v in self.opts.items()):
+                if have is not None:
+                    self.col.drop_index(self.index)
+                with cpu_lock(False):
+                    t0 = time.perf_counter()
+                    self.col.create_index(self.index, **self.opts)
+                    self.build_s = time.perf_counter() - t0
+                self.col.compact()
+            spec = self.col.indexes()[self.index]
+            self.build_s = self.build_s or spec.get("build_s", 0.0)
+            self.spec = spec
+        return self
+
+    def sweep(self):
+        return self._sweep or [{}]
+
+    def search(self, q, **p):
+        t = self.col.search(q, k=K, mode=self.mode, **p)
+        out = np.full((len(q), K), -1, np.int64)
+        qi = t.column("query").to_numpy()
+        ids = t.column("id").to_numpy()
+        pos = np.arange(len(qi)) - np.searchsorted(qi, qi)
+        out[qi, pos] = ids
+        return out
+
+    def memory(self):
+        if not self.index:
+            return 0
+        m = self.col._snap.manifest
+        return sum(e[self.index]["bytes"] for e in m["segments"] if e.get(self.index)) + \
+            (m["indexes"]["ivf"]["centroids"]["bytes"] if self.index == "ivf" else 0)
+
+
+class Hnswlib(Method):
+    def __init__(self, M):
+        self.M, self.name = M, f"hnswlib-M{M}"
+
+    def make(self, x):
+        import hnswlib
+
+        self.g = hnswlib.Index(space="ip", dim=x.shape[1])
+        self.g.init_index(max_elements=len(x), ef_construction=200, M=self.M)
+        for a in range(0, len(x), 100_000):
+            self.g.add_items(normalised_f32(x[a:a + 100_000]), np.arange(a, min(len(x), a + 100_000)))
+
+    def save(self):
+        self.g.save_index(str(self.path))
+
+    def load(self, x):
+        import hnswlib
+
+        self.g = hnswlib.Index(space="ip", dim=x.shape[1])
+        self.g.load_index(str(self.path), max_elements=len(x))
+
+    def sweep(self):
+        return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
+
+    def search(self, q, ef):
+        self.g.set_ef(max(ef, K))
+        return self.g.knn_query(q / np.linalg.norm(q, axis=1, keepdims=True), k=K)[0].astype(np.int64)
+
+    def memory(self):
+        return self.g.index_file_size()
+
+
+class Faiss(Method):
+    def __init__(self, kind, nlist=None):
+        self.kind, self.nlist = kind, nlist
+        self.name = f"faiss-{kind}"
+
+    def make(self, x):
+        import faiss
+
+        d = x.shape[1]
+        nlist = self.nlist or 4 * int(np.sqrt(len(x)))
+        self.x = x  # binary rescoring reads the float16 rows (mapped), like ours
+        if self.kind == "BinaryIVF":
+            codes = np.concatenate([np.packbits(np.asarray(x[a:a + 200_000]) > 0, axis=1)
+                                    for a in range(0, len(x), 200_000)])
+            self.index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, nlist)
+            self.index.train(codes[np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), False)])
+            self.index.add(codes)
+            return
+        xf = normalised_f32(x)
+        if self.kind == "IVFFlat":
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        elif self.kind == "IVFPQ+refine":
+            ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, d // 8, 8, faiss.METRIC_INNER_PRODUCT)
+            self.index = faiss.IndexRefineFlat(ivf)
+        elif self.kind == "HNSWFlat":
+            self.index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = 200
+        if self.kind != "HNSWFlat":
+            self.index.train(xf[np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), False)])
+        self.index.add(xf)
+
+    def save(self):
+        import faiss
+
+        (faiss.write_index_binary if self.kind == "BinaryIVF" else faiss.write_index)(self.index, str(self.path))
+
+    def load(self, x):
+        import faiss
+
+        self.x = x
+        self.index = (faiss.read_index_binary if self.kind == "BinaryIVF" else faiss.read_index)(str(self.path))
+
+    def sweep(self):
+        if self.kind == "HNSWFlat":
+            return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
+        if self.kind == "IVFPQ+refine":
+            return [{"nprobe": p, "k_factor": f} for p in (8, 16, 32, 64) for f in (4, 16)]
+        if self.kind == "BinaryIVF":
+            return [{"nprobe": p, "rescore": r} for p in (8, 16, 32, 64, 128) for r in (10, 40)]
+        return [{"nprobe": p} for p in (4, 8, 16, 32, 64, 128)]
+
+    def search(self, q, nprobe=None, ef=None, k_factor=None, rescore=None):
+        import faiss
+
+        qn = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+        if self.kind == "HNSWFlat":
+            self.index.hnsw.efSearch = max(ef, K)
+            return self.index.search(qn, K)[1]
+        if self.kind == "IVFPQ+refine":
+            faiss.extract_index_ivf(self.index.base_index).nprobe = nprobe
+            self.index.k_factor = k_factor
+            return self.index.search(qn, K)[1]
+        if self.kind == "BinaryIVF":
+            self.index.nprobe = nprobe
+            _, cand = self.index.search(np.packbits(q > 0, axis=1), K * rescore)
+            out = np.full((len(q), K), -1, np.int64)
+            for j in range(len(q)):
+                c = cand[j][cand[j] >= 0]
+                v = np.asarray(self.x[np.sort(c)], np.float32)
+                s = v @ qn[j] / np.linalg.norm(v, axis=1)
+                top = np.argsort(-s, kind="stable")[:K]
+                out[j, :len(top)] = np.sort(c)[top]
+            return out
+        self.index.nprobe = nprobe
+        return self.index.search(qn, K)[1]
+
+    def memory(self):
+        import faiss
+
+        return os.path.getsize(self.path)
+
+
+class USearch(Method):
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.name = f"usearch-{dtype}" + ("+rescore" if dtype == "b1" else "")
+
+    def _new(self, d):
+        from usearch.index import Index
+
+        if self.dtype == "b1":
+            return Index(ndim=d, metric="hamming", dtype="b1", connectivity=16, expansion_add=128)
+        return Index(ndim=d, metric="cos", dtype="f16", connectivity=16, expansion_add=128)
+
+    def make(self, x):
+        self.x = x
+        self.index = self._new(x.shape[1])
+        for a in range(0, len(x), 100_000):
+            v = np.asarray(x[a:a + 100_000])
+            self.index.add(np.arange(a, a + len(v)), np.packbits(v > 0, axis=1) if self.dtype == "b1" else v)
+
+    def save(self):
+        self.index.save(str(self.path))
+
+    def load(self, x):
+        self.x = x
+        self.index = self._new(x.shape[1])
+        self.index.load(str(self.path))
+
+    def sweep(self):
+        if self.dtype == "b1":
+            return [{"ef": e, "rescore": r} for e in (64, 128, 256) for r in (10, 40)]
+        return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
+
+    def search(self, q, ef, rescore=None):
+        self.index.expansion_search = max(ef, K * (rescore or 1))
+        if self.dtype != "b1":
+            return np.asarray(self.index.search(q.astype(np.float16), K).keys, np.int64).reshape(len(q), K)
+        res = self.index.search(np.packbits(q > 0, axis=1), K * rescore)
+        keys = np.asarray(res.keys, np.int64).reshape(len(q), -1)
+        out = np.full((len(q), K), -1, np.int64)
+        for j in range(len(q)):
+            c = np.sort(keys[j][keys[j] >= 0])
+            v = np.asarray(self.x[c], np.float32)
+            s = v @ q[j] / np.linalg.norm(v, axis=1)
+            top = np.argsort(-s, kind="stable")[:K]
+            out[j, :len(top)] = c[top]
+        return out
+
+    def memory(self):
+        return os.path.getsize(self.path)
+
+
+def methods(n: int, d: int) -> list:
+    ivf_sweep = [{}] + [{"nprobe": p, "rescore": r} for p in (4, 8, 16, 32, 64, 128) for r in (10, 20)]
+    return [
+        Ours("flat"),
+        Ours("funnel", sweep=[{"rescore": r} for r in (10, 20, 40)]),
+        Ours("ivf", "ivf", {}, ivf_sweep),
+        Ours("hnsw", "hnsw", {}, [{}] + [{"ef": e} for e in (16, 32, 64, 128, 256)]),
+        Hnswlib(16), Hnswlib(32),
+        Faiss("IVFFlat"), Faiss("IVFPQ+refine"), Faiss("BinaryIVF"), Faiss("HNSWFlat"),
+        USearch("f16"), USearch("b1"),
+    ]
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def run_method(m, x, q, cat, gt, work: Path) -> list:
+    rss0 = status_kb("RssAnon")
+    m.build(x, cat, work)
+    rss1 = status_kb("RssAnon")
+    rows = []
+    for p in m.sweep():
+        r = measure(lambda b: m.search(b, **p), q, gt)
+        if isinstance(m, Ours) and m.index and not p:
+            spec = m.spec
+            p = {"default": True, **{k: spec[k] for k in ("nprobe", "rescore", "ef") if k in spec}}
+        row = {"method": m.name, "family": m.family, "params": p, **r, "build_s": round(getattr(m, "build_s", 0), 2),
+               "index_bytes": int(m.memory()), "build_rss_anon_mb": round((rss1 - rss0) / 1024, 1)}
+        rows.append(row)
+        print(f"  {m.name:22s} {json.dumps(p):44s} recall {r['recall10']:.4f}  qps b1 {r['qps_b1']:8.1f}  "
+              f"b16 {r['qps_b16']:8.1f}  build {row['build_s']:.1f} s", flush=True)
+    return rows
+
+
+def filtered(col_method, q, gt_f, base_params) -> list:
+    """Our modes under 1 / 10 / 50 % filters: recall against exact filtered search and
+    latency against the same mode unfiltered (batch 1)."""
+    rows = []
+    for mode in ("ivf", "hnsw", "auto"):
+        if mode != "auto" and mode not in col_method.col.indexes():
+            continue
+        with cpu_lock(True):
+            base = _latency(col_method.col, q, mode, None)
+            for pct, gt in gt_f.items():
+                flt = nv.field("cat") < pct
+                got = np.concatenate([_ids(col_method.col.search(q[a:a + 16], k=K, mode=mode, filter=flt), 16)
+                                      for a in range(0, len(q), 16)])
+                lat = _latency(col_method.col, q, mode, flt)
+                rows.append({"mode": mode, "selectivity_pct": pct, "recall10": round(recall_at(got, gt), 4),
+                             "latency_ms_b1": round(lat, 4), "unfiltered_ms_b1": round(base, 4),
+                             "ratio": round(lat / base, 3),
+                             "plan": col_method.col.explain(q[:1], k=K, mode=mode, filter=flt)})
+                print(f"  filtered {mode:5s} {pct:3d}%  recall {rows[-1]['recall10']:.4f}  {lat:.3f} ms "
+                      f"({rows[-1]['ratio']:.2f}x unfiltered {base:.3f} ms)", flush=True)
+    return rows
+
+
+def _ids(t, nq):
+    out = np.full((nq, K), -1, np.int64)
+    qi = t.column("query").to_numpy()
+    pos = np.arange(len(qi)) - np.searchsorted(qi, qi)
+    out[qi, pos] = t.column("id").to_numpy()
+    return out
+
+
+def _latency(col, q, mode, flt) -> float:
+    for j in range(50):
+        col.search(q[j], k=K, mode=mode, filter=flt)
+    n, t0 = 0, time.perf_counter()
+    while n < len(q) and (time.perf_counter() - t0 < TIME_B1_S or n < 50):
+        col.search(q[n], k=K, mode=mode, filter=flt)
+        n += 1
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def resident(path: str, q_path: str, mode: str) -> dict:
+    """In a fresh process: open the collection, run 1,000 single-query searches, report
+    what is resident (smaps Rss per mapped file kind, and RssAnon)."""
+    code = f"""
+import json, os, numpy as np, nestvec as nv
+col = nv.open({path!r}, read_only=True)
+q = np.load({q_path!r})
+anon0 = int([l for l in open('/proc/self/status') if l.startswith('RssAnon')][0].split()[1])
+for j in range(len(q)):
+    col.search(q[j], k=10, mode={mode!r})
+anon1 = int([l for l in open('/proc/self/status') if l.startswith('RssAnon')][0].split()[1])
+rss, cur = {{}}, None
+for line in open('/proc/self/smaps'):
+    parts = line.split()
+    if len(parts) >= 6 and '-' in parts[0] and len(parts[0]) > 8:
+        cur = parts[5] if len(parts) >= 6 else None
+    elif line.startswith('Rss:') and cur and {path!r} in cur:
+        kind = 'lists' if cur.endswith('.ivf.arrow') else 'centroids' if cur.endswith('.ivfc.arrow') else \\
+            'graph' if cur.endswith('.hnsw') else 'segments'
+        rss[kind] = rss.get(kind, 0) + int(parts[1]) * 1024
+print(json.dumps({{"rss_file_bytes": rss, "rss_anon_delta_bytes": (anon1 - anon0) * 1024,
+                  "rows": col.count(), "dim": col.dim}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def msmarco(out_rows: list) -> dict:
+    """nDCG@10 on the MS MARCO subset (bundled MiniLM): flat vs ivf / hnsw at their
+    defaults, the defaults a user gets (segments below min_rows are searched
+    exhaustively, so at 5,000 rows an index changes nothing) and with every segment
+    indexed (min_rows=0)."""
+    import beir
+    from bench_quality import embed_corpus
+
+    from nestvec.embed import Encoder
+
+    path = beir.default_dirs()[0]
+    doc_ids, docs, qids, queries, qrels = beir.load(path)
+    emb, _ = embed_corpus(path, docs, 6, None, 32)
+    q = Encoder().encode(queries)
+    ids = np.asarray(doc_ids)
+    res = {}
+    for label, opts in (("defaults", {}), ("indexed (min_rows=0)", {"min_rows": 0})):
+        col = nv.Collection.create(None, dim=emb.shape[1])
+        col.add(emb.astype(np.float16))
+        for kind in ("ivf", "hnsw"):
+            col.create_index(kind, **opts)
+        for mode in ("flat", "funnel", "ivf", "hnsw"):
+            t = col.search(q, k=100, mode=mode)
+            run10 = {qid: [] for qid in qids}
+            run100 = {qid: [] for qid in qids}
+            for qi, i in zip(t.column("query").to_numpy(), t.column("id").to_numpy()):
+                run100[qids[qi]].append(ids[i])
+                if len(run10[qids[qi]]) < 10:
+                    run10[qids[qi]].append(ids[i])
+            ev = beir.evaluate(run10, qrels, 10, 100)
+            ev100 = beir.evaluate(run100, qrels, 10, 100)
+            res[f"{label}: {mode}"] = {"ndcg10": round(ev["ndcg@10"], 4), "recall100": round(ev100["recall@100"], 4),
+                                       "index": col.indexes().get(mode)}
+            print(f"  msmarco {label:22s} {mode:6s} nDCG@10 {ev['ndcg@10']:.4f}", flush=True)
+    out_rows.append({"msmarco": res})
+    return res
+
+
+def plot(paths, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    fig, axes = plt.subplots(len(runs), 2, figsize=(12, 4.5 * len(runs)), squeeze=False)
+    for row, run in zip(axes, runs):
+        pts = [r for r in run["rows"] if "method" in r]
+        for ax, b in zip(row, (1, 16)):
+            for name in sorted({r["method"] for r in pts}):
+                rs = sorted([r for r in pts if r["method"] == name], key=lambda r: r["recall10"])
+                ours = name.startswith("ours")
+                ax.plot([r["recall10"] for r in rs], [r[f"qps_b{b}"] for r in rs], "o-" if ours else ".--",
+                        label=name, linewidth=2 if ours else 1)
+            ax.axvline(RECALL_TARGET, color="grey", linewidth=0.8)
+            ax.set_yscale("log")
+            ax.set_xlim(0.5, 1.005)
+            ax.set_xlabel("recall@10 vs exact")
+            ax.set_ylabel(f"QPS, batch {b}")
+            ax.set_title(f"{run['meta'].get('dataset', '')}, batch {b}")
+            ax.grid(alpha=0.3)
+        row[1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def summary(rows: list) -> list:
+    """Per method: the fastest point at recall >= RECALL_TARGET (batch 1 and 16)."""
+    out = []
+    for name in dict.fromkeys(r["method"] for r in rows if "method" in r):
+        rs = [r for r in rows if r.get("method") == name]
+        ok = [r for r in rs if r["recall10"] >= RECALL_TARGET]
+        best1 = max(ok, key=lambda r: r["qps_b1"], default=None)
+        best16 = max(ok, key=lambda r: r["qps_b16"], default=None)
+        out.append({"method": name, "best_b1": best1 and {k: best1[k] for k in ("params", "recall10", "qps_b1")},
+                    "best_b16": best16 and {k: best16[k] for k in ("params", "recall10", "qps_b16")},
+                    "max_recall": max(r["recall10"] for r in rs), "build_s": rs[0]["build_s"],
+                    "index_bytes": rs[0]["index_bytes"]})
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--d", type=int, default=768)
+    p.add_argument("--clusters", type=int, default=1024)
+    p.add_argument("--data-dir", default="/tmp/nestvec-ann")
+    p.add_argument("--only", default="", help="comma list of method names")
+    p.add_argument("--skip", default="", help="comma list of method names")
+    p.add_argument("--build-only", action="store_true", help="build and save every index, time nothing")
+    p.add_argument("--msmarco", action="store_true", help="only the MS MARCO quality check")
+    p.add_argument("--report", action="store_true", help="only the PNG and summary from saved runs")
+    args = p.parse_args(argv)
+    out_dir = H.RESULTS
+    if args.report:
+        paths = sorted(out_dir.glob("bench_ann_*x*.json"))
+        plot(paths, out_dir / "bench_ann.png")
+        for path in paths:
+            run = json.loads(path.read_text())
+            print(path.name)
+            print(H.markdown_table([dict(s, best_b1=json.dumps(s["best_b1"]), best_b16=json.dumps(s["best_b16"]))
+                                    for s in summary(run["rows"])],
+                                   ["method", "best_b1", "best_b16", "max_recall", "build_s", "index_bytes"]))
+        return 0
+    if args.msmarco:
+        rows = []
+        res = msmarco(rows)
+        H.save("bench_ann_msmarco", rows, meta={"results": res})
+        return 0
+    work = Path(args.data_dir)
+    x, q, cat, gt, gt_f = dataset(args.n, args.d, args.clusters, work)
+    name = f"bench_ann_{args.n}x{args.d}"
+    prev = out_dir / f"{name}.json"
+    rows = json.loads(prev.read_text())["rows"] if prev.exists() else []
+    only = set(filter(None, args.only.split(",")))
+    skip = set(filter(None, args.skip.split(",")))
+    for m in methods(args.n, args.d):
+        if (only and m.name not in only) or m.name in skip:
+            continue
+        print(f"{m.name}:", flush=True)
+        if args.build_only:
+            m.build(x, cat, work)
+            print(f"  built in {m.build_s:.1f} s", flush=True)
+            del m
+            gc.collect()
+            continue
+        new = run_method(m, x, q, cat, gt, work)
+        rows = [r for r in rows if r.get("method") != m.name and not (r.get("filtered_by") == m.name)] + new
+        if isinstance(m, Ours) and m.index:
+            for r in filtered(m, q, gt_f, {}):
+                rows.append({"filtered_by": m.name, **r})
+            res = resident(str(m.col.path), str(work / f"synth-{args.n}x{args.d}-c{args.clusters}.q.npy"), m.mode)
+            res["bytes_per_row"] = {k: round(v / res["rows"], 2) for k, v in res["rss_file_bytes"].items()}
+            res["target_bytes_per_row"] = args.d / 8 + 16
+            rows.append({"resident_of": m.name, **res})
+            print(f"  resident after 1,000 searches: {res}", flush=True)
+        H.save(name, rows, meta={"dataset": f"synthetic {args.n:,} x {args.d} float16, {args.clusters} clusters",
+                                 "k": K, "queries": NQ, "generator": "bench_collection.data_chunks seed 0 / 123"})
+        del m
+        gc.collect()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

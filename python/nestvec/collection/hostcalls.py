@@ -1,0 +1,98 @@
+"""The planner's calls into the ops for host (NumPy) searches.
+
+A collection search validates its queries once (validate.queries: float32, finite, of
+scorable norm) and hands the kernels only its own arrays: mapped segment columns, masks
+it built, candidate ids from its own merges. The public ops validate all of that again
+on every call, which was most of a small search's cost (a 1k-row funnel: two op calls
+spent ~60 us in argument checks around ~15 us of kernels; README, single-query
+latency). So on the cpu backend these functions call the registered kernels with the
+checks skipped; any other backend (``NESTVEC_BACKEND``, torch inputs) goes through the
+public op unchanged, and a cpu implementation swapped in the registry
+(``_backend.override``) is called as registered.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import _backend as be
+from .. import ops
+from ..ops import dense as dense_op
+from ..ops import hamming as hamming_op
+
+
+_DTYPE = {np.dtype(k): v for k, v in be.DTYPE_CODE.items() if k != "bfloat16"}
+
+
+def _cpu(x) -> bool:
+    """A host array that ``be.resolve`` would send to the cpu backend."""
+    return type(x) is np.ndarray and be._C is not None and \
+        os.environ.get("NESTVEC_BACKEND", "auto") in ("auto", "cpu", "")
+
+
+_LAST = (None, None, None, None)  # (queries, dim, metric, prepared): one search's stages reuse it
+
+
+def _prepared(queries, dim: int, metric: str) -> np.ndarray:
+    """The queries as the cpu backend of ``ops.dense_topk`` prepares them (cosine:
+    normalised in float64, then float32), so scores are bit-identical to the op's."""
+    global _LAST
+    last = _LAST
+    if last[0] is queries and last[1] == dim and last[2] == metric:
+        return last[3]
+    q = queries[:, :dim]
+    if metric == "cosine":
+        q = q.astype(np.float64)
+        nrm = np.sqrt(np.einsum("ij,ij->i", q, q))[:, None]
+        np.divide(q, nrm, out=q, where=nrm > 0)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    _LAST = (queries, dim, metric, q)  # one assignment: threads see an old or a new entry
+    return q
+
+
+def dense(db, queries, k, dim, metric, allow=None, candidates=None):
+    """``ops.dense_topk`` (host: float32 queries [Q, >= dim] from validate.queries)."""
+    if not (_cpu(db) and type(queries) is np.ndarray):
+        return ops.dense_topk(db, queries, k, dim=dim, metric=metric, allow=allow, candidates=candidates)
+    impl = be.implementation("dense_topk", "cpu")
+    if impl is not dense_op._cpu:
+        return impl(db, db.dtype.name, queries, k, dim, metric, allow, candidates)
+    nq = queries.shape[0]
+    q = _prepared(queries, dim, metric)
+    a = None if allow is None else allow.view(np.uint8)
+    c = None
+    if candidates is not None:
+        c = candidates if (candidates.dtype == np.int64 and candidates.flags.c_contiguous) \
+            else np.ascontiguousarray(candidates, dtype=np.int64)
+    score = np.empty((nq, k), np.float32)
+    idx = np.empty((nq, k), np.int64)
+    be._C.dense_topk(db, _DTYPE[db.dtype], dim, q, k, be.METRIC_CODE[metric], a, c, score, idx)
+    return score, idx
+
+
+def hamming(codes, queries, k, allow=None):
+    """``ops.hamming_topk`` (host: uint8 codes and query codes)."""
+    if not (_cpu(codes) and type(queries) is np.ndarray):
+        return ops.hamming_topk(codes, queries, k, allow=allow)
+    impl = be.implementation("hamming_topk", "cpu")
+    if impl is not hamming_op._cpu:
+        return impl(codes, queries, k, allow)
+    nq = queries.shape[0]
+    dist = np.empty((nq, k), np.int32)
+    idx = np.empty((nq, k), np.int64)
+    be._C.hamming_topk(codes, np.ascontiguousarray(queries), k, None if allow is None else allow.view(np.uint8),
+                       dist, idx)
+    return dist, idx
+
+
+def hamming_ranges(codes, queries, k, ranges, ids=None, allow=None):
+    """``ops.hamming_topk_ranges`` (host; ranges from the index's own offsets)."""
+    if not _cpu(codes):
+        return ops.hamming_topk_ranges(codes, queries, k, ranges, ids=ids, allow=allow)
+    nq = queries.shape[0]
+    dist = np.empty((nq, k), np.int32)
+    idx = np.empty((nq, k), np.int64)
+    be._C.hamming_topk_ranges(codes, np.ascontiguousarray(queries), np.ascontiguousarray(ranges, dtype=np.int64),
+                              ids, None if allow is None else allow.view(np.uint8), k, dist, idx)
+    return dist, idx

@@ -1,0 +1,249 @@
+"""ivf: an inverted file of binary codes, partitioned by centroids shared by every segment.
+
+Centroids are trained once per collection with ``faiss.Kmeans`` on a sample of
+normalised prefixes (the first ``dim`` values; spherical k-means under cosine and ip,
+plain k-means under l2) and stored in a centroids file (``<uuid>.ivfc.arrow``: one row
+per list). Every indexed segment gets its own list file (``<uuid>.ivf.arrow``): the
+segment's rows grouped by list (stable, so rows keep their order inside a list) as an
+Arrow table of ``row`` (int32, the row's position in the segment) and ``code`` (its
+binary code), with the list offsets in the schema metadata. A probe of list ``l`` is
+then the contiguous range ``offsets[l]:offsets[l + 1]`` of codes, scanned by
+``ops.hamming_topk_ranges`` for every query of a batch in one call; segments stay
+immutable and independent (a new segment is assigned to the same centroids).
+
+Codes: ``sign`` copies the segment's sign bits (``quant.binarize``); ``centred`` takes
+the sign bits of the normalised vector minus the sample mean (README, Indexes: what
+each measured). Searching needs neither faiss nor hnswlib.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import numpy as np
+import pyarrow as pa
+
+from .. import integrity as ig
+from ..errors import CorruptionError
+from ..arrays import fixed_list_view, primitive_view
+
+META_KEY = b"nestvec.ivf"
+ASSIGN_BYTES = 64 << 20  # scores held at once while rows are assigned to lists
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def prefix_f32(vectors: np.ndarray, dim: int, metric: str) -> np.ndarray:
+    """float32 copy of the first ``dim`` values of each row, unit length unless l2
+    (always a copy: it is normalised in place)."""
+    x = np.array(vectors[:, :dim], dtype=np.float32)
+    if metric != "l2":
+        n = np.sqrt(np.einsum("ij,ij->i", x, x))
+        np.divide(x, n[:, None], out=x, where=n[:, None] > 0)
+    return x
+
+
+def centred_codes(vectors: np.ndarray, mean: np.ndarray, metric: str) -> np.ndarray:
+    """Sign bits of (normalised row - mean), packed like quant.binarize."""
+    x = prefix_f32(vectors, vectors.shape[1], metric)
+    x -= mean[:x.shape[1]]
+    return np.packbits(x > 0, axis=-1)
+
+
+def sign_codes(vectors: np.ndarray) -> np.ndarray:
+    return np.packbits(np.asarray(vectors) > 0, axis=-1)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(sample: np.ndarray, nlist: int, metric: str, niter: int, seed: int) -> np.ndarray:
+    """k-means centroids ``[nlist, dim]`` float32 of ``sample`` (already prefixed and,
+    unless l2, normalised): ``faiss.Kmeans``, spherical unless l2."""
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("building an ivf index needs faiss (pip install 'nestvec[ann]')") from None
+    km = faiss.Kmeans(sample.shape[1], nlist, niter=niter, seed=seed, spherical=metric != "l2",
+                      verbose=False, max_points_per_centroid=256)
+    km.train(np.ascontiguousarray(sample, dtype=np.float32))
+    c = np.ascontiguousarray(km.centroids, dtype=np.float32)
+    if metric != "l2":  # faiss normalises spherical centroids; an empty cluster may not be
+        n = np.linalg.norm(c, axis=1, keepdims=True)
+        np.divide(c, n, out=c, where=n > 0)
+    return c
+
+
+def assign(vectors: np.ndarray, centroids: np.ndarray, metric: str, rows_per_chunk: int | None = None) -> np.ndarray:
+    """The list of each row (int32 ``[n]``): the nearest centroid on the prefix
+    (largest cosine, or smallest l2), in chunks of rows so the score block stays
+    within ASSIGN_BYTES."""
+    nlist, dim = centroids.shape
+    n = vectors.shape[0]
+    out = np.empty(n, np.int32)
+    step = rows_per_chunk or max(256, ASSIGN_BYTES // (4 * nlist))
+    half_sq = 0.5 * np.einsum("ij,ij->i", centroids, centroids) if metric == "l2" else None
+    ct = np.ascontiguousarray(centroids.T)
+    for a in range(0, n, step):
+        x = prefix_f32(vectors[a:a + step], dim, metric)
+        s = x @ ct
+        if half_sq is not None:
+            s -= half_sq  # argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)
+        out[a:a + step] = np.argmax(s, axis=1)
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def centroids_table(centroids: np.ndarray, mean: np.ndarray | None) -> pa.Table:
+    nlist, dim = centroids.shape
+    col = pa.FixedSizeListArray.from_arrays(pa.array(centroids.reshape(-1)), dim)
+    meta = {"nlist": nlist, "dim": dim}
+    if mean is not None:
+        meta["mean"] = base64.b64encode(np.ascontiguousarray(mean, np.float32).tobytes()).decode()
+    return pa.table({"centroid": col}).replace_schema_metadata({META_KEY: json.dumps(meta)})
+
+
+def lists_table(lids: np.ndarray, codes: np.ndarray, nlist: int, centroids_name: str) -> pa.Table:
+    """The list file of one segment: rows grouped by list (stable), their codes."""
+    order = np.argsort(lids, kind="stable").astype(np.int32)
+    offsets = np.zeros(nlist + 1, np.int64)
+    np.cumsum(np.bincount(lids, minlength=nlist), out=offsets[1:])
+    lo = np.ascontiguousarray(codes[order])
+    nb = codes.shape[1]
+    meta = {"nlist": nlist, "centroids": centroids_name,
+            "offsets": base64.b64encode(offsets.tobytes()).decode()}
+    code_col = pa.FixedSizeBinaryArray.from_buffers(pa.binary(nb), len(order), [None, pa.py_buffer(lo)])
+    return pa.table({"row": pa.array(order), "code": code_col}).replace_schema_metadata(
+        {META_KEY: json.dumps(meta)})
+
+
+def _meta(table: pa.Table, path) -> dict:
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    try:
+        meta = json.loads(raw)
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+        return meta
+    except (TypeError, ValueError) as e:
+        raise CorruptionError(path, f"ivf metadata is missing or not JSON ({e})") from None
+
+
+class IvfCentroids:
+    """The collection-level part: centroids ``[nlist, dim]`` float32 (a view into the
+    mapped file) and, for centred codes, the mean ``[D]``."""
+
+    def __init__(self, spec: dict, table: pa.Table, path, d_full: int):
+        self.spec = spec
+        self.name = spec["centroids"]["name"]
+        self.path = path
+        nlist, dim = spec["nlist"], spec["dim"]
+        with ig.damage(path):
+            want = pa.schema([pa.field("centroid", pa.list_(pa.float32(), dim))])
+            if not table.schema.remove_metadata().equals(want) or table.num_rows != nlist \
+                    or table.column(0).num_chunks != 1:
+                raise CorruptionError(path, f"is not a centroids file of {nlist} x {dim} float32 "
+                                            f"(schema {table.schema.remove_metadata()}, {table.num_rows} rows)")
+            arr = table.column(0).chunk(0)
+            arr.validate()
+            if arr.null_count or arr.values.null_count:
+                raise CorruptionError(path, "centroids hold nulls")
+            meta = _meta(table, path)
+            self.centroids = fixed_list_view(table.column(0), dim, np.float32)
+            if not np.isfinite(self.centroids).all():  # nlist x dim: small
+                raise CorruptionError(path, "centroids hold NaN or infinity")
+            self.mean = None
+            if spec["codes"] == "centred":
+                mean = np.frombuffer(base64.b64decode(meta.get("mean", ""), validate=True), np.float32)
+                if mean.shape != (d_full,) or not np.isfinite(mean).all():
+                    raise CorruptionError(path, f"the mean of centred codes is not {d_full} finite values")
+                self.mean = mean
+
+    def probe(self, queries, nprobe: int):
+        """The ``nprobe`` nearest lists of each query, best first (int64 ``[Q, nprobe]``)."""
+        from .. import hostcalls
+
+        q = np.asarray(queries[:, :self.spec["dim"]], dtype=np.float32)
+        metric = "l2" if self.spec["metric"] == "l2" else "cosine"
+        _, lists = hostcalls.dense(self.centroids, q, min(nprobe, len(self.centroids)), self.spec["dim"], metric)
+        return lists
+
+    def query_codes(self, queries, nbytes: int):
+        """The queries' codes in the list files' encoding (first ``nbytes`` bytes)."""
+        if self.mean is None:
+            from ...quant import binarize
+
+            return binarize(queries[:, :8 * nbytes] if 8 * nbytes < queries.shape[1] else queries)
+        return centred_codes(queries, self.mean, self.spec["metric"])[:, :nbytes]
+
+
+class IvfLists:
+    """One segment's list file, mapped: ``codes`` ``[n, B]`` and ``rows`` int32 ``[n]`` in
+    list order, ``offsets`` int64 ``[nlist + 1]``. Checked for structure at open; the
+    ``row`` column's checksum and range before its first use (``ready()``)."""
+
+    def __init__(self, entry: dict, table: pa.Table, path, spec: dict, n: int, nbytes: int):
+        self.entry = entry
+        self.name = entry["name"]
+        self.path = path
+        self.table = table
+        self._ready = path is None
+        self._lock = threading.Lock()
+        with ig.damage(path):
+            want = pa.schema([pa.field("row", pa.int32()), pa.field("code", pa.binary(nbytes))])
+            if not table.schema.remove_metadata().equals(want):
+                raise CorruptionError(path, f"schema is {table.schema.remove_metadata()}, expected {want}")
+            if table.num_rows != n:
+                raise CorruptionError(path, f"lists {table.num_rows} rows, its segment holds {n}")
+            for c in table.columns:
+                if c.num_chunks != 1:
+                    raise CorruptionError(path, "a column is not one chunk")
+                c.chunk(0).validate()
+                if c.null_count:
+                    raise CorruptionError(path, "a column holds nulls")
+            meta = _meta(table, path)
+            if meta.get("nlist") != spec["nlist"] or meta.get("centroids") != spec["centroids"]["name"]:
+                raise CorruptionError(path, "was built for other centroids than the manifest's ivf index")
+            off = np.frombuffer(base64.b64decode(meta.get("offsets", ""), validate=True), np.int64)
+            if off.shape != (spec["nlist"] + 1,) or off[0] != 0 or off[-1] != n or (np.diff(off) < 0).any():
+                raise CorruptionError(path, "list offsets do not partition the segment's rows")
+            self.offsets = off
+            self.codes = fixed_list_view(table.column("code"), nbytes, np.uint8)
+            self.rows = primitive_view(table.column("row"), np.int32)
+
+    def ready(self) -> "IvfLists":
+        """Before the first probe: the ``row`` column's checksum and range (an id out of
+        range would send the rescoring outside the segment)."""
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    want = (self.entry.get("columns") or {}).get("row")
+                    if want is not None and ig.column_crc(self.table.column("row")) != want:
+                        raise CorruptionError(self.path, "column 'row' fails its checksum (damaged)")
+                    r = self.rows
+                    if len(r) and (int(r.min()) < 0 or int(r.max()) >= len(r)):
+                        raise CorruptionError(self.path, "column 'row' names rows outside its segment")
+                    self._ready = True
+        return self
+
+    def verify(self, crc_block: int) -> None:
+        """Every byte (file checksum) and the rows: a permutation of the segment."""
+        if self.path is not None:
+            ig.check_file_crc(self.path, self.entry.get("crc32"), crc_block)
+        self.ready()
+        if len(self.rows) and (np.bincount(self.rows, minlength=len(self.rows)) != 1).any():
+            raise CorruptionError(self.path, "column 'row' is not a permutation of its segment's rows")
+
+    def ranges(self, lists: np.ndarray) -> np.ndarray:
+        """int64 ``[Q, P, 2]`` (start, stop) of the probed lists."""
+        return np.stack([self.offsets[lists], self.offsets[lists + 1]], axis=-1)
+
+    def list_of_rows(self) -> np.ndarray:
+        """int32 ``[n]``: each row's list (carried into a merge's output)."""
+        out = np.empty(len(self.rows), np.int32)
+        sizes = np.diff(self.offsets)
+        out[self.ready().rows] = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        return out

@@ -1,0 +1,260 @@
+"""The ``ivf`` and ``hnsw`` search modes over one snapshot (called by planner.Planner).
+
+Both split the segments into *indexed* ones (those with a list file / graph) and
+*scanned* ones (small or fresh segments below the index's ``min_rows``, searched
+exhaustively by the binary funnel, or flat without codes). Every candidate is
+rescored exactly at ``dim`` (through the ladder), and all lists merge by (score,
+global row position), the rule every mode uses, so a row's result never depends on
+which segment holds it.
+
+Filters and deletes arrive as each segment's ``allow`` mask:
+
+* a *selective* filter (fewer than EXACT_FRACTION of the rows, or no more rows than
+  the shortlist) is searched exhaustively over the allowed rows: the Hamming
+  shortlist over their gathered codes, then exact rescoring (flat when they fit in the
+  shortlist);
+* otherwise the mask applies inside the probed lists (ivf: ``hamming_topk_ranges``
+  checks ``allow`` per row) or to the graph's candidates (hnsw), the probe widened by
+  ``selectivity ** -WIDEN_POWER``; a query that still has fewer than ``min(k,
+  matches)`` candidates is probed again with 4x the lists (ivf, up to every list) or
+  searched exhaustively on that segment (hnsw).
+
+So every mode returns exactly ``min(k, matching rows)`` rows per query.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import hostcalls
+from ..topk import merge_parts, merge_results
+
+# Filters allowing fewer rows than this fraction are searched over the allowed rows
+# (README, Indexes: the filtered benchmark).
+EXACT_FRACTION = 0.05
+# A filter allowing fraction s of the rows multiplies nprobe / ef by s ** -WIDEN_POWER.
+WIDEN_POWER = 0.5
+# Shortlist factor for the exhaustive route over a selective filter's rows.
+EXACT_RESCORE = 4
+
+
+def _ann(s, kind):
+    ann = getattr(s, "ann", None)
+    return ann.get(kind) if ann else None
+
+
+class IndexRun:
+    """One ivf / hnsw search: the planner's segments split by index, the stats."""
+
+    def __init__(self, pl, kind: str):
+        self.pl = pl
+        self.kind = kind
+        self.req = pl.req
+        act = pl._active()
+        self.indexed = [i for i in act if _ann(pl.segments[i], kind) is not None]
+        self.scanned = [i for i in act if _ann(pl.segments[i], kind) is None]
+        self.offsets = np.array([s.offset for s in pl.segments] or [0], np.int64)
+        self.matches = sum(pl.counts)
+        rows = sum(s.n for s in pl.segments)
+        self.selectivity = self.matches / rows if rows else 1.0
+        st = pl.stats
+        st.update(segments=len(pl.segments), indexed_segments=len(self.indexed),
+                  scanned_segments=len(self.scanned), rows=rows, matches=self.matches,
+                  rows_scanned=0, rows_rescored=0)
+
+    @property
+    def larger_better(self) -> bool:
+        return self.req.metric != "l2"
+
+    def selective(self, short: int) -> bool:
+        return self.pl.filtered and (self.selectivity < EXACT_FRACTION or self.matches <= short)
+
+    def widen(self) -> float:
+        if self.matches == 0 or self.selectivity >= 1:
+            return 1.0
+        return self.selectivity ** -WIDEN_POWER
+
+    # -- pieces shared by both modes
+    def finish(self, queries, nq, results):
+        """Rescored results of each group + flat results of codeless scanned
+        segments, merged."""
+        k = self.req.k
+        return merge_results(results, k, self.larger_better, self.offsets, nq)
+
+    def rescore(self, queries, seg, local, nq):
+        self.pl.stats["rows_rescored"] += int((local >= 0).sum())
+        return self.pl._rescore(queries, seg, local, nq)
+
+    def scanned_results(self, queries, nq, short):
+        """The scanned segments: the funnel's Hamming shortlist and rescoring (flat
+        when the collection has no codes or a segment's rows fit in the shortlist)."""
+        pl, r = self.pl, self.req
+        if not self.scanned:
+            return []
+        funnel = [i for i in self.scanned if pl.segments[i].codes is not None and pl.counts[i] > short]
+        flat = [i for i in self.scanned if i not in funnel]
+        out = []
+        if funnel:
+            qcodes, nbytes = pl._query_codes(queries)
+            seg, local, _ = pl._hamming(qcodes, nbytes, short, nq, only=funnel)
+            self.pl.stats["rows_scanned"] += nq * sum(pl.counts[i] for i in funnel)
+            out.append(self.rescore(queries, seg, local, nq))
+        if flat:
+            self.pl.stats["rows_scanned"] += nq * sum(pl.counts[i] for i in flat)
+            out.append(pl._flat(queries, nq, only=flat))
+        return out
+
+    def exhaustive(self, queries, nq, only, rescore: int):
+        """Every allowed row of segments ``only``: Hamming shortlist of ``k*rescore``
+        over their gathered codes, rescored; flat when they fit in the shortlist or
+        there are no codes."""
+        pl, k = self.pl, self.req.k
+        short = k * rescore
+        n_allowed = sum(pl.counts[i] for i in only)
+        pl.stats["rows_scanned"] += nq * n_allowed
+        if n_allowed <= short or any(pl.segments[i].codes is None for i in only):
+            return pl._flat(queries, nq, only=only)
+        qcodes, nbytes = pl._query_codes(queries)
+        parts = []
+        for i in only:
+            s, m = pl.segments[i], pl.masks[i]
+            rows = np.flatnonzero(m) if m is not None else None
+            codes = pl._codes(i, nbytes)
+            if rows is not None:
+                codes = codes[rows]
+            d, idx = hostcalls.hamming(codes, qcodes, min(short, len(codes)))
+            if rows is not None:
+                idx = np.where(idx >= 0, rows[np.maximum(idx, 0)], -1)
+            parts.append((s.offset, i, d, idx))
+        seg, local, _ = merge_parts(parts, short, False, nq)
+        return self.rescore(queries, seg, local, nq)
+
+
+# --------------------------------------------------------------------------- ivf
+
+
+def _check_width(queries, spec: dict, kind: str) -> None:
+    if queries.shape[1] < spec["dim"]:
+        raise ValueError(f"dim: the {kind} index works on the first {spec['dim']} values; pass queries of "
+                         f"at least that width (full D-value queries serve any dim)")
+
+
+def run_ivf(pl, queries):
+    run = IndexRun(pl, "ivf")
+    cent = pl.indexes["ivf"]
+    spec = cent.spec
+    _check_width(queries, spec, "ivf")
+    r = run.req
+    nq = queries.shape[0]
+    rescore = r.rescore or spec["rescore"]
+    short = r.k * rescore
+    st = pl.stats
+    st.update(nlist=spec["nlist"], rescore=rescore)
+    if run.selective(short):
+        st.update(route="exhaustive over the filter's rows (selective filter)", nprobe=0, lists_probed=0)
+        exact = run.exhaustive(queries, nq, pl._active(), rescore * EXACT_RESCORE)
+        return run.finish(queries, nq, [exact])
+    nprobe = min(spec["nlist"], math.ceil((r.nprobe or spec["nprobe"]) * run.widen()))
+    st.update(route="ivf probe" + (" (widened by the filter)" if run.widen() > 1 else ""), nprobe=nprobe)
+    results = run.scanned_results(queries, nq, short)
+    if run.indexed:
+        results.append(_ivf_indexed(run, cent, queries, nq, nprobe, short))
+    else:
+        st.update(lists_probed=0)
+    return run.finish(queries, nq, results)
+
+
+def _ivf_query_codes(pl, cent, queries):
+    r = pl.req
+    if queries.shape[1] == r.d_full:
+        nbytes = (r.d_full + 7) // 8
+    elif r.dim % 8:
+        raise ValueError(f"dim: binary codes of a {r.dim}-value prefix need dim % 8 == 0 "
+                         f"(or pass full {r.d_full}-value queries with mode='ivf')")
+    else:
+        nbytes = r.dim // 8
+    return cent.query_codes(queries, nbytes), nbytes
+
+
+def _ivf_indexed(run, cent, queries, nq, nprobe, short):
+    """Hamming shortlist over the probed lists of every indexed segment, widened for
+    queries that found fewer than min(k, matches) rows; then rescored."""
+    pl, r = run.pl, run.req
+    qcodes, nbytes = _ivf_query_codes(pl, cent, queries)
+    nlist = cent.spec["nlist"]
+    need = min(r.k, sum(pl.counts[i] for i in run.indexed))
+    todo = np.arange(nq)
+    seg = np.full((nq, short), -1, np.int64)
+    local = np.full((nq, short), -1, np.int64)
+    probes, rounds = np.zeros(nq, np.int64), 0
+    while len(todo):
+        rounds += 1
+        lists = cent.probe(queries[todo], nprobe)
+        probes[todo] = lists.shape[1]
+        parts = []
+        for i in run.indexed:
+            lst = pl.segments[i].ann["ivf"].ready()
+            ranges = lst.ranges(lists)
+            pl.stats["rows_scanned"] += int((ranges[..., 1] - ranges[..., 0]).sum())
+            d, loc = hostcalls.hamming_ranges(lst.codes if nbytes == lst.codes.shape[1] else lst.codes[:, :nbytes],
+                                              qcodes[todo], min(short, pl.counts[i]), ranges, ids=lst.rows,
+                                              allow=pl.masks[i])
+            parts.append((pl.segments[i].offset, i, d, loc))
+        s, lo, _ = merge_parts(parts, short, False, len(todo))
+        seg[todo, :s.shape[1]] = s
+        local[todo, :lo.shape[1]] = lo
+        lacking = (lo >= 0).sum(axis=1) < need
+        if not lacking.any() or nprobe >= nlist:
+            break
+        todo = todo[lacking]
+        nprobe = min(nlist, nprobe * 4)
+    pl.stats.update(lists_probed=int(probes.sum()), probe_rounds=rounds, nprobe_max=int(probes.max()))
+    return run.rescore(queries, seg, local, nq)
+
+
+# --------------------------------------------------------------------------- hnsw
+
+
+def run_hnsw(pl, queries):
+    run = IndexRun(pl, "hnsw")
+    spec = pl.indexes["hnsw"]
+    _check_width(queries, spec, "hnsw")
+    r = run.req
+    nq = queries.shape[0]
+    rescore = r.rescore or 10
+    st = pl.stats
+    ef = max(r.k, r.ef or spec["ef"])
+    st.update(ef=ef)
+    if run.selective(r.k * rescore):
+        st.update(route="exhaustive over the filter's rows (selective filter)")
+        exact = run.exhaustive(queries, nq, pl._active(), rescore * EXACT_RESCORE)
+        return run.finish(queries, nq, [exact])
+    st.update(route="hnsw graph" + (" (ef widened by the filter)" if run.widen() > 1 else ""),
+              graphs_loaded_now=sum(not pl.segments[i].ann["hnsw"].loaded for i in run.indexed))
+    results = run.scanned_results(queries, nq, r.k * rescore)
+    cand_seg, cand_local, fallback = [], [], []
+    for i in run.indexed:
+        s, m = pl.segments[i], pl.masks[i]
+        frac = pl.counts[i] / s.n
+        ask = min(s.n, math.ceil(ef / frac) if m is not None else ef)
+        labels = s.ann["hnsw"].search(queries, ask, ask)
+        if m is not None:
+            labels = np.where((labels >= 0) & m[np.maximum(labels, 0)], labels, -1)
+        pl.stats["rows_scanned"] += nq * ask
+        lacking = (labels >= 0).sum(axis=1) < min(r.k, pl.counts[i])
+        if lacking.any():
+            fallback.append((i, np.flatnonzero(lacking)))
+            labels[lacking] = -1
+        cand_seg.append(np.full(labels.shape, i, np.int64))
+        cand_local.append(labels)
+    if cand_seg:
+        results.append(run.rescore(queries, np.concatenate(cand_seg, 1), np.concatenate(cand_local, 1), nq))
+    for i, qs in fallback:  # too few allowed candidates: that segment's allowed rows, exhaustively
+        seg, local, score = run.exhaustive(queries[qs], len(qs), [i], rescore * EXACT_RESCORE)
+        full = [np.full((nq, seg.shape[1]), -1, np.int64), np.full((nq, seg.shape[1]), -1, np.int64),
+                np.zeros((nq, seg.shape[1]), score.dtype)]
+        full[0][qs], full[1][qs], full[2][qs] = seg, local, score
+        results.append(tuple(full))
+    st["fallback_queries"] = int(sum(len(qs) for _, qs in fallback))
+    return run.finish(queries, nq, results)

@@ -1,0 +1,198 @@
+"""ivf and hnsw search modes against exact search: recall floors, equality at full
+probe / large ef, the (score, position) merge of indexed and scanned segments,
+filters and deletes in every mode, explain, in-memory collections."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nestvec as nv
+from nestvec.collection import NoMergePolicy
+
+from collection_helpers import assert_same_hits, per_query
+
+pytest.importorskip("faiss")
+pytest.importorskip("hnswlib")
+
+D, N = 64, 3000
+
+
+def data(n=N, d=D, seed=0, clusters=24):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, d))
+    x = centers[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, d))
+    q = centers[rng.integers(0, clusters, 20)] + 0.6 * rng.standard_normal((20, d))
+    return x.astype(np.float32), q.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    """One collection, two segments indexed (1,200 and 1,500 rows), one scanned (300),
+    both indexes; cat: 0..99 per row."""
+    x, q = data()
+    path = str(tmp_path_factory.mktemp("ann") / "c")
+    col = nv.Collection.create(path, dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
+    cat = np.arange(N) % 100
+    for a, b in ((0, 1200), (1200, 2700), (2700, N)):
+        col.add(x[a:b], ids=np.arange(a, b), metadata={"cat": cat[a:b]})
+    col.create_index("ivf", nlist=32, min_rows=1000)
+    col.create_index("hnsw", M=8, ef_construction=64, min_rows=1000)
+    yield col, x, q, cat
+    col.close()
+
+
+def recall(got, want, k=10):
+    return np.mean([len(set(g[0][:k].tolist()) & set(w[0][:k].tolist())) / max(1, min(k, len(w[0])))
+                    for g, w in zip(per_query(got), per_query(want))])
+
+
+def test_indexes_report(indexed):
+    col = indexed[0]
+    ix = col.indexes()
+    assert set(ix) == {"ivf", "hnsw"}
+    assert ix["ivf"]["nlist"] == 32 and ix["ivf"]["segments_indexed"] == 2 and ix["ivf"]["rows_indexed"] == 2700
+    assert ix["hnsw"]["segments_indexed"] == 2 and ix["hnsw"]["M"] == 8
+    assert 1 <= ix["ivf"]["nprobe"] <= 32 and ix["hnsw"]["ef"] >= 10  # tuned
+    assert ix["ivf"]["tuned_recall"] >= 0.9
+
+
+@pytest.mark.parametrize("mode", ["ivf", "hnsw", "auto"])
+def test_recall_floor_at_tuned_defaults(indexed, mode):
+    col, x, q, _ = indexed
+    exact = col.search(q, k=10, mode="flat")
+    got = col.search(q, k=10, mode=mode)
+    assert recall(got, exact) >= 0.9
+    assert got.num_rows == 10 * len(q)
+
+
+def test_ivf_every_list_equals_flat_and_covers_the_funnel(indexed):
+    col, x, q, _ = indexed
+    # a shortlist covering every row of a segment: exact, in every segment
+    assert_same_hits(per_query(col.search(q, k=10, mode="ivf", nprobe=32, rescore=300)),
+                     per_query(col.search(q, k=10, mode="flat")))
+    # every list probed: the funnel's candidates, and more (one shortlist per group)
+    ivf = col.search(q, k=10, mode="ivf", nprobe=32)
+    funnel = col.search(q, k=10, mode="funnel")
+    exact = col.search(q, k=10, mode="flat")
+    assert recall(ivf, exact) >= recall(funnel, exact)
+
+
+def test_hnsw_large_ef_equals_flat(indexed):
+    col, x, q, _ = indexed
+    assert_same_hits(per_query(col.search(q, k=10, mode="hnsw", ef=1500, rescore=300)),
+                     per_query(col.search(q, k=10, mode="flat")))
+
+
+def test_prefix_dims_and_ladder(indexed):
+    col, x, q, _ = indexed
+    for mode, kw in (("ivf", {"nprobe": 32, "rescore": 300}), ("hnsw", {"ef": 1500, "rescore": 300})):
+        assert_same_hits(per_query(col.search(q, k=5, dim=32, mode=mode, **kw)),
+                         per_query(col.search(q, k=5, dim=32, mode="flat")))
+        # prefix-only queries (dim values) are served down to the index's own prefix
+        got = col.search(q[:, :64], k=5, dim=64, mode=mode, ladder=(16, 32), **kw)
+        assert recall(got, col.search(q, k=5, mode="flat"), k=5) >= 0.8
+
+
+@pytest.mark.parametrize("mode", ["flat", "binary", "funnel", "ivf", "hnsw", "auto"])
+@pytest.mark.parametrize("cut", [1, 3, 10, 60])  # allowed categories: 3, 9, 30, 180 rows per segment...
+def test_filters_return_min_k_matches(indexed, mode, cut):
+    col, x, q, cat = indexed
+    flt = nv.field("cat") < cut
+    matches = int((cat < cut).sum())
+    for k in (1, 10, 50):
+        got = col.search(q, k=k, mode=mode, filter=flt, columns=["cat"])
+        per = per_query(got)
+        assert len(per) == len(q) and all(len(ids) == min(k, matches) for ids, _ in per), (mode, k)
+        assert max(got.column("cat").to_pylist()) < cut
+    if mode in ("ivf", "hnsw"):
+        exact = col.search(q, k=10, mode="flat", filter=flt)
+        big = {"ivf": {"nprobe": 32, "rescore": 300}, "hnsw": {"ef": 1500, "rescore": 300}}[mode]
+        assert_same_hits(per_query(col.search(q, k=10, mode=mode, filter=flt, **big)), per_query(exact))
+        assert recall(col.search(q, k=10, mode=mode, filter=flt), exact) >= 0.85
+
+
+def test_deletes_in_index_modes(tmp_path):
+    x, q = data(2000)
+    col = nv.Collection.create(str(tmp_path / "d"), dim=D, merge_policy=NoMergePolicy())
+    col.add(x, ids=np.arange(2000))
+    col.create_index("ivf", nlist=16, min_rows=500, tune=False)
+    col.create_index("hnsw", M=8, ef_construction=40, min_rows=500, tune=False)
+    gone = np.arange(0, 2000, 3)
+    col.delete(ids=gone)
+    assert col.indexes()["ivf"]["segments_indexed"] == 1  # deletions keep the index
+    for mode in ("ivf", "hnsw"):
+        got = col.search(q, k=20, mode=mode)
+        assert got.num_rows == 20 * len(q)
+        assert not set(got.column("id").to_pylist()) & set(gone.tolist())
+    col.delete(filter="true")
+    for mode in ("ivf", "hnsw", "auto"):
+        assert col.search(q, k=5, mode=mode).num_rows == 0
+    col.close()
+
+
+def test_explain(indexed):
+    col, x, q, cat = indexed
+    e = col.explain(q[:2], k=10, mode="ivf", nprobe=4)
+    assert e["mode"] == "ivf" and e["requested"] == "ivf" and e["nprobe"] == 4
+    assert e["indexed_segments"] == 2 and e["scanned_segments"] == 1 and e["lists_probed"] == 8
+    assert 0 < e["rows_scanned"] < 2 * N and 0 < e["rows_rescored"] <= 2 * 2 * 100
+    e = col.explain(q[:1], k=10, filter=nv.field("cat") < 1)  # 1%: exhaustive over the matches
+    assert e["mode"] in ("flat", "funnel") and e["matches"] == 30
+    e = col.explain(q[:1], k=10, filter=nv.field("cat") < 50)
+    assert e["mode"] == "ivf" and "widened" in e["route"]
+    e = col.explain(q[:1], k=10, mode="hnsw")
+    assert e["mode"] == "hnsw" and e["ef"] >= 10
+    t = col.search(q[:1], k=3, mode="ivf", explain=True)
+    assert b"nestvec.explain" in t.schema.metadata and t.num_rows == 3
+
+
+def test_in_memory_collection():
+    x, q = data(1500)
+    col = nv.Collection.create(None, dim=D)
+    col.add(x)
+    col.create_index("ivf", nlist=8, min_rows=100)
+    col.create_index("hnsw", M=8, min_rows=100)
+    exact = col.search(q, k=10, mode="flat")
+    assert recall(col.search(q, k=10, mode="ivf"), exact) >= 0.9
+    assert recall(col.search(q, k=10, mode="hnsw"), exact) >= 0.9
+    col.add(x[:700] + 0.01)  # a large add: indexed before its commit
+    assert col.indexes()["ivf"]["segments_indexed"] == 2 and col.indexes()["hnsw"]["segments_indexed"] == 2
+    col.compact()
+    assert col.search(q, k=10, mode="ivf").num_rows == 10 * len(q)
+    col.drop_index("hnsw")
+    assert set(col.indexes()) == {"ivf"}
+
+
+def test_codes_centred_and_no_stored_codes(tmp_path):
+    x, q = data(2000)
+    col = nv.Collection.create(None, dim=D, binary=False)
+    col.add(x)
+    col.create_index("ivf", nlist=16, min_rows=100, codes="centred")
+    assert col.indexes()["ivf"]["codes"] == "centred"
+    exact = col.search(q, k=10, mode="flat")
+    assert recall(col.search(q, k=10, mode="ivf"), exact) >= 0.9
+    assert col.search(q, k=10).num_rows == 10 * len(q)  # auto on an index without stored codes
+    assert_same_hits(per_query(col.search(q, k=10, mode="ivf", nprobe=16, rescore=200)), per_query(exact))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_other_metrics(metric):
+    x, q = data(2000)
+    col = nv.Collection.create(None, dim=D, metric=metric)
+    col.add(x)
+    col.create_index("ivf", nlist=16, min_rows=100)
+    col.create_index("hnsw", M=8, min_rows=100)
+    exact = col.search(q, k=10, mode="flat")
+    for mode in ("ivf", "hnsw"):
+        assert recall(col.search(q, k=10, mode=mode), exact) >= 0.85, mode
+    assert_same_hits(per_query(col.search(q, k=10, mode="ivf", nprobe=16, rescore=200)), per_query(exact),
+                     atol=1e-3)
+
+
+def test_queries_are_not_modified(indexed):
+    col, x, q, _ = indexed
+    q0 = q.copy()
+    for mode in ("ivf", "hnsw"):
+        col.search(q, k=5, mode=mode)
+        col.search(q[0], k=5, mode=mode)
+    np.testing.assert_array_equal(q, q0)
