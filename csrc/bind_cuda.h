@@ -102,15 +102,15 @@ inline void def_cuda_dense(py::module_& m) {
 
 }
 
-inline int lowrank_dtype(const std::string& dtype) { return int(dtype_from_name(dtype)); }
+inline int lowrank_dtype(int64_t dtype) { return int(dtype_from_code(dtype)); }
 
 inline void def_cuda_lowrank(py::module_& m) {
   m.def("cuda_lowrank_sparse_workspace_bytes",
-        [](const std::string& dtype, int64_t M, int64_t N, int64_t r, int64_t c) -> int64_t {
+        [](int64_t dtype, int64_t M, int64_t N, int64_t r, int64_t c) -> int64_t {
           return cuda::lowrank_sparse_workspace_bytes(lowrank_dtype(dtype), M, N, r, c);
         });
   m.def("cuda_lowrank_sparse_matmul",
-        [](const std::string& dtype, uintptr_t x, int64_t M, int64_t K, int64_t ldx, uintptr_t A,
+        [](int64_t dtype, uintptr_t x, int64_t M, int64_t K, int64_t ldx, uintptr_t A,
            int64_t r, uintptr_t B, int64_t N, uintptr_t S, int64_t c, uintptr_t channels,
            uintptr_t bias, uintptr_t y, uintptr_t ws, int64_t ws_bytes, uintptr_t stream) {
           const int dt = lowrank_dtype(dtype);

@@ -301,9 +301,9 @@ PYBIND11_MODULE(_C, m) {
   // ---------------------------------------------------------------- lowrank_sparse
   m.def(
       "lowrank_sparse_matmul",
-      [](const std::string& dtype, py::array x, py::array A, py::array B, py::array S,
+      [](int64_t dtype, py::array x, py::array A, py::array B, py::array S,
          py::array channels, py::object bias, py::array y) {
-        const DType dt = dtype_from_name(dtype);
+        const DType dt = dtype_from_code(dtype);
         const size_t es = size_t(dtype_size(dt));
         if (x.ndim() != 2 || A.ndim() != 2 || B.ndim() != 2 || S.ndim() != 2 || y.ndim() != 2)
           throw std::invalid_argument("x, A, B, S, y: expected 2-D arrays");

@@ -23,13 +23,7 @@ constexpr int kIdBits = 40;
 constexpr uint64_t kIdMask = (uint64_t(1) << kIdBits) - 1;
 
 TileFn pick_tile() {
-  switch (active_isa()) {
-#if defined(NESTVEC_X86)
-    case Isa::Avx512: return tile_avx512;
-    case Isa::Avx2: return tile_avx2;
-#endif
-    default: return tile_scalar;
-  }
+  return with_isa(active_isa(), [](auto isa) { return kernels<decltype(isa)::value>().tile; });
 }
 
 // k smallest (distance << 40 | id) keys; rows may come in any id order.
@@ -90,6 +84,7 @@ void topk_ranges(const uint8_t* codes, int64_t n, int64_t code_stride, const uin
       total += e - b;
     }
   const TileFn tile = pick_tile();
+  const uint32_t max_bound = uint32_t(8 * nbytes + 1);
   const int64_t tile_rows = std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~7LL));
   // Below ~64 KiB of codes per thread a second thread costs more than it saves.
   const int64_t min_rows = std::max<int64_t>(tile_rows, 65536 / nbytes);
@@ -112,7 +107,8 @@ void topk_ranges(const uint8_t* codes, int64_t n, int64_t code_stride, const uin
       const uint8_t* qv = queries + pc.q * query_stride;
       for (int64_t r0 = b; r0 < e; r0 += tile_rows) {
         const int64_t nr = std::min(tile_rows, e - r0);
-        const uint32_t bound = st.dist_bound();
+        // The tiles compare in narrow lanes: a bound past the widest distance would wrap.
+        const uint32_t bound = std::min<uint32_t>(st.dist_bound(), max_bound);
         tile(codes + r0 * code_stride, nr, code_stride, qv, 1, query_stride, nbytes, &bound,
              hit_rows.data(), hit_dist.data(), tile_rows, &hit_count);
         for (uint32_t i = 0; i < hit_count; ++i) {

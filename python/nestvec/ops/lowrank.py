@@ -11,8 +11,6 @@ from .. import _backend as be
 from .. import _checks as ck
 from .. import reference
 
-_LRS_CODE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
-
 
 def _lrs_validate(x, A, B, S, channels, bias):
     """Shapes, dtypes, devices and channel ids of a lowrank_sparse_matmul call."""
@@ -244,11 +242,11 @@ def _cpu(x, A, B, S, channels, bias, out=None):
         xa = np.ascontiguousarray(xa)
     ch = np.ascontiguousarray(_lrs_host(channels), dtype=np.int64)
     if out is not None:  # a view of out (checked by ck.check_out), written in place
-        be._C.lowrank_sparse_matmul(_LRS_CODE[dt], xa, _lrs_host(A), _lrs_host(B), _lrs_host(S), ch,
+        be._C.lowrank_sparse_matmul(be.DTYPE_CODE[dt], xa, _lrs_host(A), _lrs_host(B), _lrs_host(S), ch,
                                  _lrs_host(bias), _lrs_host(out, contiguous=False))
         return out
     y = _aligned_empty((xa.shape[0], B.shape[0]), xa.dtype)
-    be._C.lowrank_sparse_matmul(_LRS_CODE[dt], xa, _lrs_host(A), _lrs_host(B), _lrs_host(S), ch,
+    be._C.lowrank_sparse_matmul(be.DTYPE_CODE[dt], xa, _lrs_host(A), _lrs_host(B), _lrs_host(S), ch,
                              _lrs_host(bias), y)
     if ck.is_torch(x):
         import torch
@@ -279,11 +277,11 @@ def _cuda(x, A, B, S, channels, bias, out=None):
     # the kernel writes rows of N values back to back
     y = out if out is not None and out.is_contiguous() else torch.empty((M, N), dtype=x.dtype,
                                                                         device=dev)
-    ws_bytes = C.cuda_lowrank_sparse_workspace_bytes(_LRS_CODE[dt], M, N, r, c)
+    ws_bytes = C.cuda_lowrank_sparse_workspace_bytes(be.DTYPE_CODE[dt], M, N, r, c)
     ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=dev)
     with rt.stream(dev) as stream:
         C.cuda_lowrank_sparse_matmul(
-            _LRS_CODE[dt], x.data_ptr(), M, K, x.stride(0), A.data_ptr(), r, B.data_ptr(), N,
+            be.DTYPE_CODE[dt], x.data_ptr(), M, K, x.stride(0), A.data_ptr(), r, B.data_ptr(), N,
             S.data_ptr(), c, ch.data_ptr(), bias_c.data_ptr() if bias_c is not None else 0,
             y.data_ptr(), ws.data_ptr(), ws_bytes, stream)
     return y
