@@ -8,7 +8,7 @@ import pyarrow as pa
 from .. import _checks as ck
 from . import packing
 from . import validate as vd
-from .planner import MAX_K, MODES, DeviceCache, Planner, Request
+from .planner import MODES, DeviceCache, Planner, Request
 
 
 def _check_device_type(dev, name: str) -> None:
@@ -26,7 +26,8 @@ class SearchMixin:
             q: one vector ``[D]`` or a batch ``[Q, D]`` (also ``[.., dim]``): NumPy,
                 list, or torch tensor. A CUDA tensor (or ``device="cuda"``) runs the
                 GPU kernels on segment data cached on the device.
-            k: results per query (<= 4096).
+            k: results per query, any ``k >= 1`` in every mode (the funnel's
+                shortlist ``k*rescore`` may be of any size too).
             dim: Matryoshka prefix length to score on (default D).
             mode: ``flat`` (exact dense), ``binary`` (Hamming on codes; score = the
                 distance, lower is better), ``funnel`` (Hamming shortlist of
@@ -46,17 +47,16 @@ class SearchMixin:
             distance, lower is better; binary: int32 Hamming distance) and
             ``columns``; per query exactly ``min(k, matching live rows)`` rows, best
             first, ties by row order.
+            ``.to_pandas()`` or ``polars.from_arrow(table)`` convert it.
         """
         snap = self._snapshot()  # the one snapshot this search reads
         m = snap.manifest
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-        k = vd.positive_int(k, "k", MAX_K)
+        k = vd.positive_int(k, "k")
         rescore = vd.positive_int(rescore, "rescore")
         d_full = m["dim"]
         dim = d_full if dim is None else vd.positive_int(dim, "dim", d_full)
-        if mode == "funnel" and k * rescore > MAX_K:
-            raise ValueError(f"rescore: the shortlist k*rescore = {k * rescore} exceeds {MAX_K}")
         ladder = vd.ladder(ladder, dim)
         cols = self._columns(snap, columns, [])
         dev = self._device(q, device)
