@@ -19,7 +19,8 @@ def _check_device_type(dev, name: str) -> None:
 
 class SearchMixin:
     def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int = 10,
-               filter=None, columns=None, device=None, ladder=()) -> pa.Table:
+               filter=None, columns=None, device=None, ladder=(), min_score=None,
+               max_distance=None) -> pa.Table:
         """Top-k rows per query.
 
         Args:
@@ -41,12 +42,16 @@ class SearchMixin:
                 ``dim``, each stage keeping fewer rows (geometric from ``k*rescore``
                 down to ``k``): Matryoshka adaptive retrieval, fewer full-width reads.
                 Ignored by ``flat`` and ``binary``.
+            min_score: cosine / ip: drop results scoring below it (a similarity
+                threshold; the top-k are found first, so at most k rows remain).
+            max_distance: l2: drop results whose score (the squared distance) is
+                above it; mode="binary": results with a larger Hamming distance.
 
         Returns:
             pyarrow Table ``query`` (int64), ``id``, ``score`` (float32; l2: squared
             distance, lower is better; binary: int32 Hamming distance) and
             ``columns``; per query exactly ``min(k, matching live rows)`` rows, best
-            first, ties by row order.
+            first, ties by row order (fewer when ``min_score`` / ``max_distance`` cut).
             ``.to_pandas()`` or ``polars.from_arrow(table)`` convert it.
         """
         snap = self._snapshot()  # the one snapshot this search reads
@@ -58,6 +63,7 @@ class SearchMixin:
         d_full = m["dim"]
         dim = d_full if dim is None else vd.positive_int(dim, "dim", d_full)
         ladder = vd.ladder(ladder, dim)
+        cut = vd.cutoff(min_score, max_distance, m["metric"], mode)
         cols = self._columns(snap, columns, [])
         dev = self._device(q, device)
         qx, single = vd.queries(q, d_full, dim, m["metric"])
@@ -74,6 +80,10 @@ class SearchMixin:
         used, seg, local, score = planner.run(qx)
         if remap is not None:
             seg, local = remap(seg, local)
+        if cut is not None:
+            with np.errstate(invalid="ignore"):
+                keep = score >= cut[1] if cut[0] == ">=" else score <= cut[1]
+            local = np.where(keep, local, -1)
         return self._result(snap, seg, local, score, cols, used)
 
     def _device(self, q, device):

@@ -399,3 +399,27 @@ def ladder(v, dim: int) -> tuple:
     if any(d >= dim for d in out) or any(b <= a for a, b in zip(out, out[1:])):
         raise ValueError(f"ladder: expected strictly increasing prefix dims below dim={dim}, got {out}")
     return out
+
+
+def cutoff(min_score, max_distance, metric: str, mode: str):
+    """The search cut: ``(">=", value)`` for ``min_score``, ``("<=", value)`` for
+    ``max_distance`` or None. min_score applies where higher scores are better
+    (cosine / ip, not mode="binary"); max_distance where lower is better (l2, whose
+    score is the squared distance, and Hamming distances in mode="binary")."""
+    if min_score is None and max_distance is None:
+        return None
+    if min_score is not None and max_distance is not None:
+        raise ValueError("min_score / max_distance: pass one of them, not both")
+    lower_better = metric == "l2" or mode == "binary"
+    name, value = ("min_score", min_score) if min_score is not None else ("max_distance", max_distance)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if value != value:
+        raise ValueError(f"{name}: expected a number, got NaN")
+    what = "Hamming distances (mode='binary')" if mode == "binary" else f"metric={metric!r}"
+    if name == "min_score" and lower_better:
+        raise ValueError(f"min_score: scores of {what} are distances (lower is better); use max_distance")
+    if name == "max_distance" and not lower_better:
+        raise ValueError(f"max_distance: {what} scores similarity (higher is better); use min_score")
+    return (">=", value) if name == "min_score" else ("<=", value)
