@@ -142,7 +142,7 @@ def test_delete_rejects(col):
     (dict(q=np.ones(D), columns=["nope"]), ValueError, "unknown"),
     (dict(q=np.ones(5), dim=5, mode="binary"), ValueError, "dim % 8"),
     (dict(q=np.ones((0, D))), ValueError, "at least one"),
-    (dict(q="abc"), TypeError, "numbers"),
+    (dict(q="abc"), TypeError, "text query needs an embedding"),
     (dict(q=np.ones(D), columns=["lang", "lang"]), ValueError, "more than once"),
     (dict(q=np.ones(D), device="nope"), ValueError, "device"),
     (dict(q=np.ones(D), filter=""), ValueError, "empty SQL"),

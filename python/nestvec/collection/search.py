@@ -8,6 +8,7 @@ import pyarrow as pa
 from .. import _checks as ck
 from . import packing
 from . import validate as vd
+from .embedding import is_text
 from .planner import MODES, DeviceCache, Planner, Request
 
 
@@ -26,7 +27,8 @@ class SearchMixin:
         Args:
             q: one vector ``[D]`` or a batch ``[Q, D]`` (also ``[.., dim]``): NumPy,
                 list, or torch tensor. A CUDA tensor (or ``device="cuda"``) runs the
-                GPU kernels on segment data cached on the device.
+                GPU kernels on segment data cached on the device. With an embedding
+                bound: a query text, or a list of them (embedded as queries).
             k: results per query, any ``k >= 1`` in every mode (the funnel's
                 shortlist ``k*rescore`` may be of any size too).
             dim: Matryoshka prefix length to score on (default D).
@@ -56,6 +58,8 @@ class SearchMixin:
         """
         snap = self._snapshot()  # the one snapshot this search reads
         m = snap.manifest
+        if is_text(q):
+            q = self._embed_query(q)
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         k = vd.positive_int(k, "k")

@@ -296,23 +296,31 @@ def unique_ids(arr: pa.Array) -> None:
 # --------------------------------------------------------------------------- metadata
 
 
+def meta_columns(meta) -> dict:
+    """User metadata (dict of columns, pyarrow Table / RecordBatch, pandas or polars
+    DataFrame) -> {column name: values}."""
+    if meta is None:
+        return {}
+    if isinstance(meta, pa.RecordBatch):
+        return {c: meta.column(c) for c in meta.schema.names}
+    if isinstance(meta, pa.Table):
+        return {c: meta.column(c) for c in meta.column_names}
+    if isinstance(meta, dict):
+        return dict(meta)
+    if type(meta).__name__ == "DataFrame" and hasattr(meta, "columns"):
+        if type(meta).__module__.startswith("polars"):
+            t = meta.to_arrow()
+        else:
+            t = pa.Table.from_pandas(meta, preserve_index=False)
+        return {c: t.column(c) for c in t.column_names}
+    raise TypeError("metadata: expected a dict of columns, a pyarrow Table/RecordBatch or a "
+                    f"pandas / polars DataFrame, got {type(meta).__name__}")
+
+
 def metadata(meta, schema: pa.Schema, n: int) -> dict:
     """User metadata -> {column: pa.Array of the schema type, length n}; missing
     columns are filled with nulls."""
-    if meta is None:
-        cols = {}
-    elif isinstance(meta, pa.RecordBatch):
-        cols = {c: meta.column(c) for c in meta.schema.names}
-    elif isinstance(meta, pa.Table):
-        cols = {c: meta.column(c) for c in meta.column_names}
-    elif isinstance(meta, dict):
-        cols = dict(meta)
-    elif type(meta).__name__ == "DataFrame" and hasattr(meta, "columns"):
-        t = pa.Table.from_pandas(meta, preserve_index=False)
-        cols = {c: t.column(c) for c in t.column_names}
-    else:
-        raise TypeError("metadata: expected a dict of columns, a pyarrow Table/RecordBatch or a "
-                        f"pandas DataFrame, got {type(meta).__name__}")
+    cols = meta_columns(meta)
     unknown = [c for c in cols if c not in schema.names]
     if unknown:
         raise ValueError(f"metadata: unknown columns {unknown}; the schema has {schema.names or 'no columns'}"
