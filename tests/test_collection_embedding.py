@@ -166,6 +166,25 @@ def test_table_text_column_is_embedded():
     assert col.search(TEXTS[1], k=1, columns=["topic"]).column("topic").to_pylist() == ["y"]
 
 
+def test_no_optional_imports():
+    """Neither nestvec, nor a collection bound to a callable, nor tables in and out
+    import the frameworks or the model stacks (pandas is left out: pyarrow itself
+    imports it where it is installed)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, pyarrow as pa, nestvec as nv\n"
+            "col = nv.Collection.create(None, embedding=lambda t: np.ones((len(t), 4)))\n"
+            "col.add(texts=['a', 'b'])\n"
+            "col.add(pa.table({'vector': pa.array([[1.0, 2, 3, 4]])}))\n"
+            "col.search('a', k=2)\n"
+            "heavy = ('torch', 'transformers', 'sentence_transformers', 'langchain_core', 'llama_index', "
+            "'polars')\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 # --------------------------------------------------------------------------- real models
 
 @pytest.fixture(scope="module")

@@ -52,12 +52,19 @@ def _parse_type(name, t) -> pa.DataType:
     if isinstance(t, pa.DataType):
         return t
     if isinstance(t, str):
+        text = t.strip()
+        if text.startswith("list<") and text.endswith(">"):  # "list<string>", "list<item: int64>"
+            inner = text[5:-1].strip()
+            if inner.startswith("item:"):
+                inner = inner[5:].strip()
+            return pa.list_(_parse_type(name, inner))
         try:
-            return pa.type_for_alias(_ALIASES.get(t, t))
+            return pa.type_for_alias(_ALIASES.get(text, text))
         except ValueError:
             pass
     raise TypeError(f"schema: column {name!r} has unknown type {t!r} (use a pyarrow type or a name "
-                    f"such as 'string', 'int32', 'int64', 'float32', 'float64', 'bool', 'timestamp[ms]')")
+                    f"such as 'string', 'int32', 'int64', 'float32', 'float64', 'bool', 'timestamp[ms]', "
+                    f"'list<string>')")
 
 
 # --------------------------------------------------------------------------- vectors
