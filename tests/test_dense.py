@@ -868,6 +868,7 @@ def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
 def test_torch_uint16_as_bf16_every_backend(monkeypatch):
     """A torch uint16 tensor flagged db_dtype="bfloat16" holds bf16 bit patterns on every
     backend (the GPU glue used to look its dtype up as-is)."""
+    pytest.importorskip("torch")
     rng = np.random.default_rng(26)
     bits = R.f32_to_bf16(rng.standard_normal((200, 24)).astype(np.float32))
     xw = R.bf16_to_f32(bits)
@@ -886,6 +887,7 @@ def test_gpu_glue_key_budget_slices(use_cand, monkeypatch):
     """With a tiny key budget the GPU glue scans in query chunks and row slices (merging
     the slices' best keys with their rows renumbered) and gathers in query chunks: same
     result as one pass."""
+    pytest.importorskip("torch")
     from nestvec import _dense_gpu
 
     backends = [b for b in _backends_here(monkeypatch) if b in ("triton", "cuda")]

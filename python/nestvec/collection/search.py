@@ -94,8 +94,11 @@ class SearchMixin:
         """None (host search) or the torch device whose cached segment copies to search
         (CUDA; ``"cpu"`` runs the same path on CPU tensors)."""
         if device is not None:
-            import torch
-
+            try:
+                import torch
+            except ImportError:
+                raise ValueError(f"device: searching on a device ({device!r}) needs torch "
+                                 "(pip install torch)") from None
             try:
                 dev = torch.device(device)
             except Exception as e:  # RuntimeError, TypeError, ModuleNotFoundError for odd names
