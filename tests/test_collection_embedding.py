@@ -9,7 +9,6 @@ import pytest
 
 import nestvec as nv
 from nestvec.collection import embedding as em
-from nestvec.collection.errors import CorruptionError
 
 D = 12
 

@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import commit as cm
-from . import validate as vd
 
 CHUNK_BYTES = 256 << 20
 # a progress bar by default from this many rows (or when the size is unknown)

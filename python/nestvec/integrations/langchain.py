@@ -106,8 +106,8 @@ class NestvecVectorStore(VectorStore):
         return self._col
 
     def _filter(self, flt):
-        if flt is None or isinstance(flt, str) or not isinstance(flt, dict):
-            return flt  # SQL text, a nestvec expression, or None (the collection checks)
+        if not isinstance(flt, dict):
+            return flt  # SQL text, a nestvec expression, or None (the collection checks them)
         return dict_filter(flt, self._layout.declared)
 
     def _documents(self, t) -> list:
