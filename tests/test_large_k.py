@@ -62,7 +62,8 @@ def test_gpu_large_k(backend):
     """On a real GPU: k = 10000 (dense past 2048, Hamming past the cuda sort's 4096)."""
     if backend == "cuda" and not _backend.cuda_compiled():
         pytest.skip("built without CUDA")
-    pytest.importorskip("triton") if backend == "triton" else None
+    if backend == "triton":
+        pytest.importorskip("triton")
     _dense_runs(backend, (60000, 64, 3, 10000), to_torch="cuda")
     _hamming_case(backend, (60000, 32, 3, 10000), to_torch="cuda")
 
