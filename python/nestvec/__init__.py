@@ -8,7 +8,8 @@ from .quant import binarize  # noqa: E402
 __all__ = ["info", "get_num_threads", "set_num_threads", "dense_topk", "funnel_topk", "hamming_topk", "lowrank_sparse_matmul", "pool",
            "binarize", "Encoder", "__version__"]
 
-_COLLECTION_API = ("Collection", "open", "field", "LockError", "CollectionNotFound", "CorruptionError")
+_COLLECTION_API = ("Collection", "open", "field", "Embedding", "LockError", "CollectionNotFound",
+                   "CorruptionError")
 __all__ += list(_COLLECTION_API)
 
 

@@ -256,6 +256,31 @@ def like(out: np.ndarray, template):
     return out
 
 
+def concat(parts):
+    """Concatenate NumPy arrays or tensors along the first axis."""
+    if is_torch(parts[0]):
+        import torch
+
+        return torch.cat(parts)
+    return np.concatenate(parts)
+
+
+# The CPU kernels' selectors hold ~2k keys per (thread, query), and their drivers run at
+# most 4096 queries at a time; for k above 4096 the ops pass at most this many keys'
+# worth of queries per call (4096 queries at k = 4096), so memory stays where it was.
+LARGE_K_KEYS = 1 << 24
+
+
+def by_query_slices(fn, nq: int, k: int):
+    """``fn(q0, q1)`` -> (a, b) for queries [q0, q1), in slices bounded by LARGE_K_KEYS
+    when k > 4096; the results concatenated along the queries."""
+    step = nq if k <= 4096 else max(1, LARGE_K_KEYS // k)
+    if step >= nq:
+        return fn(0, nq)
+    parts = [fn(q0, min(nq, q0 + step)) for q0 in range(0, nq, step)]
+    return concat([p[0] for p in parts]), concat([p[1] for p in parts])
+
+
 def _inner_stride_ok(x) -> bool:
     if x.ndim == 2 and x.shape[1] > 1 and x.shape[0] > 0:
         return (x.stride(1) if is_torch(x) else x.strides[1] // x.itemsize) == 1

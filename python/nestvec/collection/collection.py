@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import commit as cm
+from . import embedding as em
 from . import filters
 from . import manifest as mf
 from . import packing
@@ -26,6 +27,7 @@ from . import snapshot as sn
 from . import storage as st
 from . import validate as vd
 from .errors import CorruptionError
+from .ingest import TableMixin, is_table_like
 from .merge import MergePolicy, SegmentStats, TieredMergePolicy
 from .planner import DeviceCache
 from .index_api import IndexMixin
@@ -34,7 +36,7 @@ from .search import SearchMixin
 _MAX_MERGE_ROUNDS = 64  # cascades (a merge output completing the next tier) per call
 
 
-class Collection(SearchMixin, IndexMixin):
+class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin):
     """A collection of vectors with ids and typed metadata columns.
 
     Create with :meth:`create`, reopen with :func:`nestvec.open`. One writer process
@@ -56,6 +58,7 @@ class Collection(SearchMixin, IndexMixin):
         self._packs = packing.PackCache()
         self._write_lock = threading.RLock()
         self.merge_policy = merge_policy
+        self._embedding = None  # bound, or rebuilt from the manifest on first use
 
     @property
     def merge_policy(self) -> MergePolicy:
@@ -72,27 +75,50 @@ class Collection(SearchMixin, IndexMixin):
         self._policy = policy
 
     @classmethod
-    def create(cls, path, dim: int, dtype: str = "float16", metric: str = "cosine",
-               binary: bool = True, schema=None, id_type: str | None = None,
-               merge_policy: MergePolicy | None = None) -> "Collection":
+    def create(cls, path, dim: int | None = None, dtype: str = "float16", metric: str = "cosine",
+               binary: bool | None = None, schema=None, id_type: str | None = None,
+               merge_policy: MergePolicy | None = None, *, embedding=None,
+               text_column: str | bool | None = None) -> "Collection":
         """Create an empty collection.
 
         Args:
             path: a new directory (created; must not already hold a collection), or
                 None for an in-memory collection (same API, nothing persisted).
-            dim: vector width D.
+            dim: vector width D; default: the embedding's.
             dtype: storage type, ``"float16"`` or ``"float32"``.
             metric: ``"cosine"`` (zero vectors refused), ``"ip"`` or ``"l2"``.
             binary: also store packed sign codes (``quant.binarize``) for the
-                ``binary`` and ``funnel`` search modes.
+                ``binary`` and ``funnel`` search modes. Default True (an Encoder
+                embedding: its own ``binary`` option).
             schema: ``{column: type}`` of metadata columns (a pyarrow type or its
                 name: ``"string"``, ``"int32"``, ``"float64"``, ``"bool"``, ...).
             id_type: ``"int64"`` or ``"string"``; default: taken from the first add.
             merge_policy: see :attr:`merge_policy`.
+            embedding: bind the collection to an embedding function (an
+                :class:`nestvec.Encoder`, a sentence-transformers model, a LangChain
+                ``Embeddings``, any callable ``texts -> vectors``, or an
+                :class:`nestvec.Embedding` carrying query / document prompts):
+                ``add(texts=...)`` and ``search("text")`` then embed. The manifest
+                records how to rebuild it (no pickle), so :func:`nestvec.open`
+                restores it; a plain callable must be passed again to ``open``.
+            text_column: where ``add(texts=...)`` stores the texts: a string column
+                (added to the schema); default ``"text"`` when an embedding is
+                bound; ``False``: do not store them.
 
         Returns an open, writable Collection (holding the writer lock).
         """
+        emb = em.bind(embedding)
+        if dim is None:
+            if emb is None:
+                raise TypeError("dim: required (or pass embedding= to take it from the model)")
+            dim = emb.dim
         dim = vd.positive_int(dim, "dim")
+        if emb is not None:
+            if emb._dim is not None and emb._dim != dim:
+                raise ValueError(f"dim: {dim}, but the embedding returns {emb._dim} values per text")
+            emb._dim = dim
+        if binary is None:
+            binary = emb.binary if emb is not None and emb.binary is not None else True
         if dtype not in vd.DTYPES:
             raise ValueError(f"dtype: expected one of {tuple(vd.DTYPES)}, got {dtype!r}")
         if metric not in vd.METRICS:
@@ -100,6 +126,20 @@ class Collection(SearchMixin, IndexMixin):
         if id_type not in (None, "int64", "string"):
             raise ValueError(f"id_type: expected 'int64', 'string' or None, got {id_type!r}")
         user = vd.parse_schema(schema)
+        if text_column is None:
+            text_column = em.DEFAULT_TEXT_COLUMN if emb is not None else False
+        if text_column is True:
+            text_column = em.DEFAULT_TEXT_COLUMN
+        if text_column is not False:
+            if not isinstance(text_column, str):
+                raise TypeError(f"text_column: expected a column name, True or False, got {text_column!r}")
+            if text_column in user.names:
+                if not pa.types.is_string(user.field(text_column).type):
+                    raise TypeError(f"text_column: schema column {text_column!r} is "
+                                    f"{user.field(text_column).type}, expected string")
+            else:
+                user = vd.parse_schema(pa.schema(list(user) + [pa.field(text_column, pa.string())]))
+        entry = em.manifest_entry(emb, text_column or None)
         if path is None:
             store = st.MemoryStore()
         else:
@@ -115,23 +155,29 @@ class Collection(SearchMixin, IndexMixin):
              "binary": bool(binary), "id_type": id_type, "schema": {f.name: str(f.type) for f in user},
              "schema_ipc": mf.schema_b64(user), "segments": [], "next_row": 0, "next_id": 0, "rows": 0,
              "created": time.time(), "op": "create", "crc_block": mf.CRC_BLOCK}
+        if entry is not None:
+            m["embedding"] = entry
         try:
             store.write_manifest(m)
             store.set_latest(0)
         except BaseException:
             store.release()
             raise
-        return cls(store, sn.Snapshot(m, (), user), read_only=False, pinned=False, merge_policy=merge_policy)
+        col = cls(store, sn.Snapshot(m, (), user), read_only=False, pinned=False, merge_policy=merge_policy)
+        col._embedding = emb
+        return col
 
     @classmethod
     def open(cls, path, version: int | None = None, read_only: bool = False, verify: bool = False,
-             merge_policy: MergePolicy | None = None) -> "Collection":
+             merge_policy: MergePolicy | None = None, *, embedding=None) -> "Collection":
         """Open a collection directory; memory-maps its segments (vectors are not read).
 
         ``version=N`` opens that older version, read-only, until compact removes it.
         A writable open takes the writer lock (``LockError`` if another process has it).
         Every file is checked for size and structure (integrity.py); ``verify=True``
         also runs :meth:`verify` (reads every byte). Damage raises ``CorruptionError``.
+        A collection created with an embedding rebuilds it from its description on
+        first use; ``embedding=`` binds one now instead (same width required).
         """
         store = st.DirStore(str(path))
         latest = store.latest()  # CollectionNotFound when not a collection
@@ -149,6 +195,9 @@ class Collection(SearchMixin, IndexMixin):
             store.check_dirs()
             snap = sn.read_snapshot(store, version)
             col = cls(store, snap, read_only=read_only, pinned=pinned, merge_policy=merge_policy)
+            if embedding is not None:
+                col._embedding = em.bind(embedding)
+                col._check_embedding(col._embedding)
             if verify:
                 col.verify()
         except BaseException:
@@ -405,18 +454,29 @@ class Collection(SearchMixin, IndexMixin):
 
     # ------------------------------------------------------------------ writing
 
-    def add(self, vectors, ids=None, metadata=None) -> pa.Array:
+    def add(self, vectors=None, ids=None, metadata=None, *, texts=None, vector_column=None,
+            id_column=None, progress=None) -> pa.Array:
         """Append rows in one commit; returns their ids.
 
         Args:
             vectors: ``[n, D]`` (or one ``[D]``) NumPy / list / torch; finite; no
-                zero rows under cosine; values must fit the storage dtype.
+                zero rows under cosine; values must fit the storage dtype. Or a
+                table: a pyarrow Table / RecordBatch / RecordBatchReader, a pandas or
+                polars DataFrame, an Arrow C stream, or a Parquet file / directory
+                path, with a vector column (``vector`` or ``vector_column=``: a
+                fixed-size or variable list of numbers; pandas columns of NumPy
+                arrays work), an optional id column (``id`` or ``id_column=``) and
+                metadata columns of the schema. Read and written in chunks (one
+                segment each, still one commit), with a progress bar (``progress``:
+                None = from 2^20 rows or when the size is unknown; needs tqdm).
             ids: ``n`` unique int64 or str ids, not already present (use
                 :meth:`upsert` to replace); default: consecutive ints above the
                 largest int id ever added (int64 collections) or random hex
                 strings (string collections).
-            metadata: dict of columns, pyarrow Table/RecordBatch or pandas
+            metadata: dict of columns, pyarrow Table/RecordBatch or pandas / polars
                 DataFrame; columns from the schema only, missing ones are null.
+            texts: ``n`` strings: embedded by the bound embedding when ``vectors``
+                is not given, and stored in the text column when there is one.
 
         Raises ValueError / TypeError before anything is written (vectors of a large
         add are checked segment by segment as they are written: a bad row aborts the
@@ -428,6 +488,13 @@ class Collection(SearchMixin, IndexMixin):
         """
         with self._write_lock:
             self._check_writable()
+            if vectors is not None and is_table_like(vectors):
+                if ids is not None or metadata is not None or texts is not None:
+                    raise TypeError("add(table): ids, metadata and texts come from the table's columns")
+                return self._add_table(vectors, vector_column, id_column, progress)
+            if vector_column is not None or id_column is not None:
+                raise TypeError("vector_column / id_column: only for add(table)")
+            vectors, metadata = self._rows_with_texts(vectors, texts, metadata)
             snap = self._snap
             rows = cm.Rows(snap.manifest, snap.schema, vectors, ids, metadata, False)
             arr, id_type = rows.ids, rows.id_type
@@ -441,10 +508,12 @@ class Collection(SearchMixin, IndexMixin):
                 self._commit(rows.tables(self._policy.max_segment_bytes), {}, "add", id_type)
             return arr
 
-    def upsert(self, vectors, ids, metadata=None) -> pa.Array:
-        """Insert or replace rows by id, in one commit (old rows become deleted)."""
+    def upsert(self, vectors=None, ids=None, metadata=None, *, texts=None) -> pa.Array:
+        """Insert or replace rows by id, in one commit (old rows become deleted);
+        ``texts`` as in :meth:`add`."""
         with self._write_lock:
             self._check_writable()
+            vectors, metadata = self._rows_with_texts(vectors, texts, metadata)
             snap = self._snap
             rows = cm.Rows(snap.manifest, snap.schema, vectors, ids, metadata, True)
             arr = rows.ids
@@ -552,6 +621,7 @@ def _rewrite_runs(stats, cap: int) -> list:
 
 
 def open(path, version: int | None = None, read_only: bool = False, verify: bool = False,  # noqa: A001
-         merge_policy: MergePolicy | None = None) -> Collection:
+         merge_policy: MergePolicy | None = None, *, embedding=None) -> Collection:
     """Open a collection directory (see :meth:`Collection.open`)."""
-    return Collection.open(path, version=version, read_only=read_only, verify=verify, merge_policy=merge_policy)
+    return Collection.open(path, version=version, read_only=read_only, verify=verify, merge_policy=merge_policy,
+                           embedding=embedding)

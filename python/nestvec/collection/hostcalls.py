@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from .. import _backend as be
+from .. import _checks as ck
 from .. import ops
 from ..ops import dense as dense_op
 from ..ops import hamming as hamming_op
@@ -58,17 +59,21 @@ def dense(db, queries, k, dim, metric, allow=None, candidates=None):
     impl = be.implementation("dense_topk", "cpu")
     if impl is not dense_op._cpu:
         return impl(db, db.dtype.name, queries, k, dim, metric, allow, candidates)
-    nq = queries.shape[0]
     q = _prepared(queries, dim, metric)
     a = None if allow is None else allow.view(np.uint8)
     c = None
     if candidates is not None:
         c = candidates if (candidates.dtype == np.int64 and candidates.flags.c_contiguous) \
             else np.ascontiguousarray(candidates, dtype=np.int64)
-    score = np.empty((nq, k), np.float32)
-    idx = np.empty((nq, k), np.int64)
-    be._C.dense_topk(db, _DTYPE[db.dtype], dim, q, k, be.METRIC_CODE[metric], a, c, score, idx)
-    return score, idx
+
+    def run(q0, q1):  # the kernel's selectors grow with k: large k goes in query slices
+        score = np.empty((q1 - q0, k), np.float32)
+        idx = np.empty((q1 - q0, k), np.int64)
+        be._C.dense_topk(db, _DTYPE[db.dtype], dim, q[q0:q1], k, be.METRIC_CODE[metric], a,
+                         None if c is None else c[q0:q1], score, idx)
+        return score, idx
+
+    return ck.by_query_slices(run, q.shape[0], k)
 
 
 def hamming(codes, queries, k, allow=None):
@@ -78,21 +83,30 @@ def hamming(codes, queries, k, allow=None):
     impl = be.implementation("hamming_topk", "cpu")
     if impl is not hamming_op._cpu:
         return impl(codes, queries, k, allow)
-    nq = queries.shape[0]
-    dist = np.empty((nq, k), np.int32)
-    idx = np.empty((nq, k), np.int64)
-    be._C.hamming_topk(codes, np.ascontiguousarray(queries), k, None if allow is None else allow.view(np.uint8),
-                       dist, idx)
-    return dist, idx
+    queries = np.ascontiguousarray(queries)
+    a = None if allow is None else allow.view(np.uint8)
+
+    def run(q0, q1):
+        dist = np.empty((q1 - q0, k), np.int32)
+        idx = np.empty((q1 - q0, k), np.int64)
+        be._C.hamming_topk(codes, queries[q0:q1], k, a, dist, idx)
+        return dist, idx
+
+    return ck.by_query_slices(run, queries.shape[0], k)
 
 
 def hamming_ranges(codes, queries, k, ranges, ids=None, allow=None):
     """``ops.hamming_topk_ranges`` (host; ranges from the index's own offsets)."""
     if not _cpu(codes):
         return ops.hamming_topk_ranges(codes, queries, k, ranges, ids=ids, allow=allow)
-    nq = queries.shape[0]
-    dist = np.empty((nq, k), np.int32)
-    idx = np.empty((nq, k), np.int64)
-    be._C.hamming_topk_ranges(codes, np.ascontiguousarray(queries), np.ascontiguousarray(ranges, dtype=np.int64),
-                              ids, None if allow is None else allow.view(np.uint8), k, dist, idx)
-    return dist, idx
+    queries = np.ascontiguousarray(queries)
+    ranges = np.ascontiguousarray(ranges, dtype=np.int64)
+    a = None if allow is None else allow.view(np.uint8)
+
+    def run(q0, q1):
+        dist = np.empty((q1 - q0, k), np.int32)
+        idx = np.empty((q1 - q0, k), np.int64)
+        be._C.hamming_topk_ranges(codes, queries[q0:q1], ranges[q0:q1], ids, a, k, dist, idx)
+        return dist, idx
+
+    return ck.by_query_slices(run, queries.shape[0], k)

@@ -27,6 +27,7 @@ import zlib
 import pyarrow as pa
 
 from . import validate as vd
+from .embedding import check_entry as embedding_problem
 from .errors import CorruptionError
 from .indexes import spec as ix
 
@@ -192,6 +193,9 @@ def check(m: dict, version: int, path) -> dict:
         bad(f"'next_row' {m['next_row']} is not above the last row {prev_last}")
     if live != m["rows"]:
         bad(f"'rows' is {m['rows']} but the segments hold {live} live rows")
+    why = embedding_problem(m.get("embedding"), schema.names)
+    if why:
+        bad(why)
     if fmt in (FORMAT, FORMAT_V3) and not _int(m.get("crc_block"), 1):
         bad(f"'crc_block' is {m.get('crc_block')!r}")
     return dict(m, segments=out, crc_block=m.get("crc_block", CRC_BLOCK), indexes=indexes)

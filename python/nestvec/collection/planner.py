@@ -20,14 +20,12 @@ import numpy as np
 
 from .. import _checks as ck
 from . import hostcalls
-from ..ops import dense as dense_op
 from ..quant import binarize
 from .topk import host as _host
 from .topk import merge_parts as _merge
 
 MODES = ("auto", "flat", "binary", "funnel", "ivf", "hnsw")
 INDEX_MODES = ("ivf", "hnsw")
-MAX_K = dense_op.MAX_K_CPU
 # flat search copies the allowed rows out when fewer than this fraction are allowed
 GATHER_FRACTION = 0.05
 # ... or, for at most this many host queries, scores them in place (candidate path):
@@ -142,10 +140,8 @@ def resolve_mode(req: Request, n_allowed: int, q_width: int | None = None) -> st
             return "flat"
         if q_width is not None and q_width < req.d_full and req.dim % 8:
             return "flat"  # no query codes from a prefix that is not whole bytes
-        # a shortlist that covers every allowed row is just flat search, done cheaper;
-        # a shortlist beyond the kernels' k limit falls back to exact flat search too
-        short = req.k * rescore
-        return "funnel" if n_allowed > short and short <= MAX_K else "flat"
+        # a shortlist that covers every allowed row is just flat search, done cheaper
+        return "funnel" if n_allowed > req.k * rescore else "flat"
     if req.mode in ("binary", "funnel") and not req.binary:
         raise ValueError(f"mode={req.mode!r} needs binary codes; this collection was created "
                          f"with binary=False (use mode='flat')")
@@ -292,7 +288,9 @@ class Planner:
                 if self.cache is not None:
                     cand = self.cache.put_temporary(np.ascontiguousarray(cand))
                 # the shortlist already honours allow; candidates restrict the exact pass
-                s, idx = dense(self._vec(i), queries, keep, d, r.metric, candidates=cand)
+                # (to at most the segment's rows: more would only pad)
+                s, idx = dense(self._vec(i), queries, min(keep, self.counts[i]), d, r.metric,
+                               candidates=cand)
                 parts.append((self.segments[i].offset, i, s, idx))
             seg, local, score = _merge(parts, keep, r.metric != "l2", nq)
         return seg, local, score

@@ -11,7 +11,8 @@ import pyarrow as pa
 from .. import _checks as ck
 from . import packing
 from . import validate as vd
-from .planner import MAX_K, MODES, DeviceCache, Planner, Request
+from .embedding import is_text
+from .planner import MODES, DeviceCache, Planner, Request
 
 
 def _check_device_type(dev, name: str) -> None:
@@ -30,14 +31,17 @@ def _pint(v, name: str, hi: int | None = None) -> int:
 class SearchMixin:
     def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
                filter=None, columns=None, device=None, ladder=(), nprobe: int | None = None,
-               ef: int | None = None, explain: bool = False) -> pa.Table:
+               ef: int | None = None, explain: bool = False, min_score=None,
+               max_distance=None) -> pa.Table:
         """Top-k rows per query.
 
         Args:
             q: one vector ``[D]`` or a batch ``[Q, D]`` (also ``[.., dim]``): NumPy,
                 list, or torch tensor. A CUDA tensor (or ``device="cuda"``) runs the
-                GPU kernels on segment data cached on the device.
-            k: results per query (<= 4096).
+                GPU kernels on segment data cached on the device. With an embedding
+                bound: a query text, or a list of them (embedded as queries).
+            k: results per query, any ``k >= 1`` in every mode (the funnel's
+                shortlist ``k*rescore`` may be of any size too).
             dim: Matryoshka prefix length to score on (default D).
             mode: ``flat`` (exact dense), ``binary`` (Hamming on codes; score = the
                 distance, lower is better), ``funnel`` (Hamming shortlist of
@@ -60,29 +64,36 @@ class SearchMixin:
                 ``dim``, each stage keeping fewer rows (geometric from ``k*rescore``
                 down to ``k``): Matryoshka adaptive retrieval, fewer full-width reads.
                 Ignored by ``flat`` and ``binary``.
+            min_score: cosine / ip: drop results scoring below it (a similarity
+                threshold; the top-k are found first, so at most k rows remain).
+            max_distance: l2: drop results whose score (the squared distance) is
+                above it; mode="binary": results with a larger Hamming distance.
 
         Returns:
             pyarrow Table ``query`` (int64), ``id``, ``score`` (float32; l2: squared
             distance, lower is better; binary: int32 Hamming distance) and
             ``columns``; per query exactly ``min(k, matching live rows)`` rows, best
-            first, ties by row order (every mode, filters and deletes included).
+            first, ties by row order (every mode, filters and deletes included; fewer
+            when ``min_score`` / ``max_distance`` cut). ``.to_pandas()`` or
+            ``polars.from_arrow(table)`` convert it.
         """
         t0 = time.perf_counter()
         snap = self._snapshot()  # the one snapshot this search reads
         m = snap.manifest
+        if is_text(q):
+            q = self._embed_query(q)
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-        k = _pint(k, "k", MAX_K)
+        k = _pint(k, "k")
         rescore = None if rescore is None else _pint(rescore, "rescore")
         nprobe = None if nprobe is None else _pint(nprobe, "nprobe")
         ef = None if ef is None else _pint(ef, "ef")
         d_full = m["dim"]
         dim = d_full if dim is None else _pint(dim, "dim", d_full)
-        if mode in ("funnel", "ivf") and k * (rescore or 10) > MAX_K:
-            raise ValueError(f"rescore: the shortlist k*rescore = {k * (rescore or 10)} exceeds {MAX_K}")
         if mode in ("ivf", "hnsw") or nprobe is not None:
             self._check_index_args(snap, mode, dim, nprobe)
         ladder = () if type(ladder) is tuple and not ladder else vd.ladder(ladder, dim)
+        cut = vd.cutoff(min_score, max_distance, m["metric"], mode)
         cols = self._columns(snap, columns, [])
         dev = self._device(q, device)
         qx, single = vd.queries(q, d_full, dim, m["metric"])
@@ -104,6 +115,10 @@ class SearchMixin:
         used, seg, local, score = planner.run(qx)
         if remap is not None:
             seg, local = remap(seg, local)
+        if cut is not None:
+            with np.errstate(invalid="ignore"):
+                keep = score >= cut[1] if cut[0] == ">=" else score <= cut[1]
+            local = np.where(keep, local, -1)
         out = self._result(snap, seg, local, score, cols, used)
         if explain:
             plan = dict(planner.stats, requested=mode, k=k, dim=dim, queries=int(qx.shape[0]),

@@ -395,6 +395,15 @@ class DirStore:
             fsync_dir(self._p("indexes"))
         return removed
 
+    def segment_names(self) -> set:
+        """Names of the segment files present (committed or not)."""
+        return set(os.listdir(self._p("segments")))
+
+    def discard_segment(self, name: str) -> None:
+        """Remove a segment file no manifest names (a failed write's); writer only."""
+        if mf.SEGMENT_RE.match(name):
+            _unlink(self._p("segments", name))
+
     def files(self) -> list[str]:
         """Every file under the directory, relative (tests compare before/after)."""
         out = []
@@ -501,6 +510,12 @@ class MemoryStore:
             for kind in ix.KINDS:
                 if e.get(kind):
                     self.indexes.pop(e[kind]["name"], None)
+
+    def segment_names(self) -> set:
+        return set(self.segments)
+
+    def discard_segment(self, name: str) -> None:
+        self.segments.pop(name, None)
 
     def write_deletions(self, segment: str, version: int, rows: np.ndarray) -> dict:
         name = mf.deletion_name(segment, version)

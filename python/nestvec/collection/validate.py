@@ -52,12 +52,19 @@ def _parse_type(name, t) -> pa.DataType:
     if isinstance(t, pa.DataType):
         return t
     if isinstance(t, str):
+        text = t.strip()
+        if text.startswith("list<") and text.endswith(">"):  # "list<string>", "list<item: int64>"
+            inner = text[5:-1].strip()
+            if inner.startswith("item:"):
+                inner = inner[5:].strip()
+            return pa.list_(_parse_type(name, inner))
         try:
-            return pa.type_for_alias(_ALIASES.get(t, t))
+            return pa.type_for_alias(_ALIASES.get(text, text))
         except ValueError:
             pass
     raise TypeError(f"schema: column {name!r} has unknown type {t!r} (use a pyarrow type or a name "
-                    f"such as 'string', 'int32', 'int64', 'float32', 'float64', 'bool', 'timestamp[ms]')")
+                    f"such as 'string', 'int32', 'int64', 'float32', 'float64', 'bool', 'timestamp[ms]', "
+                    f"'list<string>')")
 
 
 # --------------------------------------------------------------------------- vectors
@@ -316,23 +323,31 @@ def unique_ids(arr: pa.Array) -> None:
 # --------------------------------------------------------------------------- metadata
 
 
+def meta_columns(meta) -> dict:
+    """User metadata (dict of columns, pyarrow Table / RecordBatch, pandas or polars
+    DataFrame) -> {column name: values}."""
+    if meta is None:
+        return {}
+    if isinstance(meta, pa.RecordBatch):
+        return {c: meta.column(c) for c in meta.schema.names}
+    if isinstance(meta, pa.Table):
+        return {c: meta.column(c) for c in meta.column_names}
+    if isinstance(meta, dict):
+        return dict(meta)
+    if type(meta).__name__ == "DataFrame" and hasattr(meta, "columns"):
+        if type(meta).__module__.startswith("polars"):
+            t = meta.to_arrow()
+        else:
+            t = pa.Table.from_pandas(meta, preserve_index=False)
+        return {c: t.column(c) for c in t.column_names}
+    raise TypeError("metadata: expected a dict of columns, a pyarrow Table/RecordBatch or a "
+                    f"pandas / polars DataFrame, got {type(meta).__name__}")
+
+
 def metadata(meta, schema: pa.Schema, n: int) -> dict:
     """User metadata -> {column: pa.Array of the schema type, length n}; missing
     columns are filled with nulls."""
-    if meta is None:
-        cols = {}
-    elif isinstance(meta, pa.RecordBatch):
-        cols = {c: meta.column(c) for c in meta.schema.names}
-    elif isinstance(meta, pa.Table):
-        cols = {c: meta.column(c) for c in meta.column_names}
-    elif isinstance(meta, dict):
-        cols = dict(meta)
-    elif type(meta).__name__ == "DataFrame" and hasattr(meta, "columns"):
-        t = pa.Table.from_pandas(meta, preserve_index=False)
-        cols = {c: t.column(c) for c in t.column_names}
-    else:
-        raise TypeError("metadata: expected a dict of columns, a pyarrow Table/RecordBatch or a "
-                        f"pandas DataFrame, got {type(meta).__name__}")
+    cols = meta_columns(meta)
     unknown = [c for c in cols if c not in schema.names]
     if unknown:
         raise ValueError(f"metadata: unknown columns {unknown}; the schema has {schema.names or 'no columns'}"
@@ -419,3 +434,27 @@ def ladder(v, dim: int) -> tuple:
     if any(d >= dim for d in out) or any(b <= a for a, b in zip(out, out[1:])):
         raise ValueError(f"ladder: expected strictly increasing prefix dims below dim={dim}, got {out}")
     return out
+
+
+def cutoff(min_score, max_distance, metric: str, mode: str):
+    """The search cut: ``(">=", value)`` for ``min_score``, ``("<=", value)`` for
+    ``max_distance`` or None. min_score applies where higher scores are better
+    (cosine / ip, not mode="binary"); max_distance where lower is better (l2, whose
+    score is the squared distance, and Hamming distances in mode="binary")."""
+    if min_score is None and max_distance is None:
+        return None
+    if min_score is not None and max_distance is not None:
+        raise ValueError("min_score / max_distance: pass one of them, not both")
+    lower_better = metric == "l2" or mode == "binary"
+    name, value = ("min_score", min_score) if min_score is not None else ("max_distance", max_distance)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if value != value:
+        raise ValueError(f"{name}: expected a number, got NaN")
+    what = "Hamming distances (mode='binary')" if mode == "binary" else f"metric={metric!r}"
+    if name == "min_score" and lower_better:
+        raise ValueError(f"min_score: scores of {what} are distances (lower is better); use max_distance")
+    if name == "max_distance" and not lower_better:
+        raise ValueError(f"max_distance: {what} scores similarity (higher is better); use min_score")
+    return (">=", value) if name == "min_score" else ("<=", value)

@@ -7,12 +7,14 @@ from .. import _backend as be
 from .. import _checks as ck
 from .. import reference
 
+# The k of one fused pass as the kernels were sized and benchmarked. Larger k works on
+# every backend (see dense_topk); funnel_topk caps its default shortlists here.
 MAX_K_CPU = 4096
 MAX_K_GPU = 2048
 
 
 def max_k(backend: str) -> int:
-    """The largest k (and shortlist) ``backend`` takes."""
+    """The k of ``backend``'s fused pass (any k runs; this is where defaults stop)."""
     return MAX_K_GPU if backend in ("cuda", "triton") else MAX_K_CPU
 
 
@@ -78,7 +80,11 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
             a row whose score is not finite (NaN or inf in its prefix, or an overflow)
             is never returned, on every backend.
         queries: ``[Q, D]`` (or ``[Q, dim]``, or one ``[D]`` query), any float type.
-        k: results per query, ``>= 1`` (<= 4096 on CPU, 2048 on GPU); ``k > N`` pads.
+        k: results per query, ``>= 1``, any size (``k > N`` pads, by up to 4096
+            columns). The GPU backends keep min(k, block rows) keys per block of rows
+            and merge them with ``torch.topk`` in bounded chunks, so any k is one scan;
+            the CPU kernel's selection buffers grow with k, so above 4096 its queries
+            go in slices (``_checks.LARGE_K_KEYS``).
         dim: prefix length ``1 <= dim <= D``; default D. The prefix norm of each row is
             computed in the same pass (no stored norms).
         metric: ``cosine`` | ``ip`` (higher is better) | ``l2`` (squared distance,
@@ -110,15 +116,19 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
     name = be.resolve(backend, db)
     be.check_inputs(name, db, "db", queries=queries, allow=allow, candidates=candidates)
     ck.check_k_rows(k, n, MAX_K_CPU)
-    if k > max_k(name):
-        raise ValueError(f"k: backend {name!r} supports k <= {max_k(name)}, got {k}")
     if n == 0 or queries.shape[0] == 0:  # nothing to scan, so any device is fine
         if name != "reference":
             db, queries, allow, candidates = (a.detach().cpu() if ck.is_torch(a) else a
                                               for a in (db, queries, allow, candidates))
         name = "reference"
-    s, i = be.implementation("dense_topk", name)(db, dt, queries, k, dim, metric, allow,
-                                                 candidates)
+    fn = be.implementation("dense_topk", name)
+    if name == "cpu":
+        s, i = ck.by_query_slices(
+            lambda q0, q1: fn(db, dt, queries[q0:q1], k, dim, metric, allow,
+                              None if candidates is None else candidates[q0:q1]),
+            queries.shape[0], k)
+    else:
+        s, i = fn(db, dt, queries, k, dim, metric, allow, candidates)
     return (s[0], i[0]) if single else (s, i)
 
 
@@ -210,8 +220,9 @@ def funnel_topk(db, queries, k: int, dims=(64, 256, None), shortlist=None, metri
         dims: increasing prefix lengths; ``None`` means the stored width D. Values above
             D are clipped to D and repeats dropped.
         shortlist: rows kept after each stage but the last, non-increasing, each
-            ``>= k``; one per stage but the last. Default: ``k * 16``, ``k * 4``, ...
-            (factor 4 per stage), capped at the backend's largest k.
+            ``>= k``, any size; one per stage but the last. Default: ``k * 16``,
+            ``k * 4``, ... (factor 4 per stage), capped at the backend's fused-pass k
+            (:func:`max_k`) but never below k.
 
     Returns:
         ``(score float32 [Q, k], idx int64 [Q, k])`` at ``dims[-1]``, as dense_topk.
@@ -238,7 +249,7 @@ def funnel_topk(db, queries, k: int, dims=(64, 256, None), shortlist=None, metri
     limit = max_k(name)
     stages = len(ladder) - 1
     if shortlist is None:
-        shortlist = tuple(min(limit, k * 4 ** (stages - i)) for i in range(stages))
+        shortlist = tuple(max(k, min(limit, k * 4 ** (stages - i))) for i in range(stages))
     shortlist = ck.int_sequence(shortlist, "shortlist")
     if len(shortlist) != stages:
         raise ValueError(f"shortlist: expected {stages} sizes (one per stage but the last) for "
@@ -249,9 +260,9 @@ def funnel_topk(db, queries, k: int, dims=(64, 256, None), shortlist=None, metri
         if s < k or (prev is not None and s > prev):
             raise ValueError(f"shortlist: expected non-increasing sizes >= k={k}, got {shortlist}")
         prev = s
-        if s > limit:
-            raise ValueError(f"shortlist: backend {name!r} supports sizes <= {limit}, got {s}")
-    keeps = shortlist + (k,)
+    # a shortlist beyond the N rows keeps them all (and only padding beyond)
+    n = db_checked.shape[0]
+    keeps = tuple(min(s, max(n, 1)) for s in shortlist) + (k,)
     queries = _dense_queries(queries, d_full, ladder[-1])
     single = queries.ndim == 1
     if single:  # the later stages pass [Q, C] candidates, so queries stay 2-D

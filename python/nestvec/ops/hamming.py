@@ -7,10 +7,15 @@ from .. import _backend as be
 from .. import _checks as ck
 from .. import reference
 
+# The cuda backend sorts each query's k candidates in one block's shared memory up to
+# this k; beyond it, the large-k path below (any k).
 MAX_K_GPU = 4096
 # k beyond the N rows only pads the result; more than this many columns of padding is an
 # error rather than gigabytes of -1 (the caller asked for more rows than there are)
 PAD_K = 4096
+# Temporaries of one block of the cuda large-k path (XORed words, distances, keys).
+LARGE_K_BYTES = 256 << 20
+_IDX_BITS = 40
 # The cuda backend runs queries in groups whose uint16 distances and candidate keys fit
 # in this many bytes of device memory.
 GROUP_BYTES = 512 << 20
@@ -42,7 +47,10 @@ def hamming_topk(codes, queries, k: int, allow=None, *, backend: str = "auto"):
         codes: packed codes, uint8 ``[N, B]`` (``numpy.packbits`` order) or uint64
             ``[N, W]``; rows may be strided, each row must be contiguous.
         queries: same dtype and width as ``codes``, ``[Q, B]`` (or one ``[B]`` query).
-        k: number of neighbours, ``>= 1``; ``k > N`` pads.
+        k: number of neighbours, ``>= 1``, any size (``k > N`` pads, by up to 4096
+            columns). Beyond 4096 the CPU backend runs its queries in slices (its
+            selection buffers grow with k) and the cuda backend takes a large-k path
+            (block distances merged exactly); the results are the same.
         allow: optional bool ``[N]`` mask (or packed uint8 bitset) of eligible rows.
         backend: ``auto`` | ``reference`` | ``cpu`` | ``triton`` | ``cuda``.
 
@@ -79,7 +87,12 @@ def hamming_topk(codes, queries, k: int, allow=None, *, backend: str = "auto"):
     be.check_inputs(name, codes, "codes", queries=queries, allow=allow)
     if n == 0 or queries.shape[0] == 0:
         name = "reference"
-    d, i = be.implementation("hamming_topk", name)(codes, queries, k, allow)
+    fn = be.implementation("hamming_topk", name)
+    if name == "cpu":
+        d, i = ck.by_query_slices(lambda q0, q1: fn(codes, queries[q0:q1], k, allow),
+                                  queries.shape[0], k)
+    else:
+        d, i = fn(codes, queries, k, allow)
     return (d[0], i[0]) if single else (d, i)
 
 
@@ -109,7 +122,7 @@ def _cuda(codes, queries, k, allow):
     import torch
 
     if k > MAX_K_GPU:
-        raise ValueError(f"k: the cuda backend supports k <= {MAX_K_GPU}, got {k}")
+        return _large_k_torch(codes, queries, k, allow)
     n, nbytes = codes.shape
     if 8 * nbytes >= 0xFFFF:
         raise ValueError(f"codes: the cuda backend supports up to 8190 bytes per code, got {nbytes}")
@@ -137,3 +150,61 @@ def _triton(codes, queries, k, allow):
     from ..kernels import hamming as tk
 
     return tk.hamming_topk(codes, queries.contiguous(), k, allow)
+
+
+def _popcount32(x):
+    """Per-element popcount of int32 words (SWAR; torch has no popcount). The arithmetic
+    right shifts are harmless: every mask clears the bits they fill."""
+    x = x - ((x >> 1) & 0x55555555)
+    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F
+    return (x * 0x01010101) >> 24
+
+
+def _large_k_torch(codes, queries, k, allow):
+    """Exact top-k of any size on a device (the cuda backend beyond its in-block sort).
+
+    Blocks of rows: distances from 32-bit words (codes zero-padded to whole words, which
+    adds nothing to a distance), keys ``dist << 40 | row`` (unique, and ordered exactly
+    like the contract: distance, then index), each block's keys merged into the running
+    best k per query with ``torch.topk``; one sort at the end. Query chunks and row
+    blocks keep the temporaries within LARGE_K_BYTES."""
+    import torch
+    import torch.nn.functional as F
+
+    n, nbytes = codes.shape
+    nq = queries.shape[0]
+    dev = codes.device
+    pad = (-nbytes) % 4
+    words = (nbytes + pad) // 4
+    qw = (F.pad(queries, (0, pad)) if pad else queries).contiguous().view(torch.int32)
+    key_max = torch.iinfo(torch.int64).max
+    dist = torch.full((nq, k), torch.iinfo(torch.int32).max, dtype=torch.int32, device=dev)
+    idx = torch.full((nq, k), -1, dtype=torch.int64, device=dev)
+    allow_b = None if allow is None else allow.bool()
+    # per (query, row): ~3 int32 temporaries per word and a few int64 keys
+    per_pair = 12 * words + 32
+    q_chunk = max(1, min(nq, LARGE_K_BYTES // (per_pair * max(1, min(n, 4 * k)))))
+    rows = max(1024, LARGE_K_BYTES // (per_pair * q_chunk))
+    arange = torch.arange(n, dtype=torch.int64, device=dev)
+    for q0 in range(0, nq, q_chunk):
+        q1 = min(nq, q0 + q_chunk)
+        q = qw[q0:q1]
+        best = None
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            c = codes[r0:r1]
+            cw = (F.pad(c, (0, pad)) if pad else c).contiguous().view(torch.int32)
+            d = _popcount32(cw[None, :, :] ^ q[:, None, :]).sum(-1, dtype=torch.int64)
+            keys = (d << _IDX_BITS) | arange[r0:r1][None, :]
+            if allow_b is not None:
+                keys.masked_fill_(~allow_b[r0:r1][None, :], key_max)
+            if best is not None:
+                keys = torch.cat([best, keys], 1)
+            best = torch.topk(keys, min(k, keys.shape[1]), dim=1, largest=False, sorted=False).values
+        top = torch.sort(best, dim=1).values
+        m = top.shape[1]
+        valid = top != key_max
+        dist[q0:q1, :m] = torch.where(valid, top >> _IDX_BITS, torch.iinfo(torch.int32).max).to(torch.int32)
+        idx[q0:q1, :m] = torch.where(valid, top & ((1 << _IDX_BITS) - 1), -1)
+    return dist, idx
