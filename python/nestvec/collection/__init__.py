@@ -1,4 +1,5 @@
 """Arrow-backed persistent collections (see docs/ARCHITECTURE.md)."""
+from .bulk import StagedSegment, discard_segments, write_segment
 from .collection import Collection, open  # noqa: A004
 from .errors import CollectionNotFound, CorruptionError, FilterLimitError, LockError
 from .filters import field
@@ -8,4 +9,4 @@ from .sql import set_sql_limits, sql_limits
 
 __all__ = ["Collection", "open", "field", "LockError", "CollectionNotFound", "CorruptionError",
            "FilterLimitError", "DeviceCache", "MergePolicy", "NoMergePolicy", "TieredMergePolicy", "SegmentStats",
-           "set_sql_limits", "sql_limits"]
+           "set_sql_limits", "sql_limits", "StagedSegment", "write_segment", "discard_segments"]

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import bulk
 from . import commit as cm
 from . import filters
 from . import manifest as mf
@@ -54,6 +55,7 @@ class Collection(SearchMixin):
         self._mask_cache = filters.MaskCache()
         self._packs = packing.PackCache()
         self._write_lock = threading.RLock()
+        self._reserved = 0  # rows handed out by reserve_rows: the next is above this
         self.merge_policy = merge_policy
 
     @property
@@ -453,6 +455,80 @@ class Collection(SearchMixin):
             if n:
                 self._commit([], dels, "delete", snap.manifest["id_type"])
             return n
+
+    # ------------------------------------------------------------------ bulk import
+
+    def reserve_rows(self, n: int) -> int:
+        """Reserve ``n`` row numbers for :func:`nestvec.collection.write_segment`;
+        returns the first (rows ``first .. first + n - 1``). Reservations live in this
+        handle; rows reserved but never imported leave a gap, which is harmless."""
+        with self._write_lock:
+            self._check_writable()
+            n = vd.positive_int(n, "n")
+            first = max(self._snap.manifest["next_row"], self._reserved)
+            self._reserved = first + n
+            return first
+
+    def import_segments(self, staged, mode: str = "add", verify: bool = True) -> int:
+        """Commit segments staged by :func:`nestvec.collection.write_segment` in one
+        version (all or none). ``mode="add"`` refuses ids already present; ``"upsert"``
+        replaces their rows. Each file is checked first (name, size, structure, row
+        ranges, ids unique across all of them, metadata columns, and with ``verify``
+        the checksum of every byte: the files may come from other processes).
+        Returns the number of rows imported. The merge policy may merge after it."""
+        if mode not in ("add", "upsert"):
+            raise ValueError(f"mode: expected 'add' or 'upsert', got {mode!r}")
+        with self._write_lock:
+            self._check_writable()
+            snap = self._snap
+            try:
+                entries, id_type, arr, max_id = bulk.check_staged(self._store, snap, staged, verify)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"staged segment {e.filename!r} is gone (was the collection "
+                                        f"compacted while it was being written?)") from None
+            found = self._find(snap, arr)
+            if mode == "add" and any(m.any() for m in found):
+                dup = pa.concat_arrays([s.column("id").filter(pa.array(m)).combine_chunks()
+                                        for s, m in zip(snap.segments, found) if m.any()])[:5].to_pylist()
+                raise ValueError(f"ids: already in the collection: {dup} (use mode='upsert' to replace)")
+            dels = {s.name: s.rows[m] for s, m in zip(snap.segments, found) if m.any()}
+            self._publish_manifest(cm.commit(self._store, snap, [], dels, "import", id_type, staged=entries,
+                                             max_id=max_id))
+            if self._policy.on_commit:
+                self._merge(self._policy)
+            return int(sum(e["rows"] for e in entries))
+
+    def restore(self, version: int) -> int:
+        """Make an older version current again, as a new commit (op ``"restore"``):
+        its rows, deletions and metadata, nothing written after it. The versions in
+        between stay readable until :meth:`compact` removes them. Returns the new
+        version. KeyError if ``version`` was removed."""
+        with self._write_lock:
+            self._check_writable()
+            if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 0:
+                raise TypeError(f"version: expected an int >= 0, got {version!r}")
+            if version > self.version:
+                raise KeyError(f"version {version} does not exist; the latest is {self.version}")
+            target = sn.read_snapshot(self._store, int(version))  # KeyError when removed
+            self._publish_manifest(cm.restore(self._store, self._snap, target.manifest))
+            return self.version
+
+    def remove_versions(self, keep=()) -> dict:
+        """Remove every version except the current one and those in ``keep``, with the
+        files only removed versions use (and staged files no version names). Returns
+        the counts removed. For version sets that ``compact(keep_versions=N)`` cannot
+        express (a sharded collection keeps the versions its manifests name)."""
+        with self._write_lock:
+            self._check_writable()
+            want = {int(v) for v in keep} | {self.version}
+            manifests = [self._snap.manifest]
+            for v in self._store.manifest_versions():
+                if v in want and v != self.version:
+                    try:
+                        manifests.append(self._store.read_manifest(v))
+                    except KeyError:
+                        pass
+            return self._store.gc(manifests)
 
     def _commit(self, tables, deletions, op, id_type) -> None:
         self._publish_manifest(cm.commit(self._store, self._snap, tables, deletions, op, id_type))

@@ -20,9 +20,11 @@ from . import validate as vd
 from .merge import merge_tables
 
 
-def build_rows(m: dict, schema: pa.Schema, vectors, ids, metadata, need_ids: bool):
+def build_rows(m: dict, schema: pa.Schema, vectors, ids, metadata, need_ids: bool, rows=None):
     """Validate everything and build the new segment table (nothing written).
-    Returns (table, ids array, id_type)."""
+    ``rows``: the ``_row`` numbers, by default consecutive from ``m["next_row"]``; an
+    int (the first of consecutive rows) or a strictly ascending int array (bulk
+    import, sharded collections). Returns (table, ids array, id_type)."""
     dim, dtype = m["dim"], m["dtype"]
     vec = vd.vectors(vectors, dim, dtype, m["metric"])
     n = vec.shape[0]
@@ -47,8 +49,7 @@ def build_rows(m: dict, schema: pa.Schema, vectors, ids, metadata, need_ids: boo
     if n and pa.types.is_null(arr.type):
         arr = arr.cast(pa.int64())
     meta = vd.metadata(metadata, schema, n)
-    start = m["next_row"]
-    cols = {"_row": pa.array(np.arange(start, start + n, dtype=np.int64)),
+    cols = {"_row": pa.array(row_numbers(m["next_row"] if rows is None else rows, n)),
             "id": arr.cast(pa.string() if id_type == "string" else pa.int64()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), dim)}
     if m["binary"]:
@@ -57,6 +58,25 @@ def build_rows(m: dict, schema: pa.Schema, vectors, ids, metadata, need_ids: boo
         cols["code"] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(nb), n, [None, pa.py_buffer(codes.tobytes())])
     cols.update(meta)
     return pa.table(cols), arr, id_type
+
+
+def row_numbers(rows, n: int) -> np.ndarray:
+    """``rows`` (an int: the first of ``n`` consecutive rows, or an array) as checked
+    int64 row numbers: n of them, >= 0, strictly ascending."""
+    if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
+        if rows < 0 or rows + n - 1 > np.iinfo(np.int64).max:
+            raise ValueError(f"rows: the first row must be in [0, 2**63 - n], got {rows}")
+        return np.arange(rows, rows + n, dtype=np.int64)
+    arr = np.asarray(rows)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise TypeError(f"rows: expected an int or a 1-D int array, got {type(rows).__name__} "
+                        f"of dtype {getattr(arr, 'dtype', None)}")
+    if len(arr) != n:
+        raise ValueError(f"rows: {len(arr)} row numbers for {n} vectors")
+    arr = arr.astype(np.int64)
+    if n and (arr[0] < 0 or not (arr[1:] > arr[:-1]).all()):
+        raise ValueError("rows: row numbers must be >= 0 and strictly ascending")
+    return arr
 
 
 def _segment_entry(store, table: pa.Table, crc_block: int) -> dict:
@@ -76,8 +96,19 @@ def _publish(store, old: dict, entries: list, **fields) -> dict:
     return m
 
 
-def commit(store, snap, tables: list, deletions: dict, op: str, id_type) -> dict:
-    """New segments from ``tables`` and new deleted rows ``{segment name: _rows}``."""
+def staged_entry(info: dict, table: pa.Table) -> dict:
+    """The manifest entry of a segment file already written (``write_segment``)."""
+    rows = table.column("_row")
+    return {"name": info["name"], "bytes": info["bytes"], "crc32": info["crc32"], "columns": info["columns"],
+            "rows": table.num_rows, "deleted": 0, "deletions": None, "deletions_bytes": None,
+            "deletions_crc32": None, "first_row": int(rows[0].as_py()), "last_row": int(rows[-1].as_py())}
+
+
+def commit(store, snap, tables: list, deletions: dict, op: str, id_type, staged=(), max_id=None) -> dict:
+    """New segments from ``tables`` (written here) and ``staged`` entries (written
+    before, by ``bulk.write_segment``), and new deleted rows ``{segment name: _rows}``.
+    New segments are ordered by their first row; ``max_id``: the largest int id
+    of the staged segments."""
     old = snap.manifest
     v = old["version"] + 1
     block = old.get("crc_block", mf.CRC_BLOCK)
@@ -92,13 +123,28 @@ def commit(store, snap, tables: list, deletions: dict, op: str, id_type) -> dict
             e = dict(e, deleted=int(len(rows)), deletions=d["name"], deletions_bytes=d["bytes"],
                      deletions_crc32=d["crc32"])
         entries.append(e)
-    next_row, next_id = old["next_row"], old.get("next_id", 0)
+    next_id = old.get("next_id", 0)
+    if max_id is not None:
+        next_id = max(next_id, int(max_id) + 1)
+    new = list(staged)
     for t in tables:
         if id_type == "int64" and t.num_rows:
             next_id = max(next_id, int(pc.max(t.column("id")).as_py()) + 1)
-        entries.append(_segment_entry(store, t, block))
-        next_row += t.num_rows
+        new.append(_segment_entry(store, t, block))
+    new.sort(key=lambda e: e["first_row"])
+    entries += new
+    next_row = max([old["next_row"]] + [e["last_row"] + 1 for e in new])
     return _publish(store, old, entries, version=v, next_row=next_row, next_id=next_id, id_type=id_type, op=op)
+
+
+def restore(store, snap, target: dict) -> dict:
+    """A new version holding the segments of the older manifest ``target`` (row and
+    id counters never go back, so no row number is handed out twice)."""
+    old = snap.manifest
+    return _publish(store, old, [dict(e) for e in target["segments"]], version=old["version"] + 1,
+                    next_row=max(old["next_row"], target["next_row"]),
+                    next_id=max(old.get("next_id", 0), target.get("next_id", 0)),
+                    id_type=target["id_type"], op="restore")
 
 
 def rewrite(store, snap, ranges: list, op: str) -> dict:

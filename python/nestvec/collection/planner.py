@@ -150,6 +150,20 @@ def _host(x):
     return x
 
 
+def merge_order(score, gpos, k: int, larger_better: bool):
+    """The merge rule: per row of ``score`` / ``gpos`` ``[Q, n]`` (candidates from
+    several lists; ``gpos`` < 0 for none), the column order of the best ``k`` by
+    (score, then global position). The one place the tie rule lives: segments here,
+    shards in ``nestvec.distributed``."""
+    key = np.asarray(score).astype(np.float64)
+    if larger_better:
+        key = -key
+    missing = gpos < 0
+    key[missing] = np.inf
+    gpos = np.where(missing, np.iinfo(np.int64).max, gpos)
+    return np.lexsort((gpos, key), axis=-1)[:, :k]
+
+
 def _merge(parts, k: int, larger_better: bool, nq: int):
     """Exact top-k of per-segment lists. parts: (offset, seg_index, score [Q,kk], idx [Q,kk]).
     Returns (seg [Q,k], local [Q,k], score [Q,k]) with local -1 for missing entries."""
@@ -163,13 +177,7 @@ def _merge(parts, k: int, larger_better: bool, nq: int):
     local = np.concatenate([_host(p[3]).astype(np.int64) for p in parts], axis=1)
     seg = np.concatenate([np.full(_host(p[3]).shape, p[1], np.int64) for p in parts], axis=1)
     gpos = np.concatenate([np.where(_host(p[3]) >= 0, _host(p[3]) + p[0], -1) for p in parts], axis=1)
-    key = score.astype(np.float64)
-    if larger_better:
-        key = -key
-    missing = local < 0
-    key[missing] = np.inf
-    gpos = np.where(missing, np.iinfo(np.int64).max, gpos)
-    order = np.lexsort((gpos, key), axis=-1)[:, :k]
+    order = merge_order(score, gpos, k, larger_better)
     pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     return pick(seg), pick(local), pick(score)
 
@@ -270,6 +278,14 @@ class Planner:
         r = self.req
         short = r.k * r.rescore
         seg, local, score = self._hamming(qcodes, nbytes, short, nq)
+        return self.rescore(queries, seg, local)
+
+    def rescore(self, queries, seg, local):
+        """Exact rescoring of a shortlist (seg, local ``[Q, s]``, local -1 for none)
+        at each ladder stage and then at ``dim``. Returns (seg, local, score) ``[Q, k]``."""
+        r = self.req
+        nq = queries.shape[0]
+        short = r.k * r.rescore
         # Matryoshka ladder: rescore the survivors at each wider prefix, keeping fewer
         # (exact scores at every stage; the last stage is `dim` and keeps k)
         stages = list(zip(r.ladder, ladder_keep(short, r.k, len(r.ladder)))) + [(r.dim, r.k)]

@@ -17,6 +17,35 @@ def _check_device_type(dev, name: str) -> None:
                          f"{dev.type!r}")
 
 
+def _locate(snap, rows):
+    """``_row`` numbers ``[Q, s]`` (-1: none) -> (segment, local) ``[Q, s]``. Every row
+    must be a live row of the snapshot (a shortlist taken from it)."""
+    rows = np.asarray(rows, np.int64)
+    seg = np.full(rows.shape, -1, np.int64)
+    local = np.full(rows.shape, -1, np.int64)
+    if not snap.segments:
+        return seg, local
+    firsts = np.array([e["first_row"] for e in snap.manifest["segments"]], np.int64)
+    want = rows >= 0
+    si = np.searchsorted(firsts, rows[want], side="right") - 1
+    li = np.zeros(len(si), np.int64)
+    ok = si >= 0
+    for i in np.unique(si[ok]):
+        sel = si == i
+        srows = snap.segments[i].rows
+        pos = np.minimum(np.searchsorted(srows, rows[want][sel]), len(srows) - 1)
+        ok[sel] &= srows[pos] == rows[want][sel]
+        live = snap.segments[i].live
+        if live is not None:
+            ok[sel] &= live[pos]
+        li[sel] = pos
+    if not ok.all():
+        bad = rows[want][~ok][:5].tolist()
+        raise ValueError(f"candidates: rows {bad} are not live rows of version {snap.version}")
+    seg[want], local[want] = si, li
+    return seg, local
+
+
 class SearchMixin:
     def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int = 10,
                filter=None, columns=None, device=None, ladder=()) -> pa.Table:
@@ -47,6 +76,15 @@ class SearchMixin:
             ``columns``; per query exactly ``min(k, matching live rows)`` rows, best
             first, ties by row order.
         """
+        snap, cols, used, seg, local, score = self._hits(q, k, dim, mode, rescore, filter, columns, device,
+                                                         ladder)
+        return self._result(snap, seg, local, score, cols, used)
+
+    def _hits(self, q, k, dim, mode, rescore, filter, columns, device, ladder, candidates=None):
+        """The search without its result table: (snapshot, columns, mode used, seg
+        [Q,k], local [Q,k], score [Q,k]), local -1 for no row. ``candidates``: per
+        query the ``_row`` numbers to rescore exactly (-1 padded), instead of a
+        Hamming shortlist (the second round of a sharded funnel)."""
         snap = self._snapshot()  # the one snapshot this search reads
         m = snap.manifest
         if mode not in MODES:
@@ -67,14 +105,18 @@ class SearchMixin:
             qx = torch.as_tensor(qx).to(dev)
         req = Request(k, dim, mode, rescore, m["metric"], d_full, m["binary"], ladder)
         segs, masks, remap = snap.segments, self._masks(snap, filter), None
-        if dev is None:
+        if dev is None and candidates is None:
             segs, masks, remap = packing.pack(segs, masks, self._packs)
         planner = Planner(segs, masks, req, cache=self._cache(dev) if dev is not None else None,
                           filtered=filter is not None)
-        used, seg, local, score = planner.run(qx)
+        if candidates is None:
+            used, seg, local, score = planner.run(qx)
+        else:
+            used = "funnel"
+            seg, local, score = planner.rescore(qx, *_locate(snap, candidates))
         if remap is not None:
             seg, local = remap(seg, local)
-        return self._result(snap, seg, local, score, cols, used)
+        return snap, cols, used, seg, local, score
 
     def _device(self, q, device):
         """None (host search) or the torch device whose cached segment copies to search
