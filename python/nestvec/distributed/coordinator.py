@@ -64,11 +64,12 @@ def result_table(payloads: list, src, pos, score, row, mode: str, names: list, e
     return out
 
 
-def shortlist_split(payloads: list, shards: list, short: int, nq: int) -> dict:
-    """Round one of the two-round funnel: merge per-shard Hamming top-``short`` lists
-    (distance, then row) into the global shortlist, and split it back by shard:
-    ``{shard: rows [Q, short]}`` (-1 padded), only shards holding candidates."""
-    src, _, _, row = merge_lists(payloads, short, False)
+def shortlist_split(payloads: list, shards: list, short: int, better_high: bool = False) -> dict:
+    """Between the rounds of the two-round funnel: merge per-shard top-``short``
+    lists (Hamming distances in round one, exact scores after a ladder stage) into
+    the global list, and split it back by shard: ``{shard: rows [Q, <= short]}``
+    (-1 padded), only shards holding candidates."""
+    src, _, _, row = merge_lists(payloads, short, better_high)
     out = {}
     for i, s in enumerate(shards):
         cand = np.where((src == i) & (row >= 0), row, -1)

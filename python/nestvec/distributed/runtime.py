@@ -4,6 +4,7 @@ a dead actor is a :class:`ShardUnavailableError` naming the shard)."""
 from __future__ import annotations
 
 import os
+import threading
 
 from .actors import ShardReader, ShardWriter
 
@@ -63,6 +64,37 @@ def writer(path: str, opts: dict, merge_policy=None):
 def reader(path: str, opts: dict, device=None, threads=None):
     ray = ray_module()
     return _cls(ray, ShardReader).options(**opts).remote(path, device, threads)
+
+
+# Reader actors are shared by every handle of this driver on the same shards and
+# options: they serve any version a request names, so a writer's handle and read-only
+# handles on the same root cost one set of processes.
+_pools: dict = {}
+_pools_lock = threading.Lock()
+
+
+def acquire_readers(paths: list, per_shard: int, opts: dict, threads) -> tuple:
+    """(key, [[handle] * per_shard per shard]); release with :func:`release_readers`."""
+    ray = ray_module()
+    key = (ray.get_runtime_context().get_job_id(), tuple(paths), per_shard, repr(sorted(opts.items())), threads)
+    with _pools_lock:
+        entry = _pools.get(key)
+        if entry is None:
+            entry = _pools[key] = [[[reader(p, opts, None, threads) for _ in range(per_shard)] for p in paths], 0]
+        entry[1] += 1
+        return key, entry[0]
+
+
+def release_readers(key) -> None:
+    with _pools_lock:
+        entry = _pools.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _pools[key]
+    kill([h for hs in entry[0] for h in hs])
 
 
 def gather(refs: list, shards: list, what: str):

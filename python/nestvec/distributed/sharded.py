@@ -12,6 +12,7 @@ import itertools
 import os
 import shutil
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,12 +24,30 @@ from ..collection import filters
 from ..collection import manifest as mf
 from ..collection import validate as vd
 from ..collection.collection import Collection
-from ..collection.planner import MAX_K, MODES, Request, resolve_mode
+from ..collection.errors import LockError
+from ..collection.planner import MAX_K, MODES, Request, ladder_keep, resolve_mode
 from . import coordinator as co
 from . import layout, routing, runtime
 from .writes import WriteMixin
 
 FUNNELS = ("per_shard", "two_round")
+
+
+LOCK_WAIT_S = 30.0  # writer actors of a driver that died are reaped by Ray within seconds
+
+
+def _open_shard(path: str, i: int) -> Collection:
+    """Open a shard for writing, waiting while a writer actor of a dead driver still
+    holds its lock (Ray ends a driver's actors shortly after the driver)."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return Collection.open(path)
+        except LockError as e:
+            if time.monotonic() > deadline:
+                raise LockError(f"shard {i}: {e} (is another driver writing to this sharded "
+                                f"collection?)") from None
+            time.sleep(0.2)
 
 
 class ShardedCollection(WriteMixin):
@@ -56,7 +75,8 @@ class ShardedCollection(WriteMixin):
         self._reader_opts = runtime.options(runtime.READER_DEFAULTS, reader_options, "reader_options")
         self._writer_opts = runtime.options(runtime.WRITER_DEFAULTS, writer_options, "writer_options")
         self._reader_threads = reader_threads
-        self._readers = None  # per shard: a list of reader actor handles
+        self._readers = None  # per shard: a list of reader actor handles (shared: runtime)
+        self._readers_key = None
         self._writers = None  # per shard: one writer actor handle
         self._rr = itertools.count()
         self._merge_policy = merge_policy
@@ -148,7 +168,7 @@ class ShardedCollection(WriteMixin):
         writer may have handed out."""
         next_row, next_id = m["next_row"], m["next_id"]
         for i in range(m["shards"]):
-            with Collection.open(r.shard_path(m, i)) as col:
+            with _open_shard(r.shard_path(m, i), i) as col:
                 if col.version != m["shard_versions"][i]:
                     col.restore(m["shard_versions"][i])
                 sm = col._snapshot().manifest
@@ -253,10 +273,10 @@ class ShardedCollection(WriteMixin):
                     except Exception:
                         pass  # a dead writer's lock died with it
                     runtime.kill(self._writers)
-                if self._readers:
-                    runtime.kill([h for hs in self._readers for h in hs])
+                if self._readers_key is not None:
+                    runtime.release_readers(self._readers_key)
             finally:
-                self._writers = self._readers = None
+                self._writers = self._readers = self._readers_key = None
                 self._root.release()
 
     def __del__(self):
@@ -270,10 +290,11 @@ class ShardedCollection(WriteMixin):
 
     def _reader_handles(self) -> list:
         if self._readers is None:
-            m = self._manifest()
-            self._readers = [[runtime.reader(self._root.shard_path(m, i), self._reader_opts, None,
-                                             self._reader_threads)
-                              for _ in range(self._readers_per_shard)] for i in range(m["shards"])]
+            with self._lock:
+                if self._readers is None:
+                    self._manifest()
+                    self._readers_key, self._readers = runtime.acquire_readers(
+                        self.shard_paths, self._readers_per_shard, self._reader_opts, self._reader_threads)
         return self._readers
 
     def _fan(self, shards, what: str, call):
@@ -447,8 +468,16 @@ class ShardedCollection(WriteMixin):
         d1 = m["dim"] if qx.shape[1] == m["dim"] else dim
         first = self._fan(live, "reader", lambda h, s: h.search.remote(
             vs[s], qx, short, d1, "binary", rescore, filter, [], (), device))
-        cand = co.shortlist_split(first, live, short, qx.shape[0])
+        cand = co.shortlist_split(first, live, short)
+        # each Matryoshka stage is a round of its own, so every stage keeps the global
+        # best rows exactly as a single collection does
+        high = m["metric"] != "l2"
+        for d, keep in zip(ladder, ladder_keep(short, k, len(ladder))):
+            todo = sorted(cand)
+            stage = self._fan(todo, "reader", lambda h, s: h.search.remote(
+                vs[s], qx, keep, d, "funnel", 1, None, [], (), device, cand[s]))
+            cand = co.shortlist_split(stage, todo, keep, high)
         todo = sorted(cand)
-        second = self._fan(todo, "reader", lambda h, s: h.search.remote(
-            vs[s], qx, k, dim, "funnel", rescore, None, cols, ladder, device, cand[s]))
-        return second, todo
+        last = self._fan(todo, "reader", lambda h, s: h.search.remote(
+            vs[s], qx, k, dim, "funnel", 1, None, cols, (), device, cand[s]))
+        return last, todo

@@ -82,7 +82,7 @@ class WriteMixin:
             self._abort(txn, shards)
             raise
         try:
-            states = runtime.gather([ws[s].commit.remote(txn) for s in shards], shards, "writer")
+            states = self._commit_shards(txn, shards)
             if not any(st["changed"] for st in states) and op == "delete":
                 return {s: 0 for s in shards}
             new = dict(m, version=m["version"] + 1, created=time.time(), op=op, **fields)
@@ -108,6 +108,9 @@ class WriteMixin:
             raise
         self._m = new
         return {s: st["changed"] for s, st in zip(shards, states)}
+
+    def _commit_shards(self, txn, shards) -> list:
+        return runtime.gather([self._writers[s].commit.remote(txn) for s in shards], shards, "writer")
 
     def _abort(self, txn, shards) -> None:
         try:
