@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import bulk
 from . import commit as cm
 from . import embedding as em
 from . import filters
@@ -26,17 +27,15 @@ from . import packing
 from . import snapshot as sn
 from . import storage as st
 from . import validate as vd
-from .errors import CorruptionError
 from .ingest import TableMixin, is_table_like
-from .merge import MergePolicy, SegmentStats, TieredMergePolicy
+from .merge import MergePolicy, TieredMergePolicy
 from .planner import DeviceCache
 from .index_api import IndexMixin
 from .search import SearchMixin
+from .versions import VersionsMixin
 
-_MAX_MERGE_ROUNDS = 64  # cascades (a merge output completing the next tier) per call
 
-
-class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin):
+class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin, VersionsMixin):
     """A collection of vectors with ids and typed metadata columns.
 
     Create with :meth:`create`, reopen with :func:`nestvec.open`. One writer process
@@ -57,6 +56,7 @@ class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin):
         self._mask_cache = filters.MaskCache()
         self._packs = packing.PackCache()
         self._write_lock = threading.RLock()
+        self._reserved = 0  # rows handed out by reserve_rows: the next is above this
         self.merge_policy = merge_policy
         self._embedding = None  # bound, or rebuilt from the manifest on first use
 
@@ -380,56 +380,6 @@ class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin):
                  for s, m in zip(snap.segments, self._masks(snap, filter))]
         return pa.concat_tables(parts) if parts else self._empty_table(snap, cols)
 
-    def versions(self) -> list[dict]:
-        """Committed versions still readable: version, live rows, segments, time, op
-        (from each manifest's summary line)."""
-        self._snapshot()
-        latest = self._store.latest()
-        # versions above LATEST: an uncommitted manifest (a crashed writer); GC removes it
-        vs = [v for v in self._store.manifest_versions() if v <= latest]
-        return [{"version": v, "rows": s["rows"], "segments": s["segments"], "created": s["created"],
-                 "op": s["op"]} for v, s in self._store.summaries(vs)]
-
-    def verify(self) -> dict:
-        """Check every byte of this handle's version: each file's checksums, sizes and
-        structure, every column in full, every deletion file against its segment.
-
-        Returns a report (``files``, ``bytes``, ``not_checksummed``: files written by
-        format 1, which has no checksums; they were checked for structure only).
-        Raises :class:`CorruptionError` listing every damaged file."""
-        snap = self._snapshot()
-        block = snap.manifest.get("crc_block", mf.CRC_BLOCK)
-        problems, unchecked, nbytes = [], [], 0
-        for s in snap.segments:
-            try:
-                if not s.file.verify(block):
-                    unchecked.append(s.name)
-                nbytes += s.file.entry.get("bytes") or 0
-                if s.deletions is not None:
-                    self._store.load_deletions(s.deletion_entry)  # size + checksum again
-                    s.live  # noqa: B018  (every deleted row is a row of the segment)
-                    if s.deletion_entry.get("crc32") is None:
-                        unchecked.append(s.deletions)
-            except CorruptionError as e:
-                problems.extend(e.problems)
-            except FileNotFoundError as e:
-                problems.append((e.filename, "is missing"))
-        n_index = 0
-        for check, nb in self._index_checks(snap, block):
-            try:
-                check()
-                n_index += 1
-                nbytes += nb or 0
-            except CorruptionError as e:
-                problems.extend(e.problems)
-            except FileNotFoundError as e:
-                problems.append((e.filename, "is missing"))
-        if problems:
-            raise CorruptionError(problems[0][0], problems[0][1], problems)
-        return {"version": snap.version, "files": len(snap.segments) + n_index + sum(
-                    s.deletions is not None for s in snap.segments),
-                "bytes": nbytes, "not_checksummed": unchecked}
-
     def refresh(self) -> int:
         """Move a reader to the newest committed version; returns it."""
         self._snapshot()
@@ -542,83 +492,53 @@ class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin):
                 self._commit([], dels, "delete", snap.manifest["id_type"])
             return n
 
+    # ------------------------------------------------------------------ bulk import
+
+    def reserve_rows(self, n: int) -> int:
+        """Reserve ``n`` row numbers for :func:`nestvec.collection.write_segment`;
+        returns the first (rows ``first .. first + n - 1``). Reservations live in this
+        handle; rows reserved but never imported leave a gap, which is harmless."""
+        with self._write_lock:
+            self._check_writable()
+            n = vd.positive_int(n, "n")
+            first = max(self._snap.manifest["next_row"], self._reserved)
+            self._reserved = first + n
+            return first
+
+    def import_segments(self, staged, mode: str = "add", verify: bool = True) -> int:
+        """Commit segments staged by :func:`nestvec.collection.write_segment` in one
+        version (all or none). ``mode="add"`` refuses ids already present; ``"upsert"``
+        replaces their rows. Each file is checked first (name, size, structure, row
+        ranges, ids unique across all of them, metadata columns, and with ``verify``
+        the checksum of every byte: the files may come from other processes).
+        Returns the number of rows imported. The merge policy may merge after it."""
+        if mode not in ("add", "upsert"):
+            raise ValueError(f"mode: expected 'add' or 'upsert', got {mode!r}")
+        with self._write_lock:
+            self._check_writable()
+            snap = self._snap
+            try:
+                entries, id_type, arr, max_id = bulk.check_staged(self._store, snap, staged, verify)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"staged segment {e.filename!r} is gone (was the collection "
+                                        f"compacted while it was being written?)") from None
+            found = self._find(snap, arr)
+            if mode == "add" and any(m.any() for m in found):
+                dup = pa.concat_arrays([s.column("id").filter(pa.array(m)).combine_chunks()
+                                        for s, m in zip(snap.segments, found) if m.any()])[:5].to_pylist()
+                raise ValueError(f"ids: already in the collection: {dup} (use mode='upsert' to replace)")
+            dels = {s.name: s.rows[m] for s, m in zip(snap.segments, found) if m.any()}
+            self._publish_manifest(cm.commit(self._store, snap, [], dels, "import", id_type, staged=entries,
+                                             max_id=max_id))
+            if self._policy.on_commit:
+                self._merge(self._policy)
+            return int(sum(e["rows"] for e in entries))
+
     def _commit(self, tables, deletions, op, id_type) -> None:
         self._publish_manifest(cm.commit(self._store, self._snap, tables, deletions, op, id_type,
                                          self._indexer()))
         if self._policy.on_commit:
             self._merge(self._policy)
-
-    def _stats(self) -> list:
-        out = []
-        for s in self._snap.segments:
-            b = s.file.entry.get("bytes") or (s.vectors.nbytes + (s.codes.nbytes if s.codes is not None else 0))
-            out.append(SegmentStats(s.name, s.n, s.n_live, int(b)))
-        return out
-
-    def _merge(self, policy) -> dict:
-        before, merges, rewritten = len(self._snap.segments), 0, 0
-        for _ in range(_MAX_MERGE_ROUNDS):
-            ranges = policy.find_merges(self._stats())
-            if not ranges:
-                break
-            merges += len(ranges)
-            rewritten += sum(s.n_live for a, b in ranges for s in self._snap.segments[a:b])
-            self._publish_manifest(cm.rewrite(self._store, self._snap, ranges, "merge",
-                                              self._policy.max_segment_bytes, self._indexer()))
-        return {"merges": merges, "rows_rewritten": rewritten, "segments_before": before,
-                "segments_after": len(self._snap.segments)}
-
-    def _compact_ranges(self) -> list:
-        return _rewrite_runs(self._stats(), self._policy.max_segment_bytes)
-
-    def optimize(self) -> dict:
-        """Run the merge policy until it finds nothing to merge (merges it would
-        have made after commits, and those it skips when ``on_commit`` is False).
-        Search results never change (rows keep their order). Returns ``merges``,
-        ``rows_rewritten``, ``segments_before``, ``segments_after``."""
-        with self._write_lock:
-            self._check_writable()
-            return self._merge(self._policy)
-
-    def compact(self, keep_versions: int = 1) -> dict:
-        """Rewrite the live rows into as few segments as the size cap allows
-        (``merge_policy.max_segment_bytes``; row order and ids unchanged), streaming:
-        one output segment in memory at a time; segments already at least half the
-        cap and without deleted rows are kept as they are. Then remove all but the
-        newest ``keep_versions`` versions with the files only they use. Readers that
-        already opened a removed version keep reading it."""
-        with self._write_lock:
-            self._check_writable()
-            keep_versions = vd.positive_int(keep_versions, "keep_versions")
-            ranges = self._compact_ranges()
-            if ranges:
-                self._publish_manifest(cm.rewrite(self._store, self._snap, ranges, "compact",
-                                                  self._policy.max_segment_bytes, self._indexer()))
-            keep = []
-            for v in sorted(self._store.manifest_versions(), reverse=True):
-                if v <= self.version and len(keep) < keep_versions:
-                    try:
-                        keep.append(self._store.read_manifest(v))
-                    except KeyError:
-                        pass
-            return self._store.gc(keep)
-
-
-def _rewrite_runs(stats, cap: int) -> list:
-    """Maximal runs of adjacent segments that compaction rewrites: every segment but
-    those at least half the cap with nothing deleted (a run of one is rewritten only
-    to drop deleted rows)."""
-    keep = [s.live == s.rows and s.bytes * 2 >= cap for s in stats]
-    out, start = [], None
-    for i, k in enumerate(keep + [True]):
-        if not k and start is None:
-            start = i
-        elif k and start is not None:
-            if i - start > 1 or stats[start].live < stats[start].rows:
-                out.append((start, i))
-            start = None
-    return out
-
 
 def open(path, version: int | None = None, read_only: bool = False, verify: bool = False,  # noqa: A001
          merge_policy: MergePolicy | None = None, *, embedding=None) -> Collection:

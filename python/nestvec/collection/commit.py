@@ -29,7 +29,7 @@ class Rows:
     the input, however large; a bad row found late aborts the commit, and the files
     already written are removed). ``ids``: the ids array; ``id_type``."""
 
-    def __init__(self, m: dict, schema: pa.Schema, vectors, ids, metadata, need_ids: bool):
+    def __init__(self, m: dict, schema: pa.Schema, vectors, ids, metadata, need_ids: bool, rows=None):
         self.m = m
         dim, dtype = m["dim"], m["dtype"]
         x = vd.to_host_float(vectors, "vectors")
@@ -61,6 +61,7 @@ class Rows:
         self.ids = arr
         self.id_type = id_type
         self.meta = vd.metadata(metadata, schema, n)
+        self.rows = row_numbers(m["next_row"] if rows is None else rows, n)
 
     def row_bytes(self) -> int:
         """Stored bytes per row (vector, code, _row, id, metadata), for the size cap."""
@@ -89,10 +90,9 @@ class Rows:
             vec[c:c + len(part)] = part
             if codes is not None:
                 codes[c:c + len(part)] = vd.sign_codes(part)
-        start = m["next_row"] + a
         id_type = self.id_type
         values = pa.Array.from_buffers(vd.DTYPES[dtype], n * dim, [None, pa.py_buffer(vec)])
-        cols = {"_row": pa.array(np.arange(start, start + n, dtype=np.int64)),
+        cols = {"_row": pa.array(self.rows[a:b]),
                 "id": self.ids[a:b].cast(pa.string() if id_type == "string" else pa.int64()),
                 "vector": pa.FixedSizeListArray.from_arrays(values, dim)}
         if codes is not None:
@@ -102,11 +102,32 @@ class Rows:
         return pa.table(cols)
 
 
-def build_rows(m: dict, schema: pa.Schema, vectors, ids, metadata, need_ids: bool):
+def build_rows(m: dict, schema: pa.Schema, vectors, ids, metadata, need_ids: bool, rows=None):
     """Validate everything and build the new rows as one table (nothing written).
-    Returns (table, ids array, id_type)."""
-    rows = Rows(m, schema, vectors, ids, metadata, need_ids)
-    return next(rows.tables()), rows.ids, rows.id_type
+    ``rows``: the ``_row`` numbers, by default consecutive from ``m["next_row"]``; an
+    int (the first of consecutive rows) or a strictly ascending int array (bulk
+    import, sharded collections). Returns (table, ids array, id_type)."""
+    r = Rows(m, schema, vectors, ids, metadata, need_ids, rows=rows)
+    return next(r.tables()), r.ids, r.id_type
+
+
+def row_numbers(rows, n: int) -> np.ndarray:
+    """``rows`` (an int: the first of ``n`` consecutive rows, or an array) as checked
+    int64 row numbers: n of them, >= 0, strictly ascending."""
+    if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
+        if rows < 0 or rows + n - 1 > np.iinfo(np.int64).max:
+            raise ValueError(f"rows: the first row must be in [0, 2**63 - n], got {rows}")
+        return np.arange(rows, rows + n, dtype=np.int64)
+    arr = np.asarray(rows)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise TypeError(f"rows: expected an int or a 1-D int array, got {type(rows).__name__} "
+                        f"of dtype {getattr(arr, 'dtype', None)}")
+    if len(arr) != n:
+        raise ValueError(f"rows: {len(arr)} row numbers for {n} vectors")
+    arr = arr.astype(np.int64)
+    if n and (arr[0] < 0 or not (arr[1:] > arr[:-1]).all()):
+        raise ValueError("rows: row numbers must be >= 0 and strictly ascending")
+    return arr
 
 
 def _segment_entry(store, table: pa.Table, crc_block: int, indexer=None, lists=None, written=None) -> dict:
@@ -142,11 +163,23 @@ def _publish(store, old: dict, entries: list, **fields) -> dict:
     return m
 
 
-def commit(store, snap, tables, deletions: dict, op: str, id_type, indexer=None) -> dict:
-    """New segments from ``tables`` (an iterable: each is written as it comes) and new
-    deleted rows ``{segment name: _rows}``. ``indexer(table, None)`` returns the index
-    files of a new segment (indexes/build.py). If building or writing a table fails,
-    the segments already written are removed and nothing is committed."""
+def staged_entry(info: dict, table: pa.Table) -> dict:
+    """The manifest entry of a segment file already written (``write_segment``)."""
+    rows = table.column("_row")
+    return {"name": info["name"], "bytes": info["bytes"], "crc32": info["crc32"], "columns": info["columns"],
+            "rows": table.num_rows, "deleted": 0, "deletions": None, "deletions_bytes": None,
+            "deletions_crc32": None, "first_row": int(rows[0].as_py()), "last_row": int(rows[-1].as_py())}
+
+
+def commit(store, snap, tables, deletions: dict, op: str, id_type, indexer=None, staged=(),
+           max_id=None) -> dict:
+    """New segments from ``tables`` (an iterable: each is written as it comes) and
+    ``staged`` entries (written before, by ``bulk.write_segment``), and new deleted
+    rows ``{segment name: _rows}``. New segments are ordered by their first row;
+    ``max_id``: the largest int id of the staged segments. ``indexer(table, None)``
+    returns the index files of a new segment (indexes/build.py). If building or
+    writing a table fails, the segments already written are removed and nothing is
+    committed."""
     old = snap.manifest
     v = old["version"] + 1
     block = old.get("crc_block", mf.CRC_BLOCK)
@@ -161,18 +194,33 @@ def commit(store, snap, tables, deletions: dict, op: str, id_type, indexer=None)
             e = dict(e, deleted=int(len(rows)), deletions=d["name"], deletions_bytes=d["bytes"],
                      deletions_crc32=d["crc32"])
         entries.append(e)
-    next_row, next_id = old["next_row"], old.get("next_id", 0)
-    written = []
+    next_id = old.get("next_id", 0)
+    if max_id is not None:
+        next_id = max(next_id, int(max_id) + 1)
+    new, written = list(staged), []
     try:
         for t in tables:
             if id_type == "int64" and t.num_rows:
                 next_id = max(next_id, int(pc.max(t.column("id")).as_py()) + 1)
-            entries.append(_segment_entry(store, t, block, indexer, None, written))
-            next_row += t.num_rows
+            new.append(_segment_entry(store, t, block, indexer, None, written))
     except BaseException:
         store.discard(written)
         raise
+    new.sort(key=lambda e: e["first_row"])
+    entries += new
+    next_row = max([old["next_row"]] + [e["last_row"] + 1 for e in new])
     return _publish(store, old, entries, version=v, next_row=next_row, next_id=next_id, id_type=id_type, op=op)
+
+
+def restore(store, snap, target: dict) -> dict:
+    """A new version holding the segments (and index spec) of the older manifest
+    ``target`` (row and id counters never go back, so no row number is handed out
+    twice)."""
+    old = snap.manifest
+    return _publish(store, old, [dict(e) for e in target["segments"]], version=old["version"] + 1,
+                    next_row=max(old["next_row"], target["next_row"]),
+                    next_id=max(old.get("next_id", 0), target.get("next_id", 0)),
+                    id_type=target["id_type"], op="restore", indexes=target.get("indexes"))
 
 
 def rewrite(store, snap, ranges: list, op: str, max_segment_bytes: int = DEFAULT_SEGMENT_BYTES,

@@ -269,6 +269,11 @@ class Planner:
         self.stats["rows_rescored"] = int(np.count_nonzero(local >= 0))
         return self._rescore(queries, seg, local, nq)
 
+    def rescore(self, queries, seg, local):
+        """Exact rescoring of a given shortlist (seg, local ``[Q, s]``, local -1 for
+        none; a sharded funnel's second round). Returns (seg, local, score) ``[Q, k]``."""
+        return self._rescore(queries, seg, local, queries.shape[0])
+
     def _rescore(self, queries, seg, local, nq):
         """Exact scores at ``dim`` of a shortlist (seg, local [Q, C]; local -1 =
         none), keeping k; through the ladder's prefix dims first."""

@@ -28,6 +28,35 @@ def _pint(v, name: str, hi: int | None = None) -> int:
     return vd.positive_int(v, name, hi)
 
 
+def _locate(snap, rows):
+    """``_row`` numbers ``[Q, s]`` (-1: none) -> (segment, local) ``[Q, s]``. Every row
+    must be a live row of the snapshot (a shortlist taken from it)."""
+    rows = np.asarray(rows, np.int64)
+    seg = np.full(rows.shape, -1, np.int64)
+    local = np.full(rows.shape, -1, np.int64)
+    if not snap.segments:
+        return seg, local
+    firsts = np.array([e["first_row"] for e in snap.manifest["segments"]], np.int64)
+    want = rows >= 0
+    si = np.searchsorted(firsts, rows[want], side="right") - 1
+    li = np.zeros(len(si), np.int64)
+    ok = si >= 0
+    for i in np.unique(si[ok]):
+        sel = si == i
+        srows = snap.segments[i].rows
+        pos = np.minimum(np.searchsorted(srows, rows[want][sel]), len(srows) - 1)
+        ok[sel] &= srows[pos] == rows[want][sel]
+        live = snap.segments[i].live
+        if live is not None:
+            ok[sel] &= live[pos]
+        li[sel] = pos
+    if not ok.all():
+        bad = rows[want][~ok][:5].tolist()
+        raise ValueError(f"candidates: rows {bad} are not live rows of version {snap.version}")
+    seg[want], local[want] = si, li
+    return seg, local
+
+
 class SearchMixin:
     def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
                filter=None, columns=None, device=None, ladder=(), nprobe: int | None = None,
@@ -78,6 +107,23 @@ class SearchMixin:
             ``polars.from_arrow(table)`` convert it.
         """
         t0 = time.perf_counter()
+        snap, cols, used, seg, local, score, planner, nq = self._hits(
+            q, k, dim, mode, rescore, filter, columns, device, ladder, nprobe=nprobe, ef=ef,
+            min_score=min_score, max_distance=max_distance)
+        out = self._result(snap, seg, local, score, cols, used)
+        if explain:
+            plan = dict(planner.stats, requested=mode, k=planner.req.k, dim=planner.req.dim, queries=nq,
+                        filtered=filter is not None, version=snap.version,
+                        ms=round((time.perf_counter() - t0) * 1e3, 3))
+            out = out.replace_schema_metadata({b"nestvec.explain": json.dumps(plan)})
+        return out
+
+    def _hits(self, q, k, dim, mode, rescore, filter, columns, device, ladder, candidates=None,
+              nprobe=None, ef=None, min_score=None, max_distance=None):
+        """The search without its result table: (snapshot, columns, mode used, seg
+        [Q,k], local [Q,k], score [Q,k], the planner, Q), local -1 for no row.
+        ``candidates``: per query the ``_row`` numbers to rescore exactly (-1 padded),
+        instead of a Hamming shortlist (the second round of a sharded funnel)."""
         snap = self._snapshot()  # the one snapshot this search reads
         m = snap.manifest
         if is_text(q):
@@ -106,26 +152,24 @@ class SearchMixin:
         rows = sum(s.n for s in segs)
         req = Request(k, dim, mode, rescore, m["metric"], d_full, m["binary"], ladder, nprobe, ef,
                       tuple(snap.indexes) if dev is None else (), sum(counts) / rows if rows else 1.0)
-        if dev is None:
+        if dev is None and candidates is None:
             segs, masks, remap = packing.pack(segs, masks, self._packs)
             if remap is not None:
                 counts = None
         planner = Planner(segs, masks, req, cache=self._cache(dev) if dev is not None else None,
                           filtered=filter is not None, indexes=snap.indexes, counts=counts)
-        used, seg, local, score = planner.run(qx)
+        if candidates is None:
+            used, seg, local, score = planner.run(qx)
+        else:
+            used = "funnel"
+            seg, local, score = planner.rescore(qx, *_locate(snap, candidates))
         if remap is not None:
             seg, local = remap(seg, local)
         if cut is not None:
             with np.errstate(invalid="ignore"):
                 keep = score >= cut[1] if cut[0] == ">=" else score <= cut[1]
             local = np.where(keep, local, -1)
-        out = self._result(snap, seg, local, score, cols, used)
-        if explain:
-            plan = dict(planner.stats, requested=mode, k=k, dim=dim, queries=int(qx.shape[0]),
-                        filtered=filter is not None, version=snap.version,
-                        ms=round((time.perf_counter() - t0) * 1e3, 3))
-            out = out.replace_schema_metadata({b"nestvec.explain": json.dumps(plan)})
-        return out
+        return snap, cols, used, seg, local, score, planner, int(qx.shape[0])
 
     def explain(self, q, k: int = 10, **kwargs) -> dict:
         """Run ``search(q, k, **kwargs)`` and report its plan: the ``mode`` used (and

@@ -14,6 +14,20 @@ def host(x):
     return x
 
 
+def merge_order(score, gpos, k: int, larger_better: bool):
+    """The merge rule: per row of ``score`` / ``gpos`` ``[Q, n]`` (candidates from
+    several lists; ``gpos`` < 0 for none), the column order of the best ``k`` by
+    (score, then global position). The one place the tie rule lives: segments here,
+    shards in ``nestvec.distributed``."""
+    key = np.asarray(score).astype(np.float64)
+    if larger_better:
+        key = -key
+    missing = gpos < 0
+    key[missing] = np.inf
+    gpos = np.where(missing, np.iinfo(np.int64).max, gpos)
+    return np.lexsort((gpos, key), axis=-1)[:, :k]
+
+
 def merge_parts(parts, k: int, larger_better: bool, nq: int):
     """Exact top-k of per-segment lists. parts: (offset, seg_index, score [Q,kk], idx [Q,kk]).
     Returns (seg [Q,k], local [Q,k], score [Q,k]) with local -1 for missing entries."""
@@ -27,13 +41,7 @@ def merge_parts(parts, k: int, larger_better: bool, nq: int):
     local = np.concatenate([host(p[3]).astype(np.int64) for p in parts], axis=1)
     seg = np.concatenate([np.full(host(p[3]).shape, p[1], np.int64) for p in parts], axis=1)
     gpos = np.concatenate([np.where(host(p[3]) >= 0, host(p[3]) + p[0], -1) for p in parts], axis=1)
-    key = score.astype(np.float64)
-    if larger_better:
-        key = -key
-    missing = local < 0
-    key[missing] = np.inf
-    gpos = np.where(missing, np.iinfo(np.int64).max, gpos)
-    order = np.lexsort((gpos, key), axis=-1)[:, :k]
+    order = merge_order(score, gpos, k, larger_better)
     pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     return pick(seg), pick(local), pick(score)
 
@@ -49,12 +57,6 @@ def merge_results(results, k: int, larger_better: bool, offsets: np.ndarray, nq:
     seg = np.concatenate([r[0] for r in results], axis=1)
     local = np.concatenate([r[1] for r in results], axis=1)
     score = np.concatenate([r[2] for r in results], axis=1)
-    key = score.astype(np.float64)
-    if larger_better:
-        key = -key
-    missing = local < 0
-    key[missing] = np.inf
-    gpos = np.where(missing, np.iinfo(np.int64).max, offsets[seg] + local)
-    order = np.lexsort((gpos, key), axis=-1)[:, :k]
+    order = merge_order(score, np.where(local < 0, -1, offsets[seg] + local), k, larger_better)
     pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     return pick(seg), pick(local), pick(score)

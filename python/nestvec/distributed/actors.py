@@ -1,0 +1,187 @@
+"""The per-shard actors, as plain classes (``runtime.py`` wraps them with ``ray.remote``).
+
+``ShardWriter`` is its shard's single writer: it holds the shard directory's writer
+lock for as long as it lives (the lock goes with the process, so a killed writer never
+leaves it behind). A write is two calls: ``prepare`` checks and writes everything that
+can fail (the segment file, the duplicate-id check) and commits nothing; ``commit``
+makes the prepared change the shard's next version. The driver commits only when every
+shard prepared, and records the shard versions in a cluster manifest afterwards.
+
+``ShardReader`` answers reads of one shard at the version each request names (opened
+read-only, memory-mapped, pinned: a reader never sees a version the cluster manifest
+does not name). It keeps the last few versions open, so searches from handles on
+different cluster versions do not reopen files.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow as pa
+
+from ..collection import bulk
+from ..collection.collection import Collection
+
+_OPEN_VERSIONS = 3  # versions a reader keeps mapped
+
+
+class ShardWriter:
+    def __init__(self, path: str, merge_policy=None):
+        self.path = path
+        self.col = Collection.open(path, merge_policy=merge_policy)
+        self.pending: dict = {}
+
+    def state(self) -> dict:
+        m = self.col._snapshot().manifest
+        return {"version": m["version"], "next_row": m["next_row"], "next_id": m.get("next_id", 0),
+                "rows": m["rows"], "pid": os.getpid()}
+
+    def sync(self, version: int) -> dict:
+        """Make ``version`` (the cluster's record) current: a restore when a batch the
+        cluster never committed ran ahead of it. Drops prepared writes."""
+        self._drop_pending()
+        if self.col.version != version:
+            self.col.restore(version)
+        return self.state()
+
+    def prepare(self, txn: str, op: str, table=None, ids=None, filter=None, staged=None, mode="add") -> int:
+        """Check and stage one shard's part of a write; returns the rows it adds.
+        ``op``: add | upsert (``table``: rows built by the driver) | delete (``ids``,
+        ``filter``) | import (``staged`` segments, checked in full here; ``mode``)."""
+        col = self.col
+        snap = col._snapshot()
+        if op == "import":
+            _, _, arr, _ = bulk.check_staged(col._store, snap, staged, verify=True)
+            if mode == "add":
+                self._refuse_present(snap, arr)
+            self.pending[txn] = (mode, staged, "import")
+            return len(arr)
+        if op in ("add", "upsert"):
+            id_type = "string" if pa.types.is_string(table.schema.field("id").type) else "int64"
+            if op == "add":
+                self._refuse_present(snap, table.column("id").combine_chunks())
+            staged = bulk.stage_table(col._store, snap.manifest, table, id_type)
+            self.pending[txn] = (op, [staged], None)
+            return table.num_rows
+        if op == "delete":
+            if filter is not None:
+                col._masks(snap, filter)  # a bad filter fails here, before any shard commits
+            self.pending[txn] = (op, ids, filter)
+            return 0
+        raise ValueError(f"op: {op!r}")
+
+    def _refuse_present(self, snap, arr) -> None:
+        found = self.col._find(snap, arr)
+        if any(m.any() for m in found):
+            dup = pa.concat_arrays([s.column("id").filter(pa.array(m)).combine_chunks()
+                                    for s, m in zip(snap.segments, found) if m.any()])[:5]
+            raise ValueError(f"ids: already in the collection: {dup.to_pylist()} (use upsert to replace)")
+
+    def commit(self, txn: str) -> dict:
+        op, a, b = self.pending.pop(txn)
+        if op == "delete":
+            n = self.col.delete(ids=a, filter=b)
+        else:  # staged segments: written (and for imports checked in full) by prepare
+            n = self.col.import_segments(a, mode=op, verify=False)
+        return dict(self.state(), changed=n)
+
+    def abort(self, txn: str) -> None:
+        item = self.pending.pop(txn, None)
+        if item is not None and item[0] != "delete" and item[2] != "import":
+            bulk.discard_segments(self.path, item[1])
+
+    def _drop_pending(self):
+        for txn in list(self.pending):
+            self.abort(txn)
+
+    def compact(self) -> dict:
+        """Rewrite into one segment, keeping every version (the driver decides which
+        ones its cluster manifests still need: ``remove_versions``)."""
+        self.col.compact(keep_versions=1 << 62)
+        return self.state()
+
+    def optimize(self) -> dict:
+        self.col.optimize()
+        return self.state()
+
+    def remove_versions(self, keep) -> dict:
+        return self.col.remove_versions(keep)
+
+    def close(self) -> None:
+        self._drop_pending()
+        self.col.close()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class ShardReader:
+    def __init__(self, path: str, device=None, threads=None):
+        self.path = path
+        self.device = device
+        if threads:
+            from .. import _info
+
+            _info.set_num_threads(int(threads))
+        self._open: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _col(self, version: int) -> Collection:
+        with self._lock:
+            col = self._open.get(version)
+            if col is not None:
+                self._open.move_to_end(version)
+                return col
+        col = Collection.open(self.path, version=version)  # pinned, read-only, mmap
+        with self._lock:
+            col = self._open.setdefault(version, col)
+            while len(self._open) > _OPEN_VERSIONS:
+                self._open.popitem(last=False)[1].close()
+        return col
+
+    def _device(self, device):
+        return self.device if device is None else device
+
+    def search(self, version, q, k, dim, mode, rescore, filter, columns, ladder, device=None,
+               candidates=None) -> tuple:
+        """One shard's top-k: (mode used, score [Q,kk], rows [Q,kk] (-1: none), the
+        id and ``columns`` of the hits in (query, rank) order: an int64 array when only
+        int ids are asked for, else a pa.Table)."""
+        col = self._col(version)
+        snap, cols, used, seg, local, score, *_ = col._hits(q, k, dim, mode, rescore, filter, columns,
+                                                        self._device(device), ladder, candidates=candidates)
+        rows = np.full(local.shape, -1, np.int64)
+        valid = local >= 0
+        for i in np.unique(seg[valid]):
+            sel = valid & (seg == i)
+            rows[sel] = snap.segments[i].rows[local[sel]]
+        score = np.asarray(score.cpu() if hasattr(score, "cpu") else score)
+        t = col._result(snap, seg, local, score, cols, used)
+        names = ["id"] + [c for c in cols if c != "id"]
+        if names == ["id"] and pa.types.is_int64(t.schema.field("id").type):
+            return used, score, rows, np.asarray(t.column("id").to_numpy())
+        return used, score, rows, t.select(names)
+
+    def count(self, version, filter=None) -> int:
+        return self._col(version).count(filter)
+
+    def get(self, version, ids, columns=None) -> pa.Table:
+        return self._col(version).get(ids, columns)
+
+    def to_table(self, version, columns=None, filter=None) -> tuple:
+        """(table, _row of each row) of the live rows matching ``filter``, row order."""
+        col = self._col(version)
+        snap = col._snapshot()
+        t = col.to_table(columns, filter)
+        rows = [s.rows if m is None else s.rows[m] for s, m in zip(snap.segments, col._masks(snap, filter))]
+        return t, (np.concatenate(rows) if rows else np.zeros(0, np.int64))
+
+
+def new_txn() -> str:
+    return uuid.uuid4().hex

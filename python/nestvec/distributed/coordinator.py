@@ -1,0 +1,82 @@
+"""The coordinator's side of a sharded search: merge per-shard top-k lists into one
+result table, and the two-round funnel.
+
+Every shard answers with its own top-k by (score, row) where ``row`` is the global
+row number (``_row``: a sharded collection numbers rows across all shards in the
+order they were added), so merging by the planner's rule, (score, then row), gives
+exactly the list a single collection holding the same rows in the same order
+returns (``collection.topk.merge_order``; the tie rule lives there only).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from ..collection.topk import merge_order
+
+
+def larger_better(mode: str, metric: str) -> bool:
+    return mode != "binary" and metric != "l2"
+
+
+def merge_lists(payloads: list, k: int, better_high: bool):
+    """payloads: per shard ``(used, score [Q,kk], rows [Q,kk], hits)``. Returns
+    (src [Q,k], pos [Q,k], score [Q,k], rows [Q,k]): the shard (index into
+    ``payloads``) and the position among that shard's hits (its valid entries in
+    (query, rank) order), -1 rows where there is no hit."""
+    scores, rows, src, pos = [], [], [], []
+    for i, (_, s, r, _) in enumerate(payloads):
+        r = np.asarray(r, np.int64)
+        valid = r >= 0
+        p = np.cumsum(valid.ravel()).reshape(r.shape) - 1
+        scores.append(np.asarray(s))
+        rows.append(r)
+        src.append(np.full(r.shape, i, np.int64))
+        pos.append(np.where(valid, p, -1))
+    cat = lambda xs: np.concatenate(xs, axis=1)  # noqa: E731
+    score, row, src, pos = cat(scores), cat(rows), cat(src), cat(pos)
+    order = merge_order(score, row, k, better_high)
+    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+    return pick(src), pick(pos), pick(score), pick(row)
+
+
+def result_table(payloads: list, src, pos, score, row, mode: str, names: list, empty: pa.Table) -> pa.Table:
+    """The search result table (``query``, ``id``, ``score``, columns) of a merge."""
+    valid = row >= 0
+    qi = np.nonzero(valid)[0].astype(np.int64)
+    src, pos = src[valid], pos[valid]
+    score_arr = pa.array(score[valid].astype(np.int32 if mode == "binary" else np.float32))
+    counts = [int((np.asarray(p[2]) >= 0).sum()) for p in payloads]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    gidx = starts[src] + pos if len(src) else np.zeros(0, np.int64)
+    hits = [p[3] for p, c in zip(payloads, counts) if c]
+    if hits and all(isinstance(h, np.ndarray) for h in hits):
+        ids = np.concatenate(hits)[gidx]
+        return pa.table({"query": pa.array(qi), "id": pa.array(ids, pa.int64()), "score": score_arr})
+    if hits:
+        tables = [pa.table({"id": pa.array(h, pa.int64())}) if isinstance(h, np.ndarray) else h for h in hits]
+        t = pa.concat_tables(tables).take(pa.array(gidx))
+    else:
+        t = empty
+    out = pa.table({"query": pa.array(qi, pa.int64()), "id": t.column("id"), "score": score_arr})
+    for c in names[1:]:
+        out = out.append_column(c, t.column(c))
+    return out
+
+
+def shortlist_split(payloads: list, shards: list, short: int, better_high: bool = False) -> dict:
+    """Between the rounds of the two-round funnel: merge per-shard top-``short``
+    lists (Hamming distances in round one, exact scores after a ladder stage) into
+    the global list, and split it back by shard: ``{shard: rows [Q, <= short]}``
+    (-1 padded), only shards holding candidates."""
+    src, _, _, row = merge_lists(payloads, short, better_high)
+    out = {}
+    for i, s in enumerate(shards):
+        cand = np.where((src == i) & (row >= 0), row, -1)
+        if (cand >= 0).any():
+            # each query's candidates first, in shortlist order; pad with -1
+            order = np.argsort(cand < 0, axis=1, kind="stable")
+            cand = np.take_along_axis(cand, order, axis=1)
+            width = int((cand >= 0).sum(axis=1).max())
+            out[s] = np.ascontiguousarray(cand[:, :width])
+    return out

@@ -1,0 +1,246 @@
+"""Bulk ingestion with Ray Data: texts -> Encoder -> shard segments -> one commit.
+
+A pool of actors each holds an :class:`~nestvec.Encoder`; Ray Data streams batches of
+the source to them (``map_batches``), and each batch is embedded, split by shard
+(the id's hash) and written as one staged segment per shard
+(:func:`nestvec.collection.write_segment`'s machinery: files only, nothing
+committed). The driver collects the small descriptions of the staged segments and
+commits them all as one cluster version at the end: an ingestion is visible
+entirely or not at all. If it fails midway, its staged files are removed.
+
+Row numbers (the tie order) come from one small allocator actor, a range per
+batch, so rows are numbered in the order batches are encoded.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from ..collection import bulk
+from ..collection import commit as cm
+from ..collection import manifest as mf
+from ..collection import storage as st
+from . import layout, routing, runtime
+
+
+class RowAllocator:
+    """Hands out disjoint ranges of row numbers and generated int ids."""
+
+    def __init__(self, next_row: int, next_id: int):
+        self.row, self.id = int(next_row), int(next_id)
+
+    def take(self, n: int) -> tuple:
+        out = (self.row, self.id)
+        self.row += n
+        self.id += n
+        return out
+
+
+class EncodeAndStage:
+    """The Ray Data map_batches class: embed a batch, stage one segment per shard."""
+
+    def __init__(self, encoder, root: str, m: dict, text_column: str, id_column, columns, allocator,
+                 on_gpu: bool):
+        import ray
+
+        if isinstance(encoder, ray.ObjectRef):
+            encoder = ray.get(encoder)
+        if _is_factory(encoder):
+            encoder = encoder()
+        if on_gpu and str(getattr(encoder, "device", "cpu")).startswith("cpu"):
+            import torch
+
+            encoder.device = torch.device("cuda")
+            encoder.model.to(encoder.device)
+        self.encoder = encoder
+        self.m = m
+        self.schema = mf.schema_from_b64(m["schema_ipc"])
+        self.stores = [st.DirStore(os.path.join(root, d)) for d in m["shard_dirs"]]
+        self.text_column, self.id_column, self.columns = text_column, id_column, list(columns)
+        self.allocator = allocator
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import ray
+
+        n = batch.num_rows
+        texts = batch.column(self.text_column).to_pylist()
+        if any(not isinstance(t, str) for t in texts):
+            raise ValueError(f"text_column: {self.text_column!r} holds a null or non-string value")
+        vectors = self.encoder.encode(texts, progress=False)
+        first_row, first_id = ray.get(self.allocator.take.remote(n))
+        if self.id_column is None:
+            ids = pa.array(np.arange(first_id, first_id + n, dtype=np.int64))
+        else:
+            ids = batch.column(self.id_column).combine_chunks()
+        shard = routing.shard_of(ids, self.m["shards"])
+        rows = np.arange(first_row, first_row + n, dtype=np.int64)
+        out = {"shard": [], "staged": []}
+        for s, pos in enumerate(routing.split(shard, self.m["shards"])):
+            if not len(pos):
+                continue
+            take = pa.array(pos)
+            meta = {c: batch.column(c).take(take) for c in self.columns}
+            table, _, id_type = cm.build_rows(self.m, self.schema, vectors[pos], ids.take(take), meta, True,
+                                              rows=rows[pos])
+            staged = bulk.stage_table(self.stores[s], self.m, table, id_type)
+            out["shard"].append(s)
+            out["staged"].append(json.dumps(staged.to_dict()))
+        return pa.table({"shard": pa.array(out["shard"], pa.int64()), "staged": pa.array(out["staged"], pa.string())})
+
+
+def _dataset(source, text_column, id_column, columns):
+    import ray.data
+
+    if isinstance(source, ray.data.Dataset):
+        ds = source
+    else:
+        paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+        files = []
+        for p in map(str, paths):
+            if os.path.isdir(p):
+                files += sorted(f for f in glob.glob(os.path.join(p, "**", "*"), recursive=True)
+                                if os.path.isfile(f) and _kind(f))
+            elif os.path.isfile(p):
+                files.append(p)
+            else:
+                raise FileNotFoundError(f"source: {p!r} does not exist")
+        kinds = {_kind(f) for f in files}
+        if not files or None in kinds or len(kinds) != 1:
+            raise ValueError(f"source: expected Parquet (.parquet) or JSON lines (.jsonl, .json) files, all of "
+                             f"one kind; got {sorted(os.path.basename(f) for f in files)[:5]}")
+        # Reads take no CPU slot: with every CPU held by an Encoder actor a read task
+        # that asks for one would wait forever (2 cores, 2 actors).
+        if kinds == {"parquet"}:
+            ds = ray.data.read_parquet(files, num_cpus=0)
+        else:
+            ds = ray.data.read_json(files, lines=True, num_cpus=0)
+    need = [text_column] + ([id_column] if id_column is not None else []) + list(columns)
+    return ds.select_columns(need)
+
+
+def _kind(f: str):
+    if f.endswith(".parquet"):
+        return "parquet"
+    if f.endswith((".jsonl", ".json")):
+        return "json"
+    return None
+
+
+def ingest(source, root, text_column: str = "text", id_column: str | None = None, encoder=None,
+           shards: int | None = None, batch_size: int = 512, columns=(), concurrency: int | None = None,
+           num_gpus: float = 0, dtype: str = "float16", metric: str = "cosine", binary: bool = True,
+           mode: str = "add"):
+    """Embed a corpus and write it into a sharded collection, in one commit.
+
+    Args:
+        source: a Ray Dataset, or a path (file or folder) or list of paths of Parquet
+            or JSON-lines files.
+        root: a sharded collection (a path, created when absent, with ``shards``
+            shards and the encoder's width; or a writable ShardedCollection).
+        text_column: the texts to embed; ``id_column``: the ids (int or string;
+            default: generated int ids); ``columns``: more columns to store (their
+            types from the data when the collection is created).
+        encoder: an :class:`nestvec.Encoder`, or a function returning one (built in
+            each actor: use it for GPU encoders); default: the bundled MiniLM.
+        batch_size: rows per Ray Data batch (one staged segment per shard each).
+        concurrency: Encoder actors (default: one per CPU of the cluster, or per GPU
+            with ``num_gpus``); ``num_gpus``: GPUs per actor. Each CPU actor holds one
+            CPU slot: a Ray Dataset passed as ``source`` must leave its read tasks a
+            slot, or read with ``num_cpus=0`` as ``ingest`` does for paths.
+        mode: ``"add"`` (refuses ids already present) or ``"upsert"``.
+
+    Returns the writable :class:`ShardedCollection` (close it when done). Rows are
+    visible only after the whole source was embedded and every shard's files were
+    checked (one cluster version, op ``"import"``); on failure nothing is visible
+    and the staged files are removed.
+    """
+    from .sharded import ShardedCollection
+
+    ray = runtime.ray_module()
+    if mode not in ("add", "upsert"):
+        raise ValueError(f"mode: expected 'add' or 'upsert', got {mode!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    if encoder is None:
+        from ..embed import Encoder
+
+        encoder = Encoder
+    ds = _dataset(source, text_column, id_column, columns)
+    own = not isinstance(root, ShardedCollection)
+    if own:
+        if layout.Root(root).exists():
+            sc = ShardedCollection.open(root)
+            if shards is not None and shards != sc.shards:
+                sc.close()
+                raise ValueError(f"shards: {root!r} has {sc.shards} shards, not {shards}")
+        else:
+            if shards is None:
+                raise ValueError("shards: the number of shards is needed to create a sharded collection")
+            dim = int(encoder().dim if _is_factory(encoder) else encoder.dim)
+            schema = _column_types(ds, columns) if columns else None
+            sc = ShardedCollection.create(root, shards=shards, dim=dim, dtype=dtype, metric=metric, binary=binary,
+                                          schema=schema)
+    else:
+        sc = root
+    staged = []
+    try:
+        sc._check_writable()
+        m = sc._m
+        allocator = ray.remote(num_cpus=0)(RowAllocator).remote(m["next_row"], m["next_id"])
+        enc_arg = encoder if _is_factory(encoder) else ray.put(encoder)
+        if concurrency is None:
+            res = ray.cluster_resources()
+            concurrency = max(1, int(res.get("GPU", 0) // num_gpus) if num_gpus else int(res.get("CPU", 1)))
+        t0 = time.perf_counter()
+        out = ds.map_batches(
+            EncodeAndStage, batch_size=batch_size, batch_format="pyarrow",
+            fn_constructor_args=(enc_arg, sc.path, m, text_column, id_column, columns, allocator, bool(num_gpus)),
+            compute=ray.data.ActorPoolStrategy(size=int(concurrency)), num_cpus=1 if not num_gpus else 0,
+            num_gpus=num_gpus or None)
+        for b in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            for s, text in zip(b.column("shard").to_pylist(), b.column("staged").to_pylist()):
+                staged.append((s, bulk.StagedSegment(**json.loads(text))))
+        by_shard: dict = {}
+        for s, seg in staged:
+            by_shard.setdefault(s, []).append(seg)
+        next_row, next_id = ray.get(allocator.take.remote(0))
+        id_type = staged[0][1].id_type if staged else None
+        sc._import(by_shard, next_row, next_id, id_type, mode=mode)
+        sc.last_ingest = {"rows": int(sum(seg.rows for _, seg in staged)), "segments": len(staged),
+                          "seconds": time.perf_counter() - t0, "actors": int(concurrency)}
+        ray.kill(allocator)
+    except BaseException:
+        for s, seg in staged:
+            bulk.discard_segments(sc.shard_paths[s], [seg])
+        if own:
+            sc.close()
+        raise
+    return sc
+
+
+def _column_types(ds, columns) -> dict:
+    """Arrow types of ``columns`` as Ray Data reads them (a pandas-backed read gives
+    NumPy dtypes, and ``object`` for strings)."""
+    sch = ds.schema()
+    types = dict(zip(sch.names, sch.types))
+    out = {}
+    for c in columns:
+        t = types.get(c)
+        if not isinstance(t, pa.DataType):
+            try:
+                t = pa.from_numpy_dtype(t)
+            except (TypeError, pa.ArrowNotImplementedError):
+                t = pa.string()
+        out[c] = pa.string() if pa.types.is_null(t) or pa.types.is_large_string(t) else t
+    return out
+
+
+def _is_factory(encoder) -> bool:
+    """An Encoder class or a function making one (built in each actor), not an instance."""
+    return isinstance(encoder, type) or not hasattr(encoder, "encode")
