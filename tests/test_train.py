@@ -123,6 +123,17 @@ def test_deterministic_with_seed(tiny):
     assert not np.array_equal(a.encode(x, layers=2), c.encode(x, layers=2))
 
 
+def test_gradient_checkpointing_same_result(tiny):
+    enc = Encoder(tiny)
+    kw = dict(FAST, epochs=1, max_steps=2)
+    a, ha = train.distill_2d(enc, _corpus(), **kw)
+    b, hb = train.distill_2d(enc, _corpus(), gradient_checkpointing=True, **kw)
+    np.testing.assert_allclose(ha.step_loss, hb.step_loss, rtol=1e-5)
+    for (k, v), (k2, v2) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        torch.testing.assert_close(v, v2, rtol=1e-4, atol=1e-6)
+    assert "forward" not in b.model.encoder.layer[0].__dict__  # undone after training
+
+
 def test_budget_stops_the_run(tiny):
     enc = Encoder(tiny)
     _, h = train.distill_2d(enc, _corpus(), **dict(FAST, epochs=50), max_steps=3)

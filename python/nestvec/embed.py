@@ -299,7 +299,7 @@ class Encoder:
         and ``heads`` (default: a copy of this one's)."""
         new = copy.copy(self)
         new.model = model
-        new.heads = copy.deepcopy(self.heads) if heads == "same" else heads
+        new.heads = copy.deepcopy(self.heads) if isinstance(heads, str) and heads == "same" else heads
         new._views, new._views_lock, new._exits_ok = {}, threading.Lock(), None
         return new
 

@@ -149,8 +149,13 @@ def _check_exits(enc, layers, dims) -> list[tuple[int, int]]:
     return [(a, b) for a in sorted(ls) for b in sorted(ds)]
 
 
-def _exit_weights(exits, weights, H) -> dict:
+FULL_EXIT_WEIGHT = 4.0  # the full model's exit: it should lose next to nothing
+
+
+def _exit_weights(exits, weights, H, L) -> dict:
     out = {e: 1.0 for e in exits}
+    if (L, H) in out:
+        out[(L, H)] = FULL_EXIT_WEIGHT
     if weights is None:
         return out
     if callable(weights):
@@ -158,9 +163,15 @@ def _exit_weights(exits, weights, H) -> dict:
     elif isinstance(weights, dict):
         items = {}
         for k, w in weights.items():
-            if not (isinstance(k, tuple) and len(k) == 2):
-                raise TypeError(f"weights: keys are (layers, dim) pairs, got {k!r}")
-            e = (k[0], H if k[1] is None else k[1])
+            e = k
+            if isinstance(k, str):  # "L3/d128" (the history's keys), "L3/dfull"
+                m = re.fullmatch(r"L(\d+)/d(\d+|full)", k.strip())
+                if not m:
+                    raise ValueError(f"weights: a str key looks like 'L3/d128' or 'L6/dfull', got {k!r}")
+                e = (int(m.group(1)), None if m.group(2) == "full" else int(m.group(2)))
+            if not (isinstance(e, tuple) and len(e) == 2):
+                raise TypeError(f"weights: keys are (layers, dim) pairs or 'L3/d128', got {k!r}")
+            e = (e[0], H if e[1] is None else e[1])
             if e not in out:
                 raise ValueError(f"weights: {k!r} is not one of the trained exits {exits}")
             items[e] = w
@@ -175,7 +186,8 @@ def _exit_weights(exits, weights, H) -> dict:
 
 
 _DEFAULTS = dict(align_weight=1.0, sim_weight=10.0, kl_weight=1.0, temperature=0.05,
-                 crops=True, crop_words=(4, 24), warmup=0.05, weight_decay=0.0, grad_clip=1.0)
+                 crops=True, crop_words=(4, 24), warmup=0.05, weight_decay=0.0, grad_clip=1.0,
+                 gradient_checkpointing=False)
 
 
 def _check_encoder(name: str, enc):
@@ -224,6 +236,9 @@ def _run(method, student_src, teacher, texts, layers, dims, *, epochs, batch_siz
     if o["warmup"] >= 1:
         raise ValueError(f"warmup: expected a fraction of the run in [0, 1), got {o['warmup']}")
     o["temperature"] = _check_pos("temperature", o["temperature"])
+    for k in ("crops", "gradient_checkpointing"):
+        if not isinstance(o[k], bool):
+            raise TypeError(f"{k}: expected True or False, got {o[k]!r}")
     cw = o["crop_words"]
     if not (isinstance(cw, (tuple, list)) and len(cw) == 2 and all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in cw) and 1 <= cw[0] <= cw[1]):
@@ -231,7 +246,7 @@ def _run(method, student_src, teacher, texts, layers, dims, *, epochs, batch_siz
     o["crop_words"] = (int(cw[0]), int(cw[1]))
     if not (o["align_weight"] or o["sim_weight"] or o["kl_weight"]):
         raise ValueError("align_weight, sim_weight, kl_weight: all are 0; nothing to train")
-    w = _exit_weights(exits, weights, student_src.hidden_size)
+    w = _exit_weights(exits, weights, student_src.hidden_size, student_src.num_layers)
     config = dict(method=method, exits=[list(e) for e in exits], epochs=epochs, batch_size=batch_size,
                   lr=lr, max_seconds=max_seconds, max_steps=max_steps, seed=seed, max_length=max_length,
                   heads=heads, head_texts=head_texts, weights={exit_key(e): v for e, v in w.items()},
@@ -282,8 +297,10 @@ def distill_2d(encoder, texts, layers=(2, 3, 4, 6), dims=(64, 128, 256, None), e
             the head-fitting pass included); the learning-rate schedule then follows
             the clock, so the run depends on the machine's speed. Without it the run is
             deterministic for a ``seed`` (on one machine and thread count).
-        weights: ``{(layers, dim): weight}`` (dim ``None`` = full width) or a callable
-            ``f(layers, dim) -> weight``; default 1 for every exit.
+        weights: ``{(layers, dim): weight}`` (dim ``None`` = full width; or keys as
+            ``"L6/d384"``, ``"L6/dfull"``) or a callable ``f(layers, dim) -> weight``.
+            Default (and for exits a dict does not name): 4 for the full model's exit
+            (all layers, full width: it should lose next to nothing), 1 for the others.
         heads: ``"pca"`` (default): each trained depth gets an output head
             (``nn.Linear(H, H)`` after pooling, saved with the encoder); the targets are
             the teacher's embeddings rotated onto their principal axes, so a prefix holds
@@ -297,7 +314,9 @@ def distill_2d(encoder, texts, layers=(2, 3, 4, 6), dims=(64, 128, 256, None), e
         progress: tqdm bars (default on).
         options: ``align_weight`` (1), ``sim_weight`` (10), ``kl_weight`` (1),
             ``temperature`` (0.05), ``crops`` (True), ``crop_words`` ((4, 24)),
-            ``warmup`` (0.05 of the run), ``weight_decay`` (0), ``grad_clip`` (1.0).
+            ``warmup`` (0.05 of the run), ``weight_decay`` (0), ``grad_clip`` (1.0),
+            ``gradient_checkpointing`` (False: a small model's activations fit; True
+            recomputes each layer's in the backward pass, for long texts or big models).
 
     Raises:
         TypeError / ValueError naming the argument: no texts, a layer beyond the model,
