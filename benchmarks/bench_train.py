@@ -124,14 +124,21 @@ def speed(encoders, docs, batch_size, slices=8):
 
 # --------------------------------------------------------------------------- training
 
-def _load_or_train(work: Path, name: str, retrain: bool, fn):
+def _load_or_train(work: Path, name: str, retrain: bool, fn, want: dict):
+    """A trained encoder saved under ``work`` by an earlier run with the same settings
+    (``want``: training config entries), else ``fn()`` trained and saved now."""
     from nestvec.embed import Encoder
 
     path = work / name
     if path.is_dir() and not retrain:
         enc = Encoder(path)
-        print(f"  {name}: reusing {path} (--retrain to train again)", flush=True)
-        return enc, enc.training_info
+        have = (enc.training_info or {}).get("config", {})
+        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+        if not diff:
+            print(f"  {name}: reusing {path} (--retrain to train again)", flush=True)
+            return enc, enc.training_info
+        print(f"  {name}: the encoder saved at {path} was trained otherwise {diff}; training again",
+              flush=True)
     enc, hist = fn()
     if path.exists():
         import shutil
@@ -169,6 +176,12 @@ def plot(before, after, path, meta):
                  f"{meta['train_steps']} steps", fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def _want(kw: dict) -> dict:
+    """The training config entries a saved encoder must match to be reused."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()
+            if k not in ("weights", "progress")}
 
 
 def _parse_opts(items):
@@ -242,7 +255,7 @@ def main(argv=None):
         print(f"  distill_2d for at most {args.train_seconds:.0f} s", flush=True)
         t0 = time.perf_counter()
         trained, info = _load_or_train(work, f"minilm-2d{suffix}", args.retrain,
-                                       lambda: train.distill_2d(teacher, docs, **kw))
+                                       lambda: train.distill_2d(teacher, docs, **kw), _want(kw))
         meta["train_wall_s"] = time.perf_counter() - t0
         meta["distill_2d"] = info
         print(f"  trained: {info['steps']} steps, {len(info['epochs'])} epoch(s) "
@@ -260,7 +273,7 @@ def main(argv=None):
         print(f"  recover for at most {args.recover_seconds:.0f} s", flush=True)
         t0 = time.perf_counter()
         recovered, rinfo = _load_or_train(work, f"minilm-lost-recovered{suffix}", args.retrain,
-                                          lambda: train.recover(comp, teacher, docs, **rkw))
+                                          lambda: train.recover(comp, teacher, docs, **rkw), _want(rkw))
         meta["recover_wall_s"] = time.perf_counter() - t0
         meta["recover"] = rinfo
         rec_grid = eval_grid(recovered, data, layers=(6,), dims=(384,), tag="recovered")
