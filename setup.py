@@ -1,8 +1,8 @@
-"""setuptools build that drives CMake for the native module ``nestvec._C`` (and, from
-the same CMake run, the test-only CUDA emulator module ``nestvec._nvemu``).
+"""setuptools build that drives CMake for the one native module ``nestvec._C``.
 
 python/nestvec -> nestvec, kernels/ -> nestvec.kernels.  The CMake build tree lives in
-build/cmake-<tag> so that repeated ``pip install -e .`` runs are incremental.
+build/cmake-<tag> so that repeated ``pip install -e .`` runs are incremental.  The CUDA
+emulator the tests use is not part of the package (tests/nvemu builds it).
 """
 import os
 import re
@@ -12,16 +12,15 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
-from setuptools.errors import CompileError
 
 ROOT = Path(__file__).resolve().parent
 
 
 class CMakeExtension(Extension):
-    def __init__(self, name, optional=False):
-        super().__init__(name, sources=[], optional=optional)
+    def __init__(self, name):
+        super().__init__(name, sources=[])
 
 
 def _find_ninja():
@@ -60,16 +59,9 @@ def _drop_stale_cache(build_dir: Path, generator: str) -> None:
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
-        if ext.name == "nestvec._nvemu":
-            # Built by the same CMake run as _C (CMakeLists.txt); missing where nvemu
-            # is not supported (not Linux, or NESTVEC_EMU=OFF), which is allowed.
-            if not Path(self.get_ext_fullpath(ext.name)).exists():
-                raise CompileError("nestvec._nvemu was not built (NESTVEC_EMU=OFF or not Linux)")
-            return
         import pybind11
 
         out = Path(self.get_ext_fullpath(ext.name)).resolve()
-        emu = Path(self.get_ext_fullpath("nestvec._nvemu")).resolve()
         tag = f"{sys.implementation.cache_tag}-{sysconfig.get_platform()}"
         build_dir = ROOT / "build" / f"cmake-{tag}"
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -80,8 +72,6 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DNESTVEC_OUTPUT_DIR={out.parent}",
             f"-DNESTVEC_OUTPUT_NAME={out.name}",
-            f"-DNESTVEC_EMU_OUTPUT_NAME={emu.name}",
-            f"-DNESTVEC_EMU={os.environ.get('NESTVEC_EMU', 'AUTO')}",
             f"-DNESTVEC_CUDA={os.environ.get('NESTVEC_CUDA', 'AUTO')}",
         ]
         ninja_bin = _find_ninja()
@@ -99,8 +89,9 @@ class CMakeBuild(build_ext):
 
 setup(
     package_dir={"nestvec": "python/nestvec", "nestvec.kernels": "kernels"},
-    packages=["nestvec", "nestvec.kernels", "nestvec.collection"],
-    ext_modules=[CMakeExtension("nestvec._C"), CMakeExtension("nestvec._nvemu", optional=True)],
+    packages=["nestvec", "nestvec.kernels"]
+    + [f"nestvec.{p}" for p in find_packages(str(ROOT / "python" / "nestvec"))],
+    ext_modules=[CMakeExtension("nestvec._C")],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,
 )

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as H  # noqa: E402
 
 import nestvec.ops as ops  # noqa: E402
+from nestvec import _backend
 
 TARGETS = {("full", 1): 30, ("full", 16): 100, ("full", 256): 900,
            ("prefix256", 1): 12, ("prefix256", 16): 40}
@@ -160,7 +161,7 @@ def main(argv=None):
     print()
     print(H.markdown_table(rows, cols))
     path = H.save("bench_dense", rows, {"n": n, "d": d, "k": k, "repeats": args.repeats,
-                                        "threads": ops._C.get_num_threads() if ops._C else None})
+                                        "threads": _backend._C.get_num_threads() if _backend._C else None})
     print(f"\nsaved {path}")
 
 

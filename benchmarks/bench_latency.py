@@ -28,6 +28,7 @@ import _harness as H  # noqa: E402
 
 import nestvec as nv  # noqa: E402
 import nestvec.ops as ops  # noqa: E402
+from nestvec import _backend
 
 D, BITS, K = 384, 256, 10
 
@@ -46,12 +47,12 @@ def per_call_us(fn, calls: int) -> dict:
 
 def with_threads(n, fn):
     def run():
-        before = ops._C.get_num_threads()
-        ops._C.set_num_threads(n)
+        before = _backend._C.get_num_threads()
+        _backend._C.set_num_threads(n)
         try:
             return fn()
         finally:
-            ops._C.set_num_threads(before)
+            _backend._C.set_num_threads(before)
     return run
 
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         except ImportError:
             print("  (faiss not installed: skipped)")
     rng = np.random.default_rng(0)
-    nt = ops._C.get_num_threads()
+    nt = _backend._C.get_num_threads()
     rows = []
 
     def add(op, n, method, fn, calls=None):

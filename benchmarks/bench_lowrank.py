@@ -117,13 +117,15 @@ def main(argv=None) -> int:
     import torch
 
     import nestvec.ops as ops
+
+    from nestvec import _backend
     from nestvec.nn import LowRankSparseLinear
 
     if args.threads:
-        ops._C.set_num_threads(args.threads)
+        _backend._C.set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
     if args.isa:
-        ops._C.set_isa(args.isa)
+        _backend._C.set_isa(args.isa)
     M, K, N, r = args.m, args.k, args.n, args.rank
     c = int(round(args.sparsity * N))
     rng = np.random.default_rng(0)
@@ -214,7 +216,7 @@ def main(argv=None) -> int:
 
     meta = {"M": M, "K": K, "N": N, "rank": r, "channels": c, "dtype": "float32",
             "ours_rel_error_vs_numpy": rel, "numpy_blas": blas_info(),
-            "threads": ops._C.get_num_threads(), "isa": ops._C.get_isa(),
+            "threads": _backend._C.get_num_threads(), "isa": _backend._C.get_isa(),
             "target": ">= 3.0x over numpy dense (forward)", "flop_ideal": flops_dense / flops_lr}
     print(f"M={M} K={K} N={N} r={r} c={c} f32, threads={meta['threads']}, isa={meta['isa']}, "
           f"numpy BLAS {meta['numpy_blas']}")

@@ -53,7 +53,9 @@ def run(quick=False):
 
     import nestvec.ops as ops
 
-    torch.set_num_threads(max(1, ops._C.get_num_threads() if ops._C else 1))
+    from nestvec import _backend
+
+    torch.set_num_threads(max(1, _backend._C.get_num_threads() if _backend._C else 1))
     rng = np.random.default_rng(0)
     rows = []
     cases = [(64, 256, 384, torch.float32, 0.5)]

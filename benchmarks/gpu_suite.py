@@ -108,6 +108,7 @@ def section_hamming(quick=False):
     import torch
 
     import nestvec.ops as ops
+
     from nestvec import reference
 
     dev = DEV
@@ -177,6 +178,7 @@ def _dense_case_ok(backend, g, n, dd, dim, nq, k, dtype, metric, use_allow, use_
     import torch
 
     import nestvec.ops as ops
+
     from nestvec import reference
 
     x = torch.randn(n, dd, generator=g)
@@ -226,6 +228,8 @@ def section_dense(quick=False):
 
     import nestvec.ops as ops
 
+    from nestvec import _backend
+
     dev = DEV
     g = torch.Generator(device="cpu").manual_seed(11)
     cases = [  # n, D, dim, Q, k, dtype, metric, allow, candidates
@@ -245,7 +249,7 @@ def section_dense(quick=False):
     if SMOKE:  # the Triton interpreter is slow: the same shapes on fewer rows
         cases = [(min(c[0], 300),) + c[1:] for c in cases]
     for backend in ("cuda", "triton"):
-        if backend == "cuda" and not ops.cuda_compiled():
+        if backend == "cuda" and not _backend.cuda_compiled():
             check("dense", backend, False, "built without CUDA")
             continue
         bad = []
@@ -280,7 +284,7 @@ def section_dense(quick=False):
             qn = (q / q.norm(dim=1, keepdim=True)).half()
             case = f"{n / 1e6:g}M x 768 f16 q={nq} k=10"
             base = timeit(lambda: torch_full(qn), repeats=5, warmup=1)["median_ms"]
-            if ops.cuda_compiled():
+            if _backend.cuda_compiled():
                 ours = timeit(lambda: ops.dense_topk(db, q, 10, backend="cuda"),
                                      repeats=10 if nq < 1024 else 5, warmup=2)["median_ms"]
                 record("dense", case, ours, "torch mm+topk", base, targets.get(nq))
@@ -309,7 +313,7 @@ def section_dense(quick=False):
             q = torch.randn(nq, 768, device=dev)
             case = f"{n / 1e6:g}M x 768[:256] f16 q={nq}"
             base = timeit(lambda: torch_prefix(q), repeats=5, warmup=1)["median_ms"]
-            if ops.cuda_compiled():
+            if _backend.cuda_compiled():
                 ours = timeit(lambda: ops.dense_topk(db, q, 10, dim=256, backend="cuda"),
                                      repeats=10, warmup=2)["median_ms"]
                 record("elastic", case, ours, "torch view+renorm+topk", base, etargets.get(nq))
@@ -361,6 +365,8 @@ def section_pooling(quick=False):
     import torch
 
     import nestvec.ops as ops
+
+    from nestvec import _backend
     from nestvec import reference
     from bench_pool import bmm_recipe, st_recipe
 
@@ -370,7 +376,7 @@ def section_pooling(quick=False):
     rng = np.random.default_rng(5)
     perm = rng.permutation(len(shapes))
     for backend in ("cuda", "triton"):
-        if backend == "cuda" and not ops.cuda_compiled():
+        if backend == "cuda" and not _backend.cuda_compiled():
             check("pool", backend, False, "not compiled")
             continue
         # Triton compiles one kernel per (mode, dtype, flags): fewer cases keep the suite short.
@@ -415,7 +421,7 @@ def section_pooling(quick=False):
         bmm = per_call(lambda: bmm_recipe(h, mask))
         target = 0.12 if (label == "no padding" and not quick) else None
         for impl in ("cuda", "triton"):
-            if impl == "cuda" and not ops.cuda_compiled():
+            if impl == "cuda" and not _backend.cuda_compiled():
                 continue
             t = per_call(lambda: ops.pool(h, mask, backend=impl))
             record("pooling", case, t, "sentence-transformers recipe", base, target, impl=impl,
@@ -425,7 +431,7 @@ def section_pooling(quick=False):
                               ("weighted_mean", False, None), ("mean", True, min(256, Hd))):
         case = f"B={B} T={T} H={Hd} bf16 {mode}" + (f" dim={dim} +bits" if binary else "")
         for impl in ("cuda", "triton"):
-            if impl == "cuda" and not ops.cuda_compiled():
+            if impl == "cuda" and not _backend.cuda_compiled():
                 continue
             t = per_call(lambda: ops.pool(h, full, mode, True, dim, binary, backend=impl))
             record("pooling", case, t, "-", None, None, impl=impl)
@@ -468,6 +474,8 @@ def section_lowrank(quick=False):
 
     import nestvec.ops as ops
 
+    from nestvec import _backend
+
     t_start = time.time()
     tol = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
     # (M, K, N, r, c, dtype, bias): awkward sizes, channel counts 0 / 1 / 5% / all.
@@ -480,7 +488,7 @@ def section_lowrank(quick=False):
         (97, 128, 256, 128, 256, torch.float16, False),
         (300, 4096, 512, 64, 26, torch.bfloat16, False),
     ]
-    backends = ["triton"] + (["cuda"] if ops.cuda_compiled() else [])
+    backends = ["triton"] + (["cuda"] if _backend.cuda_compiled() else [])
     # Triton first: a faulting CUDA kernel would poison the context for everything after.
     for backend in backends:
         ok_all, worst, bad = True, 0.0, ""
@@ -625,9 +633,14 @@ def main(argv=None) -> int:
     global DEV, SMOKE
     if args.smoke:
         DEV, SMOKE = "cpu", True
-        os.environ["NESTVEC_CUDA_EMU"] = "1"
         os.environ["TRITON_INTERPRET"] = "1"  # read when triton is first imported
     import torch
+
+    if SMOKE:  # the CUDA kernels on the tests' CPU emulator, behind the cuda backend
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import nvemu
+
+        nvemu.install()
 
     if not SMOKE and not torch.cuda.is_available():
         print("gpu_suite: no CUDA device; nothing to do")

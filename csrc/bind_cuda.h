@@ -1,6 +1,6 @@
 // pybind11 definitions of the CUDA launchers, shared by two modules: nestvec._C (real
-// CUDA, or stubs that raise when built without it) and nestvec._nvemu (the same kernels
-// on the CPU emulator, csrc/cuda_emu). Pointers are device pointers (host pointers for
+// CUDA, or stubs that raise when built without it) and the tests' _nvemu (the same kernels
+// on the CPU emulator, tests/nvemu). Pointers are device pointers (host pointers for
 // _nvemu) passed as integers; each launcher releases the GIL.
 #pragma once
 #include <pybind11/pybind11.h>
@@ -24,13 +24,15 @@ inline void check_cuda(int rc, const char* what) {
 }
 
 inline void def_cuda_hamming(py::module_& m) {
-  m.def("cuda_hamming_workspace_bytes", [](int64_t n, int64_t nq, int64_t nbytes, int64_t k) {
-    return cuda::hamming_workspace_bytes(n, nq, nbytes, k);
-  });
+  m.def("cuda_hamming_workspace_bytes",
+        [](int64_t n, int64_t nq, int64_t nbytes, int64_t k, int64_t group_bytes) {
+          return cuda::hamming_workspace_bytes(n, nq, nbytes, k, group_bytes);
+        });
   m.def("cuda_hamming_topk", [](uintptr_t codes, int64_t n, int64_t code_stride, uintptr_t queries,
                                 int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k,
                                 uintptr_t allow, uintptr_t out_dist, uintptr_t out_idx,
-                                uintptr_t ws, int64_t ws_bytes, uintptr_t stream) {
+                                int64_t group_bytes, uintptr_t ws, int64_t ws_bytes,
+                                uintptr_t stream) {
     int rc;
     {
       py::gil_scoped_release nogil;
@@ -38,8 +40,8 @@ inline void def_cuda_hamming(py::module_& m) {
                               reinterpret_cast<const uint8_t*>(queries), nq, query_stride, nbytes,
                               k, reinterpret_cast<const uint8_t*>(allow),
                               reinterpret_cast<int32_t*>(out_dist),
-                              reinterpret_cast<int64_t*>(out_idx), reinterpret_cast<void*>(ws),
-                              ws_bytes, stream);
+                              reinterpret_cast<int64_t*>(out_idx), group_bytes,
+                              reinterpret_cast<void*>(ws), ws_bytes, stream);
     }
     check_cuda(rc, "cuda_hamming_topk");
   });

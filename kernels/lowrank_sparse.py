@@ -150,8 +150,8 @@ def _configs(dtype, interpret):
     """(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) of GEMM 1 and GEMM 2.
 
     GEMM 1 has few output columns (r + c), so its tiles are narrower: more tiles, less
-    wave quantisation (H200, bf16 8192 x 4096, r=1024: 0.211 ms at 128x128 against 0.235
-    at 128x256); GEMM 2 prefers 128x256 (0.207 against 0.232 ms)."""
+    wave quantisation; GEMM 2 prefers wide 128 x 256 tiles. Both chosen from a sweep on
+    an H200 (benchmarks/results/lowrank_gpu_h200.json)."""
     env = os.environ.get("NESTVEC_LRS_TRITON_CONFIG")  # "BM,BN,BK,G,warps,stages" (tuning)
     if env:
         cfg = tuple(int(v) for v in env.split(","))

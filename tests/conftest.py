@@ -1,5 +1,4 @@
 import os
-import sys
 
 
 def _cuda_available() -> bool:
@@ -20,7 +19,9 @@ if not HAS_CUDA:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import nestvec.ops as ops  # noqa: E402
+import nvemu  # noqa: E402  (tests/nvemu: the CUDA kernels on a CPU emulator)
+from nestvec import _backend  # noqa: E402
+from nestvec import _checks as ck  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,14 +35,14 @@ def pytest_collection_modifyitems(config, items):
 
 def cpu_backends():
     """Host backends available here: the reference and the C++ one."""
-    return ["reference"] + (["cpu"] if ops._C is not None else [])
+    return ["reference"] + (["cpu"] if _backend._C is not None else [])
 
 
 def cpu_isas():
     """Every ISA of the C++ backend this CPU can run (tests cover each path)."""
-    if ops._C is None:
+    if _backend._C is None:
         return []
-    return [i for i in ("scalar", "avx2", "avx512") if ops._C.isa_supported(i)]
+    return [i for i in ("scalar", "avx2", "avx512") if _backend._C.isa_supported(i)]
 
 
 @pytest.fixture
@@ -59,20 +60,21 @@ def triton_interpret():
     """Triton kernels on CPU tensors through the interpreter (set at conftest import)."""
     pytest.importorskip("torch")
     pytest.importorskip("triton")
-    if not ops.ck.interpret_mode():
+    if not ck.interpret_mode():
         pytest.skip("TRITON_INTERPRET is off (a GPU is present: the gpu tests cover Triton)")
     yield
 
 
 def require_nvemu():
-    """nestvec._nvemu, the CUDA kernels on the CPU emulator. Its absence skips only where
-    it is not built on purpose (no native build, NESTVEC_EMU=OFF, not Linux); anywhere
-    else it fails, so that a build or import error cannot hide every emulated test."""
-    if ops._nvemu is not None:
-        return ops._nvemu
-    if ops._C is None or sys.platform != "linux" or os.environ.get("NESTVEC_EMU", "").upper() == "OFF":
-        pytest.skip("nestvec._nvemu is not built here (NESTVEC_EMU=OFF, not Linux, or no build)")
-    pytest.fail(f"nestvec._nvemu is missing from this build: {ops._NVEMU_ERROR}")
+    """The emulator module (tests/nvemu: the CUDA kernels on the CPU), built on first use.
+    It skips only where the emulator is off on purpose (NESTVEC_EMU=OFF, not Linux);
+    anywhere else a build or import error fails, so it cannot hide every emulated test."""
+    if not nvemu.supported():
+        pytest.skip("nvemu is off here (NESTVEC_EMU=OFF, or not Linux)")
+    try:
+        return nvemu.load()
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"nvemu could not be built or loaded: {type(e).__name__}: {e}")
 
 
 def emulated_gpu_backend(backend: str, monkeypatch) -> None:
@@ -80,27 +82,25 @@ def emulated_gpu_backend(backend: str, monkeypatch) -> None:
     pytest.importorskip("torch")
     if backend == "triton":
         pytest.importorskip("triton")
-        if not ops.ck.interpret_mode():
+        if not ck.interpret_mode():
             pytest.skip("TRITON_INTERPRET is off (a GPU is present: the gpu tests cover Triton)")
     else:
-        require_nvemu()
-        monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+        nvemu.use(monkeypatch, require_nvemu())
 
 
 @pytest.fixture
 def cuda_emu(monkeypatch):
-    """backend="cuda" on CPU torch tensors: the CUDA kernels run on nvemu (csrc/cuda_emu)."""
+    """backend="cuda" on CPU torch tensors: the CUDA kernels run on nvemu (tests/nvemu)."""
     pytest.importorskip("torch")
-    require_nvemu()
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+    nvemu.use(monkeypatch, require_nvemu())
     yield
 
 
 @pytest.fixture
 def restore_isa():
-    if ops._C is None:
+    if _backend._C is None:
         yield
         return
-    prev = ops._C.get_isa()
+    prev = _backend._C.get_isa()
     yield
-    ops._C.set_isa(prev)
+    _backend._C.set_isa(prev)

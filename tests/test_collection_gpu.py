@@ -1,16 +1,17 @@
 """Collection search through the GPU path (device cache, GPU kernels): same answers as
 the host path, device cache invalidated on commit. Runs on a CUDA device where there is
 one (gpu marker), and everywhere through nvemu: CPU torch tensors in a "cpu" device
-cache with the cuda backend forced (NESTVEC_BACKEND=cuda, NESTVEC_CUDA_EMU=1)."""
+cache with the cuda backend forced (NESTVEC_BACKEND=cuda, tests/nvemu behind it)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import nestvec as nv
-import nestvec.ops as ops
+from nestvec import _backend
 
 from collection_helpers import clustered, per_query
+import nvemu
 from conftest import require_nvemu
 
 D = 64
@@ -38,13 +39,13 @@ def gpu_search(col, q, target, monkeypatch, as_device_arg=False, **kw):
         return col.search(torch.as_tensor(q).to(target), **kw)
     with monkeypatch.context() as m:
         m.setenv("NESTVEC_BACKEND", "cuda")
-        m.setenv("NESTVEC_CUDA_EMU", "1")
+        nvemu.use(m, require_nvemu())
         return col.search(np.asarray(q) if as_device_arg else torch.as_tensor(q), device="cpu",
                           **kw)
 
 
 def _dense_on_gpu() -> bool:
-    return any(b in ops._DENSE_BACKENDS for b in ("cuda", "triton"))
+    return any(b in _backend.registered("dense_topk") for b in ("cuda", "triton"))
 
 
 @pytest.fixture

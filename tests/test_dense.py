@@ -14,9 +14,13 @@ import numpy as np
 import pytest
 
 import nestvec.ops as ops
+from nestvec import _backend
+from nestvec import _checks as ck
+from nestvec.ops import dense as dense_op
 from nestvec import reference as R
 
-from conftest import cpu_isas
+import nvemu
+from conftest import cpu_isas, require_nvemu
 
 try:
     import torch
@@ -198,7 +202,7 @@ def grid_params(cases):
     return [pytest.param(c, j % 4, id="D%d-d%d-N%d-Q%d-k%d" % c) for j, c in enumerate(cases)]
 
 
-def grid_corners(max_k=ops.DENSE_MAX_K_CPU, max_n=None):
+def grid_corners(max_k=dense_op.MAX_K_CPU, max_n=None):
     """The grid's extremes: smallest and largest D, N, Q and k (1 and N+3, capped at max_k)
     in every combination, d rotating over its three kinds. The first is the largest
     corner (768, 768, 5000, 64, N+3)."""
@@ -221,7 +225,7 @@ def grid_cases(count, seed, max_n=None):
         if max_n and N > max_n:
             continue
         d = (1, max(1, D // 2), D)[dsel]
-        k = min(N + 3, ops.DENSE_MAX_K_CPU) if ksel == "N+3" else ksel
+        k = min(N + 3, dense_op.MAX_K_CPU) if ksel == "N+3" else ksel
         cases.append((D, d, N, Q, k))
     rnd = random.Random(seed)
     picked = rnd.sample(cases, min(count, len(cases)))
@@ -265,7 +269,7 @@ def test_cpu_grid_sample_covers():
         assert {(dt, m) for dt, m, _, _ in runs} == set(DTYPE_METRICS), case
         all_runs |= set(runs)
     assert all_runs == {dm + f for dm in DTYPE_METRICS for f in FILTERS}
-    kmax = ops.DENSE_MAX_K_CPU
+    kmax = dense_op.MAX_K_CPU
     assert CPU_CASES[0] == (768, 768, 5000, 64, kmax)
     for D, N, Q in itertools.product((1, 768), (1, 5000), (1, 64)):
         for k in (1, min(N + 3, kmax)):
@@ -275,7 +279,7 @@ def test_cpu_grid_sample_covers():
     assert_covers_grid(CPU_CASES, kmax)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 @pytest.mark.parametrize("isa", cpu_isas())
 def test_cpu_long_candidate_lists(isa, restore_isa):
     """Candidate lists long enough that one query's rows are split over the threads
@@ -283,7 +287,7 @@ def test_cpu_long_candidate_lists(isa, restore_isa):
     sort) or random with duplicates and padding, with and without allow."""
     import nestvec as nv
 
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     threads = nv.get_num_threads()
     nv.set_num_threads(4)
     try:
@@ -313,11 +317,11 @@ def test_cpu_long_candidate_lists(isa, restore_isa):
         nv.set_num_threads(threads)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 @pytest.mark.parametrize("isa", cpu_isas())
 @pytest.mark.parametrize("case,offset", grid_params(CPU_CASES))
 def test_cpu_grid(isa, case, offset, restore_isa):
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     D, d, N, Q, k = case
     rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
     # every dtype x metric; allow / candidates rotate so each case covers all four
@@ -326,14 +330,14 @@ def test_cpu_grid(isa, case, offset, restore_isa):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 @pytest.mark.parametrize("isa", cpu_isas())
 def test_cpu_full_grid(isa, restore_isa):
     """The issue's whole grid (every combination, ~1 h on 2 cores): opt in with
     NESTVEC_FULL_GRID=1."""
     if not os.environ.get("NESTVEC_FULL_GRID"):
         pytest.skip("set NESTVEC_FULL_GRID=1 to run the full grid")
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     rng = np.random.default_rng(11)
     for case in grid_cases(1152, seed=0):
         D, d, N, Q, k = case
@@ -341,11 +345,11 @@ def test_cpu_full_grid(isa, restore_isa):
             run_case("cpu", rng, N, D, d, Q, k, dtype, metric, ua, uc)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 @pytest.mark.parametrize("isa", cpu_isas())
 def test_cpu_exact_ties_by_index(isa, restore_isa):
     """Identical rows score identically, so the order must be exactly the reference's."""
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     rng = np.random.default_rng(5)
     base = rng.standard_normal((40, 97)).astype(np.float32)
     x = np.concatenate([base] * 30)  # 1200 rows, each repeated 30 times
@@ -362,7 +366,7 @@ def test_cpu_exact_ties_by_index(isa, restore_isa):
                 np.testing.assert_array_equal(i, ir)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_strided_prefix_view_and_torch_inputs():
     rng = np.random.default_rng(8)
     wide = rng.standard_normal((3000, 200)).astype(np.float16)
@@ -385,7 +389,7 @@ def test_cpu_strided_prefix_view_and_torch_inputs():
     assert torch.equal(i2, i)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_large_k_and_threads():
     rng = np.random.default_rng(9)
     x = rng.standard_normal((20000, 64)).astype(np.float16)
@@ -397,12 +401,12 @@ def test_cpu_large_k_and_threads():
         check_topk(s, i, sr, ir, full, score_scale(x.astype(np.float32), q, 64, "ip"), 2e-5)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 @pytest.mark.parametrize("isa", cpu_isas())
 def test_cpu_query_block_shapes(isa, restore_isa):
     """Every query-block width of the CPU kernels (1, 2, 4, 8, 12 and their sums) on
     whole contiguous rows (the streaming kernel) and on strided prefixes."""
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     rng = np.random.default_rng(14)
     for D, d, nq in ((97, 97, 8), (33, 33, 11), (1, 1, 9), (768, 768, 15), (97, 50, 8),
                      (64, 64, 2), (64, 32, 1), (40, 40, 5)):
@@ -410,7 +414,7 @@ def test_cpu_query_block_shapes(isa, restore_isa):
             run_case("cpu", rng, 1023, D, d, nq, 10, dtype, metric, False, False)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_query_slices():
     """More than 4096 queries are processed in slices (bounded selector memory)."""
     rng = np.random.default_rng(15)
@@ -429,10 +433,10 @@ BF16_CASES = [  # (D, d, N, Q, k)
 
 
 def _bf16_stats():
-    return ops._C.dense_bf16_stats()
+    return _backend._C.dense_bf16_stats()
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 @pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: "D%d-d%d-N%d-Q%d-k%d" % c)
 def test_cpu_bf16_two_pass(case, restore_isa):
     D, d, N, Q, k = case
@@ -442,33 +446,33 @@ def test_cpu_bf16_two_pass(case, restore_isa):
         run_case("cpu", rng, N, D, d, Q, k, dtype, metric, use_allow=j % 2 == 1, use_cand=False)
         after = _bf16_stats()
         routed = (after[0] - before[0]) + (after[1] - before[1])
-        if ops._C.get_isa() == "avx512":
+        if _backend._C.get_isa() == "avx512":
             assert routed == Q, "the two-pass route was not taken"
         else:
             assert routed == 0
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_bf16_switch():
     rng = np.random.default_rng(13)
     x = rng.standard_normal((5000, 128)).astype(np.float16)
     q = rng.standard_normal((64, 128)).astype(np.float32)
-    ops._C.set_dense_bf16(False)
+    _backend._C.set_dense_bf16(False)
     try:
         before = _bf16_stats()
         s0, i0 = ops.dense_topk(x, q, 10, backend="cpu")
         assert _bf16_stats() == before
     finally:
-        ops._C.set_dense_bf16(True)
+        _backend._C.set_dense_bf16(True)
     s1, i1 = ops.dense_topk(x, q, 10, backend="cpu")
     np.testing.assert_array_equal(i0, i1)
     np.testing.assert_allclose(s0, s1, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_bf16_falls_back_on_near_ties():
     """Rows closer than bf16 can resolve: no certificate, the float32 scan answers."""
-    if ops._C.get_isa() != "avx512":
+    if _backend._C.get_isa() != "avx512":
         pytest.skip("the two-pass route needs AVX-512")
     rng = np.random.default_rng(11)
     base = rng.standard_normal(384).astype(np.float32)
@@ -483,10 +487,10 @@ def test_cpu_bf16_falls_back_on_near_ties():
         check_topk(s, i, sr, ir, true_scores(x, q, 384, metric), score_scale(x, q, 384, metric), 2e-5)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_bf16_nonfinite_rows():
     """The two-pass route skips rows with a non-finite score like the float32 scan."""
-    if ops._C.get_isa() != "avx512":
+    if _backend._C.get_isa() != "avx512":
         pytest.skip("the two-pass route needs AVX-512")
     rng = np.random.default_rng(28)
     x = rng.standard_normal((6000, 128)).astype(np.float16)
@@ -504,7 +508,7 @@ def test_cpu_bf16_nonfinite_rows():
                    score_scale(clean, q, 128, metric), 2e-5)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_bf16_query_scales():
     """The error bound scales with |q| and max |x|: tiny and huge inputs stay exact."""
     rng = np.random.default_rng(12)
@@ -572,7 +576,7 @@ def test_triton_grid_sample_covers():
     """TRITON_GRID covers every axis value of the issue's grid, every dtype x metric and
     filter combination, candidates on float16, and the tl.dot path with each dtype."""
     g = TRITON_GRID
-    assert_covers_grid(g, ops.DENSE_MAX_K_GPU)
+    assert_covers_grid(g, dense_op.MAX_K_GPU)
     assert {(c[5], c[6]) for c in g} == set(DTYPE_METRICS)
     assert {(c[7], c[8]) for c in g} == set(FILTERS)
     assert any(c[5] == "float16" and c[8] for c in g)
@@ -705,7 +709,7 @@ def test_triton_ties_dot_path(triton_interpret):
 # --------------------------------------------------------------------------- CUDA (emulated)
 # The CUDA kernels themselves (csrc/cuda/dense.cu) on the CPU through nvemu: the same
 # source nvcc builds, with its barriers, shuffles, WMMA alignment and shared-memory
-# bounds checked (see csrc/cuda_emu/include/nvemu.h).
+# bounds checked (see tests/nvemu/include/nvemu.h).
 
 # A covering sample of the grid (each case runs every dtype x metric, the allow /
 # candidates combinations rotating: grid_runs), sized by the emulator's cost: the scan
@@ -735,8 +739,8 @@ EMU_CAND_PAIRS = 4096
 
 
 def test_cuda_emulated_grid_sample_covers():
-    assert_covers_grid(EMU_CASES, ops.DENSE_MAX_K_GPU)
-    assert all(c[4] <= ops.DENSE_MAX_K_GPU for c in EMU_CASES)
+    assert_covers_grid(EMU_CASES, dense_op.MAX_K_GPU)
+    assert all(c[4] <= dense_op.MAX_K_GPU for c in EMU_CASES)
     for j, case in enumerate(EMU_CASES):
         assert {(ua, uc) for _, _, ua, uc in grid_runs(j % 4)} == set(FILTERS), case
 
@@ -806,13 +810,14 @@ def test_cuda_emulated_strided_and_unaligned(cuda_emu):
                        score_scale(xs, q, dim, "cosine"), TOL["gpu"][dtype])
 
 
-def _backends_here():
+def _backends_here(monkeypatch):
     """Every backend that runs on this machine's CPU (GPU kernels through TRITON_INTERPRET
-    and nvemu)."""
-    out = ["reference"] + (["cpu"] if ops._C is not None else [])
-    if torch is not None and ops.ck.interpret_mode() and ops.triton_available():
+    and nvemu, which this puts behind the cuda backend for the test)."""
+    out = ["reference"] + (["cpu"] if _backend._C is not None else [])
+    if torch is not None and ck.interpret_mode() and _backend.triton_available():
         out.append("triton")
-    if torch is not None and ops._nvemu is not None:
+    if torch is not None and nvemu.supported():
+        nvemu.use(monkeypatch, require_nvemu())
         out.append("cuda")
     return out
 
@@ -825,7 +830,6 @@ def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
     eligible, identically on every backend (db is not scanned for them up front; the
     16-bit GPU kernels' split queries turn inf * 0 into NaN where others get inf, so the
     rule is on the score, not on its sign)."""
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
     rng = np.random.default_rng(25)
     x = rng.standard_normal((300, 40)).astype(np.float32)
     x[0, 0] = np.nan
@@ -841,11 +845,11 @@ def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
     sr, ir = R.dense_topk(xw, q.astype(np.float64), 300, 32, metric)
     assert not np.isin(ir, [0, 3, 4]).any() and ((ir == 7).any(1) & (ir == 9).any(1)).all()
     cand = np.tile(np.arange(300), (nq, 1))
-    runs = [(be, None, c) for be in _backends_here() for c in (None, cand)]
+    runs = [(be, None, c) for be in _backends_here(monkeypatch) for c in (None, cand)]
     runs += [("cpu", isa, None) for isa in cpu_isas()]
     for be, isa, c in runs:
         if isa is not None:
-            ops._C.set_isa(isa)
+            _backend._C.set_isa(isa)
         if be in ("triton", "cuda"):
             db = torch.from_numpy(xw).to(getattr(torch, dtype))
             s, i = ops.dense_topk(db, torch.from_numpy(q), 300, dim=32, metric=metric, backend=be,
@@ -864,13 +868,13 @@ def test_nonfinite_rows_never_returned(metric, dtype, monkeypatch, restore_isa):
 def test_torch_uint16_as_bf16_every_backend(monkeypatch):
     """A torch uint16 tensor flagged db_dtype="bfloat16" holds bf16 bit patterns on every
     backend (the GPU glue used to look its dtype up as-is)."""
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
+    pytest.importorskip("torch")
     rng = np.random.default_rng(26)
     bits = R.f32_to_bf16(rng.standard_normal((200, 24)).astype(np.float32))
     xw = R.bf16_to_f32(bits)
     q = rng.standard_normal((3, 24)).astype(np.float32)
     sr, ir = R.dense_topk(xw, q.astype(np.float64), 9, 24, "ip")
-    for be in _backends_here():
+    for be in _backends_here(monkeypatch):
         s, i = ops.dense_topk(torch.from_numpy(bits.view(np.int16)).view(torch.uint16),
                               torch.from_numpy(q), 9, metric="ip", db_dtype="bfloat16",
                               backend=be)
@@ -883,12 +887,12 @@ def test_gpu_glue_key_budget_slices(use_cand, monkeypatch):
     """With a tiny key budget the GPU glue scans in query chunks and row slices (merging
     the slices' best keys with their rows renumbered) and gathers in query chunks: same
     result as one pass."""
+    pytest.importorskip("torch")
     from nestvec import _dense_gpu
 
-    backends = [b for b in _backends_here() if b in ("triton", "cuda")]
+    backends = [b for b in _backends_here(monkeypatch) if b in ("triton", "cuda")]
     if not backends:
         pytest.skip("no GPU backend runs here")
-    monkeypatch.setenv("NESTVEC_CUDA_EMU", "1")
     monkeypatch.setattr(_dense_gpu, "_KEY_BUDGET", 100)
     rng = np.random.default_rng(27)
     for be in backends:
@@ -907,11 +911,11 @@ GPU_CASES = grid_cases(12, seed=4)
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("case,offset", grid_params(GPU_CASES))
 def test_gpu_grid(backend, case, offset):
-    if backend == "cuda" and not ops.cuda_compiled():
+    if backend == "cuda" and not _backend.cuda_compiled():
         pytest.skip("built without CUDA")
     D, d, N, Q, k = case
-    if k > ops.DENSE_MAX_K_GPU:
-        k = ops.DENSE_MAX_K_GPU
+    if k > dense_op.MAX_K_GPU:
+        k = dense_op.MAX_K_GPU
     rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
     for dtype, metric, ua, uc in grid_runs(offset):
         run_case(backend, rng, N, D, d, Q, k, dtype, metric, ua, uc, to_torch="cuda")
@@ -923,7 +927,7 @@ def test_funnel_exact_when_shortlist_covers_all():
     rng = np.random.default_rng(12)
     x = rng.standard_normal((500, 96)).astype(np.float16)
     q = rng.standard_normal((4, 96)).astype(np.float32)
-    backend = "cpu" if ops._C is not None else "reference"
+    backend = "cpu" if _backend._C is not None else "reference"
     for metric in METRICS:
         s, i = ops.funnel_topk(x, q, 10, dims=(16, 48, None), shortlist=(500, 500), metric=metric,
                                backend=backend)
@@ -938,7 +942,7 @@ def test_funnel_recall_on_matryoshka_like_data():
     x = (rng.standard_normal((5000, 256)) * decay).astype(np.float16)
     q = (x[:20].astype(np.float32) + 0.3 * rng.standard_normal((20, 256)) * decay).astype(np.float32)
     allow = rng.random(5000) < 0.8
-    backend = "cpu" if ops._C is not None else "reference"
+    backend = "cpu" if _backend._C is not None else "reference"
     s, i = ops.funnel_topk(x, q, 10, allow=allow, backend=backend)  # dims (64, 256, None)
     se, ie = ops.dense_topk(x, q, 10, allow=allow, backend=backend)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ie)])
@@ -1005,7 +1009,7 @@ def test_triton_backend_needs_torch():
         ops.dense_topk(x, np.ones((1, 8), np.float32), 3, backend="triton")
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_padding_and_single_query():
     x = np.eye(4, 6, dtype=np.float32)
     q = np.ones(6, dtype=np.float32)

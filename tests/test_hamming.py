@@ -4,6 +4,8 @@ import pytest
 
 import nestvec
 import nestvec.ops as ops
+from nestvec import _backend
+from nestvec.ops import hamming as hamming_op
 from nestvec import reference
 
 from conftest import cpu_isas
@@ -37,7 +39,7 @@ def allows_for(rng, n):
 @pytest.mark.parametrize("n", NS)
 @pytest.mark.parametrize("b", BS)
 def test_cpu_matches_reference(isa, n, b, restore_isa):
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     rng = np.random.default_rng(n * 1000 + b)
     for q in QS:
         codes, queries = make(rng, n, b, q)
@@ -54,7 +56,7 @@ def test_cpu_matches_reference(isa, n, b, restore_isa):
 def test_cpu_odd_widths(isa, b, restore_isa):
     """Widths with a masked tail chunk (one or two chunks), 64 / 192 / 256 bytes (one,
     three, four whole chunks) and beyond (the generic loop)."""
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     rng = np.random.default_rng(b)
     for n, q in ((1023, 5), (4099, 64)):
         codes, queries = make(rng, n, b, q)
@@ -81,7 +83,7 @@ def sweep(backend, rng, n, b, qs, device="cpu"):
     on ``device``: exactly the reference."""
     import torch
 
-    kmax = ops.HAMMING_MAX_K_GPU if backend in ("cuda", "triton") else None
+    kmax = hamming_op.MAX_K_GPU if backend in ("cuda", "triton") else None
     t = lambda a: None if a is None else torch.from_numpy(a).to(device)  # noqa: E731
     for q in qs:
         codes, queries = make(rng, n, b, q)
@@ -110,16 +112,16 @@ def test_cuda_emulated(n, b, cuda_emu):
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("n,b", [(1, 1), (97, 3), (4099, 128), (70001, 32)])
 def test_gpu_matches_reference(backend, n, b):
-    if backend == "cuda" and not ops.cuda_compiled():
+    if backend == "cuda" and not _backend.cuda_compiled():
         pytest.skip("built without CUDA")
     sweep(backend, np.random.default_rng(n + b), n, b, QS, device="cuda")
 
 
 def test_auto_backend_and_env(monkeypatch, rng):
     codes, queries = make(rng, 50, 8, 3)
-    assert ops.resolve_backend("auto", codes) == "cpu"
+    assert _backend.resolve("auto", codes) == "cpu"
     monkeypatch.setenv("NESTVEC_BACKEND", "reference")
-    assert ops.resolve_backend("auto", codes) == "reference"
+    assert _backend.resolve("auto", codes) == "reference"
     d, i = nestvec.hamming_topk(codes, queries, 5)
     dr, ir = reference.hamming_topk(codes, queries, 5)
     np.testing.assert_array_equal(i, ir)
@@ -161,14 +163,14 @@ def test_large_k_and_empty_codes(rng):
 
 def test_threads_agree(rng):
     codes, queries = make(rng, 300_000, 16, 3)
-    prev = ops._C.get_num_threads()
+    prev = _backend._C.get_num_threads()
     try:
         outs = []
         for t in (1, 2, 3):
-            ops._C.set_num_threads(t)
+            _backend._C.set_num_threads(t)
             outs.append(ops.hamming_topk(codes, queries, 50))
     finally:
-        ops._C.set_num_threads(prev)
+        _backend._C.set_num_threads(prev)
     for d, i in outs[1:]:
         np.testing.assert_array_equal(i, outs[0][1])
 
@@ -182,7 +184,7 @@ def test_query_split_threads_agree(rng):
     np.testing.assert_array_equal(i, ir)
 
 
-@pytest.mark.skipif(ops._C is None, reason="native module not built")
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_query_slices():
     """More than 4096 queries run in slices (bounded selector memory): still exact."""
     rng = np.random.default_rng(16)

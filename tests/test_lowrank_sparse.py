@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import nestvec.ops as ops
+from nestvec import _backend
 from nestvec import reference
 
 from conftest import HAS_CUDA, cpu_isas, emulated_gpu_backend
@@ -79,9 +80,9 @@ def cpu_cases():
 
 @pytest.mark.parametrize("isa", cpu_isas() or ["none"])
 def test_cpu_grid(isa, restore_isa):
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("native module not built")
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     for (M, K, N), r, ck, dtype, bias in cpu_cases():
         c = n_channels(ck, N)
         args = make(M, K, N, r, c, dtype, bias, seed=M + K + N + r + c)
@@ -95,9 +96,9 @@ def test_cpu_few_rows(isa, restore_isa):
     """7 to 2 NR rows of x (64 on AVX-512, 32 below) take the transposed path (weights
     read row-major, only x packed, in NR-column panels); 6 is the last dot-product
     size, 2 NR + 1 the first blocked one. Every rank, channel kind and dtype."""
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("native module not built")
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     shapes = [(6, 40, 30), (8, 7, 97), (16, 64, 33), (17, 7, 97), (20, 384, 13), (31, 1, 40),
               (32, 97, 1), (33, 50, 25), (24, 0, 9), (12, 33, 5), (48, 20, 7), (64, 9, 30),
               (65, 30, 9)]
@@ -113,7 +114,7 @@ def test_cpu_few_rows(isa, restore_isa):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_cpu_numpy_io(dtype, rng):
     """NumPy in, NumPy out (bfloat16 is torch-only)."""
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("native module not built")
     M, K, N, r, c = 33, 70, 50, 16, 5
     x = rng.standard_normal((M, K)).astype(dtype)
@@ -185,9 +186,9 @@ def test_grid_axes_meet():
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", cpu_isas() or ["none"])
 def test_cpu_full_grid(isa, restore_isa):
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("native module not built")
-    ops._C.set_isa(isa)
+    _backend._C.set_isa(isa)
     sizes = (1, 7, 97, 1025)
     for (M, K, N), r, ck, dtype, bias in itertools.product(
             itertools.product(sizes, sizes, sizes), RANKS, CHANNELS, DTYPES, (False, True)):
@@ -225,7 +226,7 @@ def test_cuda_emulated_strided_x_and_tiles(dtype, cuda_emu):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_grid(backend):
-    if backend == "cuda" and not ops.cuda_compiled():
+    if backend == "cuda" and not _backend.cuda_compiled():
         pytest.skip("built without CUDA")
     for (M, K, N), r, ck, dtype, bias in cpu_cases():
         c = n_channels(ck, N)
@@ -265,7 +266,7 @@ def test_validation(mutate, exc, name):
 
 def test_validation_backend():
     args = _ok()
-    if ops._C is not None:
+    if _backend._C is not None:
         with pytest.raises(TypeError, match="^x:"):
             ops.lowrank_sparse_matmul(*(v.double() if v.is_floating_point() else v for v in args),
                                       backend="cpu")
@@ -342,8 +343,8 @@ def test_degenerate_shapes(M, K, N, r, c, monkeypatch):
     x, A, B = torch.randn(M, K, generator=g), torch.randn(r, K, generator=g), torch.randn(N, r, generator=g)
     S, ch, b = torch.randn(c, K, generator=g), torch.arange(c), torch.randn(N, generator=g)
     want = x @ (B @ A).index_add(0, ch, S).T + b
-    backends = ["reference"] + (["cpu"] if ops._C is not None else [])
-    if ops.triton_available():
+    backends = ["reference"] + (["cpu"] if _backend._C is not None else [])
+    if _backend.triton_available():
         backends.append("triton")
     for be in backends:
         y = ops.lowrank_sparse_matmul(x, A, B, S, ch, b, backend=be)
@@ -356,7 +357,7 @@ def test_channels_integer_dtypes(dtype):
     """Every accepted channel dtype validates (torch has no min/unique for uint16/32)."""
     x, A, B, S, ch, b = make(5, 8, 10, 3, 2, "float32", True)
     want = expected(x, A, B, S, ch, b)
-    backends = ["reference"] + (["cpu"] if ops._C is not None else [])
+    backends = ["reference"] + (["cpu"] if _backend._C is not None else [])
     for be in backends:
         check(ops.lowrank_sparse_matmul(x, A, B, S, ch.to(dtype), b, backend=be), want, "float32", be)
     with pytest.raises(ValueError, match="^channels:"):
@@ -368,7 +369,7 @@ def test_channels_integer_dtypes(dtype):
 def test_gpu_glue_edges(backend):
     """Empty x (used to reach the host-only reference), a strided bias (the cuda path
     passed a freed temporary's pointer), and, on cuda, more row tiles than grid.y's 65535."""
-    if backend == "cuda" and not ops.cuda_compiled():
+    if backend == "cuda" and not _backend.cuda_compiled():
         pytest.skip("built without CUDA")
     x, A, B, S, ch, b = make(6, 8, 10, 3, 2, "float16", True, device="cuda")
     y = ops.lowrank_sparse_matmul(x[:0], A, B, S, ch, b, backend=backend)
@@ -394,7 +395,7 @@ def test_gpu_glue_edges(backend):
 # ------------------------------------------------------------------------------ out=
 
 def _out_backends():
-    return ["reference"] + (["cpu"] if ops._C is not None else [])
+    return ["reference"] + (["cpu"] if _backend._C is not None else [])
 
 
 def _wide_out(M, N, dtype, pad=5):
@@ -427,7 +428,7 @@ def test_out_written_in_place(backend, dtype):
 
 
 def test_out_numpy_cpu():
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("no native build")
     x, A, B, S, ch, b = (None if v is None else v.numpy() for v in make(9, 16, 20, 4, 3, "float32",
                                                                        True, seed=2))

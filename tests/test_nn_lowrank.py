@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-import nestvec.ops as ops  # noqa: E402
+from nestvec import _backend
 from nestvec.nn import LowRankSparseLinear, compress_model, lowrank_sparse_linear  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def test_gradcheck_float64(M, K, N, r, c, bias):
 
 @pytest.mark.parametrize("backend", ["cpu", "reference", "cuda"])
 def test_grads_match_dense_float32(backend, request):
-    if backend == "cpu" and ops._C is None:
+    if backend == "cpu" and _backend._C is None:
         pytest.skip("native module not built")
     if backend == "cuda":  # the CUDA kernels on CPU tensors (nvemu)
         request.getfixturevalue("cuda_emu")
@@ -51,7 +51,7 @@ def test_grads_match_dense_float32(backend, request):
 def test_non_contiguous_input(backend, request):
     """A drop-in nn.Linear takes transposed and expanded inputs (the cpu op needs
     contiguous rows: the layer makes them)."""
-    if backend == "cpu" and ops._C is None:
+    if backend == "cpu" and _backend._C is None:
         pytest.skip("native module not built")
     if backend == "cuda":
         request.getfixturevalue("cuda_emu")
@@ -219,7 +219,7 @@ def test_state_dict_save_load_and_deepcopy():
     ("cpu", torch.float16), ("cpu", torch.bfloat16), ("reference", torch.float16),
     ("reference", torch.bfloat16), ("reference", torch.float64)])
 def test_module_to_dtype_forward_backward(backend, dtype):
-    if backend == "cpu" and ops._C is None:
+    if backend == "cpu" and _backend._C is None:
         pytest.skip("native module not built")
     layer = _layer(backend=backend).to(dtype)
     assert layer.A.dtype == dtype and layer.channels.dtype == torch.int64
@@ -236,7 +236,7 @@ def test_module_to_dtype_forward_backward(backend, dtype):
 
 
 def test_triton_gradients_match_cpu(triton_interpret):
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("native module not built")
     x, A, B, S, ch, b = _params(5, 9, 12, 3, 2, True, dtype=torch.float32, seed=4)
     grads, outs = [], []

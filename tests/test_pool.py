@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import nestvec.ops as ops
+from nestvec import _backend
 from nestvec import reference
 
 from conftest import cpu_isas
@@ -74,7 +75,7 @@ def cases(n, seed):
 
 @pytest.mark.parametrize("B,T,H,mode,dtype,side,dim,binary,normalize", cases(240, 5))
 def test_cpu_matches_reference(B, T, H, mode, dtype, side, dim, binary, normalize, restore_isa):
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("native module not built")
     rng = np.random.default_rng(hash((B, T, H, mode, dtype, side)) % 2**32)
     h, h32 = make_hidden(rng, B, T, H, dtype)
@@ -82,7 +83,7 @@ def test_cpu_matches_reference(B, T, H, mode, dtype, side, dim, binary, normaliz
     ref = reference.pool(h32, m, mode, normalize, dim, binary)
     kw = dict(hidden_dtype="bfloat16") if dtype == "bfloat16" else {}
     for isa in cpu_isas():
-        ops._C.set_isa(isa)
+        _backend._C.set_isa(isa)
         got = ops.pool(h, m, mode, normalize, dim, binary, backend="cpu", **kw)
         check(got, ref, binary)
 
@@ -93,7 +94,7 @@ def test_cpu_matches_reference(B, T, H, mode, dtype, side, dim, binary, normaliz
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("side", ("right", "left"))
 def test_cpu_full_grid(B, T, H, mode, dtype, side, restore_isa):
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("native module not built")
     rng = np.random.default_rng(7)
     h, h32 = make_hidden(rng, B, T, H, dtype)
@@ -101,7 +102,7 @@ def test_cpu_full_grid(B, T, H, mode, dtype, side, restore_isa):
     kw = dict(hidden_dtype="bfloat16") if dtype == "bfloat16" else {}
     ref = reference.pool(h32, m, mode, True, None, True)
     for isa in cpu_isas():
-        ops._C.set_isa(isa)
+        _backend._C.set_isa(isa)
         check(ops.pool(h, m, mode, binary=True, backend="cpu", **kw), ref, True)
 
 
@@ -130,7 +131,7 @@ def test_padding_side_invariant():
     right[0, :5], left[0, 3:] = x, x
     mr, ml = np.zeros((1, 8), np.int64), np.zeros((1, 8), np.int64)
     mr[0, :5], ml[0, 3:] = 1, 1
-    for be in ["reference"] + (["cpu"] if ops._C is not None else []):
+    for be in ["reference"] + (["cpu"] if _backend._C is not None else []):
         for mode in MODES:
             np.testing.assert_allclose(ops.pool(right, mr, mode, backend=be),
                                        ops.pool(left, ml, mode, backend=be), rtol=1e-6, atol=1e-7)
@@ -138,7 +139,7 @@ def test_padding_side_invariant():
 
 def test_torch_inputs_strided_and_mask_dtypes():
     torch = pytest.importorskip("torch")
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("native module not built")
     g = torch.Generator().manual_seed(0)
     big = torch.randn(4, 20, 64, generator=g).to(torch.bfloat16)
@@ -243,7 +244,7 @@ def test_cuda_emulated_strided_and_unaligned(cuda_emu):
 def test_gpu_matches_reference(backend):
     import torch
 
-    if backend == "cuda" and not ops.cuda_compiled():
+    if backend == "cuda" and not _backend.cuda_compiled():
         pytest.skip("built without CUDA")
     rng = np.random.default_rng(2)
     # Triton compiles a kernel per (mode, dtype, flags): fewer cases, all outputs on.

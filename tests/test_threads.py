@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 
 import nestvec.ops as ops
+from nestvec import _backend
 
-pytestmark = pytest.mark.skipif(ops._C is None, reason="needs the C++ extension")
+pytestmark = pytest.mark.skipif(_backend._C is None, reason="needs the C++ extension")
 
 
 @pytest.fixture
 def two_threads():
-    before = ops._C.get_num_threads()
-    ops._C.set_num_threads(2)
+    before = _backend._C.get_num_threads()
+    _backend._C.set_num_threads(2)
     yield
-    ops._C.set_num_threads(before)
+    _backend._C.set_num_threads(before)
 
 
 def _data(seed=0):
@@ -87,16 +88,16 @@ def test_repeated_calls_reuse_pool_and_agree(two_threads):
 
 def test_thread_count_change_between_calls():
     calls = _calls(_data(2))
-    before = ops._C.get_num_threads()
+    before = _backend._C.get_num_threads()
     try:
-        ops._C.set_num_threads(1)
+        _backend._C.set_num_threads(1)
         want = {name: f() for name, f in calls.items()}
         for n in (2, 4, 3, 1, 7):
-            ops._C.set_num_threads(n)
+            _backend._C.set_num_threads(n)
             for name, f in calls.items():
                 assert _same(f(), want[name]), (name, n)
     finally:
-        ops._C.set_num_threads(before)
+        _backend._C.set_num_threads(before)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
@@ -130,7 +131,7 @@ def test_public_thread_count_api():
     before = nv.get_num_threads()
     try:
         nv.set_num_threads(np.int64(1))
-        assert nv.get_num_threads() == 1 == ops._C.get_num_threads()
+        assert nv.get_num_threads() == 1 == _backend._C.get_num_threads()
         nv.set_num_threads(3)
         assert nv.get_num_threads() == 3
         for bad, exc in ((0, ValueError), (-2, ValueError), (10**6, ValueError), (1.5, TypeError),

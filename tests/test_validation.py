@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 import nestvec.ops as ops
+from nestvec import _backend
+from nestvec import _checks as ck
 
 from conftest import emulated_gpu_backend
 
@@ -38,7 +40,7 @@ def test_hamming_bad_input(kwargs, exc, match):
 
 
 def test_wrong_device_never_copies():
-    if not ops.cuda_compiled():
+    if not _backend.cuda_compiled():
         pytest.skip("CUDA not compiled")
     with pytest.raises(ValueError, match="codes"):
         ops.hamming_topk(C, Q, 3, backend="cuda")
@@ -81,7 +83,7 @@ def test_gpu_backends_name_a_numpy_input(backend, monkeypatch):
 @pytest.mark.parametrize("bad", [[[0, 20], [1, 2]], [[0, -2], [1, 2]], [[2**62, 1], [0, -1]]])
 def test_dense_candidates_out_of_range(bad):
     x = np.random.default_rng(0).random((20, 8), dtype=np.float32)
-    backends = ["reference"] + (["cpu"] if ops._C is not None else [])
+    backends = ["reference"] + (["cpu"] if _backend._C is not None else [])
     for be in backends:
         with pytest.raises(ValueError, match=r"^candidates: row ids must lie in \[0, N=20\)"):
             ops.dense_topk(x, x[:2], 3, candidates=np.array(bad), backend=be)
@@ -90,7 +92,7 @@ def test_dense_candidates_out_of_range(bad):
 def test_dense_cpu_cosine_queries_beyond_float32():
     """The cpu kernel takes float32 queries; a cosine query is scale-free, so one beyond
     float32's range is normalised first (1/|q| used to overflow: every row dropped)."""
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("native module not built")
     x = np.random.default_rng(1).random((30, 8), dtype=np.float32)
     for q in (x[:3].astype(np.float64) * 1e39, x[:3] * np.float32(1e-40)):
@@ -104,7 +106,7 @@ def test_dense_cpu_cosine_queries_beyond_float32():
 
 def test_funnel_single_and_prefix_queries():
     x = np.random.default_rng(2).random((60, 16), dtype=np.float32)
-    backends = ["reference"] + (["cpu"] if ops._C is not None else [])
+    backends = ["reference"] + (["cpu"] if _backend._C is not None else [])
     for be in backends:
         s1, i1 = ops.funnel_topk(x, x[3], 4, dims=(4, None), backend=be)
         s2, i2 = ops.funnel_topk(x, x[3:4], 4, dims=(4, None), backend=be)
@@ -117,23 +119,22 @@ def test_funnel_single_and_prefix_queries():
 
 
 def test_native_binding_rejects_bad_buffers():
-    if ops._C is None:
+    if _backend._C is None:
         pytest.skip("no native module")
     out_d = np.empty((2, 3), np.int32)
     out_i = np.empty((2, 3), np.int64)
     with pytest.raises(ValueError):
-        ops._C.hamming_topk(C, np.zeros((2, 5), np.uint8), 3, None, out_d, out_i)
+        _backend._C.hamming_topk(C, np.zeros((2, 5), np.uint8), 3, None, out_d, out_i)
     with pytest.raises(ValueError):
-        ops._C.hamming_topk(C, Q, 3, np.ones(4, np.uint8), out_d, out_i)
+        _backend._C.hamming_topk(C, Q, 3, np.ones(4, np.uint8), out_d, out_i)
     with pytest.raises(ValueError):
-        ops._C.hamming_topk(C, Q, 4, None, out_d, out_i)
+        _backend._C.hamming_topk(C, Q, 4, None, out_d, out_i)
 
 
 def test_shares_memory_row_blocks():
     """out= aliasing: exact on the host, and the device rule (byte ranges refined for
     column blocks of one row-strided buffer) agrees with it on these views."""
     torch = pytest.importorskip("torch")
-    from nestvec import _checks as ck
 
     big = torch.zeros(6, 20, dtype=torch.bfloat16)
     cases = [
@@ -159,4 +160,4 @@ def test_shares_memory_row_blocks():
 def test_native_module_is_built():
     """Tests of the C++ backend skip where nestvec._C is missing; a build or import error
     must fail the suite here instead of turning those into skips."""
-    assert ops._C is not None, f"nestvec._C failed to import: {ops._C_ERROR}"
+    assert _backend._C is not None, f"nestvec._C failed to import: {_backend._C_ERROR}"

@@ -7,7 +7,7 @@
 #include <cstdint>
 
 // Kernel launches and dynamic shared memory go through these two macros so that the
-// same source also builds for nvemu (csrc/cuda_emu: the kernels on the CPU, for tests).
+// same source also builds for nvemu (tests/nvemu: the kernels on the CPU, for the tests).
 #if defined(NESTVEC_CUDA_EMU)
 #define NV_LAUNCH(grid, block, smem, stream, ...) ::nvemu::launch(__VA_ARGS__, grid, block, smem, stream)
 #define NV_DYNAMIC_SMEM(type, name, align) type* const name = reinterpret_cast<type*>(::nvemu::tl_smem)

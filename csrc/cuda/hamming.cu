@@ -26,11 +26,6 @@ constexpr int kThreads = 256;
 constexpr int kScanRowsPerThread = 16;   // count / scatter
 constexpr int kScanRows = kThreads * kScanRowsPerThread;
 constexpr uint16_t kSkip = 0xFFFF;        // not eligible
-#if defined(NESTVEC_CUDA_EMU)
-constexpr int64_t kDistBudget = int64_t(16) << 10;   // nvemu: small, so tests span query groups
-#else
-constexpr int64_t kDistBudget = int64_t(512) << 20;  // bytes of uint16 distances per group
-#endif
 constexpr int kIdxBits = 40;
 constexpr int kSmemBudget = 96 * 1024;
 
@@ -269,12 +264,12 @@ __global__ void __launch_bounds__(1024) sort_kernel(const unsigned long long* __
   }
 }
 
-// Queries per group: bounded by the budget for the group's distances and candidate
-// keys (k of them a query, even where k > n: few codes, many queries and a large k
-// would otherwise ask for GBs), and by 65535 because count_kernel and scatter_kernel
-// put the group's queries on grid.y (e.g. 100k queries over 1k codes).
-int64_t group_size(int64_t n, int64_t nq, int64_t k) {
-  const int64_t g = std::max<int64_t>(1, kDistBudget / std::max<int64_t>(1, 2 * n + 8 * k));
+// Queries per group: bounded by the caller's budget (group_bytes) for the group's
+// distances and candidate keys (k of them a query, even where k > n: few codes, many
+// queries and a large k would otherwise ask for GBs), and by 65535 because count_kernel
+// and scatter_kernel put the group's queries on grid.y (e.g. 100k queries over 1k codes).
+int64_t group_size(int64_t n, int64_t nq, int64_t k, int64_t group_bytes) {
+  const int64_t g = std::max<int64_t>(1, group_bytes / std::max<int64_t>(1, 2 * n + 8 * k));
   return std::min<int64_t>(std::min<int64_t>(g, nq), 65535);
 }
 
@@ -282,9 +277,9 @@ struct Plan {
   int qs;           // queries per dist_hist block (template)
   bool smem_hist;
   int smem_bytes;
-  // Few queries: small blocks, many waves (measured on an H200, 10M x 1024 bit, q=1:
-  // 0.62 ms at 2048 rows vs 0.68 at 8192). Many queries: each block flushes a
-  // histogram per query, so larger blocks (q=16: 2.18 ms at 8192 vs 2.37 at 2048).
+  // Few queries: small blocks, many waves. Many queries: each block flushes a histogram
+  // per query, so larger blocks amortise it (both sizes from runs on an H200; the
+  // suite's hamming rows, benchmarks/results/gpu_suite_hamming_h200.json).
   int rows_per_block() const { return qs <= 2 ? 2048 : 8192; }
 };
 
@@ -328,8 +323,9 @@ int launch_dist_qs(const Plan& p, dim3 grid, cudaStream_t s, const uint8_t* code
 
 }  // namespace
 
-int64_t hamming_workspace_bytes(int64_t n, int64_t nq, int64_t nbytes, int64_t k) {
-  const int64_t g = group_size(n, nq, k);
+int64_t hamming_workspace_bytes(int64_t n, int64_t nq, int64_t nbytes, int64_t k,
+                                int64_t group_bytes) {
+  const int64_t g = group_size(n, nq, k, group_bytes);
   const int64_t bins = 8 * nbytes + 1;
   const int64_t nblk = (n + kScanRows - 1) / kScanRows;
   int64_t b = 0;
@@ -343,13 +339,15 @@ int64_t hamming_workspace_bytes(int64_t n, int64_t nq, int64_t nbytes, int64_t k
 
 int hamming_topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* queries,
                  int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k,
-                 const uint8_t* allow, int32_t* out_dist, int64_t* out_idx, void* workspace,
-                 int64_t workspace_bytes, uintptr_t stream) {
-  if (n <= 0 || nq <= 0 || k <= 0 || nbytes <= 0 || 8 * nbytes >= kSkip || k > (1 << 20))
+                 const uint8_t* allow, int32_t* out_dist, int64_t* out_idx, int64_t group_bytes,
+                 void* workspace, int64_t workspace_bytes, uintptr_t stream) {
+  if (n <= 0 || nq <= 0 || k <= 0 || nbytes <= 0 || 8 * nbytes >= kSkip || k > (1 << 20) ||
+      group_bytes <= 0)
     return int(cudaErrorInvalidValue);
-  if (workspace_bytes < hamming_workspace_bytes(n, nq, nbytes, k)) return int(cudaErrorInvalidValue);
+  if (workspace_bytes < hamming_workspace_bytes(n, nq, nbytes, k, group_bytes))
+    return int(cudaErrorInvalidValue);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  const int64_t g = group_size(n, nq, k);
+  const int64_t g = group_size(n, nq, k, group_bytes);
   const int bins = int(8 * nbytes + 1);
   const int nblk = int((n + kScanRows - 1) / kScanRows);
   Carver c{static_cast<char*>(workspace)};

@@ -1,7 +1,6 @@
 """nestvec: one stored embedding, searched at any width (binary code, short prefix,
 full vector), with fused CPU / Triton / CUDA kernels on every hot path."""
-__version__ = "0.1.0"
-
+from ._version import __version__
 from ._info import get_num_threads, info, set_num_threads  # noqa: E402
 from .ops import dense_topk, funnel_topk, hamming_topk, lowrank_sparse_matmul, pool  # noqa: E402
 from .quant import binarize  # noqa: E402
@@ -9,7 +8,7 @@ from .quant import binarize  # noqa: E402
 __all__ = ["info", "get_num_threads", "set_num_threads", "dense_topk", "funnel_topk", "hamming_topk", "lowrank_sparse_matmul", "pool",
            "binarize", "Encoder", "__version__"]
 
-_COLLECTION_API = ("Collection", "open", "field", "LockError", "CollectionNotFound")
+_COLLECTION_API = ("Collection", "open", "field", "LockError", "CollectionNotFound", "CorruptionError")
 __all__ += list(_COLLECTION_API)
 
 

@@ -26,7 +26,7 @@ _DTYPE_NAMES: dict = {}
 
 
 def dtype_name(x) -> str:
-    # str(numpy dtype) runs Python code inside NumPy (~5 us); every op asks several
+    # str(numpy dtype) runs Python code inside NumPy; every op asks several
     # times per call, which was most of a small search's time.
     dt = x.dtype
     name = _DTYPE_NAMES.get(dt)
@@ -70,13 +70,71 @@ def float_storage(x, name: str, flag_name: str, flag, what: str) -> str:
     return dt
 
 
+def check_int(value, name: str, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as a Python int (any integral type, never bool), within ``[lo, hi]``
+    where given; else TypeError / ValueError naming ``name``. The one integer check."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        if hi is None:
+            raise ValueError(f"{name}: expected {name} >= {lo}, got {value}")
+        if lo is None:
+            raise ValueError(f"{name}: expected {name} <= {hi}, got {value}")
+        raise ValueError(f"{name}: expected {lo} <= {name} <= {hi}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    """One of the strings ``choices``, else TypeError / ValueError naming ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected one of {tuple(choices)}, got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    """A flag: bool (or NumPy bool, or the ints 0 / 1)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+
+
+def int_sequence(value, name: str, allow_none: bool = False) -> tuple:
+    """An int (or None where allowed), or a tuple / list of them, as a tuple."""
+    if value is None and allow_none:
+        return (None,)
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return (value,)
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"{name}: expected an int or a tuple of ints, got {type(value).__name__}")
+    for v in value:
+        if not (v is None and allow_none):
+            check_int(v, name)
+    return tuple(value)
+
+
 def check_k(k, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"{name}: expected a positive int, got {type(k).__name__}")
-    k = int(k)
-    if k <= 0:
-        raise ValueError(f"{name}: must be >= 1, got {k}")
-    return k
+    """A result count: an int >= 1."""
+    return check_int(k, name, lo=1)
+
+
+def check_k_rows(k: int, n: int, pad_limit: int, name: str = "k") -> None:
+    """k beyond the ``n`` rows only pads the result (-1 ids): up to ``pad_limit``
+    columns of padding are fine, more is an error, raised before anything is allocated."""
+    if k > n + pad_limit:
+        raise ValueError(f"{name}: expected {name} <= N + {pad_limit} = {n + pad_limit} "
+                         f"(there are N = {n} rows; a larger {name} only pads), got {k}")
+
+
+def check_dim(dim, d_full: int, name: str = "dim") -> int:
+    """A prefix length ``1 <= dim <= d_full`` (None means ``d_full``)."""
+    if dim is None:
+        return d_full
+    return check_int(dim, name, lo=1, hi=d_full)
 
 
 def check_same_device(name_a: str, a, name_b: str, b) -> None:
@@ -178,6 +236,63 @@ def check_out(out, name: str, like, shape, inputs: dict):
                              f"{in_name} while it writes {name}")
 
 
+def to_numpy(x):
+    """A host array or CPU tensor as NumPy (no copy); other devices are refused."""
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    if is_torch(x):
+        if device_of(x) != "cpu":
+            raise ValueError(f"reference backend runs on host memory; got a tensor on {device_of(x)}")
+        return x.detach().numpy()
+    return np.asarray(x)
+
+
+def like(out: np.ndarray, template):
+    """A NumPy result in the container of ``template`` (a tensor on its device)."""
+    if is_torch(template):
+        import torch
+
+        return torch.from_numpy(out).to(template.device)
+    return out
+
+
+def _inner_stride_ok(x) -> bool:
+    if x.ndim == 2 and x.shape[1] > 1 and x.shape[0] > 0:
+        return (x.stride(1) if is_torch(x) else x.strides[1] // x.itemsize) == 1
+    return True
+
+
+def _rows_overlap(x) -> bool:
+    return is_torch(x) and x.ndim == 2 and x.shape[0] > 1 and x.stride(0) < x.shape[1]
+
+
+def rows_usable(x) -> bool:
+    """Whether a [N, D] array can go to the kernels as it is: each row contiguous and no
+    two rows overlapping (rows may be strided views of a larger table)."""
+    return _inner_stride_ok(x) and not _rows_overlap(x)
+
+
+def row_contiguous(x, name: str):
+    """Rows may be strided (a view of a larger table); each row must be contiguous."""
+    if not _inner_stride_ok(x):
+        raise ValueError(f"{name}: each row must be contiguous in memory (last-dimension "
+                         f"stride 1); pass a contiguous copy (np.ascontiguousarray / .contiguous())")
+    if _rows_overlap(x):
+        raise ValueError(f"{name}: rows overlap in memory (row stride {x.stride(0)})")
+    return x
+
+
+def check_finite(x, name: str) -> None:
+    if is_torch(x):
+        import torch
+
+        ok = bool(torch.isfinite(x).all())
+    else:
+        ok = bool(np.isfinite(x).all())
+    if not ok:
+        raise ValueError(f"{name}: contains NaN or infinity")
+
+
 def _dev_str(x) -> str:
     return str(x.device) if is_torch(x) else "cpu"
 
@@ -224,11 +339,7 @@ def interpret_mode() -> bool:
 @contextlib.contextmanager
 def launch_scope(dev):
     """Yields the stream (an int) for CUDA launches on torch device ``dev``: the current
-    stream, with ``dev`` made current; 0 for the CPU, where only the kernels' emulator
-    (nestvec._nvemu, see ops.cuda_emulated) runs them."""
-    if dev.type != "cuda":
-        yield 0
-        return
+    stream, with ``dev`` made current."""
     import torch
 
     with torch.cuda.device(dev):

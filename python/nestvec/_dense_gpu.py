@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import launch_scope
 
 INT64_MIN = -(1 << 63)
 _METRIC = {"cosine": 0, "ip": 1, "l2": 2}
@@ -131,9 +130,10 @@ def gather_in_chunks(nq, c, k, metric, launch, q_max=65535, budget=None):
                  for q0 in range(0, nq, chunk)])
 
 
-def dense_topk_cuda(C, db, queries, k, dim, metric, allow=None, candidates=None):
-    """CUDA backend: scan (or gather) kernels from C (nestvec._C, or nestvec._nvemu with
-    CPU tensors in the tests), merge with torch.topk."""
+def dense_topk_cuda(runtime, db, queries, k, dim, metric, allow=None, candidates=None):
+    """CUDA backend: scan (or gather) kernels launched through ``runtime``
+    (ops.CudaRuntime), merge with torch.topk."""
+    C = runtime.module
     n = db.shape[0]
     dev = db.device
     if n >= (1 << 32):
@@ -143,7 +143,7 @@ def dense_topk_cuda(C, db, queries, k, dim, metric, allow=None, candidates=None)
     dcode = _DTYPE[db.dtype]
     stride = _stride_rows(db)
     esize = db.element_size()
-    with launch_scope(dev) as stream:
+    with runtime.stream(dev) as stream:
         if candidates is not None:
             cand = dedupe_candidates(candidates, n, allow)
             c = cand.shape[1]

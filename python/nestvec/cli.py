@@ -412,13 +412,14 @@ def _benchmarks_dir() -> Path:
 
 
 def _cmd_bench(args) -> int:
-    bdir = _benchmarks_dir()
-    sys.path.insert(0, str(bdir))
-    import bench_all
+    import subprocess
 
+    script = _benchmarks_dir() / "bench_all.py"
     argv = (["--quick"] if args.quick else []) + (["--only", args.only] if args.only else [])
     argv += ["--out", args.out] if args.out else []
-    return bench_all.main(argv)
+    # its own process: the benchmark scripts import each other from their folder, which
+    # must not go on this interpreter's sys.path
+    return subprocess.run([sys.executable, str(script), *argv]).returncode
 
 
 def _cmd_info(args) -> int:
@@ -432,6 +433,9 @@ def _cmd_info(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nestvec", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ._version import __version__
+
+    p.add_argument("--version", action="version", version=f"nestvec {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def encoder_opts(sp, dim=True):

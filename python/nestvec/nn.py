@@ -8,15 +8,14 @@ compression.
     report = compress_model(model, rank_ratio=0.25, sparsity=0.05,
                             include=[r"intermediate\.dense$", r"layer\.\d+\.output\.dense$"])
 
-The forward pass runs ``nestvec.ops.lowrank_sparse_matmul`` (C++ on CPU, CUDA or
-Triton on GPU, the NumPy reference in float64); the backward pass is plain torch
-matmuls in a ``torch.autograd.Function``.
+The forward pass runs ``nestvec.lowrank_sparse_matmul`` (C++ on CPU, CUDA or Triton on
+GPU, the NumPy reference in float64); the backward pass is plain torch matmuls in the
+op's ``torch.autograd.Function`` (nestvec/ops/lowrank.py).
 """
 from __future__ import annotations
 
 import math
 import numbers
-import operator
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
@@ -24,8 +23,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from . import ops
-from ._lowrank_ops import check_channel_ids
+from . import _checks as ck
+from .ops.lowrank import check_channel_ids, lowrank_sparse_linear
 
 __all__ = ["LowRankSparseLinear", "lowrank_sparse_linear", "compress_model", "CompressionReport"]
 
@@ -43,64 +42,6 @@ def _check_fraction(name: str, value, lo_open: bool = False) -> float:
     return value
 
 
-def _check_int(name: str, value) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected an int, got bool")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
-
-
-class _LowRankSparseFunction(torch.autograd.Function):
-    """y = x Aᵀ Bᵀ + scatter(x Sᵀ, channels) + bias for 2-D x; gradients for x, A, B,
-    S and bias (never for the integer channels)."""
-
-    @staticmethod
-    def forward(ctx, x, A, B, S, channels, bias, backend):
-        y = ops.lowrank_sparse_matmul(x, A, B, S, channels, bias, backend=backend)
-        # After the op has validated them: index_select in backward takes only int32 /
-        # int64 ids, and the op also accepts (u)int8/16 and uint32.
-        ch = torch.as_tensor(channels, device=x.device).to(torch.int64)
-        ctx.save_for_backward(x, A, B, S, ch)
-        ctx.has_bias = bias is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, A, B, S, ch = ctx.saved_tensors
-        need_x, need_a, need_b, need_s, _, need_bias, _ = ctx.needs_input_grad
-        gx = gA = gB = gS = gbias = None
-        gy = gy.contiguous()
-        u = gy @ B if (need_x or need_a) else None          # [M, r]  = dL/d(x Aᵀ)
-        gs = gy.index_select(1, ch) if (need_x or need_s) else None  # [M, c]
-        if need_x:
-            gx = u @ A
-            if S.shape[0]:
-                gx = gx + gs @ S
-        if need_a:
-            gA = u.t() @ x
-        if need_b:
-            gB = gy.t() @ (x @ A.t())
-        if need_s:
-            gS = gs.t() @ x
-        if need_bias and ctx.has_bias:
-            gbias = gy.sum(0)
-        return gx, gA, gB, gS, None, gbias, None
-
-
-def lowrank_sparse_linear(x, A, B, S, channels, bias=None, backend: str = "auto"):
-    """Differentiable ``lowrank_sparse_matmul`` on torch tensors; x may be ``[..., K]``."""
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    # The op wants contiguous, non-overlapping rows (the cpu backend raises otherwise);
-    # a drop-in nn.Linear must take any layout (a transposed or expanded input).
-    if not ops.rows_usable(x2):
-        x2 = x2.contiguous()
-    y = _LowRankSparseFunction.apply(x2, A, B, S, channels, bias, backend)
-    return y.reshape(*lead, B.shape[0])
-
-
 class LowRankSparseLinear(nn.Module):
     """A drop-in ``nn.Linear`` whose weight is ``B·A + S``.
 
@@ -112,9 +53,9 @@ class LowRankSparseLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, channels=None,
                  bias: bool = True, device=None, dtype=None, backend: str = "auto"):
         super().__init__()
-        in_features = _check_int("in_features", in_features)
-        out_features = _check_int("out_features", out_features)
-        rank = _check_int("rank", rank)
+        in_features = ck.check_int(in_features, "in_features")
+        out_features = ck.check_int(out_features, "out_features")
+        rank = ck.check_int(rank, "rank")
         if in_features < 0 or out_features < 0:
             raise ValueError(f"in_features, out_features: expected >= 0, got {in_features}, "
                              f"{out_features}")
@@ -193,7 +134,7 @@ class LowRankSparseLinear(nn.Module):
             raise TypeError(f"linear: expected an nn.Linear or a 2-D weight tensor, got "
                             f"{type(linear).__name__}")
         sparsity = _check_fraction("sparsity", sparsity)
-        rank = _check_int("rank", rank)
+        rank = ck.check_int(rank, "rank")
         out_f, in_f = weight.shape
         if not 0 <= rank <= min(out_f, in_f):
             raise ValueError(f"rank: expected 0 <= rank <= {min(out_f, in_f)}, got {rank}")

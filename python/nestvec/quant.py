@@ -25,13 +25,7 @@ def binarize(x, dim: int | None = None):
     ck.check_dtype(x, "x", _FLOATS, "a float type (" + ", ".join(_FLOATS) + ")")
     if x.ndim < 1:
         raise ValueError("x: expected at least one dimension [..., D]")
-    d_full = x.shape[-1]
-    if dim is None:
-        dim = d_full
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-        raise TypeError(f"dim: expected an int, got {type(dim).__name__}")
-    if not 1 <= dim <= d_full:
-        raise ValueError(f"dim: expected 1 <= dim <= {d_full}, got {dim}")
+    dim = ck.check_dim(dim, x.shape[-1])
     if ck.is_torch(x):
         return _binarize_torch(x[..., :dim])
     return np.packbits(x[..., :dim] > 0, axis=-1)
@@ -40,6 +34,9 @@ def binarize(x, dim: int | None = None):
 def _binarize_torch(x):
     import torch
 
+    if x.numel() == 0:
+        return torch.zeros(*x.shape[:-1], (x.shape[-1] + 7) // 8, dtype=torch.uint8,
+                           device=x.device)
     bits = (x > 0).to(torch.uint8)
     d = bits.shape[-1]
     pad = (-d) % 8

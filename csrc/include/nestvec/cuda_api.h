@@ -10,12 +10,15 @@ namespace cuda {
 int device_count();
 const char* error_string(int code);
 
-// Hamming top-k; workspace of hamming_workspace_bytes(n, nq, nbytes, k) bytes.
-int64_t hamming_workspace_bytes(int64_t n, int64_t nq, int64_t nbytes, int64_t k);
+// Hamming top-k; queries run in groups whose uint16 distances and candidate keys take
+// at most group_bytes (at least one query a group); workspace of
+// hamming_workspace_bytes(n, nq, nbytes, k, group_bytes) bytes.
+int64_t hamming_workspace_bytes(int64_t n, int64_t nq, int64_t nbytes, int64_t k,
+                                int64_t group_bytes);
 int hamming_topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* queries,
                  int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k,
-                 const uint8_t* allow, int32_t* out_dist, int64_t* out_idx, void* workspace,
-                 int64_t workspace_bytes, uintptr_t stream);
+                 const uint8_t* allow, int32_t* out_dist, int64_t* out_idx, int64_t group_bytes,
+                 void* workspace, int64_t workspace_bytes, uintptr_t stream);
 
 // Fused pooling (see pooling.h for the arguments; mode/dtype enums alike). out float32
 // [B, d] contiguous; codes uint8 [B, ceil(d/8)] or nullptr.

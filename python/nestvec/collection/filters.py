@@ -5,7 +5,8 @@ Two forms, both exact pre-filters (the mask becomes the kernels' ``allow``):
 * a pyarrow compute expression, built with :func:`field`:
   ``(nv.field("lang") == "en") & (nv.field("year") >= 2020)``;
 * SQL ``WHERE`` text evaluated by DuckDB over the Arrow metadata (zero-copy scan):
-  ``"lang = 'en' AND year >= 2020"``. DuckDB is optional (``pip install duckdb``).
+  ``"lang = 'en' AND year >= 2020"``. DuckDB is optional (``pip install duckdb``);
+  sql.py sandboxes and limits it.
 
 Null results count as "no match". An unknown column raises ``ValueError``; comparing
 a column with a value of the wrong type raises ``TypeError``.
@@ -21,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .storage import primitive_view
+from . import sql as sqlf
+from .snapshot import primitive_view
 
 # Columns a filter may not see: vectors and codes are not metadata.
 HIDDEN = ("vector", "code")
@@ -87,55 +89,8 @@ def _bool_mask(arr) -> np.ndarray:
     return np.unpackbits(bits, count=arr.offset + n, bitorder="little")[arr.offset:].astype(bool)
 
 
-def _duckdb():
-    try:
-        import duckdb
-    except ImportError:
-        raise ImportError("filter: SQL filters need DuckDB (pip install duckdb, or nestvec[sql]); "
-                          "or use an expression: nv.field('col') == value") from None
-    return duckdb
-
-
-_LOCAL = threading.local()
-
-
-def _connection(duckdb):
-    """One in-memory DuckDB connection per thread and process (connecting costs
-    ~10 ms; a connection inherited through fork() is not reused)."""
-    pid, con = getattr(_LOCAL, "con", (None, None))
-    if con is None or pid != os.getpid():
-        con = duckdb.connect()
-        # a filter is a condition on the metadata: no reading files or URLs through it
-        # (read_csv('/etc/passwd') in a subquery), and no turning that back on
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        _LOCAL.con = (os.getpid(), con)
-    return con
-
-
 def _run_sql(sql: str, table: pa.Table, query: str, fetch):
-    """``fetch`` of the DuckDB result of ``query`` (formatted with ``{sql}``, over the
-    metadata of ``table`` as ``t``); DuckDB's errors become ValueError / TypeError
-    naming filter."""
-    duckdb = _duckdb()
-    if not sql.strip():
-        raise ValueError("filter: empty SQL condition (pass filter=None for no filter)")
-    if ";" in sql:
-        raise ValueError("filter: SQL filter is a WHERE condition, ';' is not allowed")
-    con = _connection(duckdb)
-    con.register("t", _metadata(table))  # a zero-copy scan of the Arrow buffers
-    try:
-        return fetch(con.execute(query.format(sql=sql)))
-    except duckdb.BinderException as e:
-        if "not found" in str(e):
-            raise ValueError(f"filter: unknown column: {e}; columns are {_columns_msg(table)}") from None
-        raise TypeError(f"filter: type mismatch in {sql!r}: {e}") from None
-    except (duckdb.ConversionException, duckdb.TypeMismatchException) as e:
-        raise TypeError(f"filter: type mismatch in {sql!r}: {e}") from None
-    except duckdb.Error as e:
-        raise ValueError(f"filter: invalid SQL condition {sql!r}: {e}") from None
-    finally:
-        con.unregister("t")
+    return sqlf.run(sql, _metadata(table), query, fetch, _columns_msg(table))
 
 
 def _eval_sql(sql: str, table: pa.Table) -> np.ndarray:
@@ -200,26 +155,39 @@ class MaskCache:
     def key(flt):
         return ("sql", flt) if isinstance(flt, str) else ("expr", pickle.dumps(flt))
 
-    def mask(self, segment: str, fkey, flt, table: pa.Table) -> np.ndarray:
-        """``evaluate(flt, table)`` for a non-None filter, from the cache when present;
-        the mask is read-only."""
-        k = (segment, fkey)
+    def masks(self, segments, fkey, flt) -> list:
+        """``evaluate(flt, ...)`` of each segment (a non-None filter), read-only masks.
+        Segments not cached are evaluated together, in one pass over their
+        concatenated metadata (one DuckDB query, not one per segment)."""
+        out, missing = [], []
         with self._lock:
-            m = self._d.get(k)
-            if m is not None:
-                self._d.move_to_end(k)
-                return m
-        m = evaluate(flt, table)
-        m.setflags(write=False)
-        if 0 < m.nbytes <= self.budget:
-            with self._lock:
-                if k not in self._d:
-                    self._d[k] = m
-                    self._bytes += m.nbytes
-                while self._bytes > self.budget:
-                    _, old = self._d.popitem(last=False)
-                    self._bytes -= old.nbytes
-        return m
+            for i, s in enumerate(segments):
+                m = self._d.get((s.name, fkey))
+                if m is not None:
+                    self._d.move_to_end((s.name, fkey))
+                else:
+                    missing.append(i)
+                out.append(m)
+        if not missing:
+            return out
+        tables = [segments[i].meta() for i in missing]
+        whole = evaluate(flt, tables[0] if len(tables) == 1 else pa.concat_tables(tables))
+        whole.setflags(write=False)
+        start = 0
+        for i, t in zip(missing, tables):
+            m = whole[start:start + t.num_rows]
+            start += t.num_rows
+            out[i] = m
+            if 0 < m.nbytes <= self.budget:
+                with self._lock:
+                    k = (segments[i].name, fkey)
+                    if k not in self._d:
+                        self._d[k] = m
+                        self._bytes += m.nbytes
+                    while self._bytes > self.budget:
+                        _, old = self._d.popitem(last=False)
+                        self._bytes -= old.nbytes
+        return out
 
     def has_all(self, segments, fkey) -> bool:
         with self._lock:

@@ -11,6 +11,7 @@ identical to a single-segment shortlist), then rescores those rows exactly with
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -18,10 +19,11 @@ import numpy as np
 
 from .. import _checks as ck
 from .. import ops
+from ..ops import dense as dense_op
 from ..quant import binarize
 
 MODES = ("auto", "flat", "binary", "funnel")
-MAX_K = ops.DENSE_MAX_K_CPU
+MAX_K = dense_op.MAX_K_CPU
 # flat search copies the allowed rows out when fewer than this fraction are allowed
 GATHER_FRACTION = 0.05
 # ... or, for at most this many host queries, scores them in place (candidate path):
@@ -30,31 +32,9 @@ CANDIDATE_QUERIES = 2
 
 
 def dense(db, queries, k, dim, metric, allow=None, candidates=None):
-    """dense_topk on the fastest registered backend for where ``db`` lives. Until the
-    native dense backends are merged, host data falls back to the reference."""
-    be = ops.resolve_backend("auto", db)
-    if be != "reference" and be not in ops._DENSE_BACKENDS:
-        if ck.device_of(db) != "cpu":
-            raise RuntimeError(f"dense_topk has no {be!r} backend in this build yet, so flat/funnel "
-                               f"search cannot run on {ck.device_of(db)}; use mode='binary' there, or "
-                               f"search with host queries")
-        if candidates is not None and not ck.is_torch(db):
-            return _dense_gathered(db, queries, k, dim, metric, allow, candidates)
-        be = "reference"
+    """dense_topk on the backend for where ``db`` lives."""
     return ops.dense_topk(db, queries, k, dim=dim, metric=metric, allow=allow,
-                          candidates=candidates, backend="auto" if be != "reference" else be)
-
-
-def _dense_gathered(db, queries, k, dim, metric, allow, candidates):
-    """Reference fallback for rescoring: the reference scores every row, so hand it
-    only the candidate rows (sorted, so ties still break by original index)."""
-    cand = np.asarray(candidates)
-    rows = np.unique(cand[cand >= 0])
-    local = np.where(cand >= 0, np.searchsorted(rows, np.maximum(cand, 0)), -1)
-    sub_allow = None if allow is None else np.asarray(allow)[rows]
-    s, i = ops.dense_topk(db[rows], queries, k, dim=dim, metric=metric, allow=sub_allow,
-                          candidates=local, backend="reference")
-    return s, np.where(i >= 0, rows[np.maximum(i, 0)], -1)
+                          candidates=candidates)
 
 
 # --------------------------------------------------------------------------- device cache
@@ -70,6 +50,7 @@ class DeviceCache:
         self.device = device
         self._transfer = transfer or self._to_device
         self._items: dict = {}
+        self._lock = threading.Lock()  # searching threads share one cache
         self.transfers = 0  # cache misses: segment arrays copied to the device
         self.temporaries = 0  # per-search arrays (filter masks, candidate lists)
 
@@ -85,8 +66,9 @@ class DeviceCache:
         hit = self._items.get(key)
         if hit is None:
             hit = self._transfer(array)
-            self._items[key] = hit
-            self.transfers += 1
+            with self._lock:
+                hit = self._items.setdefault(key, hit)
+                self.transfers += 1
         return hit
 
     def put_temporary(self, array):
@@ -96,8 +78,8 @@ class DeviceCache:
 
     def retain(self, keys) -> None:
         keys = set(keys)
-        for key in list(self._items):
-            if key not in keys:
+        with self._lock:
+            for key in [k for k in self._items if k not in keys]:
                 del self._items[key]
 
     def keys(self):

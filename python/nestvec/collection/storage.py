@@ -1,12 +1,16 @@
 """On-disk layout of a collection: segments, deletion files, manifests, commits, lock.
 
-A collection directory holds (DESIGN.md, Collections)::
+A collection directory holds (docs/ARCHITECTURE.md, "Storage format")::
 
     LATEST                          the current version number (replaced atomically)
     LOCK                            flock()ed by the single writer; holds its pid
-    manifests/<version>.json        one per committed version
+    manifests/<version>.json        one per committed version (manifest.py)
     segments/<uuid>.arrow           Arrow IPC *file*, uncompressed, one record batch
     deletions/<segment>.<version>.arrow   all deleted ``_row``s of that segment so far
+
+The manifest records every data file's size and CRC-32 (whole file, per 64 MiB block;
+and per metadata column of a segment); integrity.py checks them. File names come
+only from names the manifest checks accept, so no path leaves the directory.
 
 Commit protocol: data files are written and fsynced, then the manifest (temp file,
 fsync, rename, fsync dir), then ``LATEST`` the same way. A crash at any point leaves
@@ -22,24 +26,18 @@ from __future__ import annotations
 import errno
 import json
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-FORMAT = "nestvec-collection/1"
+from . import integrity as ig
+from . import manifest as mf
+from .errors import CollectionNotFound, CorruptionError, LockError  # noqa: F401 (re-exported)
+
 LOCK_NAME = "LOCK"
 LATEST_NAME = "LATEST"
-
-
-class LockError(RuntimeError):
-    """Another process holds the writer lock of a collection."""
-
-
-class CollectionNotFound(FileNotFoundError):
-    """The path is not a collection (no LATEST)."""
 
 
 # --------------------------------------------------------------------------- files
@@ -87,12 +85,6 @@ def write_ipc(path: str, table: pa.Table) -> None:
             for b in batch:  # one batch (combine_chunks), or none for an empty table
                 w.write_batch(b)
     fsync_file(path)
-
-
-def read_ipc(path: str) -> pa.Table:
-    """Memory-map an IPC file: reads the footer only, buffers point into the map."""
-    with pa.memory_map(path, "r") as mm:
-        return pa.ipc.open_file(mm).read_all()
 
 
 # --------------------------------------------------------------------------- lock
@@ -155,6 +147,19 @@ class DirStore:
     def _p(self, *parts) -> str:
         return os.path.join(self.path, *parts)
 
+    def segment_path(self, name: str) -> str:
+        if not mf.SEGMENT_RE.match(name):  # the manifest check already refused it; never join it
+            raise CorruptionError(self.path, f"invalid segment name {name!r}")
+        return self._p("segments", name)
+
+    def deletion_path(self, name: str) -> str:
+        if not mf.DELETION_RE.match(name):
+            raise CorruptionError(self.path, f"invalid deletion file name {name!r}")
+        return self._p("deletions", name)
+
+    def manifest_path(self, version: int) -> str:
+        return self._p("manifests", f"{int(version)}.json")
+
     # -- layout
     def exists(self) -> bool:
         return os.path.exists(self._p(LATEST_NAME))
@@ -166,6 +171,13 @@ class DirStore:
         fsync_dir(self.path)
         fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
+    def check_dirs(self) -> None:
+        """The three data folders are real folders of this directory (not links out)."""
+        for d in ("manifests", "segments", "deletions"):
+            p = self._p(d)
+            if not os.path.isdir(p) or os.path.islink(p):
+                raise CorruptionError(p, "is missing or not a plain folder of the collection")
+
     def acquire(self) -> None:
         if self.lock is None:
             self.lock = FileLock(self.path)
@@ -176,21 +188,48 @@ class DirStore:
             self.lock = None
 
     # -- data files
-    def write_segment(self, table: pa.Table) -> str:
+    def write_segment(self, table: pa.Table, crc_block: int) -> dict:
+        """Write a segment; returns its manifest fields (name, size, checksums). The
+        checksums are taken from the file as written and mapped back, so they are
+        exactly what a reader will check."""
         name = f"{uuid.uuid4().hex}.arrow"
-        write_ipc(self._p("segments", name), table)
-        return name
+        path = self._p("segments", name)
+        write_ipc(path, table)
+        back = ig.read_ipc(path)
+        return {"name": name, "bytes": os.path.getsize(path), "crc32": ig.file_crc(path, crc_block),
+                "columns": ig.column_crcs(back)}
 
-    def load_segment(self, name: str) -> pa.Table:
-        return read_ipc(self._p("segments", name))
+    def load_segment(self, entry: dict) -> pa.Table:
+        path = self.segment_path(entry["name"])
+        ig.regular_file(path, entry.get("bytes"))
+        return ig.read_ipc(path)
 
-    def write_deletions(self, segment: str, version: int, rows: np.ndarray) -> str:
-        name = deletion_name(segment, version)
-        write_ipc(self._p("deletions", name), pa.table({"_row": pa.array(rows, pa.int64())}))
-        return name
+    def write_deletions(self, segment: str, version: int, rows: np.ndarray) -> dict:
+        name = mf.deletion_name(segment, version)
+        path = self._p("deletions", name)
+        write_ipc(path, pa.table({"_row": pa.array(rows, pa.int64())}))
+        with open(path, "rb") as f:
+            data = f.read()
+        return {"name": name, "bytes": len(data), "crc32": mf.crc_hex(data)}
 
-    def load_deletions(self, name: str) -> np.ndarray:
-        return primitive_view(read_ipc(self._p("deletions", name)).column("_row"), np.int64)
+    def load_deletions(self, dentry: dict) -> np.ndarray:
+        path = self.deletion_path(dentry["name"])
+        ig.regular_file(path, dentry.get("bytes"))
+        if dentry.get("crc32") is not None:  # small: checked whole at open
+            with open(path, "rb") as f:
+                if mf.crc_hex(f.read()) != dentry["crc32"]:
+                    raise CorruptionError(path, "fails its checksum (damaged)")
+        t = ig.read_ipc(path)
+        if t.schema.names != ["_row"] or t.schema.field(0).type != pa.int64() or t.column(0).null_count:
+            raise CorruptionError(path, f"is not a deletion file (schema {t.schema})")
+        arr = t.column(0).chunk(0) if t.num_rows else pa.array([], pa.int64())
+        try:
+            arr.validate()
+        except pa.ArrowException as e:
+            raise CorruptionError(path, f"is damaged ({e})") from None
+        if not len(arr):
+            return np.zeros(0, np.int64)
+        return np.frombuffer(arr.buffers()[1], np.int64, count=arr.offset + len(arr))[arr.offset:].copy()
 
     def sync_data(self) -> None:
         """Make new data-file directory entries durable before the manifest names them."""
@@ -199,25 +238,67 @@ class DirStore:
 
     # -- manifests
     def write_manifest(self, manifest: dict) -> None:
-        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        write_atomic(self._p("manifests", f"{manifest['version']}.json"), data)
+        write_atomic(self.manifest_path(manifest["version"]), mf.encode(manifest))
 
     def read_manifest(self, version: int) -> dict:
+        """The checked manifest of ``version``; KeyError when its file does not exist,
+        CorruptionError when it is damaged."""
+        path = self.manifest_path(version)
         try:
-            with open(self._p("manifests", f"{int(version)}.json"), "rb") as f:
-                return json.loads(f.read())
+            with open(path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             raise KeyError(version) from None
+        return mf.check(mf.decode(data, path), int(version), path)
+
+    def manifest_summary(self, version: int, dir_fd=None) -> dict:
+        """The summary of a manifest (its first bytes); ``dir_fd``: an open
+        ``manifests/`` folder (saves a path lookup per version in ``versions()``)."""
+        path = self.manifest_path(version)
+        try:
+            fd = os.open(f"{int(version)}.json", os.O_RDONLY, dir_fd=dir_fd) if dir_fd is not None \
+                else os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise KeyError(version) from None
+        try:
+            head = os.read(fd, 512)
+            if head.startswith(mf._HEAD) and b"}" in head:
+                return mf.summary(head, path)
+            parts = [head]
+            while parts[-1]:
+                parts.append(os.read(fd, 1 << 20))
+        finally:
+            os.close(fd)
+        return mf.summary(b"".join(parts), path)
 
     def set_latest(self, version: int) -> None:
         write_atomic(self._p(LATEST_NAME), f"{int(version)}\n".encode())
 
     def latest(self) -> int:
+        path = self._p(LATEST_NAME)
         try:
-            with open(self._p(LATEST_NAME), "rb") as f:
-                return int(f.read().strip())
+            with open(path, "rb") as f:
+                data = f.read(64)
         except FileNotFoundError:
             raise CollectionNotFound(f"{self.path!r} is not a nestvec collection (no LATEST file)") from None
+        text = data.strip()
+        if not text.isdigit() or len(text) > 18:
+            raise CorruptionError(path, f"does not hold a version number (got {data[:40]!r})")
+        return int(text)
+
+    def summaries(self, versions) -> list:
+        """(version, summary) of each of ``versions`` whose manifest exists."""
+        out = []
+        dfd = os.open(self._p("manifests"), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            for v in versions:
+                try:
+                    out.append((v, self.manifest_summary(v, dfd)))
+                except KeyError:
+                    pass
+        finally:
+            os.close(dfd)
+        return out
 
     def manifest_versions(self) -> list[int]:
         out = []
@@ -232,16 +313,11 @@ class DirStore:
         """Remove manifests not in ``keep`` and every data/temp file none of them names.
         Only the writer (holding the lock) calls this, so no commit is in flight."""
         keep_versions = {m["version"] for m in keep}
-        segs, dels = set(), set()
-        for m in keep:
-            for s in m["segments"]:
-                segs.add(s["name"])
-                if s.get("deletions"):
-                    dels.add(s["deletions"])
+        segs, dels = _live_names(keep)
         removed = {"manifests": 0, "segments": 0, "deletions": 0}
         for v in self.manifest_versions():
             if v not in keep_versions:
-                _unlink(self._p("manifests", f"{v}.json"))
+                _unlink(self.manifest_path(v))
                 removed["manifests"] += 1
         for sub, live in (("segments", segs), ("deletions", dels)):
             for fn in os.listdir(self._p(sub)):
@@ -267,10 +343,18 @@ class DirStore:
         return sorted(out)
 
 
+def _live_names(keep: list[dict]) -> tuple:
+    segs, dels = set(), set()
+    for m in keep:
+        for s in m["segments"]:
+            segs.add(s["name"])
+            if s.get("deletions"):
+                dels.add(s["deletions"])
+    return segs, dels
+
+
 def deletion_name(segment: str, version: int) -> str:
-    """``deletions/<segment uuid>.<version>.arrow``."""
-    stem = segment[:-len(".arrow")] if segment.endswith(".arrow") else segment
-    return f"{stem}.{int(version)}.arrow"
+    return mf.deletion_name(segment, version)
 
 
 def _unlink(path: str) -> None:
@@ -282,7 +366,8 @@ def _unlink(path: str) -> None:
 
 @dataclass
 class MemoryStore:
-    """The same interface without files (``Collection.create(None, ...)``)."""
+    """The same interface without files (``Collection.create(None, ...)``); nothing
+    leaves the process, so nothing is checksummed."""
 
     segments: dict = field(default_factory=dict)
     deletions: dict = field(default_factory=dict)
@@ -300,27 +385,36 @@ class MemoryStore:
     def init_dirs(self) -> None:
         pass
 
+    def check_dirs(self) -> None:
+        pass
+
     def acquire(self) -> None:
         pass
 
     def release(self) -> None:
         pass
 
-    def write_segment(self, table: pa.Table) -> str:
+    def segment_path(self, name: str):
+        return None
+
+    def deletion_path(self, name: str):
+        return None
+
+    def write_segment(self, table: pa.Table, crc_block: int) -> dict:
         name = f"{uuid.uuid4().hex}.arrow"
         self.segments[name] = table.combine_chunks()
-        return name
+        return {"name": name, "bytes": None, "crc32": None, "columns": None}
 
-    def load_segment(self, name: str) -> pa.Table:
-        return self.segments[name]
+    def load_segment(self, entry: dict) -> pa.Table:
+        return self.segments[entry["name"]]
 
-    def write_deletions(self, segment: str, version: int, rows: np.ndarray) -> str:
-        name = deletion_name(segment, version)
+    def write_deletions(self, segment: str, version: int, rows: np.ndarray) -> dict:
+        name = mf.deletion_name(segment, version)
         self.deletions[name] = np.asarray(rows, dtype=np.int64).copy()
-        return name
+        return {"name": name, "bytes": None, "crc32": None}
 
-    def load_deletions(self, name: str) -> np.ndarray:
-        return self.deletions[name]
+    def load_deletions(self, dentry: dict) -> np.ndarray:
+        return self.deletions[dentry["name"]]
 
     def sync_data(self) -> None:
         pass
@@ -331,8 +425,16 @@ class MemoryStore:
     def read_manifest(self, version: int) -> dict:
         return self.manifests[int(version)]
 
+    def manifest_summary(self, version: int) -> dict:
+        m = self.manifests[int(version)]
+        return {"version": m["version"], "rows": m["rows"], "segments": len(m["segments"]),
+                "created": m["created"], "op": m["op"]}
+
     def set_latest(self, version: int) -> None:
         self._latest = int(version)
+
+    def summaries(self, versions) -> list:
+        return [(v, self.manifest_summary(v)) for v in versions if v in self.manifests]
 
     def latest(self) -> int:
         return self._latest
@@ -342,8 +444,7 @@ class MemoryStore:
 
     def gc(self, keep: list[dict]) -> dict:
         keep_versions = {m["version"] for m in keep}
-        segs = {s["name"] for m in keep for s in m["segments"]}
-        dels = {s["deletions"] for m in keep for s in m["segments"] if s.get("deletions")}
+        segs, dels = _live_names(keep)
         removed = {"manifests": 0, "segments": 0, "deletions": 0}
         for v in list(self.manifests):
             if v not in keep_versions:
@@ -358,106 +459,3 @@ class MemoryStore:
                 del self.deletions[name]
                 removed["deletions"] += 1
         return removed
-
-
-# --------------------------------------------------------------------------- snapshot
-
-
-@dataclass
-class Segment:
-    """One mapped segment of a snapshot. ``vectors``/``codes`` are NumPy views over the
-    mapped Arrow buffers (no copy); ``live`` is None when nothing is deleted."""
-
-    name: str
-    table: pa.Table
-    vectors: np.ndarray
-    codes: np.ndarray | None
-    rows: np.ndarray
-    live: np.ndarray | None
-    n_live: int
-    deletions: str | None
-    offset: int = 0  # position of its first row in the snapshot's global order
-
-    @property
-    def n(self) -> int:
-        return self.table.num_rows
-
-
-def fixed_list_view(col, width: int, np_dtype) -> np.ndarray:
-    """Zero-copy ``[n, width]`` NumPy view of a fixed_size_list / fixed_size_binary column."""
-    arr = col.chunk(0) if isinstance(col, pa.ChunkedArray) and col.num_chunks == 1 else None
-    if arr is None:  # not one chunk (only for foreign files): one copy
-        arr = pa.concat_arrays(col.chunks) if isinstance(col, pa.ChunkedArray) and col.num_chunks \
-            else pa.array([], col.type)
-    n = len(arr)
-    if pa.types.is_fixed_size_binary(arr.type):
-        buf = arr.buffers()[1]
-        if buf is None or n == 0:
-            return np.zeros((0, width), dtype=np_dtype)
-        flat = np.frombuffer(buf, dtype=np_dtype, count=(arr.offset + n) * width)
-        return flat.reshape(-1, width)[arr.offset:]
-    values = arr.values  # the whole child array; slice by the list offset ourselves
-    flat = primitive_view(values, np_dtype)
-    return flat.reshape(-1, width)[arr.offset:arr.offset + n]
-
-
-def primitive_view(arr, np_dtype) -> np.ndarray:
-    """Zero-copy NumPy view of a null-free primitive Arrow array (straight from its
-    buffer: ``to_numpy`` would import pandas, ~0.4 s and ~40 MB, on first use)."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.chunk(0) if arr.num_chunks == 1 else pa.concat_arrays(arr.chunks) if arr.num_chunks \
-            else pa.array([], arr.type)
-    if arr.null_count:
-        raise ValueError("unexpected nulls in a storage column")
-    np_dtype = np.dtype(np_dtype)
-    buf = arr.buffers()[1]
-    if buf is None or len(arr) == 0:
-        return np.zeros(0, dtype=np_dtype)
-    return np.frombuffer(buf, dtype=np_dtype, count=arr.offset + len(arr))[arr.offset:]
-
-
-def load_segment(store, seg: dict, dim: int, np_dtype, binary: bool, offset: int) -> Segment:
-    table = store.load_segment(seg["name"])
-    vectors = fixed_list_view(table.column("vector"), dim, np_dtype)
-    codes = fixed_list_view(table.column("code"), (dim + 7) // 8, np.uint8) if binary else None
-    rows = primitive_view(table.column("_row"), np.int64)
-    live = None
-    if seg.get("deletions"):
-        deleted = store.load_deletions(seg["deletions"])
-        live = np.ones(table.num_rows, dtype=bool)
-        live[np.searchsorted(rows, deleted)] = False  # _row ascending within a segment
-    n_live = table.num_rows if live is None else int(live.sum())
-    return Segment(seg["name"], table, vectors, codes, rows, live, n_live, seg.get("deletions"), offset)
-
-
-def read_snapshot(store, version: int | None, retries: int = 20):
-    """(manifest, segments) of ``version`` (default: LATEST), all segments mapped.
-    A writer's GC may remove an old version between reading LATEST and mapping its
-    files; then we read LATEST again."""
-    last = None
-    for _ in range(retries):
-        v = store.latest() if version is None else int(version)
-        try:
-            m = store.read_manifest(v)
-        except KeyError:
-            if version is not None:
-                raise KeyError(f"version {version} does not exist (it may have been removed by "
-                               f"compact); versions(): {store.manifest_versions()}") from None
-            last = f"manifest {v} missing"
-            time.sleep(0.01)
-            continue
-        if m.get("format") != FORMAT:
-            raise ValueError(f"unsupported collection format {m.get('format')!r}")
-        np_dtype = np.dtype(m["dtype"])
-        try:
-            segs, off = [], 0
-            for s in m["segments"]:
-                segs.append(load_segment(store, s, m["dim"], np_dtype, m["binary"], off))
-                off += segs[-1].n
-            return m, segs
-        except (FileNotFoundError, KeyError) as e:
-            if version is not None:
-                raise KeyError(f"version {version} is no longer readable (compacted away): {e}") from None
-            last = str(e)
-            time.sleep(0.01)
-    raise RuntimeError(f"could not read a consistent version after {retries} tries: {last}")

@@ -119,7 +119,33 @@ def vectors(x, dim: int, dtype: str, metric: str) -> np.ndarray:
                              f"has no direction under metric='cosine'")
     if dt == np.float32:  # float16 values cannot reach either limit in float32 sums
         _check_norms(np.einsum("ij,ij->i", xs, xs), metric, "vectors", "row")
+        if metric == "cosine" and len(xs):
+            _check_prefixes(u & mag_mask)
     return xs
+
+
+# The bit pattern of float32(_MIN_SQ_NORM_COSINE ** 0.5) = 1e-15.
+_MIN_FIRST_BITS = int(np.array(_MIN_SQ_NORM_COSINE ** 0.5, np.float32).view(np.uint32))
+
+
+def _check_prefixes(mag: np.ndarray) -> None:
+    """Under cosine any prefix ``dim`` may be searched, and its norm must be scorable
+    too: the smallest nonzero prefix norm of a row is its first nonzero value, so that
+    value must reach _MIN_SQ_NORM_COSINE ** 0.5 (a row opening with 1e-25 would score
+    0 at a short prefix where its cosine is 1). ``mag``: float32 magnitude bits."""
+    cand = np.flatnonzero(mag[:, 0] < _MIN_FIRST_BITS)  # only rows that open with a tiny or zero value
+    if not len(cand):
+        return
+    sub = mag[cand]
+    first = np.argmax(sub != 0, axis=1)
+    bad = sub[np.arange(len(cand)), first] < _MIN_FIRST_BITS
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        row, j = int(cand[i]), int(first[i])
+        val = float(sub[i, j:j + 1].view(np.float32)[0])
+        raise ValueError(f"vectors: row {row} opens with {val:.3g} (its first nonzero value, at index {j}); "
+                         f"under metric='cosine' every prefix norm must reach {_MIN_SQ_NORM_COSINE ** 0.5:g} "
+                         f"for the float32 kernels to score it (rescale the vector)")
 
 
 def _check_norms(sq, metric: str, name: str, what: str) -> None:
@@ -330,8 +356,12 @@ def _coerce(values, t: pa.DataType, name: str) -> pa.Array:
                 raise TypeError(f"metadata: column {name!r} must be a list of values, got "
                                 f"{type(values).__name__}")
             arr = pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise TypeError(f"metadata: column {name!r}: {e}") from None
+    except OverflowError:
+        raise ValueError(f"metadata: column {name!r} is {t}; a value is too large for it") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        kind = getattr(values, "dtype", None)
+        what = f"values of dtype {kind}" if kind is not None else "its values"
+        raise TypeError(f"metadata: column {name!r} is {t}; cannot store {what} ({e})") from None
     if arr.type == t:
         return arr
     if pa.types.is_null(arr.type):
@@ -354,11 +384,7 @@ def _coerce(values, t: pa.DataType, name: str) -> pa.Array:
 
 
 def positive_int(v, name: str, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if v < 1 or (hi is not None and v > hi):
-        raise ValueError(f"{name}: expected 1 <= {name}" + (f" <= {hi}" if hi else "") + f", got {v}")
-    return int(v)
+    return ck.check_int(v, name, lo=1, hi=hi)
 
 
 def ladder(v, dim: int) -> tuple:

@@ -1,20 +1,16 @@
-"""lowrank_sparse_matmul: validation and backends (public entry re-exported by ops.py).
-
-Split out of ops.py by concern; it uses ops.py's dispatch framework unchanged.
-"""
+"""lowrank_sparse_matmul: the LOST layer ``y = x Aᵀ Bᵀ + scatter(x Sᵀ) + bias``, and
+its autograd Function (``lowrank_sparse_linear``, what nestvec.nn.LowRankSparseLinear
+runs)."""
 from __future__ import annotations
 
 import weakref
 
 import numpy as np
 
-from . import _checks as ck
-from . import reference
-from .ops import (_C, _check_backend_device, _require_gpu_inputs, _row_contiguous,
-                  cuda_module, is_auto, require_torch, resolve_backend)
+from .. import _backend as be
+from .. import _checks as ck
+from .. import reference
 
-
-_LRS_DTYPES = ("float32", "float16", "bfloat16")
 _LRS_CODE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 
@@ -23,7 +19,7 @@ def _lrs_validate(x, A, B, S, channels, bias):
     x = ck.as_array_like(x, "x")
     ck.check_ndim(x, "x", (1, 2), "[M, K] or [K]")
     dt = ck.dtype_name(x)
-    ck.check_dtype(x, "x", _LRS_DTYPES + ("float64",), "float32, float16 or bfloat16 (float64 on "
+    ck.check_dtype(x, "x", be.FLOAT_DTYPES + ("float64",), "float32, float16 or bfloat16 (float64 on "
                    "the reference backend)")
     K = x.shape[-1]
     A = ck.as_array_like(A, "A")
@@ -135,8 +131,7 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
         out: optional result buffer: ``[M, N]`` (``[N]`` for a 1-D x) of x's dtype, kind
             and device, each row contiguous, sharing no memory with the inputs. Written
             in place and returned. Reusing one buffer across calls saves the page faults
-            of a fresh large output (4096 x 4096 float32 on the cpu backend: ~100 ms
-            -> ~92 ms a call).
+            of a fresh large output (README, LOST table).
         backend: ``auto`` | ``reference`` | ``cpu`` | ``triton`` | ``cuda``.
 
     Returns:
@@ -157,13 +152,11 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
     if _grad_needed(x, A, B, S, bias):
         # Differentiate like a torch op would, through nestvec.nn's autograd Function
         # (its forward calls back in here with grad mode off).
-        require_torch("gradients need torch tensors throughout", x=x, A=A, B=B, S=S,
-                      channels=channels, bias=bias)
+        be.require_torch("gradients need torch tensors throughout", x=x, A=A, B=B, S=S,
+                         channels=channels, bias=bias)
         if out is not None:
             raise ValueError("out: not supported when an input requires grad (as in torch); "
                              "call it under torch.no_grad() or drop out=")
-        from .nn import lowrank_sparse_linear
-
         return lowrank_sparse_linear(x, A, B, S, channels, bias, backend=backend)
     single = x.ndim == 1
     if out is not None:
@@ -174,29 +167,20 @@ def lowrank_sparse_matmul(x, A, B, S, channels, bias=None, *, out=None, backend:
         out2 = None if out is None else out[None, :]
     else:
         out2 = out
-    # Deviation from DESIGN's auto rule, measured on an H200 (bf16 8192x4096, r=1024):
-    # the Triton GEMM pair runs 0.46 ms, our WMMA CUDA kernels 1.12 ms.
-    be = resolve_backend(backend, x, prefer_triton=True)
+    # auto sends CUDA tensors to the Triton GEMM pair, not the CUDA kernels: on an H200
+    # the pair was the faster of the two (README, GPU table).
+    name = be.resolve(backend, x, prefer_triton=True)
     if ck.dtype_name(x) == "float64":
-        if is_auto(backend):
-            be = "reference"
-        elif be != "reference":
-            raise TypeError(f"x: float64 runs on the reference backend only, not {be!r}")
-    if be != "reference":
-        _check_backend_device(be, x, "x")
-    _require_gpu_inputs(be, A=A, B=B, S=S, channels=channels, bias=bias)
+        if be.is_auto(backend):
+            name = "reference"
+        elif name != "reference":
+            raise TypeError(f"x: float64 runs on the reference backend only, not {name!r}")
+    be.check_inputs(name, x, "x", A=A, B=B, S=S, channels=channels, bias=bias)
     # Empty x on the host goes through the reference; the GPU backends handle M = 0
     # themselves (the reference cannot read device memory).
-    if be == "reference" or (be == "cpu" and x.shape[0] == 0):
-        y = _lrs_reference(x, A, B, S, channels, bias)
-    elif be == "cpu":
-        y = _lrs_cpu(x, A, B, S, channels, bias, out2)
-    elif be == "cuda":
-        y = _lrs_cuda(x, A, B, S, channels, bias, out2)
-    else:
-        from .kernels import lowrank_sparse as tk
-
-        y = tk.lowrank_sparse_matmul(x, A, B, S, channels, bias, out=out2)
+    if name == "cpu" and x.shape[0] == 0:
+        name = "reference"
+    y = be.implementation("lowrank_sparse_matmul", name)(x, A, B, S, channels, bias, out2)
     if out is None:
         return y[0] if single else y
     if y is not out2:  # a backend that could not write into out2 directly
@@ -220,7 +204,11 @@ def _lrs_np(t):
     return t
 
 
-def _lrs_reference(x, A, B, S, channels, bias):
+# Backends: fn(x [M, K], A, B, S, channels, bias, out [M, N] or None) -> y; a backend
+# may ignore out (the caller copies into it).
+
+@be.register("lowrank_sparse_matmul", "reference")
+def _reference(x, A, B, S, channels, bias, out=None):
     y = reference.lowrank_sparse_matmul(*(_lrs_np(t) for t in (x, A, B, S, channels, bias)))
     if ck.is_torch(x):
         import torch
@@ -248,18 +236,19 @@ def _aligned_empty(shape, dtype, align=64):
     return buf[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def _lrs_cpu(x, A, B, S, channels, bias, out=None):
+@be.register("lowrank_sparse_matmul", "cpu")
+def _cpu(x, A, B, S, channels, bias, out=None):
     dt = ck.dtype_name(x)
-    xa = _row_contiguous(_lrs_host(x, contiguous=False), "x")
+    xa = ck.row_contiguous(_lrs_host(x, contiguous=False), "x")
     if xa.ndim == 2 and xa.strides[0] < 0:
         xa = np.ascontiguousarray(xa)
     ch = np.ascontiguousarray(_lrs_host(channels), dtype=np.int64)
     if out is not None:  # a view of out (checked by ck.check_out), written in place
-        _C.lowrank_sparse_matmul(_LRS_CODE[dt], xa, _lrs_host(A), _lrs_host(B), _lrs_host(S), ch,
+        be._C.lowrank_sparse_matmul(_LRS_CODE[dt], xa, _lrs_host(A), _lrs_host(B), _lrs_host(S), ch,
                                  _lrs_host(bias), _lrs_host(out, contiguous=False))
         return out
     y = _aligned_empty((xa.shape[0], B.shape[0]), xa.dtype)
-    _C.lowrank_sparse_matmul(_LRS_CODE[dt], xa, _lrs_host(A), _lrs_host(B), _lrs_host(S), ch,
+    be._C.lowrank_sparse_matmul(_LRS_CODE[dt], xa, _lrs_host(A), _lrs_host(B), _lrs_host(S), ch,
                              _lrs_host(bias), y)
     if ck.is_torch(x):
         import torch
@@ -269,11 +258,12 @@ def _lrs_cpu(x, A, B, S, channels, bias, out=None):
     return y
 
 
-def _lrs_cuda(x, A, B, S, channels, bias, out=None):
-    """CUDA backend (nestvec._C; nestvec._nvemu for CPU tensors, see ops.cuda_emulated)."""
+@be.register("lowrank_sparse_matmul", "cuda")
+def _cuda(x, A, B, S, channels, bias, out=None):
     import torch
 
-    C = cuda_module(x)
+    rt = be.CUDA
+    C = rt.module
 
     dt = ck.dtype_name(x)
     if x.stride(-1) != 1 or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
@@ -291,9 +281,78 @@ def _lrs_cuda(x, A, B, S, channels, bias, out=None):
                                                                         device=dev)
     ws_bytes = C.cuda_lowrank_sparse_workspace_bytes(_LRS_CODE[dt], M, N, r, c)
     ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=dev)
-    with ck.launch_scope(dev) as stream:
+    with rt.stream(dev) as stream:
         C.cuda_lowrank_sparse_matmul(
             _LRS_CODE[dt], x.data_ptr(), M, K, x.stride(0), A.data_ptr(), r, B.data_ptr(), N,
             S.data_ptr(), c, ch.data_ptr(), bias_c.data_ptr() if bias_c is not None else 0,
             y.data_ptr(), ws.data_ptr(), ws_bytes, stream)
     return y
+
+
+@be.register("lowrank_sparse_matmul", "triton")
+def _triton(x, A, B, S, channels, bias, out=None):
+    from ..kernels import lowrank_sparse as tk
+
+    return tk.lowrank_sparse_matmul(x, A, B, S, channels, bias, out=out)
+
+# --------------------------------------------------------------------------- autograd
+# The op's torch.autograd.Function, created on first use so that importing the op never
+# imports torch.
+_FUNCTION = None
+
+
+def _autograd_function():
+    global _FUNCTION
+    if _FUNCTION is None:
+        import torch
+
+        class LowRankSparseFunction(torch.autograd.Function):
+            """y = x Aᵀ Bᵀ + scatter(x Sᵀ, channels) + bias for 2-D x; gradients for x, A, B,
+            S and bias (never for the integer channels)."""
+
+            @staticmethod
+            def forward(ctx, x, A, B, S, channels, bias, backend):
+                y = lowrank_sparse_matmul(x, A, B, S, channels, bias, backend=backend)
+                # After the op has validated them: index_select in backward takes only int32 /
+                # int64 ids, and the op also accepts (u)int8/16 and uint32.
+                ch = torch.as_tensor(channels, device=x.device).to(torch.int64)
+                ctx.save_for_backward(x, A, B, S, ch)
+                ctx.has_bias = bias is not None
+                return y
+
+            @staticmethod
+            def backward(ctx, gy):
+                x, A, B, S, ch = ctx.saved_tensors
+                need_x, need_a, need_b, need_s, _, need_bias, _ = ctx.needs_input_grad
+                gx = gA = gB = gS = gbias = None
+                gy = gy.contiguous()
+                u = gy @ B if (need_x or need_a) else None          # [M, r]  = dL/d(x Aᵀ)
+                gs = gy.index_select(1, ch) if (need_x or need_s) else None  # [M, c]
+                if need_x:
+                    gx = u @ A
+                    if S.shape[0]:
+                        gx = gx + gs @ S
+                if need_a:
+                    gA = u.t() @ x
+                if need_b:
+                    gB = gy.t() @ (x @ A.t())
+                if need_s:
+                    gS = gs.t() @ x
+                if need_bias and ctx.has_bias:
+                    gbias = gy.sum(0)
+                return gx, gA, gB, gS, None, gbias, None
+
+        _FUNCTION = LowRankSparseFunction
+    return _FUNCTION
+
+
+def lowrank_sparse_linear(x, A, B, S, channels, bias=None, backend: str = "auto"):
+    """Differentiable ``lowrank_sparse_matmul`` on torch tensors; x may be ``[..., K]``."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    # The op wants contiguous, non-overlapping rows (the cpu backend raises otherwise);
+    # a drop-in nn.Linear must take any layout (a transposed or expanded input).
+    if not ck.rows_usable(x2):
+        x2 = x2.contiguous()
+    y = _autograd_function().apply(x2, A, B, S, channels, bias, backend)
+    return y.reshape(*lead, B.shape[0])
