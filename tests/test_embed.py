@@ -43,11 +43,54 @@ def test_dim_binary_and_order(encoder):
 
 
 def test_early_exit_runs_fewer_layers():
+    import copy
+
+    import torch
+
+    import nestvec as nv
+
     enc = Encoder(layers=3, pooling="cls")
     assert enc.layers == 3 and enc.num_layers == 6
-    assert len(enc.model.encoder.layer) == 3
+    assert len(enc.model.encoder.layer) == 6  # the model keeps every layer
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in enc.model.encoder.layer]
     emb = enc.encode(TEXTS[:3])
+    assert len(calls) == 3  # one batch, three layers
+    for h in hooks:
+        h.remove()
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    # the same as a model cut after 3 layers
+    cut = copy.deepcopy(enc.model)
+    cut.encoder.layer = cut.encoder.layer[:3]
+    batch = enc.tokenizer(TEXTS[:3], padding=True, truncation=True, max_length=enc.max_length,
+                          return_tensors="pt")
+    with torch.inference_mode():
+        ref = nv.pool(cut(**batch).last_hidden_state, batch["attention_mask"], "cls")
+    np.testing.assert_allclose(emb, ref.numpy(), atol=1e-6)
+
+
+def test_exit_per_call(encoder):
+    """One loaded model serves every (layers, dim) exit; encode_exits gives several
+    depths from one pass, equal to the per-call exits."""
+    full = encoder.encode(TEXTS)
+    np.testing.assert_array_equal(encoder.encode(TEXTS, layers=6, dim=384), full)
+    e2 = encoder.encode(TEXTS, layers=2, dim=64)
+    assert e2.shape == (len(TEXTS), 64)
+    np.testing.assert_allclose(e2, Encoder(layers=2, dim=64).encode(TEXTS), atol=1e-6)
+    ex = encoder.encode_exits(TEXTS, layers=(2, 4, 6), dim=128)
+    assert sorted(ex) == [2, 4, 6]
+    for layer, e in ex.items():
+        np.testing.assert_allclose(e, encoder.encode(TEXTS, layers=layer, dim=128), atol=1e-5)
+    assert encoder.hidden_states_are_exits()
+    # the constructor's exit stays the default
+    enc = Encoder(layers=2, dim=64)
+    np.testing.assert_array_equal(enc.encode(TEXTS), e2)
+    np.testing.assert_array_equal(enc.encode(TEXTS, layers=6, dim=384), full)
+    for bad in (dict(layers=0), dict(layers=7), dict(dim=0), dict(dim=385), dict(layers=2.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            encoder.encode(TEXTS, **bad)
+    with pytest.raises(ValueError, match="layers"):
+        encoder.encode_exits(TEXTS, layers=(2, 9))
 
 
 def test_errors(tmp_path):

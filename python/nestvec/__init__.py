@@ -24,4 +24,8 @@ def __getattr__(name):
         from .embed import Encoder
 
         return Encoder
+    if name == "train":  # nv.train.distill_2d / recover (torch + transformers on use)
+        import importlib
+
+        return importlib.import_module(".train", __name__)
     raise AttributeError(f"module 'nestvec' has no attribute {name!r}")

@@ -1,9 +1,11 @@
-"""The ``nestvec`` command: ``nestvec demo | index | search | bench | info``.
+"""The ``nestvec`` command: ``nestvec demo | index | search | train-2d | compress | bench | info``.
 
   nestvec demo                         index the Python stdlib's docstrings, search, benchmark
   nestvec index SOURCE --out DIR       embed a folder of text files or a .jsonl file
                                        (--ann ivf|hnsw: and build a sub-linear index)
   nestvec search DIR "query" -k 10     search a collection built by `nestvec index`
+  nestvec train-2d --texts SRC --out DIR   2D Matryoshka self-distillation of an encoder
+  nestvec compress --out DIR           LOST-compress an encoder (--texts SRC: and recover)
   nestvec bench                        run the benchmark suite (JSON, markdown, PNG plots)
   nestvec info                         build and runtime facts
 """
@@ -46,7 +48,7 @@ def _encoder(args, **over):
         from .embed import Encoder
     except ImportError as e:
         raise CLIError(f"embedding needs torch and transformers (pip install 'nestvec[embed]'): {e}") from None
-    kw = dict(model=getattr(args, "model", None), pooling=getattr(args, "pooling", "mean"),
+    kw = dict(model=getattr(args, "model", None), pooling=getattr(args, "pooling", None),
               dim=getattr(args, "dim", None), layers=getattr(args, "layers", None),
               batch_size=getattr(args, "batch_size", 64), device=getattr(args, "device", "cpu"),
               max_length=getattr(args, "max_length", None))
@@ -309,6 +311,105 @@ def _demo_bench(col, qv, vecs):
         print(f"  {case:<44s} {a:9.3f}   {bname:<22s} {b:9.3f}")
 
 
+# --------------------------------------------------------------------------- train-2d / compress
+
+def _int_list(name: str, text: str, full_ok: bool = False) -> list:
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if full_ok and part.lower() in ("full", "none", ""):
+            out.append(None)
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise CLIError(f"{name}: expected comma-separated integers{' (or full)' if full_ok else ''}, "
+                           f"got {text!r}") from None
+    return out
+
+
+def _check_out(out: Path):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CLIError(f"--out {str(out)!r} exists and is not an empty folder; choose a new one")
+
+
+def _train_texts(args):
+    from .train import read_texts
+
+    try:
+        texts = read_texts(args.texts, limit=args.max_texts)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(f"--texts: {e}") from None
+    print(f"  {len(texts)} training texts from {args.texts}")
+    return texts
+
+
+def _train_kw(args) -> dict:
+    kw = dict(epochs=args.epochs, batch_size=args.train_batch_size, max_seconds=args.max_seconds,
+              seed=args.seed, progress=not args.quiet)
+    if args.lr is not None:
+        kw["lr"] = args.lr
+    return kw
+
+
+def _print_history(hist):
+    last = hist.epochs[-1]["loss"]
+    print(f"  {hist.steps} steps in {hist.seconds:.0f} s ({len(hist.epochs)} epoch(s), stopped by "
+          f"{hist.stopped}); last epoch's loss per exit:")
+    print("    " + "  ".join(f"{k} {v:.4f}" for k, v in last.items()))
+
+
+def _cmd_train2d(args) -> int:
+    from . import train
+
+    out = Path(args.out)
+    _check_out(out)
+    layers = _int_list("--layers", args.layers)
+    dims = _int_list("--dims", args.dims, full_ok=True)
+    texts = _train_texts(args)
+    enc = _encoder(args, dim=None, layers=None, pooling=args.pooling)
+    print(f"  teacher and student: {enc.name} ({enc.num_layers} layers, {enc.hidden_size}-dim); "
+          f"exits layers {layers} x dims {[d or enc.hidden_size for d in dims]}")
+    try:
+        trained, hist = train.distill_2d(enc, texts, layers=layers, dims=dims, **_train_kw(args))
+    except (ValueError, TypeError) as e:
+        raise CLIError(str(e)) from None
+    _print_history(hist)
+    trained.save(out)
+    print(f"saved the trained encoder to {out} (use it with --model {out})")
+    return 0
+
+
+def _cmd_compress(args) -> int:
+    import copy
+
+    from .nn import compress_model
+
+    out = Path(args.out)
+    _check_out(out)
+    texts = _train_texts(args) if args.texts else None
+    enc = _encoder(args, dim=None, layers=None)
+    comp = enc._with_model(copy.deepcopy(enc.model))
+    include = args.include or [r"intermediate\.dense$", r"layer\.\d+\.output\.dense$"]
+    try:
+        rep = compress_model(comp.model, args.rank_ratio, args.sparsity, include=include)
+    except (ValueError, TypeError) as e:
+        raise CLIError(str(e)) from None
+    print(f"  {len(rep.layers)} layers compressed: {rep.params_before:,} -> {rep.params_after:,} "
+          f"parameters ({rep.ratio:.3f}x)")
+    if texts is not None:
+        from . import train
+
+        try:
+            comp, hist = train.recover(comp, enc, texts, **_train_kw(args))
+        except (ValueError, TypeError) as e:
+            raise CLIError(str(e)) from None
+        _print_history(hist)
+    comp.save(out)
+    print(f"saved the compressed encoder to {out} (use it with --model {out})")
+    return 0
+
+
 # --------------------------------------------------------------------------- bench / info
 
 def _benchmarks_dir() -> Path:
@@ -353,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
         if dim:
             sp.add_argument("--dim", type=int, default=None, help="Matryoshka truncation of the vectors")
             sp.add_argument("--layers", type=int, default=None, help="early exit: run only the first L layers")
-            sp.add_argument("--pooling", default="mean", help="mean | weighted_mean | cls | last | max")
+            sp.add_argument("--pooling", default=None, help="mean | weighted_mean | cls | last | max "
+                            "(default mean, or what a saved encoder uses)")
         sp.add_argument("--batch-size", type=int, default=64)
         sp.add_argument("--max-length", type=int, default=None, help="tokens per text")
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -391,6 +493,37 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--json", action="store_true", help="print JSON rows")
     encoder_opts(ps, dim=False)
     ps.set_defaults(func=_cmd_search)
+
+    def train_opts(sp, required: bool):
+        sp.add_argument("--texts", required=required, default=None,
+                        help="training texts: a BEIR folder (its documents), a folder of text files, "
+                        "a .jsonl file, or 'stdlib' (the standard library's docstrings)")
+        sp.add_argument("--out", required=True, help="folder for the encoder (created)")
+        sp.add_argument("--max-texts", type=int, default=None, help="use at most this many texts")
+        sp.add_argument("--epochs", type=int, default=1)
+        sp.add_argument("--train-batch-size", type=int, default=32, help="texts per training step")
+        sp.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
+        sp.add_argument("--max-seconds", type=float, default=None, help="training time budget")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+        encoder_opts(sp, dim=False)
+
+    pt = sub.add_parser("train-2d", help="2D Matryoshka self-distillation: early exits and short "
+                        "prefixes that keep their quality")
+    train_opts(pt, required=True)
+    pt.add_argument("--layers", default="2,3,4,6", help="exits to train: layer counts (default 2,3,4,6)")
+    pt.add_argument("--dims", default="64,128,256,full", help="exits to train: widths (default 64,128,256,full)")
+    pt.add_argument("--pooling", default=None, help="mean | weighted_mean | cls | last | max")
+    pt.set_defaults(func=_cmd_train2d)
+
+    pc = sub.add_parser("compress", help="LOST-compress an encoder's feed-forward layers; with --texts, "
+                        "recover its quality by training the factors")
+    train_opts(pc, required=False)
+    pc.add_argument("--rank-ratio", type=float, default=0.5, help="rank / min(in, out) (default 0.5)")
+    pc.add_argument("--sparsity", type=float, default=0.05, help="fraction of dense output channels")
+    pc.add_argument("--include", action="append", default=None,
+                    help="regex of layer names to compress (repeatable; default the FFN pair)")
+    pc.set_defaults(func=_cmd_compress)
 
     pb = sub.add_parser("bench", help="run the benchmark suite; JSON, markdown and PNG under benchmarks/results/")
     pb.add_argument("--quick", action="store_true", help="smaller sizes")
