@@ -25,7 +25,7 @@ from ..collection import manifest as mf
 from ..collection import validate as vd
 from ..collection.collection import Collection
 from ..collection.errors import LockError
-from ..collection.planner import MAX_K, MODES, Request, ladder_keep, resolve_mode
+from ..collection.planner import MODES, Request, ladder_keep, resolve_mode
 from . import coordinator as co
 from . import layout, routing, runtime
 from .writes import WriteMixin
@@ -423,12 +423,10 @@ class ShardedCollection(WriteMixin):
         funnel = self._funnel if funnel is None else funnel
         if funnel not in FUNNELS:
             raise ValueError(f"funnel: expected one of {FUNNELS}, got {funnel!r}")
-        k = vd.positive_int(k, "k", MAX_K)
+        k = vd.positive_int(k, "k")
         rescore = vd.positive_int(rescore, "rescore")
         d_full = m["dim"]
         dim = d_full if dim is None else vd.positive_int(dim, "dim", d_full)
-        if mode == "funnel" and k * rescore > MAX_K:
-            raise ValueError(f"rescore: the shortlist k*rescore = {k * rescore} exceeds {MAX_K}")
         ladder = vd.ladder(ladder, dim)
         snap = self._stand_in(m)
         cols = Collection._columns(snap, columns, [])
