@@ -12,7 +12,9 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,22 +167,265 @@ def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
     return {"median_ms": statistics.median(ts), "min_ms": min(ts), "repeats": repeats}
 
 
-def cuda_timeit(fn, repeats: int = 20, warmup: int = 3) -> dict:
-    """GPU milliseconds from CUDA events, median over `repeats`."""
-    import torch
+# --------------------------------------------------------------------------- providers
 
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
+@dataclass
+class Provider:
+    """One implementation in a benchmark table.
+
+    name: the row's `impl` ("nestvec cpu", "nestvec cuda", "torch bmm", ...).
+    setup(case): untimed preparation for one case (convert inputs, build an index);
+      returns the call to time (no arguments), or None where this provider does not
+      run the case.
+    device: "cuda" times with CUDA events around each call; anything else wall clock.
+    isa: nestvec's CPU ISA forced while this provider runs (None: leave as is).
+    compare(out, ref) -> str: '' when `out` agrees with the case's reference, else why
+      not (or (why, {column: value}) to add columns, e.g. a recall); None uses run()'s
+      `compare`; False: not checked (no comparable output).
+    context: a context manager factory entered around this provider's set-up and calls
+      (a switch of nestvec's, say).
+    repeats: this provider's timed calls, instead of run()'s.
+    extra: columns copied into each of this provider's rows.
+    """
+    name: str
+    setup: Callable[[Any], Callable[[], Any] | None]
+    device: str = "cpu"
+    isa: str | None = None
+    compare: Callable[[Any, Any], Any] | None | bool = None
+    context: Callable[[], Any] | None = None
+    repeats: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _timed(fn, device: str, repeats: int) -> list[float]:
+    if device == "cuda":
+        import torch
+
+        ts = []
+        for _ in range(repeats):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            ts.append(a.elapsed_time(b))
+        return ts
     ts = []
     for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
+        t0 = time.perf_counter()
         fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return {"median_ms": statistics.median(ts), "min_ms": min(ts), "repeats": repeats}
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return ts
+
+
+def _warm(fn, device: str, warmup: int, timed: bool):
+    """The first call's output, then warm-up: `warmup` calls, and on the CPU more while
+    less than WARM_S has passed (see WARM_S). Smoke runs (timed=False) call once."""
+    out = fn()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    if not timed:
+        return out
+    t_start, calls = time.perf_counter(), 1
+    while calls < warmup or (device != "cuda" and time.perf_counter() - t_start < WARM_S
+                             and calls < 100):
+        fn()
+        calls += 1
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return out
+
+
+def run(cases: list, providers: list[Provider], *, reference: Callable[[Any], Any] | None = None,
+        compare: Callable[[Any, Any], str] | None = None, repeats: int | Callable[[Any], int] = 5,
+        warmup: int = 1, passes: int = 1, label: Callable[[Any], dict] | None = None,
+        timed: bool = True, on_error: str = "record") -> list[dict]:
+    """Every provider on every case: set up, warm up, time, check the output once.
+
+    cases: anything; `label(case)` gives the columns that name it in the rows (default:
+      a dict case's items whose keys do not start with "_" (inputs ride along under
+      "_" keys), else {"case": str(case)}).
+    reference(case): the expected output; None (or reference=None) takes the first
+      provider's output on that case as the reference of the others.
+    compare(out, ref) -> '' or a reason: the default check (a provider's own wins).
+    repeats: timed calls per provider and pass (or a function of the case).
+    passes: the set of providers runs `passes` times per case, each time warmed up
+      again, median and min over every timed call: other libraries' thread pools keep
+      spinning after their calls and an idle pause drops the clock, so one block of
+      calls per method, twice, is fairer than one call of each in turn.
+    timed=False: one call each, no timing (a smoke run: the code paths, not the speed).
+    on_error: "record" puts a failing provider's error in its row and goes on;
+      "raise" re-raises.
+    Returns one row per (case, provider that ran it): the label columns, impl, isa,
+    device, median_ms, min_ms, repeats, ok (True / False / None: not checked), detail.
+    """
+    rows = []
+    for case in cases:
+        cols = label(case) if label else (
+            {k: v for k, v in case.items() if not str(k).startswith("_")} if isinstance(case, dict)
+            else {"case": str(case)})
+        ref = reference(case) if reference else None
+        have_ref = reference is not None
+        times: dict[int, list[float]] = {}
+        results: dict[int, dict] = {}
+        calls = {}
+        for j, p in enumerate(providers):
+            try:
+                with _provider_context(p):
+                    fn = p.setup(case)
+            except Exception as e:  # noqa: BLE001
+                if on_error == "raise":
+                    raise
+                results[j] = {"ok": False, "detail": f"setup: {type(e).__name__}: {e}"[:300]}
+                continue
+            if fn is not None:
+                calls[j] = (p, fn)
+        reps = repeats(case) if callable(repeats) else repeats
+        broken = set()
+        for pass_no in range(passes if timed else 1):
+            for j, (p, fn) in calls.items():
+                if j in broken:
+                    continue
+                out = None
+                try:
+                    with _provider_context(p):
+                        out = _warm(fn, p.device, warmup, timed)
+                        if pass_no == 0:
+                            results[j] = _check(p, out, ref, have_ref, compare)
+                            if not have_ref and p.compare is not False:
+                                ref, have_ref = out, True
+                        if timed:
+                            times.setdefault(j, []).extend(_timed(fn, p.device, p.repeats or reps))
+                except Exception as e:  # noqa: BLE001
+                    if on_error == "raise":
+                        raise
+                    results[j] = {"ok": False, "detail": f"{type(e).__name__}: {e}"[:300]}
+                    times.pop(j, None)
+                    broken.add(j)
+                del out
+        del ref
+        for j, p in enumerate(providers):
+            if j not in results:
+                continue
+            ts = times.get(j)
+            row = dict(cols, impl=p.name, isa=p.isa, device=p.device,
+                       median_ms=statistics.median(ts) if ts else None,
+                       min_ms=min(ts) if ts else None, repeats=len(ts) if ts else 0,
+                       **results[j], **p.extra)
+            rows.append(row)
+            print("  " + " ".join(f"{k}={v}" for k, v in cols.items()) + f"  {p.name}"
+                  + (f" [{p.isa}]" if p.isa else "")
+                  + (f"  {row['median_ms']:.3f} ms" if ts else "")
+                  + ("" if row["ok"] is None else "  ok" if row["ok"] else f"  FAIL {row['detail']}"),
+                  flush=True)
+        del calls
+    return rows
+
+
+@contextlib.contextmanager
+def _provider_context(p: Provider):
+    with contextlib.ExitStack() as stack:
+        if p.isa is not None:
+            stack.enter_context(using_isa(p.isa))
+        if p.context is not None:
+            stack.enter_context(p.context())
+        yield
+
+
+def _check(p: Provider, out, ref, have_ref: bool, compare) -> dict:
+    cmp = compare if p.compare is None else p.compare
+    if cmp is False or cmp is None or not have_ref:
+        return {"ok": None, "detail": ""}
+    why = cmp(out, ref)
+    why, cols = why if isinstance(why, tuple) else (why, {})
+    return {"ok": not why, "detail": why or "", **cols}
+
+
+def ratios(rows: list[dict], column: str, base: Callable[[dict], bool],
+           key: Callable[[dict], Any] = lambda r: r.get("case"), over: str = "base") -> None:
+    """rows[column] = base row's median / this row's median, the base row being the one
+    of the same key for which base(row) holds (over="base": >1 means faster than it), or
+    this row's / the base's (over="row": >1 means slower)."""
+    bases = {key(r): r["median_ms"] for r in rows if base(r) and r.get("median_ms")}
+    for r in rows:
+        b = bases.get(key(r))
+        if b and r.get("median_ms"):
+            r[column] = b / r["median_ms"] if over == "base" else r["median_ms"] / b
+
+
+def failed(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("ok") is False]
+
+
+# --------------------------------------------------------------------------- --device cuda
+
+def gpu_device(emulate: bool) -> str | None:
+    """Where a `--device cuda` run puts its tensors: "cuda"; or, with `emulate`, "cpu" with
+    the CUDA kernels on the tests' CPU emulator (tests/nvemu) behind backend="cuda" and
+    Triton through its interpreter, so that the GPU code paths of a benchmark run here
+    (toy sizes; timings mean nothing). None: no CUDA device and no emulation."""
+    if emulate:
+        os.environ["TRITON_INTERPRET"] = "1"  # read when triton is first imported
+        if "triton" in sys.modules:
+            raise RuntimeError("--emulate must be set up before triton is imported")
+        sys.path.insert(0, str(ROOT / "tests"))
+        import nvemu
+
+        nvemu.install()
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def gpu_providers(make_call: Callable[[str, Any], Callable[[], Any] | None], device: str,
+                  backends=("cuda", "triton")) -> list[Provider]:
+    """"nestvec cuda" / "nestvec triton" providers; make_call(backend, case) -> the call."""
+    from nestvec import _backend
+
+    dev = "cuda" if device == "cuda" else "cpu"
+    out = []
+    for b in backends:
+        if b == "cuda" and device == "cuda" and not _backend.cuda_compiled():
+            print("  (nestvec cuda: this build has no CUDA kernels; skipped)")
+            continue
+        out.append(Provider(f"nestvec {b}", (lambda bb: lambda case: make_call(bb, case))(b), device=dev))
+    return out
+
+
+def add_device_args(p) -> None:
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: nestvec's C++ kernels against CPU libraries; cuda: nestvec's "
+                        "CUDA and Triton kernels against GPU baselines")
+    p.add_argument("--emulate", action="store_true",
+                   help="with --device cuda and no GPU: CPU tensors, the CUDA kernels on the "
+                        "tests' emulator, Triton interpreted; toy sizes, one untimed call "
+                        "each, nothing saved (checks that the GPU path itself runs)")
+
+
+def save_or_skip(args, name: str, rows: list[dict], meta: dict, out_dir=None) -> None:
+    """JSON under benchmarks/results/ (or out_dir) and, on a GPU run, $OUT; an emulated run
+    saves nothing."""
+    if getattr(args, "emulate", False):
+        print("(emulated run: nothing saved)")
+        return
+    print(f"wrote {save(name, rows, meta, out_dir=out_dir)}")
+    if getattr(args, "device", "cpu") == "cuda" and os.environ.get("OUT"):
+        print(f"wrote {save(name, rows, meta, out_dir=Path(os.environ['OUT']))}")
+
+
+def free_gpu():
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -2,8 +2,8 @@
 
     python benchmarks/bench_all.py [--quick] [--only pool,quality] [--out FOLDER]
 
-Runs every benchmarks/bench_*.py (and gpu_suite.py when a CUDA GPU is visible), each
-in its own process, then writes under the results folder (default
+Runs every benchmarks/bench_*.py (and, when a CUDA GPU is visible, the per-op ones again
+with --device cuda: <op>_cuda), each in its own process, then writes under the results folder (default
 benchmarks/results/): <name>.json from each script, summary.md with one markdown
 table per benchmark, and a PNG plot per timing benchmark (<name>.png; the quality
 benchmark draws its own quality-vs-bytes plot).
@@ -22,13 +22,17 @@ sys.path.insert(0, str(HERE))
 import _harness as H  # noqa: E402
 
 
+GPU_OPS = ("hamming", "dense", "pool", "lowrank")
+EXTRA_ARGS: dict[str, list[str]] = {f"{op}_cuda": ["--device", "cuda"] for op in GPU_OPS}
+
+
 def scripts() -> dict[str, Path]:
     out = {p.stem[len("bench_"):]: p for p in sorted(HERE.glob("bench_*.py")) if p.stem != "bench_all"}
     try:
         import torch
 
         if torch.cuda.is_available():
-            out["gpu_suite"] = HERE / "gpu_suite.py"
+            out.update({f"{op}_cuda": HERE / f"bench_{op}.py" for op in GPU_OPS})
     except Exception:
         pass
     return out
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
     status, seen = {}, set()
     for name in names:
         script = available[name]
-        cmd = [sys.executable, str(script)]
+        cmd = [sys.executable, str(script)] + EXTRA_ARGS.get(name, [])
         if args.quick and _accepts(script, "--quick"):
             cmd.append("--quick")
         elif args.quick:

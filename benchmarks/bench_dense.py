@@ -1,7 +1,9 @@
-"""dense_topk on CPU against NumPy, FAISS and torch, one table from one run.
+"""dense_topk against NumPy, FAISS and torch on the CPU (or, with --device cuda,
+nestvec's CUDA and Triton kernels against torch on a GPU), one table from one run.
 
     python benchmarks/bench_dense.py [--n 1000000] [--repeats 3] [--batches 1,16,256] [--isa all]
     FAISS_OPT_LEVEL=avx2 NESTVEC_ISA=avx2 python benchmarks/bench_dense.py   # AVX2 only
+    python benchmarks/bench_dense.py --device cuda [--quick]                # GPU
 
 nestvec runs under every ISA given by --isa (default "all": each SIMD ISA this CPU runs,
 so an AVX-512 machine gives avx2 and avx512 rows); the baselines run once. Batch-1 cases
@@ -17,10 +19,15 @@ Case "prefix256": the first 256 of the stored 768 values (Matryoshka). nestvec r
 the prefix in place; NumPy works on a slice view of the float32 copy and re-normalises
 it per call; FAISS needs a normalised contiguous copy of the prefix, whose build time
 is reported in the `build_s` column.
+GPU (--device cuda): 10M x 768 float16 (1M with --quick), cosine, k=10, at 1 / 128 /
+1024 queries, and the 256-prefix (elastic) at 1 / 128; baselines torch mm + topk on a
+normalised copy (norms precomputed: favours it) and, for the prefix, torch on the view
+re-normalised per call. Results: bench_dense.json (bench_dense_cuda.json on a GPU).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -57,21 +64,19 @@ def recall(idx, ref):
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(idx, ref)]))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--d", type=int, default=768)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--repeats-large", type=int, default=2, help="repeats at batch >= 256")
-    p.add_argument("--batches", default="1,16,256")
-    p.add_argument("--prefix-batches", default="1,16")
-    p.add_argument("--skip", default="", help="comma list of baselines to skip: numpy,faiss,torch,floor")
-    p.add_argument("--isa", default="all", help="nestvec CPU ISAs: all, auto, or a list (avx2,avx512)")
-    args = p.parse_args(argv)
+def _np(a):
+    return a.cpu().numpy() if hasattr(a, "cpu") else np.asarray(a)
+
+
+def same_rows(out, ref):
+    """The reference's rows (recall 1 up to near-ties); the recall goes in the row."""
+    r = recall(_np(out[1]), _np(ref[1]))
+    return ("" if r >= 0.99 else f"recall {r:.3f}"), {"recall": r}
+
+
+def run_cpu(args) -> list[dict]:
     skip = set(filter(None, args.skip.split(",")))
     isas = H.cpu_isas(args.isa)
-    print(H.describe(), flush=True)
     n, d, k = args.n, args.d, args.k
     rng = np.random.default_rng(0)
     print(f"building {n} x {d} ...", flush=True)
@@ -81,39 +86,58 @@ def main(argv=None):
     xn = x32 / np.linalg.norm(x32, axis=1, keepdims=True)
     qs = {b: rng.standard_normal((b, d)).astype(np.float32) for b in
           sorted(set(map(int, args.batches.split(","))) | set(map(int, args.prefix_batches.split(","))))}
-    rows = []
 
-    def add(case, batch, impl, fn, ref=None, build_s=None):
-        last = {}
-
-        def run():
-            last["out"] = fn()
-
-        reps = args.repeats if batch < 256 else max(1, min(args.repeats, args.repeats_large))
-        t = H.timeit(run, repeats=reps, warmup=1)
-        out = last["out"]
-        rec = recall(np.asarray(out[1]), ref) if ref is not None else None
-        row = dict(case=case, batch=batch, impl=impl, median_ms=t["median_ms"], min_ms=t["min_ms"],
-                   isa=_backend._C.get_isa() if impl.startswith("nestvec") else None,
-                   recall=rec, build_s=build_s, target_ms=TARGETS.get((case, batch)) if impl.startswith("nestvec") else None)
-        rows.append(row)
-        print(f"  {case:10s} b={batch:<4d} {impl:28s} {t['median_ms']:9.1f} ms (min {t['min_ms']:.1f})"
-              + (f" recall {rec:.3f}" if rec is not None else ""), flush=True)
-        return out
-
-    faiss = None
+    faiss = torch = None
     if "faiss" not in skip:
         try:
             import faiss
         except ImportError:
             print("  (faiss not installed: skipped)")
-    torch = None
     if "torch" not in skip:
         try:
             import torch
         except ImportError:
             pass
 
+    def two_pass(b) -> str:
+        """The two-pass route (bf16 / int16 first pass) the active ISA takes at batch b."""
+        two = getattr(_backend._C, "dense_two_pass", lambda: "")()
+        return f" (two-pass, {two})" if two and b >= 16 else ""
+
+    @contextlib.contextmanager
+    def f32_scan_only():
+        _backend._C.set_dense_bf16(False)
+        try:
+            yield
+        finally:
+            _backend._C.set_dense_bf16(True)
+
+    def ours(label, dim=None):
+        """nestvec under each ISA (the first is the others' reference) and, where the ISA
+        has a two-pass route and the batch takes it, the float32 scan alone."""
+        out = []
+        for isa in isas:
+            call = lambda c: lambda: ops.dense_topk(x16, c["_q"], k, dim=dim, backend="cpu")  # noqa: E731
+            out += [H.Provider(f"{label} [{isa}]", call, isa=isa),
+                    H.Provider(f"{label} [{isa}] (float32 scan only)",
+                               lambda c, f=call: f(c) if two_pass(c["batch"]) else None,
+                               isa=isa, context=f32_scan_only)]
+        return out
+
+    def reps(c):
+        return args.repeats if c["batch"] < 256 else max(1, min(args.repeats, args.repeats_large))
+
+    def floor(case, b, nbytes):
+        """The bare read of the same bytes (batch 1: the scan's floor)."""
+        if b != 1 or "floor" in skip:
+            return []
+        fl = H.read_floor(n, d * 2, [nbytes])
+        if not fl:
+            return []
+        return [dict(case=case, batch=b, impl=f"bare read of the same bytes ({nbytes} B/row)",
+                     median_ms=fl[nbytes]["median_ms"], min_ms=fl[nbytes]["best_ms"])]
+
+    rows = []
     # ---- full width
     fidx = {}
     if faiss is not None:
@@ -127,97 +151,174 @@ def main(argv=None):
         sq.add(xn)
         fidx["sq"] = (sq, time.perf_counter() - t0)
     xt = torch.from_numpy(xn) if torch is not None else None
-    def ours(case, b, impl, fn):
-        """nestvec under each ISA; the first one's indices are the others' reference. Where
-        the ISA has a two-pass route (bf16 / int16 first pass) and the batch takes it,
-        also the float32 scan alone (NESTVEC_DENSE_BF16=0)."""
-        ref = None
-        for isa in isas:
-            with H.using_isa(isa):
-                two = getattr(_backend._C, "dense_two_pass", lambda: "")()
-                tag = f" (two-pass, {two})" if two and b >= 16 else ""
-                out = add(case, b, f"{impl} [{isa}]{tag}", fn, ref)
-                ref = out[1] if ref is None else ref
-                if tag:
-                    _backend._C.set_dense_bf16(False)
-                    try:
-                        add(case, b, f"{impl} [{isa}] (float32 scan only)", fn, ref)
-                    finally:
-                        _backend._C.set_dense_bf16(True)
-        return ref
 
-    def floor(case, b, nbytes):
-        """The bare read of the same bytes (batch 1: the scan's floor), and our ratio to it."""
-        if b != 1 or "floor" in skip:
-            return
-        fl = H.read_floor(n, d * 2, [nbytes])
-        if not fl:
-            return
-        ms = fl[nbytes]["median_ms"]
-        rows.append(dict(case=case, batch=b, impl=f"bare read of the same bytes ({nbytes} B/row)",
-                         median_ms=ms, min_ms=fl[nbytes]["best_ms"]))
-        for r in rows:
-            if r["case"] == case and r["batch"] == b and r["impl"].startswith("nestvec"):
-                r["x_floor"] = r["median_ms"] / ms
-        print(f"  {case:10s} b={b:<4d} {'bare read':28s} {ms:9.1f} ms", flush=True)
+    def unit(q):
+        return q / np.linalg.norm(q, axis=1, keepdims=True)
 
+    full = ours("nestvec cpu f16")
+    if "numpy" not in skip:
+        full.append(H.Provider("numpy f32 matmul+argpart", lambda c: (lambda qn: lambda: numpy_topk(xn, qn, k))(
+            unit(c["_q"]))))
+    if torch is not None:
+        full.append(H.Provider("torch f32 mm+topk", lambda c: (lambda qt: lambda: (
+            lambda r: (r.values, r.indices.numpy()))(torch.topk(qt @ xt.T, k, dim=1)))(
+            torch.from_numpy(unit(c["_q"])))))
+    for key, name in (("flat", "faiss IndexFlatIP f32"), ("sq", "faiss SQ fp16")):
+        if key in fidx:
+            full.append(H.Provider(name, lambda c, key=key: (lambda qn: lambda: fidx[key][0].search(qn, k))(
+                unit(c["_q"])), extra={"build_s": fidx[key][1]}))
     for b in map(int, args.batches.split(",")):
-        q = qs[b]
-        ref = ours("full", b, "nestvec cpu f16", lambda: ops.dense_topk(x16, q, k, backend="cpu"))
-        floor("full", b, d * 2)
-        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-        if "numpy" not in skip:
-            add("full", b, "numpy f32 matmul+argpart", lambda: numpy_topk(xn, qn, k), ref)
-        if torch is not None:
-            qt = torch.from_numpy(qn)
-            add("full", b, "torch f32 mm+topk", lambda: (lambda r: (r.values, r.indices.numpy()))(
-                torch.topk(qt @ xt.T, k, dim=1)), ref)
-        if faiss is not None:
-            add("full", b, "faiss IndexFlatIP f32", lambda: fidx["flat"][0].search(qn, k), ref,
-                build_s=fidx["flat"][1])
-            add("full", b, "faiss SQ fp16", lambda: fidx["sq"][0].search(qn, k), ref,
-                build_s=fidx["sq"][1])
+        rows += H.run([{"case": "full", "batch": b, "_q": qs[b]}], full, compare=same_rows, repeats=reps)
+        rows += floor("full", b, d * 2)
     fidx.clear()
 
     # ---- prefix 256 of the stored 768
     dp = 256
     view = x32[:, :dp]
-    fprefix = None
+    prefix = ours("nestvec cpu f16 (in place)", dim=dp)
+
+    def unit_prefix(q):
+        return q[:, :dp] / np.linalg.norm(q[:, :dp], axis=1, keepdims=True)
+
+    if "numpy" not in skip:
+        prefix.append(H.Provider("numpy f32 slice view", lambda c: (
+            lambda qp: lambda: numpy_prefix_topk(view, qp, k))(unit_prefix(c["_q"]))))
     if faiss is not None:
         t0 = time.perf_counter()
         cp = np.ascontiguousarray(view)
         cp /= np.linalg.norm(cp, axis=1, keepdims=True)
         fprefix = faiss.IndexFlatIP(dp)
         fprefix.add(cp)
-        build = time.perf_counter() - t0
         del cp
+        prefix.append(H.Provider("faiss FlatIP normalised copy", lambda c: (
+            lambda qp: lambda: fprefix.search(qp, k))(unit_prefix(c["_q"])),
+            extra={"build_s": time.perf_counter() - t0}))
     for b in map(int, args.prefix_batches.split(",")):
-        q = qs[b]
-        ref = ours("prefix256", b, "nestvec cpu f16 (in place)",
-                   lambda: ops.dense_topk(x16, q, k, dim=dp, backend="cpu"))
-        floor("prefix256", b, dp * 2)
-        qp = q[:, :dp] / np.linalg.norm(q[:, :dp], axis=1, keepdims=True)
-        if "numpy" not in skip:
-            add("prefix256", b, "numpy f32 slice view", lambda: numpy_prefix_topk(view, qp, k), ref)
-        if fprefix is not None:
-            add("prefix256", b, "faiss FlatIP normalised copy", lambda: fprefix.search(qp, k), ref,
-                build_s=build)
-    fprefix = None
+        rows += H.run([{"case": "prefix256", "batch": b, "_q": qs[b]}], prefix, compare=same_rows,
+                      repeats=reps)
+        rows += floor("prefix256", b, dp * 2)
 
-    for r in rows:  # ratios to the FAISS FlatIP row of the same case and batch
-        fl = [x for x in rows if x["case"] == r["case"] and x["batch"] == r["batch"]
-              and x["impl"].startswith("faiss") and "FlatIP" in x["impl"]]
-        if fl and r["impl"].startswith("nestvec"):
-            r["x_vs_faiss_flat"] = fl[0]["median_ms"] / r["median_ms"]
-    cols = ["case", "batch", "impl", "median_ms", "min_ms", "x_vs_faiss_flat", "x_floor", "target_ms",
-            "recall", "build_s"]
+    for r in rows:
+        if r["impl"].startswith("nestvec"):
+            if not r["impl"].endswith("(float32 scan only)"):
+                with H.using_isa(r["isa"]):
+                    r["impl"] += two_pass(r["batch"])
+            r["target_ms"] = TARGETS.get((r["case"], r["batch"]))
+    key = lambda r: (r["case"], r["batch"])  # noqa: E731
+    H.ratios(rows, "x_vs_faiss_flat", lambda r: r["impl"].startswith("faiss") and "FlatIP" in r["impl"], key=key)
+    H.ratios(rows, "x_floor", lambda r: r["impl"].startswith("bare read"), key=key, over="row")
+    for r in rows:
+        if not r["impl"].startswith("nestvec"):
+            r.pop("x_vs_faiss_flat", None)
+            r.pop("x_floor", None)
+    return rows
+
+
+# --------------------------------------------------------------------------- GPU
+
+GPU_TARGETS = {("full", 1): 5.2, ("full", 128): 6.5, ("full", 1024): 30.0,
+               ("prefix256", 1): 2.0, ("prefix256", 128): 4.0}
+
+
+def run_gpu(args, dev: str) -> list[dict]:
+    import torch
+
+    k, D, dp = args.k, 768, 256
+    n = 600 if args.emulate else (1_000_000 if args.quick else 10_000_000)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    if dev == "cuda":
+        db = torch.randn(n, D, dtype=torch.float16, device=dev, generator=torch.Generator(dev).manual_seed(0))
+    else:
+        db = torch.randn(n, D, generator=g).half()
+    dbn = db / torch.linalg.vector_norm(db, dim=1, keepdim=True, dtype=torch.float32).half()
+    view = db[:, :dp]
+    pdev = "cuda" if dev == "cuda" else "cpu"
+
+    def torch_full(c, chunk=256):
+        qn = (c["_q"] / c["_q"].norm(dim=1, keepdim=True)).half()
+
+        def call():
+            parts = [torch.topk((qn[j:j + chunk] @ dbn.T).float(), k, dim=1) for j in range(0, qn.shape[0], chunk)]
+            return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+        return call if c["case"] == "full" else None
+
+    def torch_prefix(c):
+        q = c["_q"]
+
+        def call():
+            qn = (q[:, :dp] / q[:, :dp].norm(dim=1, keepdim=True)).half()
+            s = (qn @ view.T).float()
+            s /= torch.linalg.vector_norm(view, dim=1, dtype=torch.float32)
+            return torch.topk(s, k, dim=1)
+        return call if c["case"] == "prefix256" else None
+
+    def nestvec_call(backend, c):
+        dim = dp if c["case"] == "prefix256" else None
+        return lambda: ops.dense_topk(db, c["_q"], k, dim=dim, backend=backend)
+
+    providers = H.gpu_providers(nestvec_call, dev)
+    for p in providers:
+        p.repeats = 3 if p.name == "nestvec triton" else None
+    providers += [H.Provider("torch mm+topk", torch_full, device=pdev, repeats=5),
+                  H.Provider("torch view+renorm+topk", torch_prefix, device=pdev, repeats=5)]
+    batches = (1, 17) if args.emulate else (1, 128, 1024)
+    cases = [{"case": "full", "batch": b} for b in batches]
+    cases += [{"case": "prefix256", "batch": b} for b in batches[:2]]
+    rows = []
+    for c in cases:
+        c["n"] = n
+        c["_q"] = torch.randn(c["batch"], D, generator=g).to(dev)
+        rows += H.run([c], providers, compare=same_rows, repeats=10 if c["batch"] < 1024 else 5,
+                      warmup=2, timed=not args.emulate)
+        H.free_gpu()
+    del db, dbn, view
+    H.free_gpu()
+    key = lambda r: (r["case"], r["batch"])  # noqa: E731
+    H.ratios(rows, "speedup", lambda r: r["impl"].startswith("torch"), key=key)
+    for r in rows:
+        if r["impl"] == "nestvec cuda":
+            r["target_ms"] = GPU_TARGETS.get(key(r))
+            r["meets_target"] = (r["median_ms"] <= r["target_ms"]) if r["target_ms"] and r["median_ms"] else None
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--d", type=int, default=768)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats-large", type=int, default=2, help="repeats at batch >= 256")
+    p.add_argument("--batches", default="1,16,256")
+    p.add_argument("--prefix-batches", default="1,16")
+    p.add_argument("--quick", action="store_true", help="smaller sizes")
+    p.add_argument("--skip", default="", help="comma list of baselines to skip: numpy,faiss,torch,floor")
+    p.add_argument("--isa", default="all", help="nestvec CPU ISAs: all, auto, or a list (avx2,avx512)")
+    H.add_device_args(p)
+    args = p.parse_args(argv)
+    if args.quick and args.device == "cpu":
+        args.n, args.batches = min(args.n, 100_000), "1,16"
+    dev = H.gpu_device(args.emulate) if args.device == "cuda" else None  # before triton loads
+    print(H.describe(), flush=True)
+    if args.device == "cuda":
+        if dev is None:
+            print("bench_dense --device cuda: no CUDA device (use --emulate to run the GPU path here)")
+            return 0
+        rows = run_gpu(args, dev)
+        cols = ["case", "batch", "n", "impl", "median_ms", "speedup", "target_ms", "meets_target", "recall", "ok",
+                "detail"]
+    else:
+        rows = run_cpu(args)
+        cols = ["case", "batch", "impl", "median_ms", "min_ms", "x_vs_faiss_flat", "x_floor", "target_ms",
+                "recall", "build_s"]
     print()
     print(H.describe())
     print(H.markdown_table(rows, cols))
-    path = H.save("bench_dense", rows, {"n": n, "d": d, "k": k, "repeats": args.repeats,
-                                        "threads": _backend._C.get_num_threads() if _backend._C else None})
-    print(f"\nsaved {path}")
+    H.save_or_skip(args, "bench_dense" + ("_cuda" if args.device == "cuda" else ""), rows,
+                   {"n": args.n, "d": args.d, "k": args.k, "repeats": args.repeats, "device": args.device,
+                    "threads": _backend._C.get_num_threads() if _backend._C else None})
+    return 1 if H.failed(rows) else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

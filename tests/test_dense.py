@@ -934,6 +934,36 @@ def test_gpu_grid(backend, case, offset):
         run_case(backend, rng, N, D, d, Q, k, dtype, metric, ua, uc, to_torch="cuda")
 
 
+# Shapes the random grid may miss: a 768-wide store at 5000 rows, k = 2048 over 4099
+# rows, 130 and 70 queries (several query blocks), a 1-wide prefix, candidates on
+# every dtype.
+GPU_SHAPES = [  # (N, D, d, Q, k, dtype, metric, allow, candidates)
+    (1, 3, 3, 1, 5, "float16", "cosine", False, False),
+    (7, 97, 48, 3, 10, "bfloat16", "l2", True, False),
+    (1023, 64, 1, 17, 100, "float32", "ip", False, False),
+    (5000, 384, 192, 64, 10, "float16", "cosine", True, False),
+    (5000, 768, 768, 1, 100, "bfloat16", "cosine", False, False),
+    (4099, 97, 97, 20, 2048, "float16", "l2", False, False),
+    (3000, 768, 256, 130, 10, "float16", "ip", False, False),
+    (3000, 768, 256, 70, 10, "bfloat16", "cosine", True, False),
+    (2000, 100, 50, 5, 7, "float32", "l2", True, False),
+    (777, 64, 64, 9, 12, "float16", "cosine", True, True),
+    (777, 97, 33, 40, 50, "bfloat16", "l2", False, True),
+    (500, 768, 768, 3, 10, "float32", "ip", True, True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("case", GPU_SHAPES, ids=lambda c: "-".join(map(str, c)))
+def test_gpu_shapes(backend, case):
+    if backend == "cuda" and not _backend.cuda_compiled():
+        pytest.skip("built without CUDA")
+    N, D, d, Q, k, dtype, metric, ua, uc = case
+    run_case(backend, np.random.default_rng(zlib.crc32(repr(case).encode())), N, D, d, Q, k, dtype,
+             metric, ua, uc, to_torch="cuda")
+
+
 # --------------------------------------------------------------------------- funnel
 
 def test_funnel_exact_when_shortlist_covers_all():

@@ -117,6 +117,19 @@ def test_gpu_matches_reference(backend, n, b):
     sweep(backend, np.random.default_rng(n + b), n, b, QS, device="cuda")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("n", [1, 97, 4099, 70001])
+@pytest.mark.parametrize("b", [3, 32, 128])
+def test_gpu_rows_by_widths(backend, n, b):
+    """Every row count with every width (odd, one word, a 1024-bit code), 17 queries on
+    cuda (past one query block), k up to n + 5, with and without allow."""
+    if backend == "cuda" and not _backend.cuda_compiled():
+        pytest.skip("built without CUDA")
+    sweep(backend, np.random.default_rng(7 * n + b), n, b, (1, 5, 17) if backend == "cuda" else (1, 5),
+          device="cuda")
+
+
 def test_auto_backend_and_env(monkeypatch, rng):
     codes, queries = make(rng, 50, 8, 3)
     assert _backend.resolve("auto", codes) == "cpu"

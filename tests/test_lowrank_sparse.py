@@ -235,6 +235,30 @@ def test_gpu_grid(backend):
                    f"{backend} M={M} K={K} N={N} r={r} c={c} {dtype} bias={bias}")
 
 
+# Larger than the covering grid: K = 1025 with M = 1025, K = 4096 (a 7B-model layer's
+# width) with 5% channels, no channels, all channels at r = 128.
+GPU_SHAPES = [  # (M, K, N, r, c, dtype, bias)
+    (97, 1025, 7, 16, 7, "float32", True),
+    (1, 7, 97, 1, 1, "bfloat16", False),
+    (7, 97, 1025, 128, 51, "float16", True),
+    (1025, 1025, 97, 128, 0, "bfloat16", True),
+    (1025, 64, 1025, 16, 51, "bfloat16", False),
+    (97, 128, 256, 128, 256, "float16", False),
+    (300, 4096, 512, 64, 26, "bfloat16", False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("case", GPU_SHAPES, ids=lambda c: "-".join(map(str, c)))
+def test_gpu_shapes(backend, case):
+    if backend == "cuda" and not _backend.cuda_compiled():
+        pytest.skip("built without CUDA")
+    M, K, N, r, c, dtype, bias = case
+    args = make(M, K, N, r, c, dtype, bias, seed=M + K, device="cuda")
+    check_args(ops.lowrank_sparse_matmul(*args, backend=backend), args, dtype, f"{backend} {case}")
+
+
 # ------------------------------------------------------------------------------ validation
 
 def _ok(dtype="float32"):

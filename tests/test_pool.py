@@ -258,3 +258,20 @@ def test_gpu_matches_reference(backend):
         got = ops.pool(ht, torch.from_numpy(m).cuda(), mode, normalize, dim, binary, backend=backend)
         got = tuple(x.cpu() for x in got) if binary else got.cpu()
         check(got, ref, binary)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_strided_view_bool_mask(backend):
+    """Hidden states as a token slice of a larger bf16 tensor (strided rows) and a bool
+    mask, prefix 100 with bits: the shape of an encoder's output cut for pooling."""
+    import torch
+
+    if backend == "cuda" and not _backend.cuda_compiled():
+        pytest.skip("built without CUDA")
+    g = torch.Generator(device="cpu").manual_seed(3)
+    big = torch.randn(8, 140, 384, generator=g).to(torch.bfloat16).cuda()
+    h, m = big[:, 3:131], (torch.rand(8, 128, generator=g) < 0.7).cuda()
+    ref = reference.pool(h.float().cpu().numpy(), m.cpu().numpy(), "mean", True, 100, True)
+    e, c = ops.pool(h, m, "mean", True, 100, True, backend=backend)
+    check((e.cpu(), c.cpu()), ref, True)

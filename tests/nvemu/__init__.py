@@ -112,7 +112,7 @@ class EmulatedCuda:
 
 def install(module=None) -> None:
     """Put the emulator behind the cuda backend for the rest of the process (scripts:
-    benchmarks/gpu_suite.py --smoke). Tests use ``use(monkeypatch)``."""
+    benchmarks/bench_*.py --device cuda --emulate). Tests use ``use(monkeypatch)``."""
     from nestvec import _backend
     from nestvec.ops import hamming
 
