@@ -69,7 +69,7 @@ def corpus(tmp_path):
     return tmp_path
 
 
-def test_index_search_folder_and_jsonl(corpus):
+def test_index_search_folder(corpus):
     out = corpus / "docs.nv"
     ann = ("--ann", "ivf") if _have_faiss() else ()
     r = nv("index", corpus / "docs", "--out", out, "--quiet", *ann)
@@ -82,6 +82,12 @@ def test_index_search_folder_and_jsonl(corpus):
     assert r.stdout.splitlines()[0].split()[2] == "cats.txt"
     r = nv("search", out, "baking", "-k", "1", "--dim", "128", "--mode", "flat", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)[0]["id"] == "bread.rst"
+
+
+@pytest.mark.slow  # seven more CLI processes, each loading the model (~8 s apiece)
+def test_index_append_and_jsonl(corpus):
+    out = corpus / "docs.nv"
+    assert nv("index", corpus / "docs", "--out", out, "--quiet").returncode == 0
     # an existing collection: refused without --append, dimension checked, upsert with it
     r = nv("index", corpus / "docs", "--out", out, "--quiet")
     assert r.returncode == 2 and "--append" in r.stderr

@@ -14,6 +14,8 @@ import numpy as np
 
 def is_torch(x) -> bool:
     t = type(x)
+    if t is np.ndarray:  # the common case first: every op asks several times per call
+        return False
     return t.__module__.startswith("torch") and t.__name__ in ("Tensor", "Parameter")
 
 
@@ -138,7 +140,7 @@ def check_dim(dim, d_full: int, name: str = "dim") -> int:
 
 
 def check_same_device(name_a: str, a, name_b: str, b) -> None:
-    if b is None:
+    if b is None or (type(a) is np.ndarray and type(b) is np.ndarray):
         return
     da, db = _dev_str(a), _dev_str(b)
     if da != db:
@@ -269,12 +271,13 @@ def concat(parts):
 # most 4096 queries at a time; for k above 4096 the ops pass at most this many keys'
 # worth of queries per call (4096 queries at k = 4096), so memory stays where it was.
 LARGE_K_KEYS = 1 << 24
+LARGE_K_MIN = 4096  # up to this k, one call whatever the batch
 
 
 def by_query_slices(fn, nq: int, k: int):
     """``fn(q0, q1)`` -> (a, b) for queries [q0, q1), in slices bounded by LARGE_K_KEYS
     when k > 4096; the results concatenated along the queries."""
-    step = nq if k <= 4096 else max(1, LARGE_K_KEYS // k)
+    step = nq if k <= LARGE_K_MIN else max(1, LARGE_K_KEYS // k)
     if step >= nq:
         return fn(0, nq)
     parts = [fn(q0, min(nq, q0 + step)) for q0 in range(0, nq, step)]

@@ -122,7 +122,7 @@ def dense_topk(db, queries, k: int, dim: int | None = None, metric: str = "cosin
                                               for a in (db, queries, allow, candidates))
         name = "reference"
     fn = be.implementation("dense_topk", name)
-    if name == "cpu":
+    if name == "cpu" and k > ck.LARGE_K_MIN:
         s, i = ck.by_query_slices(
             lambda q0, q1: fn(db, dt, queries[q0:q1], k, dim, metric, allow,
                               None if candidates is None else candidates[q0:q1]),

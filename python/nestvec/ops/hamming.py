@@ -88,7 +88,7 @@ def hamming_topk(codes, queries, k: int, allow=None, *, backend: str = "auto"):
     if n == 0 or queries.shape[0] == 0:
         name = "reference"
     fn = be.implementation("hamming_topk", name)
-    if name == "cpu":
+    if name == "cpu" and k > ck.LARGE_K_MIN:
         d, i = ck.by_query_slices(lambda q0, q1: fn(codes, queries[q0:q1], k, allow),
                                   queries.shape[0], k)
     else:
