@@ -15,7 +15,7 @@ from nestvec import reference as R
 from nestvec.ops import hamming as hamming_op
 
 from conftest import cpu_isas, emulated_gpu_backend
-from test_dense import run_case
+from dense_helpers import run_case
 
 # (N, D, Q, k): k past 4096 and past the rows, rows past one row block, odd sizes
 DENSE_CASES = [(5000, 16, 3, 4097), (4099, 7, 2, 4102), (6001, 3, 1, 6001), (1025, 33, 2, 5000)]
