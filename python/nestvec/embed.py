@@ -278,6 +278,17 @@ class Encoder:
         self.empty_rows = 0  # rows pooled from an all-zero mask in the last encode()
         self.last_seconds = 0.0
 
+    def __getstate__(self):
+        # pickled to Ray actors and worker processes: the lock cannot travel, and the
+        # views are rebuilt on demand from the model they share weights with
+        state = self.__dict__.copy()
+        state["_views"], state["_views_lock"] = {}, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._views_lock = threading.Lock()
+
     def __repr__(self):
         return (f"Encoder({self.name!r}, pooling={self.pooling!r}, dim={self.dim}, "
                 f"layers={self.layers}/{self.num_layers}, binary={self.binary}, device={self.device})")
