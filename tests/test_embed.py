@@ -119,5 +119,6 @@ def test_an_encoder_pickles(encoder):
     import pickle
 
     texts = ["a first text", "and a second one"]
+    encoder.encode(texts, layers=2)  # a used Encoder: transformers' hidden-state hooks are on it
     copy_ = pickle.loads(pickle.dumps(encoder))
     np.testing.assert_array_equal(copy_.encode(texts, layers=3), encoder.encode(texts, layers=3))
