@@ -105,3 +105,14 @@ def restore_isa():
     prev = _backend._C.get_isa()
     yield
     _backend._C.set_isa(prev)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray (2 CPUs) shared by the Ray test modules: starting one costs seconds."""
+    ray = pytest.importorskip("ray")
+    from ray_helpers import start_ray
+
+    start_ray(ray)
+    yield ray
+    ray.shutdown()

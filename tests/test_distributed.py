@@ -19,6 +19,9 @@ ray = pytest.importorskip("ray")
 
 import nestvec as nv  # noqa: E402
 from nestvec.distributed import ShardedCollection, ShardUnavailableError, routing  # noqa: E402
+from ray_helpers import deadline_fixture  # noqa: E402
+
+_deadline = deadline_fixture(180)
 
 D = 32
 SCHEMA = {"g": "int32", "tag": "string"}
@@ -37,11 +40,8 @@ def rows(n, seed, start):
 
 
 @pytest.fixture(scope="module")
-def session():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
+def session(ray_session):
+    return ray_session
 
 
 def test_routing_is_stable_and_spread():

@@ -111,3 +111,13 @@ def test_gpu_half_precision():
     for dt in ("float16", "bfloat16"):
         emb = Encoder(device="cuda", dtype=dt).encode(TEXTS)
         assert ((emb * ref).sum(1) >= 0.99).all()
+
+
+def test_an_encoder_pickles(encoder):
+    """Ray ships an Encoder to its actors by pickling it (nestvec.distributed.ingest)."""
+    import pickle
+
+    texts = ["a first text", "and a second one"]
+    encoder.encode(texts, layers=2)  # a used Encoder: transformers' hidden-state hooks are on it
+    copy_ = pickle.loads(pickle.dumps(encoder))
+    np.testing.assert_array_equal(copy_.encode(texts, layers=3), encoder.encode(texts, layers=3))

@@ -92,6 +92,25 @@ def _truncated_view(model, path: str, layers: int):
     return root
 
 
+def _without_capture_hooks(model):
+    """``model``, or a copy of it without the forward hooks transformers installs on
+    the first forward that asks for hidden states (local functions: they do not
+    pickle); the copy installs them again on its first such forward."""
+    marked = "_output_capturing_hooks_installed"
+    if not getattr(model, marked, False):
+        return model
+    model = copy.deepcopy(model)
+    for mod in model.modules():
+        for key, fn in list(mod._forward_hooks.items()):
+            if "install_output_capuring_hook" in getattr(fn, "__qualname__", ""):
+                del mod._forward_hooks[key]
+                for table in (getattr(mod, "_forward_hooks_with_kwargs", {}),
+                              getattr(mod, "_forward_hooks_always_called", {})):
+                    table.pop(key, None)
+    setattr(model, marked, False)
+    return model
+
+
 def _max_length(path: Path, tokenizer) -> int:
     cfg = path / "sentence_bert_config.json"
     if cfg.is_file():
@@ -277,6 +296,18 @@ class Encoder:
         self._exits_ok = None  # hidden_states[l] == the l-layer exit's output (checked once)
         self.empty_rows = 0  # rows pooled from an all-zero mask in the last encode()
         self.last_seconds = 0.0
+
+    def __getstate__(self):
+        # pickled to Ray actors and worker processes: the lock cannot travel, and the
+        # views are rebuilt on demand from the model they share weights with
+        state = self.__dict__.copy()
+        state["_views"], state["_views_lock"] = {}, None
+        state["model"] = _without_capture_hooks(self.model)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._views_lock = threading.Lock()
 
     def __repr__(self):
         return (f"Encoder({self.name!r}, pooling={self.pooling!r}, dim={self.dim}, "

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -45,7 +47,7 @@ class EncodeAndStage:
     """The Ray Data map_batches class: embed a batch, stage one segment per shard."""
 
     def __init__(self, encoder, root: str, m: dict, text_column: str, id_column, columns, allocator,
-                 on_gpu: bool):
+                 on_gpu: bool, threads: int):
         import ray
 
         if isinstance(encoder, ray.ObjectRef):
@@ -57,6 +59,10 @@ class EncodeAndStage:
 
             encoder.device = torch.device("cuda")
             encoder.model.to(encoder.device)
+        if threads and "torch" in sys.modules:
+            # Ray sets OMP_NUM_THREADS to the actor's slots; the pool leaves a slot to
+            # the reads, so an actor gets its share of the cores in threads instead.
+            sys.modules["torch"].set_num_threads(threads)
         self.encoder = encoder
         self.m = m
         self.schema = mf.schema_from_b64(m["schema_ipc"])
@@ -65,8 +71,26 @@ class EncodeAndStage:
         self.allocator = allocator
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """One row per staged segment (shard, its description); a bad input becomes a
+        row with shard -1 and the error, after the segments staged before it: Ray
+        ships an actor's exception back as text only, and the driver raises the
+        error as the caller would have got it from a single collection."""
+        out = {"shard": [], "staged": []}
+        try:
+            self._stage(batch, out)
+        except (ValueError, TypeError) as e:
+            out["shard"].append(-1)
+            out["staged"].append(json.dumps({"error": type(e).__name__, "message": str(e)}))
+        return pa.table({"shard": pa.array(out["shard"], pa.int64()), "staged": pa.array(out["staged"], pa.string())})
+
+    def _stage(self, batch: pa.Table, out: dict):
         import ray
 
+        need = _needed(self.text_column, self.id_column, self.columns)
+        missing = [c for c in need if c not in batch.column_names]
+        if missing:  # a Ray Dataset source is taken as given: checked batch by batch
+            raise ValueError(f"text_column / id_column / columns: {missing} not in the source's columns "
+                             f"{batch.column_names}")
         n = batch.num_rows
         texts = batch.column(self.text_column).to_pylist()
         if any(not isinstance(t, str) for t in texts):
@@ -79,7 +103,6 @@ class EncodeAndStage:
             ids = batch.column(self.id_column).combine_chunks()
         shard = routing.shard_of(ids, self.m["shards"])
         rows = np.arange(first_row, first_row + n, dtype=np.int64)
-        out = {"shard": [], "staged": []}
         for s, pos in enumerate(routing.split(shard, self.m["shards"])):
             if not len(pos):
                 continue
@@ -90,7 +113,6 @@ class EncodeAndStage:
             staged = bulk.stage_table(self.stores[s], self.m, table, id_type)
             out["shard"].append(s)
             out["staged"].append(json.dumps(staged.to_dict()))
-        return pa.table({"shard": pa.array(out["shard"], pa.int64()), "staged": pa.array(out["staged"], pa.string())})
 
 
 def _dataset(source, text_column, id_column, columns):
@@ -103,8 +125,10 @@ def _dataset(source, text_column, id_column, columns):
         files = []
         for p in map(str, paths):
             if os.path.isdir(p):
+                # hidden and "_" names are other tools' bookkeeping (_SUCCESS, .crc)
                 files += sorted(f for f in glob.glob(os.path.join(p, "**", "*"), recursive=True)
-                                if os.path.isfile(f) and _kind(f))
+                                if os.path.isfile(f) and _kind(f) and not any(
+                                    part.startswith((".", "_")) for part in os.path.relpath(f, p).split(os.sep)))
             elif os.path.isfile(p):
                 files.append(p)
             else:
@@ -113,14 +137,25 @@ def _dataset(source, text_column, id_column, columns):
         if not files or None in kinds or len(kinds) != 1:
             raise ValueError(f"source: expected Parquet (.parquet) or JSON lines (.jsonl, .json) files, all of "
                              f"one kind; got {sorted(os.path.basename(f) for f in files)[:5]}")
-        # Reads take no CPU slot: with every CPU held by an Encoder actor a read task
-        # that asks for one would wait forever (2 cores, 2 actors).
+        # Reads ask for no CPU slot where Ray lets us say so; ingest() leaves one free for
+        # the steps that ask for one anyway (Ray Data's Parquet file listing).
         if kinds == {"parquet"}:
             ds = ray.data.read_parquet(files, num_cpus=0)
         else:
             ds = ray.data.read_json(files, lines=True, num_cpus=0)
-    need = [text_column] + ([id_column] if id_column is not None else []) + list(columns)
-    return ds.select_columns(need)
+        names = set(ds.schema().names)
+        for arg, cols in (("text_column", [text_column]), ("id_column", [id_column] if id_column else []),
+                          ("columns", columns)):
+            missing = [c for c in cols if c not in names]
+            if missing:
+                raise ValueError(f"{arg}: {missing} not in the source's columns {sorted(names)}")
+        # only what is stored travels (and a Parquet read skips the other columns)
+        ds = ds.select_columns(_needed(text_column, id_column, columns))
+    return ds
+
+
+def _needed(text_column, id_column, columns) -> list:
+    return [text_column] + ([id_column] if id_column is not None else []) + list(columns)
 
 
 def _kind(f: str):
@@ -148,10 +183,14 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
         encoder: an :class:`nestvec.Encoder`, or a function returning one (built in
             each actor: use it for GPU encoders); default: the bundled MiniLM.
         batch_size: rows per Ray Data batch (one staged segment per shard each).
-        concurrency: Encoder actors (default: one per CPU of the cluster, or per GPU
-            with ``num_gpus``); ``num_gpus``: GPUs per actor. Each CPU actor holds one
-            CPU slot: a Ray Dataset passed as ``source`` must leave its read tasks a
-            slot, or read with ``num_cpus=0`` as ``ingest`` does for paths.
+        concurrency: Encoder actors (default: one per GPU with ``num_gpus``, else
+            one per CPU slot of the cluster but one); ``num_gpus``: GPUs per actor.
+            CPU actors hold one slot each and leave at least one slot of the cluster
+            free (a larger ``concurrency`` gets fractional slots): Ray Data starts
+            the pool before the reads, and a read task that waits for a slot held
+            by an idle actor waits forever (ray-project/ray#44687). Each actor runs
+            torch on its share of the cluster's cores (``CPUs // concurrency``
+            threads).
         mode: ``"add"`` (refuses ids already present) or ``"upsert"``.
 
     Returns the writable :class:`ShardedCollection` (close it when done). Rows are
@@ -166,6 +205,9 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
         raise ValueError(f"mode: expected 'add' or 'upsert', got {mode!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if concurrency is not None and (not isinstance(concurrency, int) or isinstance(concurrency, bool)
+                                    or concurrency < 1):
+        raise ValueError(f"concurrency: expected a positive int, got {concurrency!r}")
     columns = [columns] if isinstance(columns, str) else list(columns)
     if encoder is None:
         from ..embed import Encoder
@@ -188,24 +230,28 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
                                           schema=schema)
     else:
         sc = root
-    staged = []
+    staged, allocator = [], None
     try:
         sc._check_writable()
         m = sc._m
         allocator = ray.remote(num_cpus=0)(RowAllocator).remote(m["next_row"], m["next_id"])
         enc_arg = encoder if _is_factory(encoder) else ray.put(encoder)
-        if concurrency is None:
-            res = ray.cluster_resources()
-            concurrency = max(1, int(res.get("GPU", 0) // num_gpus) if num_gpus else int(res.get("CPU", 1)))
+        concurrency, actor_cpus, threads = _pool(ray, concurrency, num_gpus)
         t0 = time.perf_counter()
         out = ds.map_batches(
             EncodeAndStage, batch_size=batch_size, batch_format="pyarrow",
-            fn_constructor_args=(enc_arg, sc.path, m, text_column, id_column, columns, allocator, bool(num_gpus)),
-            compute=ray.data.ActorPoolStrategy(size=int(concurrency)), num_cpus=1 if not num_gpus else 0,
-            num_gpus=num_gpus or None)
+            fn_constructor_args=(enc_arg, sc.path, m, text_column, id_column, columns, allocator, bool(num_gpus),
+                                 threads),
+            compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=actor_cpus, num_gpus=num_gpus or None)
         for b in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            error = None
             for s, text in zip(b.column("shard").to_pylist(), b.column("staged").to_pylist()):
-                staged.append((s, bulk.StagedSegment(**json.loads(text))))
+                if s < 0:
+                    error = error or json.loads(text)
+                else:
+                    staged.append((s, bulk.StagedSegment(**json.loads(text))))
+            if error:
+                raise {"TypeError": TypeError}.get(error["error"], ValueError)(error["message"])
         by_shard: dict = {}
         for s, seg in staged:
             by_shard.setdefault(s, []).append(seg)
@@ -216,12 +262,35 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
                           "seconds": time.perf_counter() - t0, "actors": int(concurrency)}
         ray.kill(allocator)
     except BaseException:
+        if allocator is not None:
+            ray.kill(allocator)
         for s, seg in staged:
             bulk.discard_segments(sc.shard_paths[s], [seg])
         if own:
             sc.close()
         raise
     return sc
+
+
+def _pool(ray, concurrency, num_gpus) -> tuple:
+    """(actors, CPU slots per actor, torch threads per actor; 0: leave as is)."""
+    res = ray.cluster_resources()
+    if num_gpus:
+        if concurrency is None:
+            concurrency = max(1, int(res.get("GPU", 0) // num_gpus))
+        return concurrency, 0, 0
+    cpus = int(res.get("CPU", 1))
+    if concurrency is None:
+        concurrency = max(1, cpus - 1)
+    if cpus < 2:
+        slots = 0  # a one-slot cluster: the actor takes none, the reads get the slot
+    elif concurrency <= cpus - 1:
+        slots = 1  # whole slots on whole-slot nodes: at least one node keeps one free
+    else:
+        # fractional slots (Ray counts them in 1e-4 units): fine on one node, and a
+        # pool this much larger than the cluster is the caller's explicit choice
+        slots = math.floor((cpus - 1) / concurrency * 1e4) / 1e4
+    return concurrency, slots, max(1, cpus // concurrency)
 
 
 def _column_types(ds, columns) -> dict:

@@ -1,0 +1,242 @@
+"""Scale-out benchmark: a ShardedCollection on a local Ray against one Collection
+holding the same rows, and Ray Data ingestion against a single-process Encoder loop.
+
+Search (synthetic clustered data, default 1M x 384 float16 + binary codes, k=10):
+for 1, 2 and 4 shards, batch-1 latency (median over distinct queries) and batch-16
+throughput, flat and funnel (both funnels: per-shard and two-round, with recall@10
+against exact flat search), beside the single Collection in the same run; the
+fan-out overhead is the sharded median minus the single one.
+
+Ingestion (the BEIR MS MARCO subset in /work/shared/data, bundled MiniLM): the
+texts through ``nestvec.distributed.ingest`` (Ray Data, an actor pool of Encoders,
+shard segments, one commit) against one process that encodes them in batches and
+adds them to a Collection; docs/s and the ratio.
+
+Timed loops hold /tmp/nestvec-cpu.lock exclusively (the machine is shared), one
+case at a time; builds and warm-ups do not.
+
+    python benchmarks/bench_distributed.py                 # 1M rows, 1/2/4 shards
+    python benchmarks/bench_distributed.py --n 200000      # reduced
+    python benchmarks/bench_distributed.py --skip-search   # ingestion only
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness as H  # noqa: E402
+from bench_collection import data_chunks, queries, recall  # noqa: E402
+
+import nestvec as nv  # noqa: E402
+
+LOCK = "/tmp/nestvec-cpu.lock"
+NO_LOCK = False  # --no-lock: a smoke run, figures not for reporting
+CORPUS = os.path.join(H.ROOT.parent, "shared", "data", "beir-msmarco-subset", "corpus.jsonl")
+
+
+@contextlib.contextmanager
+def exclusive(how=fcntl.LOCK_EX):
+    """The machine's CPU lock: exclusive while a case is timed, shared for builds (run
+    this script outside any flock of that file)."""
+    if NO_LOCK:
+        yield
+        return
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, how)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def per_call(fn, calls: int) -> dict:
+    """Median / p90 ms of fn(i) over `calls` calls (a different query each), after warm-up."""
+    for i in range(min(5, calls)):
+        fn(i)
+    ts = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        fn(i)
+        ts.append((time.perf_counter() - t0) * 1e3)
+    ts.sort()
+    return {"median_ms": statistics.median(ts), "p90_ms": ts[int(0.9 * (len(ts) - 1))], "calls": calls}
+
+
+def build(path, n, d, chunk, shards):
+    """The same rows, in the same order, into one Collection (shards=0) or S shards."""
+    from nestvec.distributed import ShardedCollection
+
+    schema = {"cat": "int32", "half": "bool"}
+    if shards == 0:
+        col = nv.Collection.create(path, dim=d, dtype="float16", metric="cosine", binary=True, schema=schema)
+    else:
+        col = ShardedCollection.create(path, shards=shards, dim=d, dtype="float16", metric="cosine",
+                                       binary=True, schema=schema)
+    t0 = time.perf_counter()
+    for ids, x, meta in data_chunks(n, d, chunk):
+        col.add(x, ids=ids, metadata=meta)
+    seconds = time.perf_counter() - t0
+    col.close()
+    return seconds
+
+
+def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
+    from nestvec.distributed import ShardedCollection
+
+    q = queries(d, q=max(calls, 16), seed=123)
+    rows, builds = [], {}
+    for s in [0] + list(shard_counts):
+        path = os.path.join(base, "single" if s == 0 else f"s{s}")
+        if not os.path.exists(path):
+            with exclusive(fcntl.LOCK_SH):
+                builds[s] = build(path, n, d, chunk, s)
+            print(f"built {'single' if s == 0 else f'{s} shards'}: {n:,} rows in {builds[s]:.1f} s", flush=True)
+    single = nv.open(os.path.join(base, "single"), read_only=True)
+    exact16 = single.search(q[:16], k=10, mode="flat")
+    cases = [("flat", None), ("funnel", "per_shard"), ("funnel", "two_round")]
+    base_ms = {}
+    for s in [0] + list(shard_counts):
+        col = single if s == 0 else ShardedCollection.open(os.path.join(base, f"s{s}"), read_only=True)
+        for mode, funnel in cases:
+            if s == 0 and funnel == "two_round":
+                continue
+            kw = {"mode": mode, "k": 10, "rescore": 10}
+            if s and funnel:
+                kw["funnel"] = funnel
+            name = mode if not funnel or s == 0 else f"{mode} ({funnel})"
+            fn1 = lambda i: col.search(q[i:i + 1], **kw)  # noqa: E731
+            fn16 = lambda: col.search(q[:16], **kw)  # noqa: E731
+            fn16()
+            with exclusive():
+                load = open("/proc/loadavg").read().split()[0]
+                b1 = per_call(fn1, calls)
+                b16 = H.timeit(fn16, repeats=repeats)
+            got = fn16()
+            r = {"shards": s or "single", "case": name, "batch1_median_ms": b1["median_ms"],
+                 "batch1_p90_ms": b1["p90_ms"], "batch16_ms": b16["median_ms"],
+                 "batch16_qps": 16e3 / b16["median_ms"], "recall@10": recall(got, exact16, 10),
+                 "load1": float(load)}
+            if s == 0:
+                base_ms[mode] = b1["median_ms"]
+            else:
+                r["overhead_ms"] = b1["median_ms"] - base_ms[mode]
+                if mode == "flat":  # exact: ids and scores equal the single collection's
+                    want = single.search(q[:16], k=10, mode="flat")
+                    r["equal_to_single"] = bool(got.column("id").equals(want.column("id")) and np.allclose(
+                        got.column("score").to_numpy(), want.column("score").to_numpy()))
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+        if s:
+            col.close()
+    single.close()
+    if not keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return rows, {str(k): v for k, v in builds.items()}
+
+
+def bench_ingest(base, docs, shards, batch_size):
+    from nestvec.distributed import ingest
+
+    lines = open(CORPUS).read().splitlines()[:docs]
+    src = os.path.join(base, "corpus.jsonl")
+    with open(src, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    texts = [json.loads(x)["text"] for x in lines]
+    ids = [str(json.loads(x)["_id"]) for x in lines]
+    rows = []
+    enc = nv.Encoder()
+    enc.encode(texts[:64], progress=False)  # warm
+    with exclusive():
+        load = float(open("/proc/loadavg").read().split()[0])
+        t0 = time.perf_counter()
+        col = nv.Collection.create(os.path.join(base, "one"), dim=enc.dim, dtype="float16", metric="cosine",
+                                   binary=True)
+        for i in range(0, len(texts), batch_size):
+            col.add(enc.encode(texts[i:i + batch_size], progress=False), ids=ids[i:i + batch_size])
+        col.close()
+        one_s = time.perf_counter() - t0
+    rows.append({"case": "one process: Encoder loop + Collection.add", "docs": len(texts), "seconds": one_s,
+                 "docs_per_s": len(texts) / one_s, "load1": load})
+    print(json.dumps(rows[-1]), flush=True)
+    with exclusive():
+        load = float(open("/proc/loadavg").read().split()[0])
+        t0 = time.perf_counter()
+        sc = ingest(src, os.path.join(base, "sharded"), text_column="text", id_column="_id", encoder=nv.Encoder,
+                    shards=shards, batch_size=batch_size)
+        ray_s = time.perf_counter() - t0
+    info = dict(sc.last_ingest)
+    assert sc.count() == len(texts)
+    sc.close()
+    rows.append({"case": f"Ray Data ingest ({info['actors']} Encoder actor(s), {shards} shards)",
+                 "docs": len(texts), "seconds": ray_s, "docs_per_s": len(texts) / ray_s,
+                 "pipeline_seconds": info["seconds"], "ratio_vs_one_process": one_s / ray_s, "load1": load})
+    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--d", type=int, default=384)
+    ap.add_argument("--shards", default="1,2,4")
+    ap.add_argument("--calls", type=int, default=100, help="batch-1 calls per case (distinct queries)")
+    ap.add_argument("--repeats", type=int, default=10, help="batch-16 repeats per case")
+    ap.add_argument("--chunk", type=int, default=50_000)
+    ap.add_argument("--docs", type=int, default=5000, help="MS MARCO documents to ingest")
+    ap.add_argument("--ingest-shards", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--cpus", type=int, default=None, help="local Ray's CPUs (default: the machine's)")
+    ap.add_argument("--dir", default=None, help="where the collections go (kept; default: a temp dir)")
+    ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--out", default="bench_distributed")
+    ap.add_argument("--no-lock", action="store_true", help="take no CPU lock (a smoke run)")
+    a = ap.parse_args(argv)
+    global NO_LOCK
+    NO_LOCK = a.no_lock
+
+    import ray
+
+    ray.init(num_cpus=a.cpus, include_dashboard=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    print(H.describe(), flush=True)
+    base = a.dir or tempfile.mkdtemp(prefix="nv_dist_")
+    os.makedirs(base, exist_ok=True)
+    meta = {"n": a.n, "d": a.d, "k": 10, "rescore": 10, "ray": ray.__version__,
+            "ray_cpus": ray.cluster_resources().get("CPU"), "argv": sys.argv[1:]}
+    search_rows, ingest_rows = [], []
+    if not a.skip_search:
+        search_rows, meta["build_seconds"] = bench_search(os.path.join(base, f"n{a.n}"), a.n, a.d,
+                                                          [int(s) for s in a.shards.split(",")], a.calls,
+                                                          a.repeats, a.chunk, keep=a.dir is not None)
+        print(H.markdown_table(search_rows, ["shards", "case", "batch1_median_ms", "overhead_ms", "batch1_p90_ms",
+                                             "batch16_qps", "recall@10", "equal_to_single"]))
+    if not a.skip_ingest:
+        if os.path.exists(CORPUS):
+            ingest_rows = bench_ingest(tempfile.mkdtemp(prefix="nv_ingest_", dir=base), a.docs, a.ingest_shards,
+                                       a.batch_size)
+            print(H.markdown_table(ingest_rows, ["case", "docs", "seconds", "docs_per_s", "ratio_vs_one_process"]))
+        else:
+            print(f"no {CORPUS}: ingestion skipped")
+    path = H.save(a.out, [{"part": "search", **r} for r in search_rows] + [{"part": "ingest", **r}
+                                                                           for r in ingest_rows], meta)
+    print(f"saved {path}")
+    if a.dir is None:
+        shutil.rmtree(base, ignore_errors=True)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
