@@ -171,6 +171,9 @@ class Method:
     def memory(self) -> int:
         return 0
 
+    def close(self):
+        pass
+
 
 class Ours(Method):
     family = "nestvec"
@@ -220,6 +223,10 @@ class Ours(Method):
         pos = np.arange(len(qi)) - np.searchsorted(qi, qi)
         out[qi, pos] = ids
         return out
+
+    def close(self):
+        # one writer per collection: the next mode reopens it
+        self.col.close()
 
     def memory(self):
         if not self.index:
@@ -619,6 +626,7 @@ def main(argv=None) -> int:
         if args.build_only:
             m.build(x, cat, work)
             print(f"  built in {m.build_s:.1f} s", flush=True)
+            m.close()
             del m
             gc.collect()
             continue
@@ -634,6 +642,7 @@ def main(argv=None) -> int:
             print(f"  resident after 1,000 searches: {res}", flush=True)
         H.save(name, rows, meta={"dataset": f"synthetic {args.n:,} x {args.d} float16, {args.clusters} clusters",
                                  "k": K, "queries": NQ, "generator": "bench_collection.data_chunks seed 0 / 123"})
+        m.close()
         del m
         gc.collect()
     return 0
