@@ -178,9 +178,9 @@ class Method:
 class Ours(Method):
     family = "nestvec"
 
-    def __init__(self, mode, index=None, opts=None, sweep=None):
+    def __init__(self, mode, index=None, opts=None, sweep=None, variant=""):
         self.mode, self.index, self.opts, self._sweep = mode, index, opts or {}, sweep
-        self.name = f"ours-{mode}"
+        self.name = f"ours-{mode}" + (f"-{variant}" if variant else "")
 
     def build(self, x, cat, work):
         path = work / f"col-{len(x)}x{x.shape[1]}.nv"
@@ -408,6 +408,9 @@ def methods(n: int, d: int) -> list:
         Ours("funnel", sweep=[{"rescore": r} for r in (10, 20, 40)]),
         Ours("ivf", "ivf", {}, ivf_sweep),
         Ours("hnsw", "hnsw", {}, [{}] + [{"ef": e} for e in (16, 32, 64, 128, 256)]),
+        # variants (replace the collection's ivf index; run them with --only)
+        Ours("ivf", "ivf", {"dim": d}, ivf_sweep, variant=f"dim{d}"),
+        Ours("ivf", "ivf", {"codes": "centred"}, ivf_sweep, variant="centred"),
         Hnswlib(16), Hnswlib(32),
         Faiss("IVFFlat"), Faiss("IVFPQ+refine"), Faiss("BinaryIVF"), Faiss("HNSWFlat"),
         USearch("f16"), USearch("b1"),
@@ -620,7 +623,8 @@ def main(argv=None) -> int:
     only = set(filter(None, args.only.split(",")))
     skip = set(filter(None, args.skip.split(",")))
     for m in methods(args.n, args.d):
-        if (only and m.name not in only) or m.name in skip:
+        variant = isinstance(m, Ours) and m.name.count("-") > 1
+        if (only and m.name not in only) or m.name in skip or (variant and not only):
             continue
         print(f"{m.name}:", flush=True)
         if args.build_only:
