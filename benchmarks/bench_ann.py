@@ -171,13 +171,16 @@ class Method:
     def memory(self) -> int:
         return 0
 
+    def close(self):
+        pass
+
 
 class Ours(Method):
     family = "nestvec"
 
-    def __init__(self, mode, index=None, opts=None, sweep=None):
+    def __init__(self, mode, index=None, opts=None, sweep=None, variant=""):
         self.mode, self.index, self.opts, self._sweep = mode, index, opts or {}, sweep
-        self.name = f"ours-{mode}"
+        self.name = f"ours-{mode}" + (f"-{variant}" if variant else "")
 
     def build(self, x, cat, work):
         path = work / f"col-{len(x)}x{x.shape[1]}.nv"
@@ -220,6 +223,10 @@ class Ours(Method):
         pos = np.arange(len(qi)) - np.searchsorted(qi, qi)
         out[qi, pos] = ids
         return out
+
+    def close(self):
+        # one writer per collection: the next mode reopens it
+        self.col.close()
 
     def memory(self):
         if not self.index:
@@ -395,12 +402,17 @@ class USearch(Method):
 
 
 def methods(n: int, d: int) -> list:
+    nlist4 = 2 ** round(np.log2(4 * np.sqrt(n)))  # FAISS's rule of thumb, 4 sqrt(N)
     ivf_sweep = [{}] + [{"nprobe": p, "rescore": r} for p in (4, 8, 16, 32, 64, 128) for r in (10, 20)]
     return [
         Ours("flat"),
         Ours("funnel", sweep=[{"rescore": r} for r in (10, 20, 40)]),
         Ours("ivf", "ivf", {}, ivf_sweep),
         Ours("hnsw", "hnsw", {}, [{}] + [{"ef": e} for e in (16, 32, 64, 128, 256)]),
+        # variants (replace the collection's ivf index; run them with --only)
+        Ours("ivf", "ivf", {"dim": d}, ivf_sweep, variant=f"dim{d}"),
+        Ours("ivf", "ivf", {"codes": "centred"}, ivf_sweep, variant="centred"),
+        Ours("ivf", "ivf", {"nlist": nlist4}, ivf_sweep, variant=f"nlist{nlist4}"),
         Hnswlib(16), Hnswlib(32),
         Faiss("IVFFlat"), Faiss("IVFPQ+refine"), Faiss("BinaryIVF"), Faiss("HNSWFlat"),
         USearch("f16"), USearch("b1"),
@@ -577,6 +589,33 @@ def summary(rows: list) -> list:
     return out
 
 
+def _point(best, b):
+    if not best:
+        return "–"
+    p = {k: v for k, v in best["params"].items() if k != "default"}
+    tag = ("default " if best["params"].get("default") else "") + " ".join(f"{k} {v}" for k, v in p.items())
+    return f"{best[f'qps_b{b}']:,.0f} ({best['recall10']:.3f}; {tag or '–'})"
+
+
+def report_tables(rows: list) -> str:
+    """The README's tables: per method the fastest point at recall@10 >= RECALL_TARGET
+    (batch 1 and 16), build time, index size; then the filtered runs."""
+    out = ["| method | build s | index MB | QPS batch 1 (recall; params) | QPS batch 16 (recall; params) "
+           "| max recall |", "|---|---|---|---|---|---|"]
+    for s in summary(rows):
+        out.append(f"| {s['method']} | {s['build_s']:.1f} | {s['index_bytes'] / 2**20:.0f} | "
+                   f"{_point(s['best_b1'], 1)} | {_point(s['best_b16'], 16)} | {s['max_recall']:.4f} |")
+    filt = [r for r in rows if "filtered_by" in r]
+    if filt:
+        out += ["", "| index built | mode | filter | recall@10 vs exact filtered | ms batch 1 | x unfiltered | route |",
+                "|---|---|---|---|---|---|---|"]
+        for r in filt:
+            out.append(f"| {r['filtered_by']} | {r['mode']} | {r['selectivity_pct']}% | {r['recall10']:.4f} | "
+                       f"{r['latency_ms_b1']:.3f} | {r['ratio']:.2f} | {r['plan'].get('mode')}: "
+                       f"{r['plan'].get('route', '')} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000)
@@ -594,11 +633,8 @@ def main(argv=None) -> int:
         paths = sorted(out_dir.glob("bench_ann_*x*.json"))
         plot(paths, out_dir / "bench_ann.png")
         for path in paths:
-            run = json.loads(path.read_text())
             print(path.name)
-            print(H.markdown_table([dict(s, best_b1=json.dumps(s["best_b1"]), best_b16=json.dumps(s["best_b16"]))
-                                    for s in summary(run["rows"])],
-                                   ["method", "best_b1", "best_b16", "max_recall", "build_s", "index_bytes"]))
+            print(report_tables(json.loads(path.read_text())["rows"]))
         return 0
     if args.msmarco:
         rows = []
@@ -613,12 +649,14 @@ def main(argv=None) -> int:
     only = set(filter(None, args.only.split(",")))
     skip = set(filter(None, args.skip.split(",")))
     for m in methods(args.n, args.d):
-        if (only and m.name not in only) or m.name in skip:
+        variant = isinstance(m, Ours) and m.name.count("-") > 1
+        if (only and m.name not in only) or m.name in skip or (variant and not only):
             continue
         print(f"{m.name}:", flush=True)
         if args.build_only:
             m.build(x, cat, work)
             print(f"  built in {m.build_s:.1f} s", flush=True)
+            m.close()
             del m
             gc.collect()
             continue
@@ -634,6 +672,7 @@ def main(argv=None) -> int:
             print(f"  resident after 1,000 searches: {res}", flush=True)
         H.save(name, rows, meta={"dataset": f"synthetic {args.n:,} x {args.d} float16, {args.clusters} clusters",
                                  "k": K, "queries": NQ, "generator": "bench_collection.data_chunks seed 0 / 123"})
+        m.close()
         del m
         gc.collect()
     return 0

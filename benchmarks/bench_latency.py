@@ -2,6 +2,8 @@
 application that embeds nestvec as its index and asks one query at a time.
 
     python benchmarks/bench_latency.py [--calls 300]
+    python benchmarks/bench_latency.py --dense-n "" --hamming-n "" --collection-n 1000,10000 \
+        --calls 1000 --name bench_latency_overhead     # per-call overhead of Collection.search
 
 Per call, in microseconds (median and min over --calls back-to-back calls after a
 warm-up), the whole Python call included: dense cosine top-10 over float16 rows of 384
@@ -75,6 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--collection-n", default="10000,100000")
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--skip", default="", help="comma list of: numpy,faiss,collection")
+    p.add_argument("--name", default="bench_latency",
+                   help="results file name (a partial run, e.g. --dense-n '' --hamming-n '' "
+                        "--collection-n 1000 for the per-call overhead, keeps the full table's JSON)")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     faiss = None
@@ -142,7 +147,8 @@ def main(argv=None) -> int:
     print(f"\nsingle-query latency, microseconds per call (median), k={K}; {H.machine().get('cpu')}, "
           f"{os.cpu_count()} cores")
     print(H.markdown_table(rows, ["op", "n", "method", "median_us", "min_us"]))
-    path = H.save("bench_latency", rows, meta={"args": vars(args), "threads": nt})
+    path = H.save(args.name, rows, meta={"args": vars(args), "threads": nt, "nestvec": nv.__file__,
+                                         "loadavg": os.getloadavg()})
     print(f"saved {path}")
     return 0
 

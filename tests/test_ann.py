@@ -138,6 +138,10 @@ def test_explain(indexed):
     assert 0 < e["rows_scanned"] < 2 * N and 0 < e["rows_rescored"] <= 2 * 2 * 100
     e = col.explain(q[:1], k=10, filter=nv.field("cat") < 1)  # 1%: exhaustive over the matches
     assert e["mode"] in ("flat", "funnel") and e["matches"] == 30
+    e = col.explain(q[:1], k=10, filter=nv.field("cat") < 4)  # 4%, more than the shortlist
+    assert e["mode"] == "ivf" and e["route"].startswith("exhaustive") and e["matches"] == 120
+    e = col.explain(q[:1, :16], k=10, dim=16)  # narrower than the ivf index's prefix: the funnel
+    assert e["mode"] == "funnel"
     e = col.explain(q[:1], k=10, filter=nv.field("cat") < 50)
     assert e["mode"] == "ivf" and "widened" in e["route"]
     e = col.explain(q[:1], k=10, mode="hnsw")

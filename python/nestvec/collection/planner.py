@@ -131,10 +131,12 @@ def resolve_mode(req: Request, n_allowed: int, q_width: int | None = None) -> st
         raise ValueError(f"mode={req.mode!r}: this collection has no {req.mode} index "
                          f"(create one with col.create_index({req.mode!r}))")
     if req.mode == "auto":
-        from .indexes.plan import EXACT_FRACTION
-
         rescore = req.rescore or 10
-        if req.indexes and req.selectivity >= EXACT_FRACTION and n_allowed > req.k * rescore:
+        if req.indexes and n_allowed > req.k * rescore and (q_width is None or q_width >= req.d_full):
+            # a selective filter (below EXACT_FRACTION) too: the index's plan searches
+            # just its rows, with a wider shortlist than the funnel over every code
+            # (README, Sub-linear search: the filtered benchmark). Prefix-only queries
+            # may be narrower than the index's dim: the exhaustive modes serve them.
             return "ivf" if "ivf" in req.indexes else req.indexes[0]
         if not req.binary:
             return "flat"

@@ -77,9 +77,10 @@ class SearchMixin:
                 ``k*rescore`` rows, exact rescoring at ``dim``), ``ivf`` (the funnel
                 over the ``nprobe`` lists nearest each query), ``hnsw`` (``ef``
                 graph candidates, exact rescoring), ``auto`` (an index when the
-                collection has one and the filter is not selective, else the funnel
-                when codes exist and there are more than ``k*rescore`` candidate
-                rows, else flat).
+                collection has one, the queries are full width and more than
+                ``k*rescore`` rows are allowed: its plan searches a selective
+                filter's rows exhaustively; else the funnel when codes exist and
+                there are more than ``k*rescore`` candidate rows, else flat).
             rescore: shortlist factor of funnel / ivf (default: the ivf index's
                 tuned value, else 10).
             nprobe: ivf lists probed per query (default: the index's tuned value).

@@ -14,8 +14,9 @@ Filters and deletes arrive as each segment's ``allow`` mask:
   shortlist over their gathered codes, then exact rescoring (flat when they fit in the
   shortlist);
 * otherwise the mask applies inside the probed lists (ivf: ``hamming_topk_ranges``
-  checks ``allow`` per row) or to the graph's candidates (hnsw), the probe widened by
-  ``selectivity ** -WIDEN_POWER``; a query that still has fewer than ``min(k,
+  checks ``allow`` per row; ``nprobe`` widened by ``selectivity ** -WIDEN_POWER``) or
+  to the graph's candidates (hnsw; ``ef`` oversampled by 1 / the segment's allowed
+  fraction); a query that still has fewer than ``min(k,
   matches)`` candidates is probed again with 4x the lists (ivf, up to every list) or
   searched exhaustively on that segment (hnsw).
 
