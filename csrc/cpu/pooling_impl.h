@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "nestvec/pooling.h"
+#include "nestvec/prefetch.h"
 
 namespace nestvec {
 namespace pooling {
@@ -24,6 +25,12 @@ constexpr int kRows = NV_POOL_ROWS_PER_STEP;
 constexpr int kRows = 4;
 #endif
 static_assert(kRows == 1 || kRows == 2 || kRows == 4 || kRows == 8, "rows per step: a power of two <= 8");
+// Token rows prefetched ahead of the step (0: none, the hardware prefetcher alone).
+#ifdef NV_POOL_PREFETCH_ROWS
+constexpr int64_t kPrefetchRows = NV_POOL_PREFETCH_ROWS;
+#else
+constexpr int64_t kPrefetchRows = 0;
+#endif
 
 // OP 0: sum, 1: weighted sum, 2: max.
 template <DType DT, int OP>
@@ -56,6 +63,13 @@ void run(const void* base, int64_t tstride, const int32_t* tok, const float* w, 
   for (; i + kRows <= n; i += kRows) {
     const void* r[kRows];
     vf wv[kRows];
+    if constexpr (kPrefetchRows > 0) {
+      for (int u = 0; u < kRows; ++u)
+        if (i + kPrefetchRows + u < n) {
+          const char* p = static_cast<const char*>(row(i + kPrefetchRows + u));
+          for (int64_t c = 0; c < d * es; c += 64) prefetch_l1(p + c);
+        }
+    }
     for (int u = 0; u < kRows; ++u) {
       r[u] = row(i + u);
       wv[u] = OP == 1 ? vset1(w[i + u]) : vzero();
