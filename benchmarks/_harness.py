@@ -114,11 +114,14 @@ def describe() -> str:
                                                    if "faiss" in m else ""))
 
 
-def read_floor(rows: int, stride: int, nbytes: list[int], offset: int = 16) -> dict | None:
+def read_floor(rows: int, stride: int, nbytes: list[int], offset: int = 16, copies: int = 1,
+               small_pages: bool = False) -> dict | None:
     """Median ms of a bare read, by as many threads as nestvec uses, of `b` bytes of
     each of `rows` rows `stride` bytes apart, for each b in nbytes: the floor of a
     batch-1 scan (benchmarks/read_floor.cpp, built here on first use). None without g++.
-    `offset`: where the table starts in a cache line (NumPy's large arrays: 16 bytes)."""
+    `offset`: where the table starts in a cache line (NumPy's large arrays: 16 bytes).
+    `copies` > 1 reads that many copies in turn (cache-cold when they exceed the LLC);
+    `small_pages`: 4 KiB pages, as torch's CPU allocator gives (NumPy: 2 MiB)."""
     src = Path(__file__).resolve().parent / "read_floor.cpp"
     exe = ROOT / "build" / "read_floor"
     cxx = shutil.which("g++") or shutil.which("c++")
@@ -134,7 +137,8 @@ def read_floor(rows: int, stride: int, nbytes: list[int], offset: int = 16) -> d
         threads = _backend._C.get_num_threads() if _backend._C is not None else os.cpu_count()
     except Exception:
         threads = os.cpu_count()
-    out = subprocess.run([str(exe), "--threads", str(threads), "--offset", str(offset), str(rows),
+    extra = ["--copies", str(copies)] + (["--small-pages"] if small_pages else [])
+    out = subprocess.run([str(exe), "--threads", str(threads), "--offset", str(offset), *extra, str(rows),
                           str(stride), *map(str, nbytes)], capture_output=True, text=True, check=True)
     res = {}
     for line in out.stdout.splitlines():

@@ -102,7 +102,8 @@ def run_cpu(args) -> list[dict]:
     def two_pass(b) -> str:
         """The two-pass route (bf16 / int16 first pass) the active ISA takes at batch b."""
         two = getattr(_backend._C, "dense_two_pass", lambda: "")()
-        return f" (two-pass, {two})" if two and b >= 16 else ""
+        least = getattr(_backend._C, "dense_two_pass_min_batch", lambda: 16)()
+        return f" (two-pass, {two})" if two and least and b >= least else ""
 
     @contextlib.contextmanager
     def f32_scan_only():

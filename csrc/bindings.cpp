@@ -247,6 +247,8 @@ PYBIND11_MODULE(_C, m) {
     const int kind = dense::active_kernels().approx.kind;
     return std::string(kind == dense::kApproxBf16 ? "bf16" : kind == dense::kApproxI16 ? "int16" : "");
   }, "The active ISA's approximate first pass of the two-pass route ('' when it has none).");
+  m.def("dense_two_pass_min_batch", [] { return dense::two_pass_min_queries(); },
+        "Fewest queries that take the two-pass route with the active ISA (0: no such route).");
   m.def("set_dense_bf16", [](bool on) { dense::set_bf16_pass(on); }, py::arg("enabled"),
         "Two-pass bf16 route for large CPU batches on AVX512-BF16 CPUs (results stay exact).");
   bind::def_cuda_dense(m);

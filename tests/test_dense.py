@@ -204,10 +204,11 @@ def test_cpu_query_slices():
 
 # Two-pass route (csrc/cpu/dense_bf16.cpp): an approximate scan (bfloat16 on AVX-512,
 # int16 with a scale per row on AVX2), exact rescoring of a shortlist, a certificate per
-# query, float32 scan for the rest. Taken for Q >= 16, Q * dim >= 8192 and N >= 4096.
+# query, float32 scan for the rest. Taken for Q * dim >= 8192, N >= 4096 and Q at least
+# the ISA's minimum (dense_two_pass_min_batch: 16 with bf16, 32 with int16).
 TWO_PASS_ISAS = ("avx512", "avx2")
 BF16_CASES = [  # (D, d, N, Q, k)
-    (768, 768, 5000, 17, 10), (768, 384, 4099, 64, 1), (384, 384, 5000, 32, 100),
+    (768, 768, 5000, 33, 10), (768, 384, 4099, 64, 1), (384, 384, 5000, 32, 100),
     (97, 97, 4099, 100, 10), (1025, 1023, 4099, 16, 7), (64, 64, 4099, 130, 4096),
     (768, 33, 4099, 300, 10),
 ]
@@ -229,8 +230,9 @@ def test_cpu_bf16_two_pass(case, isa, restore_isa):
         run_case("cpu", rng, N, D, d, Q, k, dtype, metric, use_allow=j % 2 == 1, use_cand=False)
         after = _bf16_stats()
         routed = (after[0] - before[0]) + (after[1] - before[1])
-        if _backend._C.get_isa() in TWO_PASS_ISAS:
-            assert routed == Q, "the two-pass route was not taken"
+        least = _backend._C.dense_two_pass_min_batch()
+        if _backend._C.get_isa() in TWO_PASS_ISAS and Q >= least:
+            assert least > 0 and routed == Q, "the two-pass route was not taken"
         else:
             assert routed == 0
 

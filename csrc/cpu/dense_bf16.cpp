@@ -52,12 +52,23 @@ bool bf16_pass_enabled() {
   return e == 1;
 }
 
+int64_t two_pass_min_queries() {
+  // bf16 (2-core Zen 5, AVX512-BF16, 1M x 768 float16): one pass wins below ~16
+  // queries, where the scan is bound by memory rather than multiplies. int16 (2-core
+  // Zen 3, AVX2, 200k x 768 float16, one thread): its first pass runs at about the
+  // float32 tile scan's speed, so the scan wins below 32 queries (batch 16: 69 vs 89 ms;
+  // 28: 114 vs 118) and the two-pass from 32, where the scan moves to its packed GEMM
+  // route (32: 167 vs 131; 64: 266 vs 215; 128: 497 vs 386).
+  switch (active_kernels().approx.kind) {
+    case kApproxBf16: return 16;
+    case kApproxI16: return 32;
+    default: return 0;
+  }
+}
+
 bool bf16_pass_wanted(int64_t nq, int64_t n, int64_t dim) {
-  // Measured on 1M x 768 float16 (2-core Zen 5, AVX512-BF16): below ~16 queries, or
-  // ~8192 query values, the scan is bound by memory rather than multiplies and one
-  // pass wins.
-  return bf16_pass_enabled() && active_kernels().approx.kind != kApproxNone && nq >= 16 &&
-         nq * dim >= 8192 && n >= 4096;
+  const int64_t min_q = two_pass_min_queries();
+  return bf16_pass_enabled() && min_q > 0 && nq >= min_q && nq * dim >= 8192 && n >= 4096;
 }
 
 void bf16_stats(int64_t* certified, int64_t* fallback) {

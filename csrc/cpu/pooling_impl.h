@@ -1,6 +1,6 @@
 // Pooling reduction, written once and compiled per ISA: each pooling_<isa>.cpp includes
 // its ISA's primitives (isa/<isa>.h), then this file, and exports the result as
-// pooling::kernels<Isa>(). Four token rows per step are combined in registers and
+// pooling::kernels<Isa>(). kRows token rows per step are combined in registers and
 // added into the float32 accumulator row (which stays in L1), so `hidden` streams
 // through once in address order; a row's last d % kF columns use partial loads.
 #include <cstdint>
@@ -8,12 +8,29 @@
 #include <type_traits>
 
 #include "nestvec/pooling.h"
+#include "nestvec/prefetch.h"
 
 namespace nestvec {
 namespace pooling {
 namespace {
 
 using namespace simd;
+
+// Token rows combined per step. Four, unless the ISA's build says otherwise: on AVX2
+// (Zen 3) four interleaved streams read from DRAM slower than one in address order, and
+// the accumulator row's extra loads and stores stay in L1.
+#ifdef NV_POOL_ROWS_PER_STEP
+constexpr int kRows = NV_POOL_ROWS_PER_STEP;
+#else
+constexpr int kRows = 4;
+#endif
+static_assert(kRows == 1 || kRows == 2 || kRows == 4 || kRows == 8, "rows per step: a power of two <= 8");
+// Token rows prefetched ahead of the step (0: none, the hardware prefetcher alone).
+#ifdef NV_POOL_PREFETCH_ROWS
+constexpr int64_t kPrefetchRows = NV_POOL_PREFETCH_ROWS;
+#else
+constexpr int64_t kPrefetchRows = 0;
+#endif
 
 // OP 0: sum, 1: weighted sum, 2: max.
 template <DType DT, int OP>
@@ -43,22 +60,31 @@ void run(const void* base, int64_t tstride, const int32_t* tok, const float* w, 
   using Full = std::true_type;
   using Part = std::false_type;
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const void *r0 = row(i), *r1 = row(i + 1), *r2 = row(i + 2), *r3 = row(i + 3);
-    vf w0 = vzero(), w1 = vzero(), w2 = vzero(), w3 = vzero();
-    if constexpr (OP == 1) w0 = vset1(w[i]), w1 = vset1(w[i + 1]), w2 = vset1(w[i + 2]), w3 = vset1(w[i + 3]);
+  for (; i + kRows <= n; i += kRows) {
+    const void* r[kRows];
+    vf wv[kRows];
+    if constexpr (kPrefetchRows > 0) {
+      for (int u = 0; u < kRows; ++u)
+        if (i + kPrefetchRows + u < n) {
+          const char* p = static_cast<const char*>(row(i + kPrefetchRows + u));
+          for (int64_t c = 0; c < d * es; c += 64) prefetch_l1(p + c);
+        }
+    }
+    for (int u = 0; u < kRows; ++u) {
+      r[u] = row(i + u);
+      wv[u] = OP == 1 ? vset1(w[i + u]) : vzero();
+    }
     auto step = [&](auto full, int64_t j) {
-      const vf x0 = load(full, r0, j), x1 = load(full, r1, j), x2 = load(full, r2, j), x3 = load(full, r3, j);
+      vf x[kRows];
+      for (int u = 0; u < kRows; ++u) x[u] = load(full, r[u], j);
       vf a = load_out(full, j);
-      if constexpr (OP == 0) {
-        a = vadd(a, vadd(vadd(x0, x1), vadd(x2, x3)));
-      } else if constexpr (OP == 1) {
-        a = vfma(x0, w0, a);
-        a = vfma(x1, w1, a);
-        a = vfma(x2, w2, a);
-        a = vfma(x3, w3, a);
+      if constexpr (OP == 1) {
+        for (int u = 0; u < kRows; ++u) a = vfma(x[u], wv[u], a);
       } else {
-        a = vmax(a, vmax(vmax(x0, x1), vmax(x2, x3)));
+        // pairwise: a tree of kRows - 1 independent adds / maxes, then one into `a`
+        for (int h = 1; h < kRows; h *= 2)
+          for (int u = 0; u + h < kRows; u += 2 * h) x[u] = OP == 0 ? vadd(x[u], x[u + h]) : vmax(x[u], x[u + h]);
+        a = OP == 0 ? vadd(a, x[0]) : vmax(a, x[0]);
       }
       store_out(full, j, a);
     };

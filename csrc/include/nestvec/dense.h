@@ -76,6 +76,9 @@ Kernels active_kernels();
 // are then unspecified). bf16_pass_wanted: whether topk takes this route.
 // bf16_pass_enabled / set_bf16_pass: the switch (default on; NESTVEC_DENSE_BF16=0 = off).
 bool bf16_pass_wanted(int64_t nq, int64_t n, int64_t dim);
+// Fewest queries (of a large enough table) that take the route with the active ISA's
+// first pass; 0 when it has none.
+int64_t two_pass_min_queries();
 bool bf16_pass_enabled();
 void set_bf16_pass(bool on);
 int64_t topk_bf16(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
