@@ -175,8 +175,8 @@ class Ours(Method):
 
 
 def methods(n: int, d: int) -> list:
-    nlist4 = 2 ** round(np.log2(4 * np.sqrt(n)))  # FAISS's rule of thumb, 4 sqrt(N)
-    ivf_sweep = [{}] + [{"nprobe": p, "rescore": r} for p in (4, 8, 16, 32, 64, 128) for r in (10, 20)]
+    nlist_old = 2 ** round(np.log2(1.5 * np.sqrt(n)))  # the default before 4 sqrt(N)
+    ivf_sweep = [{}] + [{"nprobe": p, "rescore": r} for p in (1, 2, 3, 4, 8, 16) for r in (10, 20)]
     return [
         Ours("flat"),
         Ours("funnel", sweep=[{"rescore": r} for r in (10, 20, 40)]),
@@ -185,7 +185,7 @@ def methods(n: int, d: int) -> list:
         # variants (replace the collection's ivf index; run them with --only)
         Ours("ivf", "ivf", {"dim": d}, ivf_sweep, variant=f"dim{d}"),
         Ours("ivf", "ivf", {"codes": "centred"}, ivf_sweep, variant="centred"),
-        Ours("ivf", "ivf", {"nlist": nlist4}, ivf_sweep, variant=f"nlist{nlist4}"),
+        Ours("ivf", "ivf", {"nlist": nlist_old}, ivf_sweep, variant=f"nlist{nlist_old}"),
         Hnswlib(16), Hnswlib(32),
         Faiss("IVFFlat"), Faiss("IVFPQ+refine"), Faiss("BinaryIVF"), Faiss("HNSWFlat"),
         USearch("f16"), USearch("b1"),
