@@ -54,14 +54,16 @@ def _int(v, name, lo, hi=None):
 
 def default_nlist(n_live: int) -> int:
     """4 sqrt(N) (FAISS's rule of thumb), a multiple of 64 from 64 lists up: 1,792 lists
-    at 200k rows, 4,032 at 1M, 12,672 at 10M (lists of ~110 to ~790 rows). Fewer lists
+    at 200k rows, 4,032 at 1M, 12,672 at 10M (lists of ~110 to ~790 rows); at most
+    N / 39 lists (below ~24k rows: 128 lists at 5,000). Fewer lists
     than the data has natural clusters split none of them and merge several into one,
     so a query's neighbours spread over many lists (README: 1.5 sqrt(N) needed half the
     lists for recall 0.95 on the benchmark's 1,024 clusters)."""
     n = max(1, int(n_live))
     want = 4.0 * math.sqrt(n)
     nlist = int(want + 0.5) if want < 64 else 64 * int(want / 64 + 0.5)
-    return max(1, min(n, nlist))
+    # small collections: at least TRAIN_MIN_PER_LIST rows to train each list on
+    return max(1, min(nlist, n // TRAIN_MIN_PER_LIST))
 
 
 def default_sample(n_live: int, nlist: int) -> int:
