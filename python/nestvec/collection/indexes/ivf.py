@@ -30,6 +30,7 @@ from ..arrays import fixed_list_view, primitive_view
 
 META_KEY = b"nestvec.ivf"
 ASSIGN_BYTES = 64 << 20  # scores held at once while rows are assigned to lists
+PROBE_NUMPY_QUERIES = 2  # probes of at most this many queries skip dense_topk (IvfCentroids.probe)
 
 
 # --------------------------------------------------------------------------- vectors
@@ -165,17 +166,24 @@ class IvfCentroids:
 
     def probe(self, queries, nprobe: int):
         """The ``nprobe`` nearest lists of each query, best first (int64 ``[Q, nprobe]``):
-        largest ``q . c`` (unit centroids: the query's norm does not change the order)
-        or, under l2, largest ``q . c - |c|^2 / 2``. One NumPy product and a partial
-        sort: ``dense_topk`` splits the centroids' rows over threads, which costs a
-        single query more than the product (README, Sub-linear search: per-query cost)."""
+        largest cosine (unit centroids) or smallest l2 on the prefix. A batch goes to
+        ``dense_topk``; one or two queries to a NumPy product and a partial sort
+        (same order up to exact ties), since ``dense_topk`` splits the centroids' rows
+        over threads and that split costs a single query more than the product on a
+        loaded machine (bench_ann_ivf_call.json)."""
         nlist, dim = self.centroids.shape
         p = min(int(nprobe), nlist)
+        if queries.shape[0] > PROBE_NUMPY_QUERIES:
+            from .. import hostcalls
+
+            q = np.asarray(queries[:, :dim], dtype=np.float32)
+            metric = "l2" if self.spec["metric"] == "l2" else "cosine"
+            return hostcalls.dense(self.centroids, q, p, dim, metric)[1]
         s = np.asarray(queries[:, :dim], dtype=np.float32) @ self.centroids.T
         if self.spec["metric"] == "l2":
             if self._half_sq is None:
                 self._half_sq = 0.5 * np.einsum("ij,ij->i", self.centroids, self.centroids)
-            s -= self._half_sq
+            s -= self._half_sq  # argmin |q - c|^2 = argmax (q.c - |c|^2 / 2)
         s = -s  # ascending: best first
         part = np.argpartition(s, p - 1, axis=1)[:, :p] if p < nlist else \
             np.broadcast_to(np.arange(nlist), s.shape)
