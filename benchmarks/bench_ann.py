@@ -21,8 +21,6 @@ benchmarks/results/bench_ann_<n>x<d>.json (one file per dataset), bench_ann.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import gc
 import json
 import os
@@ -37,23 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as H  # noqa: E402
 
 import nestvec as nv  # noqa: E402
+from ann_anchors import K, LOCK, Faiss, Hnswlib, Method, USearch, cpu_lock, normalised_f32  # noqa: E402,F401
+from ann_report import RECALL_TARGET, plot, report_tables, summary  # noqa: E402,F401
 
-K = 10
 NQ = 1000
-LOCK = "/tmp/nestvec-cpu.lock"
 TIME_B1_S = 1.5  # each timed point: at least this long (or every query), after a warm-up
-RECALL_TARGET = 0.95
-
-
-@contextlib.contextmanager
-def cpu_lock(exclusive: bool):
-    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def status_kb(field: str, pid="self") -> int:
@@ -127,54 +113,6 @@ def measure(search, q, gt):
 # --------------------------------------------------------------------------- methods
 
 
-def normalised_f32(x, chunk=200_000):
-    out = np.empty(x.shape, np.float32)
-    for a in range(0, len(x), chunk):
-        v = np.asarray(x[a:a + chunk], np.float32)
-        out[a:a + chunk] = v / np.linalg.norm(v, axis=1, keepdims=True)
-    return out
-
-
-class Method:
-    """An index built once (shared lock) and saved in the data dir with its build time,
-    so the timed runs (exclusive lock) only load it, and reruns skip the build."""
-
-    name = "?"
-    family = "anchor"
-
-    def build(self, x, cat, work: Path):
-        self.path = work / f"{self.name}-{len(x)}x{x.shape[1]}.index"
-        meta = self.path.with_suffix(".json")
-        if self.path.exists() and meta.exists():
-            self.build_s = json.loads(meta.read_text())["build_s"]
-            self.load(x)
-            return self
-        with cpu_lock(False):
-            t0 = time.perf_counter()
-            self.make(x)
-            self.build_s = time.perf_counter() - t0
-            self.save()
-        meta.write_text(json.dumps({"build_s": self.build_s}))
-        return self
-
-    def make(self, x): ...
-
-    def save(self): ...
-
-    def load(self, x): ...
-
-    def sweep(self):
-        return [{}]
-
-    def search(self, q, **p): ...
-
-    def memory(self) -> int:
-        return 0
-
-    def close(self):
-        pass
-
-
 class Ours(Method):
     family = "nestvec"
 
@@ -236,174 +174,9 @@ class Ours(Method):
             (m["indexes"]["ivf"]["centroids"]["bytes"] if self.index == "ivf" else 0)
 
 
-class Hnswlib(Method):
-    def __init__(self, M):
-        self.M, self.name = M, f"hnswlib-M{M}"
-
-    def make(self, x):
-        import hnswlib
-
-        self.g = hnswlib.Index(space="ip", dim=x.shape[1])
-        self.g.init_index(max_elements=len(x), ef_construction=200, M=self.M)
-        for a in range(0, len(x), 100_000):
-            self.g.add_items(normalised_f32(x[a:a + 100_000]), np.arange(a, min(len(x), a + 100_000)))
-
-    def save(self):
-        self.g.save_index(str(self.path))
-
-    def load(self, x):
-        import hnswlib
-
-        self.g = hnswlib.Index(space="ip", dim=x.shape[1])
-        self.g.load_index(str(self.path), max_elements=len(x))
-
-    def sweep(self):
-        return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
-
-    def search(self, q, ef):
-        self.g.set_ef(max(ef, K))
-        return self.g.knn_query(q / np.linalg.norm(q, axis=1, keepdims=True), k=K)[0].astype(np.int64)
-
-    def memory(self):
-        return self.g.index_file_size()
-
-
-class Faiss(Method):
-    def __init__(self, kind, nlist=None):
-        self.kind, self.nlist = kind, nlist
-        self.name = f"faiss-{kind}"
-
-    def make(self, x):
-        import faiss
-
-        d = x.shape[1]
-        nlist = self.nlist or 4 * int(np.sqrt(len(x)))
-        self.x = x  # binary rescoring reads the float16 rows (mapped), like ours
-        if self.kind == "BinaryIVF":
-            codes = np.concatenate([np.packbits(np.asarray(x[a:a + 200_000]) > 0, axis=1)
-                                    for a in range(0, len(x), 200_000)])
-            self.index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, nlist)
-            self.index.train(codes[np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), False)])
-            self.index.add(codes)
-            return
-        xf = normalised_f32(x)
-        if self.kind == "IVFFlat":
-            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        elif self.kind == "IVFPQ+refine":
-            ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, d // 8, 8, faiss.METRIC_INNER_PRODUCT)
-            self.index = faiss.IndexRefineFlat(ivf)
-        elif self.kind == "HNSWFlat":
-            self.index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efConstruction = 200
-        if self.kind != "HNSWFlat":
-            self.index.train(xf[np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), False)])
-        self.index.add(xf)
-
-    def save(self):
-        import faiss
-
-        (faiss.write_index_binary if self.kind == "BinaryIVF" else faiss.write_index)(self.index, str(self.path))
-
-    def load(self, x):
-        import faiss
-
-        self.x = x
-        self.index = (faiss.read_index_binary if self.kind == "BinaryIVF" else faiss.read_index)(str(self.path))
-
-    def sweep(self):
-        if self.kind == "HNSWFlat":
-            return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
-        if self.kind == "IVFPQ+refine":
-            return [{"nprobe": p, "k_factor": f} for p in (8, 16, 32, 64) for f in (4, 16)]
-        if self.kind == "BinaryIVF":
-            return [{"nprobe": p, "rescore": r} for p in (8, 16, 32, 64, 128) for r in (10, 40)]
-        return [{"nprobe": p} for p in (4, 8, 16, 32, 64, 128)]
-
-    def search(self, q, nprobe=None, ef=None, k_factor=None, rescore=None):
-        import faiss
-
-        qn = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-        if self.kind == "HNSWFlat":
-            self.index.hnsw.efSearch = max(ef, K)
-            return self.index.search(qn, K)[1]
-        if self.kind == "IVFPQ+refine":
-            faiss.extract_index_ivf(self.index.base_index).nprobe = nprobe
-            self.index.k_factor = k_factor
-            return self.index.search(qn, K)[1]
-        if self.kind == "BinaryIVF":
-            self.index.nprobe = nprobe
-            _, cand = self.index.search(np.packbits(q > 0, axis=1), K * rescore)
-            out = np.full((len(q), K), -1, np.int64)
-            for j in range(len(q)):
-                c = cand[j][cand[j] >= 0]
-                v = np.asarray(self.x[np.sort(c)], np.float32)
-                s = v @ qn[j] / np.linalg.norm(v, axis=1)
-                top = np.argsort(-s, kind="stable")[:K]
-                out[j, :len(top)] = np.sort(c)[top]
-            return out
-        self.index.nprobe = nprobe
-        return self.index.search(qn, K)[1]
-
-    def memory(self):
-        import faiss
-
-        return os.path.getsize(self.path)
-
-
-class USearch(Method):
-    def __init__(self, dtype):
-        self.dtype = dtype
-        self.name = f"usearch-{dtype}" + ("+rescore" if dtype == "b1" else "")
-
-    def _new(self, d):
-        from usearch.index import Index
-
-        if self.dtype == "b1":
-            return Index(ndim=d, metric="hamming", dtype="b1", connectivity=16, expansion_add=128)
-        return Index(ndim=d, metric="cos", dtype="f16", connectivity=16, expansion_add=128)
-
-    def make(self, x):
-        self.x = x
-        self.index = self._new(x.shape[1])
-        for a in range(0, len(x), 100_000):
-            v = np.asarray(x[a:a + 100_000])
-            self.index.add(np.arange(a, a + len(v)), np.packbits(v > 0, axis=1) if self.dtype == "b1" else v)
-
-    def save(self):
-        self.index.save(str(self.path))
-
-    def load(self, x):
-        self.x = x
-        self.index = self._new(x.shape[1])
-        self.index.load(str(self.path))
-
-    def sweep(self):
-        if self.dtype == "b1":
-            return [{"ef": e, "rescore": r} for e in (64, 128, 256) for r in (10, 40)]
-        return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
-
-    def search(self, q, ef, rescore=None):
-        self.index.expansion_search = max(ef, K * (rescore or 1))
-        if self.dtype != "b1":
-            return np.asarray(self.index.search(q.astype(np.float16), K).keys, np.int64).reshape(len(q), K)
-        res = self.index.search(np.packbits(q > 0, axis=1), K * rescore)
-        keys = np.asarray(res.keys, np.int64).reshape(len(q), -1)
-        out = np.full((len(q), K), -1, np.int64)
-        for j in range(len(q)):
-            c = np.sort(keys[j][keys[j] >= 0])
-            v = np.asarray(self.x[c], np.float32)
-            s = v @ q[j] / np.linalg.norm(v, axis=1)
-            top = np.argsort(-s, kind="stable")[:K]
-            out[j, :len(top)] = c[top]
-        return out
-
-    def memory(self):
-        return os.path.getsize(self.path)
-
-
 def methods(n: int, d: int) -> list:
-    nlist4 = 2 ** round(np.log2(4 * np.sqrt(n)))  # FAISS's rule of thumb, 4 sqrt(N)
-    ivf_sweep = [{}] + [{"nprobe": p, "rescore": r} for p in (4, 8, 16, 32, 64, 128) for r in (10, 20)]
+    nlist_old = 2 ** round(np.log2(1.5 * np.sqrt(n)))  # the default before 4 sqrt(N)
+    ivf_sweep = [{}] + [{"nprobe": p, "rescore": r} for p in (1, 2, 3, 4, 8, 16) for r in (10, 20)]
     return [
         Ours("flat"),
         Ours("funnel", sweep=[{"rescore": r} for r in (10, 20, 40)]),
@@ -412,7 +185,7 @@ def methods(n: int, d: int) -> list:
         # variants (replace the collection's ivf index; run them with --only)
         Ours("ivf", "ivf", {"dim": d}, ivf_sweep, variant=f"dim{d}"),
         Ours("ivf", "ivf", {"codes": "centred"}, ivf_sweep, variant="centred"),
-        Ours("ivf", "ivf", {"nlist": nlist4}, ivf_sweep, variant=f"nlist{nlist4}"),
+        Ours("ivf", "ivf", {"nlist": nlist_old}, ivf_sweep, variant=f"nlist{nlist_old}"),
         Hnswlib(16), Hnswlib(32),
         Faiss("IVFFlat"), Faiss("IVFPQ+refine"), Faiss("BinaryIVF"), Faiss("HNSWFlat"),
         USearch("f16"), USearch("b1"),
@@ -544,76 +317,6 @@ def msmarco(out_rows: list) -> dict:
             print(f"  msmarco {label:22s} {mode:6s} nDCG@10 {ev['ndcg@10']:.4f}", flush=True)
     out_rows.append({"msmarco": res})
     return res
-
-
-def plot(paths, out: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = [json.loads(Path(p).read_text()) for p in paths]
-    fig, axes = plt.subplots(len(runs), 2, figsize=(12, 4.5 * len(runs)), squeeze=False)
-    for row, run in zip(axes, runs):
-        pts = [r for r in run["rows"] if "method" in r]
-        for ax, b in zip(row, (1, 16)):
-            for name in sorted({r["method"] for r in pts}):
-                rs = sorted([r for r in pts if r["method"] == name], key=lambda r: r["recall10"])
-                ours = name.startswith("ours")
-                ax.plot([r["recall10"] for r in rs], [r[f"qps_b{b}"] for r in rs], "o-" if ours else ".--",
-                        label=name, linewidth=2 if ours else 1)
-            ax.axvline(RECALL_TARGET, color="grey", linewidth=0.8)
-            ax.set_yscale("log")
-            ax.set_xlim(0.5, 1.005)
-            ax.set_xlabel("recall@10 vs exact")
-            ax.set_ylabel(f"QPS, batch {b}")
-            ax.set_title(f"{run['meta'].get('dataset', '')}, batch {b}")
-            ax.grid(alpha=0.3)
-        row[1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-
-
-def summary(rows: list) -> list:
-    """Per method: the fastest point at recall >= RECALL_TARGET (batch 1 and 16)."""
-    out = []
-    for name in dict.fromkeys(r["method"] for r in rows if "method" in r):
-        rs = [r for r in rows if r.get("method") == name]
-        ok = [r for r in rs if r["recall10"] >= RECALL_TARGET]
-        best1 = max(ok, key=lambda r: r["qps_b1"], default=None)
-        best16 = max(ok, key=lambda r: r["qps_b16"], default=None)
-        out.append({"method": name, "best_b1": best1 and {k: best1[k] for k in ("params", "recall10", "qps_b1")},
-                    "best_b16": best16 and {k: best16[k] for k in ("params", "recall10", "qps_b16")},
-                    "max_recall": max(r["recall10"] for r in rs), "build_s": rs[0]["build_s"],
-                    "index_bytes": rs[0]["index_bytes"]})
-    return out
-
-
-def _point(best, b):
-    if not best:
-        return "–"
-    p = {k: v for k, v in best["params"].items() if k != "default"}
-    tag = ("default " if best["params"].get("default") else "") + " ".join(f"{k} {v}" for k, v in p.items())
-    return f"{best[f'qps_b{b}']:,.0f} ({best['recall10']:.3f}; {tag or '–'})"
-
-
-def report_tables(rows: list) -> str:
-    """The README's tables: per method the fastest point at recall@10 >= RECALL_TARGET
-    (batch 1 and 16), build time, index size; then the filtered runs."""
-    out = ["| method | build s | index MB | QPS batch 1 (recall; params) | QPS batch 16 (recall; params) "
-           "| max recall |", "|---|---|---|---|---|---|"]
-    for s in summary(rows):
-        out.append(f"| {s['method']} | {s['build_s']:.1f} | {s['index_bytes'] / 2**20:.0f} | "
-                   f"{_point(s['best_b1'], 1)} | {_point(s['best_b16'], 16)} | {s['max_recall']:.4f} |")
-    filt = [r for r in rows if "filtered_by" in r]
-    if filt:
-        out += ["", "| index built | mode | filter | recall@10 vs exact filtered | ms batch 1 | x unfiltered | route |",
-                "|---|---|---|---|---|---|---|"]
-        for r in filt:
-            out.append(f"| {r['filtered_by']} | {r['mode']} | {r['selectivity_pct']}% | {r['recall10']:.4f} | "
-                       f"{r['latency_ms_b1']:.3f} | {r['ratio']:.2f} | {r['plan'].get('mode')}: "
-                       f"{r['plan'].get('route', '')} |")
-    return "\n".join(out)
 
 
 def main(argv=None) -> int:

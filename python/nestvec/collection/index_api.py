@@ -15,11 +15,12 @@ class IndexMixin:
             centroids trained once with ``faiss.Kmeans`` on a sample of normalised
             ``dim``-value prefixes, shared by every segment; each segment of at least
             ``min_rows`` rows stores its rows grouped by list with their binary codes.
-            Options: ``nlist`` (default a power of two near 1.5 sqrt(rows)), ``dim``
+            Options: ``nlist`` (default 4 sqrt(rows), a multiple of 64), ``dim``
             (prefix the centroids cover, default min(D, 128)), ``codes`` (``"sign"``:
             the stored sign bits; ``"centred"``: sign bits of the normalised row minus
             the sample mean), ``nprobe`` / ``rescore`` (search defaults; tuned when
-            not given), ``sample`` (training rows, default 64 per list), ``niter``
+            not given), ``sample`` (training rows, default 64 per list within
+            [65,536, 524,288] rows and [39, 256] per list), ``niter``
             (20), ``seed``, ``min_rows``, ``tune``.
         ``kind="hnsw"`` (needs hnswlib): an hnswlib graph over the ``dim``-value prefix
             (default min(D, 256)) of each segment of at least ``min_rows`` rows,
@@ -30,8 +31,9 @@ class IndexMixin:
         ``min_rows`` (default 65,536): smaller segments are searched exhaustively;
         segments that reach it later (large adds, merges, compaction) are indexed
         when they are written. Defaults not given are tuned on 200 of the
-        collection's rows as queries: the smallest ``nprobe`` (ivf) or ``ef`` (hnsw)
-        whose recall@10 against exact search reaches 0.96.
+        collection's rows as queries: the smallest ``nprobe`` (ivf) whose recall@10
+        against exact search reaches 0.96, and twice the smallest such ``ef`` (hnsw:
+        a graph searched with its own rows overstates recall; indexes/build.py).
 
         Returns the index's spec (as :meth:`indexes` reports it). Raises ValueError /
         TypeError naming the option (unknown kind or option, a value out of range,

@@ -28,6 +28,18 @@ MIN_ROWS = 65536  # segments below this are searched exhaustively (README: the c
 TUNE_RECALL = 0.96  # recall@10 the tuned defaults reach on the collection's own rows
 TUNE_QUERIES = 200
 TUNE_K = 10
+# hnsw tuned on the collection's own rows is optimistic: the search reaches the query's
+# own node, whose links are its neighbours. The default ef is this multiple of the
+# smallest ef that reaches TUNE_RECALL there (README, Sub-linear search: what it measured).
+HNSW_EF_MARGIN = 2
+# ivf training sample: 64 rows per list, at least 65,536 rows, at most TRAIN_MAX rows
+# (k-means costs sample x nlist x dim per iteration), never fewer than TRAIN_MIN_PER_LIST
+# rows per list (FAISS warns below 39) nor more than TRAIN_MAX_PER_LIST (faiss.Kmeans
+# subsamples to 256 per list anyway).
+TRAIN_PER_LIST = 64
+TRAIN_MAX = 1 << 19
+TRAIN_MIN_PER_LIST = 39
+TRAIN_MAX_PER_LIST = 256
 
 _IVF = {"nlist", "dim", "codes", "min_rows", "nprobe", "rescore", "sample", "niter", "seed", "tune"}
 _HNSW = {"dim", "M", "ef_construction", "ef", "min_rows", "seed", "threads", "tune"}
@@ -41,9 +53,25 @@ def _int(v, name, lo, hi=None):
 
 
 def default_nlist(n_live: int) -> int:
-    """A power of two near 1.5 sqrt(N): lists of ~700 rows at 1M, ~2,400 at 10M (a binary
-    probe reads D/8 bytes a row, so lists can be larger than FAISS's float ones)."""
-    return int(min(max(1, n_live), 2 ** max(0, round(math.log2(max(1.0, 1.5 * math.sqrt(n_live)))))))
+    """4 sqrt(N) (FAISS's rule of thumb), a multiple of 64 from 64 lists up: 1,792 lists
+    at 200k rows, 4,032 at 1M, 12,672 at 10M (lists of ~110 to ~790 rows); at most
+    N / 39 lists (below ~24k rows: 128 lists at 5,000). Fewer lists
+    than the data has natural clusters split none of them and merge several into one,
+    so a query's neighbours spread over many lists (README: 1.5 sqrt(N) needed half the
+    lists for recall 0.95 on the benchmark's 1,024 clusters)."""
+    n = max(1, int(n_live))
+    want = 4.0 * math.sqrt(n)
+    nlist = int(want + 0.5) if want < 64 else 64 * int(want / 64 + 0.5)
+    # small collections: at least TRAIN_MIN_PER_LIST rows to train each list on
+    return max(1, min(nlist, n // TRAIN_MIN_PER_LIST))
+
+
+def default_sample(n_live: int, nlist: int) -> int:
+    """Rows the centroids are trained on (see TRAIN_*): 114,688 at 200k rows, 258,048 at
+    1M (64 per list), 524,288 at 10M (41 per list)."""
+    want = min(max(TRAIN_PER_LIST * nlist, 65536), TRAIN_MAX)
+    want = min(max(want, TRAIN_MIN_PER_LIST * nlist), TRAIN_MAX_PER_LIST * nlist)
+    return max(nlist, min(n_live, want))
 
 
 def parse(kind, options: dict, m: dict, n_live: int) -> tuple:
@@ -75,7 +103,9 @@ def parse(kind, options: dict, m: dict, n_live: int) -> tuple:
         nprobe = None if nprobe is None else _int(nprobe, "nprobe", 1, nlist)
         rescore = o.get("rescore")
         rescore = None if rescore is None else _int(rescore, "rescore", 1)
-        sample = _int(o.get("sample", min(n_live, max(64 * nlist, 65536))), "sample", nlist, n_live)
+        sample = o.get("sample")
+        sample = default_sample(n_live, nlist) if sample is None else \
+            min(_int(sample, "sample", nlist, n_live), TRAIN_MAX_PER_LIST * nlist)
         niter = _int(o.get("niter", 20), "niter", 1)
         spec = {"kind": "ivf", "nlist": nlist, "dim": dim, "metric": m["metric"], "codes": codes,
                 "min_rows": min_rows, "nprobe": nprobe or max(1, nlist // 16), "rescore": rescore or 10,
@@ -301,8 +331,8 @@ def drop(store, snap, kind: str) -> dict:
 def tune(snap, kind: str, fixed: dict) -> dict:
     """The smallest nprobe (ivf; then rescore if needed) or ef (hnsw) whose recall@10
     against exact search reaches TUNE_RECALL on rows of the collection used as queries
-    (their own row excluded). Only indexed segments take part; with none, the
-    defaults stay."""
+    (their own row excluded); hnsw's default is HNSW_EF_MARGIN times that ef. Only
+    indexed segments take part; with none, the defaults stay."""
     from ..planner import Planner, Request
 
     segs = [s for s in snap.segments if kind in s.ann and s.n_live]
@@ -333,8 +363,9 @@ def tune(snap, kind: str, fixed: dict) -> dict:
         spec = snap.indexes["ivf"].spec
         nlist = spec["nlist"]
         rescores = [fixed["rescore"]] if fixed["rescore"] else [10, 20, 40, 100]
-        probes = [fixed["nprobe"]] if fixed["nprobe"] else \
-            sorted({min(nlist, 2 ** i) for i in range(0, int(math.log2(nlist)) + 2)})
+        # powers of two and the midpoints between them (1, 2, 3, 4, 6, 8, 12, ...)
+        probes = [fixed["nprobe"]] if fixed["nprobe"] else sorted(
+            {min(nlist, f * 2 ** i) for i in range(0, int(math.log2(nlist)) + 2) for f in (2, 3)} | {1})
         best = None
         for rs in rescores:
             for p in probes:
@@ -348,10 +379,11 @@ def tune(snap, kind: str, fixed: dict) -> dict:
             best = (probes[-1], rescores[-1], r)
         out = {"nprobe": best[0], "rescore": best[1], "tuned_recall": round(best[2], 4)}
     else:
-        r = 0.0
-        for ef in (16, 32, 64, 128, 256, 512, 1024):
+        r, reached = 0.0, False
+        for ef in (8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024):
             r = recall(run("hnsw", ef=ef))
             if r >= TUNE_RECALL:
+                reached = True
                 break
-        out = {"ef": ef, "tuned_recall": round(r, 4)}
+        out = {"ef": ef * HNSW_EF_MARGIN if reached else ef, "tuned_ef": ef, "tuned_recall": round(r, 4)}
     return out

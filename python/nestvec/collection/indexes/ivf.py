@@ -30,6 +30,7 @@ from ..arrays import fixed_list_view, primitive_view
 
 META_KEY = b"nestvec.ivf"
 ASSIGN_BYTES = 64 << 20  # scores held at once while rows are assigned to lists
+PROBE_NUMPY_QUERIES = 2  # probes of at most this many queries skip dense_topk (IvfCentroids.probe)
 
 
 # --------------------------------------------------------------------------- vectors
@@ -156,6 +157,7 @@ class IvfCentroids:
             if not np.isfinite(self.centroids).all():  # nlist x dim: small
                 raise CorruptionError(path, "centroids hold NaN or infinity")
             self.mean = None
+            self._half_sq = None  # l2: |c|^2 / 2, on the first probe
             if spec["codes"] == "centred":
                 mean = np.frombuffer(base64.b64decode(meta.get("mean", ""), validate=True), np.float32)
                 if mean.shape != (d_full,) or not np.isfinite(mean).all():
@@ -163,20 +165,40 @@ class IvfCentroids:
                 self.mean = mean
 
     def probe(self, queries, nprobe: int):
-        """The ``nprobe`` nearest lists of each query, best first (int64 ``[Q, nprobe]``)."""
-        from .. import hostcalls
+        """The ``nprobe`` nearest lists of each query, best first (int64 ``[Q, nprobe]``):
+        largest cosine (unit centroids) or smallest l2 on the prefix. A batch goes to
+        ``dense_topk``; one or two queries to a NumPy product and a partial sort
+        (same order up to exact ties), since ``dense_topk`` splits the centroids' rows
+        over threads and that split costs a single query more than the product on a
+        loaded machine (bench_ann_ivf_call.json)."""
+        nlist, dim = self.centroids.shape
+        p = min(int(nprobe), nlist)
+        if queries.shape[0] > PROBE_NUMPY_QUERIES:
+            from .. import hostcalls
 
-        q = np.asarray(queries[:, :self.spec["dim"]], dtype=np.float32)
-        metric = "l2" if self.spec["metric"] == "l2" else "cosine"
-        _, lists = hostcalls.dense(self.centroids, q, min(nprobe, len(self.centroids)), self.spec["dim"], metric)
-        return lists
+            q = np.asarray(queries[:, :dim], dtype=np.float32)
+            metric = "l2" if self.spec["metric"] == "l2" else "cosine"
+            return hostcalls.dense(self.centroids, q, p, dim, metric)[1]
+        s = np.asarray(queries[:, :dim], dtype=np.float32) @ self.centroids.T
+        if self.spec["metric"] == "l2":
+            if self._half_sq is None:
+                self._half_sq = 0.5 * np.einsum("ij,ij->i", self.centroids, self.centroids)
+            s -= self._half_sq  # argmin |q - c|^2 = argmax (q.c - |c|^2 / 2)
+        s = -s  # ascending: best first
+        part = np.argpartition(s, p - 1, axis=1)[:, :p] if p < nlist else \
+            np.broadcast_to(np.arange(nlist), s.shape)
+        order = np.argsort(np.take_along_axis(s, part, 1), axis=1, kind="stable")
+        return np.take_along_axis(part, order, 1).astype(np.int64, copy=False)
 
     def query_codes(self, queries, nbytes: int):
         """The queries' codes in the list files' encoding (first ``nbytes`` bytes)."""
         if self.mean is None:
+            x = queries[:, :8 * nbytes] if 8 * nbytes < queries.shape[1] else queries
+            if type(x) is np.ndarray:  # validated host queries: quant.binarize without its checks
+                return np.packbits(x > 0, axis=-1)
             from ...quant import binarize
 
-            return binarize(queries[:, :8 * nbytes] if 8 * nbytes < queries.shape[1] else queries)
+            return binarize(x)
         return centred_codes(queries, self.mean, self.spec["metric"])[:, :nbytes]
 
 
@@ -239,7 +261,10 @@ class IvfLists:
 
     def ranges(self, lists: np.ndarray) -> np.ndarray:
         """int64 ``[Q, P, 2]`` (start, stop) of the probed lists."""
-        return np.stack([self.offsets[lists], self.offsets[lists + 1]], axis=-1)
+        out = np.empty(lists.shape + (2,), np.int64)
+        np.take(self.offsets, lists, out=out[..., 0])
+        np.take(self.offsets, lists + 1, out=out[..., 1])
+        return out
 
     def list_of_rows(self) -> np.ndarray:
         """int32 ``[n]``: each row's list (carried into a merge's output)."""

@@ -1,0 +1,241 @@
+"""The anchors of bench_ann.py: hnswlib, FAISS (IVFFlat, IVFPQ + refine, BinaryIVF +
+float rescoring, HNSWFlat) and USearch (f16, b1 + rescoring) behind one interface,
+:class:`Method`: built once under the shared CPU lock, saved beside the data with their
+build time (so reruns only load them), then searched over a parameter sweep."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+K = 10
+LOCK = "/tmp/nestvec-cpu.lock"
+
+
+@contextlib.contextmanager
+def cpu_lock(exclusive: bool):
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def normalised_f32(x, chunk=200_000):
+    out = np.empty(x.shape, np.float32)
+    for a in range(0, len(x), chunk):
+        v = np.asarray(x[a:a + chunk], np.float32)
+        out[a:a + chunk] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+class Method:
+    """An index built once (shared lock) and saved in the data dir with its build time,
+    so the timed runs (exclusive lock) only load it, and reruns skip the build."""
+
+    name = "?"
+    family = "anchor"
+
+    def build(self, x, cat, work: Path):
+        self.path = work / f"{self.name}-{len(x)}x{x.shape[1]}.index"
+        meta = self.path.with_suffix(".json")
+        if self.path.exists() and meta.exists():
+            self.build_s = json.loads(meta.read_text())["build_s"]
+            self.load(x)
+            return self
+        with cpu_lock(False):
+            t0 = time.perf_counter()
+            self.make(x)
+            self.build_s = time.perf_counter() - t0
+            self.save()
+        meta.write_text(json.dumps({"build_s": self.build_s}))
+        return self
+
+    def make(self, x): ...
+
+    def save(self): ...
+
+    def load(self, x): ...
+
+    def sweep(self):
+        return [{}]
+
+    def search(self, q, **p): ...
+
+    def memory(self) -> int:
+        return 0
+
+    def close(self):
+        pass
+
+
+class Hnswlib(Method):
+    def __init__(self, M):
+        self.M, self.name = M, f"hnswlib-M{M}"
+
+    def make(self, x):
+        import hnswlib
+
+        self.g = hnswlib.Index(space="ip", dim=x.shape[1])
+        self.g.init_index(max_elements=len(x), ef_construction=200, M=self.M)
+        for a in range(0, len(x), 100_000):
+            self.g.add_items(normalised_f32(x[a:a + 100_000]), np.arange(a, min(len(x), a + 100_000)))
+
+    def save(self):
+        self.g.save_index(str(self.path))
+
+    def load(self, x):
+        import hnswlib
+
+        self.g = hnswlib.Index(space="ip", dim=x.shape[1])
+        self.g.load_index(str(self.path), max_elements=len(x))
+
+    def sweep(self):
+        return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
+
+    def search(self, q, ef):
+        self.g.set_ef(max(ef, K))
+        return self.g.knn_query(q / np.linalg.norm(q, axis=1, keepdims=True), k=K)[0].astype(np.int64)
+
+    def memory(self):
+        return self.g.index_file_size()
+
+
+class Faiss(Method):
+    def __init__(self, kind, nlist=None):
+        self.kind, self.nlist = kind, nlist
+        self.name = f"faiss-{kind}"
+
+    def make(self, x):
+        import faiss
+
+        d = x.shape[1]
+        nlist = self.nlist or 4 * int(np.sqrt(len(x)))
+        self.x = x  # binary rescoring reads the float16 rows (mapped), like ours
+        if self.kind == "BinaryIVF":
+            codes = np.concatenate([np.packbits(np.asarray(x[a:a + 200_000]) > 0, axis=1)
+                                    for a in range(0, len(x), 200_000)])
+            self.index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(d), d, nlist)
+            self.index.train(codes[np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), False)])
+            self.index.add(codes)
+            return
+        xf = normalised_f32(x)
+        if self.kind == "IVFFlat":
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        elif self.kind == "IVFPQ+refine":
+            ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, d // 8, 8, faiss.METRIC_INNER_PRODUCT)
+            self.index = faiss.IndexRefineFlat(ivf)
+        elif self.kind == "HNSWFlat":
+            self.index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = 200
+        if self.kind != "HNSWFlat":
+            self.index.train(xf[np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), False)])
+        self.index.add(xf)
+
+    def save(self):
+        import faiss
+
+        (faiss.write_index_binary if self.kind == "BinaryIVF" else faiss.write_index)(self.index, str(self.path))
+
+    def load(self, x):
+        import faiss
+
+        self.x = x
+        self.index = (faiss.read_index_binary if self.kind == "BinaryIVF" else faiss.read_index)(str(self.path))
+
+    def sweep(self):
+        if self.kind == "HNSWFlat":
+            return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
+        if self.kind == "IVFPQ+refine":
+            return [{"nprobe": p, "k_factor": f} for p in (8, 16, 32, 64) for f in (4, 16)]
+        if self.kind == "BinaryIVF":
+            return [{"nprobe": p, "rescore": r} for p in (8, 16, 32, 64, 128) for r in (10, 40)]
+        return [{"nprobe": p} for p in (4, 8, 16, 32, 64, 128)]
+
+    def search(self, q, nprobe=None, ef=None, k_factor=None, rescore=None):
+        import faiss
+
+        qn = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+        if self.kind == "HNSWFlat":
+            self.index.hnsw.efSearch = max(ef, K)
+            return self.index.search(qn, K)[1]
+        if self.kind == "IVFPQ+refine":
+            faiss.extract_index_ivf(self.index.base_index).nprobe = nprobe
+            self.index.k_factor = k_factor
+            return self.index.search(qn, K)[1]
+        if self.kind == "BinaryIVF":
+            self.index.nprobe = nprobe
+            _, cand = self.index.search(np.packbits(q > 0, axis=1), K * rescore)
+            out = np.full((len(q), K), -1, np.int64)
+            for j in range(len(q)):
+                c = cand[j][cand[j] >= 0]
+                v = np.asarray(self.x[np.sort(c)], np.float32)
+                s = v @ qn[j] / np.linalg.norm(v, axis=1)
+                top = np.argsort(-s, kind="stable")[:K]
+                out[j, :len(top)] = np.sort(c)[top]
+            return out
+        self.index.nprobe = nprobe
+        return self.index.search(qn, K)[1]
+
+    def memory(self):
+        import faiss
+
+        return os.path.getsize(self.path)
+
+
+class USearch(Method):
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.name = f"usearch-{dtype}" + ("+rescore" if dtype == "b1" else "")
+
+    def _new(self, d):
+        from usearch.index import Index
+
+        if self.dtype == "b1":
+            return Index(ndim=d, metric="hamming", dtype="b1", connectivity=16, expansion_add=128)
+        return Index(ndim=d, metric="cos", dtype="f16", connectivity=16, expansion_add=128)
+
+    def make(self, x):
+        self.x = x
+        self.index = self._new(x.shape[1])
+        for a in range(0, len(x), 100_000):
+            v = np.asarray(x[a:a + 100_000])
+            self.index.add(np.arange(a, a + len(v)), np.packbits(v > 0, axis=1) if self.dtype == "b1" else v)
+
+    def save(self):
+        self.index.save(str(self.path))
+
+    def load(self, x):
+        self.x = x
+        self.index = self._new(x.shape[1])
+        self.index.load(str(self.path))
+
+    def sweep(self):
+        if self.dtype == "b1":
+            return [{"ef": e, "rescore": r} for e in (64, 128, 256) for r in (10, 40)]
+        return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
+
+    def search(self, q, ef, rescore=None):
+        self.index.expansion_search = max(ef, K * (rescore or 1))
+        if self.dtype != "b1":
+            return np.asarray(self.index.search(q.astype(np.float16), K).keys, np.int64).reshape(len(q), K)
+        res = self.index.search(np.packbits(q > 0, axis=1), K * rescore)
+        keys = np.asarray(res.keys, np.int64).reshape(len(q), -1)
+        out = np.full((len(q), K), -1, np.int64)
+        for j in range(len(q)):
+            c = np.sort(keys[j][keys[j] >= 0])
+            v = np.asarray(self.x[c], np.float32)
+            s = v @ q[j] / np.linalg.norm(v, axis=1)
+            top = np.argsort(-s, kind="stable")[:K]
+            out[j, :len(top)] = c[top]
+        return out
+
+    def memory(self):
+        return os.path.getsize(self.path)
