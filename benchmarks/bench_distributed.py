@@ -105,17 +105,30 @@ def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
             print(f"built {'single' if s == 0 else f'{s} shards'}: {n:,} rows in {builds[s]:.1f} s", flush=True)
     single = nv.open(os.path.join(base, "single"), read_only=True)
     exact16 = single.search(q[:16], k=10, mode="flat")
-    cases = [("flat", None), ("funnel", "per_shard"), ("funnel", "two_round")]
+    # (mode, funnel, shards per reader actor: None = the default, one actor per node)
+    cases = [("flat", None, None), ("funnel", "per_shard", None), ("funnel", "two_round", None),
+             ("flat", None, 1), ("funnel", "per_shard", 1)]
     base_ms = {}
     for s in [0] + list(shard_counts):
-        col = single if s == 0 else ShardedCollection.open(os.path.join(base, f"s{s}"), read_only=True)
-        for mode, funnel in cases:
-            if s == 0 and funnel == "two_round":
+        handles = {}
+        for mode, funnel, spr in cases:
+            if s == 0 and (funnel == "two_round" or spr):
                 continue
+            if spr and s == 1:
+                continue  # one shard: one actor either way
+            if s == 0:
+                col = single
+            else:
+                if spr not in handles:
+                    handles[spr] = ShardedCollection.open(os.path.join(base, f"s{s}"), read_only=True,
+                                                          shards_per_reader=spr)
+                col = handles[spr]
             kw = {"mode": mode, "k": 10, "rescore": 10}
             if s and funnel:
                 kw["funnel"] = funnel
             name = mode if not funnel or s == 0 else f"{mode} ({funnel})"
+            if spr:
+                name += ", one reader actor per shard"
             fn1 = lambda i: col.search(q[i:i + 1], **kw)  # noqa: E731
             fn16 = lambda: col.search(q[:16], **kw)  # noqa: E731
             fn16()
@@ -138,8 +151,8 @@ def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
                         got.column("score").to_numpy(), want.column("score").to_numpy()))
             rows.append(r)
             print(json.dumps(r), flush=True)
-        if s:
-            col.close()
+        for h in handles.values():
+            h.close()
     single.close()
     if not keep:
         shutil.rmtree(base, ignore_errors=True)

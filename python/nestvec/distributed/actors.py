@@ -10,7 +10,9 @@ shard prepared, and records the shard versions in a cluster manifest afterwards.
 ``ShardReader`` answers reads of one shard at the version each request names (opened
 read-only, memory-mapped, pinned: a reader never sees a version the cluster manifest
 does not name). It keeps the last few versions open, so searches from handles on
-different cluster versions do not reopen files.
+different cluster versions do not reopen files. A ``ReaderGroup`` actor holds the
+readers of the shards it serves (by default, the shards are spread over one actor
+per node of the cluster).
 """
 from __future__ import annotations
 
@@ -127,6 +129,27 @@ class ShardWriter:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class ReaderGroup:
+    """A reader actor: the readers of one or more shards in one process. A request
+    names its shards, and one actor call answers all of a group's shards (an actor
+    call costs the driver far more than a small shard's search: one call per node
+    rather than one per shard). ``paths``: ``{shard: path}``."""
+
+    def __init__(self, paths: dict, device=None, threads=None):
+        if threads:
+            from .. import _info
+
+            _info.set_num_threads(int(threads))
+        self.readers = {int(s): ShardReader(p, device) for s, p in paths.items()}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, method: str, calls: list) -> list:
+        """``[(shard, args)]`` -> each shard's ``ShardReader.<method>(*args)``, in order."""
+        return [getattr(self.readers[s], method)(*args) for s, args in calls]
 
 
 class ShardReader:

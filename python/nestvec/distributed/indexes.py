@@ -172,6 +172,6 @@ class IndexMixin:
         if not specs:
             return {}
         vs = m["shard_versions"]
-        per = self._fan(range(m["shards"]), "reader", lambda h, s: h.indexes.remote(vs[s]))
+        per = self._fan(range(m["shards"]), "reader", lambda s: ("indexes", (vs[s],)))
         return {kind: dict(summary(kind, [p[kind] for p in per]), options=specs[kind]["options"])
                 for kind in specs}

@@ -74,7 +74,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
 
     def __init__(self, root: layout.Root, m: dict, read_only: bool, pinned: bool, readers: int = 1,
                  reader_options=None, writer_options=None, reader_threads=None, funnel: str = "per_shard",
-                 merge_policy=None):
+                 merge_policy=None, shards_per_reader=None):
         self._root = root
         self._m = m
         self._schema = mf.schema_from_b64(m["schema_ipc"])
@@ -86,6 +86,8 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         self._reader_opts = runtime.options(runtime.READER_DEFAULTS, reader_options, "reader_options")
         self._writer_opts = runtime.options(runtime.WRITER_DEFAULTS, writer_options, "writer_options")
         self._reader_threads = reader_threads
+        self._shards_per_reader = None if shards_per_reader is None else \
+            vd.positive_int(shards_per_reader, "shards_per_reader")
         self._readers = None  # per shard: a list of reader actor handles (shared: runtime)
         self._readers_key = None
         self._writers = None  # per shard: one writer actor handle
@@ -104,9 +106,12 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         cluster manifest. Returns a writable handle (holding the root's lock).
 
         ``options``: ``readers`` (reader actors per shard, default 1),
-        ``reader_options`` / ``writer_options`` (Ray actor options, e.g.
-        ``{"num_gpus": 1}``), ``reader_threads`` (CPU threads per reader),
-        ``funnel`` (``"per_shard"`` or ``"two_round"``), ``merge_policy`` (the shards').
+        ``shards_per_reader`` (shards one reader actor serves; default: the shards
+        spread over one reader actor per node of the cluster, so a search is one
+        actor call per node), ``reader_options`` / ``writer_options`` (Ray actor
+        options, e.g. ``{"num_gpus": 1}``), ``reader_threads`` (CPU threads per
+        reader), ``funnel`` (``"per_shard"`` or ``"two_round"``), ``merge_policy``
+        (the shards').
         """
         shards = vd.positive_int(shards, "shards", layout.MAX_SHARDS)
         dim = vd.positive_int(dim, "dim")
@@ -305,31 +310,42 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
                 if self._readers is None:
                     self._manifest()
                     self._readers_key, self._readers = runtime.acquire_readers(
-                        self.shard_paths, self._readers_per_shard, self._reader_opts, self._reader_threads)
+                        self.shard_paths, self._readers_per_shard, self._reader_opts, self._reader_threads,
+                        self._shards_per_reader)
         return self._readers
 
     def _fan(self, shards, what: str, call):
-        """Call ``call(handle, shard)`` on one reader of each shard; the results in
-        shard order. A replica that died for good is skipped for the next one."""
+        """``call(shard)`` -> (ShardReader method, args) for each shard; the results
+        in shard order. One actor call per reader actor (it answers all of its shards
+        the call names). A replica that died for good is skipped for the next one."""
         handles = self._reader_handles()
         turn = next(self._rr)
         out = {}
         todo = list(shards)
         for attempt in range(self._readers_per_shard):
-            refs = [call(handles[s][(turn + attempt) % len(handles[s])], s) for s in todo]
+            groups: dict = {}
+            for s in todo:
+                h = handles[s][(turn + attempt) % len(handles[s])]
+                groups.setdefault(id(h), (h, []))[1].append(s)  # a group's shards share its handles
+            refs, labels = [], []
+            for h, ss in groups.values():
+                made = [(s, call(s)) for s in ss]
+                refs.append(h.run.remote(made[0][1][0], [(s, args) for s, (_, args) in made]))
+                labels.append(ss)
             try:
-                res = runtime.gather(refs, todo, "reader")
+                res = runtime.gather(refs, labels, what)
             except runtime.ShardUnavailableError:
                 if attempt + 1 == self._readers_per_shard:
                     raise
                 continue
-            out.update(zip(todo, res))
+            for ss, r in zip(labels, res):
+                out.update(zip(ss, r))
             break
         return [out[s] for s in shards]
 
     def reader_pids(self) -> list:
         """Process ids of the reader actors, per shard (tests kill them)."""
-        return self._fan(range(self.shards), "reader", lambda h, s: h.pid.remote())
+        return self._fan(range(self.shards), "reader", lambda s: ("pid", ()))
 
     # ------------------------------------------------------------------ reading
 
@@ -357,7 +373,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         self._check_filter(m, filter)
         live = self._live_shards(m)
         vs = m["shard_versions"]
-        return int(sum(self._fan(live, "reader", lambda h, s: h.count.remote(vs[s], filter))))
+        return int(sum(self._fan(live, "reader", lambda s: ("count", (vs[s], filter)))))
 
     def get(self, ids, columns=None) -> pa.Table:
         """Rows for ``ids`` in the order given (absent ids skipped); as Collection.get."""
@@ -370,7 +386,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         parts = routing.split(routing.shard_of(arr, m["shards"]), m["shards"]) if len(arr) else []
         want = [s for s, p in enumerate(parts) if len(p) and m["shard_rows"][s]]
         vs = m["shard_versions"]
-        res = self._fan(want, "reader", lambda h, s: h.get.remote(vs[s], arr.take(pa.array(parts[s])), cols))
+        res = self._fan(want, "reader", lambda s: ("get", (vs[s], arr.take(pa.array(parts[s])), cols)))
         res = [t for t in res if t.num_rows]
         if not res:
             return Collection._empty_table(snap, cols)
@@ -385,7 +401,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         cols = Collection._columns(snap, columns, ["id"] + self._schema.names)
         self._check_filter(m, filter)
         vs = m["shard_versions"]
-        res = self._fan(self._live_shards(m), "reader", lambda h, s: h.to_table.remote(vs[s], cols, filter))
+        res = self._fan(self._live_shards(m), "reader", lambda s: ("to_table", (vs[s], cols, filter)))
         res = [(t, r) for t, r in res if t.num_rows]
         if not res:
             return Collection._empty_table(snap, cols)
@@ -478,9 +494,9 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
             payloads, live = self._two_round(m, live, qx, k, dim, rescore or 10, filter, cols, ladder, device,
                                              min_score, max_distance, explain, rounds)
         else:
-            payloads = self._fan(live, "reader", lambda h, s: h.search.remote(
+            payloads = self._fan(live, "reader", lambda s: ("search", (
                 vs[s], qx, k, dim, mode, rescore, filter, cols, ladder, device, None, nprobes[s], ef,
-                min_score, max_distance, explain))
+                min_score, max_distance, explain)))
             rounds += [(s, p[4]) for s, p in zip(live, payloads)]
         if payloads:
             used = _mode_of([p[0] for p in payloads])
@@ -516,9 +532,9 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         short = k * rescore
         # the funnel's codes: of the whole query when it is full width, else of the prefix
         d1 = m["dim"] if qx.shape[1] == m["dim"] else dim
-        first = self._fan(live, "reader", lambda h, s: h.search.remote(
+        first = self._fan(live, "reader", lambda s: ("search", (
             vs[s], qx, short, d1, "binary", rescore, filter, [], (), device, None, None, None, None, None,
-            explain))
+            explain)))
         rounds += [(s, p[4]) for s, p in zip(live, first)]
         cand = co.shortlist_split(first, live, short)
         # each Matryoshka stage is a round of its own, so every stage keeps the global
@@ -526,14 +542,14 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         high = m["metric"] != "l2"
         for d, keep in zip(ladder, ladder_keep(short, k, len(ladder))):
             todo = sorted(cand)
-            stage = self._fan(todo, "reader", lambda h, s: h.search.remote(
+            stage = self._fan(todo, "reader", lambda s: ("search", (
                 vs[s], qx, keep, d, "funnel", 1, None, [], (), device, cand[s], None, None, None, None,
-                explain))
+                explain)))
             rounds += [(s, {"rows_rescored": int((cand[s] >= 0).sum())}) for s in todo]
             cand = co.shortlist_split(stage, todo, keep, high)
         todo = sorted(cand)
-        last = self._fan(todo, "reader", lambda h, s: h.search.remote(
+        last = self._fan(todo, "reader", lambda s: ("search", (
             vs[s], qx, k, dim, "funnel", 1, None, cols, (), device, cand[s], None, None, min_score,
-            max_distance, explain))
+            max_distance, explain)))
         rounds += [(s, {"rows_rescored": int((cand[s] >= 0).sum())}) for s in todo]
         return last, todo
