@@ -192,9 +192,12 @@ def bench_ingest(base, docs, shards, batch_size):
     info = dict(sc.last_ingest)
     assert sc.count() == len(texts)
     sc.close()
+    steady = info.get("steady_rows_per_s")
     rows.append({"case": f"Ray Data ingest ({info['actors']} Encoder actor(s), {shards} shards)",
                  "docs": len(texts), "seconds": ray_s, "docs_per_s": len(texts) / ray_s,
-                 "pipeline_seconds": info["seconds"], "ratio_vs_one_process": one_s / ray_s, "load1": load})
+                 "pipeline_seconds": info["seconds"], "startup_seconds": info.get("first_batch_seconds"),
+                 "steady_docs_per_s": steady, "ratio_vs_one_process": one_s / ray_s,
+                 "steady_ratio_vs_one_process": steady / (len(texts) / one_s) if steady else None, "load1": load})
     print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -240,7 +243,9 @@ def main(argv=None):
         if os.path.exists(CORPUS):
             ingest_rows = bench_ingest(tempfile.mkdtemp(prefix="nv_ingest_", dir=base), a.docs, a.ingest_shards,
                                        a.batch_size)
-            print(H.markdown_table(ingest_rows, ["case", "docs", "seconds", "docs_per_s", "ratio_vs_one_process"]))
+            print(H.markdown_table(ingest_rows, ["case", "docs", "seconds", "docs_per_s", "ratio_vs_one_process",
+                                                 "startup_seconds", "steady_docs_per_s",
+                                                 "steady_ratio_vs_one_process"]))
         else:
             print(f"no {CORPUS}: ingestion skipped")
     path = H.save(a.out, [{"part": "search", **r} for r in search_rows] + [{"part": "ingest", **r}

@@ -243,13 +243,18 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
             fn_constructor_args=(enc_arg, sc.path, m, text_column, id_column, columns, allocator, bool(num_gpus),
                                  threads),
             compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=actor_cpus, num_gpus=num_gpus or None)
+        first = None  # (seconds, rows staged) when the first batch came back: start-up
         for b in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            if first is None:
+                first = (time.perf_counter() - t0, None)
             error = None
             for s, text in zip(b.column("shard").to_pylist(), b.column("staged").to_pylist()):
                 if s < 0:
                     error = error or json.loads(text)
                 else:
                     staged.append((s, bulk.StagedSegment(**json.loads(text))))
+            if first[1] is None:
+                first = (first[0], int(sum(seg.rows for _, seg in staged)))
             if error:
                 raise {"TypeError": TypeError}.get(error["error"], ValueError)(error["message"])
         by_shard: dict = {}
@@ -258,8 +263,14 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
         next_row, next_id = ray.get(allocator.take.remote(0))
         id_type = staged[0][1].id_type if staged else None
         sc._import(by_shard, next_row, next_id, id_type, mode=mode)
-        sc.last_ingest = {"rows": int(sum(seg.rows for _, seg in staged)), "segments": len(staged),
-                          "seconds": time.perf_counter() - t0, "actors": int(concurrency)}
+        rows, seconds = int(sum(seg.rows for _, seg in staged)), time.perf_counter() - t0
+        sc.last_ingest = {"rows": rows, "segments": len(staged), "seconds": seconds, "actors": int(concurrency)}
+        if first is not None:
+            # start-up (Ray Data's executor, the Encoder actors loading their models)
+            # until the first batch is back, and the rows/s after it
+            sc.last_ingest["first_batch_seconds"] = first[0]
+            if seconds > first[0] and rows > first[1]:
+                sc.last_ingest["steady_rows_per_s"] = (rows - first[1]) / (seconds - first[0])
         ray.kill(allocator)
     except BaseException:
         if allocator is not None:
