@@ -40,8 +40,9 @@ def merge_lists(payloads: list, k: int, better_high: bool):
     return pick(src), pick(pos), pick(score), pick(row)
 
 
-def result_table(payloads: list, src, pos, score, row, mode: str, names: list, empty: pa.Table) -> pa.Table:
-    """The search result table (``query``, ``id``, ``score``, columns) of a merge."""
+def result_table(payloads: list, src, pos, score, row, mode: str, names: list, empty) -> pa.Table:
+    """The search result table (``query``, ``id``, ``score``, columns) of a merge;
+    ``empty()``: the table of no hits, with the columns' types."""
     valid = row >= 0
     qi = np.nonzero(valid)[0].astype(np.int64)
     src, pos = src[valid], pos[valid]
@@ -57,7 +58,7 @@ def result_table(payloads: list, src, pos, score, row, mode: str, names: list, e
         tables = [pa.table({"id": pa.array(h, pa.int64())}) if isinstance(h, np.ndarray) else h for h in hits]
         t = pa.concat_tables(tables).take(pa.array(gidx))
     else:
-        t = empty
+        t = empty()
     out = pa.table({"query": pa.array(qi, pa.int64()), "id": t.column("id"), "score": score_arr})
     for c in names[1:]:
         out = out.append_column(c, t.column(c))

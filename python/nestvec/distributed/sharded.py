@@ -505,8 +505,8 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
             shape = (qx.shape[0], 0)
             src, pos, score, row = (np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape),
                                     np.full(shape, -1, np.int64))
-        empty = Collection._empty_table(snap, names)
-        out = co.result_table(payloads, src, pos, score, row, used, names, empty)
+        out = co.result_table(payloads, src, pos, score, row, used, names,
+                              lambda: Collection._empty_table(snap, names))
         if explain:
             plan = co.explain_plan(rounds, live, payloads, used, mode, k, dim, int(qx.shape[0]), filter is not None,
                                    m, funnel if used == "funnel" else None)
