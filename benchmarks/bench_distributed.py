@@ -105,17 +105,30 @@ def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
             print(f"built {'single' if s == 0 else f'{s} shards'}: {n:,} rows in {builds[s]:.1f} s", flush=True)
     single = nv.open(os.path.join(base, "single"), read_only=True)
     exact16 = single.search(q[:16], k=10, mode="flat")
-    cases = [("flat", None), ("funnel", "per_shard"), ("funnel", "two_round")]
+    # (mode, funnel, shards per reader actor: None = the default, one actor per node)
+    cases = [("flat", None, None), ("funnel", "per_shard", None), ("funnel", "two_round", None),
+             ("flat", None, 1), ("funnel", "per_shard", 1)]
     base_ms = {}
     for s in [0] + list(shard_counts):
-        col = single if s == 0 else ShardedCollection.open(os.path.join(base, f"s{s}"), read_only=True)
-        for mode, funnel in cases:
-            if s == 0 and funnel == "two_round":
+        handles = {}
+        for mode, funnel, spr in cases:
+            if s == 0 and (funnel == "two_round" or spr):
                 continue
+            if spr and s == 1:
+                continue  # one shard: one actor either way
+            if s == 0:
+                col = single
+            else:
+                if spr not in handles:
+                    handles[spr] = ShardedCollection.open(os.path.join(base, f"s{s}"), read_only=True,
+                                                          shards_per_reader=spr)
+                col = handles[spr]
             kw = {"mode": mode, "k": 10, "rescore": 10}
             if s and funnel:
                 kw["funnel"] = funnel
             name = mode if not funnel or s == 0 else f"{mode} ({funnel})"
+            if spr:
+                name += ", one reader actor per shard"
             fn1 = lambda i: col.search(q[i:i + 1], **kw)  # noqa: E731
             fn16 = lambda: col.search(q[:16], **kw)  # noqa: E731
             fn16()
@@ -138,8 +151,8 @@ def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
                         got.column("score").to_numpy(), want.column("score").to_numpy()))
             rows.append(r)
             print(json.dumps(r), flush=True)
-        if s:
-            col.close()
+        for h in handles.values():
+            h.close()
     single.close()
     if not keep:
         shutil.rmtree(base, ignore_errors=True)
@@ -149,7 +162,8 @@ def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
 def bench_ingest(base, docs, shards, batch_size):
     from nestvec.distributed import ingest
 
-    lines = open(CORPUS).read().splitlines()[:docs]
+    # split on newlines only: passages hold U+2028 and other characters splitlines() breaks at
+    lines = [x for x in open(CORPUS, encoding="utf-8").read().split("\n") if x.strip()][:docs]
     src = os.path.join(base, "corpus.jsonl")
     with open(src, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -179,9 +193,12 @@ def bench_ingest(base, docs, shards, batch_size):
     info = dict(sc.last_ingest)
     assert sc.count() == len(texts)
     sc.close()
+    steady = info.get("encode_rows_per_s")
     rows.append({"case": f"Ray Data ingest ({info['actors']} Encoder actor(s), {shards} shards)",
                  "docs": len(texts), "seconds": ray_s, "docs_per_s": len(texts) / ray_s,
-                 "pipeline_seconds": info["seconds"], "ratio_vs_one_process": one_s / ray_s, "load1": load})
+                 "pipeline_seconds": info["seconds"], "actor_busy_seconds": info.get("encode_seconds"),
+                 "actor_start_seconds": info.get("actor_start_seconds"), "steady_docs_per_s": steady, "ratio_vs_one_process": one_s / ray_s,
+                 "steady_ratio_vs_one_process": steady / (len(texts) / one_s) if steady else None, "load1": load})
     print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -223,11 +240,15 @@ def main(argv=None):
                                                           a.repeats, a.chunk, keep=a.dir is not None)
         print(H.markdown_table(search_rows, ["shards", "case", "batch1_median_ms", "overhead_ms", "batch1_p90_ms",
                                              "batch16_qps", "recall@10", "equal_to_single"]))
+        H.save(a.out, [{"part": "search", **r} for r in search_rows], meta)  # kept if ingestion fails
     if not a.skip_ingest:
         if os.path.exists(CORPUS):
             ingest_rows = bench_ingest(tempfile.mkdtemp(prefix="nv_ingest_", dir=base), a.docs, a.ingest_shards,
                                        a.batch_size)
-            print(H.markdown_table(ingest_rows, ["case", "docs", "seconds", "docs_per_s", "ratio_vs_one_process"]))
+            print(H.markdown_table(ingest_rows, ["case", "docs", "seconds", "docs_per_s", "ratio_vs_one_process",
+                                                 "actor_start_seconds", "actor_busy_seconds",
+                                                 "steady_docs_per_s",
+                                                 "steady_ratio_vs_one_process"]))
         else:
             print(f"no {CORPUS}: ingestion skipped")
     path = H.save(a.out, [{"part": "search", **r} for r in search_rows] + [{"part": "ingest", **r}

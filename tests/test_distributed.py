@@ -359,7 +359,7 @@ def test_killed_reader_is_restarted_or_a_clear_error(pair):
     with ShardedCollection.open(sc.path, read_only=True, reader_options={"max_restarts": 0}) as r:
         assert r.search(queries(), k=10, mode="flat").equals(want)
         os.kill(r.reader_pids()[3], signal.SIGKILL)
-        with pytest.raises(ShardUnavailableError, match="shard 3"):
+        with pytest.raises(ShardUnavailableError, match=r"shards? (\d, )*3\b"):
             r.search(queries(), k=10, mode="flat")
     with ShardedCollection.open(sc.path, read_only=True, readers=2, reader_options={"max_restarts": 0}) as r:
         r.search(queries(), k=10)

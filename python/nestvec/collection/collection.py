@@ -528,8 +528,8 @@ class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin, Version
                                         for s, m in zip(snap.segments, found) if m.any()])[:5].to_pylist()
                 raise ValueError(f"ids: already in the collection: {dup} (use mode='upsert' to replace)")
             dels = {s.name: s.rows[m] for s, m in zip(snap.segments, found) if m.any()}
-            self._publish_manifest(cm.commit(self._store, snap, [], dels, "import", id_type, staged=entries,
-                                             max_id=max_id))
+            self._publish_manifest(cm.commit(self._store, snap, [], dels, "import", id_type, self._indexer(),
+                                             staged=entries, max_id=max_id))
             if self._policy.on_commit:
                 self._merge(self._policy)
             return int(sum(e["rows"] for e in entries))

@@ -199,6 +199,13 @@ def commit(store, snap, tables, deletions: dict, op: str, id_type, indexer=None,
         next_id = max(next_id, int(max_id) + 1)
     new, written = list(staged), []
     try:
+        if indexer:
+            # staged segments (bulk imports, sharded writes) are indexed like written ones
+            for j, e in enumerate(new):
+                if any(indexer.wants(kind, e["rows"]) for kind in indexer.specs):
+                    files = indexer(store.load_segment(e), None)
+                    written.append({"name": None, **files})
+                    new[j] = dict(e, **files)
         for t in tables:
             if id_type == "int64" and t.num_rows:
                 next_id = max(next_id, int(pc.max(t.column("id")).as_py()) + 1)

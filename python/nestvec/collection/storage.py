@@ -247,8 +247,8 @@ class DirStore:
         """Remove files this writer wrote for a commit it then abandoned (no manifest
         names them); garbage collection would remove them too."""
         for e in entries:
-            for sub, key in (("segments", "name"),):
-                _unlink(self._p(sub, e[key]))
+            if e["name"] is not None:  # None: index files of a staged segment only
+                _unlink(self._p("segments", e["name"]))
             for kind in ix.KINDS:
                 if e.get(kind):
                     _unlink(self._p("indexes", e[kind]["name"]))

@@ -10,7 +10,9 @@ shard prepared, and records the shard versions in a cluster manifest afterwards.
 ``ShardReader`` answers reads of one shard at the version each request names (opened
 read-only, memory-mapped, pinned: a reader never sees a version the cluster manifest
 does not name). It keeps the last few versions open, so searches from handles on
-different cluster versions do not reopen files.
+different cluster versions do not reopen files. A ``ReaderGroup`` actor holds the
+readers of the shards it serves (by default, the shards are spread over one actor
+per node of the cluster).
 """
 from __future__ import annotations
 
@@ -107,6 +109,17 @@ class ShardWriter:
         self.col.optimize()
         return self.state()
 
+    def create_index(self, kind: str, options: dict, replace: bool) -> tuple:
+        """Build and commit this shard's index; (its spec, the state)."""
+        self._drop_pending()
+        spec = self.col.create_index(kind, replace=replace, **options)
+        return spec, self.state()
+
+    def drop_index(self, kind: str) -> dict:
+        self._drop_pending()
+        self.col.drop_index(kind)
+        return self.state()
+
     def remove_versions(self, keep) -> dict:
         return self.col.remove_versions(keep)
 
@@ -116,6 +129,27 @@ class ShardWriter:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class ReaderGroup:
+    """A reader actor: the readers of one or more shards in one process. A request
+    names its shards, and one actor call answers all of a group's shards (an actor
+    call costs the driver far more than a small shard's search: one call per node
+    rather than one per shard). ``paths``: ``{shard: path}``."""
+
+    def __init__(self, paths: dict, device=None, threads=None):
+        if threads:
+            from .. import _info
+
+            _info.set_num_threads(int(threads))
+        self.readers = {int(s): ShardReader(p, device) for s, p in paths.items()}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, method: str, calls: list) -> list:
+        """``[(shard, args)]`` -> each shard's ``ShardReader.<method>(*args)``, in order."""
+        return [getattr(self.readers[s], method)(*args) for s, args in calls]
 
 
 class ShardReader:
@@ -149,24 +183,36 @@ class ShardReader:
         return self.device if device is None else device
 
     def search(self, version, q, k, dim, mode, rescore, filter, columns, ladder, device=None,
-               candidates=None) -> tuple:
+               candidates=None, nprobe=None, ef=None, min_score=None, max_distance=None,
+               explain=False) -> tuple:
         """One shard's top-k: (mode used, score [Q,kk], rows [Q,kk] (-1: none), the
-        id and ``columns`` of the hits in (query, rank) order: an int64 array when only
-        int ids are asked for, else a pa.Table)."""
+        id and ``columns`` of the hits in (query, rank) order, the planner's stats or
+        None). Hits are an int64 array when only int ids are asked for (NumPy
+        travels back to the driver without Arrow's per-call cost), else a pa.Table."""
         col = self._col(version)
-        snap, cols, used, seg, local, score, *_ = col._hits(q, k, dim, mode, rescore, filter, columns,
-                                                        self._device(device), ladder, candidates=candidates)
-        rows = np.full(local.shape, -1, np.int64)
+        snap, cols, used, seg, local, score, planner, _ = col._hits(
+            q, k, dim, mode, rescore, filter, columns, self._device(device), ladder, candidates=candidates,
+            nprobe=nprobe, ef=ef, min_score=min_score, max_distance=max_distance)
         valid = local >= 0
-        for i in np.unique(seg[valid]):
+        rows = np.full(local.shape, -1, np.int64)
+        segs = np.unique(seg[valid]) if len(snap.segments) > 1 else (0,) if valid.any() else ()
+        score = np.asarray(score.cpu() if hasattr(score, "cpu") else score)
+        names = ["id"] + [c for c in cols if c != "id"]
+        int_ids = names == ["id"] and snap.manifest["id_type"] == "int64"
+        hits = np.empty(int(valid.sum()), np.int64) if int_ids else None
+        flat_seg, flat_local = seg[valid], local[valid]
+        for i in segs:
             sel = valid & (seg == i)
             rows[sel] = snap.segments[i].rows[local[sel]]
-        score = np.asarray(score.cpu() if hasattr(score, "cpu") else score)
-        t = col._result(snap, seg, local, score, cols, used)
-        names = ["id"] + [c for c in cols if c != "id"]
-        if names == ["id"] and pa.types.is_int64(t.schema.field("id").type):
-            return used, score, rows, np.asarray(t.column("id").to_numpy())
-        return used, score, rows, t.select(names)
+            if int_ids:
+                fsel = flat_seg == i
+                hits[fsel] = snap.segments[i].file.int_ids()[flat_local[fsel]]
+        if not int_ids:
+            hits = col._result(snap, seg, local, score, cols, used).select(names)
+        return used, score, rows, hits, (planner.stats if explain else None)
+
+    def indexes(self, version) -> dict:
+        return self._col(version).indexes()
 
     def count(self, version, filter=None) -> int:
         return self._col(version).count(filter)

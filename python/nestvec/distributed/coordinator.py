@@ -20,13 +20,13 @@ def larger_better(mode: str, metric: str) -> bool:
 
 
 def merge_lists(payloads: list, k: int, better_high: bool):
-    """payloads: per shard ``(used, score [Q,kk], rows [Q,kk], hits)``. Returns
+    """payloads: per shard ``(used, score [Q,kk], rows [Q,kk], hits, ...)``. Returns
     (src [Q,k], pos [Q,k], score [Q,k], rows [Q,k]): the shard (index into
     ``payloads``) and the position among that shard's hits (its valid entries in
     (query, rank) order), -1 rows where there is no hit."""
     scores, rows, src, pos = [], [], [], []
-    for i, (_, s, r, _) in enumerate(payloads):
-        r = np.asarray(r, np.int64)
+    for i, p in enumerate(payloads):
+        s, r = p[1], np.asarray(p[2], np.int64)
         valid = r >= 0
         p = np.cumsum(valid.ravel()).reshape(r.shape) - 1
         scores.append(np.asarray(s))
@@ -40,8 +40,9 @@ def merge_lists(payloads: list, k: int, better_high: bool):
     return pick(src), pick(pos), pick(score), pick(row)
 
 
-def result_table(payloads: list, src, pos, score, row, mode: str, names: list, empty: pa.Table) -> pa.Table:
-    """The search result table (``query``, ``id``, ``score``, columns) of a merge."""
+def result_table(payloads: list, src, pos, score, row, mode: str, names: list, empty) -> pa.Table:
+    """The search result table (``query``, ``id``, ``score``, columns) of a merge;
+    ``empty()``: the table of no hits, with the columns' types."""
     valid = row >= 0
     qi = np.nonzero(valid)[0].astype(np.int64)
     src, pos = src[valid], pos[valid]
@@ -57,7 +58,7 @@ def result_table(payloads: list, src, pos, score, row, mode: str, names: list, e
         tables = [pa.table({"id": pa.array(h, pa.int64())}) if isinstance(h, np.ndarray) else h for h in hits]
         t = pa.concat_tables(tables).take(pa.array(gidx))
     else:
-        t = empty
+        t = empty()
     out = pa.table({"query": pa.array(qi, pa.int64()), "id": t.column("id"), "score": score_arr})
     for c in names[1:]:
         out = out.append_column(c, t.column(c))
@@ -80,3 +81,36 @@ def shortlist_split(payloads: list, shards: list, short: int, better_high: bool 
             width = int((cand >= 0).sum(axis=1).max())
             out[s] = np.ascontiguousarray(cand[:, :width])
     return out
+
+
+_SUMMED = ("segments", "indexed_segments", "scanned_segments", "rows", "matches", "rows_scanned",
+           "rows_rescored", "lists_probed", "fallback_queries")
+_ACROSS_ROUNDS = ("rows_scanned", "rows_rescored", "lists_probed")
+
+
+def explain_plan(rounds: list, live: list, payloads: list, used: str, requested: str, k: int, dim: int,
+                 nq: int, filtered: bool, m: dict, funnel) -> dict:
+    """A sharded search's plan: each shard's planner stats (``rounds``: (shard,
+    stats) of every call; a shard's calls of a two-round funnel are added up), and
+    the counts summed over the shards."""
+    per: dict = {}
+    for s, st in rounds:
+        mine = per.setdefault(s, {"shard": s, "version": m["shard_versions"][s]})
+        for key, v in (st or {}).items():
+            if key in _ACROSS_ROUNDS and key in mine:
+                mine[key] += v
+            else:
+                mine[key] = v
+    plan = {"mode": used, "requested": requested, "k": k, "dim": dim, "queries": nq, "filtered": filtered,
+            "version": m["version"], "shard_versions": list(m["shard_versions"]), "shards": len(per)}
+    if funnel is not None:
+        plan["funnel"] = funnel
+    shard_modes = sorted({p[0] for p in payloads})
+    if len(shard_modes) > 1:
+        plan["shard_modes"] = shard_modes
+    for key in _SUMMED:
+        vals = [p[key] for p in per.values() if key in p]
+        if vals:
+            plan[key] = int(sum(vals))
+    plan["per_shard"] = [per[s] for s in sorted(per)]
+    return plan

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..collection import bulk
 from ..collection import commit as cm
@@ -50,6 +51,8 @@ class EncodeAndStage:
                  on_gpu: bool, threads: int):
         import ray
 
+        t0 = time.perf_counter()
+
         if isinstance(encoder, ray.ObjectRef):
             encoder = ray.get(encoder)
         if _is_factory(encoder):
@@ -64,6 +67,7 @@ class EncodeAndStage:
             # the reads, so an actor gets its share of the cores in threads instead.
             sys.modules["torch"].set_num_threads(threads)
         self.encoder = encoder
+        self.start_seconds = time.perf_counter() - t0  # reported with the first batch
         self.m = m
         self.schema = mf.schema_from_b64(m["schema_ipc"])
         self.stores = [st.DirStore(os.path.join(root, d)) for d in m["shard_dirs"]]
@@ -75,13 +79,21 @@ class EncodeAndStage:
         row with shard -1 and the error, after the segments staged before it: Ray
         ships an actor's exception back as text only, and the driver raises the
         error as the caller would have got it from a single collection."""
+        t0 = time.perf_counter()
         out = {"shard": [], "staged": []}
         try:
             self._stage(batch, out)
         except (ValueError, TypeError) as e:
             out["shard"].append(-1)
             out["staged"].append(json.dumps({"error": type(e).__name__, "message": str(e)}))
-        return pa.table({"shard": pa.array(out["shard"], pa.int64()), "staged": pa.array(out["staged"], pa.string())})
+        n = len(out["shard"])
+        # the batch's seconds (and the encoder's loading, once) on its first row
+        secs = [time.perf_counter() - t0] + [0.0] * (n - 1) if n else []
+        start = [self.start_seconds] + [0.0] * (n - 1) if n else []
+        if n:
+            self.start_seconds = 0.0
+        return pa.table({"shard": pa.array(out["shard"], pa.int64()), "staged": pa.array(out["staged"], pa.string()),
+                         "seconds": pa.array(secs, pa.float64()), "start_seconds": pa.array(start, pa.float64())})
 
     def _stage(self, batch: pa.Table, out: dict):
         import ray
@@ -243,7 +255,10 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
             fn_constructor_args=(enc_arg, sc.path, m, text_column, id_column, columns, allocator, bool(num_gpus),
                                  threads),
             compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=actor_cpus, num_gpus=num_gpus or None)
+        busy = start = 0.0  # the Encoder actors' seconds in batches, and loading their encoders
         for b in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            busy += float(pc.sum(b.column("seconds")).as_py() or 0.0)
+            start += float(pc.sum(b.column("start_seconds")).as_py() or 0.0)
             error = None
             for s, text in zip(b.column("shard").to_pylist(), b.column("staged").to_pylist()):
                 if s < 0:
@@ -258,8 +273,12 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
         next_row, next_id = ray.get(allocator.take.remote(0))
         id_type = staged[0][1].id_type if staged else None
         sc._import(by_shard, next_row, next_id, id_type, mode=mode)
-        sc.last_ingest = {"rows": int(sum(seg.rows for _, seg in staged)), "segments": len(staged),
-                          "seconds": time.perf_counter() - t0, "actors": int(concurrency)}
+        rows, seconds = int(sum(seg.rows for _, seg in staged)), time.perf_counter() - t0
+        sc.last_ingest = {"rows": rows, "segments": len(staged), "seconds": seconds, "actors": int(concurrency)}
+        # what the actors spent encoding and staging, and loading their encoders: the
+        # rest of ``seconds`` is Ray Data's start-up and the pipeline's waits
+        sc.last_ingest.update(encode_seconds=busy, actor_start_seconds=start,
+                              encode_rows_per_s=rows / busy * concurrency if busy else None)
         ray.kill(allocator)
     except BaseException:
         if allocator is not None:

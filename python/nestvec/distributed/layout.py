@@ -193,4 +193,23 @@ def check(m: dict, version: int, path) -> dict:
             bad(f"'{key}' is {m.get(key)!r}")
     if sum(m["shard_rows"]) != m["rows"]:
         bad(f"'rows' is {m['rows']}, the shards hold {sum(m['shard_rows'])}")
+    _check_indexes(m.get("indexes"), s, bad)
     return m
+
+
+def _check_indexes(specs, s: int, bad) -> None:
+    """``indexes``: {kind: {kind, options, shards: [each shard's spec]}} (the shards'
+    own manifests hold the files; search trusts only ``nlist`` from here)."""
+    if specs is None:
+        return
+    if not isinstance(specs, dict):
+        bad("'indexes' is not an object")
+    for kind, spec in specs.items():
+        if kind not in ("ivf", "hnsw") or not isinstance(spec, dict) or spec.get("kind") != kind:
+            bad(f"'indexes' entry {kind!r} is not an index spec of that kind")
+        per = spec.get("shards")
+        if not isinstance(spec.get("options"), dict) or not isinstance(per, list) or len(per) != s \
+                or not all(isinstance(p, dict) for p in per):
+            bad(f"index {kind!r}: 'options' or 'shards' (one spec per shard) is malformed")
+        if kind == "ivf" and not all(_int(p.get("nlist"), 1) for p in per):
+            bad("index 'ivf': a shard's 'nlist' is not an int >= 1")

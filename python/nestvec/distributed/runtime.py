@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .actors import ShardReader, ShardWriter
+from .actors import ReaderGroup, ShardWriter
 
 
 class ShardUnavailableError(RuntimeError):
@@ -61,9 +61,22 @@ def writer(path: str, opts: dict, merge_policy=None):
     return _cls(ray, ShardWriter).options(**opts).remote(path, merge_policy)
 
 
-def reader(path: str, opts: dict, device=None, threads=None):
+def reader(paths: dict, opts: dict, device=None, threads=None):
+    """A reader actor for the shards ``{shard: path}``."""
     ray = ray_module()
-    return _cls(ray, ShardReader).options(**opts).remote(path, device, threads)
+    return _cls(ray, ReaderGroup).options(**opts).remote(paths, device, threads)
+
+
+def reader_groups(shards: int, per_reader) -> list:
+    """Shards per reader actor: ``per_reader`` shards each, or (None) the shards
+    spread over one actor per alive node of the cluster (``SPREAD`` places them)."""
+    if per_reader is None:
+        ray = ray_module()
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        groups = max(1, min(shards, nodes))
+    else:
+        groups = -(-shards // per_reader)
+    return [list(range(g, shards, groups)) for g in range(groups)]
 
 
 # Reader actors are shared by every handle of this driver on the same shards and
@@ -73,14 +86,21 @@ _pools: dict = {}
 _pools_lock = threading.Lock()
 
 
-def acquire_readers(paths: list, per_shard: int, opts: dict, threads) -> tuple:
-    """(key, [[handle] * per_shard per shard]); release with :func:`release_readers`."""
+def acquire_readers(paths: list, per_shard: int, opts: dict, threads, per_reader=None) -> tuple:
+    """(key, per shard the list of its ``per_shard`` reader actors (a group's actors
+    are shared by its shards)); release with :func:`release_readers`."""
     ray = ray_module()
-    key = (ray.get_runtime_context().get_job_id(), tuple(paths), per_shard, repr(sorted(opts.items())), threads)
+    key = (ray.get_runtime_context().get_job_id(), tuple(paths), per_shard, repr(sorted(opts.items())), threads,
+           per_reader)
     with _pools_lock:
         entry = _pools.get(key)
         if entry is None:
-            entry = _pools[key] = [[[reader(p, opts, None, threads) for _ in range(per_shard)] for p in paths], 0]
+            handles = [None] * len(paths)
+            for group in reader_groups(len(paths), per_reader):
+                hs = [reader({s: paths[s] for s in group}, opts, None, threads) for _ in range(per_shard)]
+                for s in group:
+                    handles[s] = hs
+            entry = _pools[key] = [handles, 0]
         entry[1] += 1
         return key, entry[0]
 
@@ -94,15 +114,20 @@ def release_readers(key) -> None:
         if entry[1] > 0:
             return
         del _pools[key]
-    kill([h for hs in entry[0] for h in hs])
+    kill(list({id(h): h for hs in entry[0] for h in hs}.values()))
 
 
 def gather(refs: list, shards: list, what: str):
-    """ray.get of one call per shard; errors raised as ours, after every call ended
+    """ray.get of one call per shard (or per list of shards a reader actor serves);
+    errors raised as ours, after every call ended
     (no call is left running behind an exception)."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
+    try:
+        return ray.get(refs)  # one wait for all of them: the common case
+    except (RayTaskError, RayActorError):
+        pass  # sort out which call failed and why, waiting for the others
     out, first = [None] * len(refs), None
     for i, ref in enumerate(refs):
         try:
@@ -122,6 +147,9 @@ def gather(refs: list, shards: list, what: str):
 
 def _dead(shard, what, e) -> ShardUnavailableError:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(shard, (list, tuple)):  # a reader actor serving several shards
+        who = f"shard {shard[0]}" if len(shard) == 1 else f"shards {', '.join(map(str, shard))}"
+        return ShardUnavailableError(f"{who}: their {what} actor died ({type(e).__name__}: {msg[:200]})")
     return ShardUnavailableError(f"shard {shard}: its {what} actor died ({type(e).__name__}: {msg[:200]})")
 
 

@@ -9,6 +9,7 @@ by (score, row) (``coordinator.py``). Writes: ``writes.py``.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import threading
@@ -25,8 +26,9 @@ from ..collection import manifest as mf
 from ..collection import validate as vd
 from ..collection.collection import Collection
 from ..collection.errors import LockError
-from ..collection.planner import MODES, Request, ladder_keep, resolve_mode
+from ..collection.planner import INDEX_MODES, MODES, Request, ladder_keep, resolve_mode
 from . import coordinator as co
+from . import indexes as ix
 from . import layout, routing, runtime
 from .writes import WriteMixin
 
@@ -50,7 +52,16 @@ def _open_shard(path: str, i: int) -> Collection:
             time.sleep(0.2)
 
 
-class ShardedCollection(WriteMixin):
+def _mode_of(modes: list) -> str:
+    """The mode a sharded search reports: the shards' (auto may pick an index on a
+    large shard and flat on a small one: the index mode then)."""
+    for m in ("binary", "ivf", "hnsw", "funnel", "flat"):
+        if m in modes:
+            return m
+    return modes[0]
+
+
+class ShardedCollection(ix.IndexMixin, WriteMixin):
     """A collection split into ``shards`` Collection directories under one root, read
     and written through Ray actors. Same arguments and result tables as
     :class:`nestvec.Collection` for add / upsert / delete / get / count / search.
@@ -63,7 +74,7 @@ class ShardedCollection(WriteMixin):
 
     def __init__(self, root: layout.Root, m: dict, read_only: bool, pinned: bool, readers: int = 1,
                  reader_options=None, writer_options=None, reader_threads=None, funnel: str = "per_shard",
-                 merge_policy=None):
+                 merge_policy=None, shards_per_reader=None):
         self._root = root
         self._m = m
         self._schema = mf.schema_from_b64(m["schema_ipc"])
@@ -75,6 +86,8 @@ class ShardedCollection(WriteMixin):
         self._reader_opts = runtime.options(runtime.READER_DEFAULTS, reader_options, "reader_options")
         self._writer_opts = runtime.options(runtime.WRITER_DEFAULTS, writer_options, "writer_options")
         self._reader_threads = reader_threads
+        self._shards_per_reader = None if shards_per_reader is None else \
+            vd.positive_int(shards_per_reader, "shards_per_reader")
         self._readers = None  # per shard: a list of reader actor handles (shared: runtime)
         self._readers_key = None
         self._writers = None  # per shard: one writer actor handle
@@ -93,9 +106,12 @@ class ShardedCollection(WriteMixin):
         cluster manifest. Returns a writable handle (holding the root's lock).
 
         ``options``: ``readers`` (reader actors per shard, default 1),
-        ``reader_options`` / ``writer_options`` (Ray actor options, e.g.
-        ``{"num_gpus": 1}``), ``reader_threads`` (CPU threads per reader),
-        ``funnel`` (``"per_shard"`` or ``"two_round"``), ``merge_policy`` (the shards').
+        ``shards_per_reader`` (shards one reader actor serves; default: the shards
+        spread over one reader actor per node of the cluster, so a search is one
+        actor call per node), ``reader_options`` / ``writer_options`` (Ray actor
+        options, e.g. ``{"num_gpus": 1}``), ``reader_threads`` (CPU threads per
+        reader), ``funnel`` (``"per_shard"`` or ``"two_round"``), ``merge_policy``
+        (the shards').
         """
         shards = vd.positive_int(shards, "shards", layout.MAX_SHARDS)
         dim = vd.positive_int(dim, "dim")
@@ -294,31 +310,42 @@ class ShardedCollection(WriteMixin):
                 if self._readers is None:
                     self._manifest()
                     self._readers_key, self._readers = runtime.acquire_readers(
-                        self.shard_paths, self._readers_per_shard, self._reader_opts, self._reader_threads)
+                        self.shard_paths, self._readers_per_shard, self._reader_opts, self._reader_threads,
+                        self._shards_per_reader)
         return self._readers
 
     def _fan(self, shards, what: str, call):
-        """Call ``call(handle, shard)`` on one reader of each shard; the results in
-        shard order. A replica that died for good is skipped for the next one."""
+        """``call(shard)`` -> (ShardReader method, args) for each shard; the results
+        in shard order. One actor call per reader actor (it answers all of its shards
+        the call names). A replica that died for good is skipped for the next one."""
         handles = self._reader_handles()
         turn = next(self._rr)
         out = {}
         todo = list(shards)
         for attempt in range(self._readers_per_shard):
-            refs = [call(handles[s][(turn + attempt) % len(handles[s])], s) for s in todo]
+            groups: dict = {}
+            for s in todo:
+                h = handles[s][(turn + attempt) % len(handles[s])]
+                groups.setdefault(id(h), (h, []))[1].append(s)  # a group's shards share its handles
+            refs, labels = [], []
+            for h, ss in groups.values():
+                made = [(s, call(s)) for s in ss]
+                refs.append(h.run.remote(made[0][1][0], [(s, args) for s, (_, args) in made]))
+                labels.append(ss)
             try:
-                res = runtime.gather(refs, todo, "reader")
+                res = runtime.gather(refs, labels, what)
             except runtime.ShardUnavailableError:
                 if attempt + 1 == self._readers_per_shard:
                     raise
                 continue
-            out.update(zip(todo, res))
+            for ss, r in zip(labels, res):
+                out.update(zip(ss, r))
             break
         return [out[s] for s in shards]
 
     def reader_pids(self) -> list:
         """Process ids of the reader actors, per shard (tests kill them)."""
-        return self._fan(range(self.shards), "reader", lambda h, s: h.pid.remote())
+        return self._fan(range(self.shards), "reader", lambda s: ("pid", ()))
 
     # ------------------------------------------------------------------ reading
 
@@ -346,7 +373,7 @@ class ShardedCollection(WriteMixin):
         self._check_filter(m, filter)
         live = self._live_shards(m)
         vs = m["shard_versions"]
-        return int(sum(self._fan(live, "reader", lambda h, s: h.count.remote(vs[s], filter))))
+        return int(sum(self._fan(live, "reader", lambda s: ("count", (vs[s], filter)))))
 
     def get(self, ids, columns=None) -> pa.Table:
         """Rows for ``ids`` in the order given (absent ids skipped); as Collection.get."""
@@ -359,7 +386,7 @@ class ShardedCollection(WriteMixin):
         parts = routing.split(routing.shard_of(arr, m["shards"]), m["shards"]) if len(arr) else []
         want = [s for s, p in enumerate(parts) if len(p) and m["shard_rows"][s]]
         vs = m["shard_versions"]
-        res = self._fan(want, "reader", lambda h, s: h.get.remote(vs[s], arr.take(pa.array(parts[s])), cols))
+        res = self._fan(want, "reader", lambda s: ("get", (vs[s], arr.take(pa.array(parts[s])), cols)))
         res = [t for t in res if t.num_rows]
         if not res:
             return Collection._empty_table(snap, cols)
@@ -374,7 +401,7 @@ class ShardedCollection(WriteMixin):
         cols = Collection._columns(snap, columns, ["id"] + self._schema.names)
         self._check_filter(m, filter)
         vs = m["shard_versions"]
-        res = self._fan(self._live_shards(m), "reader", lambda h, s: h.to_table.remote(vs[s], cols, filter))
+        res = self._fan(self._live_shards(m), "reader", lambda s: ("to_table", (vs[s], cols, filter)))
         res = [(t, r) for t, r in res if t.num_rows]
         if not res:
             return Collection._empty_table(snap, cols)
@@ -410,13 +437,22 @@ class ShardedCollection(WriteMixin):
 
     # ------------------------------------------------------------------ search
 
-    def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int = 10,
-               filter=None, columns=None, device=None, ladder=(), funnel: str | None = None) -> pa.Table:
+    def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
+               filter=None, columns=None, device=None, ladder=(), nprobe: int | None = None,
+               ef: int | None = None, explain: bool = False, min_score=None, max_distance=None, *,
+               funnel: str | None = None) -> pa.Table:
         """Top-k rows per query over every shard: arguments and result table as
         :meth:`nestvec.Collection.search` (``device="cuda"``: readers search on their
         GPUs, see ``reader_options``), plus ``funnel``: this call's strategy
         (default :attr:`funnel`). flat and binary results equal a single collection's
-        holding the same rows in the same order, ids and scores."""
+        holding the same rows in the same order, ids and scores.
+
+        ``ivf`` / ``hnsw`` search each shard's own index (:meth:`create_index`):
+        ``nprobe`` is lists per shard (a shard with fewer lists probes them all),
+        ``ef`` candidates per shard, and each shard's tuned defaults apply when they
+        are not given. ``explain=True``: the plan (:meth:`explain`) in the result's
+        schema metadata under ``b"nestvec.explain"``."""
+        t0 = time.perf_counter()
         m = self._manifest()
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -424,10 +460,18 @@ class ShardedCollection(WriteMixin):
         if funnel not in FUNNELS:
             raise ValueError(f"funnel: expected one of {FUNNELS}, got {funnel!r}")
         k = vd.positive_int(k, "k")
-        rescore = vd.positive_int(rescore, "rescore")
+        rescore = None if rescore is None else vd.positive_int(rescore, "rescore")
+        nprobe = None if nprobe is None else vd.positive_int(nprobe, "nprobe")
+        ef = None if ef is None else vd.positive_int(ef, "ef")
         d_full = m["dim"]
         dim = d_full if dim is None else vd.positive_int(dim, "dim", d_full)
         ladder = vd.ladder(ladder, dim)
+        vd.cutoff(min_score, max_distance, m["metric"], mode)
+        specs = m.get("indexes") or {}
+        if mode in INDEX_MODES and mode not in specs:
+            raise ValueError(f"mode={mode!r}: this sharded collection has no {mode} index "
+                             f"(create one with sc.create_index({mode!r}))")
+        nprobes = ix.nprobe_for(m, nprobe)
         snap = self._stand_in(m)
         cols = Collection._columns(snap, columns, [])
         self._check_filter(m, filter)
@@ -437,45 +481,75 @@ class ShardedCollection(WriteMixin):
         if ck.is_torch(qx):
             qx = qx.detach().cpu().numpy()
         qx = np.ascontiguousarray(qx)
-        req = Request(k, dim, mode, rescore, m["metric"], d_full, m["binary"], ladder)
+        req = Request(k, dim, mode, rescore, m["metric"], d_full, m["binary"], ladder,
+                      indexes=tuple(specs) if device is None else ())
         used = resolve_mode(req, m["rows"], qx.shape[1])  # also refuses binary/funnel without codes
         live = self._live_shards(m)
         names = ["id"] + [c for c in cols if c != "id"]
         vs = m["shard_versions"]
+        rounds = []  # (shard, planner stats) of every call, for explain
         if not live:
             payloads = []
         elif used == "funnel" and funnel == "two_round" and len(live) > 1:
-            payloads, live = self._two_round(m, live, qx, k, dim, rescore, filter, cols, ladder, device)
+            payloads, live = self._two_round(m, live, qx, k, dim, rescore or 10, filter, cols, ladder, device,
+                                             min_score, max_distance, explain, rounds)
         else:
-            payloads = self._fan(live, "reader", lambda h, s: h.search.remote(
-                vs[s], qx, k, dim, mode, rescore, filter, cols, ladder, device))
+            payloads = self._fan(live, "reader", lambda s: ("search", (
+                vs[s], qx, k, dim, mode, rescore, filter, cols, ladder, device, None, nprobes[s], ef,
+                min_score, max_distance, explain)))
+            rounds += [(s, p[4]) for s, p in zip(live, payloads)]
         if payloads:
-            used = "binary" if any(p[0] == "binary" for p in payloads) else payloads[0][0]
+            used = _mode_of([p[0] for p in payloads])
             src, pos, score, row = co.merge_lists(payloads, k, co.larger_better(used, m["metric"]))
         else:
             shape = (qx.shape[0], 0)
             src, pos, score, row = (np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape),
                                     np.full(shape, -1, np.int64))
-        empty = Collection._empty_table(snap, names)
-        return co.result_table(payloads, src, pos, score, row, used, names, empty)
+        out = co.result_table(payloads, src, pos, score, row, used, names,
+                              lambda: Collection._empty_table(snap, names))
+        if explain:
+            plan = co.explain_plan(rounds, live, payloads, used, mode, k, dim, int(qx.shape[0]), filter is not None,
+                                   m, funnel if used == "funnel" else None)
+            plan["ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+            out = out.replace_schema_metadata({b"nestvec.explain": json.dumps(plan)})
+        return out
 
-    def _two_round(self, m, live, qx, k, dim, rescore, filter, cols, ladder, device):
+    def explain(self, q, k: int = 10, **kwargs) -> dict:
+        """Run ``search(q, k, **kwargs)`` and report its plan: what
+        :meth:`nestvec.Collection.explain` reports, the counts (``rows``,
+        ``matches``, ``rows_scanned``, ``rows_rescored``, ``lists_probed``,
+        segments) summed over the shards, ``version`` / ``shard_versions``,
+        ``shards`` (searched), ``funnel`` (for the funnel), and ``per_shard``: each
+        shard's own plan (``mode``, ``route``, ``nprobe``, ``ef``, ...; for the
+        two-round funnel, its calls' counts summed)."""
+        kwargs["explain"] = True
+        t = self.search(q, k, **kwargs)
+        return json.loads(t.schema.metadata[b"nestvec.explain"])
+
+    def _two_round(self, m, live, qx, k, dim, rescore, filter, cols, ladder, device, min_score, max_distance,
+                   explain, rounds):
         vs = m["shard_versions"]
         short = k * rescore
         # the funnel's codes: of the whole query when it is full width, else of the prefix
         d1 = m["dim"] if qx.shape[1] == m["dim"] else dim
-        first = self._fan(live, "reader", lambda h, s: h.search.remote(
-            vs[s], qx, short, d1, "binary", rescore, filter, [], (), device))
+        first = self._fan(live, "reader", lambda s: ("search", (
+            vs[s], qx, short, d1, "binary", rescore, filter, [], (), device, None, None, None, None, None,
+            explain)))
+        rounds += [(s, p[4]) for s, p in zip(live, first)]
         cand = co.shortlist_split(first, live, short)
         # each Matryoshka stage is a round of its own, so every stage keeps the global
         # best rows exactly as a single collection does
         high = m["metric"] != "l2"
         for d, keep in zip(ladder, ladder_keep(short, k, len(ladder))):
             todo = sorted(cand)
-            stage = self._fan(todo, "reader", lambda h, s: h.search.remote(
-                vs[s], qx, keep, d, "funnel", 1, None, [], (), device, cand[s]))
+            stage = self._fan(todo, "reader", lambda s: ("search", (
+                vs[s], qx, keep, d, "funnel", 1, None, [], (), device, cand[s], None, None, None, None,
+                explain)))
+            rounds += [(s, {"rows_rescored": int((cand[s] >= 0).sum())}) for s in todo]
             cand = co.shortlist_split(stage, todo, keep, high)
         todo = sorted(cand)
-        last = self._fan(todo, "reader", lambda h, s: h.search.remote(
-            vs[s], qx, k, dim, "funnel", 1, None, cols, (), device, cand[s]))
+        last = self._fan(todo, "reader", lambda s: ("search", (
+            vs[s], qx, k, dim, "funnel", 1, None, cols, (), device, cand[s], None, None, min_score,
+            max_distance, explain)))
+        rounds += [(s, {"rows_rescored": int((cand[s] >= 0).sum())}) for s in todo]
         return last, todo
