@@ -224,3 +224,38 @@ def test_queries_are_not_modified(indexed):
         col.search(q, k=5, mode=mode)
         col.search(q[0], k=5, mode=mode)
     np.testing.assert_array_equal(q, q0)
+
+
+
+def test_hnsw_ef_above_the_segment_rows(tmp_path):
+    """A small graph and ef, k near its size: every query still gets its rows."""
+    rng = np.random.default_rng(3)
+    x, q = rng.standard_normal((300, D)).astype(np.float32), rng.standard_normal((8, D)).astype(np.float32)
+    col = nv.Collection.create(str(tmp_path / "c"), dim=D)
+    col.add(x, ids=np.arange(len(x)))
+    col.create_index("hnsw", M=4, ef_construction=8, min_rows=0)
+    got = col.search(q, k=300, mode="hnsw", ef=1200, rescore=10)
+    assert got.num_rows == 300 * len(q)
+    col.close()
+
+
+def test_hnsw_query_that_reaches_fewer_rows_than_asked():
+    """hnswlib refuses a whole batch when one query reaches fewer than k rows (a sparse
+    graph, k near its size): each query then asks for fewer and pads with -1."""
+    import hnswlib
+
+    from nestvec.collection.indexes.hnsw import HnswGraph
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    g = hnswlib.Index(space="ip", dim=16)
+    g.init_index(max_elements=300, M=4, ef_construction=8, random_seed=1)
+    g.add_items(x)
+    g.set_ef(1200)
+    with pytest.raises(RuntimeError):
+        g.knn_query(x[:5], k=300)
+    labels = HnswGraph._search_each(g, x[:5], 300)
+    assert labels.shape == (5, 300)
+    for row in labels:
+        got = row[row >= 0]
+        assert len(got) >= 200 and len(set(got.tolist())) == len(got) and (row[len(got):] == -1).all()

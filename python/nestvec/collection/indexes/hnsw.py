@@ -190,7 +190,23 @@ class HnswGraph:
             g.set_ef(max(ef, kk))
             try:
                 labels, _ = g.knn_query(x, k=kk, num_threads=threads or -1)
-            except RuntimeError:  # fewer than kk reachable (tiny graphs): ask for what is there
+            except RuntimeError:  # fewer than kk reachable (small graphs, kk near n)
                 g.set_ef(max(ef, self.n))
-                labels, _ = g.knn_query(x, k=kk, num_threads=threads or -1)
+                labels = self._search_each(g, x, kk)
         return labels.astype(np.int64, copy=False)
+
+    @staticmethod
+    def _search_each(g, x: np.ndarray, kk: int) -> np.ndarray:
+        """hnswlib refuses a batch when one query reaches fewer than ``kk`` rows: ask each
+        query for fewer until it answers, and pad its row with -1."""
+        out = np.full((x.shape[0], kk), -1, dtype=np.int64)
+        for i in range(x.shape[0]):
+            k = kk
+            while k > 0:
+                try:
+                    lab, _ = g.knn_query(x[i:i + 1], k=k, num_threads=1)
+                    out[i, :k] = lab[0]
+                    break
+                except RuntimeError:
+                    k = k * 3 // 4 if k > 4 else k - 1
+        return out
