@@ -26,9 +26,15 @@ def binarize(x, dim: int | None = None):
     if x.ndim < 1:
         raise ValueError("x: expected at least one dimension [..., D]")
     dim = ck.check_dim(dim, x.shape[-1])
+    return sign_bits(x[..., :dim])
+
+
+def sign_bits(x):
+    """:func:`binarize` of every value, without its checks: for callers whose float
+    array (NumPy or torch) is already validated, on a per-query path."""
     if ck.is_torch(x):
-        return _binarize_torch(x[..., :dim])
-    return np.packbits(x[..., :dim] > 0, axis=-1)
+        return _binarize_torch(x)
+    return np.packbits(x > 0, axis=-1)
 
 
 def _binarize_torch(x):

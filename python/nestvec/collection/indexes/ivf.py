@@ -193,12 +193,9 @@ class IvfCentroids:
     def query_codes(self, queries, nbytes: int):
         """The queries' codes in the list files' encoding (first ``nbytes`` bytes)."""
         if self.mean is None:
-            x = queries[:, :8 * nbytes] if 8 * nbytes < queries.shape[1] else queries
-            if type(x) is np.ndarray:  # validated host queries: quant.binarize without its checks
-                return np.packbits(x > 0, axis=-1)
-            from ...quant import binarize
+            from ...quant import sign_bits  # the queries are validated: no re-checks
 
-            return binarize(x)
+            return sign_bits(queries[:, :8 * nbytes] if 8 * nbytes < queries.shape[1] else queries)
         return centred_codes(queries, self.mean, self.spec["metric"])[:, :nbytes]
 
 
