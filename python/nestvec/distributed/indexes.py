@@ -14,7 +14,7 @@ routed by hash, every shard holds a uniform sample of the data, so its centroids
 cover the same space a global set would. The cost: ``nprobe`` counts lists per
 shard, so a query probes ``shards x nprobe`` lists of about ``1/shards`` the size
 (the same rows as one collection probing ``nprobe`` lists of its own, with nlist
-near 1.5 sqrt(rows) per shard). Each shard also tunes its own default ``nprobe`` /
+near 4 sqrt(rows) per shard, from its own rows). Each shard also tunes its own default ``nprobe`` /
 ``ef`` on its rows.
 
 The cluster manifest records each kind's options and every shard's spec (``nlist``,
