@@ -8,7 +8,7 @@ import nestvec.ops as ops
 from nestvec import _backend
 from nestvec import reference
 
-from conftest import HAS_CUDA, cpu_isas, emulated_gpu_backend
+from conftest import cpu_isas, emulated_gpu_backend
 
 torch = pytest.importorskip("torch")
 

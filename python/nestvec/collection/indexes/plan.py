@@ -92,7 +92,7 @@ class IndexRun:
     def scanned_results(self, queries, nq, short):
         """The scanned segments: the funnel's Hamming shortlist and rescoring (flat
         when the collection has no codes or a segment's rows fit in the shortlist)."""
-        pl, r = self.pl, self.req
+        pl = self.pl
         if not self.scanned:
             return []
         funnel = [i for i in self.scanned if pl.segments[i].codes is not None and pl.counts[i] > short]
