@@ -31,6 +31,9 @@ from ..arrays import fixed_list_view, primitive_view
 META_KEY = b"nestvec.ivf"
 ASSIGN_BYTES = 64 << 20  # scores held at once while rows are assigned to lists
 PROBE_NUMPY_QUERIES = 2  # probes of at most this many queries skip dense_topk (IvfCentroids.probe)
+# ... when the centroids hold at most this many values: above it NumPy's BLAS splits the
+# product over threads, which on a loaded machine took milliseconds (README, Indexes).
+PROBE_NUMPY_VALUES = 1 << 18
 
 
 # --------------------------------------------------------------------------- vectors
@@ -167,13 +170,16 @@ class IvfCentroids:
     def probe(self, queries, nprobe: int):
         """The ``nprobe`` nearest lists of each query, best first (int64 ``[Q, nprobe]``):
         largest cosine (unit centroids) or smallest l2 on the prefix. A batch goes to
-        ``dense_topk``; one or two queries to a NumPy product and a partial sort
-        (same order up to exact ties), since ``dense_topk`` splits the centroids' rows
-        over threads and that split costs a single query more than the product on a
-        loaded machine (bench_ann_ivf_call.json)."""
+        ``dense_topk``; one or two queries over up to PROBE_NUMPY_VALUES centroid values
+        to a NumPy product and a partial sort (same order up to exact ties): that
+        product stays on one thread, while ``dense_topk`` splits the rows over threads,
+        which costs a single query more on a loaded machine (bench_ann_ivf_call.json).
+        Larger centroid sets go to ``dense_topk`` whatever the batch: there NumPy's BLAS
+        splits the product over its own threads, and a single query took 5-7 ms on a
+        loaded machine against ~0.1 ms in ``dense_topk``."""
         nlist, dim = self.centroids.shape
         p = min(int(nprobe), nlist)
-        if queries.shape[0] > PROBE_NUMPY_QUERIES:
+        if queries.shape[0] > PROBE_NUMPY_QUERIES or nlist * dim > PROBE_NUMPY_VALUES:
             from .. import hostcalls
 
             q = np.asarray(queries[:, :dim], dtype=np.float32)
