@@ -172,9 +172,12 @@ inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t
     // Past the end of the tile, repeat the first row and mask its lanes out.
     for (int r = 0; r < 8; ++r) rows[r] = codes + (r0 + (r < valid ? r : 0)) * cs;
     if (prefetch) {
-      for (int r = 0; r < 8; ++r) {
-        const uintptr_t p = reinterpret_cast<uintptr_t>(codes) + uintptr_t((r0 + pf_rows + r) * cs);
-        for (int64_t c = 0; c < nbytes; c += 64) prefetch_l1(p + uintptr_t(c));
+      const uintptr_t p = reinterpret_cast<uintptr_t>(codes) + uintptr_t((r0 + pf_rows) * cs);
+      if (cs == nbytes) {  // packed rows: one prefetch per cache line of the 8 rows
+        for (int64_t o = 0; o < 8 * cs; o += 64) prefetch_l1(p + uintptr_t(o));
+      } else {
+        for (int r = 0; r < 8; ++r)
+          for (int64_t c = 0; c < nbytes; c += 64) prefetch_l1(p + uintptr_t(r * cs + c));
       }
     }
     vsum sums[QB];
