@@ -146,12 +146,13 @@ struct QueryBlock {
 };
 
 // f(std::integral_constant<int, QB>{}, q) for the queries [q, nq) in blocks of the
-// sizes kHammingQB[I...] (largest first; the last size is 1).
-template <int I = 0, class F>
+// sizes Sizes[I...] (largest first; the last size is 1).
+template <const auto& Sizes = kHammingQB, int I = 0, class F>
 inline void for_query_blocks(int64_t q, int64_t nq, F&& f) {
-  constexpr int QB = kHammingQB[I];
+  static_assert(Sizes[std::size(Sizes) - 1] == 1, "the last query block must be 1");
+  constexpr int QB = Sizes[I];
   for (; q + QB <= nq; q += QB) f(std::integral_constant<int, QB>{}, q);
-  if constexpr (I + 1 < int(std::size(kHammingQB))) for_query_blocks<I + 1>(q, nq, f);
+  if constexpr (I + 1 < int(std::size(Sizes))) for_query_blocks<Sizes, I + 1>(q, nq, f);
 }
 
 template <int QB, class Block>
@@ -171,9 +172,12 @@ inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t
     // Past the end of the tile, repeat the first row and mask its lanes out.
     for (int r = 0; r < 8; ++r) rows[r] = codes + (r0 + (r < valid ? r : 0)) * cs;
     if (prefetch) {
-      for (int r = 0; r < 8; ++r) {
-        const uintptr_t p = reinterpret_cast<uintptr_t>(codes) + uintptr_t((r0 + pf_rows + r) * cs);
-        for (int64_t c = 0; c < nbytes; c += 64) prefetch_l1(p + uintptr_t(c));
+      const uintptr_t p = reinterpret_cast<uintptr_t>(codes) + uintptr_t((r0 + pf_rows) * cs);
+      if (cs == nbytes) {  // packed rows: one prefetch per cache line of the 8 rows
+        for (int64_t o = 0; o < 8 * cs; o += 64) prefetch_l1(p + uintptr_t(o));
+      } else {
+        for (int r = 0; r < 8; ++r)
+          for (int64_t c = 0; c < nbytes; c += 64) prefetch_l1(p + uintptr_t(r * cs + c));
       }
     }
     vsum sums[QB];
@@ -201,14 +205,22 @@ struct SplitBlock {
         lo[j][c] = bnib_lo(x), hi[j][c] = bnib_hi(x);
       }
   }
+  // The split rows of a block are consecutive (rows[0] onwards, 2 kB NC bytes each; past
+  // the tile's end they hold stale bytes whose lanes the caller masks out).
   void operator()(const uint8_t* const* rows, vsum* sums) const {
     static_assert(NC <= kCntMax, "chunk counts must fit the count lanes");
+    constexpr int64_t kStride = 2 * kB * NC;
     for (int j = 0; j < QB; ++j) {
+      // Opaque to the compiler, so that each query reloads the rows from L1: GCC
+      // otherwise loads them once for all QB queries and spills them to the stack.
+      const uint8_t* base = rows[0];
+      __asm__("" : "+r"(base));
       vacc acc[8];
       for (int r = 0; r < 8; ++r) {
-        vcnt s = cnt_popxor_nib(bload_a(rows[r]), bload_a(rows[r] + kB), lo[j][0], hi[j][0]);
+        const uint8_t* row = base + r * kStride;
+        vcnt s = cnt_popxor_nib(bload_a(row), bload_a(row + kB), lo[j][0], hi[j][0]);
         for (int c = 1; c < NC; ++c)
-          s = cnt_add(s, cnt_popxor_nib(bload_a(rows[r] + 2 * kB * c), bload_a(rows[r] + 2 * kB * c + kB), lo[j][c],
+          s = cnt_add(s, cnt_popxor_nib(bload_a(row + 2 * kB * c), bload_a(row + 2 * kB * c + kB), lo[j][c],
                                         hi[j][c]));
         acc[r] = acc_of(s);
       }
@@ -244,12 +256,16 @@ void tile_split(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* 
   for (int64_t s0 = 0; s0 < nrows; s0 += kSplitRows) {
     const int64_t ns = std::min(kSplitRows, nrows - s0);
     split_rows(codes + s0 * cs, ns, cs, nbytes, split);
-    for_query_blocks(0, nq, [&](auto qb, int64_t q) {
+    auto run = [&](auto qb, int64_t q) {
       constexpr int QB = decltype(qb)::value;
       const QueryBlock<QB> b(queries, qs, hit_rows, hit_dist, cap, q);
       run_queries<QB>(split, ns, 2 * nbytes, nbytes, thr + q, b.hr, b.hd, hit_count + q, false,
                       SplitBlock<QB, NC>(b.qv), s0);
-    });
+    };
+    if constexpr (NC <= kHammingSplitQBMaxChunks)
+      for_query_blocks<kHammingSplitQB>(0, nq, run);
+    else
+      for_query_blocks(0, nq, run);
   }
 }
 #endif
@@ -328,7 +344,6 @@ inline void run_any(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8
 void tile(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* queries, int64_t nq,
           int64_t qs, int64_t nbytes, const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist,
           int64_t cap, uint32_t* hit_count) {
-  static_assert(kHammingQB[std::size(kHammingQB) - 1] == 1, "the last query block must be 1");
 #if defined(NV_SIMD_NIBBLE_POPCNT)
   // (the split pays for itself from a few queries on; one query streams the rows as is)
   if (nbytes % kB == 0 && nq >= 4) {

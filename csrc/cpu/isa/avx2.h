@@ -273,7 +273,13 @@ inline uint32_t sum_lt(vsum s, vsum t, uint32_t valid) {
 inline void sum_store(uint32_t* buf, vsum s) { _mm256_store_si256(reinterpret_cast<__m256i*>(buf), s); }
 
 // ------------------------------------------------------------------ tuning
-constexpr int kHammingQB[] = {3,2,1};
+constexpr int kHammingQB[] = {3, 2, 1};
+// Nibble-split tiles of codes up to kHammingSplitQBMaxChunks chunks: one query at a
+// time (its split chunks and the eight accumulators fit the 16 registers; with three
+// queries GCC kept rows and queries on the stack). Wider codes share the rows among
+// kHammingQB queries, which measured faster at 3 and 4 chunks.
+constexpr int kHammingSplitQB[] = {1};
+constexpr int kHammingSplitQBMaxChunks = 2;
 // Dense float32 scan (see isa/avx512.h): 16 registers, so smaller register tiles, and
 // the stream kernel only up to 2 queries (beyond, its per-row reductions cost more).
 constexpr int kDenseTiles[][2] = {{4, 2}, {2, 2}, {1, 4}};
