@@ -343,6 +343,11 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
             break
         return [out[s] for s in shards]
 
+    def _readers_of(self, shards) -> int:
+        """Reader actors (groups) serving ``shards``."""
+        handles = self._reader_handles()
+        return len({id(handles[s][0]) for s in shards})
+
     def reader_pids(self) -> list:
         """Process ids of the reader actors, per shard (tests kill them)."""
         return self._fan(range(self.shards), "reader", lambda s: ("pid", ()))
@@ -490,7 +495,9 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         rounds = []  # (shard, planner stats) of every call, for explain
         if not live:
             payloads = []
-        elif used == "funnel" and funnel == "two_round" and len(live) > 1:
+        elif used == "funnel" and funnel == "two_round" and self._readers_of(live) > 1:
+            # (one reader actor searching every live shard as one takes the global
+            # shortlist itself: the two rounds in one call)
             payloads, live = self._two_round(m, live, qx, k, dim, rescore or 10, filter, cols, ladder, device,
                                              min_score, max_distance, explain, rounds)
         else:
