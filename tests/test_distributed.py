@@ -178,6 +178,31 @@ def test_writes_equal_single_collection_and_stay_on_their_shard(pair):
     assert sc.count() == one.count()
 
 
+def test_reader_layouts_agree(pair):
+    """One reader actor searching all four shards as one (the default here: one
+    node) and two actors of two shards each (two unions, and the two-round funnel
+    across them) give the single collection's answers after the deletes and upserts
+    above; the funnel of the actor holding every shard is the single collection's
+    own. (One actor per shard: the per-shard path, which index searches take.)"""
+    sc, one = pair
+    assert sc.explain(queries(), k=5, mode="flat")["per_shard"][0]["shards"] == [0, 1, 2, 3]
+    funnel = one.search(queries(), k=5, rescore=3, mode="funnel")
+    assert sc.search(queries(), k=5, rescore=3, mode="funnel", funnel="per_shard").equals(funnel)
+    cases = ({"mode": "flat", "k": 700}, {"mode": "binary", "k": 10, "filter": "g >= 1 AND tag = 't2'"},
+             {"mode": "flat", "k": 10, "columns": ["tag", "vector"], "filter": nv.field("g") != 0},
+             {"mode": "flat", "k": 10, "min_score": 0.3}, {"mode": "binary", "k": 10, "dim": 16})
+    for kw in cases:
+        same(sc, one, **kw)
+    with ShardedCollection.open(sc.path, read_only=True, shards_per_reader=2) as r:
+        plan = r.explain(queries(), k=5, mode="binary")["per_shard"]
+        assert [p.get("shards") for p in plan] == [[0, 2], [1, 3], None, None]
+        for kw in cases:
+            same(r, one, **kw)
+        same(r, one, mode="funnel", k=5, rescore=3, funnel="two_round", ladder=(8, 16))
+        got = r.search(queries(), k=5, rescore=3, mode="funnel").column("score").to_numpy()
+        assert (got >= funnel.column("score").to_numpy() - 1e-6).all()
+
+
 def test_reopen_versions_compact(pair, tmp_path):
     sc, one = pair
     v = sc.version
