@@ -18,7 +18,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import nestvec as nv  # noqa: E402
-from nestvec.distributed import ShardedCollection, ShardUnavailableError, routing  # noqa: E402
+from nestvec.distributed import ShardedCollection, ShardUnavailableError, routing, runtime  # noqa: E402
 from ray_helpers import deadline_fixture  # noqa: E402
 
 _deadline = deadline_fixture(180)
@@ -201,6 +201,27 @@ def test_reader_layouts_agree(pair):
         same(r, one, mode="funnel", k=5, rescore=3, funnel="two_round", ladder=(8, 16))
         got = r.search(queries(), k=5, rescore=3, mode="funnel").column("score").to_numpy()
         assert (got >= funnel.column("score").to_numpy() - 1e-6).all()
+
+
+@pytest.mark.slow  # a compiled graph's first search takes seconds here (compiling, the actors' loops)
+def test_compiled_graph(pair):
+    """The fan-out through a Ray compiled graph: the same answers, an error raised in
+    an actor comes back as itself, and a killed reader turns the graph off (plain
+    calls take over, the actor restarted)."""
+    sc, one = pair
+    want = one.search(queries(), k=10, mode="flat")
+    with ShardedCollection.open(sc.path, read_only=True, compiled_graph=True, shards_per_reader=3) as r:
+        assert r.search(queries(), k=10, mode="flat").equals(want)
+        same(r, one, mode="binary", k=10, filter="g >= 1 AND tag = 't2'")
+        same(r, one, mode="flat", k=10, columns=["tag", "vector"])
+        assert runtime.fan_graph(r._readers_key) is not None
+        with pytest.raises(ValueError, match="dim"):  # raised in the actors, through the graph
+            r.search(queries(), mode="binary", dim=12)
+        assert r.search(queries(), k=10, mode="flat").equals(want)
+        os.kill(r.reader_pids()[1], signal.SIGKILL)
+        for _ in range(2):  # the graph is gone: plain calls (the actor restarted)
+            assert r.search(queries(), k=10, mode="flat").equals(want)
+        assert runtime.fan_graph(r._readers_key) is None
 
 
 def test_reopen_versions_compact(pair, tmp_path):

@@ -148,6 +148,11 @@ class ReaderGroup:
     def pid(self) -> int:
         return os.getpid()
 
+    def run_graph(self, work: dict, i: int):
+        """This actor's part of a compiled-graph search (``runtime.FanGraph``)."""
+        calls = work.get(i)
+        return None if calls is None else self.run("search", calls)
+
     def run(self, method: str, calls: list) -> list:
         """``[(shard, args)]`` -> each shard's ``ShardReader.<method>(*args)``, in order.
         A search of several shards is one search over all of them (``union.py``)

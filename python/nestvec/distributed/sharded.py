@@ -74,7 +74,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
 
     def __init__(self, root: layout.Root, m: dict, read_only: bool, pinned: bool, readers: int = 1,
                  reader_options=None, writer_options=None, reader_threads=None, funnel: str = "per_shard",
-                 merge_policy=None, shards_per_reader=None):
+                 merge_policy=None, shards_per_reader=None, compiled_graph: bool = False):
         self._root = root
         self._m = m
         self._schema = mf.schema_from_b64(m["schema_ipc"])
@@ -88,6 +88,9 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         self._reader_threads = reader_threads
         self._shards_per_reader = None if shards_per_reader is None else \
             vd.positive_int(shards_per_reader, "shards_per_reader")
+        if not isinstance(compiled_graph, bool):
+            raise TypeError(f"compiled_graph: expected True or False, got {compiled_graph!r}")
+        self._compiled = compiled_graph
         self._readers = None  # per shard: a list of reader actor handles (shared: runtime)
         self._readers_key = None
         self._writers = None  # per shard: one writer actor handle
@@ -111,7 +114,9 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         actor call per node), ``reader_options`` / ``writer_options`` (Ray actor
         options, e.g. ``{"num_gpus": 1}``), ``reader_threads`` (CPU threads per
         reader), ``funnel`` (``"per_shard"`` or ``"two_round"``), ``merge_policy``
-        (the shards').
+        (the shards'), ``compiled_graph`` (searches fan out through a Ray compiled
+        graph, ``ray.dag``: a shorter round trip; Ray marks it beta, so off by
+        default; plain actor calls take over when it cannot serve a call).
         """
         shards = vd.positive_int(shards, "shards", layout.MAX_SHARDS)
         dim = vd.positive_int(dim, "dim")
@@ -319,6 +324,22 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         in shard order. One actor call per reader actor (it answers all of its shards
         the call names). A replica that died for good is skipped for the next one."""
         handles = self._reader_handles()
+        if what == "reader" and self._compiled and self._readers_per_shard == 1:
+            graph = runtime.fan_graph(self._readers_key)
+            if graph is not None:
+                work: dict = {}
+                for s in shards:
+                    method, args = call(s)
+                    if method != "search":
+                        break
+                    work.setdefault(graph.index[id(handles[s][0])], []).append((s, args))
+                else:
+                    res = graph.run(work)
+                    if res is not None:
+                        out = {}
+                        for i, calls in work.items():
+                            out.update(zip([s for s, _ in calls], res[i]))
+                        return [out[s] for s in shards]
         turn = next(self._rr)
         out = {}
         todo = list(shards)
