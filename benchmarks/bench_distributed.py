@@ -105,30 +105,34 @@ def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
             print(f"built {'single' if s == 0 else f'{s} shards'}: {n:,} rows in {builds[s]:.1f} s", flush=True)
     single = nv.open(os.path.join(base, "single"), read_only=True)
     exact16 = single.search(q[:16], k=10, mode="flat")
-    # (mode, funnel, shards per reader actor: None = the default, one actor per node)
-    cases = [("flat", None, None), ("funnel", "per_shard", None), ("funnel", "two_round", None),
-             ("flat", None, 1), ("funnel", "per_shard", 1)]
+    # (mode, funnel, shards per reader actor: None = the default, one actor per node,
+    # the fan-out through a Ray compiled graph)
+    cases = [("flat", None, None, False), ("funnel", "per_shard", None, False), ("flat", None, None, True),
+             ("funnel", "per_shard", None, True), ("funnel", "two_round", 1, False),
+             ("funnel", "per_shard", 2, False), ("flat", None, 1, False), ("funnel", "per_shard", 1, False)]
     base_ms = {}
     for s in [0] + list(shard_counts):
         handles = {}
-        for mode, funnel, spr in cases:
-            if s == 0 and (funnel == "two_round" or spr):
+        for mode, funnel, spr, compiled in cases:
+            if s == 0 and (spr or compiled):
                 continue
-            if spr and s == 1:
-                continue  # one shard: one actor either way
+            if spr and spr >= s:
+                continue  # as many shards per actor as shards: the default layout
             if s == 0:
                 col = single
             else:
-                if spr not in handles:
-                    handles[spr] = ShardedCollection.open(os.path.join(base, f"s{s}"), read_only=True,
-                                                          shards_per_reader=spr)
-                col = handles[spr]
+                if (spr, compiled) not in handles:
+                    handles[(spr, compiled)] = ShardedCollection.open(
+                        os.path.join(base, f"s{s}"), read_only=True, shards_per_reader=spr, compiled_graph=compiled)
+                col = handles[(spr, compiled)]
             kw = {"mode": mode, "k": 10, "rescore": 10}
             if s and funnel:
                 kw["funnel"] = funnel
             name = mode if not funnel or s == 0 else f"{mode} ({funnel})"
             if spr:
-                name += ", one reader actor per shard"
+                name += f", {spr} shard{'s' if spr > 1 else ''} per reader actor"
+            if compiled:
+                name += ", compiled graph"
             fn1 = lambda i: col.search(q[i:i + 1], **kw)  # noqa: E731
             fn16 = lambda: col.search(q[:16], **kw)  # noqa: E731
             fn16()
@@ -137,7 +141,8 @@ def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
                 b1 = per_call(fn1, calls)
                 b16 = H.timeit(fn16, repeats=repeats)
             got = fn16()
-            r = {"shards": s or "single", "case": name, "batch1_median_ms": b1["median_ms"],
+            r = {"shards": s or "single", "case": name, "shards_per_reader": spr, "compiled_graph": compiled,
+                 "batch1_median_ms": b1["median_ms"],
                  "batch1_p90_ms": b1["p90_ms"], "batch16_ms": b16["median_ms"],
                  "batch16_qps": 16e3 / b16["median_ms"], "recall@10": recall(got, exact16, 10),
                  "load1": float(load)}
