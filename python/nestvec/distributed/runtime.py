@@ -86,10 +86,12 @@ _pools: dict = {}
 _pools_lock = threading.Lock()
 
 
-def acquire_readers(paths: list, per_shard: int, opts: dict, threads, per_reader=None) -> tuple:
+def acquire_readers(paths: list, per_shard: int, opts: dict, threads, per_reader=None,
+                    compiled: bool = False) -> tuple:
     """(key, per shard the list of its ``per_shard`` reader actors (a group's actors
-    are shared by its shards)); release with :func:`release_readers`, and
-    :func:`fan_graph` gives the pool's compiled graph."""
+    are shared by its shards)); release with :func:`release_readers`. ``compiled``:
+    this user searches through the pool's compiled graph (:func:`fan_graph`), which
+    lives while such a user holds the pool (its actors poll their channels)."""
     ray = ray_module()
     key = (ray.get_runtime_context().get_job_id(), tuple(paths), per_shard, repr(sorted(opts.items())), threads,
            per_reader)
@@ -101,22 +103,28 @@ def acquire_readers(paths: list, per_shard: int, opts: dict, threads, per_reader
                 hs = [reader({s: paths[s] for s in group}, opts, None, threads) for _ in range(per_shard)]
                 for s in group:
                     handles[s] = hs
-            entry = _pools[key] = [handles, 0, None]
+            entry = _pools[key] = [handles, 0, None, 0]  # actors, users, graph, its users
         entry[1] += 1
+        entry[3] += bool(compiled)
         return key, entry[0]
 
 
-def release_readers(key) -> None:
+def release_readers(key, compiled: bool = False) -> None:
+    graph = None
     with _pools_lock:
         entry = _pools.get(key)
         if entry is None:
             return
         entry[1] -= 1
-        if entry[1] > 0:
-            return
-        del _pools[key]
-    if entry[2]:
-        entry[2].close()
+        entry[3] -= bool(compiled)
+        if entry[3] <= 0 and entry[2] is not None:
+            graph, entry[2] = entry[2], None  # no user left: torn down (a broken one too)
+        if entry[1] <= 0:
+            del _pools[key]
+    if graph:
+        graph.close()
+    if entry[1] > 0:
+        return
     kill(list({id(h): h for hs in entry[0] for h in hs}.values()))
 
 
@@ -125,7 +133,7 @@ def fan_graph(key):
     replicas (``readers`` > 1), or whose graph broke or could not be compiled."""
     with _pools_lock:
         entry = _pools.get(key)
-        if entry is None or entry[2] is False:
+        if entry is None or entry[2] is False or entry[3] <= 0:
             return None
         if entry[2] is None:
             actors = list({id(h): h for hs in entry[0] for h in hs}.values())

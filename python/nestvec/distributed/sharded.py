@@ -295,7 +295,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
                         pass  # a dead writer's lock died with it
                     runtime.kill(self._writers)
                 if self._readers_key is not None:
-                    runtime.release_readers(self._readers_key)
+                    runtime.release_readers(self._readers_key, self._compiled)
             finally:
                 self._writers = self._readers = self._readers_key = None
                 self._root.release()
@@ -316,7 +316,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
                     self._manifest()
                     self._readers_key, self._readers = runtime.acquire_readers(
                         self.shard_paths, self._readers_per_shard, self._reader_opts, self._reader_threads,
-                        self._shards_per_reader)
+                        self._shards_per_reader, self._compiled)
         return self._readers
 
     def _fan(self, shards, what: str, call):
