@@ -12,7 +12,7 @@ read-only, memory-mapped, pinned: a reader never sees a version the cluster mani
 does not name). It keeps the last few versions open, so searches from handles on
 different cluster versions do not reopen files. A ``ReaderGroup`` actor holds the
 readers of the shards it serves (by default, the shards are spread over one actor
-per node of the cluster).
+per node of the cluster) and searches them as one (``union.py``).
 """
 from __future__ import annotations
 

@@ -110,8 +110,8 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
 
         ``options``: ``readers`` (reader actors per shard, default 1),
         ``shards_per_reader`` (shards one reader actor serves; default: the shards
-        spread over one reader actor per node of the cluster, so a search is one
-        actor call per node), ``reader_options`` / ``writer_options`` (Ray actor
+        spread over one reader actor per node of the cluster, which searches them as
+        one: a search is one actor call and one plan per node), ``reader_options`` / ``writer_options`` (Ray actor
         options, e.g. ``{"num_gpus": 1}``), ``reader_threads`` (CPU threads per
         reader), ``funnel`` (``"per_shard"`` or ``"two_round"``), ``merge_policy``
         (the shards'), ``compiled_graph`` (searches fan out through a Ray compiled
@@ -251,11 +251,15 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
     @property
     def funnel(self) -> str:
         """How ``mode="funnel"`` (and ``auto``) runs across shards: ``"per_shard"``
-        (default: each shard runs the whole funnel on its rows, one round trip; its
-        shortlist is a superset of the global one, so recall is at least a single
-        collection's) or ``"two_round"`` (the global Hamming shortlist gathered
-        first, then only its rows rescored on their shards: exactly a single
-        collection's funnel, one more round trip). README: the measurements."""
+        (default: each reader actor runs the whole funnel over the shards it holds,
+        searched as one, one round trip: with one actor for every shard (one node)
+        that is exactly a single collection's funnel; with several, each actor's
+        shortlist holds every row of the global one from its shards, so recall is at
+        least a single collection's) or ``"two_round"`` (the global Hamming
+        shortlist gathered first, then only its rows rescored on their shards:
+        exactly a single collection's funnel, one more round trip; with one actor
+        for every shard, the same single call as per_shard). README: the
+        measurements."""
         return self._funnel
 
     @funnel.setter
@@ -549,7 +553,10 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         segments) summed over the shards, ``version`` / ``shard_versions``,
         ``shards`` (searched), ``funnel`` (for the funnel), and ``per_shard``: each
         shard's own plan (``mode``, ``route``, ``nprobe``, ``ef``, ...; for the
-        two-round funnel, its calls' counts summed)."""
+        two-round funnel, its calls' counts summed). Where a reader actor searched
+        several shards as one (flat / binary / funnel), the first of them carries
+        that search's plan with ``shards`` listing them, the others only their
+        ``version``."""
         kwargs["explain"] = True
         t = self.search(q, k, **kwargs)
         return json.loads(t.schema.metadata[b"nestvec.explain"])
