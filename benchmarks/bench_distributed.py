@@ -203,7 +203,8 @@ def bench_ingest(base, docs, shards, batch_size):
     rows.append({"case": f"Ray Data ingest ({info['actors']} Encoder actor(s), {shards} shards)",
                  "docs": len(texts), "seconds": ray_s, "docs_per_s": len(texts) / ray_s,
                  "pipeline_seconds": info["seconds"], "actor_busy_seconds": info.get("encode_seconds"),
-                 "actor_start_seconds": info.get("actor_start_seconds"), "steady_docs_per_s": steady, "ratio_vs_one_process": one_s / ray_s,
+                 "actor_start_seconds": info.get("actor_start_seconds"),
+                 "prepare_seconds": info.get("prepare_seconds"), "commit_seconds": info.get("commit_seconds"), "steady_docs_per_s": steady, "ratio_vs_one_process": one_s / ray_s,
                  "steady_ratio_vs_one_process": steady / (len(texts) / one_s) if steady else None, "load1": load})
     print(json.dumps(rows[-1]), flush=True)
     return rows

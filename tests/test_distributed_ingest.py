@@ -89,7 +89,8 @@ def test_ingest_jsonl_equals_encoding_in_one_process(session, tmp_path):
         assert sc.count() == 230 and sc.last_ingest["rows"] == 230
         info = sc.last_ingest
         assert 0 < info["encode_seconds"] <= info["seconds"] and info["encode_rows_per_s"] > 0
-        assert info["actor_start_seconds"] >= 0
+        assert info["actor_start_seconds"] >= 0 and info["prepare_seconds"] > 0
+        assert 0 < info["commit_seconds"] < info["seconds"]
         assert [v["op"] for v in sc.versions()] == ["create", "import"]  # one commit
         got = sc.get(["d0", "d229", "d17"], columns=["vector", "title"])
         want = enc.encode([docs[0]["text"], docs[229]["text"], docs[17]["text"]]).astype(np.float16)

@@ -212,6 +212,7 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
     """
     from .sharded import ShardedCollection
 
+    t_call = time.perf_counter()
     ray = runtime.ray_module()
     if mode not in ("add", "upsert"):
         raise ValueError(f"mode: expected 'add' or 'upsert', got {mode!r}")
@@ -272,9 +273,11 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
             by_shard.setdefault(s, []).append(seg)
         next_row, next_id = ray.get(allocator.take.remote(0))
         id_type = staged[0][1].id_type if staged else None
+        t_commit = time.perf_counter()
         sc._import(by_shard, next_row, next_id, id_type, mode=mode)
         rows, seconds = int(sum(seg.rows for _, seg in staged)), time.perf_counter() - t0
-        sc.last_ingest = {"rows": rows, "segments": len(staged), "seconds": seconds, "actors": int(concurrency)}
+        sc.last_ingest = {"rows": rows, "segments": len(staged), "seconds": seconds, "actors": int(concurrency),
+                          "prepare_seconds": t0 - t_call, "commit_seconds": time.perf_counter() - t_commit}
         # what the actors spent encoding and staging, and loading their encoders: the
         # rest of ``seconds`` is Ray Data's start-up and the pipeline's waits
         sc.last_ingest.update(encode_seconds=busy, actor_start_seconds=start,
