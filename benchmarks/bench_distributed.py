@@ -13,7 +13,8 @@ shard segments, one commit) against one process that encodes them in batches and
 adds them to a Collection; docs/s and the ratio.
 
 Timed loops hold /tmp/nestvec-cpu.lock exclusively (the machine is shared), one
-case at a time; builds and warm-ups do not.
+case at a time; builds and warm-ups do not. Or run the whole script under
+``flock -x /tmp/nestvec-cpu.lock`` with ``--no-lock``: one hold for every case.
 
     python benchmarks/bench_distributed.py                 # 1M rows, 1/2/4 shards
     python benchmarks/bench_distributed.py --n 200000      # reduced
@@ -226,7 +227,9 @@ def main(argv=None):
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--out", default="bench_distributed")
-    ap.add_argument("--no-lock", action="store_true", help="take no CPU lock (a smoke run)")
+    ap.add_argument("--no-lock", action="store_true",
+                    help="take no CPU lock per case: a smoke run, or the whole run under an outer "
+                         "`flock -x /tmp/nestvec-cpu.lock` (one hold, no other job between the cases)")
     a = ap.parse_args(argv)
     global NO_LOCK
     NO_LOCK = a.no_lock
