@@ -56,6 +56,20 @@ class FakeRay:
         return self.res
 
 
+def test_source_columns_read_from_the_first_file(tmp_path, monkeypatch):
+    import importlib
+
+    ing = importlib.import_module("nestvec.distributed.ingest")  # the module (the package exports the function)
+    monkeypatch.setattr(ing, "_SNIFF_BYTES", 64)  # the head ends mid-line
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in corpus(20)))
+    assert ing._file_columns(str(src), "json") == {"_id", "title", "text"}
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": "x" * 200, "k": 1}))  # one line, no newline
+    assert ing._file_columns(str(tmp_path / "one.jsonl"), "json") == {"text", "k"}
+    pq.write_table(pa.table({"text": ["a"], "n": [1]}), tmp_path / "a.parquet")
+    assert ing._file_columns(str(tmp_path / "a.parquet"), "parquet") == {"text", "n"}
+
+
 def test_the_encoder_pool_leaves_the_reads_a_cpu_slot():
     """(actors, CPU slots each, torch threads each): Ray Data starts the pool before
     the reads, so actors that held every slot would starve them forever."""
