@@ -186,6 +186,8 @@ def test_reader_layouts_agree(pair):
     own. (One actor per shard: the per-shard path, which index searches take.)"""
     sc, one = pair
     assert sc.explain(queries(), k=5, mode="flat")["per_shard"][0]["shards"] == [0, 1, 2, 3]
+    if os.geteuid() == 0:  # readers run at the driver's priority, not Ray's worker niceness
+        assert os.getpriority(os.PRIO_PROCESS, sc.reader_pids()[0]) == os.getpriority(os.PRIO_PROCESS, 0)
     funnel = one.search(queries(), k=5, rescore=3, mode="funnel")
     assert sc.search(queries(), k=5, rescore=3, mode="funnel", funnel="per_shard").equals(funnel)
     cases = ({"mode": "flat", "k": 700}, {"mode": "binary", "k": 10, "filter": "g >= 1 AND tag = 't2'"},

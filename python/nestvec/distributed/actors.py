@@ -138,7 +138,8 @@ class ReaderGroup:
     call costs the driver far more than a small shard's search: one call per node
     rather than one per shard). ``paths``: ``{shard: path}``."""
 
-    def __init__(self, paths: dict, device=None, threads=None):
+    def __init__(self, paths: dict, device=None, threads=None, nice=None):
+        _priority(nice)
         if threads:
             from .. import _info
 
@@ -248,6 +249,24 @@ class ShardReader:
         t = col.to_table(columns, filter)
         rows = [s.rows if m is None else s.rows[m] for s, m in zip(snap.segments, col._masks(snap, filter))]
         return t, (np.concatenate(rows) if rows else np.zeros(0, np.int64))
+
+
+def _priority(nice) -> None:
+    """Ray starts its workers at niceness 15 (``RAY_worker_niceness``), fine for batch
+    tasks; a reader actor answers searches its caller waits for, and at that priority
+    its scans lose the cores to every normal process on a busy node (then the same
+    search runs slower in the actor than in the driver). So a reader takes the
+    driver's niceness ``nice`` where the process may raise its priority (root,
+    CAP_SYS_NICE, RLIMIT_NICE); else it stays as Ray set it
+    (``runtime_env={"env_vars": {"RAY_worker_niceness": "0"}}`` in ``reader_options``
+    does it for everyone)."""
+    if nice is None:
+        return
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > nice:
+            os.setpriority(os.PRIO_PROCESS, 0, int(nice))
+    except (OSError, AttributeError):  # no permission, or no such call on this platform
+        pass
 
 
 def _payload(col, snap, cols, used, seg, local, score, stats) -> tuple:

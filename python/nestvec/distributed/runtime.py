@@ -64,7 +64,11 @@ def writer(path: str, opts: dict, merge_policy=None):
 def reader(paths: dict, opts: dict, device=None, threads=None):
     """A reader actor for the shards ``{shard: path}``."""
     ray = ray_module()
-    return _cls(ray, ReaderGroup).options(**opts).remote(paths, device, threads)
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, 0)  # the readers run at the driver's priority
+    except (OSError, AttributeError):
+        nice = None
+    return _cls(ray, ReaderGroup).options(**opts).remote(paths, device, threads, nice)
 
 
 def reader_groups(shards: int, per_reader) -> list:
