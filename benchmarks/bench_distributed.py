@@ -13,7 +13,8 @@ shard segments, one commit) against one process that encodes them in batches and
 adds them to a Collection; docs/s and the ratio.
 
 Timed loops hold /tmp/nestvec-cpu.lock exclusively (the machine is shared), one
-case at a time; builds and warm-ups do not.
+case at a time; builds and warm-ups do not. Or run the whole script under
+``flock -x /tmp/nestvec-cpu.lock`` with ``--no-lock``: one hold for every case.
 
     python benchmarks/bench_distributed.py                 # 1M rows, 1/2/4 shards
     python benchmarks/bench_distributed.py --n 200000      # reduced
@@ -61,17 +62,29 @@ def exclusive(how=fcntl.LOCK_EX):
         os.close(fd)
 
 
-def per_call(fn, calls: int) -> dict:
-    """Median / p90 ms of fn(i) over `calls` calls (a different query each), after warm-up."""
+def per_call(fn, calls: int, base=None) -> dict:
+    """Median / p90 ms of fn(i) over `calls` calls (a different query each), after warm-up.
+    ``base``: the single collection's call, timed in turn with each call of ``fn`` on the
+    same query (``base_median_ms``), so the overhead compares calls that saw the same
+    load (the machine is shared: load drifts over a run)."""
     for i in range(min(5, calls)):
         fn(i)
-    ts = []
+        if base:
+            base(i)
+    ts, bs = [], []
     for i in range(calls):
         t0 = time.perf_counter()
         fn(i)
         ts.append((time.perf_counter() - t0) * 1e3)
+        if base:
+            t0 = time.perf_counter()
+            base(i)
+            bs.append((time.perf_counter() - t0) * 1e3)
     ts.sort()
-    return {"median_ms": statistics.median(ts), "p90_ms": ts[int(0.9 * (len(ts) - 1))], "calls": calls}
+    out = {"median_ms": statistics.median(ts), "p90_ms": ts[int(0.9 * (len(ts) - 1))], "calls": calls}
+    if base:
+        out["base_median_ms"] = statistics.median(bs)
+    return out
 
 
 def build(path, n, d, chunk, shards):
@@ -92,7 +105,7 @@ def build(path, n, d, chunk, shards):
     return seconds
 
 
-def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
+def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep, layouts="all"):
     from nestvec.distributed import ShardedCollection
 
     q = queries(d, q=max(calls, 16), seed=123)
@@ -105,46 +118,59 @@ def bench_search(base, n, d, shard_counts, calls, repeats, chunk, keep):
             print(f"built {'single' if s == 0 else f'{s} shards'}: {n:,} rows in {builds[s]:.1f} s", flush=True)
     single = nv.open(os.path.join(base, "single"), read_only=True)
     exact16 = single.search(q[:16], k=10, mode="flat")
-    # (mode, funnel, shards per reader actor: None = the default, one actor per node)
-    cases = [("flat", None, None), ("funnel", "per_shard", None), ("funnel", "two_round", None),
-             ("flat", None, 1), ("funnel", "per_shard", 1)]
+    # (mode, funnel, shards per reader actor: None = the default, one actor per node,
+    # the fan-out through a Ray compiled graph: last, as its actors poll their
+    # channels, a core busy while the graph lives)
+    cases = [("flat", None, None, False), ("funnel", "per_shard", None, False), ("funnel", "two_round", 1, False),
+             ("funnel", "per_shard", 2, False), ("flat", None, 1, False), ("funnel", "per_shard", 1, False),
+             ("flat", None, None, True), ("funnel", "per_shard", None, True)]
+    if layouts == "default":
+        cases = [c for c in cases if c[2] is None and not c[3]]
     base_ms = {}
     for s in [0] + list(shard_counts):
         handles = {}
-        for mode, funnel, spr in cases:
-            if s == 0 and (funnel == "two_round" or spr):
+        for mode, funnel, spr, compiled in cases:
+            if s == 0 and (spr or compiled):
                 continue
-            if spr and s == 1:
-                continue  # one shard: one actor either way
+            if spr and spr >= s:
+                continue  # as many shards per actor as shards: the default layout
             if s == 0:
                 col = single
             else:
-                if spr not in handles:
-                    handles[spr] = ShardedCollection.open(os.path.join(base, f"s{s}"), read_only=True,
-                                                          shards_per_reader=spr)
-                col = handles[spr]
+                if (spr, compiled) not in handles:
+                    handles[(spr, compiled)] = ShardedCollection.open(
+                        os.path.join(base, f"s{s}"), read_only=True, shards_per_reader=spr, compiled_graph=compiled)
+                col = handles[(spr, compiled)]
             kw = {"mode": mode, "k": 10, "rescore": 10}
             if s and funnel:
                 kw["funnel"] = funnel
             name = mode if not funnel or s == 0 else f"{mode} ({funnel})"
             if spr:
-                name += ", one reader actor per shard"
+                name += f", {spr} shard{'s' if spr > 1 else ''} per reader actor"
+            if compiled:
+                name += ", compiled graph"
             fn1 = lambda i: col.search(q[i:i + 1], **kw)  # noqa: E731
             fn16 = lambda: col.search(q[:16], **kw)  # noqa: E731
             fn16()
+            single_kw = {k: v for k, v in kw.items() if k != "funnel"}
+            base1 = None if s == 0 else (lambda i: single.search(q[i:i + 1], **single_kw))  # noqa: E731
             with exclusive():
                 load = open("/proc/loadavg").read().split()[0]
-                b1 = per_call(fn1, calls)
+                b1 = per_call(fn1, calls, base1)
                 b16 = H.timeit(fn16, repeats=repeats)
             got = fn16()
-            r = {"shards": s or "single", "case": name, "batch1_median_ms": b1["median_ms"],
+            r = {"shards": s or "single", "case": name, "shards_per_reader": spr, "compiled_graph": compiled,
+                 "batch1_median_ms": b1["median_ms"],
                  "batch1_p90_ms": b1["p90_ms"], "batch16_ms": b16["median_ms"],
                  "batch16_qps": 16e3 / b16["median_ms"], "recall@10": recall(got, exact16, 10),
                  "load1": float(load)}
             if s == 0:
                 base_ms[mode] = b1["median_ms"]
             else:
-                r["overhead_ms"] = b1["median_ms"] - base_ms[mode]
+                # against the single collection's calls interleaved with these (same load)
+                r["single_interleaved_ms"] = b1["base_median_ms"]
+                r["overhead_ms"] = b1["median_ms"] - b1["base_median_ms"]
+                r["overhead_vs_single_row_ms"] = b1["median_ms"] - base_ms[mode]
                 if mode == "flat":  # exact: ids and scores equal the single collection's
                     want = single.search(q[:16], k=10, mode="flat")
                     r["equal_to_single"] = bool(got.column("id").equals(want.column("id")) and np.allclose(
@@ -197,7 +223,8 @@ def bench_ingest(base, docs, shards, batch_size):
     rows.append({"case": f"Ray Data ingest ({info['actors']} Encoder actor(s), {shards} shards)",
                  "docs": len(texts), "seconds": ray_s, "docs_per_s": len(texts) / ray_s,
                  "pipeline_seconds": info["seconds"], "actor_busy_seconds": info.get("encode_seconds"),
-                 "actor_start_seconds": info.get("actor_start_seconds"), "steady_docs_per_s": steady, "ratio_vs_one_process": one_s / ray_s,
+                 "actor_start_seconds": info.get("actor_start_seconds"),
+                 "prepare_seconds": info.get("prepare_seconds"), "commit_seconds": info.get("commit_seconds"), "steady_docs_per_s": steady, "ratio_vs_one_process": one_s / ray_s,
                  "steady_ratio_vs_one_process": steady / (len(texts) / one_s) if steady else None, "load1": load})
     print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -216,10 +243,14 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--cpus", type=int, default=None, help="local Ray's CPUs (default: the machine's)")
     ap.add_argument("--dir", default=None, help="where the collections go (kept; default: a temp dir)")
+    ap.add_argument("--layouts", choices=("all", "default"), default="all",
+                    help="search cases: every reader layout and the compiled graph, or the default layout only")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--out", default="bench_distributed")
-    ap.add_argument("--no-lock", action="store_true", help="take no CPU lock (a smoke run)")
+    ap.add_argument("--no-lock", action="store_true",
+                    help="take no CPU lock per case: a smoke run, or the whole run under an outer "
+                         "`flock -x /tmp/nestvec-cpu.lock` (one hold, no other job between the cases)")
     a = ap.parse_args(argv)
     global NO_LOCK
     NO_LOCK = a.no_lock
@@ -237,8 +268,10 @@ def main(argv=None):
     if not a.skip_search:
         search_rows, meta["build_seconds"] = bench_search(os.path.join(base, f"n{a.n}"), a.n, a.d,
                                                           [int(s) for s in a.shards.split(",")], a.calls,
-                                                          a.repeats, a.chunk, keep=a.dir is not None)
-        print(H.markdown_table(search_rows, ["shards", "case", "batch1_median_ms", "overhead_ms", "batch1_p90_ms",
+                                                          a.repeats, a.chunk, keep=a.dir is not None,
+                                                          layouts=a.layouts)
+        print(H.markdown_table(search_rows, ["shards", "case", "batch1_median_ms", "single_interleaved_ms",
+                                             "overhead_ms", "batch1_p90_ms",
                                              "batch16_qps", "recall@10", "equal_to_single"]))
         H.save(a.out, [{"part": "search", **r} for r in search_rows], meta)  # kept if ingestion fails
     if not a.skip_ingest:

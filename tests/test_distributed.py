@@ -18,7 +18,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import nestvec as nv  # noqa: E402
-from nestvec.distributed import ShardedCollection, ShardUnavailableError, routing  # noqa: E402
+from nestvec.distributed import ShardedCollection, ShardUnavailableError, routing, runtime  # noqa: E402
 from ray_helpers import deadline_fixture  # noqa: E402
 
 _deadline = deadline_fixture(180)
@@ -176,6 +176,54 @@ def test_writes_equal_single_collection_and_stay_on_their_shard(pair):
         sc.add(np.zeros((2, D + 1)), ids=[7000, 7001])
     assert sc.get([999999]).num_rows == 0  # the failed add committed nothing anywhere
     assert sc.count() == one.count()
+
+
+def test_reader_layouts_agree(pair):
+    """One reader actor searching all four shards as one (the default here: one
+    node) and two actors of two shards each (two unions, and the two-round funnel
+    across them) give the single collection's answers after the deletes and upserts
+    above; the funnel of the actor holding every shard is the single collection's
+    own. (One actor per shard: the per-shard path, which index searches take.)"""
+    sc, one = pair
+    assert sc.explain(queries(), k=5, mode="flat")["per_shard"][0]["shards"] == [0, 1, 2, 3]
+    if os.geteuid() == 0:  # readers run at the driver's priority, not Ray's worker niceness
+        assert os.getpriority(os.PRIO_PROCESS, sc.reader_pids()[0]) == os.getpriority(os.PRIO_PROCESS, 0)
+    funnel = one.search(queries(), k=5, rescore=3, mode="funnel")
+    assert sc.search(queries(), k=5, rescore=3, mode="funnel", funnel="per_shard").equals(funnel)
+    cases = ({"mode": "flat", "k": 700}, {"mode": "binary", "k": 10, "filter": "g >= 1 AND tag = 't2'"},
+             {"mode": "flat", "k": 10, "columns": ["tag", "vector"], "filter": nv.field("g") != 0},
+             {"mode": "flat", "k": 10, "min_score": 0.3}, {"mode": "binary", "k": 10, "dim": 16})
+    for kw in cases:
+        same(sc, one, **kw)
+    with ShardedCollection.open(sc.path, read_only=True, shards_per_reader=2) as r:
+        plan = r.explain(queries(), k=5, mode="binary")["per_shard"]
+        assert [p.get("shards") for p in plan] == [[0, 2], [1, 3], None, None]
+        for kw in cases:
+            same(r, one, **kw)
+        same(r, one, mode="funnel", k=5, rescore=3, funnel="two_round", ladder=(8, 16))
+        got = r.search(queries(), k=5, rescore=3, mode="funnel").column("score").to_numpy()
+        assert (got >= funnel.column("score").to_numpy() - 1e-6).all()
+
+
+@pytest.mark.slow  # a compiled graph's first search takes seconds here (compiling, the actors' loops)
+def test_compiled_graph(pair):
+    """The fan-out through a Ray compiled graph: the same answers, an error raised in
+    an actor comes back as itself, and a killed reader turns the graph off (plain
+    calls take over, the actor restarted)."""
+    sc, one = pair
+    want = one.search(queries(), k=10, mode="flat")
+    with ShardedCollection.open(sc.path, read_only=True, compiled_graph=True, shards_per_reader=3) as r:
+        assert r.search(queries(), k=10, mode="flat").equals(want)
+        same(r, one, mode="binary", k=10, filter="g >= 1 AND tag = 't2'")
+        same(r, one, mode="flat", k=10, columns=["tag", "vector"])
+        assert runtime.fan_graph(r._readers_key) is not None
+        with pytest.raises(ValueError, match="dim"):  # raised in the actors, through the graph
+            r.search(queries(), mode="binary", dim=12)
+        assert r.search(queries(), k=10, mode="flat").equals(want)
+        os.kill(r.reader_pids()[1], signal.SIGKILL)
+        for _ in range(2):  # the graph is gone: plain calls (the actor restarted)
+            assert r.search(queries(), k=10, mode="flat").equals(want)
+        assert runtime.fan_graph(r._readers_key) is None
 
 
 def test_reopen_versions_compact(pair, tmp_path):

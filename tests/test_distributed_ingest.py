@@ -56,6 +56,20 @@ class FakeRay:
         return self.res
 
 
+def test_source_columns_read_from_the_first_file(tmp_path, monkeypatch):
+    import importlib
+
+    ing = importlib.import_module("nestvec.distributed.ingest")  # the module (the package exports the function)
+    monkeypatch.setattr(ing, "_SNIFF_BYTES", 64)  # the head ends mid-line
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in corpus(20)))
+    assert ing._file_columns(str(src), "json") == {"_id", "title", "text"}
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": "x" * 200, "k": 1}))  # one line, no newline
+    assert ing._file_columns(str(tmp_path / "one.jsonl"), "json") == {"text", "k"}
+    pq.write_table(pa.table({"text": ["a"], "n": [1]}), tmp_path / "a.parquet")
+    assert ing._file_columns(str(tmp_path / "a.parquet"), "parquet") == {"text", "n"}
+
+
 def test_the_encoder_pool_leaves_the_reads_a_cpu_slot():
     """(actors, CPU slots each, torch threads each): Ray Data starts the pool before
     the reads, so actors that held every slot would starve them forever."""
@@ -89,7 +103,8 @@ def test_ingest_jsonl_equals_encoding_in_one_process(session, tmp_path):
         assert sc.count() == 230 and sc.last_ingest["rows"] == 230
         info = sc.last_ingest
         assert 0 < info["encode_seconds"] <= info["seconds"] and info["encode_rows_per_s"] > 0
-        assert info["actor_start_seconds"] >= 0
+        assert info["actor_start_seconds"] >= 0 and info["prepare_seconds"] > 0
+        assert 0 < info["commit_seconds"] < info["seconds"]
         assert [v["op"] for v in sc.versions()] == ["create", "import"]  # one commit
         got = sc.get(["d0", "d229", "d17"], columns=["vector", "title"])
         want = enc.encode([docs[0]["text"], docs[229]["text"], docs[17]["text"]]).astype(np.float16)

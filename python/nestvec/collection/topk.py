@@ -28,8 +28,16 @@ def merge_order(score, gpos, k: int, larger_better: bool):
     return np.lexsort((gpos, key), axis=-1)[:, :k]
 
 
+def _position(offset, local):
+    if isinstance(offset, np.ndarray):
+        return offset[np.maximum(local, 0)]
+    return local + offset
+
+
 def merge_parts(parts, k: int, larger_better: bool, nq: int):
-    """Exact top-k of per-segment lists. parts: (offset, seg_index, score [Q,kk], idx [Q,kk]).
+    """Exact top-k of per-segment lists. parts: (offset, seg_index, score [Q,kk], idx [Q,kk]);
+    ``offset``: the segment's first row's global position, or an int64 array of every
+    row's (a union of shards' segments, whose rows interleave: nestvec.distributed).
     Returns (seg [Q,k], local [Q,k], score [Q,k]) with local -1 for missing entries."""
     if not parts:
         return (np.zeros((nq, 0), np.int64), np.full((nq, 0), -1, np.int64), np.zeros((nq, 0)))
@@ -38,9 +46,10 @@ def merge_parts(parts, k: int, larger_better: bool, nq: int):
         local = host(idx).astype(np.int64, copy=False)
         return np.full(local.shape, i, np.int64), local, host(score)
     score = np.concatenate([host(p[2]) for p in parts], axis=1)
-    local = np.concatenate([host(p[3]).astype(np.int64) for p in parts], axis=1)
-    seg = np.concatenate([np.full(host(p[3]).shape, p[1], np.int64) for p in parts], axis=1)
-    gpos = np.concatenate([np.where(host(p[3]) >= 0, host(p[3]) + p[0], -1) for p in parts], axis=1)
+    locs = [host(p[3]).astype(np.int64) for p in parts]
+    local = np.concatenate(locs, axis=1)
+    seg = np.concatenate([np.full(li.shape, p[1], np.int64) for p, li in zip(parts, locs)], axis=1)
+    gpos = np.concatenate([np.where(li >= 0, _position(p[0], li), -1) for p, li in zip(parts, locs)], axis=1)
     order = merge_order(score, gpos, k, larger_better)
     pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     return pick(seg), pick(local), pick(score)

@@ -12,7 +12,7 @@ read-only, memory-mapped, pinned: a reader never sees a version the cluster mani
 does not name). It keeps the last few versions open, so searches from handles on
 different cluster versions do not reopen files. A ``ReaderGroup`` actor holds the
 readers of the shards it serves (by default, the shards are spread over one actor
-per node of the cluster).
+per node of the cluster) and searches them as one (``union.py``).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from ..collection import bulk
 from ..collection.collection import Collection
+from . import union
 
 _OPEN_VERSIONS = 3  # versions a reader keeps mapped
 
@@ -137,7 +138,8 @@ class ReaderGroup:
     call costs the driver far more than a small shard's search: one call per node
     rather than one per shard). ``paths``: ``{shard: path}``."""
 
-    def __init__(self, paths: dict, device=None, threads=None):
+    def __init__(self, paths: dict, device=None, threads=None, nice=None):
+        _priority(nice)
         if threads:
             from .. import _info
 
@@ -147,8 +149,25 @@ class ReaderGroup:
     def pid(self) -> int:
         return os.getpid()
 
+    def run_graph(self, work: dict, i: int):
+        """This actor's part of a compiled-graph search (``runtime.FanGraph``)."""
+        calls = work.get(i)
+        return None if calls is None else self.run("search", calls)
+
     def run(self, method: str, calls: list) -> list:
-        """``[(shard, args)]`` -> each shard's ``ShardReader.<method>(*args)``, in order."""
+        """``[(shard, args)]`` -> each shard's ``ShardReader.<method>(*args)``, in order.
+        A search of several shards is one search over all of them (``union.py``)
+        where it can be: one fixed cost per actor rather than one per shard."""
+        if method == "search" and len(calls) > 1:
+            readers = [self.readers[s] for s, _ in calls]
+            cols = [r._col(args[0]) for r, (_, args) in zip(readers, calls)]
+            if union.eligible(calls, cols):
+                vs = [args[0] for _, args in calls]
+                out = union.search(cols, lambda j, what: readers[j]._flat(vs[j], cols[j], what), calls[0][1],
+                                   _payload)
+                if out[0][4] is not None:
+                    out[0][4]["shards"] = [s for s, _ in calls]
+                return out
         return [getattr(self.readers[s], method)(*args) for s, args in calls]
 
 
@@ -161,6 +180,7 @@ class ShardReader:
 
             _info.set_num_threads(int(threads))
         self._open: OrderedDict = OrderedDict()
+        self._flats: dict = {}  # (version, what) -> _flat
         self._lock = threading.Lock()
 
     def pid(self) -> int:
@@ -176,7 +196,10 @@ class ShardReader:
         with self._lock:
             col = self._open.setdefault(version, col)
             while len(self._open) > _OPEN_VERSIONS:
-                self._open.popitem(last=False)[1].close()
+                old, c = self._open.popitem(last=False)
+                for what in ("rows", "ids"):
+                    self._flats.pop((old, what), None)
+                c.close()
         return col
 
     def _device(self, device):
@@ -193,23 +216,24 @@ class ShardReader:
         snap, cols, used, seg, local, score, planner, _ = col._hits(
             q, k, dim, mode, rescore, filter, columns, self._device(device), ladder, candidates=candidates,
             nprobe=nprobe, ef=ef, min_score=min_score, max_distance=max_distance)
-        valid = local >= 0
-        rows = np.full(local.shape, -1, np.int64)
-        segs = np.unique(seg[valid]) if len(snap.segments) > 1 else (0,) if valid.any() else ()
-        score = np.asarray(score.cpu() if hasattr(score, "cpu") else score)
-        names = ["id"] + [c for c in cols if c != "id"]
-        int_ids = names == ["id"] and snap.manifest["id_type"] == "int64"
-        hits = np.empty(int(valid.sum()), np.int64) if int_ids else None
-        flat_seg, flat_local = seg[valid], local[valid]
-        for i in segs:
-            sel = valid & (seg == i)
-            rows[sel] = snap.segments[i].rows[local[sel]]
-            if int_ids:
-                fsel = flat_seg == i
-                hits[fsel] = snap.segments[i].file.int_ids()[flat_local[fsel]]
-        if not int_ids:
-            hits = col._result(snap, seg, local, score, cols, used).select(names)
-        return used, score, rows, hits, (planner.stats if explain else None)
+        return _payload(col, snap, cols, used, seg, local, score, planner.stats if explain else None)
+
+    def _flat(self, version, col, what: str) -> np.ndarray:
+        """``_row`` (``what="rows"``) or the int ``id`` (``"ids"``) of every row of
+        ``version``, in its segments' order: a union search's tie order and hits. A
+        view of the column for a one-segment shard, else a copy: 8 bytes a row each,
+        per version kept open (a few % of a float16 row of a few hundred values)."""
+        with self._lock:
+            hit = self._flats.get((version, what))
+        if hit is None:
+            segs = col._snapshot().segments
+            get = (lambda s: s.rows) if what == "rows" else (lambda s: s.file.int_ids())
+            hit = get(segs[0]) if len(segs) == 1 else \
+                np.concatenate([get(s) for s in segs]) if segs else np.zeros(0, np.int64)
+            with self._lock:
+                if version in self._open:  # else evicted meanwhile: not kept
+                    self._flats[(version, what)] = hit
+        return hit
 
     def indexes(self, version) -> dict:
         return self._col(version).indexes()
@@ -227,6 +251,46 @@ class ShardReader:
         t = col.to_table(columns, filter)
         rows = [s.rows if m is None else s.rows[m] for s, m in zip(snap.segments, col._masks(snap, filter))]
         return t, (np.concatenate(rows) if rows else np.zeros(0, np.int64))
+
+
+def _priority(nice) -> None:
+    """Ray starts its workers at niceness 15 (``RAY_worker_niceness``), fine for batch
+    tasks; a reader actor answers searches its caller waits for, and at that priority
+    its scans lose the cores to every normal process on a busy node (then the same
+    search runs slower in the actor than in the driver). So a reader takes the
+    driver's niceness ``nice`` where the process may raise its priority (root,
+    CAP_SYS_NICE, RLIMIT_NICE); else it stays as Ray set it
+    (``runtime_env={"env_vars": {"RAY_worker_niceness": "0"}}`` in ``reader_options``
+    does it for everyone)."""
+    if nice is None:
+        return
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > nice:
+            os.setpriority(os.PRIO_PROCESS, 0, int(nice))
+    except (OSError, AttributeError):  # no permission, or no such call on this platform
+        pass
+
+
+def _payload(col, snap, cols, used, seg, local, score, stats) -> tuple:
+    """A shard's answer to a search: (mode used, score [Q,kk], rows [Q,kk] (the
+    ``_row`` of each hit, -1: none), the hits, the planner's stats or None)."""
+    valid = local >= 0
+    rows = np.full(local.shape, -1, np.int64)
+    segs = np.unique(seg[valid]) if len(snap.segments) > 1 else (0,) if valid.any() else ()
+    score = np.asarray(score.cpu() if hasattr(score, "cpu") else score)
+    names = ["id"] + [c for c in cols if c != "id"]
+    int_ids = names == ["id"] and snap.manifest["id_type"] == "int64"
+    hits = np.empty(int(valid.sum()), np.int64) if int_ids else None
+    flat_seg, flat_local = seg[valid], local[valid]
+    for i in segs:
+        sel = valid & (seg == i)
+        rows[sel] = snap.segments[i].rows[local[sel]]
+        if int_ids:
+            fsel = flat_seg == i
+            hits[fsel] = snap.segments[i].file.int_ids()[flat_local[fsel]]
+    if not int_ids:
+        hits = col._result(snap, seg, local, score, cols, used).select(names)
+    return used, score, rows, hits, stats
 
 
 def new_txn() -> str:

@@ -64,7 +64,11 @@ def writer(path: str, opts: dict, merge_policy=None):
 def reader(paths: dict, opts: dict, device=None, threads=None):
     """A reader actor for the shards ``{shard: path}``."""
     ray = ray_module()
-    return _cls(ray, ReaderGroup).options(**opts).remote(paths, device, threads)
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, 0)  # the readers run at the driver's priority
+    except (OSError, AttributeError):
+        nice = None
+    return _cls(ray, ReaderGroup).options(**opts).remote(paths, device, threads, nice)
 
 
 def reader_groups(shards: int, per_reader) -> list:
@@ -86,9 +90,12 @@ _pools: dict = {}
 _pools_lock = threading.Lock()
 
 
-def acquire_readers(paths: list, per_shard: int, opts: dict, threads, per_reader=None) -> tuple:
+def acquire_readers(paths: list, per_shard: int, opts: dict, threads, per_reader=None,
+                    compiled: bool = False) -> tuple:
     """(key, per shard the list of its ``per_shard`` reader actors (a group's actors
-    are shared by its shards)); release with :func:`release_readers`."""
+    are shared by its shards)); release with :func:`release_readers`. ``compiled``:
+    this user searches through the pool's compiled graph (:func:`fan_graph`), which
+    lives while such a user holds the pool (its actors poll their channels)."""
     ray = ray_module()
     key = (ray.get_runtime_context().get_job_id(), tuple(paths), per_shard, repr(sorted(opts.items())), threads,
            per_reader)
@@ -100,21 +107,116 @@ def acquire_readers(paths: list, per_shard: int, opts: dict, threads, per_reader
                 hs = [reader({s: paths[s] for s in group}, opts, None, threads) for _ in range(per_shard)]
                 for s in group:
                     handles[s] = hs
-            entry = _pools[key] = [handles, 0]
+            entry = _pools[key] = [handles, 0, None, 0]  # actors, users, graph, its users
         entry[1] += 1
+        entry[3] += bool(compiled)
         return key, entry[0]
 
 
-def release_readers(key) -> None:
+def release_readers(key, compiled: bool = False) -> None:
+    graph = None
     with _pools_lock:
         entry = _pools.get(key)
         if entry is None:
             return
         entry[1] -= 1
-        if entry[1] > 0:
-            return
-        del _pools[key]
+        entry[3] -= bool(compiled)
+        if entry[3] <= 0 and entry[2] is not None:
+            graph, entry[2] = entry[2], None  # no user left: torn down (a broken one too)
+        if entry[1] <= 0:
+            del _pools[key]
+    if graph:
+        graph.close()
+    if entry[1] > 0:
+        return
     kill(list({id(h): h for hs in entry[0] for h in hs}.values()))
+
+
+def fan_graph(key):
+    """The pool's :class:`FanGraph` (compiled on first use), or None: a pool with
+    replicas (``readers`` > 1), or whose graph broke or could not be compiled."""
+    with _pools_lock:
+        entry = _pools.get(key)
+        if entry is None or entry[2] is False or entry[3] <= 0:
+            return None
+        if entry[2] is None:
+            actors = list({id(h): h for hs in entry[0] for h in hs}.values())
+            if any(len(hs) > 1 for hs in entry[0]):
+                entry[2] = False
+                return None
+            try:
+                entry[2] = FanGraph(actors)
+            except Exception:  # an old Ray, an actor that died meanwhile: plain calls
+                entry[2] = False
+                return None
+        return entry[2] if not entry[2].broken else None
+
+
+class FanGraph:
+    """One search fanned out to every reader actor of a pool through a Ray compiled
+    graph (``ray.dag``, ``experimental_compile``): the driver writes the request to
+    shared-memory channels that the actors' loops read, instead of submitting one
+    actor task per actor (README, Scale-out measurements: the round trip it saves).
+    Every actor of the pool is in the graph; one with nothing to do gets ``None``.
+
+    One execution at a time (a search that finds the graph busy, from another thread,
+    takes plain actor calls). An error raised in an actor comes back as that error;
+    a dead actor breaks the graph for good (Ray shuts it down): the call, and every
+    later one, goes through plain actor calls, which restart the actor or raise
+    :class:`ShardUnavailableError`."""
+
+    def __init__(self, actors: list):
+        from ray.dag import InputNode, MultiOutputNode
+
+        with InputNode() as inp:
+            dag = MultiOutputNode([a.run_graph.bind(inp, i) for i, a in enumerate(actors)])
+        self.index = {id(a): i for i, a in enumerate(actors)}
+        self.broken = False
+        self._lock = threading.Lock()
+        self._dag = dag.experimental_compile()
+
+    def run(self, work: dict):
+        """``work``: {actor index: [(shard, args)]} -> {actor index: its answers}, or
+        None when the graph cannot serve this call (busy, or broken now)."""
+        from ray.exceptions import RayError, RayTaskError
+
+        if self.broken or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            refs = self._dag.execute(work)
+            out, error, dead = {}, None, False
+            for i, ref in enumerate(refs):  # each result read once, errors or not
+                try:
+                    r = ref.get(timeout=-1)  # a long search is no timeout
+                except RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, Exception) and not isinstance(cause, RayError):
+                        error = error or cause  # raised by our code in the actor
+                    else:  # Ray's own (a channel of a restarted actor): the graph is gone
+                        dead = True
+                    continue
+                except Exception:  # an actor died, a channel closed: the graph is gone
+                    dead = True
+                    continue
+                if i in work:
+                    out[i] = r
+        except Exception:
+            dead = True
+        finally:
+            self._lock.release()
+        if dead:
+            self.close()
+            return None
+        if error is not None:
+            raise error
+        return out
+
+    def close(self) -> None:
+        self.broken = True
+        try:
+            self._dag.teardown()
+        except Exception:
+            pass
 
 
 def gather(refs: list, shards: list, what: str):

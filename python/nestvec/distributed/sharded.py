@@ -74,7 +74,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
 
     def __init__(self, root: layout.Root, m: dict, read_only: bool, pinned: bool, readers: int = 1,
                  reader_options=None, writer_options=None, reader_threads=None, funnel: str = "per_shard",
-                 merge_policy=None, shards_per_reader=None):
+                 merge_policy=None, shards_per_reader=None, compiled_graph: bool = False):
         self._root = root
         self._m = m
         self._schema = mf.schema_from_b64(m["schema_ipc"])
@@ -88,6 +88,9 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         self._reader_threads = reader_threads
         self._shards_per_reader = None if shards_per_reader is None else \
             vd.positive_int(shards_per_reader, "shards_per_reader")
+        if not isinstance(compiled_graph, bool):
+            raise TypeError(f"compiled_graph: expected True or False, got {compiled_graph!r}")
+        self._compiled = compiled_graph
         self._readers = None  # per shard: a list of reader actor handles (shared: runtime)
         self._readers_key = None
         self._writers = None  # per shard: one writer actor handle
@@ -107,11 +110,13 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
 
         ``options``: ``readers`` (reader actors per shard, default 1),
         ``shards_per_reader`` (shards one reader actor serves; default: the shards
-        spread over one reader actor per node of the cluster, so a search is one
-        actor call per node), ``reader_options`` / ``writer_options`` (Ray actor
+        spread over one reader actor per node of the cluster, which searches them as
+        one: a search is one actor call and one plan per node), ``reader_options`` / ``writer_options`` (Ray actor
         options, e.g. ``{"num_gpus": 1}``), ``reader_threads`` (CPU threads per
         reader), ``funnel`` (``"per_shard"`` or ``"two_round"``), ``merge_policy``
-        (the shards').
+        (the shards'), ``compiled_graph`` (searches fan out through a Ray compiled
+        graph, ``ray.dag``: a shorter round trip; Ray marks it beta, so off by
+        default; plain actor calls take over when it cannot serve a call).
         """
         shards = vd.positive_int(shards, "shards", layout.MAX_SHARDS)
         dim = vd.positive_int(dim, "dim")
@@ -246,11 +251,15 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
     @property
     def funnel(self) -> str:
         """How ``mode="funnel"`` (and ``auto``) runs across shards: ``"per_shard"``
-        (default: each shard runs the whole funnel on its rows, one round trip; its
-        shortlist is a superset of the global one, so recall is at least a single
-        collection's) or ``"two_round"`` (the global Hamming shortlist gathered
-        first, then only its rows rescored on their shards: exactly a single
-        collection's funnel, one more round trip). README: the measurements."""
+        (default: each reader actor runs the whole funnel over the shards it holds,
+        searched as one, one round trip: with one actor for every shard (one node)
+        that is exactly a single collection's funnel; with several, each actor's
+        shortlist holds every row of the global one from its shards, so recall is at
+        least a single collection's) or ``"two_round"`` (the global Hamming
+        shortlist gathered first, then only its rows rescored on their shards:
+        exactly a single collection's funnel, one more round trip; with one actor
+        for every shard, the same single call as per_shard). README: the
+        measurements."""
         return self._funnel
 
     @funnel.setter
@@ -290,7 +299,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
                         pass  # a dead writer's lock died with it
                     runtime.kill(self._writers)
                 if self._readers_key is not None:
-                    runtime.release_readers(self._readers_key)
+                    runtime.release_readers(self._readers_key, self._compiled)
             finally:
                 self._writers = self._readers = self._readers_key = None
                 self._root.release()
@@ -311,7 +320,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
                     self._manifest()
                     self._readers_key, self._readers = runtime.acquire_readers(
                         self.shard_paths, self._readers_per_shard, self._reader_opts, self._reader_threads,
-                        self._shards_per_reader)
+                        self._shards_per_reader, self._compiled)
         return self._readers
 
     def _fan(self, shards, what: str, call):
@@ -319,6 +328,22 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         in shard order. One actor call per reader actor (it answers all of its shards
         the call names). A replica that died for good is skipped for the next one."""
         handles = self._reader_handles()
+        if what == "reader" and self._compiled and self._readers_per_shard == 1:
+            graph = runtime.fan_graph(self._readers_key)
+            if graph is not None:
+                work: dict = {}
+                for s in shards:
+                    method, args = call(s)
+                    if method != "search":
+                        break
+                    work.setdefault(graph.index[id(handles[s][0])], []).append((s, args))
+                else:
+                    res = graph.run(work)
+                    if res is not None:
+                        out = {}
+                        for i, calls in work.items():
+                            out.update(zip([s for s, _ in calls], res[i]))
+                        return [out[s] for s in shards]
         turn = next(self._rr)
         out = {}
         todo = list(shards)
@@ -342,6 +367,11 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
                 out.update(zip(ss, r))
             break
         return [out[s] for s in shards]
+
+    def _readers_of(self, shards) -> int:
+        """Reader actors (groups) serving ``shards``."""
+        handles = self._reader_handles()
+        return len({id(handles[s][0]) for s in shards})
 
     def reader_pids(self) -> list:
         """Process ids of the reader actors, per shard (tests kill them)."""
@@ -490,7 +520,9 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         rounds = []  # (shard, planner stats) of every call, for explain
         if not live:
             payloads = []
-        elif used == "funnel" and funnel == "two_round" and len(live) > 1:
+        elif used == "funnel" and funnel == "two_round" and self._readers_of(live) > 1:
+            # (one reader actor searching every live shard as one takes the global
+            # shortlist itself: the two rounds in one call)
             payloads, live = self._two_round(m, live, qx, k, dim, rescore or 10, filter, cols, ladder, device,
                                              min_score, max_distance, explain, rounds)
         else:
@@ -521,7 +553,10 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         segments) summed over the shards, ``version`` / ``shard_versions``,
         ``shards`` (searched), ``funnel`` (for the funnel), and ``per_shard``: each
         shard's own plan (``mode``, ``route``, ``nprobe``, ``ef``, ...; for the
-        two-round funnel, its calls' counts summed)."""
+        two-round funnel, its calls' counts summed). Where a reader actor searched
+        several shards as one (flat / binary / funnel), the first of them carries
+        that search's plan with ``shards`` listing them, the others only their
+        ``version``."""
         kwargs["explain"] = True
         t = self.search(q, k, **kwargs)
         return json.loads(t.schema.metadata[b"nestvec.explain"])
