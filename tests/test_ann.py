@@ -217,6 +217,28 @@ def test_other_metrics(metric):
                      atol=1e-3)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_probe_routes_agree(metric, monkeypatch):
+    """A single query's probe (a NumPy product for small centroid sets, dense_topk for
+    large ones) picks the same lists either way, and so the same hits."""
+    from nestvec.collection.indexes import ivf
+
+    x, q = data(2000)
+    col = nv.Collection.create(None, dim=D, metric=metric)
+    col.add(x)
+    col.create_index("ivf", nlist=32, min_rows=100)
+    cent = col._snap.indexes["ivf"]
+    got = {}
+    for name, values in (("numpy", 1 << 40), ("dense_topk", 0)):
+        monkeypatch.setattr(ivf, "PROBE_NUMPY_VALUES", values)
+        got[name] = ([cent.probe(q[j:j + 1], 5) for j in range(len(q))],
+                     [col.search(q[j], k=10, mode="ivf", nprobe=5) for j in range(len(q))])
+    for a, b in zip(got["numpy"][0], got["dense_topk"][0]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(got["numpy"][1], got["dense_topk"][1]):
+        assert_same_hits(per_query(a), per_query(b), atol=1e-6)
+
+
 def test_queries_are_not_modified(indexed):
     col, x, q, _ = indexed
     q0 = q.copy()
