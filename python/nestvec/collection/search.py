@@ -166,10 +166,7 @@ class SearchMixin:
             seg, local, score = planner.rescore(qx, *_locate(snap, candidates))
         if remap is not None:
             seg, local = remap(seg, local)
-        if cut is not None:
-            with np.errstate(invalid="ignore"):
-                keep = score >= cut[1] if cut[0] == ">=" else score <= cut[1]
-            local = np.where(keep, local, -1)
+        local = vd.apply_cutoff(cut, score, local)
         return snap, cols, used, seg, local, score, planner, int(qx.shape[0])
 
     def explain(self, q, k: int = 10, **kwargs) -> dict:

@@ -458,3 +458,12 @@ def cutoff(min_score, max_distance, metric: str, mode: str):
     if name == "max_distance" and not lower_better:
         raise ValueError(f"max_distance: {what} scores similarity (higher is better); use min_score")
     return (">=", value) if name == "min_score" else ("<=", value)
+
+
+def apply_cutoff(cut, score, local):
+    """``local`` with -1 where ``score`` fails the cut from :func:`cutoff` (None: as is)."""
+    if cut is None:
+        return local
+    with np.errstate(invalid="ignore"):
+        keep = score >= cut[1] if cut[0] == ">=" else score <= cut[1]
+    return np.where(keep, local, -1)

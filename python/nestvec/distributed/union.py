@@ -108,10 +108,7 @@ def search(cols: list, flat, args: tuple, payload) -> list:
                   selectivity=allowed / rows if rows else 1.0)
     planner = Planner(parts, pmasks, req, filtered=flt is not None)
     used, seg, local, score = planner.run(q)
-    if cut is not None:
-        with np.errstate(invalid="ignore"):
-            keep = score >= cut[1] if cut[0] == ">=" else score <= cut[1]
-        local = np.where(keep, local, -1)
+    local = vd.apply_cutoff(cut, score, local)
     shard_of, index_in, start = (np.array(c, np.int64) for c in zip(*owner)) if owner else \
         (np.zeros(0, np.int64),) * 3
     valid = local >= 0
