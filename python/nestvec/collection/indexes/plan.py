@@ -119,6 +119,24 @@ class IndexRun:
         if n_allowed <= short or any(pl.segments[i].codes is None for i in only):
             return pl._flat(queries, nq, only=only)
         qcodes, nbytes = pl._query_codes(queries)
+        if pl.native(queries):
+            # one call: a filtered segment's gathered codes scanned as one range whose
+            # ids are their rows (ascending: the tie order of the per-segment path)
+            segs = [None] * len(pl.segments)
+            whole = None
+            for i in only:
+                s, m = pl.segments[i], pl.masks[i]
+                if m is None:
+                    segs[i] = (s.codes, None, s.offset, min(short, s.n), None, None)
+                    continue
+                rows = np.flatnonzero(m)
+                if whole is None or whole.shape[0] != nq:
+                    whole = np.zeros((nq, 1, 2), np.int64)
+                rng = whole.copy()
+                rng[:, 0, 1] = len(rows)
+                segs[i] = (pl._codes(i, nbytes)[rows], None, s.offset, min(short, len(rows)), rng, rows)
+            _, seg, local, _ = hostcalls.hamming_segments(qcodes, short, segs)
+            return self.rescore(queries, seg, local, nq)
         parts = []
         for i in only:
             s, m = pl.segments[i], pl.masks[i]
@@ -191,10 +209,32 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
     seg = np.full((nq, short), -1, np.int64)
     local = np.full((nq, short), -1, np.int64)
     probes, rounds = np.zeros(nq, np.int64), 0
+    native = pl.native(queries)
+    if native:
+        segs = [None] * len(pl.segments)
+        for i in run.indexed:
+            lst = pl.segments[i].ann["ivf"].ready()
+            segs[i] = (lst.codes, pl.masks[i], pl.segments[i].offset, min(short, pl.counts[i]), lst.offsets,
+                       lst.rows)
     while len(todo):
         rounds += 1
-        lists = cent.probe(queries[todo], nprobe)
+        lists = cent.probe(queries if len(todo) == nq else queries[todo], nprobe)
         probes[todo] = lists.shape[1]
+        if native:
+            # every indexed segment's probed lists in one call (list offsets -> ranges there)
+            _, s, lo, scanned = hostcalls.hamming_segments(qcodes if len(todo) == nq else qcodes[todo],
+                                                           short, segs, lists)
+            pl.stats["rows_scanned"] += scanned
+            if len(todo) == nq:
+                seg, local = s, lo
+            else:
+                seg[todo], local[todo] = s, lo
+            lacking = (lo >= 0).sum(axis=1) < need
+            if not lacking.any() or nprobe >= nlist:
+                break
+            todo = todo[lacking]
+            nprobe = min(nlist, nprobe * 4)
+            continue
         parts = []
         for i in run.indexed:
             lst = pl.segments[i].ann["ivf"].ready()
