@@ -363,8 +363,12 @@ PYBIND11_MODULE(_C, m) {
             if (lp[i] < 0 || lp[i] >= min_nlist)
               throw std::invalid_argument("lists: a list number is outside [0, nlist)");
         }
-        py::array_t<int32_t> dist({nq, k});
-        py::array_t<int64_t> seg({nq, k}), local({nq, k});
+        // [Q, min(k, sum of the segments' k)], as a merge of their lists is wide
+        int64_t width = 0;
+        for (const auto& g : gs)
+          if (g.n > 0) width = std::min(k, width + g.k);
+        py::array_t<int32_t> dist({nq, width});
+        py::array_t<int64_t> seg({nq, width}), local({nq, width});
         int32_t* dp = dist.mutable_data();
         int64_t* sp = seg.mutable_data();
         int64_t* lo = local.mutable_data();
@@ -372,12 +376,12 @@ PYBIND11_MODULE(_C, m) {
         {
           py::gil_scoped_release nogil;
           scanned = multiseg::hamming_topk(gs.data(), int64_t(gs.size()), static_cast<const uint8_t*>(q.ptr),
-                                           nq, q.row_stride, nbytes, lp, nprobe, k, dp, sp, lo);
+                                           nq, q.row_stride, nbytes, lp, nprobe, width, dp, sp, lo);
         }
         return py::make_tuple(dist, seg, local, scanned);
       },
       py::arg("queries"), py::arg("k"), py::arg("segs"), py::arg("lists") = py::none(),
-      "Hamming top-k over several segments: (dist, seg, local [Q, k], rows compared).");
+      "Hamming top-k over several segments: (dist, seg, local [Q, min(k, sum of k_i)], rows compared).");
 
   m.def(
       "multiseg_rescore",
@@ -451,22 +455,25 @@ PYBIND11_MODULE(_C, m) {
             g.allow = static_cast<const uint8_t*>(view2d(a, (at + ".allow").c_str(), 1).ptr);
           }
         }
-        py::array_t<float> score({nq, k});
-        py::array_t<int64_t> seg({nq, k}), local({nq, k});
+        int64_t width = 0;
+        for (const auto& g : gs)
+          if (g.n > 0) width = std::min(k, width + g.k);
+        py::array_t<float> score({nq, width});
+        py::array_t<int64_t> seg({nq, width}), local({nq, width});
         float* scp = score.mutable_data();
         int64_t* sp = seg.mutable_data();
         int64_t* lo = local.mutable_data();
         {
           py::gil_scoped_release nogil;
           multiseg::rescore(gs.data(), int64_t(gs.size()), dim, static_cast<const float*>(q.ptr), nq,
-                            q.row_stride, metric, csp, clp, ncand, k, scp, sp, lo);
+                            q.row_stride, metric, csp, clp, ncand, width, scp, sp, lo);
         }
         return py::make_tuple(score, seg, local);
       },
       py::arg("queries"), py::arg("dim"), py::arg("metric"), py::arg("k"), py::arg("segs"),
       py::arg("cand_seg"), py::arg("cand_local"),
       "Exact top-k over several segments of a shortlist (cand_seg, cand_local), or of every "
-      "allowed row (None, None): (score, seg, local [Q, k]).");
+      "allowed row (None, None): (score, seg, local [Q, min(k, sum of k_i)]).");
 
   // ---------------------------------------------------------------- pooling
 

@@ -146,7 +146,8 @@ def hamming_segments(queries, k: int, segs: list, lists=None):
     position, k_i, ranges, ids) (position: the first row's global position, or an
     int64 array of each row's; ranges: int64 [Q, P, 2], or with ``lists`` [Q, P] the
     list offsets [nlist + 1]; ids: local row of each code row). Returns (dist, seg,
-    local [Q, k], rows compared); missing entries have local -1."""
+    local [Q, min(k, sum of k_i)], rows compared), as wide as a merge of the
+    segments' lists (a funnel's ladder sizes its stages by it); missing: local -1."""
     queries = np.ascontiguousarray(queries)
     if lists is not None:
         lists = np.ascontiguousarray(lists, dtype=np.int64)
@@ -166,7 +167,7 @@ def dense_segments(queries, dim: int, metric: str, k: int, segs: list, cand_seg=
     """Exact top-k at ``dim`` over several segments (``segs[i]`` None or (vectors,
     dtype code, position, k_i, allow)) of the shortlist ``cand_seg`` / ``cand_local``
     ``[Q, C]`` (local -1: none), or of every allowed row without one. Scores are
-    ``dense_topk``'s, bit for bit. Returns (seg, local, score) ``[Q, k]``."""
+    ``dense_topk``'s, bit for bit. Returns (seg, local, score) ``[Q, min(k, sum of k_i)]``."""
     q = _prepared(queries, dim, metric)
     m = be.METRIC_CODE[metric]
     if cand_seg is not None:

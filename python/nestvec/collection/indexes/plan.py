@@ -225,10 +225,8 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
             _, s, lo, scanned = hostcalls.hamming_segments(qcodes if len(todo) == nq else qcodes[todo],
                                                            short, segs, lists)
             pl.stats["rows_scanned"] += scanned
-            if len(todo) == nq:
-                seg, local = s, lo
-            else:
-                seg[todo], local[todo] = s, lo
+            seg[todo, :s.shape[1]] = s
+            local[todo, :lo.shape[1]] = lo
             lacking = (lo >= 0).sum(axis=1) < need
             if not lacking.any() or nprobe >= nlist:
                 break
