@@ -205,34 +205,16 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
     qcodes, nbytes = _ivf_query_codes(pl, cent, queries)
     nlist = cent.spec["nlist"]
     need = min(r.k, sum(pl.counts[i] for i in run.indexed))
+    if pl.native(queries):
+        return _ivf_native(run, cent, queries, qcodes, nq, nprobe, short, need, nlist)
     todo = np.arange(nq)
     seg = np.full((nq, short), -1, np.int64)
     local = np.full((nq, short), -1, np.int64)
     probes, rounds = np.zeros(nq, np.int64), 0
-    native = pl.native(queries)
-    if native:
-        segs = [None] * len(pl.segments)
-        for i in run.indexed:
-            lst = pl.segments[i].ann["ivf"].ready()
-            segs[i] = (lst.codes, pl.masks[i], pl.segments[i].offset, min(short, pl.counts[i]), lst.offsets,
-                       lst.rows)
     while len(todo):
         rounds += 1
-        lists = cent.probe(queries if len(todo) == nq else queries[todo], nprobe)
+        lists = cent.probe(queries[todo], nprobe)
         probes[todo] = lists.shape[1]
-        if native:
-            # every indexed segment's probed lists in one call (list offsets -> ranges there)
-            _, s, lo, scanned = hostcalls.hamming_segments(qcodes if len(todo) == nq else qcodes[todo],
-                                                           short, segs, lists)
-            pl.stats["rows_scanned"] += scanned
-            seg[todo, :s.shape[1]] = s
-            local[todo, :lo.shape[1]] = lo
-            lacking = (lo >= 0).sum(axis=1) < need
-            if not lacking.any() or nprobe >= nlist:
-                break
-            todo = todo[lacking]
-            nprobe = min(nlist, nprobe * 4)
-            continue
         parts = []
         for i in run.indexed:
             lst = pl.segments[i].ann["ivf"].ready()
@@ -251,6 +233,39 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
         todo = todo[lacking]
         nprobe = min(nlist, nprobe * 4)
     pl.stats.update(lists_probed=int(probes.sum()), probe_rounds=rounds, nprobe_max=int(probes.max()))
+    return run.rescore(queries, seg, local, nq)
+
+
+def _ivf_native(run, cent, queries, qcodes, nq, nprobe, short, need, nlist):
+    """_ivf_indexed on the cpu backend: each probe round is one call over every
+    indexed segment's lists (their offsets turn into ranges there)."""
+    pl = run.pl
+    segs = [None] * len(pl.segments)
+    for i in run.indexed:
+        s = pl.segments[i]
+        lst = s.ann["ivf"].ready()
+        segs[i] = (lst.codes, pl.masks[i], s.offset, min(short, pl.counts[i]), lst.offsets, lst.rows)
+    lists = cent.probe(queries, nprobe)
+    _, seg, local, scanned = hostcalls.hamming_segments(qcodes, short, segs, lists)
+    if seg.shape[1] < short:  # the shortlist's width sizes the ladder: as wide as the per-segment path's
+        pad = np.full((nq, short - seg.shape[1]), -1, np.int64)
+        seg, local = np.concatenate([seg, pad], 1), np.concatenate([local, pad], 1)
+    rows_scanned, probes, rounds = scanned, np.full(nq, lists.shape[1], np.int64), 1
+    lacking = (local >= 0).sum(axis=1) < need
+    todo = np.flatnonzero(lacking)
+    while len(todo) and nprobe < nlist:  # widen for queries that found too few rows
+        nprobe = min(nlist, nprobe * 4)
+        rounds += 1
+        lists = cent.probe(queries[todo], nprobe)
+        probes[todo] = lists.shape[1]
+        _, s, lo, scanned = hostcalls.hamming_segments(qcodes[todo], short, segs, lists)
+        rows_scanned += scanned
+        seg[todo, :s.shape[1]] = s
+        local[todo, :lo.shape[1]] = lo
+        todo = todo[(lo >= 0).sum(axis=1) < need]
+    st = pl.stats
+    st["rows_scanned"] += rows_scanned
+    st.update(lists_probed=int(probes.sum()), probe_rounds=rounds, nprobe_max=int(probes.max()))
     return run.rescore(queries, seg, local, nq)
 
 
