@@ -107,10 +107,9 @@ hamming::TileFn pick_tile() {
 int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* queries, int64_t nq,
                      int64_t query_stride, int64_t nbytes, const int64_t* lists, int64_t nprobe,
                      int64_t k, int32_t* out_dist, int64_t* out_seg, int64_t* out_local) {
-  // Each segment's ranges [nq, nr, 2]: given, from its lists, or [0, n) for a small full
-  // scan; a large full scan (null here) goes to hamming::topk, which splits its rows
-  // over threads.
-  constexpr int64_t kSmallScan = int64_t(1) << 16;  // rows x queries below which a scan is a range
+  // Each segment's ranges [nq, nr, 2]: given, or from its lists; a full scan goes to
+  // hamming::topk (its selector and query blocks beat a scan of one range per query).
+  constexpr int64_t kSmallScan = int64_t(1) << 16;
   std::vector<std::vector<int64_t>> own(static_cast<size_t>(nseg));
   std::vector<const int64_t*> rng(size_t(nseg), nullptr);
   std::vector<char> ranged_seg(size_t(nseg), 0);  // rng may be null for zero ranges
@@ -131,15 +130,6 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
     } else if (g.ranges) {
       rng[size_t(s)] = g.ranges;
       nr[size_t(s)] = g.nranges;
-    } else if (g.n * nq <= kSmallScan) {
-      auto& r = own[size_t(s)];
-      r.resize(size_t(nq * 2));
-      for (int64_t q = 0; q < nq; ++q) {
-        r[size_t(2 * q)] = 0;
-        r[size_t(2 * q + 1)] = g.n;
-      }
-      rng[size_t(s)] = r.data();
-      nr[size_t(s)] = 1;
     } else {
       scanned += nq * g.n;
       continue;
