@@ -250,9 +250,13 @@ class SearchMixin:
                 ids = snap.segments[0].file.int_ids()[locs]
             elif len(segs) <= _SMALL_RESULT:
                 # a few hits (batch 1): element by element beats a mask per segment
-                sg = snap.segments
-                ids = np.array([sg[i].file.int_ids()[j] for i, j in zip(segs.tolist(), locs.tolist())],
-                               np.int64)
+                sg, arrs, out = snap.segments, {}, []
+                for i, j in zip(segs.tolist(), locs.tolist()):
+                    a = arrs.get(i)
+                    if a is None:
+                        a = arrs[i] = sg[i].file.int_ids()
+                    out.append(a[j])
+                ids = np.array(out, np.int64)
             else:
                 ids = np.empty(len(segs), np.int64)
                 for i in np.unique(segs):
