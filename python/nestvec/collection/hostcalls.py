@@ -21,6 +21,7 @@ from .. import _checks as ck
 from .. import ops
 from ..ops import dense as dense_op
 from ..ops import hamming as hamming_op
+from ..ops import hamming_ranges as ranges_op
 
 
 _DTYPE = {np.dtype(k): v for k, v in be.DTYPE_CODE.items() if k != "bfloat16"}
@@ -124,11 +125,10 @@ def native_segments() -> bool:
     ``_backend.override`` is called per segment, as registered)."""
     if be._C is None or os.environ.get("NESTVEC_BACKEND", "auto") not in ("auto", "cpu", ""):
         return False
-    from ..ops import hamming_ranges as ranges_op
-
-    return (be.implementation("hamming_topk", "cpu") is hamming_op._cpu
-            and be.implementation("hamming_topk_ranges", "cpu") is ranges_op._cpu
-            and be.implementation("dense_topk", "cpu") is dense_op._cpu)
+    reg = be._REGISTRY
+    return (reg["hamming_topk"].get("cpu") is hamming_op._cpu
+            and reg["hamming_topk_ranges"].get("cpu") is ranges_op._cpu
+            and reg["dense_topk"].get("cpu") is dense_op._cpu)
 
 
 def dtype_code(x: np.ndarray) -> int:

@@ -54,10 +54,9 @@ class IndexRun:
         self.pl = pl
         self.kind = kind
         self.req = pl.req
-        act = pl._active()
-        self.indexed = [i for i in act if _ann(pl.segments[i], kind) is not None]
-        self.scanned = [i for i in act if _ann(pl.segments[i], kind) is None]
-        self.offsets = np.array([s.offset for s in pl.segments] or [0], np.int64)
+        self.indexed, self.scanned = [], []
+        for i in pl._active():
+            (self.scanned if _ann(pl.segments[i], kind) is None else self.indexed).append(i)
         self.matches = sum(pl.counts)
         rows = sum(s.n for s in pl.segments)
         self.selectivity = self.matches / rows if rows else 1.0
@@ -65,6 +64,11 @@ class IndexRun:
         st.update(segments=len(pl.segments), indexed_segments=len(self.indexed),
                   scanned_segments=len(self.scanned), rows=rows, matches=self.matches,
                   rows_scanned=0, rows_rescored=0)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Each segment's first row's global position (merges of several results)."""
+        return np.array([s.offset for s in self.pl.segments] or [0], np.int64)
 
     @property
     def larger_better(self) -> bool:
@@ -83,6 +87,8 @@ class IndexRun:
         """Rescored results of each group + flat results of codeless scanned
         segments, merged."""
         k = self.req.k
+        if len(results) == 1:
+            return results[0]
         return merge_results(results, k, self.larger_better, self.offsets, nq)
 
     def rescore(self, queries, seg, local, nq):
