@@ -248,7 +248,9 @@ def test_collection_search_same_with_and_without_multiseg(tmp_path, monkeypatch,
         for mode, kw in [("flat", {}), ("binary", {}), ("funnel", {}), ("funnel", {"ladder": (16, 32)}),
                          ("ivf", {}), ("ivf", {"nprobe": 1}), ("funnel", {"dim": 32})]:
             for k in (1, 10, 250):
-                for flt in (None, nv.field("g") == 3, nv.field("g") < 0):
+                # mixed: segment 0 allows 39 of its rows (gathered), segment 2 all of them
+                mixed = (nv.field("id") < 40) | (nv.field("id") >= 1030)
+                for flt in (None, nv.field("g") == 3, nv.field("g") < 0, mixed):
                     t = col.search(q, k=k, mode=mode, filter=flt, **kw)
                     out.append((mode, k, t.column("query").to_pylist(), t.column("id").to_pylist(),
                                 np.asarray(t.column("score")).tobytes()))

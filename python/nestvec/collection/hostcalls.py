@@ -151,9 +151,9 @@ def hamming_segments(queries, k: int, segs: list, lists=None):
     queries = np.ascontiguousarray(queries)
     if lists is not None:
         lists = np.ascontiguousarray(lists, dtype=np.int64)
-    sl = _slices(queries.shape[0], k)
-    if len(sl) == 1:
+    if k <= ck.LARGE_K_MIN:
         return be._C.multiseg_hamming_topk(queries, k, segs, lists)
+    sl = _slices(queries.shape[0], k)
     outs = []
     for q0, q1 in sl:
         sub = segs if lists is not None else \
@@ -173,6 +173,9 @@ def dense_segments(queries, dim: int, metric: str, k: int, segs: list, cand_seg=
     if cand_seg is not None:
         cand_seg = np.ascontiguousarray(cand_seg, dtype=np.int64)
         cand_local = np.ascontiguousarray(cand_local, dtype=np.int64)
+    if k <= ck.LARGE_K_MIN:  # one call whatever the batch
+        score, seg, local = be._C.multiseg_rescore(q, dim, m, k, segs, cand_seg, cand_local)
+        return seg, local, score
     sl = _slices(q.shape[0], k)
     outs = []
     for q0, q1 in sl:

@@ -265,12 +265,14 @@ class Planner:
         parts = []
         native = self.native(queries)
         segs = [None] * len(self.segments) if native else None
+        inplace = 0  # segments the one call scans
         for i in self._active(only):
             kk = min(r.k, self.counts[i])
             gather = self.masks[i] is not None and self.counts[i] < GATHER_FRACTION * self.segments[i].n
             if native and not gather:
                 v = self.segments[i].vectors
                 segs[i] = (v, hostcalls.dtype_code(v), self.segments[i].offset, kk, self.masks[i])
+                inplace += 1
                 continue
             if gather:
                 # a selective filter: score a compact copy of the allowed rows instead of
@@ -290,7 +292,7 @@ class Planner:
             else:
                 s, idx = dense(self._vec(i), queries, kk, r.dim, r.metric, allow=self._allow(i))
             parts.append((self.segments[i].offset, i, s, idx))
-        if native and any(x is not None for x in segs):
+        if inplace:
             res = hostcalls.dense_segments(queries, r.dim, r.metric, r.k, segs)
             if not parts:
                 return res
