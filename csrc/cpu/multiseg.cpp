@@ -109,7 +109,8 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
                      int64_t k, int32_t* out_dist, int64_t* out_seg, int64_t* out_local) {
   // Each segment's ranges [nq, nr, 2]: given, or from its lists; a full scan goes to
   // hamming::topk (its selector and query blocks beat a scan of one range per query).
-  constexpr int64_t kSmallScan = int64_t(1) << 16;
+  // rows per thread below which a second thread costs more than it saves
+  constexpr int64_t kThreadRows = int64_t(1) << 16;
   std::vector<std::vector<int64_t>> own(static_cast<size_t>(nseg));
   std::vector<const int64_t*> rng(size_t(nseg), nullptr);
   std::vector<char> ranged_seg(size_t(nseg), 0);  // rng may be null for zero ranges
@@ -175,7 +176,7 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
   // threads. Otherwise each query scans every segment's ranges into one selector (the
   // per-call set-up of a kernel per segment cost more than a probe's few hundred rows).
   const int threads = num_threads();
-  if (nq < threads && ranged > 4 * kSmallScan) {
+  if (nq < threads && ranged > 4 * kThreadRows) {
     for (int64_t s = 0; s < nseg; ++s) {
       const HammingSeg& g = segs[s];
       if (!ranged_seg[size_t(s)]) continue;
@@ -189,7 +190,7 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
     const hamming::TileFn tile = pick_tile();
     const uint32_t max_bound = uint32_t(8 * nbytes + 1);
     const int64_t tile_rows = std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~7LL));
-    const int nthreads = int(std::min<int64_t>({int64_t(threads), nq, std::max<int64_t>(1, ranged / kSmallScan)}));
+    const int nthreads = int(std::min<int64_t>({int64_t(threads), nq, std::max<int64_t>(1, ranged / kThreadRows)}));
     std::vector<char> bad(size_t(std::max(1, nthreads)), 0);
     parallel_for(nq, nthreads, 1, [&](int t, int64_t q0, int64_t q1) {
       std::vector<uint32_t> hit_rows(static_cast<size_t>(tile_rows)), hit_dist(static_cast<size_t>(tile_rows));
