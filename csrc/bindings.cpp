@@ -64,6 +64,13 @@ View view2d(const py::array& a, const char* name, size_t itemsize, bool writable
   return v;
 }
 
+// An integer (Python or NumPy) field of a segment tuple; anything else is a TypeError
+// (pybind11's own cast would raise RuntimeError).
+int64_t int_field(const py::handle& h, const std::string& what) {
+  if (!PyIndex_Check(h.ptr())) throw py::type_error(what + ": expected an integer");
+  return h.cast<int64_t>();
+}
+
 Isa isa_arg(const std::string& s) {
   Isa isa;
   if (!parse_isa(s.c_str(), &isa))
@@ -289,7 +296,7 @@ PYBIND11_MODULE(_C, m) {
             throw py::type_error(at + ": expected None or a tuple (codes, allow, position, k, ranges, ids)");
           py::tuple t = item.cast<py::tuple>();
           multiseg::HammingSeg& g = gs[s];
-          g.k = t[3].cast<int64_t>();
+          g.k = int_field(t[3], at + ".k");
           if (g.k < 0) throw std::invalid_argument(at + ": k must be >= 0");
           if (!py::isinstance<py::array>(t[0])) throw py::type_error(at + ": codes must be a uint8 array");
           py::array codes = t[0].cast<py::array>();
@@ -322,7 +329,7 @@ PYBIND11_MODULE(_C, m) {
             g.pos.positions = static_cast<const int64_t*>(view2d(p, (at + ".position").c_str(), 8).ptr);
             g.pos.n_positions = p.shape(0);
           } else {
-            g.pos.offset = t[2].cast<int64_t>();
+            g.pos.offset = int_field(t[2], at + ".position");
           }
           if (!t[4].is_none()) {
             if (!py::isinstance<py::array>(t[4])) throw py::type_error(at + ": ranges must be an int64 array");
@@ -424,9 +431,9 @@ PYBIND11_MODULE(_C, m) {
             throw py::type_error(at + ": expected None or a tuple (db, dtype, position, k, allow)");
           py::tuple t = item.cast<py::tuple>();
           multiseg::DenseSeg& g = gs[s];
-          g.k = t[3].cast<int64_t>();
+          g.k = int_field(t[3], at + ".k");
           if (g.k < 0) throw std::invalid_argument(at + ": k must be >= 0");
-          g.dtype = dtype_from_code(t[1].cast<int64_t>(), (at + ".dtype").c_str());
+          g.dtype = dtype_from_code(int_field(t[1], at + ".dtype"), (at + ".dtype").c_str());
           if (!py::isinstance<py::array>(t[0])) throw py::type_error(at + ": db must be an array");
           py::array db = t[0].cast<py::array>();
           keep.push_back(db);
@@ -444,7 +451,7 @@ PYBIND11_MODULE(_C, m) {
             g.pos.positions = static_cast<const int64_t*>(view2d(p, (at + ".position").c_str(), 8).ptr);
             g.pos.n_positions = p.shape(0);
           } else {
-            g.pos.offset = t[2].cast<int64_t>();
+            g.pos.offset = int_field(t[2], at + ".position");
           }
           if (!t[4].is_none()) {
             if (!py::isinstance<py::array>(t[4])) throw py::type_error(at + ": allow must be a bool array");

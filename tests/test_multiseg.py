@@ -181,6 +181,8 @@ def test_bad_input_raises():
         ([(codes, np.zeros(4, bool), 0, 3, None, None)], ValueError),
         ([(codes, None, np.zeros(2, np.int64), 3, None, None)], ValueError),
         ([(codes, None, 0, -1, None, None)], ValueError),
+        ([(codes, None, 0, 2.5, None, None)], TypeError),
+        ([(codes, None, "0", 3, None, None)], TypeError),
         ([(codes, None, 0, 3, np.zeros((2, 1, 3), np.int64), None)], ValueError),
         ([(codes, None, 0, 3, None, np.zeros(5, np.int32))], ValueError),
         ([(codes, None, 0, 3, np.zeros((2, 1, 2), np.int64), np.full(5, 99, np.int32))], None),
@@ -207,6 +209,8 @@ def test_bad_input_raises():
         ((qf, 8, 0, 3, [(v,)], cs, cs), TypeError),
         ((qf, 8, 0, 3, [(v, 1, 0, 3, None)], cs, cs), ValueError),  # item size of float16
         ((qf, 8, 0, 3, [(v, 7, 0, 3, None)], cs, cs), ValueError),
+        ((qf, 8, 0, 3, [(v, 0.0, 0, 3, None)], cs, cs), TypeError),
+        ((qf, 8, 0, 3, [(v, 0, 0, None, None)], cs, cs), TypeError),
         ((qf, 9, 0, 3, [(v, 0, 0, 3, None)], cs, cs), ValueError),
         ((qf, 8, 5, 3, [(v, 0, 0, 3, None)], cs, cs), ValueError),
         ((qf, 8, 0, 3, [(v, 0, 0, 3, None)], cs, cs[:, :2]), ValueError),
