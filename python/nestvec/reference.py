@@ -235,3 +235,42 @@ def lowrank_sparse_dense_weight(A, B, S, channels, n_out=None):
     if ch.size:
         W[ch] += np.asarray(S, dtype=np.float64)
     return W
+
+
+def hamming_topk_segments(queries, k, segs, lists=None):
+    """Hamming top-k over several segments (the host planner's one-call stage).
+
+    ``segs[i]``: None or (codes, allow, position, k_i, ranges, ids): each segment's
+    own top ``k_i`` (``hamming_topk``, or ``hamming_topk_ranges`` over ``ranges``
+    [Q, P, 2], or with ``lists`` [Q, P] over the lists of offsets ``ranges``
+    [nlist + 1]), merged by (distance, global position); position is the first row's
+    global position, or an int64 array of each local row's (increasing within a
+    segment). Returns (dist int32, seg, local int64) [Q, min(k, sum of k_i)] (as wide as
+    a merge of the segments' lists); missing (INT32_MAX, -1, -1).
+    """
+    nq = queries.shape[0]
+    k = min(k, sum(g[3] for g in segs if g is not None and len(g[0])))
+    rows = []
+    for s, g in enumerate(segs):
+        if g is None or g[3] <= 0 or len(g[0]) == 0:
+            continue
+        codes, allow, pos, kk, ranges, ids = g
+        codes = codes[:, :queries.shape[1]]
+        if lists is not None and ranges is not None:
+            ranges = np.stack([ranges[lists], ranges[lists + 1]], axis=-1)
+        if ranges is None:
+            d, x = hamming_topk(codes, queries, kk, allow)
+        else:
+            d, x = hamming_topk_ranges(codes, queries, kk, ranges, ids, allow)
+        gp = np.where(x >= 0, (pos[np.maximum(x, 0)] if isinstance(pos, np.ndarray) else x + pos), -1)
+        rows.append((d.astype(np.int64), gp, np.full(x.shape, s), x))
+    dist = np.full((nq, k), np.iinfo(np.int32).max, np.int32)
+    seg = np.full((nq, k), -1, np.int64)
+    local = np.full((nq, k), -1, np.int64)
+    for q in range(nq):
+        hits = [(int(d[q, j]), int(gp[q, j]), int(s[q, j]), int(x[q, j]))
+                for d, gp, s, x in rows for j in range(x.shape[1]) if x[q, j] >= 0]
+        hits.sort(key=lambda h: (h[0], h[1]))
+        for j, h in enumerate(hits[:k]):
+            dist[q, j], seg[q, j], local[q, j] = h[0], h[2], h[3]
+    return dist, seg, local

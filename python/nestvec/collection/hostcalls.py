@@ -21,6 +21,7 @@ from .. import _checks as ck
 from .. import ops
 from ..ops import dense as dense_op
 from ..ops import hamming as hamming_op
+from ..ops import hamming_ranges as ranges_op
 
 
 _DTYPE = {np.dtype(k): v for k, v in be.DTYPE_CODE.items() if k != "bfloat16"}
@@ -110,3 +111,82 @@ def hamming_ranges(codes, queries, k, ranges, ids=None, allow=None):
         return dist, idx
 
     return ck.by_query_slices(run, queries.shape[0], k)
+
+
+# --------------------------------------------------------------------------- several segments
+# One native call per search stage instead of one per segment plus a merge in NumPy
+# (csrc/cpu/multiseg.cpp; README, per-query cost). Segments go as a list with None for
+# those a search skips, so a result's `seg` is the planner's segment index.
+
+
+def native_segments() -> bool:
+    """Whether a host search's segments go to the multi-segment kernels: the cpu
+    backend with its registered kernels (a kernel swapped through
+    ``_backend.override`` is called per segment, as registered)."""
+    if be._C is None or os.environ.get("NESTVEC_BACKEND", "auto") not in ("auto", "cpu", ""):
+        return False
+    reg = be._REGISTRY
+    return (reg["hamming_topk"].get("cpu") is hamming_op._cpu
+            and reg["hamming_topk_ranges"].get("cpu") is ranges_op._cpu
+            and reg["dense_topk"].get("cpu") is dense_op._cpu)
+
+
+def dtype_code(x: np.ndarray) -> int:
+    code = _DTYPE.get(x.dtype)  # a dict hit: dtype.name costs microseconds
+    return be.DTYPE_CODE[x.dtype.name] if code is None else code
+
+
+def _slices(nq: int, k: int):
+    step = nq if k <= ck.LARGE_K_MIN else max(1, ck.LARGE_K_KEYS // k)
+    return [(q0, min(nq, q0 + step)) for q0 in range(0, nq, step)]
+
+
+def hamming_segments(queries, k: int, segs: list, lists=None):
+    """Hamming top-k over several segments: ``segs[i]`` None or (codes, allow,
+    position, k_i, ranges, ids) (position: the first row's global position, or an
+    int64 array of each row's; ranges: int64 [Q, P, 2], or with ``lists`` [Q, P] the
+    list offsets [nlist + 1]; ids: local row of each code row). Returns (dist, seg,
+    local [Q, min(k, sum of k_i)], rows compared), as wide as a merge of the
+    segments' lists (a funnel's ladder sizes its stages by it); missing: local -1."""
+    queries = np.ascontiguousarray(queries)
+    if lists is not None:
+        lists = np.ascontiguousarray(lists, dtype=np.int64)
+    if k <= ck.LARGE_K_MIN:
+        return be._C.multiseg_hamming_topk(queries, k, segs, lists)
+    sl = _slices(queries.shape[0], k)
+    outs = []
+    for q0, q1 in sl:
+        sub = segs if lists is not None else \
+            [s if s is None or s[4] is None else s[:4] + (s[4][q0:q1], s[5]) for s in segs]
+        outs.append(be._C.multiseg_hamming_topk(queries[q0:q1], k, sub, None if lists is None else lists[q0:q1]))
+    return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]),
+            np.concatenate([o[2] for o in outs]), sum(o[3] for o in outs))
+
+
+def dense_segments(queries, dim: int, metric: str, k: int, segs: list, cand_seg=None, cand_local=None):
+    """Exact top-k at ``dim`` over several segments (``segs[i]`` None or (vectors,
+    dtype code, position, k_i, allow)) of the shortlist ``cand_seg`` / ``cand_local``
+    ``[Q, C]`` (local -1: none), or of every allowed row without one. Scores are
+    ``dense_topk``'s, bit for bit. Returns (seg, local, score) ``[Q, min(k, sum of k_i)]``."""
+    q = _prepared(queries, dim, metric)
+    m = be.METRIC_CODE[metric]
+    if cand_seg is not None:
+        cand_seg = np.ascontiguousarray(cand_seg, dtype=np.int64)
+        cand_local = np.ascontiguousarray(cand_local, dtype=np.int64)
+    if k <= ck.LARGE_K_MIN:  # one call whatever the batch
+        score, seg, local = be._C.multiseg_rescore(q, dim, m, k, segs, cand_seg, cand_local)
+        return seg, local, score
+    sl = _slices(q.shape[0], k)
+    outs = []
+    for q0, q1 in sl:
+        if len(sl) == 1:
+            cs, cl, qq = cand_seg, cand_local, q
+        else:
+            qq = q[q0:q1]
+            cs = None if cand_seg is None else cand_seg[q0:q1]
+            cl = None if cand_local is None else cand_local[q0:q1]
+        score, seg, local = be._C.multiseg_rescore(qq, dim, m, k, segs, cs, cl)
+        outs.append((seg, local, score))
+    if len(outs) == 1:
+        return outs[0]
+    return tuple(np.concatenate([o[j] for o in outs]) for j in range(3))

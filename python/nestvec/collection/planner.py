@@ -22,6 +22,7 @@ from .. import _checks as ck
 from . import hostcalls
 from ..quant import binarize
 from .topk import host as _host
+from .topk import merge_order
 from .topk import merge_parts as _merge
 
 MODES = ("auto", "flat", "binary", "funnel", "ivf", "hnsw")
@@ -150,6 +151,16 @@ def resolve_mode(req: Request, n_allowed: int, q_width: int | None = None) -> st
     return req.mode
 
 
+def _merge_with(pl, res, other, k, larger_better):
+    """Exact top-k of two (seg, local, score) results of the same queries."""
+    seg = np.concatenate([res[0], other[0]], axis=1)
+    local = np.concatenate([res[1], other[1]], axis=1)
+    score = np.concatenate([res[2], other[2]], axis=1)
+    order = merge_order(score, pl.gpos(seg, local), k, larger_better)
+    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
+    return pick(seg), pick(local), pick(score)
+
+
 def _take_rows(vec, rows):
     if ck.is_torch(vec):
         import torch
@@ -176,6 +187,24 @@ class Planner:
         self.counts = counts if counts is not None else \
             [s.n if m is None else int(np.count_nonzero(m)) for s, m in zip(segments, masks)]
         self.stats: dict = {}  # what the search did (explain)
+        self._native = None  # whether host stages go to the multi-segment kernels (native())
+
+    def native(self, queries) -> bool:
+        """A host search on the cpu backend: each stage (Hamming shortlist, rescoring,
+        flat scan) is one call over every segment (hostcalls.*_segments) instead of
+        one per segment plus a merge in NumPy."""
+        if self._native is None:
+            self._native = self.cache is None and hostcalls.native_segments()
+        return self._native and type(queries) is np.ndarray
+
+    def gpos(self, seg, local):
+        """Global positions of (seg, local) entries (-1 where local < 0)."""
+        out = np.full(local.shape, -1, np.int64)
+        for i in np.unique(seg[local >= 0]).tolist():
+            sel = (seg == i) & (local >= 0)
+            off = self.segments[i].offset
+            out[sel] = off[local[sel]] if isinstance(off, np.ndarray) else local[sel] + off
+        return out
 
     # -- arrays on the right device
     def _vec(self, i):
@@ -234,9 +263,18 @@ class Planner:
     def _flat(self, queries, nq, only=None):
         r = self.req
         parts = []
+        native = self.native(queries)
+        segs = [None] * len(self.segments) if native else None
+        inplace = 0  # segments the one call scans
         for i in self._active(only):
             kk = min(r.k, self.counts[i])
-            if self.masks[i] is not None and self.counts[i] < GATHER_FRACTION * self.segments[i].n:
+            gather = self.masks[i] is not None and self.counts[i] < GATHER_FRACTION * self.segments[i].n
+            if native and not gather:
+                v = self.segments[i].vectors
+                segs[i] = (v, hostcalls.dtype_code(v), self.segments[i].offset, kk, self.masks[i])
+                inplace += 1
+                continue
+            if gather:
                 # a selective filter: score a compact copy of the allowed rows instead of
                 # streaming the whole segment (ascending rows keep the tie order)
                 rows = np.flatnonzero(self.masks[i])
@@ -254,9 +292,22 @@ class Planner:
             else:
                 s, idx = dense(self._vec(i), queries, kk, r.dim, r.metric, allow=self._allow(i))
             parts.append((self.segments[i].offset, i, s, idx))
+        if inplace:
+            res = hostcalls.dense_segments(queries, r.dim, r.metric, r.k, segs)
+            if not parts:
+                return res
+            # a selective filter's segments were scored on their gathered rows
+            return _merge_with(self, res, _merge(parts, r.k, r.metric != "l2", nq), r.k, r.metric != "l2")
         return _merge(parts, r.k, r.metric != "l2", nq)
 
     def _hamming(self, qcodes, nbytes, k, nq, only=None):
+        if self.native(qcodes):
+            segs = [None] * len(self.segments)
+            for i in self._active(only):
+                s = self.segments[i]
+                segs[i] = (s.codes, self.masks[i], s.offset, min(k, self.counts[i]), None, None)
+            dist, seg, local, _ = hostcalls.hamming_segments(qcodes, k, segs)
+            return seg, local, dist
         parts = []
         for i in self._active(only):
             d, idx = hostcalls.hamming(self._codes(i, nbytes), qcodes, min(k, self.counts[i]),
@@ -284,6 +335,16 @@ class Planner:
         # Matryoshka ladder: rescore the survivors at each wider prefix, keeping fewer
         # (exact scores at every stage; the last stage is `dim` and keeps k)
         stages = list(zip(r.ladder, ladder_keep(max(short, r.k), r.k, len(r.ladder)))) + [(r.dim, r.k)]
+        if self.native(queries):
+            base = [(i, self.segments[i].vectors) for i in self._active()]
+            for d, keep in stages:
+                # the shortlist already honours allow; segments without allowed rows
+                # (None) drop their candidates, as the per-segment path does
+                segs = [None] * len(self.segments)
+                for i, v in base:
+                    segs[i] = (v, hostcalls.dtype_code(v), self.segments[i].offset, min(keep, self.counts[i]), None)
+                seg, local, score = hostcalls.dense_segments(queries, d, r.metric, keep, segs, seg, local)
+            return seg, local, score
         active = self._active()
         segs = active if len(active) == 1 else set(np.unique(seg[local >= 0]).tolist())
         for d, keep in stages:

@@ -57,6 +57,10 @@ def _locate(snap, rows):
     return seg, local
 
 
+# results of at most this many rows gather their ids row by row (_result)
+_SMALL_RESULT = 64
+
+
 class SearchMixin:
     def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
                filter=None, columns=None, device=None, ladder=(), nprobe: int | None = None,
@@ -244,6 +248,15 @@ class SearchMixin:
             # segment and a re-ordering take cost more than a small search)
             if len(snap.segments) == 1:
                 ids = snap.segments[0].file.int_ids()[locs]
+            elif len(segs) <= _SMALL_RESULT:
+                # a few hits (batch 1): element by element beats a mask per segment
+                sg, arrs, out = snap.segments, {}, []
+                for i, j in zip(segs.tolist(), locs.tolist()):
+                    a = arrs.get(i)
+                    if a is None:
+                        a = arrs[i] = sg[i].file.int_ids()
+                    out.append(a[j])
+                ids = np.array(out, np.int64)
             else:
                 ids = np.empty(len(segs), np.int64)
                 for i in np.unique(segs):

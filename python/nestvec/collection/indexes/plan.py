@@ -54,10 +54,9 @@ class IndexRun:
         self.pl = pl
         self.kind = kind
         self.req = pl.req
-        act = pl._active()
-        self.indexed = [i for i in act if _ann(pl.segments[i], kind) is not None]
-        self.scanned = [i for i in act if _ann(pl.segments[i], kind) is None]
-        self.offsets = np.array([s.offset for s in pl.segments] or [0], np.int64)
+        self.indexed, self.scanned = [], []
+        for i in pl._active():
+            (self.scanned if _ann(pl.segments[i], kind) is None else self.indexed).append(i)
         self.matches = sum(pl.counts)
         rows = sum(s.n for s in pl.segments)
         self.selectivity = self.matches / rows if rows else 1.0
@@ -65,6 +64,11 @@ class IndexRun:
         st.update(segments=len(pl.segments), indexed_segments=len(self.indexed),
                   scanned_segments=len(self.scanned), rows=rows, matches=self.matches,
                   rows_scanned=0, rows_rescored=0)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Each segment's first row's global position (merges of several results)."""
+        return np.array([s.offset for s in self.pl.segments] or [0], np.int64)
 
     @property
     def larger_better(self) -> bool:
@@ -83,6 +87,8 @@ class IndexRun:
         """Rescored results of each group + flat results of codeless scanned
         segments, merged."""
         k = self.req.k
+        if len(results) == 1:
+            return results[0]
         return merge_results(results, k, self.larger_better, self.offsets, nq)
 
     def rescore(self, queries, seg, local, nq):
@@ -119,6 +125,24 @@ class IndexRun:
         if n_allowed <= short or any(pl.segments[i].codes is None for i in only):
             return pl._flat(queries, nq, only=only)
         qcodes, nbytes = pl._query_codes(queries)
+        if pl.native(queries):
+            # one call: a filtered segment's gathered codes scanned as one range whose
+            # ids are their rows (ascending: the tie order of the per-segment path)
+            segs = [None] * len(pl.segments)
+            whole = None
+            for i in only:
+                s, m = pl.segments[i], pl.masks[i]
+                if m is None:
+                    segs[i] = (s.codes, None, s.offset, min(short, s.n), None, None)
+                    continue
+                rows = np.flatnonzero(m)
+                if whole is None or whole.shape[0] != nq:
+                    whole = np.zeros((nq, 1, 2), np.int64)
+                rng = whole.copy()
+                rng[:, 0, 1] = len(rows)
+                segs[i] = (pl._codes(i, nbytes)[rows], None, s.offset, min(short, len(rows)), rng, rows)
+            _, seg, local, _ = hostcalls.hamming_segments(qcodes, short, segs)
+            return self.rescore(queries, seg, local, nq)
         parts = []
         for i in only:
             s, m = pl.segments[i], pl.masks[i]
@@ -187,6 +211,8 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
     qcodes, nbytes = _ivf_query_codes(pl, cent, queries)
     nlist = cent.spec["nlist"]
     need = min(r.k, sum(pl.counts[i] for i in run.indexed))
+    if pl.native(queries):
+        return _ivf_native(run, cent, queries, qcodes, nq, nprobe, short, need, nlist)
     todo = np.arange(nq)
     seg = np.full((nq, short), -1, np.int64)
     local = np.full((nq, short), -1, np.int64)
@@ -213,6 +239,39 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
         todo = todo[lacking]
         nprobe = min(nlist, nprobe * 4)
     pl.stats.update(lists_probed=int(probes.sum()), probe_rounds=rounds, nprobe_max=int(probes.max()))
+    return run.rescore(queries, seg, local, nq)
+
+
+def _ivf_native(run, cent, queries, qcodes, nq, nprobe, short, need, nlist):
+    """_ivf_indexed on the cpu backend: each probe round is one call over every
+    indexed segment's lists (their offsets turn into ranges there)."""
+    pl = run.pl
+    segs = [None] * len(pl.segments)
+    for i in run.indexed:
+        s = pl.segments[i]
+        lst = s.ann["ivf"].ready()
+        segs[i] = (lst.codes, pl.masks[i], s.offset, min(short, pl.counts[i]), lst.offsets, lst.rows)
+    lists = cent.probe(queries, nprobe)
+    _, seg, local, scanned = hostcalls.hamming_segments(qcodes, short, segs, lists)
+    if seg.shape[1] < short:  # the shortlist's width sizes the ladder: as wide as the per-segment path's
+        pad = np.full((nq, short - seg.shape[1]), -1, np.int64)
+        seg, local = np.concatenate([seg, pad], 1), np.concatenate([local, pad], 1)
+    rows_scanned, probes, rounds = scanned, np.full(nq, lists.shape[1], np.int64), 1
+    lacking = (local >= 0).sum(axis=1) < need
+    todo = np.flatnonzero(lacking)
+    while len(todo) and nprobe < nlist:  # widen for queries that found too few rows
+        nprobe = min(nlist, nprobe * 4)
+        rounds += 1
+        lists = cent.probe(queries[todo], nprobe)
+        probes[todo] = lists.shape[1]
+        _, s, lo, scanned = hostcalls.hamming_segments(qcodes[todo], short, segs, lists)
+        rows_scanned += scanned
+        seg[todo, :s.shape[1]] = s
+        local[todo, :lo.shape[1]] = lo
+        todo = todo[(lo >= 0).sum(axis=1) < need]
+    st = pl.stats
+    st["rows_scanned"] += rows_scanned
+    st.update(lists_probed=int(probes.sum()), probe_rounds=rounds, nprobe_max=int(probes.max()))
     return run.rescore(queries, seg, local, nq)
 
 

@@ -1,0 +1,351 @@
+// Multi-segment top-k (include/nestvec/multiseg.h): each segment's list comes from the
+// per-segment kernel a single-segment search calls (so keys are bit-identical to it),
+// and is folded into a running top-k per query by (key, global position) after every
+// segment: memory stays at ~2k entries per query whatever the number of segments.
+#include "nestvec/multiseg.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+#include "nestvec/dense.h"
+#include "nestvec/dispatch.h"
+#include "nestvec/hamming.h"
+#include "nestvec/hamming_ranges.h"
+
+namespace nestvec {
+namespace multiseg {
+namespace {
+
+// Running top-k per query, ascending by (key, gpos).
+template <class Key>
+class Fold {
+ public:
+  struct Entry {
+    Key key;
+    int64_t gpos, seg, local;
+  };
+  Fold(int64_t nq, int64_t k) : k_(k), best_(size_t(nq)) {}
+
+  // One segment's list of query q (any order).
+  template <class Get>
+  void add(int64_t q, int64_t m, Get&& get) {
+    auto& b = best_[size_t(q)];
+    const size_t before = b.size();
+    for (int64_t i = 0; i < m; ++i) {
+      Entry e;
+      if (get(i, e)) b.push_back(e);
+    }
+    if (b.size() == before) return;
+    auto less = [](const Entry& x, const Entry& y) {
+      return x.key < y.key || (x.key == y.key && x.gpos < y.gpos);
+    };
+    std::sort(b.begin() + std::ptrdiff_t(before), b.end(), less);
+    std::inplace_merge(b.begin(), b.begin() + std::ptrdiff_t(before), b.end(), less);
+    if (int64_t(b.size()) > k_) b.resize(size_t(k_));
+  }
+
+  template <class Write>
+  void write(Write&& w) {
+    for (size_t q = 0; q < best_.size(); ++q) w(int64_t(q), best_[q]);
+  }
+
+ private:
+  int64_t k_;
+  std::vector<std::vector<Entry>> best_;
+};
+
+// k smallest (distance, global position) hits of one query; hits come in any order.
+// Accepts dist < bound(): a hit tying the k-th distance may still win on position.
+class HamSel {
+ public:
+  struct Hit {
+    uint32_t dist;
+    int64_t gpos, seg, local;
+  };
+  static bool less(const Hit& a, const Hit& b) {
+    return a.dist < b.dist || (a.dist == b.dist && a.gpos < b.gpos);
+  }
+  void reset(int64_t k, uint32_t bound) {
+    k_ = k;
+    cap_ = std::max<int64_t>(2 * k, k + 256);
+    buf_.clear();
+    buf_.reserve(size_t(std::min<int64_t>(cap_, 1 << 16)));
+    bound_ = bound;
+  }
+  uint32_t bound() const { return bound_; }
+  void push(const Hit& h) {
+    buf_.push_back(h);
+    if (int64_t(buf_.size()) >= cap_) compact();
+  }
+  void compact() {
+    if (int64_t(buf_.size()) <= k_) return;
+    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), less);
+    buf_.resize(size_t(k_));
+    bound_ = std::min(bound_, buf_[size_t(k_ - 1)].dist + 1);
+  }
+  std::vector<Hit>& finish() {
+    compact();
+    std::sort(buf_.begin(), buf_.end(), less);
+    return buf_;
+  }
+
+ private:
+  int64_t k_ = 0, cap_ = 0;
+  uint32_t bound_ = 0;
+  std::vector<Hit> buf_;
+};
+
+hamming::TileFn pick_tile() {
+  return with_isa(active_isa(), [](auto isa) { return hamming::kernels<decltype(isa)::value>().tile; });
+}
+
+}  // namespace
+
+int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* queries, int64_t nq,
+                     int64_t query_stride, int64_t nbytes, const int64_t* lists, int64_t nprobe,
+                     int64_t k, int32_t* out_dist, int64_t* out_seg, int64_t* out_local) {
+  // Each segment's ranges [nq, nr, 2]: given, or from its lists; a full scan goes to
+  // hamming::topk (its selector and query blocks beat a scan of one range per query).
+  // rows per thread below which a second thread costs more than it saves
+  constexpr int64_t kThreadRows = int64_t(1) << 16;
+  std::vector<std::vector<int64_t>> own(static_cast<size_t>(nseg));
+  std::vector<const int64_t*> rng(size_t(nseg), nullptr);
+  std::vector<char> ranged_seg(size_t(nseg), 0);  // rng may be null for zero ranges
+  std::vector<int64_t> nr(size_t(nseg), 0);
+  int64_t scanned = 0, ranged = 0;
+  for (int64_t s = 0; s < nseg; ++s) {
+    const HammingSeg& g = segs[s];
+    if (g.k <= 0 || g.n <= 0 || nq == 0) continue;
+    if (g.list_offsets) {
+      auto& r = own[size_t(s)];
+      r.resize(size_t(nq * nprobe * 2));
+      for (int64_t i = 0; i < nq * nprobe; ++i) {
+        r[size_t(2 * i)] = g.list_offsets[lists[i]];
+        r[size_t(2 * i + 1)] = g.list_offsets[lists[i] + 1];
+      }
+      rng[size_t(s)] = r.data();
+      nr[size_t(s)] = nprobe;
+    } else if (g.ranges) {
+      rng[size_t(s)] = g.ranges;
+      nr[size_t(s)] = g.nranges;
+    } else {
+      scanned += nq * g.n;
+      continue;
+    }
+    ranged_seg[size_t(s)] = 1;
+    for (int64_t i = 0; i < nq * nr[size_t(s)]; ++i) {
+      const int64_t* p = rng[size_t(s)] + 2 * i;
+      ranged += std::max<int64_t>(0, std::min(g.n, p[1]) - std::max<int64_t>(0, p[0]));
+    }
+  }
+  scanned += ranged;
+
+  Fold<int32_t> fold(nq, k);
+  std::vector<int32_t> dist;
+  std::vector<int64_t> idx;
+  auto fold_list = [&](int64_t s, int64_t kk) {
+    const HammingSeg& g = segs[s];
+    for (int64_t q = 0; q < nq; ++q) {
+      const int32_t* d = dist.data() + q * kk;
+      const int64_t* x = idx.data() + q * kk;
+      fold.add(q, kk, [&](int64_t i, Fold<int32_t>::Entry& e) {
+        if (x[i] < 0) return false;
+        // ids name the segment's rows: one past them would read outside its positions
+        if (g.pos.positions && x[i] >= g.pos.n_positions)
+          throw std::invalid_argument("ids: a row id is beyond the segment's positions");
+        e = {d[i], g.pos.at(x[i]), s, x[i]};
+        return true;
+      });
+    }
+  };
+  // Large full scans: the threaded kernel, segment by segment.
+  for (int64_t s = 0; s < nseg; ++s) {
+    const HammingSeg& g = segs[s];
+    if (g.k <= 0 || g.n <= 0 || nq == 0 || ranged_seg[size_t(s)]) continue;
+    dist.resize(size_t(nq * g.k));
+    idx.resize(size_t(nq * g.k));
+    hamming::topk(g.codes, g.n, g.code_stride, queries, nq, query_stride, nbytes, g.k, g.allow,
+                  dist.data(), idx.data());
+    fold_list(s, g.k);
+  }
+
+  // Ranges. A few queries over many rows: the range kernel, which splits rows over
+  // threads. Otherwise each query scans every segment's ranges into one selector (the
+  // per-call set-up of a kernel per segment cost more than a probe's few hundred rows).
+  const int threads = num_threads();
+  if (nq < threads && ranged > 4 * kThreadRows) {
+    for (int64_t s = 0; s < nseg; ++s) {
+      const HammingSeg& g = segs[s];
+      if (!ranged_seg[size_t(s)]) continue;
+      dist.resize(size_t(nq * g.k));
+      idx.resize(size_t(nq * g.k));
+      hamming::topk_ranges(g.codes, g.n, g.code_stride, queries, nq, query_stride, nbytes, rng[size_t(s)],
+                           nr[size_t(s)], g.ids, g.ids_bytes, g.allow, g.n_allow, g.k, dist.data(), idx.data());
+      fold_list(s, g.k);
+    }
+  } else if (ranged > 0) {
+    const hamming::TileFn tile = pick_tile();
+    const uint32_t max_bound = uint32_t(8 * nbytes + 1);
+    const int64_t tile_rows = std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~7LL));
+    const int nthreads = int(std::min<int64_t>({int64_t(threads), nq, std::max<int64_t>(1, ranged / kThreadRows)}));
+    std::vector<char> bad(size_t(std::max(1, nthreads)), 0);
+    parallel_for(nq, nthreads, 1, [&](int t, int64_t q0, int64_t q1) {
+      std::vector<uint32_t> hit_rows(static_cast<size_t>(tile_rows)), hit_dist(static_cast<size_t>(tile_rows));
+      HamSel sel;
+      for (int64_t q = q0; q < q1; ++q) {
+        sel.reset(k, max_bound);
+        const uint8_t* qv = queries + q * query_stride;
+        for (int64_t s = 0; s < nseg; ++s) {
+          const HammingSeg& g = segs[s];
+          const int64_t* r = rng[size_t(s)];
+          if (!ranged_seg[size_t(s)]) continue;
+          const int32_t* ids32 = g.ids_bytes == 4 ? static_cast<const int32_t*>(g.ids) : nullptr;
+          const int64_t* ids64 = g.ids_bytes == 8 ? static_cast<const int64_t*>(g.ids) : nullptr;
+          // a segment contributes at most its own k (its allowed rows), as the
+          // per-segment path does: a selector of its own bounds it
+          HamSel* own_sel = nullptr;
+          HamSel seg_sel;
+          if (g.k < k) {
+            seg_sel.reset(g.k, max_bound);
+            own_sel = &seg_sel;
+          }
+          HamSel& into = own_sel ? *own_sel : sel;
+          for (int64_t p = 0; p < nr[size_t(s)]; ++p) {
+            const int64_t b = std::max<int64_t>(0, r[2 * (q * nr[size_t(s)] + p)]);
+            const int64_t e = std::min<int64_t>(g.n, r[2 * (q * nr[size_t(s)] + p) + 1]);
+            for (int64_t r0 = b; r0 < e; r0 += tile_rows) {
+              const int64_t n = std::min(tile_rows, e - r0);
+              const uint32_t bound = std::min(into.bound(), std::min(sel.bound(), max_bound));
+              uint32_t cnt = 0;
+              tile(g.codes + r0 * g.code_stride, n, g.code_stride, qv, 1, query_stride, nbytes, &bound,
+                   hit_rows.data(), hit_dist.data(), tile_rows, &cnt);
+              for (uint32_t i = 0; i < cnt; ++i) {
+                const int64_t at = r0 + hit_rows[i];
+                const int64_t id = ids32 ? int64_t(ids32[at]) : ids64 ? ids64[at] : at;
+                if (id < 0 || (g.allow && id >= g.n_allow) || (g.pos.positions && id >= g.pos.n_positions)) {
+                  bad[size_t(t)] = 1;
+                  continue;
+                }
+                if (g.allow && !g.allow[id]) continue;
+                into.push({hit_dist[i], g.pos.at(id), s, id});
+              }
+            }
+          }
+          if (own_sel)
+            for (const auto& h : own_sel->finish()) sel.push(h);
+        }
+        auto& best = sel.finish();
+        fold.add(q, int64_t(best.size()), [&](int64_t i, Fold<int32_t>::Entry& e) {
+          const auto& h = best[size_t(i)];
+          e = {int32_t(h.dist), h.gpos, h.seg, h.local};
+          return true;
+        });
+      }
+    });
+    for (char b : bad)
+      if (b) throw std::invalid_argument("ids: a row id in a probed range is negative or beyond the segment's rows");
+  }
+
+  fold.write([&](int64_t q, const std::vector<Fold<int32_t>::Entry>& b) {
+    const int64_t m = int64_t(b.size());
+    for (int64_t i = 0; i < k; ++i) {
+      const bool has = i < m;
+      out_dist[q * k + i] = has ? b[size_t(i)].key : std::numeric_limits<int32_t>::max();
+      out_seg[q * k + i] = has ? b[size_t(i)].seg : -1;
+      out_local[q * k + i] = has ? b[size_t(i)].local : -1;
+    }
+  });
+  return scanned;
+}
+
+void rescore(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queries, int64_t nq,
+             int64_t query_stride, int metric, const int64_t* cand_seg, const int64_t* cand_local,
+             int64_t ncand, int64_t k, float* out_score, int64_t* out_seg, int64_t* out_local) {
+  const bool larger_better = metric != dense::kL2;
+  Fold<float> fold(nq, k);
+  std::vector<float> sc;
+  std::vector<int64_t> ix;
+  auto fold_segment = [&](int64_t s, int64_t kk) {
+    const DenseSeg& g = segs[s];
+    for (int64_t q = 0; q < nq; ++q) {
+      const float* d = sc.data() + q * kk;
+      const int64_t* x = ix.data() + q * kk;
+      fold.add(q, kk, [&](int64_t i, Fold<float>::Entry& e) {
+        if (x[i] < 0) return false;
+        e = {larger_better ? -d[i] : d[i], g.pos.at(x[i]), s, x[i]};
+        return true;
+      });
+    }
+  };
+  const float pad = larger_better ? -std::numeric_limits<float>::infinity()
+                                  : std::numeric_limits<float>::infinity();
+  auto write = [&] {
+    fold.write([&](int64_t q, const std::vector<Fold<float>::Entry>& b) {
+      const int64_t m = int64_t(b.size());
+      for (int64_t i = 0; i < k; ++i) {
+        const bool has = i < m;
+        out_score[q * k + i] = has ? (larger_better ? -b[size_t(i)].key : b[size_t(i)].key) : pad;
+        out_seg[q * k + i] = has ? b[size_t(i)].seg : -1;
+        out_local[q * k + i] = has ? b[size_t(i)].local : -1;
+      }
+    });
+  };
+  if (!cand_seg) {
+    for (int64_t s = 0; s < nseg; ++s) {
+      const DenseSeg& g = segs[s];
+      if (g.k <= 0 || g.n <= 0 || nq == 0) continue;
+      sc.resize(size_t(nq * g.k));
+      ix.resize(size_t(nq * g.k));
+      dense::topk(g.db, g.dtype, g.n, g.stride, dim, queries, nq, query_stride, g.k, metric, g.allow,
+                  nullptr, 0, sc.data(), ix.data());
+      fold_segment(s, g.k);
+    }
+    return write();
+  }
+  // Each query's candidates grouped by segment (a counting sort): start[q][s] ..
+  // start[q][s + 1] in `grouped`.
+  const int64_t ns1 = nseg + 1;
+  std::vector<int64_t> start(size_t(nq * ns1 + 1), 0), grouped(size_t(nq * ncand));
+  std::vector<int64_t> width(size_t(nseg), 0);
+  for (int64_t q = 0; q < nq; ++q) {
+    int64_t* st = start.data() + q * ns1;
+    const int64_t* cs = cand_seg + q * ncand;
+    const int64_t* cl = cand_local + q * ncand;
+    std::fill(st, st + ns1, 0);
+    for (int64_t j = 0; j < ncand; ++j)
+      if (cl[j] >= 0 && cs[j] >= 0 && cs[j] < nseg && segs[cs[j]].k > 0) ++st[cs[j] + 1];
+    for (int64_t s = 0; s < nseg; ++s) {
+      width[size_t(s)] = std::max(width[size_t(s)], st[s + 1]);
+      st[s + 1] += st[s];
+    }
+    std::vector<int64_t> cur(st, st + nseg);
+    for (int64_t j = 0; j < ncand; ++j)
+      if (cl[j] >= 0 && cs[j] >= 0 && cs[j] < nseg && segs[cs[j]].k > 0)
+        grouped[size_t(q * ncand + cur[size_t(cs[j])]++)] = cl[j];
+  }
+  std::vector<int64_t> cand;
+  for (int64_t s = 0; s < nseg; ++s) {
+    const DenseSeg& g = segs[s];
+    const int64_t w = width[size_t(s)];
+    if (g.k <= 0 || w == 0) continue;
+    cand.assign(size_t(nq * w), -1);
+    for (int64_t q = 0; q < nq; ++q) {
+      const int64_t* st = start.data() + q * ns1;
+      std::copy(grouped.begin() + q * ncand + st[s], grouped.begin() + q * ncand + st[s + 1],
+                cand.begin() + q * w);
+    }
+    const int64_t kk = std::min(g.k, w);
+    sc.resize(size_t(nq * kk));
+    ix.resize(size_t(nq * kk));
+    dense::topk(g.db, g.dtype, g.n, g.stride, dim, queries, nq, query_stride, kk, metric, nullptr,
+                cand.data(), w, sc.data(), ix.data());
+    fold_segment(s, kk);
+  }
+  write();
+}
+
+}  // namespace multiseg
+}  // namespace nestvec
