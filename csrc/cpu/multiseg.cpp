@@ -57,6 +57,41 @@ class Fold {
   std::vector<std::vector<Entry>> best_;
 };
 
+// One segment's per-query lists (kk entries a query; idx < 0: none) into the fold,
+// keyed by key_of(value) and placed by the segment's global positions.
+template <class Key, class Val, class KeyOf>
+void fold_lists(Fold<Key>& fold, const Position& pos, int64_t s, int64_t nq, int64_t kk, const Val* vals,
+                const int64_t* idx, KeyOf key_of) {
+  for (int64_t q = 0; q < nq; ++q) {
+    const Val* v = vals + q * kk;
+    const int64_t* x = idx + q * kk;
+    fold.add(q, kk, [&](int64_t i, typename Fold<Key>::Entry& e) {
+      if (x[i] < 0) return false;
+      // ids name the segment's rows: one past them would read outside its positions
+      if (pos.positions && x[i] >= pos.n_positions)
+        throw std::invalid_argument("ids: a row id is beyond the segment's positions");
+      e = {key_of(v[i]), pos.at(x[i]), s, x[i]};
+      return true;
+    });
+  }
+}
+
+// The fold's top-k of every query into [nq, k] outputs: value_of(key), or `pad`, seg
+// and local -1 where a query has fewer than k.
+template <class Key, class Out, class ValueOf>
+void write_fold(Fold<Key>& fold, int64_t k, Out pad, ValueOf value_of, Out* out, int64_t* out_seg,
+                int64_t* out_local) {
+  fold.write([&](int64_t q, const std::vector<typename Fold<Key>::Entry>& b) {
+    const int64_t m = int64_t(b.size());
+    for (int64_t i = 0; i < k; ++i) {
+      const bool has = i < m;
+      out[q * k + i] = has ? value_of(b[size_t(i)].key) : pad;
+      out_seg[q * k + i] = has ? b[size_t(i)].seg : -1;
+      out_local[q * k + i] = has ? b[size_t(i)].local : -1;
+    }
+  });
+}
+
 // k smallest (distance, global position) hits of one query; hits come in any order.
 // Accepts dist < bound(): a hit tying the k-th distance may still win on position.
 class HamSel {
@@ -147,19 +182,7 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
   std::vector<int32_t> dist;
   std::vector<int64_t> idx;
   auto fold_list = [&](int64_t s, int64_t kk) {
-    const HammingSeg& g = segs[s];
-    for (int64_t q = 0; q < nq; ++q) {
-      const int32_t* d = dist.data() + q * kk;
-      const int64_t* x = idx.data() + q * kk;
-      fold.add(q, kk, [&](int64_t i, Fold<int32_t>::Entry& e) {
-        if (x[i] < 0) return false;
-        // ids name the segment's rows: one past them would read outside its positions
-        if (g.pos.positions && x[i] >= g.pos.n_positions)
-          throw std::invalid_argument("ids: a row id is beyond the segment's positions");
-        e = {d[i], g.pos.at(x[i]), s, x[i]};
-        return true;
-      });
-    }
+    fold_lists(fold, segs[s].pos, s, nq, kk, dist.data(), idx.data(), [](int32_t d) { return d; });
   };
   // Large full scans: the threaded kernel, segment by segment.
   for (int64_t s = 0; s < nseg; ++s) {
@@ -249,15 +272,8 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
       if (b) throw std::invalid_argument("ids: a row id in a probed range is negative or beyond the segment's rows");
   }
 
-  fold.write([&](int64_t q, const std::vector<Fold<int32_t>::Entry>& b) {
-    const int64_t m = int64_t(b.size());
-    for (int64_t i = 0; i < k; ++i) {
-      const bool has = i < m;
-      out_dist[q * k + i] = has ? b[size_t(i)].key : std::numeric_limits<int32_t>::max();
-      out_seg[q * k + i] = has ? b[size_t(i)].seg : -1;
-      out_local[q * k + i] = has ? b[size_t(i)].local : -1;
-    }
-  });
+  write_fold(fold, k, std::numeric_limits<int32_t>::max(), [](int32_t d) { return d; }, out_dist, out_seg,
+             out_local);
   return scanned;
 }
 
@@ -269,29 +285,14 @@ void rescore(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queri
   std::vector<float> sc;
   std::vector<int64_t> ix;
   auto fold_segment = [&](int64_t s, int64_t kk) {
-    const DenseSeg& g = segs[s];
-    for (int64_t q = 0; q < nq; ++q) {
-      const float* d = sc.data() + q * kk;
-      const int64_t* x = ix.data() + q * kk;
-      fold.add(q, kk, [&](int64_t i, Fold<float>::Entry& e) {
-        if (x[i] < 0) return false;
-        e = {larger_better ? -d[i] : d[i], g.pos.at(x[i]), s, x[i]};
-        return true;
-      });
-    }
+    fold_lists(fold, segs[s].pos, s, nq, kk, sc.data(), ix.data(),
+               [&](float v) { return larger_better ? -v : v; });
   };
   const float pad = larger_better ? -std::numeric_limits<float>::infinity()
                                   : std::numeric_limits<float>::infinity();
   auto write = [&] {
-    fold.write([&](int64_t q, const std::vector<Fold<float>::Entry>& b) {
-      const int64_t m = int64_t(b.size());
-      for (int64_t i = 0; i < k; ++i) {
-        const bool has = i < m;
-        out_score[q * k + i] = has ? (larger_better ? -b[size_t(i)].key : b[size_t(i)].key) : pad;
-        out_seg[q * k + i] = has ? b[size_t(i)].seg : -1;
-        out_local[q * k + i] = has ? b[size_t(i)].local : -1;
-      }
-    });
+    write_fold(fold, k, pad, [&](float key) { return larger_better ? -key : key; }, out_score, out_seg,
+               out_local);
   };
   if (!cand_seg) {
     for (int64_t s = 0; s < nseg; ++s) {
