@@ -281,3 +281,18 @@ def test_hnsw_query_that_reaches_fewer_rows_than_asked():
     for row in labels:
         got = row[row >= 0]
         assert len(got) >= 200 and len(set(got.tolist())) == len(got) and (row[len(got):] == -1).all()
+
+
+def test_allowed_rows_remembers_read_only_masks_only():
+    from nestvec.collection.indexes import plan
+
+    rng = np.random.default_rng(5)
+    m = rng.random(1000) < 0.1
+    m.setflags(write=False)
+    a = plan.allowed_rows(m)
+    np.testing.assert_array_equal(a, np.flatnonzero(m))
+    assert plan.allowed_rows(m) is a  # the same mask again: remembered
+    w = rng.random(1000) < 0.1  # writable: never remembered (it could change)
+    first = plan.allowed_rows(w)
+    w[first[0]] = False
+    np.testing.assert_array_equal(plan.allowed_rows(w), np.flatnonzero(w))
