@@ -47,7 +47,7 @@ def _prepared(queries, dim: int, metric: str) -> np.ndarray:
     if metric == "cosine":
         q = q.astype(np.float64)
         nrm = np.sqrt(np.einsum("ij,ij->i", q, q))[:, None]
-        if nrm.min() > 0:  # the usual case: the same quotients without the mask
+        if len(nrm) == 1 and nrm[0, 0] > 0:  # one query: the same quotient without the mask
             np.divide(q, nrm, out=q)
         else:
             np.divide(q, nrm, out=q, where=nrm > 0)

@@ -64,6 +64,13 @@ _INT_RESULT = {b: pa.schema([("query", pa.int64()), ("id", pa.int64()),
                              ("score", pa.int32() if b else pa.float32())]) for b in (False, True)}
 
 
+def _arrow(a: np.ndarray, typ) -> pa.Array:
+    """A NumPy array of ``typ``'s width as an Arrow array over its buffer (pa.array
+    infers the type and checks for nulls first)."""
+    a = np.ascontiguousarray(a)
+    return pa.Array.from_buffers(typ, len(a), [None, pa.py_buffer(a)])
+
+
 class SearchMixin:
     def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
                filter=None, columns=None, device=None, ladder=(), nprobe: int | None = None,
@@ -275,8 +282,9 @@ class SearchMixin:
                 for i in np.unique(segs):
                     sel = segs == i
                     ids[sel] = snap.segments[i].file.int_ids()[locs[sel]]
-            return pa.Table.from_arrays([pa.array(qi), pa.array(ids), pa.array(scores)],
-                                        schema=_INT_RESULT[binary])
+            sch = _INT_RESULT[binary]
+            return pa.Table.from_arrays([_arrow(qi, pa.int64()), _arrow(ids, pa.int64()),
+                                         _arrow(scores, sch.field(2).type)], schema=sch)
         score_arr = pa.array(scores)
         pieces, pos = [], []
         for i in np.unique(segs):

@@ -258,7 +258,9 @@ def _ivf_native(run, cent, queries, qcodes, nq, nprobe, short, need, nlist):
         seg, local = np.concatenate([seg, pad], 1), np.concatenate([local, pad], 1)
     rows_scanned, rounds, width = scanned, 1, lists.shape[1]
     # hits come best first, -1 after them: a query lacks rows when its need-th is -1
-    todo = np.flatnonzero(local[:, need - 1] < 0) if need > 0 and nprobe < nlist else ()
+    todo = ()
+    if need > 0 and nprobe < nlist and (local[0, need - 1] < 0 if nq == 1 else (local[:, need - 1] < 0).any()):
+        todo = np.flatnonzero(local[:, need - 1] < 0)
     if not len(todo):  # the common case: one round, nothing widened
         st = pl.stats
         st["rows_scanned"] += rows_scanned
