@@ -9,6 +9,8 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "bind_cuda.h"
@@ -69,6 +71,36 @@ View view2d(const py::array& a, const char* name, size_t itemsize, bool writable
 int64_t int_field(const py::handle& h, const std::string& what) {
   if (!PyIndex_Check(h.ptr())) throw py::type_error(what + ": expected an integer");
   return h.cast<int64_t>();
+}
+
+// A multiseg segment tuple's `position`: an int (its first row's global position) or
+// an int64 array of each row's, at least `min_len` long.
+multiseg::Position position_arg(const py::handle& h, const std::string& at, int64_t min_len,
+                                std::vector<py::array>& keep) {
+  multiseg::Position pos;
+  if (!py::isinstance<py::array>(h)) {
+    pos.offset = int_field(h, at + ".position");
+    return pos;
+  }
+  py::array p = py::reinterpret_borrow<py::array>(h);
+  keep.push_back(p);
+  if (p.ndim() != 1 || p.shape(0) < min_len || p.itemsize() != 8 || p.dtype().kind() != 'i')
+    throw std::invalid_argument(at + ": position must be an int or an int64 array [n]");
+  pos.positions = static_cast<const int64_t*>(view2d(p, (at + ".position").c_str(), 8).ptr);
+  pos.n_positions = p.shape(0);
+  return pos;
+}
+
+// A multiseg segment tuple's `allow`: None, or a 1-D bool array (the caller checks its
+// length); returns the data and the length.
+std::pair<const uint8_t*, int64_t> allow_arg(const py::handle& h, const std::string& at,
+                                             std::vector<py::array>& keep) {
+  if (h.is_none()) return {nullptr, 0};
+  if (!py::isinstance<py::array>(h)) throw py::type_error(at + ": allow must be a bool array");
+  py::array a = py::reinterpret_borrow<py::array>(h);
+  keep.push_back(a);
+  if (a.ndim() != 1 || a.itemsize() != 1) throw std::invalid_argument(at + ": allow must be bool [n]");
+  return {static_cast<const uint8_t*>(view2d(a, (at + ".allow").c_str(), 1).ptr), a.shape(0)};
 }
 
 Isa isa_arg(const std::string& s) {
@@ -309,28 +341,10 @@ PYBIND11_MODULE(_C, m) {
           g.codes = static_cast<const uint8_t*>(c.ptr);
           g.n = c.rows;
           g.code_stride = c.row_stride;
-          if (!t[1].is_none()) {
-            if (!py::isinstance<py::array>(t[1])) throw py::type_error(at + ": allow must be a bool array");
-            py::array a = t[1].cast<py::array>();
-            keep.push_back(a);
-            if (a.ndim() != 1) throw std::invalid_argument(at + ": allow must be 1-D");
-            View av = view2d(a, (at + ".allow").c_str(), 1);
-            g.allow = static_cast<const uint8_t*>(av.ptr);
-            g.n_allow = av.cols;
-            if (g.n_allow < g.n) throw std::invalid_argument(at + ": allow is shorter than the segment");
-          }
-          if (py::isinstance<py::array>(t[2])) {
-            py::array p = t[2].cast<py::array>();
-            keep.push_back(p);
-            // without ids the local rows are the code rows; with ids they are checked per hit
-            if (p.ndim() != 1 || p.itemsize() != 8 || p.dtype().kind() != 'i' ||
-                (t[5].is_none() && p.shape(0) < g.n))
-              throw std::invalid_argument(at + ": position must be an int or an int64 array [n]");
-            g.pos.positions = static_cast<const int64_t*>(view2d(p, (at + ".position").c_str(), 8).ptr);
-            g.pos.n_positions = p.shape(0);
-          } else {
-            g.pos.offset = int_field(t[2], at + ".position");
-          }
+          std::tie(g.allow, g.n_allow) = allow_arg(t[1], at, keep);
+          if (g.allow && g.n_allow < g.n) throw std::invalid_argument(at + ": allow is shorter than the segment");
+          // without ids the local rows are the code rows; with ids they are checked per hit
+          g.pos = position_arg(t[2], at, t[5].is_none() ? g.n : 0, keep);
           if (!t[4].is_none()) {
             if (!py::isinstance<py::array>(t[4])) throw py::type_error(at + ": ranges must be an int64 array");
             py::array r = t[4].cast<py::array>();
@@ -443,24 +457,10 @@ PYBIND11_MODULE(_C, m) {
           g.db = x.ptr;
           g.n = x.rows;
           g.stride = x.row_stride;
-          if (py::isinstance<py::array>(t[2])) {
-            py::array p = t[2].cast<py::array>();
-            keep.push_back(p);
-            if (p.ndim() != 1 || p.shape(0) < g.n || p.itemsize() != 8 || p.dtype().kind() != 'i')
-              throw std::invalid_argument(at + ": position must be an int or an int64 array [n]");
-            g.pos.positions = static_cast<const int64_t*>(view2d(p, (at + ".position").c_str(), 8).ptr);
-            g.pos.n_positions = p.shape(0);
-          } else {
-            g.pos.offset = int_field(t[2], at + ".position");
-          }
-          if (!t[4].is_none()) {
-            if (!py::isinstance<py::array>(t[4])) throw py::type_error(at + ": allow must be a bool array");
-            py::array a = t[4].cast<py::array>();
-            keep.push_back(a);
-            if (a.ndim() != 1 || a.shape(0) != g.n || a.itemsize() != 1)
-              throw std::invalid_argument(at + ": allow must be bool [n]");
-            g.allow = static_cast<const uint8_t*>(view2d(a, (at + ".allow").c_str(), 1).ptr);
-          }
+          g.pos = position_arg(t[2], at, g.n, keep);
+          int64_t n_allow = 0;
+          std::tie(g.allow, n_allow) = allow_arg(t[4], at, keep);
+          if (g.allow && n_allow != g.n) throw std::invalid_argument(at + ": allow must be bool [n]");
         }
         int64_t width = 0;
         for (const auto& g : gs)

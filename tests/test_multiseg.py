@@ -282,3 +282,26 @@ def test_hamming_segments_large_scans_take_the_threaded_kernels():
         for g, w in zip(got[:3], want):
             np.testing.assert_array_equal(g, w)
         assert got[3] == nq * (70000 + 3 + 300000)
+
+
+def test_hamming_segments_one_query_splits_rows_of_all_segments():
+    # fewer queries than threads: the full scans of every segment go to the threads in
+    # one region, blocks of rows crossing segment ends; many ties (4-byte codes of few
+    # values) settle by global position; a segment whose own k is below its allowed rows
+    # keeps the per-segment route
+    rng = np.random.default_rng(21)
+    b = 4
+    sizes = (90000, 50000, 70000)
+    codes = [rng.integers(0, 3, (n, b), dtype=np.uint8) for n in sizes]
+    pos = _positions(list(sizes), True, rng)
+    q = rng.integers(0, 3, (1, b), dtype=np.uint8)
+    allow = rng.random(sizes[1]) < 0.3
+    for k in (1, 10, 300):
+        for capped in (False, True):
+            kk1 = 5 if capped else min(k, int(allow.sum()))
+            segs = [(codes[0], None, pos[0], k, None, None), (codes[1], allow, pos[1], kk1, None, None),
+                    (codes[2], None, pos[2], k, None, None)]
+            got = hostcalls.hamming_segments(q, k, segs)
+            want = reference.hamming_topk_segments(q, k, segs)
+            for g, w in zip(got[:3], want):
+                np.testing.assert_array_equal(g, w, err_msg=f"k={k} capped={capped}")

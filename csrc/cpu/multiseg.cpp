@@ -57,6 +57,41 @@ class Fold {
   std::vector<std::vector<Entry>> best_;
 };
 
+// One segment's per-query lists (kk entries a query; idx < 0: none) into the fold,
+// keyed by key_of(value) and placed by the segment's global positions.
+template <class Key, class Val, class KeyOf>
+void fold_lists(Fold<Key>& fold, const Position& pos, int64_t s, int64_t nq, int64_t kk, const Val* vals,
+                const int64_t* idx, KeyOf key_of) {
+  for (int64_t q = 0; q < nq; ++q) {
+    const Val* v = vals + q * kk;
+    const int64_t* x = idx + q * kk;
+    fold.add(q, kk, [&](int64_t i, typename Fold<Key>::Entry& e) {
+      if (x[i] < 0) return false;
+      // ids name the segment's rows: one past them would read outside its positions
+      if (pos.positions && x[i] >= pos.n_positions)
+        throw std::invalid_argument("ids: a row id is beyond the segment's positions");
+      e = {key_of(v[i]), pos.at(x[i]), s, x[i]};
+      return true;
+    });
+  }
+}
+
+// The fold's top-k of every query into [nq, k] outputs: value_of(key), or `pad`, seg
+// and local -1 where a query has fewer than k.
+template <class Key, class Out, class ValueOf>
+void write_fold(Fold<Key>& fold, int64_t k, Out pad, ValueOf value_of, Out* out, int64_t* out_seg,
+                int64_t* out_local) {
+  fold.write([&](int64_t q, const std::vector<typename Fold<Key>::Entry>& b) {
+    const int64_t m = int64_t(b.size());
+    for (int64_t i = 0; i < k; ++i) {
+      const bool has = i < m;
+      out[q * k + i] = has ? value_of(b[size_t(i)].key) : pad;
+      out_seg[q * k + i] = has ? b[size_t(i)].seg : -1;
+      out_local[q * k + i] = has ? b[size_t(i)].local : -1;
+    }
+  });
+}
+
 // k smallest (distance, global position) hits of one query; hits come in any order.
 // Accepts dist < bound(): a hit tying the k-th distance may still win on position.
 class HamSel {
@@ -100,6 +135,84 @@ class HamSel {
 
 hamming::TileFn pick_tile() {
   return with_isa(active_isa(), [](auto isa) { return hamming::kernels<decltype(isa)::value>().tile; });
+}
+
+// Whether each fully scanned segment's own list (seg.k) holds all its allowed rows
+// or at least the call's k, so that one selector over all of them picks what the
+// per-segment lists merged would.
+bool full_scans_uncapped(const HammingSeg* segs, int64_t nseg, const std::vector<char>& ranged, int64_t k) {
+  for (int64_t s = 0; s < nseg; ++s) {
+    const HammingSeg& g = segs[s];
+    if (g.k <= 0 || g.n <= 0 || ranged[size_t(s)] || g.k >= k) continue;
+    int64_t allowed = g.n;
+    if (g.allow) allowed = std::count_if(g.allow, g.allow + g.n, [](uint8_t a) { return a != 0; });
+    if (allowed > g.k) return false;
+  }
+  return true;
+}
+
+// The full scans of a few queries: blocks of rows of every scanned segment split over
+// the threads, one selector per (thread, query) by (distance, global position), then
+// folded. Same hits as the per-segment kernel: each keeps the k best of its rows.
+template <class FoldT>
+void scan_rows(const HammingSeg* segs, int64_t nseg, const std::vector<char>& ranged, const uint8_t* queries,
+               int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k, FoldT& fold) {
+  constexpr int64_t kThreadRows = int64_t(1) << 16;  // fewer rows a thread: not worth one
+  const int64_t tile_rows = std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~7LL));
+  const int64_t block = 16 * tile_rows;
+  struct Block {
+    int64_t s, r0, r1;
+  };
+  std::vector<Block> blocks;
+  int64_t rows = 0;
+  for (int64_t s = 0; s < nseg; ++s) {
+    const HammingSeg& g = segs[s];
+    if (g.k <= 0 || g.n <= 0 || ranged[size_t(s)]) continue;
+    for (int64_t r0 = 0; r0 < g.n; r0 += block) blocks.push_back({s, r0, std::min(g.n, r0 + block)});
+    rows += g.n;
+  }
+  if (blocks.empty()) return;
+  const hamming::TileFn tile = pick_tile();
+  const uint32_t max_bound = uint32_t(8 * nbytes + 1);
+  const int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, rows / kThreadRows)));
+  std::vector<std::vector<HamSel>> sel(static_cast<size_t>(nthreads), std::vector<HamSel>(static_cast<size_t>(nq)));
+  parallel_for(int64_t(blocks.size()), nthreads, 1, [&](int t, int64_t b0, int64_t b1) {
+    std::vector<uint32_t> hit_rows(static_cast<size_t>(tile_rows)), hit_dist(static_cast<size_t>(tile_rows));
+    auto& mine = sel[size_t(t)];
+    for (auto& x : mine) x.reset(k, max_bound);
+    for (int64_t b = b0; b < b1; ++b) {
+      const Block& bl = blocks[size_t(b)];
+      const HammingSeg& g = segs[bl.s];
+      for (int64_t q = 0; q < nq; ++q) {
+        HamSel& into = mine[size_t(q)];
+        const uint8_t* qv = queries + q * query_stride;
+        for (int64_t r0 = bl.r0; r0 < bl.r1; r0 += tile_rows) {
+          const int64_t n = std::min(tile_rows, bl.r1 - r0);
+          const uint32_t bound = into.bound();
+          uint32_t cnt = 0;
+          tile(g.codes + r0 * g.code_stride, n, g.code_stride, qv, 1, query_stride, nbytes, &bound,
+               hit_rows.data(), hit_dist.data(), tile_rows, &cnt);
+          for (uint32_t i = 0; i < cnt; ++i) {
+            const int64_t row = r0 + hit_rows[i];
+            if (g.allow && !g.allow[row]) continue;
+            into.push({hit_dist[i], g.pos.at(row), bl.s, row});
+          }
+        }
+      }
+    }
+  });
+  for (int64_t q = 0; q < nq; ++q) {
+    std::vector<HamSel::Hit> all;
+    for (auto& per_thread : sel) {
+      auto& hits = per_thread[size_t(q)].finish();
+      all.insert(all.end(), hits.begin(), hits.end());
+    }
+    fold.add(q, int64_t(all.size()), [&](int64_t i, auto& e) {
+      const auto& h = all[size_t(i)];
+      e = {int32_t(h.dist), h.gpos, h.seg, h.local};
+      return true;
+    });
+  }
 }
 
 }  // namespace
@@ -147,29 +260,25 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
   std::vector<int32_t> dist;
   std::vector<int64_t> idx;
   auto fold_list = [&](int64_t s, int64_t kk) {
-    const HammingSeg& g = segs[s];
-    for (int64_t q = 0; q < nq; ++q) {
-      const int32_t* d = dist.data() + q * kk;
-      const int64_t* x = idx.data() + q * kk;
-      fold.add(q, kk, [&](int64_t i, Fold<int32_t>::Entry& e) {
-        if (x[i] < 0) return false;
-        // ids name the segment's rows: one past them would read outside its positions
-        if (g.pos.positions && x[i] >= g.pos.n_positions)
-          throw std::invalid_argument("ids: a row id is beyond the segment's positions");
-        e = {d[i], g.pos.at(x[i]), s, x[i]};
-        return true;
-      });
-    }
+    fold_lists(fold, segs[s].pos, s, nq, kk, dist.data(), idx.data(), [](int32_t d) { return d; });
   };
-  // Large full scans: the threaded kernel, segment by segment.
-  for (int64_t s = 0; s < nseg; ++s) {
-    const HammingSeg& g = segs[s];
-    if (g.k <= 0 || g.n <= 0 || nq == 0 || ranged_seg[size_t(s)]) continue;
-    dist.resize(size_t(nq * g.k));
-    idx.resize(size_t(nq * g.k));
-    hamming::topk(g.codes, g.n, g.code_stride, queries, nq, query_stride, nbytes, g.k, g.allow,
-                  dist.data(), idx.data());
-    fold_list(s, g.k);
+  // Full scans. Fewer queries than threads: every scanned segment's rows split over the
+  // threads in one parallel region (a kernel call per segment split each segment on its
+  // own: eight 125k-row segments cost ~0.3 ms more than two of 500k at batch 1).
+  // Otherwise the threaded kernel, segment by segment (its query blocks reuse each
+  // tile of codes for many queries).
+  if (nq > 0 && nq < num_threads() && full_scans_uncapped(segs, nseg, ranged_seg, k)) {
+    scan_rows(segs, nseg, ranged_seg, queries, nq, query_stride, nbytes, k, fold);
+  } else {
+    for (int64_t s = 0; s < nseg; ++s) {
+      const HammingSeg& g = segs[s];
+      if (g.k <= 0 || g.n <= 0 || nq == 0 || ranged_seg[size_t(s)]) continue;
+      dist.resize(size_t(nq * g.k));
+      idx.resize(size_t(nq * g.k));
+      hamming::topk(g.codes, g.n, g.code_stride, queries, nq, query_stride, nbytes, g.k, g.allow,
+                    dist.data(), idx.data());
+      fold_list(s, g.k);
+    }
   }
 
   // Ranges. A few queries over many rows: the range kernel, which splits rows over
@@ -249,15 +358,8 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
       if (b) throw std::invalid_argument("ids: a row id in a probed range is negative or beyond the segment's rows");
   }
 
-  fold.write([&](int64_t q, const std::vector<Fold<int32_t>::Entry>& b) {
-    const int64_t m = int64_t(b.size());
-    for (int64_t i = 0; i < k; ++i) {
-      const bool has = i < m;
-      out_dist[q * k + i] = has ? b[size_t(i)].key : std::numeric_limits<int32_t>::max();
-      out_seg[q * k + i] = has ? b[size_t(i)].seg : -1;
-      out_local[q * k + i] = has ? b[size_t(i)].local : -1;
-    }
-  });
+  write_fold(fold, k, std::numeric_limits<int32_t>::max(), [](int32_t d) { return d; }, out_dist, out_seg,
+             out_local);
   return scanned;
 }
 
@@ -269,29 +371,14 @@ void rescore(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queri
   std::vector<float> sc;
   std::vector<int64_t> ix;
   auto fold_segment = [&](int64_t s, int64_t kk) {
-    const DenseSeg& g = segs[s];
-    for (int64_t q = 0; q < nq; ++q) {
-      const float* d = sc.data() + q * kk;
-      const int64_t* x = ix.data() + q * kk;
-      fold.add(q, kk, [&](int64_t i, Fold<float>::Entry& e) {
-        if (x[i] < 0) return false;
-        e = {larger_better ? -d[i] : d[i], g.pos.at(x[i]), s, x[i]};
-        return true;
-      });
-    }
+    fold_lists(fold, segs[s].pos, s, nq, kk, sc.data(), ix.data(),
+               [&](float v) { return larger_better ? -v : v; });
   };
   const float pad = larger_better ? -std::numeric_limits<float>::infinity()
                                   : std::numeric_limits<float>::infinity();
   auto write = [&] {
-    fold.write([&](int64_t q, const std::vector<Fold<float>::Entry>& b) {
-      const int64_t m = int64_t(b.size());
-      for (int64_t i = 0; i < k; ++i) {
-        const bool has = i < m;
-        out_score[q * k + i] = has ? (larger_better ? -b[size_t(i)].key : b[size_t(i)].key) : pad;
-        out_seg[q * k + i] = has ? b[size_t(i)].seg : -1;
-        out_local[q * k + i] = has ? b[size_t(i)].local : -1;
-      }
-    });
+    write_fold(fold, k, pad, [&](float key) { return larger_better ? -key : key; }, out_score, out_seg,
+               out_local);
   };
   if (!cand_seg) {
     for (int64_t s = 0; s < nseg; ++s) {
