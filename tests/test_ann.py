@@ -239,6 +239,27 @@ def test_probe_routes_agree(metric, monkeypatch):
         assert_same_hits(per_query(a), per_query(b), atol=1e-6)
 
 
+def test_numpy_probe_matches_the_axis_selection():
+    """The NumPy probe selects row by row; the lists equal the selection along axis 1
+    (argpartition, then a stable sort of the kept scores), ties and nprobe = nlist too."""
+    from nestvec.collection.indexes import ivf
+
+    rng = np.random.default_rng(5)
+    cent = rng.standard_normal((64, 16)).astype(np.float32)
+    cent[7] = cent[3]  # exact ties
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    obj = ivf.IvfCentroids.__new__(ivf.IvfCentroids)
+    obj.centroids, obj.spec, obj._half_sq = cent, {"metric": "cosine"}, None
+    q = rng.standard_normal((2, 16)).astype(np.float32)
+    q[1] = cent[3]
+    s = -(q @ cent.T)
+    for p in (1, 5, 63, 64):
+        part = np.argpartition(s, p - 1, axis=1)[:, :p] if p < 64 else np.broadcast_to(np.arange(64), s.shape)
+        want = np.take_along_axis(part, np.argsort(np.take_along_axis(s, part, 1), axis=1, kind="stable"), 1)
+        np.testing.assert_array_equal(obj.probe(q, p), want)
+        np.testing.assert_array_equal(obj.probe(q[1:], p), want[1:])
+
+
 def test_queries_are_not_modified(indexed):
     col, x, q, _ = indexed
     q0 = q.copy()

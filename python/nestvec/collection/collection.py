@@ -296,8 +296,10 @@ class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin, Version
 
     def _masks(self, snap, flt):
         """Per segment: allow mask = live & filter (None = every row)."""
-        filters.check_filter(flt)
         segs = snap.segments
+        if flt is None:
+            return [s.live for s in segs]
+        filters.check_filter(flt)
         fmasks = [None] * len(segs)
         if flt is not None:
             fkey = self._mask_cache.key(flt)

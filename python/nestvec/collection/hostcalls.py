@@ -47,7 +47,10 @@ def _prepared(queries, dim: int, metric: str) -> np.ndarray:
     if metric == "cosine":
         q = q.astype(np.float64)
         nrm = np.sqrt(np.einsum("ij,ij->i", q, q))[:, None]
-        np.divide(q, nrm, out=q, where=nrm > 0)
+        if len(nrm) == 1 and nrm[0, 0] > 0:  # one query: the same quotient without the mask
+            np.divide(q, nrm, out=q)
+        else:
+            np.divide(q, nrm, out=q, where=nrm > 0)
     q = np.ascontiguousarray(q, dtype=np.float32)
     _LAST = (queries, dim, metric, q)  # one assignment: threads see an old or a new entry
     return q

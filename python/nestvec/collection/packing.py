@@ -38,6 +38,7 @@ class PackCache:
         self._d: OrderedDict = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self.unpacked = None  # the last segment list with no run to pack (pack())
 
     def get(self, segs):
         key = tuple(s.name for s in segs)
@@ -80,6 +81,8 @@ def _size(s) -> int:
 def pack(segments, masks, cache: PackCache):
     """(segments', masks', remap): runs of >= 2 adjacent small segments replaced by one
     packed segment each; ``remap(seg, local)`` maps the planner's hits back."""
+    if cache.unpacked is segments:  # this snapshot's segments were found to pack into nothing
+        return segments, masks, None
     groups, run, run_bytes = [], [], 0
     for i, s in enumerate(segments):
         # a segment with an index is searched through it, never packed
@@ -95,6 +98,9 @@ def pack(segments, masks, cache: PackCache):
     groups.append(run)
     groups = [g for g in groups if g]
     if len(groups) == len(segments):
+        # held, not just its id: a snapshot's list never changes, and a list kept alive
+        # cannot hand its id to another
+        cache.unpacked = segments
         return segments, masks, None
     vsegs, vmasks, members = [], [], []
     for g in groups:

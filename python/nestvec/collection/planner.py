@@ -151,6 +151,19 @@ def resolve_mode(req: Request, n_allowed: int, q_width: int | None = None) -> st
     return req.mode
 
 
+_PLAN = []
+
+
+def _index_plan():
+    """indexes.plan, imported on the first index search (an import statement on every
+    search cost microseconds)."""
+    if not _PLAN:
+        from .indexes import plan
+
+        _PLAN.append(plan)
+    return _PLAN[0]
+
+
 def _merge_with(pl, res, other, k, larger_better):
     """Exact top-k of two (seg, local, score) results of the same queries."""
     seg = np.concatenate([res[0], other[0]], axis=1)
@@ -238,8 +251,7 @@ class Planner:
             if self.cache is not None:
                 raise ValueError(f"mode={mode!r} searches on the host; pass host queries (device "
                                  f"searches: mode='flat', 'binary' or 'funnel')")
-            from .indexes import plan
-
+            plan = _index_plan()
             return (mode,) + (plan.run_ivf if mode == "ivf" else plan.run_hnsw)(self, queries)
         self.stats.update(segments=len(self.segments), rows=sum(s.n for s in self.segments),
                           matches=sum(self.counts), rows_scanned=nq * sum(self.counts), rows_rescored=0)
@@ -334,7 +346,9 @@ class Planner:
         short = seg.shape[1]
         # Matryoshka ladder: rescore the survivors at each wider prefix, keeping fewer
         # (exact scores at every stage; the last stage is `dim` and keeps k)
-        stages = list(zip(r.ladder, ladder_keep(max(short, r.k), r.k, len(r.ladder)))) + [(r.dim, r.k)]
+        stages = [(r.dim, r.k)]
+        if r.ladder:
+            stages = list(zip(r.ladder, ladder_keep(max(short, r.k), r.k, len(r.ladder)))) + stages
         if self.native(queries):
             base = [(i, self.segments[i].vectors) for i in self._active()]
             for d, keep in stages:

@@ -59,6 +59,16 @@ def _locate(snap, rows):
 
 # results of at most this many rows gather their ids row by row (_result)
 _SMALL_RESULT = 64
+# the schema of a result with int64 ids and no extra columns (by binary mode)
+_INT_RESULT = {b: pa.schema([("query", pa.int64()), ("id", pa.int64()),
+                             ("score", pa.int32() if b else pa.float32())]) for b in (False, True)}
+
+
+def _arrow(a: np.ndarray, typ) -> pa.Array:
+    """A NumPy array of ``typ``'s width as an Arrow array over its buffer (pa.array
+    infers the type and checks for nulls first)."""
+    a = np.ascontiguousarray(a)
+    return pa.Array.from_buffers(typ, len(a), [None, pa.py_buffer(a)])
 
 
 class SearchMixin:
@@ -233,19 +243,29 @@ class SearchMixin:
         return cache
 
     def _result(self, snap, seg, local, score, cols, mode) -> pa.Table:
-        valid = local >= 0
         nq, k = local.shape
-        if valid.all():  # every query has k rows: no masking
+        if nq == 1:  # one query: 1-D selections
+            valid = local[0] >= 0
+            n = int(np.count_nonzero(valid))
+            qi = np.zeros(n, np.int64)
+            if n == k:
+                segs, locs, scores = seg[0], local[0], score[0]
+            else:
+                segs, locs, scores = seg[0][valid], local[0][valid], score[0][valid]
+        elif not local.size or local.min() >= 0:  # every query has k rows: no masking
             qi = np.repeat(np.arange(nq, dtype=np.int64), k)
             segs, locs, scores = seg.ravel(), local.ravel(), score.ravel()
         else:
+            valid = local >= 0
             qi = np.nonzero(valid)[0].astype(np.int64)
             segs, locs, scores = seg[valid], local[valid], score[valid]
+        binary = mode == "binary"
+        scores = scores.astype(np.int32 if binary else np.float32, copy=False)
         names = ["id"] + [c for c in cols if c != "id"]
-        score_arr = pa.array(scores.astype(np.int32 if mode == "binary" else np.float32, copy=False))
-        if names == ["id"] and snap.manifest["id_type"] == "int64":
+        if len(names) == 1 and snap.manifest["id_type"] == "int64":
             # the common result: int ids gathered in NumPy (one pyarrow take per
-            # segment and a re-ordering take cost more than a small search)
+            # segment and a re-ordering take cost more than a small search), the
+            # table from arrays of a fixed schema (no type inference per call)
             if len(snap.segments) == 1:
                 ids = snap.segments[0].file.int_ids()[locs]
             elif len(segs) <= _SMALL_RESULT:
@@ -262,7 +282,10 @@ class SearchMixin:
                 for i in np.unique(segs):
                     sel = segs == i
                     ids[sel] = snap.segments[i].file.int_ids()[locs[sel]]
-            return pa.table({"query": pa.array(qi), "id": pa.array(ids), "score": score_arr})
+            sch = _INT_RESULT[binary]
+            return pa.Table.from_arrays([_arrow(qi, pa.int64()), _arrow(ids, pa.int64()),
+                                         _arrow(scores, sch.field(2).type)], schema=sch)
+        score_arr = pa.array(scores)
         pieces, pos = [], []
         for i in np.unique(segs):
             sel = np.flatnonzero(segs == i)

@@ -201,7 +201,9 @@ def queries(q, dim_full: int, dim: int, metric: str):
         xd = x[:, :dim] if dim < x.shape[1] else x
         sq = np.einsum("ij,ij->i", xd, xd, dtype=np.float64)
         lo = _FAST_LO if metric == "cosine" else -1.0
-        if ((sq >= lo) & (sq <= _FAST_HI)).all() and (xd is x or np.isfinite(x).all()):
+        # one query: a Python comparison (NaN fails it too) instead of three ufuncs
+        ok = lo <= float(sq[0]) <= _FAST_HI if len(sq) == 1 else ((sq >= lo) & (sq <= _FAST_HI)).all()
+        if ok and (xd is x or np.isfinite(x).all()):
             return x, q.ndim == 1
     on_device = ck.is_torch(q) and ck.device_of(q) != "cpu"
     if on_device:

@@ -290,9 +290,17 @@ def _ivf_native(run, cent, queries, qcodes, nq, nprobe, short, need, nlist):
     if seg.shape[1] < short:  # the shortlist's width sizes the ladder: as wide as the per-segment path's
         pad = np.full((nq, short - seg.shape[1]), -1, np.int64)
         seg, local = np.concatenate([seg, pad], 1), np.concatenate([local, pad], 1)
-    rows_scanned, probes, rounds = scanned, np.full(nq, lists.shape[1], np.int64), 1
-    lacking = (local >= 0).sum(axis=1) < need
-    todo = np.flatnonzero(lacking)
+    rows_scanned, rounds, width = scanned, 1, lists.shape[1]
+    # hits come best first, -1 after them: a query lacks rows when its need-th is -1
+    todo = ()
+    if need > 0 and nprobe < nlist and (local[0, need - 1] < 0 if nq == 1 else (local[:, need - 1] < 0).any()):
+        todo = np.flatnonzero(local[:, need - 1] < 0)
+    if not len(todo):  # the common case: one round, nothing widened
+        st = pl.stats
+        st["rows_scanned"] += rows_scanned
+        st.update(lists_probed=nq * width, probe_rounds=1, nprobe_max=width)
+        return run.rescore(queries, seg, local, nq)
+    probes = np.full(nq, width, np.int64)
     while len(todo) and nprobe < nlist:  # widen for queries that found too few rows
         nprobe = min(nlist, nprobe * 4)
         rounds += 1
