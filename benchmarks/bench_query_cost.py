@@ -35,6 +35,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+
+def open_case(spec: str):
+    """``COLLECTION:QUERIES.npy`` -> (the collection read-only, up to 512 float32
+    queries, a label: rows x dim, segments)."""
+    import numpy as np
+
+    import nestvec as nv
+
+    path, qpath = spec.split(":")
+    col = nv.Collection.open(path, read_only=True)
+    snap = col._snapshot()
+    qs = np.load(qpath).astype(np.float32)[:512]
+    return col, qs, f"{sum(s.n for s in snap.segments)} x {snap.manifest['dim']}, {len(snap.segments)} seg"
+
+
 def _worker(args) -> None:
     import numpy as np
 
@@ -49,11 +64,7 @@ def _worker(args) -> None:
     for mode in ("flat", "funnel"):
         cases.append((f"1k rows, {mode}, batch 1", lambda q, mode=mode: small.search(q, k=10, mode=mode), sq, 1))
     for spec in args.collection:
-        path, qpath = spec.split(":")
-        col = nv.Collection.open(path, read_only=True)
-        snap = col._snapshot()
-        qs = np.load(qpath).astype(np.float32)[:512]
-        label = f"{sum(s.n for s in snap.segments)} x {snap.manifest['dim']}, {len(snap.segments)} seg"
+        col, qs, label = open_case(spec)
         for b in (1, 16):
             cases.append((f"{label}, ivf, batch {b}", lambda q, col=col: col.search(q, k=10, mode="ivf"), qs, b))
     out = {"times": {}, "digest": {}}
@@ -85,9 +96,6 @@ def _stages(args) -> None:
     """Where one ivf search's time goes (this tree): perf_counter around each stage."""
     import collections
 
-    import numpy as np
-
-    import nestvec as nv
     from nestvec.collection import collection as cm
     from nestvec.collection import hostcalls
     from nestvec.collection import search as sm
@@ -119,11 +127,7 @@ def _stages(args) -> None:
         wrap(owner, attr, label)
     rows = []
     for spec in args.collection:
-        path, qpath = spec.split(":")
-        col = nv.Collection.open(path, read_only=True)
-        snap = col._snapshot()
-        qs = np.load(qpath).astype(np.float32)[:512]
-        label = f"{sum(s.n for s in snap.segments)} x {snap.manifest['dim']}, {len(snap.segments)} seg"
+        col, qs, label = open_case(spec)
         for b in (1, 16):
             batches = [qs[j] for j in range(len(qs))] if b == 1 else \
                 [qs[j:j + b] for j in range(0, len(qs) - b + 1, b)]
