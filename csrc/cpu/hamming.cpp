@@ -9,11 +9,12 @@
 
 namespace nestvec {
 namespace hamming {
-namespace {
 
-TileFn pick_tile() {
+TileFn active_tile() {
   return with_isa(active_isa(), [](auto isa) { return kernels<decltype(isa)::value>().tile; });
 }
+
+namespace {
 
 bool any_allowed(const uint8_t* allow, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
@@ -36,10 +37,9 @@ void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* q
            query_stride, nbytes, k, allow, out_dist + j0 * k, out_idx + j0 * k);
     return;
   }
-  const TileFn tile = pick_tile();
+  const TileFn tile = active_tile();
   const uint32_t max_dist = uint32_t(8 * nbytes);
-  // A tile of ~32 KiB of codes stays in L1 while every query passes over it.
-  const int64_t tile_rows = std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~7LL));
+  const int64_t tile_rows = hamming::tile_rows(nbytes);
   const int64_t qblock = 64;
   // Below ~64 KiB of codes per thread the thread start-up costs more than it saves.
   const int64_t min_rows = std::max<int64_t>(tile_rows, 65536 / nbytes);

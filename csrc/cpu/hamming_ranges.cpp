@@ -22,10 +22,6 @@ namespace {
 constexpr int kIdBits = 40;
 constexpr uint64_t kIdMask = (uint64_t(1) << kIdBits) - 1;
 
-TileFn pick_tile() {
-  return with_isa(active_isa(), [](auto isa) { return kernels<decltype(isa)::value>().tile; });
-}
-
 // k smallest (distance << 40 | id) keys; rows may come in any id order.
 class KeyTopK {
  public:
@@ -83,9 +79,9 @@ void topk_ranges(const uint8_t* codes, int64_t n, int64_t code_stride, const uin
       starts.push_back(total);
       total += e - b;
     }
-  const TileFn tile = pick_tile();
+  const TileFn tile = active_tile();
   const uint32_t max_bound = uint32_t(8 * nbytes + 1);
-  const int64_t tile_rows = std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~7LL));
+  const int64_t tile_rows = hamming::tile_rows(nbytes);
   // Below ~64 KiB of codes per thread a second thread costs more than it saves.
   const int64_t min_rows = std::max<int64_t>(tile_rows, 65536 / nbytes);
   const int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, total / min_rows)));

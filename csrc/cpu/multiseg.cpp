@@ -133,8 +133,38 @@ class HamSel {
   std::vector<Hit> buf_;
 };
 
-hamming::TileFn pick_tile() {
-  return with_isa(active_isa(), [](auto isa) { return hamming::kernels<decltype(isa)::value>().tile; });
+// Rows per thread below which a second thread costs more than it saves.
+constexpr int64_t kThreadRows = int64_t(1) << 16;
+
+// Rows [b, e) of segment s against one query: every hit below bound() goes into
+// `into` as (distance, global position, s, local row); ids map code rows to local
+// rows (full scans have none). Returns false when an id is negative or beyond the
+// segment's allow mask or positions (that hit is skipped).
+template <class Bound>
+bool scan_range(hamming::TileFn tile, const HammingSeg& g, int64_t s, const uint8_t* qv, int64_t query_stride,
+                int64_t nbytes, int64_t b, int64_t e, int64_t tile_rows, uint32_t* hit_rows, uint32_t* hit_dist,
+                HamSel& into, Bound bound) {
+  const int32_t* ids32 = g.ids_bytes == 4 ? static_cast<const int32_t*>(g.ids) : nullptr;
+  const int64_t* ids64 = g.ids_bytes == 8 ? static_cast<const int64_t*>(g.ids) : nullptr;
+  bool ok = true;
+  for (int64_t r0 = b; r0 < e; r0 += tile_rows) {
+    const int64_t n = std::min(tile_rows, e - r0);
+    const uint32_t thr = bound();
+    uint32_t cnt = 0;
+    tile(g.codes + r0 * g.code_stride, n, g.code_stride, qv, 1, query_stride, nbytes, &thr, hit_rows, hit_dist,
+         tile_rows, &cnt);
+    for (uint32_t i = 0; i < cnt; ++i) {
+      const int64_t at = r0 + hit_rows[i];
+      const int64_t id = ids32 ? int64_t(ids32[at]) : ids64 ? ids64[at] : at;
+      if (id < 0 || (g.allow && id >= g.n_allow) || (g.pos.positions && id >= g.pos.n_positions)) {
+        ok = false;
+        continue;
+      }
+      if (g.allow && !g.allow[id]) continue;
+      into.push({hit_dist[i], g.pos.at(id), s, id});
+    }
+  }
+  return ok;
 }
 
 // Whether each fully scanned segment's own list (seg.k) holds all its allowed rows
@@ -157,8 +187,7 @@ bool full_scans_uncapped(const HammingSeg* segs, int64_t nseg, const std::vector
 template <class FoldT>
 void scan_rows(const HammingSeg* segs, int64_t nseg, const std::vector<char>& ranged, const uint8_t* queries,
                int64_t nq, int64_t query_stride, int64_t nbytes, int64_t k, FoldT& fold) {
-  constexpr int64_t kThreadRows = int64_t(1) << 16;  // fewer rows a thread: not worth one
-  const int64_t tile_rows = std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~7LL));
+  const int64_t tile_rows = hamming::tile_rows(nbytes);
   const int64_t block = 16 * tile_rows;
   struct Block {
     int64_t s, r0, r1;
@@ -172,7 +201,7 @@ void scan_rows(const HammingSeg* segs, int64_t nseg, const std::vector<char>& ra
     rows += g.n;
   }
   if (blocks.empty()) return;
-  const hamming::TileFn tile = pick_tile();
+  const hamming::TileFn tile = hamming::active_tile();
   const uint32_t max_bound = uint32_t(8 * nbytes + 1);
   const int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, rows / kThreadRows)));
   std::vector<std::vector<HamSel>> sel(static_cast<size_t>(nthreads), std::vector<HamSel>(static_cast<size_t>(nq)));
@@ -182,22 +211,11 @@ void scan_rows(const HammingSeg* segs, int64_t nseg, const std::vector<char>& ra
     for (auto& x : mine) x.reset(k, max_bound);
     for (int64_t b = b0; b < b1; ++b) {
       const Block& bl = blocks[size_t(b)];
-      const HammingSeg& g = segs[bl.s];
       for (int64_t q = 0; q < nq; ++q) {
         HamSel& into = mine[size_t(q)];
-        const uint8_t* qv = queries + q * query_stride;
-        for (int64_t r0 = bl.r0; r0 < bl.r1; r0 += tile_rows) {
-          const int64_t n = std::min(tile_rows, bl.r1 - r0);
-          const uint32_t bound = into.bound();
-          uint32_t cnt = 0;
-          tile(g.codes + r0 * g.code_stride, n, g.code_stride, qv, 1, query_stride, nbytes, &bound,
-               hit_rows.data(), hit_dist.data(), tile_rows, &cnt);
-          for (uint32_t i = 0; i < cnt; ++i) {
-            const int64_t row = r0 + hit_rows[i];
-            if (g.allow && !g.allow[row]) continue;
-            into.push({hit_dist[i], g.pos.at(row), bl.s, row});
-          }
-        }
+        // (full scans: no ids, allow and positions cover the segment, so no hit is out of range)
+        scan_range(tile, segs[bl.s], bl.s, queries + q * query_stride, query_stride, nbytes, bl.r0, bl.r1,
+                   tile_rows, hit_rows.data(), hit_dist.data(), into, [&] { return into.bound(); });
       }
     }
   });
@@ -222,8 +240,6 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
                      int64_t k, int32_t* out_dist, int64_t* out_seg, int64_t* out_local) {
   // Each segment's ranges [nq, nr, 2]: given, or from its lists; a full scan goes to
   // hamming::topk (its selector and query blocks beat a scan of one range per query).
-  // rows per thread below which a second thread costs more than it saves
-  constexpr int64_t kThreadRows = int64_t(1) << 16;
   std::vector<std::vector<int64_t>> own(static_cast<size_t>(nseg));
   std::vector<const int64_t*> rng(size_t(nseg), nullptr);
   std::vector<char> ranged_seg(size_t(nseg), 0);  // rng may be null for zero ranges
@@ -296,9 +312,9 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
       fold_list(s, g.k);
     }
   } else if (ranged > 0) {
-    const hamming::TileFn tile = pick_tile();
+    const hamming::TileFn tile = hamming::active_tile();
     const uint32_t max_bound = uint32_t(8 * nbytes + 1);
-    const int64_t tile_rows = std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~7LL));
+    const int64_t tile_rows = hamming::tile_rows(nbytes);
     const int nthreads = int(std::min<int64_t>({int64_t(threads), nq, std::max<int64_t>(1, ranged / kThreadRows)}));
     std::vector<char> bad(size_t(std::max(1, nthreads)), 0);
     parallel_for(nq, nthreads, 1, [&](int t, int64_t q0, int64_t q1) {
@@ -311,8 +327,6 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
           const HammingSeg& g = segs[s];
           const int64_t* r = rng[size_t(s)];
           if (!ranged_seg[size_t(s)]) continue;
-          const int32_t* ids32 = g.ids_bytes == 4 ? static_cast<const int32_t*>(g.ids) : nullptr;
-          const int64_t* ids64 = g.ids_bytes == 8 ? static_cast<const int64_t*>(g.ids) : nullptr;
           // a segment contributes at most its own k (its allowed rows), as the
           // per-segment path does: a selector of its own bounds it
           HamSel* own_sel = nullptr;
@@ -325,23 +339,10 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
           for (int64_t p = 0; p < nr[size_t(s)]; ++p) {
             const int64_t b = std::max<int64_t>(0, r[2 * (q * nr[size_t(s)] + p)]);
             const int64_t e = std::min<int64_t>(g.n, r[2 * (q * nr[size_t(s)] + p) + 1]);
-            for (int64_t r0 = b; r0 < e; r0 += tile_rows) {
-              const int64_t n = std::min(tile_rows, e - r0);
-              const uint32_t bound = std::min(into.bound(), std::min(sel.bound(), max_bound));
-              uint32_t cnt = 0;
-              tile(g.codes + r0 * g.code_stride, n, g.code_stride, qv, 1, query_stride, nbytes, &bound,
-                   hit_rows.data(), hit_dist.data(), tile_rows, &cnt);
-              for (uint32_t i = 0; i < cnt; ++i) {
-                const int64_t at = r0 + hit_rows[i];
-                const int64_t id = ids32 ? int64_t(ids32[at]) : ids64 ? ids64[at] : at;
-                if (id < 0 || (g.allow && id >= g.n_allow) || (g.pos.positions && id >= g.pos.n_positions)) {
-                  bad[size_t(t)] = 1;
-                  continue;
-                }
-                if (g.allow && !g.allow[id]) continue;
-                into.push({hit_dist[i], g.pos.at(id), s, id});
-              }
-            }
+            if (!scan_range(tile, g, s, qv, query_stride, nbytes, b, e, tile_rows, hit_rows.data(),
+                            hit_dist.data(), into,
+                            [&] { return std::min(into.bound(), std::min(sel.bound(), max_bound)); }))
+              bad[size_t(t)] = 1;
           }
           if (own_sel)
             for (const auto& h : own_sel->finish()) sel.push(h);

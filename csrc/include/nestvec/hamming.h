@@ -1,5 +1,6 @@
 // Exact Hamming top-k over packed binary codes.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "nestvec/dispatch.h"
@@ -21,6 +22,15 @@ struct Kernels {
 };
 template <Isa I>
 Kernels kernels();
+
+// The active ISA's tile kernel (hamming.cpp).
+TileFn active_tile();
+
+// Rows of a tile: ~32 KiB of codes, which stay in L1 while every query of a block
+// passes over them (a multiple of 8, 8 to 4096).
+inline int64_t tile_rows(int64_t nbytes) {
+  return std::max<int64_t>(8, std::min<int64_t>(4096, (32768 / nbytes) & ~int64_t(7)));
+}
 
 // codes [n, nbytes] (row stride code_stride), queries [nq, nbytes] (row stride
 // query_stride); allow: optional bool [n]. Output [nq, k]: distance ascending, then

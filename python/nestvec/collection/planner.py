@@ -22,8 +22,8 @@ from .. import _checks as ck
 from . import hostcalls
 from ..quant import binarize
 from .topk import host as _host
-from .topk import merge_order
 from .topk import merge_parts as _merge
+from .topk import merge_results
 
 MODES = ("auto", "flat", "binary", "funnel", "ivf", "hnsw")
 INDEX_MODES = ("ivf", "hnsw")
@@ -164,16 +164,6 @@ def _index_plan():
     return _PLAN[0]
 
 
-def _merge_with(pl, res, other, k, larger_better):
-    """Exact top-k of two (seg, local, score) results of the same queries."""
-    seg = np.concatenate([res[0], other[0]], axis=1)
-    local = np.concatenate([res[1], other[1]], axis=1)
-    score = np.concatenate([res[2], other[2]], axis=1)
-    order = merge_order(score, pl.gpos(seg, local), k, larger_better)
-    pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    return pick(seg), pick(local), pick(score)
-
-
 def _take_rows(vec, rows):
     if ck.is_torch(vec):
         import torch
@@ -309,7 +299,8 @@ class Planner:
             if not parts:
                 return res
             # a selective filter's segments were scored on their gathered rows
-            return _merge_with(self, res, _merge(parts, r.k, r.metric != "l2", nq), r.k, r.metric != "l2")
+            return merge_results([res, _merge(parts, r.k, r.metric != "l2", nq)], r.k, r.metric != "l2", None,
+                                 nq, gpos=self.gpos)
         return _merge(parts, r.k, r.metric != "l2", nq)
 
     def _hamming(self, qcodes, nbytes, k, nq, only=None):

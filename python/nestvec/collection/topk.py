@@ -55,9 +55,10 @@ def merge_parts(parts, k: int, larger_better: bool, nq: int):
     return pick(seg), pick(local), pick(score)
 
 
-def merge_results(results, k: int, larger_better: bool, offsets: np.ndarray, nq: int):
+def merge_results(results, k: int, larger_better: bool, offsets, nq: int, gpos=None):
     """Exact top-k of several (seg, local, score) results of the same queries, by
-    (score, global position = offsets[seg] + local)."""
+    (score, global position = offsets[seg] + local, or ``gpos(seg, local)`` where
+    segments' rows are not numbered that way: a union of shards)."""
     results = [r for r in results if r[0].shape[1]]
     if not results:
         return (np.zeros((nq, 0), np.int64), np.full((nq, 0), -1, np.int64), np.zeros((nq, 0), np.float32))
@@ -66,6 +67,7 @@ def merge_results(results, k: int, larger_better: bool, offsets: np.ndarray, nq:
     seg = np.concatenate([r[0] for r in results], axis=1)
     local = np.concatenate([r[1] for r in results], axis=1)
     score = np.concatenate([r[2] for r in results], axis=1)
-    order = merge_order(score, np.where(local < 0, -1, offsets[seg] + local), k, larger_better)
+    pos = gpos(seg, local) if gpos is not None else np.where(local < 0, -1, offsets[seg] + local)
+    order = merge_order(score, pos, k, larger_better)
     pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     return pick(seg), pick(local), pick(score)
