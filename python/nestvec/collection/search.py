@@ -71,6 +71,16 @@ def _arrow(a: np.ndarray, typ) -> pa.Array:
     return pa.Array.from_buffers(typ, len(a), [None, pa.py_buffer(a)])
 
 
+def int_result_table(qi: np.ndarray, ids: np.ndarray, scores: np.ndarray, binary: bool) -> pa.Table:
+    """The common result table: int64 ids and no other columns, from NumPy arrays in
+    (query, rank) order, with a fixed schema (no type inference per call)."""
+    sch = _INT_RESULT[binary]
+    return pa.Table.from_arrays([_arrow(qi.astype(np.int64, copy=False), pa.int64()),
+                                 _arrow(ids.astype(np.int64, copy=False), pa.int64()),
+                                 _arrow(scores.astype(np.int32 if binary else np.float32, copy=False),
+                                        sch.field(2).type)], schema=sch)
+
+
 class SearchMixin:
     def search(self, q, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
                filter=None, columns=None, device=None, ladder=(), nprobe: int | None = None,
@@ -282,9 +292,7 @@ class SearchMixin:
                 for i in np.unique(segs):
                     sel = segs == i
                     ids[sel] = snap.segments[i].file.int_ids()[locs[sel]]
-            sch = _INT_RESULT[binary]
-            return pa.Table.from_arrays([_arrow(qi, pa.int64()), _arrow(ids, pa.int64()),
-                                         _arrow(scores, sch.field(2).type)], schema=sch)
+            return int_result_table(qi, ids, scores, binary)
         score_arr = pa.array(scores)
         pieces, pos = [], []
         for i in np.unique(segs):

@@ -17,6 +17,7 @@ per node of the cluster) and searches them as one (``union.py``).
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import uuid
 from collections import OrderedDict
@@ -154,17 +155,24 @@ class ReaderGroup:
         calls = work.get(i)
         return None if calls is None else self.run("search", calls)
 
-    def run(self, method: str, calls: list) -> list:
+    def run_packed(self, blob: bytes) -> bytes:
+        """:meth:`run` with its arguments and answer as one pickle each: Ray serializes
+        every NumPy array of a structure as a buffer of its own, which costs more than
+        the search itself saves for a query's few small arrays (``ShardedCollection._fan``)."""
+        return pickle.dumps(self.run(*pickle.loads(blob)), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def run(self, method: str, calls: list, merged: bool = False) -> list:
         """``[(shard, args)]`` -> each shard's ``ShardReader.<method>(*args)``, in order.
         A search of several shards is one search over all of them (``union.py``)
-        where it can be: one fixed cost per actor rather than one per shard."""
+        where it can be: one fixed cost per actor rather than one per shard;
+        ``merged``: its answer may come as one list (``union.search``)."""
         if method == "search" and len(calls) > 1:
             readers = [self.readers[s] for s, _ in calls]
             cols = [r._col(args[0]) for r, (_, args) in zip(readers, calls)]
             if union.eligible(calls, cols):
                 vs = [args[0] for _, args in calls]
                 out = union.search(cols, lambda j, what: readers[j]._flat(vs[j], cols[j], what), calls[0][1],
-                                   _payload)
+                                   _payload, merged)
                 if out[0][4] is not None:
                     out[0][4]["shards"] = [s for s, _ in calls]
                 return out

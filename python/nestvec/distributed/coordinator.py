@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from ..collection.search import int_result_table
 from ..collection.topk import merge_order
 
 
@@ -24,6 +25,13 @@ def merge_lists(payloads: list, k: int, better_high: bool):
     (src [Q,k], pos [Q,k], score [Q,k], rows [Q,k]): the shard (index into
     ``payloads``) and the position among that shard's hits (its valid entries in
     (query, rank) order), -1 rows where there is no hit."""
+    full = [i for i, p in enumerate(payloads) if np.shape(p[2])[1]]
+    if len(full) == 1:  # one list (one shard, or a reader's merged union): already in order
+        i = full[0]
+        r = np.asarray(payloads[i][2], np.int64)[:, :k]
+        valid = r >= 0
+        pos = np.where(valid, np.cumsum(valid.ravel()).reshape(r.shape) - 1, -1)
+        return np.full(r.shape, i, np.int64), pos, np.asarray(payloads[i][1])[:, :k], r
     scores, rows, src, pos = [], [], [], []
     for i, p in enumerate(payloads):
         s, r = p[1], np.asarray(p[2], np.int64)
@@ -38,6 +46,27 @@ def merge_lists(payloads: list, k: int, better_high: bool):
     order = merge_order(score, row, k, better_high)
     pick = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
     return pick(src), pick(pos), pick(score), pick(row)
+
+
+def one_list_table(payloads: list, k: int, mode: str):
+    """The result table when a single payload holds every list (one shard, or a reader
+    actor's merged union) with int ids only: its list is already in merge order, so
+    it is the answer; None otherwise (then :func:`merge_lists` and
+    :func:`result_table`)."""
+    full = [p for p in payloads if np.shape(p[2])[1]]
+    if len(full) != 1 or not isinstance(full[0][3], np.ndarray) or np.shape(full[0][2])[1] > k:
+        return None
+    _, score, rows, ids, _ = full[0]
+    rows = np.asarray(rows)
+    if len(rows) == 1:  # one query: 1-D selections
+        valid = rows[0] >= 0
+        qi = np.zeros(len(ids), np.int64)
+        score = np.asarray(score)[0] if valid.all() else np.asarray(score)[0][valid]
+    else:
+        valid = rows >= 0
+        qi = np.nonzero(valid)[0]
+        score = np.asarray(score)[valid]
+    return int_result_table(qi, ids, score, mode == "binary")
 
 
 def result_table(payloads: list, src, pos, score, row, mode: str, names: list, empty) -> pa.Table:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pickle
 import shutil
 import threading
 import time
@@ -59,6 +60,11 @@ def _mode_of(modes: list) -> str:
         if m in modes:
             return m
     return modes[0]
+
+
+# reader calls whose arguments and answers are small: pickled as one blob each way
+# (ReaderGroup.run_packed); bulk reads (get, to_table) keep Ray's zero-copy buffers
+_PACKED = ("search", "count", "indexes")
 
 
 class ShardedCollection(ix.IndexMixin, WriteMixin):
@@ -323,10 +329,11 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
                         self._shards_per_reader, self._compiled)
         return self._readers
 
-    def _fan(self, shards, what: str, call):
+    def _fan(self, shards, what: str, call, merged: bool = False):
         """``call(shard)`` -> (ShardReader method, args) for each shard; the results
         in shard order. One actor call per reader actor (it answers all of its shards
-        the call names). A replica that died for good is skipped for the next one."""
+        the call names). A replica that died for good is skipped for the next one.
+        ``merged``: a search whose caller only merges the lists (``ReaderGroup.run``)."""
         handles = self._reader_handles()
         if what == "reader" and self._compiled and self._readers_per_shard == 1:
             graph = runtime.fan_graph(self._readers_key)
@@ -352,13 +359,20 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
             for s in todo:
                 h = handles[s][(turn + attempt) % len(handles[s])]
                 groups.setdefault(id(h), (h, []))[1].append(s)  # a group's shards share its handles
-            refs, labels = [], []
+            refs, labels, packed = [], [], False
             for h, ss in groups.values():
                 made = [(s, call(s)) for s in ss]
-                refs.append(h.run.remote(made[0][1][0], [(s, args) for s, (_, args) in made]))
+                work = (made[0][1][0], [(s, args) for s, (_, args) in made], merged)
+                packed = work[0] in _PACKED
+                if packed:
+                    refs.append(h.run_packed.remote(pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)))
+                else:
+                    refs.append(h.run.remote(*work))
                 labels.append(ss)
             try:
                 res = runtime.gather(refs, labels, what)
+                if packed:
+                    res = [pickle.loads(r) for r in res]
             except runtime.ShardUnavailableError:
                 if attempt + 1 == self._readers_per_shard:
                     raise
@@ -528,17 +542,21 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         else:
             payloads = self._fan(live, "reader", lambda s: ("search", (
                 vs[s], qx, k, dim, mode, rescore, filter, cols, ladder, device, None, nprobes[s], ef,
-                min_score, max_distance, explain)))
+                min_score, max_distance, explain)), merged=True)
             rounds += [(s, p[4]) for s, p in zip(live, payloads)]
+        out = None
         if payloads:
             used = _mode_of([p[0] for p in payloads])
-            src, pos, score, row = co.merge_lists(payloads, k, co.larger_better(used, m["metric"]))
+            out = co.one_list_table(payloads, k, used) if names == ["id"] else None
+            if out is None:
+                src, pos, score, row = co.merge_lists(payloads, k, co.larger_better(used, m["metric"]))
         else:
             shape = (qx.shape[0], 0)
             src, pos, score, row = (np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape),
                                     np.full(shape, -1, np.int64))
-        out = co.result_table(payloads, src, pos, score, row, used, names,
-                              lambda: Collection._empty_table(snap, names))
+        if out is None:
+            out = co.result_table(payloads, src, pos, score, row, used, names,
+                                  lambda: Collection._empty_table(snap, names))
         if explain:
             plan = co.explain_plan(rounds, live, payloads, used, mode, k, dim, int(qx.shape[0]), filter is not None,
                                    m, funnel if used == "funnel" else None)

@@ -78,14 +78,19 @@ def eligible(calls: list, cols: list) -> bool:
     return True
 
 
-def search(cols: list, flat, args: tuple, payload) -> list:
+def search(cols: list, flat, args: tuple, payload, merged: bool = False) -> list:
     """The union search of one request over ``cols`` (the shards' collections at the
     requested versions). ``flat(j, what)``: shard j's ``_row`` (``"rows"``) or int
     ``id`` (``"ids"``) of every row of its snapshot, in its segments' order. Returns
     one payload per shard, as ``ShardReader.search`` returns them (``payload(col,
     snap, cols, used, seg, local, score, stats)`` builds one where the hits need a
     table): each shard's hits among the union's top-k, -1 elsewhere, so the
-    coordinator's merge by (score, row) is unchanged."""
+    coordinator's merge by (score, row) is unchanged.
+
+    ``merged=True`` (a caller that needs the final list, not which shard holds each
+    hit): with int ids only, the first shard's payload carries the whole union answer,
+    already in merge order, and the others are empty, so the coordinator neither
+    splits nor re-merges what the planner merged here."""
     q, k, dim, mode, rescore, flt = args[_Q], args[_K], args[_DIM], args[_MODE], args[_RESCORE], args[_FILTER]
     names, ladder = args[_COLS], args[_LADDER]
     snaps = [c._snapshot() for c in cols]
@@ -120,6 +125,17 @@ def search(cols: list, flat, args: tuple, payload) -> list:
         # the common answer, int ids only: gathered from the shards' flat arrays by
         # position in their snapshots (no per-segment work)
         pos = start[seg0] + local
+        if merged:
+            rows_all = np.full(local.shape, -1, np.int64)
+            ids_all = np.full(local.shape, -1, np.int64)
+            for j in np.unique(where[valid]):
+                mine = where == j
+                at = pos[mine]
+                rows_all[mine] = flat(j, "rows")[at]
+                ids_all[mine] = flat(j, "ids")[at]
+            none = local[:, :0]
+            return [(used, score, rows_all, ids_all[valid], stats)] + \
+                [(used, score[:, :0], none, none.ravel(), None)] * (len(cols) - 1)
         for j in range(len(cols)):
             mine = where == j
             r = np.full(local.shape, -1, np.int64)
