@@ -137,13 +137,29 @@ void topk_f32(const void* db, DType dtype, int64_t n, int64_t stride, int64_t di
   const int64_t min_rows = std::max<int64_t>(tile, 262144 / (dim * es));
   const int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, n / min_rows)));
   std::vector<std::vector<FloatTopK>> sel(static_cast<size_t>(nthreads), std::vector<FloatTopK>(static_cast<size_t>(nq)));
-  parallel_for(n, nthreads, 16, [&](int t, int64_t begin, int64_t end) {
-    auto& s = sel[size_t(t)];
+  for (auto& s : sel)
     for (auto& x : s) x.reset(k);
-    const int64_t qc = std::min(qchunk, nq);
-    std::vector<float> dots(static_cast<size_t>(qc * tile)), sq(static_cast<size_t>(tile)), rowf(static_cast<size_t>(tile));
-    std::vector<uint32_t> hit_rows(static_cast<size_t>(tile));
-    std::vector<float> hit_keys(static_cast<size_t>(tile));
+  struct Work {
+    std::vector<float> dots, sq, rowf, hit_keys;
+    std::vector<uint32_t> hit_rows;
+  };
+  std::vector<Work> work(static_cast<size_t>(nthreads));
+  const int64_t qc = std::min(qchunk, nq);
+  parallel_blocks(n, nthreads, scan_block(n, nthreads, tile), [&](int t, int64_t begin, int64_t end) {
+    auto& s = sel[size_t(t)];
+    Work& w = work[size_t(t)];
+    if (w.dots.empty()) {
+      w.dots.resize(size_t(qc * tile));
+      w.sq.resize(size_t(tile));
+      w.rowf.resize(size_t(tile));
+      w.hit_keys.resize(size_t(tile));
+      w.hit_rows.resize(size_t(tile));
+    }
+    float* dots = w.dots.data();
+    float* sq = w.sq.data();
+    float* rowf = w.rowf.data();
+    uint32_t* hit_rows = w.hit_rows.data();
+    float* hit_keys = w.hit_keys.data();
     for (int64_t r0 = begin; r0 < end; r0 += tile) {
       const int64_t nr = std::min(tile, end - r0);
       const uint8_t* al = allow ? allow + r0 : nullptr;
@@ -152,13 +168,13 @@ void topk_f32(const void* db, DType dtype, int64_t n, int64_t stride, int64_t di
       for (int64_t q0 = 0; q0 < nq; q0 += qchunk) {
         const int64_t nqc = std::min(qchunk, nq - q0);
         const bool first = q0 == 0;
-        kern.dots(base, dtype, stride, nullptr, nr, dim, q.get() + q0 * qs, qs, nqc, dots.data(),
-                  tile, first && need_sq ? sq.data() : nullptr);
-        if (first && need_sq) row_factors(sq.data(), nr, metric, rowf.data());
+        kern.dots(base, dtype, stride, nullptr, nr, dim, q.get() + q0 * qs, qs, nqc, dots,
+                  tile, first && need_sq ? sq : nullptr);
+        if (first && need_sq) row_factors(sq, nr, metric, rowf);
         for (int64_t j = 0; j < nqc; ++j) {
-          select_push(kern.select, dots.data() + j * tile, rowf.data(), nr, metric,
-                      qa[size_t(q0 + j)], qb[size_t(q0 + j)], al, hit_rows.data(),
-                      hit_keys.data(), s[size_t(q0 + j)], [r0](uint32_t r) { return r0 + r; });
+          select_push(kern.select, dots + j * tile, rowf, nr, metric,
+                      qa[size_t(q0 + j)], qb[size_t(q0 + j)], al, hit_rows,
+                      hit_keys, s[size_t(q0 + j)], [r0](uint32_t r) { return r0 + r; });
         }
       }
     }

@@ -58,6 +58,7 @@ void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* q
     for (auto& x : per_thread) x.reset(k, max_dist);
   auto scan = [&](std::vector<IntTopK>& s, int64_t qb, int64_t qe, int64_t begin, int64_t end) {
     std::vector<uint32_t> thr(nq, max_dist + 1);
+    for (int64_t q = qb; q < qe; ++q) thr[q] = s[q].threshold();  // a later block of the same thread
     const int64_t qcap = std::min(qblock, qe - qb);
     std::vector<uint32_t> hit_rows(qcap * tile_rows), hit_dist(qcap * tile_rows), hit_count(qcap);
     for (int64_t r0 = begin; r0 < end; r0 += tile_rows) {
@@ -87,7 +88,8 @@ void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* q
   if (split_queries) {
     parallel_for(nq, nthreads, 1, [&](int t, int64_t qb, int64_t qe) { scan(sel[t], qb, qe, 0, n); });
   } else {
-    parallel_for(n, nthreads, 8, [&](int t, int64_t begin, int64_t end) { scan(sel[t], 0, nq, begin, end); });
+    parallel_blocks(n, nthreads, scan_block(n, nthreads, tile_rows),
+                    [&](int t, int64_t begin, int64_t end) { scan(sel[t], 0, nq, begin, end); });
   }
 
   // Merge the per-thread candidates of each query (each already <= k and sorted).

@@ -205,10 +205,15 @@ void scan_rows(const HammingSeg* segs, int64_t nseg, const std::vector<char>& ra
   const uint32_t max_bound = uint32_t(8 * nbytes + 1);
   const int nthreads = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, rows / kThreadRows)));
   std::vector<std::vector<HamSel>> sel(static_cast<size_t>(nthreads), std::vector<HamSel>(static_cast<size_t>(nq)));
-  parallel_for(int64_t(blocks.size()), nthreads, 1, [&](int t, int64_t b0, int64_t b1) {
-    std::vector<uint32_t> hit_rows(static_cast<size_t>(tile_rows)), hit_dist(static_cast<size_t>(tile_rows));
+  for (auto& per_thread : sel)
+    for (auto& x : per_thread) x.reset(k, max_bound);
+  std::vector<std::vector<uint32_t>> hit_buf(static_cast<size_t>(2 * nthreads));
+  parallel_blocks(int64_t(blocks.size()), nthreads, 1, [&](int t, int64_t b0, int64_t b1) {
+    auto& hit_rows = hit_buf[size_t(2 * t)];
+    auto& hit_dist = hit_buf[size_t(2 * t + 1)];
+    hit_rows.resize(size_t(tile_rows));
+    hit_dist.resize(size_t(tile_rows));
     auto& mine = sel[size_t(t)];
-    for (auto& x : mine) x.reset(k, max_bound);
     for (int64_t b = b0; b < b1; ++b) {
       const Block& bl = blocks[size_t(b)];
       for (int64_t q = 0; q < nq; ++q) {

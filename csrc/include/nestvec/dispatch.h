@@ -1,6 +1,7 @@
 // Run-time ISA dispatch and a small thread helper shared by every CPU op.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <exception>
 #include <string>
@@ -96,6 +97,32 @@ void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
   for (auto& th : pool) th.join();
   for (auto& e : errs)
     if (e) std::rethrow_exception(e);
+}
+
+// Calls f(t, begin, end) on the blocks [b * block, (b + 1) * block) of [0, n) (the
+// last may be shorter), shared out at run time among up to nthreads tasks: task t
+// takes the next unclaimed block, in increasing order. A scan split this way does not
+// wait for a thread that another process held off its core (parallel_for's fixed
+// ranges end with their slowest thread); f keeps per-task state by t.
+template <class F>
+void parallel_blocks(int64_t n, int nthreads, int64_t block, F&& f) {
+  if (n <= 0) return;
+  block = std::max<int64_t>(1, block);
+  const int64_t nblocks = (n + block - 1) / block;
+  const int tasks = int(std::max<int64_t>(1, std::min<int64_t>(nthreads, nblocks)));
+  std::atomic<int64_t> next{0};
+  parallel_for(tasks, tasks, 1, [&](int t, int64_t, int64_t) {
+    for (int64_t b = next.fetch_add(1, std::memory_order_relaxed); b < nblocks;
+         b = next.fetch_add(1, std::memory_order_relaxed))
+      f(t, b * block, std::min(n, (b + 1) * block));
+  });
+}
+
+// Block size for parallel_blocks over n rows: ~32 blocks per thread (the threads then
+// finish within a small block of each other), a multiple of align, at least align.
+inline int64_t scan_block(int64_t n, int nthreads, int64_t align) {
+  const int64_t per = (n + int64_t(std::max(1, nthreads)) * 32 - 1) / (int64_t(std::max(1, nthreads)) * 32);
+  return std::max<int64_t>(align, (per + align - 1) / align * align);
 }
 
 }  // namespace nestvec
