@@ -141,3 +141,30 @@ def test_public_thread_count_api():
         assert nv.get_num_threads() == 3  # a refused value changes nothing
     finally:
         nv.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_full_scans_in_blocks_match_reference(threads):
+    """Full scans share their rows out in blocks at run time (a thread takes the next
+    free block): with many blocks a thread and any thread count, the answer is the
+    reference's, ties (repeated rows) included."""
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((997, 8), dtype=np.float32)
+    db = np.concatenate([base] * 301)[:300_007]  # every row repeated: ties in every list
+    q = rng.standard_normal((3, 8), dtype=np.float32)
+    cbase = rng.integers(0, 256, (1013, 8), dtype=np.uint8)
+    codes = np.concatenate([cbase] * 400)[:400_009]
+    qc = rng.integers(0, 256, (3, 8), dtype=np.uint8)
+    before = _backend._C.get_num_threads()
+    _backend._C.set_num_threads(threads)
+    try:
+        for nq in (1, 3):
+            got = ops.dense_topk(db, q[:nq], 10, backend="cpu")
+            want = ops.dense_topk(db, q[:nq], 10, backend="reference")
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+            assert np.array_equal(got[1], want[1]), (threads, nq)
+            got = ops.hamming_topk(codes, qc[:nq], 10, backend="cpu")
+            want = ops.hamming_topk(codes, qc[:nq], 10, backend="reference")
+            assert _same(got, want), (threads, nq)
+    finally:
+        _backend._C.set_num_threads(before)
