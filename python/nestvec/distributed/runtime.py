@@ -4,6 +4,7 @@ a dead actor is a :class:`ShardUnavailableError` naming the shard)."""
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 
 from .actors import ReaderGroup, ShardWriter
@@ -217,6 +218,26 @@ class FanGraph:
             self._dag.teardown()
         except Exception:
             pass
+
+
+# reader calls whose arguments and answers are small: one pickle each way
+# (ReaderGroup.run_packed); bulk reads (get, to_table) keep Ray's zero-copy buffers
+_PACKED = ("search", "count", "indexes")
+
+
+def call_reader(handle, method: str, calls: list, merged: bool = False):
+    """Submit ``ReaderGroup.run(method, calls, merged)`` on ``handle``; small calls
+    travel as one pickle each way: Ray gives every NumPy array of a structure a buffer
+    of its own, which costs more than a batch-1 search's arrays are worth. Read the
+    answers with :func:`answers`."""
+    if method in _PACKED:
+        return handle.run_packed.remote(pickle.dumps((method, calls, merged), protocol=pickle.HIGHEST_PROTOCOL))
+    return handle.run.remote(method, calls, merged)
+
+
+def answers(results: list, method) -> list:
+    """The answers of :func:`call_reader`'s calls, as ``ReaderGroup.run`` returns them."""
+    return [pickle.loads(r) for r in results] if method in _PACKED else results
 
 
 def gather(refs: list, shards: list, what: str):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import pickle
 import shutil
 import threading
 import time
@@ -60,11 +59,6 @@ def _mode_of(modes: list) -> str:
         if m in modes:
             return m
     return modes[0]
-
-
-# reader calls whose arguments and answers are small: pickled as one blob each way
-# (ReaderGroup.run_packed); bulk reads (get, to_table) keep Ray's zero-copy buffers
-_PACKED = ("search", "count", "indexes")
 
 
 class ShardedCollection(ix.IndexMixin, WriteMixin):
@@ -359,20 +353,14 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
             for s in todo:
                 h = handles[s][(turn + attempt) % len(handles[s])]
                 groups.setdefault(id(h), (h, []))[1].append(s)  # a group's shards share its handles
-            refs, labels, packed = [], [], False
+            refs, labels, method = [], [], None
             for h, ss in groups.values():
                 made = [(s, call(s)) for s in ss]
-                work = (made[0][1][0], [(s, args) for s, (_, args) in made], merged)
-                packed = work[0] in _PACKED
-                if packed:
-                    refs.append(h.run_packed.remote(pickle.dumps(work, protocol=pickle.HIGHEST_PROTOCOL)))
-                else:
-                    refs.append(h.run.remote(*work))
+                method = made[0][1][0]
+                refs.append(runtime.call_reader(h, method, [(s, args) for s, (_, args) in made], merged))
                 labels.append(ss)
             try:
-                res = runtime.gather(refs, labels, what)
-                if packed:
-                    res = [pickle.loads(r) for r in res]
+                res = runtime.answers(runtime.gather(refs, labels, what), method)
             except runtime.ShardUnavailableError:
                 if attempt + 1 == self._readers_per_shard:
                     raise
