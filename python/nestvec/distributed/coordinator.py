@@ -25,13 +25,6 @@ def merge_lists(payloads: list, k: int, better_high: bool):
     (src [Q,k], pos [Q,k], score [Q,k], rows [Q,k]): the shard (index into
     ``payloads``) and the position among that shard's hits (its valid entries in
     (query, rank) order), -1 rows where there is no hit."""
-    full = [i for i, p in enumerate(payloads) if np.shape(p[2])[1]]
-    if len(full) == 1:  # one list (one shard, or a reader's merged union): already in order
-        i = full[0]
-        r = np.asarray(payloads[i][2], np.int64)[:, :k]
-        valid = r >= 0
-        pos = np.where(valid, np.cumsum(valid.ravel()).reshape(r.shape) - 1, -1)
-        return np.full(r.shape, i, np.int64), pos, np.asarray(payloads[i][1])[:, :k], r
     scores, rows, src, pos = [], [], [], []
     for i, p in enumerate(payloads):
         s, r = p[1], np.asarray(p[2], np.int64)
