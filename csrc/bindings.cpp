@@ -13,7 +13,9 @@
 #include <utility>
 #include <vector>
 
+#include "bind_common.h"
 #include "bind_cuda.h"
+#include "bind_multiseg.h"
 #include "nestvec/cuda_api.h"
 #include "nestvec/dense.h"
 #include "nestvec/dispatch.h"
@@ -26,82 +28,9 @@
 
 namespace py = pybind11;
 using namespace nestvec;
+using namespace nestvec::bind;
 
 namespace {
-
-struct View {
-  void* ptr;
-  int64_t rows, cols, row_stride;  // row_stride in elements
-};
-
-// A 1-D or 2-D buffer whose last dimension is contiguous (rows may be strided).
-View view2d(const py::array& a, const char* name, size_t itemsize, bool writable = false) {
-  if (a.ndim() != 2 && a.ndim() != 1)
-    throw std::invalid_argument(std::string(name) + ": expected a 1-D or 2-D array");
-  if (size_t(a.itemsize()) != itemsize)
-    throw std::invalid_argument(std::string(name) + ": unexpected item size");
-  if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": not writable");
-  View v;
-  v.ptr = const_cast<void*>(a.data());
-  if (a.ndim() == 1) {
-    v.rows = 1;
-    v.cols = a.shape(0);
-    if (v.cols > 1 && a.strides(0) != ssize_t(itemsize))
-      throw std::invalid_argument(std::string(name) + ": must be contiguous");
-    v.row_stride = v.cols;
-    return v;
-  }
-  v.rows = a.shape(0);
-  v.cols = a.shape(1);
-  if (v.rows == 0 || v.cols == 0) {  // empty: strides are meaningless
-    v.row_stride = v.cols;
-    return v;
-  }
-  if (v.cols > 1 && a.strides(1) != ssize_t(itemsize))
-    throw std::invalid_argument(std::string(name) + ": last dimension must be contiguous");
-  if (a.strides(0) % ssize_t(itemsize) != 0 || a.strides(0) < 0)
-    throw std::invalid_argument(std::string(name) + ": unsupported row stride");
-  v.row_stride = a.strides(0) / ssize_t(itemsize);
-  if (v.rows <= 1) v.row_stride = std::max<int64_t>(v.row_stride, v.cols);
-  return v;
-}
-
-// An integer (Python or NumPy) field of a segment tuple; anything else is a TypeError
-// (pybind11's own cast would raise RuntimeError).
-int64_t int_field(const py::handle& h, const std::string& what) {
-  if (!PyIndex_Check(h.ptr())) throw py::type_error(what + ": expected an integer");
-  return h.cast<int64_t>();
-}
-
-// A multiseg segment tuple's `position`: an int (its first row's global position) or
-// an int64 array of each row's, at least `min_len` long.
-multiseg::Position position_arg(const py::handle& h, const std::string& at, int64_t min_len,
-                                std::vector<py::array>& keep) {
-  multiseg::Position pos;
-  if (!py::isinstance<py::array>(h)) {
-    pos.offset = int_field(h, at + ".position");
-    return pos;
-  }
-  py::array p = py::reinterpret_borrow<py::array>(h);
-  keep.push_back(p);
-  if (p.ndim() != 1 || p.shape(0) < min_len || p.itemsize() != 8 || p.dtype().kind() != 'i')
-    throw std::invalid_argument(at + ": position must be an int or an int64 array [n]");
-  pos.positions = static_cast<const int64_t*>(view2d(p, (at + ".position").c_str(), 8).ptr);
-  pos.n_positions = p.shape(0);
-  return pos;
-}
-
-// A multiseg segment tuple's `allow`: None, or a 1-D bool array (the caller checks its
-// length); returns the data and the length.
-std::pair<const uint8_t*, int64_t> allow_arg(const py::handle& h, const std::string& at,
-                                             std::vector<py::array>& keep) {
-  if (h.is_none()) return {nullptr, 0};
-  if (!py::isinstance<py::array>(h)) throw py::type_error(at + ": allow must be a bool array");
-  py::array a = py::reinterpret_borrow<py::array>(h);
-  keep.push_back(a);
-  if (a.ndim() != 1 || a.itemsize() != 1) throw std::invalid_argument(at + ": allow must be bool [n]");
-  return {static_cast<const uint8_t*>(view2d(a, (at + ".allow").c_str(), 1).ptr), a.shape(0)};
-}
 
 Isa isa_arg(const std::string& s) {
   Isa isa;
@@ -295,192 +224,8 @@ PYBIND11_MODULE(_C, m) {
         "Two-pass bf16 route for large CPU batches on AVX512-BF16 CPUs (results stay exact).");
   bind::def_cuda_dense(m);
 
-  // ---------------------------------------------------------------- multi-segment top-k
-  // One call per search over a snapshot's segments (include/nestvec/multiseg.h); each
-  // segment is a tuple, checked here so that nothing the kernels read is out of range.
-  m.def(
-      "multiseg_hamming_topk",
-      [](py::array queries, int64_t k, py::list segs, py::object lists) {
-        View q = view2d(queries, "queries", 1);
-        if (queries.ndim() != 2) throw std::invalid_argument("queries: expected uint8 [Q, B]");
-        if (k <= 0) throw std::invalid_argument("k must be positive");
-        const int64_t nq = q.rows, nbytes = q.cols;
-        py::array lists_arr;
-        const int64_t* lp = nullptr;
-        int64_t nprobe = 0;
-        if (!lists.is_none()) {
-          if (!py::isinstance<py::array>(lists)) throw py::type_error("lists: expected an int64 array [Q, P]");
-          lists_arr = lists.cast<py::array>();
-          if (lists_arr.ndim() != 2 || lists_arr.shape(0) != nq || lists_arr.itemsize() != 8 ||
-              lists_arr.dtype().kind() != 'i' || !(lists_arr.flags() & py::array::c_style))
-            throw std::invalid_argument("lists: expected a contiguous int64 [Q, P]");
-          lp = static_cast<const int64_t*>(lists_arr.data());
-          nprobe = lists_arr.shape(1);
-        }
-        std::vector<multiseg::HammingSeg> gs(segs.size());
-        std::vector<py::array> keep;  // every buffer stays referenced while the GIL is out
-        int64_t min_nlist = std::numeric_limits<int64_t>::max();
-        for (size_t s = 0; s < segs.size(); ++s) {
-          const std::string at = "segs[" + std::to_string(s) + "]";
-          py::object item = segs[s];
-          if (item.is_none()) continue;  // a segment this search skips
-          if (!py::isinstance<py::tuple>(item) || py::len(item) != 6)
-            throw py::type_error(at + ": expected None or a tuple (codes, allow, position, k, ranges, ids)");
-          py::tuple t = item.cast<py::tuple>();
-          multiseg::HammingSeg& g = gs[s];
-          g.k = int_field(t[3], at + ".k");
-          if (g.k < 0) throw std::invalid_argument(at + ": k must be >= 0");
-          if (!py::isinstance<py::array>(t[0])) throw py::type_error(at + ": codes must be a uint8 array");
-          py::array codes = t[0].cast<py::array>();
-          keep.push_back(codes);
-          if (codes.ndim() != 2) throw std::invalid_argument(at + ": codes must be 2-D [n, bytes]");
-          View c = view2d(codes, (at + ".codes").c_str(), 1);
-          if (c.cols < nbytes && c.rows > 0)
-            throw std::invalid_argument(at + ": codes are narrower than the queries");
-          if (c.rows >= (int64_t(1) << 40)) throw std::invalid_argument(at + ": too many rows");
-          g.codes = static_cast<const uint8_t*>(c.ptr);
-          g.n = c.rows;
-          g.code_stride = c.row_stride;
-          std::tie(g.allow, g.n_allow) = allow_arg(t[1], at, keep);
-          if (g.allow && g.n_allow < g.n) throw std::invalid_argument(at + ": allow is shorter than the segment");
-          // without ids the local rows are the code rows; with ids they are checked per hit
-          g.pos = position_arg(t[2], at, t[5].is_none() ? g.n : 0, keep);
-          if (!t[4].is_none()) {
-            if (!py::isinstance<py::array>(t[4])) throw py::type_error(at + ": ranges must be an int64 array");
-            py::array r = t[4].cast<py::array>();
-            keep.push_back(r);
-            if (r.itemsize() != 8 || r.dtype().kind() != 'i' || !(r.flags() & py::array::c_style))
-              throw std::invalid_argument(at + ": ranges must be contiguous int64");
-            if (lp) {  // list offsets [nlist + 1]
-              if (r.ndim() != 1 || r.shape(0) < 2)
-                throw std::invalid_argument(at + ": with lists, ranges are the list offsets [nlist + 1]");
-              g.list_offsets = static_cast<const int64_t*>(r.data());
-              g.nlist = r.shape(0) - 1;
-              min_nlist = std::min(min_nlist, g.nlist);
-            } else {
-              if (r.ndim() != 3 || r.shape(0) != nq || r.shape(2) != 2)
-                throw std::invalid_argument(at + ": ranges must be int64 [Q, P, 2]");
-              g.ranges = static_cast<const int64_t*>(r.data());
-              g.nranges = r.shape(1);
-            }
-          }
-          if (!t[5].is_none()) {
-            if (!py::isinstance<py::array>(t[5])) throw py::type_error(at + ": ids must be an int array");
-            py::array ia = t[5].cast<py::array>();
-            keep.push_back(ia);
-            if (ia.ndim() != 1 || ia.shape(0) < g.n || (ia.itemsize() != 4 && ia.itemsize() != 8) ||
-                ia.dtype().kind() != 'i')
-              throw std::invalid_argument(at + ": ids must be int32 or int64 [n]");
-            g.ids = view2d(ia, (at + ".ids").c_str(), size_t(ia.itemsize())).ptr;
-            g.ids_bytes = int(ia.itemsize());
-          }
-          if (!g.ranges && !g.list_offsets && g.ids)
-            throw std::invalid_argument(at + ": ids need ranges");
-          if (!g.ranges && !g.list_offsets && g.allow && g.n_allow != g.n)
-            throw std::invalid_argument(at + ": allow must have one entry per row");
-        }
-        if (lp) {
-          for (int64_t i = 0; i < nq * nprobe; ++i)
-            if (lp[i] < 0 || lp[i] >= min_nlist)
-              throw std::invalid_argument("lists: a list number is outside [0, nlist)");
-        }
-        // [Q, min(k, sum of the segments' k)], as a merge of their lists is wide
-        int64_t width = 0;
-        for (const auto& g : gs)
-          if (g.n > 0) width = std::min(k, width + g.k);
-        py::array_t<int32_t> dist({nq, width});
-        py::array_t<int64_t> seg({nq, width}), local({nq, width});
-        int32_t* dp = dist.mutable_data();
-        int64_t* sp = seg.mutable_data();
-        int64_t* lo = local.mutable_data();
-        int64_t scanned;
-        {
-          py::gil_scoped_release nogil;
-          scanned = multiseg::hamming_topk(gs.data(), int64_t(gs.size()), static_cast<const uint8_t*>(q.ptr),
-                                           nq, q.row_stride, nbytes, lp, nprobe, width, dp, sp, lo);
-        }
-        return py::make_tuple(dist, seg, local, scanned);
-      },
-      py::arg("queries"), py::arg("k"), py::arg("segs"), py::arg("lists") = py::none(),
-      "Hamming top-k over several segments: (dist, seg, local [Q, min(k, sum of k_i)], rows compared).");
-
-  m.def(
-      "multiseg_rescore",
-      [](py::array queries, int64_t dim, int metric, int64_t k, py::list segs, py::object cand_seg_o,
-         py::object cand_local_o) {
-        if (metric < dense::kCosine || metric > dense::kL2) throw std::invalid_argument("metric: 0, 1 or 2");
-        if (queries.ndim() != 2 || queries.dtype().kind() != 'f')
-          throw std::invalid_argument("queries: expected float32 [Q, >= dim]");
-        View q = view2d(queries, "queries", 4);
-        if (dim < 1 || q.cols < dim) throw std::invalid_argument("dim: expected 1 <= dim <= the queries' width");
-        if (k <= 0) throw std::invalid_argument("k must be positive");
-        const int64_t nq = q.rows;
-        py::array cand_seg, cand_local;
-        const int64_t *csp = nullptr, *clp = nullptr;
-        int64_t ncand = 0;
-        if (cand_seg_o.is_none() != cand_local_o.is_none())
-          throw std::invalid_argument("cand_seg, cand_local: pass both or neither");
-        if (!cand_seg_o.is_none()) {
-          if (!py::isinstance<py::array>(cand_seg_o) || !py::isinstance<py::array>(cand_local_o))
-            throw py::type_error("cand_seg, cand_local: expected int64 arrays [Q, C]");
-          cand_seg = cand_seg_o.cast<py::array>();
-          cand_local = cand_local_o.cast<py::array>();
-          for (auto* a : {&cand_seg, &cand_local})
-            if (a->ndim() != 2 || a->shape(0) != nq || a->itemsize() != 8 || a->dtype().kind() != 'i' ||
-                !(a->flags() & py::array::c_style))
-              throw std::invalid_argument("cand_seg, cand_local: expected contiguous int64 [Q, C]");
-          if (cand_seg.shape(1) != cand_local.shape(1))
-            throw std::invalid_argument("cand_seg, cand_local: shapes differ");
-          ncand = cand_seg.shape(1);
-          csp = static_cast<const int64_t*>(cand_seg.data());
-          clp = static_cast<const int64_t*>(cand_local.data());
-        }
-        std::vector<multiseg::DenseSeg> gs(segs.size());
-        std::vector<py::array> keep;
-        for (size_t s = 0; s < segs.size(); ++s) {
-          const std::string at = "segs[" + std::to_string(s) + "]";
-          py::object item = segs[s];
-          if (item.is_none()) continue;  // a segment this search skips
-          if (!py::isinstance<py::tuple>(item) || py::len(item) != 5)
-            throw py::type_error(at + ": expected None or a tuple (db, dtype, position, k, allow)");
-          py::tuple t = item.cast<py::tuple>();
-          multiseg::DenseSeg& g = gs[s];
-          g.k = int_field(t[3], at + ".k");
-          if (g.k < 0) throw std::invalid_argument(at + ": k must be >= 0");
-          g.dtype = dtype_from_code(int_field(t[1], at + ".dtype"), (at + ".dtype").c_str());
-          if (!py::isinstance<py::array>(t[0])) throw py::type_error(at + ": db must be an array");
-          py::array db = t[0].cast<py::array>();
-          keep.push_back(db);
-          if (db.ndim() != 2) throw std::invalid_argument(at + ": db must be 2-D [n, D]");
-          View x = view2d(db, (at + ".db").c_str(), size_t(dtype_size(g.dtype)));
-          if (x.cols < dim && x.rows > 0) throw std::invalid_argument(at + ": db has fewer than dim values");
-          g.db = x.ptr;
-          g.n = x.rows;
-          g.stride = x.row_stride;
-          g.pos = position_arg(t[2], at, g.n, keep);
-          int64_t n_allow = 0;
-          std::tie(g.allow, n_allow) = allow_arg(t[4], at, keep);
-          if (g.allow && n_allow != g.n) throw std::invalid_argument(at + ": allow must be bool [n]");
-        }
-        int64_t width = 0;
-        for (const auto& g : gs)
-          if (g.n > 0) width = std::min(k, width + g.k);
-        py::array_t<float> score({nq, width});
-        py::array_t<int64_t> seg({nq, width}), local({nq, width});
-        float* scp = score.mutable_data();
-        int64_t* sp = seg.mutable_data();
-        int64_t* lo = local.mutable_data();
-        {
-          py::gil_scoped_release nogil;
-          multiseg::rescore(gs.data(), int64_t(gs.size()), dim, static_cast<const float*>(q.ptr), nq,
-                            q.row_stride, metric, csp, clp, ncand, width, scp, sp, lo);
-        }
-        return py::make_tuple(score, seg, local);
-      },
-      py::arg("queries"), py::arg("dim"), py::arg("metric"), py::arg("k"), py::arg("segs"),
-      py::arg("cand_seg"), py::arg("cand_local"),
-      "Exact top-k over several segments of a shortlist (cand_seg, cand_local), or of every "
-      "allowed row (None, None): (score, seg, local [Q, min(k, sum of k_i)]).");
+  // ---------------------------------------------------------------- multi-segment top-k, ivf
+  bind::def_multiseg(m);
 
   // ---------------------------------------------------------------- pooling
 

@@ -118,6 +118,7 @@ int default_threads() {
   return hc ? int(hc) : 1;
 }
 std::atomic<int> g_threads{default_threads()};
+thread_local bool t_serial = false;  // inside a SerialScope
 
 }  // namespace
 
@@ -160,7 +161,10 @@ std::string cpu_features() {
     if (x.second) s += (s.empty() ? "" : " ") + std::string(x.first);
   return s;
 }
-int num_threads() { return g_threads.load(std::memory_order_relaxed); }
+int num_threads() { return t_serial ? 1 : g_threads.load(std::memory_order_relaxed); }
+SerialScope::SerialScope() : prev_(t_serial) { t_serial = true; }
+SerialScope::~SerialScope() { t_serial = prev_; }
+
 void set_num_threads(int n) { g_threads.store(n > 0 ? n : default_threads()); }
 
 }  // namespace nestvec

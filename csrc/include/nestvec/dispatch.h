@@ -50,9 +50,24 @@ decltype(auto) with_isa(Isa isa, F&& f) {
   }
 }
 
-// Threads for CPU kernels: NESTVEC_NUM_THREADS, else hardware concurrency.
+// Threads for CPU kernels: NESTVEC_NUM_THREADS, else hardware concurrency (1 inside
+// a SerialScope on this thread).
 int num_threads();
 void set_num_threads(int n);
+
+// While alive, kernels called on this thread run on it alone (num_threads() == 1): for
+// a caller that already split its work over the pool (ivf::search answers a query per
+// thread), where a nested parallel_for would spawn fresh threads.
+class SerialScope {
+ public:
+  SerialScope();
+  ~SerialScope();
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  bool prev_;
+};
 
 namespace detail {
 using TaskFn = void (*)(void* ctx, int task);

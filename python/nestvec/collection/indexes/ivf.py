@@ -36,6 +36,8 @@ PROBE_NUMPY_QUERIES = 2  # probes of at most this many queries skip dense_topk (
 # ... when the centroids hold at most this many values: above it NumPy's BLAS splits the
 # product over threads, which on a loaded machine took milliseconds (README, Indexes).
 PROBE_NUMPY_VALUES = 1 << 18
+# values of padding after each row of the one-call probe's table (probe_table)
+PROBE_PAD = 16
 
 
 # --------------------------------------------------------------------------- vectors
@@ -163,6 +165,7 @@ class IvfCentroids:
                 raise CorruptionError(path, "centroids hold NaN or infinity")
             self.mean = None
             self._half_sq = None  # l2: |c|^2 / 2, on the first probe
+            self._probe_table = None  # the one-call search's copy (probe_table)
             if spec["codes"] == "centred":
                 mean = np.frombuffer(base64.b64decode(meta.get("mean", ""), validate=True), np.float32)
                 if mean.shape != (d_full,) or not np.isfinite(mean).all():
@@ -202,6 +205,21 @@ class IvfCentroids:
             part = np.argpartition(row, p - 1)[:p]
             out[j] = part[np.argsort(row[part], kind="stable")]
         return out
+
+    def probe_table(self) -> np.ndarray:
+        """The centroids as the one-call search (hostcalls.ivf_search) probes them:
+        float16 in rows padded past their width. Every query reads the whole table
+        from cache, so its cost is the dense kernel's work per row: float16 halves
+        the bytes, and strided rows take its register tiles instead of the one-row
+        stream that suits tables read from memory (README, per-query cost of ivf).
+        Lists whose scores differ by less than float16 rounding may swap places."""
+        t = self._probe_table
+        if t is None:
+            nlist, dim = self.centroids.shape
+            buf = np.zeros((nlist, dim + PROBE_PAD), np.float16)
+            buf[:, :dim] = self.centroids
+            t = self._probe_table = buf[:, :dim]
+        return t
 
     def query_codes(self, queries, nbytes: int):
         """The queries' codes in the list files' encoding (first ``nbytes`` bytes)."""

@@ -226,7 +226,9 @@ def run_ivf(pl, queries):
     return run.finish(queries, nq, results)
 
 
-def _ivf_query_codes(pl, cent, queries):
+def _ivf_query_codes(pl, cent, queries, native_signs: bool = False):
+    """(query codes, nbytes); codes None with ``native_signs`` where they are the sign
+    bits of whole bytes of values, which the one-call search takes itself."""
     r = pl.req
     if queries.shape[1] == r.d_full:
         nbytes = (r.d_full + 7) // 8
@@ -235,6 +237,8 @@ def _ivf_query_codes(pl, cent, queries):
                          f"(or pass full {r.d_full}-value queries with mode='ivf')")
     else:
         nbytes = r.dim // 8
+    if native_signs and cent.mean is None and 8 * nbytes <= queries.shape[1]:
+        return None, nbytes
     return cent.query_codes(queries, nbytes), nbytes
 
 
@@ -242,11 +246,11 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
     """Hamming shortlist over the probed lists of every indexed segment, widened for
     queries that found fewer than min(k, matches) rows; then rescored."""
     pl, r = run.pl, run.req
-    qcodes, nbytes = _ivf_query_codes(pl, cent, queries)
     nlist = cent.spec["nlist"]
     need = min(r.k, sum(pl.counts[i] for i in run.indexed))
     if pl.native(queries):
-        return _ivf_native(run, cent, queries, qcodes, nq, nprobe, short, need, nlist)
+        return _ivf_native(run, cent, queries, nq, nprobe, short, need, nlist)
+    qcodes, nbytes = _ivf_query_codes(pl, cent, queries)
     todo = np.arange(nq)
     seg = np.full((nq, short), -1, np.int64)
     local = np.full((nq, short), -1, np.int64)
@@ -276,15 +280,111 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
     return run.rescore(queries, seg, local, nq)
 
 
-def _ivf_native(run, cent, queries, qcodes, nq, nprobe, short, need, nlist):
-    """_ivf_indexed on the cpu backend: each probe round is one call over every
-    indexed segment's lists (their offsets turn into ranges there)."""
-    pl = run.pl
+def _ivf_segs(pl, indexed, short):
+    """Hamming tuples of the indexed segments' lists (hostcalls.hamming_segments)."""
     segs = [None] * len(pl.segments)
-    for i in run.indexed:
+    for i in indexed:
         s = pl.segments[i]
         lst = s.ann["ivf"].ready()
         segs[i] = (lst.codes, pl.masks[i], s.offset, min(short, pl.counts[i]), lst.offsets, lst.rows)
+    return segs
+
+
+def _one_call_fits(pl, cent, short) -> bool:
+    r = pl.req
+    return not r.ladder and r.dim >= cent.centroids.shape[1] and pl.cache is None \
+        and short <= hostcalls.ONE_CALL_MAX_K
+
+
+def _ivf_native(run, cent, queries, nq, nprobe, short, need, nlist):
+    """_ivf_indexed on the cpu backend: one native call (probe, shortlist, rescoring)
+    where it fits, else probe rounds from Python, each one call over every indexed
+    segment's lists (their offsets turn into ranges there)."""
+    pl = run.pl
+    segs = _ivf_segs(pl, run.indexed, short)
+    one_call = _one_call_fits(pl, cent, short)
+    qcodes, nbytes = _ivf_query_codes(pl, cent, queries, native_signs=one_call)
+    if not one_call:
+        return _ivf_rounds(run, cent, queries, qcodes, nq, nprobe, short, need, nlist, segs)
+    call = IvfCall(pl, run.indexed, cent, nprobe, short, need, segs, nbytes)
+    score, seg, local, lacking, scanned, rescored = call(queries, qcodes)
+    st = pl.stats
+    st["rows_scanned"] += scanned
+    st["rows_rescored"] += rescored
+    width = min(nprobe, nlist)
+    st.update(lists_probed=nq * width, probe_rounds=1, nprobe_max=width)
+    if nprobe >= nlist or not lacking.any():
+        return seg, local, score
+    todo = np.flatnonzero(lacking)  # too few rows in the probed lists (a filter): wider
+    if qcodes is None:
+        qcodes = cent.query_codes(queries, nbytes)
+    s2, l2, sc2 = _ivf_rounds(run, cent, queries[todo], qcodes[todo], len(todo), min(nlist, nprobe * 4), short,
+                              need, nlist, segs)
+    w = seg.shape[1]
+    seg[todo], local[todo], score[todo] = s2[:, :w], l2[:, :w], sc2[:, :w]
+    st.update(lists_probed=nq * width + st["lists_probed"], probe_rounds=1 + st["probe_rounds"])
+    return seg, local, score
+
+
+class IvfCall:
+    """Probe, shortlist and rescoring of the indexed segments in one native call
+    (hostcalls.ivf_search), each query on one thread: the answer of the stages called
+    one by one (but for lists whose probe scores tie within the float16 rounding of
+    ``IvfCentroids.probe_table``) without their per-call cost. Its arguments are built once, so a Searcher keeps one across
+    searches of one snapshot. A query that found fewer than ``need`` rows in its
+    lists comes back ``lacking`` (the caller probes it again wider)."""
+
+    def __init__(self, pl, indexed, cent, nprobe, short, need, segs, nbytes):
+        r = pl.req
+        self.cent, self.nprobe, self.short, self.need, self.nbytes = cent, nprobe, short, need, nbytes
+        self.nlist = cent.spec["nlist"]
+        self.table = cent.probe_table()
+        self.l2 = cent.spec["metric"] == "l2"
+        self.k, self.dim, self.metric = r.k, r.dim, r.metric
+        self.hsegs = segs
+        self.dsegs = [None] * len(pl.segments)
+        for i in indexed:
+            v = pl.segments[i].vectors
+            self.dsegs[i] = (v, hostcalls.dtype_code(v), pl.segments[i].offset, min(r.k, pl.counts[i]), None)
+
+    def __call__(self, queries, qcodes=None):
+        """(score, seg, local [Q, k'], lacking bool [Q], rows compared, rows rescored);
+        ``qcodes`` None: the sign bits of the queries' first 8 * nbytes values."""
+        return hostcalls.ivf_search(queries, qcodes, self.nbytes, self.table, self.l2, self.nprobe,
+                                    self.hsegs, self.dsegs, self.short, self.dim, self.metric, self.k, self.need)
+
+
+def plain_ivf(pl, q_width: int):
+    """The IvfCall that run_ivf would make for queries of ``q_width`` values when that
+    is all it does (every searched segment indexed, a filter that is not selective,
+    no ladder, host arrays, sign codes the call computes), else None."""
+    r = pl.req
+    cent = (pl.indexes or {}).get("ivf")
+    if cent is None or q_width < cent.spec["dim"] or not hostcalls.native_segments():
+        return None
+    run = IndexRun(pl, "ivf")
+    rescore = r.rescore or cent.spec["rescore"]
+    short = r.k * rescore
+    if run.scanned or not run.indexed or run.selective(short) or not _one_call_fits(pl, cent, short):
+        return None
+    if q_width == r.d_full:
+        nbytes = (r.d_full + 7) // 8
+    elif r.dim % 8:
+        return None
+    else:
+        nbytes = r.dim // 8
+    if cent.mean is not None or 8 * nbytes > q_width:
+        return None
+    nlist = cent.spec["nlist"]
+    nprobe = min(nlist, math.ceil((r.nprobe or cent.spec["nprobe"]) * run.widen()))
+    need = min(r.k, sum(pl.counts[i] for i in run.indexed))
+    return IvfCall(pl, run.indexed, cent, nprobe, short, need, _ivf_segs(pl, run.indexed, short), nbytes)
+
+
+def _ivf_rounds(run, cent, queries, qcodes, nq, nprobe, short, need, nlist, segs):
+    """Probe rounds from Python: probe, then one Hamming call over every segment's
+    lists, 4x the lists for queries that found too few rows; then the rescoring."""
+    pl = run.pl
     lists = cent.probe(queries, nprobe)
     _, seg, local, scanned = hostcalls.hamming_segments(qcodes, short, segs, lists)
     if seg.shape[1] < short:  # the shortlist's width sizes the ladder: as wide as the per-segment path's

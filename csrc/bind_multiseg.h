@@ -1,0 +1,318 @@
+// pybind11 definitions of the calls over several segments (include/nestvec/multiseg.h)
+// and of the one-call ivf search (include/nestvec/ivf.h). Each segment arrives as a
+// tuple, checked here so that nothing the kernels read is out of range.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "bind_common.h"
+#include "nestvec/dense.h"
+#include "nestvec/dtype.h"
+#include "nestvec/ivf.h"
+#include "nestvec/multiseg.h"
+
+namespace nestvec {
+namespace bind {
+
+// Hamming segments: None or (codes, allow, position, k, ranges, ids). With `with_lists`
+// a segment's ranges are its list offsets [nlist + 1] (the smallest nlist goes to
+// *min_nlist), else int64 [nq, P, 2].
+inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int64_t nq, int64_t nbytes,
+                                                      bool with_lists, std::vector<py::array>& keep,
+                                                      int64_t* min_nlist) {
+  std::vector<multiseg::HammingSeg> gs(segs.size());
+  *min_nlist = std::numeric_limits<int64_t>::max();
+  for (size_t s = 0; s < segs.size(); ++s) {
+    const std::string at = "segs[" + std::to_string(s) + "]";
+    py::object item = segs[s];
+    if (item.is_none()) continue;  // a segment this search skips
+    if (!py::isinstance<py::tuple>(item) || py::len(item) != 6)
+      throw py::type_error(at + ": expected None or a tuple (codes, allow, position, k, ranges, ids)");
+    py::tuple t = item.cast<py::tuple>();
+    multiseg::HammingSeg& g = gs[s];
+    g.k = int_field(t[3], at + ".k");
+    if (g.k < 0) throw std::invalid_argument(at + ": k must be >= 0");
+    if (!py::isinstance<py::array>(t[0])) throw py::type_error(at + ": codes must be a uint8 array");
+    py::array codes = t[0].cast<py::array>();
+    keep.push_back(codes);
+    if (codes.ndim() != 2) throw std::invalid_argument(at + ": codes must be 2-D [n, bytes]");
+    View c = view2d(codes, (at + ".codes").c_str(), 1);
+    if (c.cols < nbytes && c.rows > 0) throw std::invalid_argument(at + ": codes are narrower than the queries");
+    if (c.rows >= (int64_t(1) << 40)) throw std::invalid_argument(at + ": too many rows");
+    g.codes = static_cast<const uint8_t*>(c.ptr);
+    g.n = c.rows;
+    g.code_stride = c.row_stride;
+    std::tie(g.allow, g.n_allow) = allow_arg(t[1], at, keep);
+    if (g.allow && g.n_allow < g.n) throw std::invalid_argument(at + ": allow is shorter than the segment");
+    // without ids the local rows are the code rows; with ids they are checked per hit
+    g.pos = position_arg(t[2], at, t[5].is_none() ? g.n : 0, keep);
+    if (!t[4].is_none()) {
+      if (!py::isinstance<py::array>(t[4])) throw py::type_error(at + ": ranges must be an int64 array");
+      py::array r = t[4].cast<py::array>();
+      keep.push_back(r);
+      if (r.itemsize() != 8 || r.dtype().kind() != 'i' || !(r.flags() & py::array::c_style))
+        throw std::invalid_argument(at + ": ranges must be contiguous int64");
+      if (with_lists) {  // list offsets [nlist + 1]
+        if (r.ndim() != 1 || r.shape(0) < 2)
+          throw std::invalid_argument(at + ": with lists, ranges are the list offsets [nlist + 1]");
+        g.list_offsets = static_cast<const int64_t*>(r.data());
+        g.nlist = r.shape(0) - 1;
+        *min_nlist = std::min(*min_nlist, g.nlist);
+      } else {
+        if (r.ndim() != 3 || r.shape(0) != nq || r.shape(2) != 2)
+          throw std::invalid_argument(at + ": ranges must be int64 [Q, P, 2]");
+        g.ranges = static_cast<const int64_t*>(r.data());
+        g.nranges = r.shape(1);
+      }
+    } else if (with_lists && g.k > 0) {
+      throw std::invalid_argument(at + ": with lists, every searched segment needs its list offsets");
+    }
+    if (!t[5].is_none()) {
+      if (!py::isinstance<py::array>(t[5])) throw py::type_error(at + ": ids must be an int array");
+      py::array ia = t[5].cast<py::array>();
+      keep.push_back(ia);
+      if (ia.ndim() != 1 || ia.shape(0) < g.n || (ia.itemsize() != 4 && ia.itemsize() != 8) ||
+          ia.dtype().kind() != 'i')
+        throw std::invalid_argument(at + ": ids must be int32 or int64 [n]");
+      g.ids = view2d(ia, (at + ".ids").c_str(), size_t(ia.itemsize())).ptr;
+      g.ids_bytes = int(ia.itemsize());
+    }
+    if (!g.ranges && !g.list_offsets && g.ids) throw std::invalid_argument(at + ": ids need ranges");
+    if (!g.ranges && !g.list_offsets && g.allow && g.n_allow != g.n)
+      throw std::invalid_argument(at + ": allow must have one entry per row");
+  }
+  return gs;
+}
+
+// Dense segments: None or (db, dtype code, position, k, allow).
+inline std::vector<multiseg::DenseSeg> dense_segs(const py::list& segs, int64_t dim, std::vector<py::array>& keep) {
+  std::vector<multiseg::DenseSeg> gs(segs.size());
+  for (size_t s = 0; s < segs.size(); ++s) {
+    const std::string at = "segs[" + std::to_string(s) + "]";
+    py::object item = segs[s];
+    if (item.is_none()) continue;  // a segment this search skips
+    if (!py::isinstance<py::tuple>(item) || py::len(item) != 5)
+      throw py::type_error(at + ": expected None or a tuple (db, dtype, position, k, allow)");
+    py::tuple t = item.cast<py::tuple>();
+    multiseg::DenseSeg& g = gs[s];
+    g.k = int_field(t[3], at + ".k");
+    if (g.k < 0) throw std::invalid_argument(at + ": k must be >= 0");
+    g.dtype = dtype_from_code(int_field(t[1], at + ".dtype"), (at + ".dtype").c_str());
+    if (!py::isinstance<py::array>(t[0])) throw py::type_error(at + ": db must be an array");
+    py::array db = t[0].cast<py::array>();
+    keep.push_back(db);
+    if (db.ndim() != 2) throw std::invalid_argument(at + ": db must be 2-D [n, D]");
+    View x = view2d(db, (at + ".db").c_str(), size_t(dtype_size(g.dtype)));
+    if (x.cols < dim && x.rows > 0) throw std::invalid_argument(at + ": db has fewer than dim values");
+    g.db = x.ptr;
+    g.n = x.rows;
+    g.stride = x.row_stride;
+    g.pos = position_arg(t[2], at, g.n, keep);
+    int64_t n_allow = 0;
+    std::tie(g.allow, n_allow) = allow_arg(t[4], at, keep);
+    if (g.allow && n_allow != g.n) throw std::invalid_argument(at + ": allow must be bool [n]");
+  }
+  return gs;
+}
+
+// A float32 query block [Q, >= dim], rows contiguous.
+inline View float_queries(const py::array& queries, int64_t dim) {
+  if (queries.ndim() != 2 || queries.dtype().kind() != 'f')
+    throw std::invalid_argument("queries: expected float32 [Q, >= dim]");
+  View q = view2d(queries, "queries", 4);
+  if (dim < 1 || q.cols < dim) throw std::invalid_argument("dim: expected 1 <= dim <= the queries' width");
+  return q;
+}
+
+// [Q, min(k, sum of the segments' k)]: as wide as a merge of their lists.
+template <class Seg>
+int64_t merged_width(const std::vector<Seg>& gs, int64_t k) {
+  int64_t width = 0;
+  for (const auto& g : gs)
+    if (g.n > 0) width = std::min(k, width + g.k);
+  return width;
+}
+
+inline void def_multiseg(py::module_& m) {
+  m.def(
+      "multiseg_hamming_topk",
+      [](py::array queries, int64_t k, py::list segs, py::object lists) {
+        View q = view2d(queries, "queries", 1);
+        if (queries.ndim() != 2) throw std::invalid_argument("queries: expected uint8 [Q, B]");
+        if (k <= 0) throw std::invalid_argument("k must be positive");
+        const int64_t nq = q.rows, nbytes = q.cols;
+        py::array lists_arr;
+        const int64_t* lp = nullptr;
+        int64_t nprobe = 0;
+        if (!lists.is_none()) {
+          if (!py::isinstance<py::array>(lists)) throw py::type_error("lists: expected an int64 array [Q, P]");
+          lists_arr = lists.cast<py::array>();
+          if (lists_arr.ndim() != 2 || lists_arr.shape(0) != nq || lists_arr.itemsize() != 8 ||
+              lists_arr.dtype().kind() != 'i' || !(lists_arr.flags() & py::array::c_style))
+            throw std::invalid_argument("lists: expected a contiguous int64 [Q, P]");
+          lp = static_cast<const int64_t*>(lists_arr.data());
+          nprobe = lists_arr.shape(1);
+        }
+        std::vector<py::array> keep;  // every buffer stays referenced while the GIL is out
+        int64_t min_nlist = 0;
+        std::vector<multiseg::HammingSeg> gs = hamming_segs(segs, nq, nbytes, lp != nullptr, keep, &min_nlist);
+        if (lp) {
+          for (int64_t i = 0; i < nq * nprobe; ++i)
+            if (lp[i] < 0 || lp[i] >= min_nlist) throw std::invalid_argument("lists: a list number is outside [0, nlist)");
+        }
+        const int64_t width = merged_width(gs, k);
+        py::array_t<int32_t> dist({nq, width});
+        py::array_t<int64_t> seg({nq, width}), local({nq, width});
+        int32_t* dp = dist.mutable_data();
+        int64_t* sp = seg.mutable_data();
+        int64_t* lo = local.mutable_data();
+        int64_t scanned;
+        {
+          py::gil_scoped_release nogil;
+          scanned = multiseg::hamming_topk(gs.data(), int64_t(gs.size()), static_cast<const uint8_t*>(q.ptr),
+                                           nq, q.row_stride, nbytes, lp, nprobe, width, dp, sp, lo);
+        }
+        return py::make_tuple(dist, seg, local, scanned);
+      },
+      py::arg("queries"), py::arg("k"), py::arg("segs"), py::arg("lists") = py::none(),
+      "Hamming top-k over several segments: (dist, seg, local [Q, min(k, sum of k_i)], rows compared).");
+
+  m.def(
+      "multiseg_rescore",
+      [](py::array queries, int64_t dim, int metric, int64_t k, py::list segs, py::object cand_seg_o,
+         py::object cand_local_o) {
+        if (metric < dense::kCosine || metric > dense::kL2) throw std::invalid_argument("metric: 0, 1 or 2");
+        View q = float_queries(queries, dim);
+        if (k <= 0) throw std::invalid_argument("k must be positive");
+        const int64_t nq = q.rows;
+        py::array cand_seg, cand_local;
+        const int64_t *csp = nullptr, *clp = nullptr;
+        int64_t ncand = 0;
+        if (cand_seg_o.is_none() != cand_local_o.is_none())
+          throw std::invalid_argument("cand_seg, cand_local: pass both or neither");
+        if (!cand_seg_o.is_none()) {
+          if (!py::isinstance<py::array>(cand_seg_o) || !py::isinstance<py::array>(cand_local_o))
+            throw py::type_error("cand_seg, cand_local: expected int64 arrays [Q, C]");
+          cand_seg = cand_seg_o.cast<py::array>();
+          cand_local = cand_local_o.cast<py::array>();
+          for (auto* a : {&cand_seg, &cand_local})
+            if (a->ndim() != 2 || a->shape(0) != nq || a->itemsize() != 8 || a->dtype().kind() != 'i' ||
+                !(a->flags() & py::array::c_style))
+              throw std::invalid_argument("cand_seg, cand_local: expected contiguous int64 [Q, C]");
+          if (cand_seg.shape(1) != cand_local.shape(1))
+            throw std::invalid_argument("cand_seg, cand_local: shapes differ");
+          ncand = cand_seg.shape(1);
+          csp = static_cast<const int64_t*>(cand_seg.data());
+          clp = static_cast<const int64_t*>(cand_local.data());
+        }
+        std::vector<py::array> keep;
+        std::vector<multiseg::DenseSeg> gs = dense_segs(segs, dim, keep);
+        const int64_t width = merged_width(gs, k);
+        py::array_t<float> score({nq, width});
+        py::array_t<int64_t> seg({nq, width}), local({nq, width});
+        float* scp = score.mutable_data();
+        int64_t* sp = seg.mutable_data();
+        int64_t* lo = local.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          multiseg::rescore(gs.data(), int64_t(gs.size()), dim, static_cast<const float*>(q.ptr), nq,
+                            q.row_stride, metric, csp, clp, ncand, width, scp, sp, lo);
+        }
+        return py::make_tuple(score, seg, local);
+      },
+      py::arg("queries"), py::arg("dim"), py::arg("metric"), py::arg("k"), py::arg("segs"),
+      py::arg("cand_seg"), py::arg("cand_local"),
+      "Exact top-k over several segments of a shortlist (cand_seg, cand_local), or of every "
+      "allowed row (None, None): (score, seg, local [Q, min(k, sum of k_i)]).");
+
+  m.def(
+      "ivf_search",
+      [](py::array queries, py::object qcodes_o, int64_t nbytes, py::array centroids, int probe_metric,
+         int64_t nprobe, py::list hsegs_o, py::list dsegs_o, int64_t short_k, int64_t dim, int metric, int64_t k,
+         int64_t need) {
+        if (metric < dense::kCosine || metric > dense::kL2) throw std::invalid_argument("metric: 0, 1 or 2");
+        if (probe_metric != dense::kIP && probe_metric != dense::kL2)
+          throw std::invalid_argument("probe_metric: 1 (ip) or 2 (l2)");
+        if (centroids.ndim() != 2 || centroids.dtype().kind() != 'f' || (centroids.itemsize() != 4 && centroids.itemsize() != 2))
+          throw std::invalid_argument("centroids: expected float32 or float16 [nlist, dim]");
+        View c = view2d(centroids, "centroids", size_t(centroids.itemsize()));
+        if (c.rows < 1 || c.cols < 1) throw std::invalid_argument("centroids: expected at least one list");
+        if (dim < c.cols) throw std::invalid_argument("dim: expected at least the centroids' width");
+        View q = float_queries(queries, dim);
+        if (nbytes < 1) throw std::invalid_argument("nbytes: expected positive");
+        py::array qcodes;
+        const uint8_t* qcp = nullptr;
+        int64_t qcs = 0;
+        if (qcodes_o.is_none()) {  // sign bits of the queries' first 8 * nbytes values
+          if (8 * nbytes > q.cols) throw std::invalid_argument("nbytes: the queries hold fewer than 8 * nbytes values");
+        } else {
+          if (!py::isinstance<py::array>(qcodes_o)) throw py::type_error("qcodes: expected a uint8 array");
+          qcodes = qcodes_o.cast<py::array>();
+          View qc = view2d(qcodes, "qcodes", 1);
+          if (qcodes.ndim() != 2 || qc.rows != q.rows || qc.cols < nbytes)
+            throw std::invalid_argument("qcodes: expected uint8 [Q, >= nbytes]");
+          qcp = static_cast<const uint8_t*>(qc.ptr);
+          qcs = qc.row_stride;
+        }
+        if (nprobe < 1 || short_k < 1 || k < 1 || need < 0 || need > k)
+          throw std::invalid_argument("nprobe, short_k, k: expected positive; need: in [0, k]");
+        if (hsegs_o.size() != dsegs_o.size()) throw std::invalid_argument("hsegs, dsegs: one entry per segment");
+        const int64_t nq = q.rows;
+        std::vector<py::array> keep;
+        int64_t min_nlist = 0;
+        std::vector<multiseg::HammingSeg> hs = hamming_segs(hsegs_o, nq, nbytes, true, keep, &min_nlist);
+        std::vector<multiseg::DenseSeg> ds = dense_segs(dsegs_o, dim, keep);
+        for (size_t s = 0; s < hs.size(); ++s) {
+          if (hs[s].k > 0 && hs[s].nlist != c.rows)
+            throw std::invalid_argument("hsegs[" + std::to_string(s) + "]: its lists are not the centroids'");
+          // a shortlist entry (s, local) is rescored in dsegs[s] (rows beyond it: dropped)
+          if (hs[s].k > 0 && ds[s].k == 0)
+            throw std::invalid_argument("dsegs[" + std::to_string(s) + "]: a searched segment needs its rows");
+        }
+        const int64_t sw = merged_width(hs, short_k), kw = merged_width(ds, k);
+        py::array_t<float> score({nq, kw});
+        py::array_t<int64_t> seg({nq, kw}), local({nq, kw});
+        py::array_t<uint8_t> lacking(nq);
+        int64_t scanned = 0, rescored = 0;
+        if (sw > 0 && kw > 0) {
+          ivf::Probe p;
+          p.centroids = c.ptr;
+          p.dtype = centroids.itemsize() == 2 ? DType::F16 : DType::F32;
+          p.nlist = c.rows;
+          p.stride = c.row_stride;
+          p.dim = c.cols;
+          p.metric = probe_metric;
+          p.nprobe = nprobe;
+          float* scp = score.mutable_data();
+          int64_t* sp = seg.mutable_data();
+          int64_t* lo = local.mutable_data();
+          uint8_t* lk = lacking.mutable_data();
+          py::gil_scoped_release nogil;
+          scanned = ivf::search(p, static_cast<const float*>(q.ptr), nq, q.row_stride, metric == dense::kCosine,
+                                qcp, qcs, nbytes, hs.data(), ds.data(),
+                                int64_t(hs.size()), sw, dim, metric, kw, std::min(need, kw), scp, sp, lo, lk, &rescored);
+        } else {
+          std::fill_n(lacking.mutable_data(), nq, uint8_t(need > 0));
+        }
+        return py::make_tuple(score, seg, local, lacking, scanned, rescored);
+      },
+      py::arg("queries"), py::arg("qcodes"), py::arg("nbytes"), py::arg("centroids"), py::arg("probe_metric"), py::arg("nprobe"),
+      py::arg("hsegs"), py::arg("dsegs"), py::arg("short_k"), py::arg("dim"), py::arg("metric"), py::arg("k"),
+      py::arg("need"),
+      "One ivf search of validated float32 queries (cosine: normalised at dim here): probe the "
+      "centroids with their first centroids.shape[1] values, "
+      "Hamming shortlist of short_k (query codes: qcodes [Q, >= nbytes], or None for the sign bits) over the probed lists of every segment (hsegs: (codes, allow, "
+      "position, k, list offsets, ids)), exact rescoring at dim (dsegs: (db, dtype, position, k, "
+      "None)): (score, seg, local [Q, k'], lacking [Q] (fewer than `need` shortlist hits), rows compared, rows rescored).");
+}
+
+}  // namespace bind
+}  // namespace nestvec
