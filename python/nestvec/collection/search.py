@@ -13,6 +13,7 @@ from . import packing
 from . import validate as vd
 from .embedding import is_text
 from .planner import MODES, DeviceCache, Planner, Request
+from .searcher import Searcher
 
 
 def _check_device_type(dev, name: str) -> None:
@@ -192,6 +193,16 @@ class SearchMixin:
             seg, local = remap(seg, local)
         local = vd.apply_cutoff(cut, score, local)
         return snap, cols, used, seg, local, score, planner, int(qx.shape[0])
+
+    def searcher(self, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
+                 filter=None, ladder=None, nprobe: int | None = None, ef: int | None = None) -> Searcher:
+        """A search with these arguments fixed, answering ``(ids, scores)`` NumPy arrays
+        ``[Q, k]`` instead of a table: the arguments are checked and the plan made once
+        per snapshot, so a batch-1 search costs little more than its kernels (README,
+        Sub-linear search). It follows this handle to new versions. See
+        :class:`~nestvec.collection.searcher.Searcher`."""
+        return Searcher(self, k, dim=dim, mode=mode, rescore=rescore, filter=filter, ladder=ladder,
+                        nprobe=nprobe, ef=ef)
 
     def explain(self, q, k: int = 10, **kwargs) -> dict:
         """Run ``search(q, k, **kwargs)`` and report its plan: the ``mode`` used (and

@@ -1,0 +1,216 @@
+"""Collection.searcher (a search with fixed arguments answering NumPy arrays) against
+Collection.search in every mode, and the one-call ivf route (csrc/cpu/ivf_search.cpp)
+against the staged calls: same rows, padding, following writes, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nestvec as nv
+from nestvec import _backend as be
+from nestvec.collection import NoMergePolicy
+
+from collection_helpers import assert_same_hits, per_query
+
+pytest.importorskip("faiss")
+
+D, N = 64, 3000
+
+
+def data(n=N, d=D, seed=0, clusters=24, nq=21):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, d))
+    x = centers[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, d))
+    q = centers[rng.integers(0, clusters, nq)] + 0.6 * rng.standard_normal((nq, d))
+    return x.astype(np.float32), q.astype(np.float32)
+
+
+def table_arrays(t, nq, k, binary=False, l2=False):
+    """A search table as the searcher's (ids, scores) [nq, k] with its padding."""
+    ids = np.full((nq, k), -1, np.int64)
+    sc = np.full((nq, k), np.iinfo(np.int32).max if binary else (np.inf if l2 else -np.inf),
+                 np.int32 if binary else np.float32)
+    for j, (i, s) in enumerate(per_query(t)):
+        ids[j, :len(i)], sc[j, :len(s)] = i, s
+    return ids, sc
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Two indexed segments (1,200 and 1,500 rows) and a scanned one (300); cat 0..99."""
+    pytest.importorskip("hnswlib")
+    x, q = data()
+    col = nv.Collection.create(str(tmp_path_factory.mktemp("s") / "c"), dim=D, schema={"cat": "int32"},
+                               merge_policy=NoMergePolicy())
+    cat = np.arange(N) % 100
+    for a, b in ((0, 1200), (1200, 2700), (2700, N)):
+        col.add(x[a:b], ids=np.arange(a, b), metadata={"cat": cat[a:b]})
+    col.create_index("ivf", nlist=32, min_rows=1000)
+    col.create_index("hnsw", M=8, ef_construction=64, min_rows=1000)
+    yield col, q
+    col.close()
+
+
+@pytest.fixture(scope="module")
+def all_indexed():
+    """Every segment indexed: the searcher's one-call ivf route."""
+    x, q = data(seed=3)
+    col = nv.Collection.create(None, dim=D, merge_policy=NoMergePolicy())
+    col.add(x[:1700], ids=np.arange(1700))
+    col.add(x[1700:], ids=np.arange(1700, N))
+    col.create_index("ivf", nlist=32, min_rows=100)
+    return col, q
+
+
+@pytest.mark.parametrize("mode", ["flat", "binary", "funnel", "ivf", "hnsw", "auto"])
+@pytest.mark.parametrize("flt", [None, "cat < 30", "cat = 7"])
+@pytest.mark.parametrize("k", [1, 10, 97])
+def test_searcher_equals_search(mixed, mode, flt, k):
+    col, q = mixed
+    filt = None if flt is None else (nv.field("cat") < 30 if flt == "cat < 30" else nv.field("cat") == 7)
+    s = col.searcher(k=k, mode=mode, filter=filt)
+    ids, sc = s.search(q)
+    want = table_arrays(col.search(q, k=k, mode=mode, filter=filt), len(q), k, binary=mode == "binary")
+    np.testing.assert_array_equal(ids, want[0])
+    np.testing.assert_array_equal(sc, want[1])
+    assert ids.dtype == np.int64 and sc.dtype == (np.int32 if mode == "binary" else np.float32)
+
+
+@pytest.mark.parametrize("kw", [{}, {"nprobe": 1}, {"nprobe": 3, "rescore": 3}, {"dim": 32}, {"ladder": (16, 32)}])
+def test_one_call_route_equals_search(all_indexed, kw):
+    col, q = all_indexed
+    s = col.searcher(k=10, mode="ivf", **kw)
+    plain = "dim" not in kw and "ladder" not in kw
+    assert ("one call" in repr(s)) == plain
+    for b in (1, 4, 7, len(q)):  # blocks of 4 queries over the threads
+        ids, sc = s.search(q[:b])
+        want = table_arrays(col.search(q[:b], k=10, mode="ivf", **kw), b, 10)
+        np.testing.assert_array_equal(ids, want[0])
+        np.testing.assert_array_equal(sc, want[1])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_call_matches_the_staged_calls(all_indexed, monkeypatch, threads):
+    """The one native call against the probe rounds from Python: identical rows with
+    every list probed; at a small nprobe the same hits but for lists whose scores tie
+    within the float16 probe table's rounding (none here)."""
+    from nestvec.collection.indexes import plan
+
+    col, q = all_indexed
+    old = be._C.get_num_threads()
+    be._C.set_num_threads(threads)
+    try:
+        one = [col.search(q, k=10, mode="ivf", nprobe=p) for p in (32, 2)]
+        monkeypatch.setattr(plan, "_one_call_fits", lambda *a: False)
+        staged = [col.search(q, k=10, mode="ivf", nprobe=p) for p in (32, 2)]
+    finally:
+        be._C.set_num_threads(old)
+    for a, b in zip(one, staged):
+        assert_same_hits(per_query(a), per_query(b), atol=1e-6)
+    e1 = col.explain(q, k=10, mode="ivf", nprobe=2)
+    monkeypatch.undo()
+    assert e1["lists_probed"] == 2 * len(q) and e1["probe_rounds"] == 1 and e1["rows_rescored"] > 0
+
+
+def test_one_call_widens_queries_that_find_too_few_rows():
+    """A filter leaving few rows in the probed lists: the one call reports those
+    queries and they are probed again wider, so each gets min(k, matches) rows."""
+    x, q = data(seed=4)
+    col = nv.Collection.create(None, dim=D, schema={"cat": "int32"})
+    col.add(x, metadata={"cat": np.arange(N) % 10})
+    col.create_index("ivf", nlist=128, min_rows=100)
+    flt = nv.field("cat") == 3  # 10% of the rows: above the exhaustive route's threshold
+    exact = col.search(q, k=40, mode="flat", filter=flt)
+    kw = dict(k=40, mode="ivf", nprobe=1, rescore=1, filter=flt)  # 10 lists of ~23 rows: too few
+    got = col.search(q, **kw)
+    plan = col.explain(q, **kw)
+    assert plan["probe_rounds"] >= 2
+    assert got.num_rows == exact.num_rows == 40 * len(q)
+    s = col.searcher(**kw)
+    ids, _ = s.search(q)
+    np.testing.assert_array_equal(ids, table_arrays(got, len(q), 40)[0])
+
+
+def test_single_query_padding_metrics_and_string_ids():
+    x, q = data(200, seed=5)
+    for metric in ("cosine", "l2"):
+        col = nv.Collection.create(None, dim=D, metric=metric, id_type="string")
+        col.add(x[:7], ids=[f"r{i}" for i in range(7)])
+        s = col.searcher(k=10)
+        ids, sc = s.search(q[0])
+        assert ids.shape == (10,) and ids.dtype == object and sc.shape == (10,)
+        want = per_query(col.search(q[0], k=10))[0]
+        assert list(ids[:7]) == list(want[0]) and all(i is None for i in ids[7:])
+        np.testing.assert_array_equal(sc[:7], want[1])
+        assert np.all(sc[7:] == (np.inf if metric == "l2" else -np.inf))
+
+
+def test_follows_writes_refresh_and_close(tmp_path):
+    x, q = data(500, seed=6)
+    path = str(tmp_path / "c")
+    col = nv.Collection.create(path, dim=D)
+    col.add(x[:300], ids=np.arange(300))
+    s = col.searcher(k=5, mode="flat")
+    v0 = s.version
+    reader = nv.open(path, read_only=True)
+    rs = reader.searcher(k=5, mode="flat")
+    col.add(x[300:], ids=np.arange(300, 500))
+    col.delete(ids=[int(s.search(q[0])[0][0])])
+    ids, _ = s.search(q)
+    assert s.version > v0
+    np.testing.assert_array_equal(ids, table_arrays(col.search(q, k=5, mode="flat"), len(q), 5)[0])
+    old = rs.search(q)[0]
+    np.testing.assert_array_equal(old, table_arrays(reader.search(q, k=5, mode="flat"), len(q), 5)[0])
+    reader.refresh()
+    np.testing.assert_array_equal(rs.search(q)[0], ids)
+    col.close()
+    with pytest.raises(ValueError, match="closed"):
+        s.search(q)
+    reader.close()
+
+
+def test_bad_arguments(all_indexed):
+    col, q = all_indexed
+    with pytest.raises(ValueError, match="mode"):
+        col.searcher(mode="nope")
+    with pytest.raises(ValueError, match="k"):
+        col.searcher(k=0)
+    with pytest.raises(ValueError, match="nprobe"):
+        col.searcher(mode="ivf", nprobe=33)
+    with pytest.raises(ValueError, match="hnsw"):
+        col.searcher(mode="hnsw")
+    with pytest.raises(ValueError, match="dim"):
+        col.searcher(dim=D + 1)
+    s = col.searcher(k=3)
+    with pytest.raises(ValueError, match="q"):
+        s.search(np.zeros((2, D + 1), np.float32))
+    with pytest.raises(ValueError, match="q"):
+        s.search(np.full((1, D), np.nan, np.float32))
+
+
+def test_native_call_checks_its_arguments(all_indexed):
+    col, q = all_indexed
+    s = col.searcher(k=10, mode="ivf")
+    call = s._state[-1]
+    C = be._C
+    good = dict(queries=q, qcodes=None, nbytes=D // 8, centroids=call.table, probe_metric=1, nprobe=2,
+                hsegs=call.hsegs, dsegs=call.dsegs, short_k=100, dim=D, metric=0, k=10, need=10)
+    out = C.ivf_search(**good)
+    assert out[0].shape == (len(q), 10) and out[3].shape == (len(q),)
+    bad = [
+        {"centroids": call.table.astype(np.float64)},
+        {"centroids": np.zeros((0, 16), np.float32)},
+        {"qcodes": np.zeros((len(q) + 1, D // 8), np.uint8)},
+        {"nbytes": D},  # more sign bits than values
+        {"nprobe": 0},
+        {"need": 11},
+        {"metric": 7},
+        {"probe_metric": 0},
+        {"dim": 8},  # narrower than the centroids
+        {"hsegs": [None] * (len(call.hsegs) + 1)},
+        {"hsegs": [(t[0], t[1], t[2], t[3], None, t[5]) if t else None for t in call.hsegs]},
+        {"dsegs": [None] * len(call.dsegs)},
+    ]
+    for b in bad:
+        with pytest.raises((ValueError, TypeError)):
+            C.ivf_search(**{**good, **b})
