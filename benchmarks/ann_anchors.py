@@ -154,10 +154,10 @@ class Faiss(Method):
         if self.kind == "HNSWFlat":
             return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
         if self.kind == "IVFPQ+refine":
-            return [{"nprobe": p, "k_factor": f} for p in (8, 16, 32, 64) for f in (4, 16)]
+            return [{"nprobe": p, "k_factor": f} for p in (2, 4, 8, 16, 32, 64) for f in (4, 16)]
         if self.kind == "BinaryIVF":
-            return [{"nprobe": p, "rescore": r} for p in (8, 16, 32, 64, 128) for r in (10, 40)]
-        return [{"nprobe": p} for p in (4, 8, 16, 32, 64, 128)]
+            return [{"nprobe": p, "rescore": r} for p in (2, 4, 8, 16, 32, 64, 128) for r in (10, 40)]
+        return [{"nprobe": p} for p in (1, 2, 3, 4, 8, 16, 32, 64, 128)]
 
     def search(self, q, nprobe=None, ef=None, k_factor=None, rescore=None):
         import faiss

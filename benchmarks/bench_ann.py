@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ann.py --n 1000000 --d 768            # synthetic, every method
     python benchmarks/bench_ann.py --n 1000000 --d 768 --only ours-ivf,hnswlib-M16
+    python benchmarks/bench_ann.py --n 200000 --d 768 --only ours-ivf-searcher,faiss-IVFFlat
     python benchmarks/bench_ann.py --msmarco                      # nDCG@10 of ivf / hnsw defaults vs flat
     python benchmarks/bench_ann.py --report                       # table + PNG from the saved runs
 
@@ -116,9 +117,13 @@ def measure(search, q, gt):
 class Ours(Method):
     family = "nestvec"
 
-    def __init__(self, mode, index=None, opts=None, sweep=None, variant=""):
+    def __init__(self, mode, index=None, opts=None, sweep=None, variant="", api="search"):
         self.mode, self.index, self.opts, self._sweep = mode, index, opts or {}, sweep
         self.name = f"ours-{mode}" + (f"-{variant}" if variant else "")
+        # "search": Collection.search (checks, plan and an Arrow table per call);
+        # "searcher": Collection.searcher(...).search (NumPy ids, the plan kept)
+        self.api = api
+        self._searchers = {}
 
     def build(self, x, cat, work):
         path = work / f"col-{len(x)}x{x.shape[1]}.nv"
@@ -154,6 +159,12 @@ class Ours(Method):
         return self._sweep or [{}]
 
     def search(self, q, **p):
+        if self.api == "searcher":
+            key = tuple(sorted(p.items()))
+            s = self._searchers.get(key)
+            if s is None:
+                s = self._searchers[key] = self.col.searcher(k=K, mode=self.mode, **p)
+            return s.search(q)[0]
         t = self.col.search(q, k=K, mode=self.mode, **p)
         out = np.full((len(q), K), -1, np.int64)
         qi = t.column("query").to_numpy()
@@ -164,6 +175,7 @@ class Ours(Method):
 
     def close(self):
         # one writer per collection: the next mode reopens it
+        self._searchers.clear()
         self.col.close()
 
     def memory(self):
@@ -176,12 +188,16 @@ class Ours(Method):
 
 def methods(n: int, d: int) -> list:
     nlist_old = 2 ** round(np.log2(1.5 * np.sqrt(n)))  # the default before 4 sqrt(N)
-    ivf_sweep = [{}] + [{"nprobe": p, "rescore": r} for p in (1, 2, 3, 4, 8, 16) for r in (10, 20)]
+    ivf_sweep = [{}] + [{"nprobe": p, "rescore": r} for p in (1, 2, 3, 4, 8, 16) for r in (3, 5, 10, 20)]
+    hnsw_sweep = [{}] + [{"ef": e} for e in (16, 32, 64, 128, 256)]
     return [
         Ours("flat"),
         Ours("funnel", sweep=[{"rescore": r} for r in (10, 20, 40)]),
         Ours("ivf", "ivf", {}, ivf_sweep),
-        Ours("hnsw", "hnsw", {}, [{}] + [{"ef": e} for e in (16, 32, 64, 128, 256)]),
+        Ours("hnsw", "hnsw", {}, hnsw_sweep),
+        # the same indexes through Collection.searcher (NumPy answers, plan kept)
+        Ours("ivf", "ivf", {}, ivf_sweep, variant="searcher", api="searcher"),
+        Ours("hnsw", "hnsw", {}, hnsw_sweep, variant="searcher", api="searcher"),
         # variants (replace the collection's ivf index; run them with --only)
         Ours("ivf", "ivf", {"dim": d}, ivf_sweep, variant=f"dim{d}"),
         Ours("ivf", "ivf", {"codes": "centred"}, ivf_sweep, variant="centred"),
@@ -352,7 +368,7 @@ def main(argv=None) -> int:
     only = set(filter(None, args.only.split(",")))
     skip = set(filter(None, args.skip.split(",")))
     for m in methods(args.n, args.d):
-        variant = isinstance(m, Ours) and m.name.count("-") > 1
+        variant = isinstance(m, Ours) and bool(m.opts)  # replaces the collection's index
         if (only and m.name not in only) or m.name in skip or (variant and not only):
             continue
         print(f"{m.name}:", flush=True)
@@ -365,7 +381,7 @@ def main(argv=None) -> int:
             continue
         new = run_method(m, x, q, cat, gt, work)
         rows = [r for r in rows if r.get("method") != m.name and not (r.get("filtered_by") == m.name)] + new
-        if isinstance(m, Ours) and m.index:
+        if isinstance(m, Ours) and m.index and m.api == "search":
             for r in filtered(m, q, gt_f, {}):
                 rows.append({"filtered_by": m.name, **r})
             res = resident(str(m.col.path), str(work / f"synth-{args.n}x{args.d}-c{args.clusters}.q.npy"), m.mode)
