@@ -27,7 +27,7 @@ namespace bind {
 // *min_nlist), else int64 [nq, P, 2].
 inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int64_t nq, int64_t nbytes,
                                                       bool with_lists, std::vector<py::array>& keep,
-                                                      int64_t* min_nlist) {
+                                                      int64_t* min_nlist, bool shared_ranges = false) {
   std::vector<multiseg::HammingSeg> gs(segs.size());
   *min_nlist = std::numeric_limits<int64_t>::max();
   for (size_t s = 0; s < segs.size(); ++s) {
@@ -67,10 +67,13 @@ inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int6
         g.nlist = r.shape(0) - 1;
         *min_nlist = std::min(*min_nlist, g.nlist);
       } else {
-        if (r.ndim() != 3 || r.shape(0) != nq || r.shape(2) != 2)
-          throw std::invalid_argument(at + ": ranges must be int64 [Q, P, 2]");
+        const bool shared = shared_ranges && r.ndim() == 3 && r.shape(0) == 1;
+        if (r.ndim() != 3 || (r.shape(0) != nq && !shared) || r.shape(2) != 2)
+          throw std::invalid_argument(at + (shared_ranges ? ": ranges must be int64 [Q or 1, P, 2]"
+                                                          : ": ranges must be int64 [Q, P, 2]"));
         g.ranges = static_cast<const int64_t*>(r.data());
         g.nranges = r.shape(1);
+        g.ranges_shared = shared;
       }
     } else if (with_lists && g.k > 0) {
       throw std::invalid_argument(at + ": with lists, every searched segment needs its list offsets");
@@ -235,17 +238,25 @@ inline void def_multiseg(py::module_& m) {
 
   m.def(
       "ivf_search",
-      [](py::array queries, py::object qcodes_o, int64_t nbytes, py::array centroids, int probe_metric,
+      [](py::array queries, py::object qcodes_o, int64_t nbytes, py::object centroids_o, int probe_metric,
          int64_t nprobe, py::list hsegs_o, py::list dsegs_o, int64_t short_k, int64_t dim, int metric, int64_t k,
          int64_t need) {
         if (metric < dense::kCosine || metric > dense::kL2) throw std::invalid_argument("metric: 0, 1 or 2");
-        if (probe_metric != dense::kIP && probe_metric != dense::kL2)
-          throw std::invalid_argument("probe_metric: 1 (ip) or 2 (l2)");
-        if (centroids.ndim() != 2 || centroids.dtype().kind() != 'f' || (centroids.itemsize() != 4 && centroids.itemsize() != 2))
-          throw std::invalid_argument("centroids: expected float32 or float16 [nlist, dim]");
-        View c = view2d(centroids, "centroids", size_t(centroids.itemsize()));
-        if (c.rows < 1 || c.cols < 1) throw std::invalid_argument("centroids: expected at least one list");
-        if (dim < c.cols) throw std::invalid_argument("dim: expected at least the centroids' width");
+        const bool probing = !centroids_o.is_none();
+        py::array centroids;
+        View c{nullptr, 0, 0, 0};
+        if (probing) {
+          if (probe_metric != dense::kIP && probe_metric != dense::kL2)
+            throw std::invalid_argument("probe_metric: 1 (ip) or 2 (l2)");
+          if (!py::isinstance<py::array>(centroids_o)) throw py::type_error("centroids: expected an array or None");
+          centroids = centroids_o.cast<py::array>();
+          if (centroids.ndim() != 2 || centroids.dtype().kind() != 'f' ||
+              (centroids.itemsize() != 4 && centroids.itemsize() != 2))
+            throw std::invalid_argument("centroids: expected float32 or float16 [nlist, dim]");
+          c = view2d(centroids, "centroids", size_t(centroids.itemsize()));
+          if (c.rows < 1 || c.cols < 1) throw std::invalid_argument("centroids: expected at least one list");
+          if (dim < c.cols) throw std::invalid_argument("dim: expected at least the centroids' width");
+        }
         View q = float_queries(queries, dim);
         if (nbytes < 1) throw std::invalid_argument("nbytes: expected positive");
         py::array qcodes;
@@ -262,16 +273,16 @@ inline void def_multiseg(py::module_& m) {
           qcp = static_cast<const uint8_t*>(qc.ptr);
           qcs = qc.row_stride;
         }
-        if (nprobe < 1 || short_k < 1 || k < 1 || need < 0 || need > k)
+        if ((probing && nprobe < 1) || short_k < 1 || k < 1 || need < 0 || need > k)
           throw std::invalid_argument("nprobe, short_k, k: expected positive; need: in [0, k]");
         if (hsegs_o.size() != dsegs_o.size()) throw std::invalid_argument("hsegs, dsegs: one entry per segment");
         const int64_t nq = q.rows;
         std::vector<py::array> keep;
         int64_t min_nlist = 0;
-        std::vector<multiseg::HammingSeg> hs = hamming_segs(hsegs_o, nq, nbytes, true, keep, &min_nlist);
+        std::vector<multiseg::HammingSeg> hs = hamming_segs(hsegs_o, nq, nbytes, probing, keep, &min_nlist, true);
         std::vector<multiseg::DenseSeg> ds = dense_segs(dsegs_o, dim, keep);
         for (size_t s = 0; s < hs.size(); ++s) {
-          if (hs[s].k > 0 && hs[s].nlist != c.rows)
+          if (probing && hs[s].k > 0 && hs[s].nlist != c.rows)
             throw std::invalid_argument("hsegs[" + std::to_string(s) + "]: its lists are not the centroids'");
           // a shortlist entry (s, local) is rescored in dsegs[s] (rows beyond it: dropped)
           if (hs[s].k > 0 && ds[s].k == 0)
@@ -284,8 +295,8 @@ inline void def_multiseg(py::module_& m) {
         int64_t scanned = 0, rescored = 0;
         if (sw > 0 && kw > 0) {
           ivf::Probe p;
-          p.centroids = c.ptr;
-          p.dtype = centroids.itemsize() == 2 ? DType::F16 : DType::F32;
+          p.centroids = probing ? c.ptr : nullptr;
+          p.dtype = probing && centroids.itemsize() == 2 ? DType::F16 : DType::F32;
           p.nlist = c.rows;
           p.stride = c.row_stride;
           p.dim = c.cols;
@@ -307,7 +318,7 @@ inline void def_multiseg(py::module_& m) {
       py::arg("queries"), py::arg("qcodes"), py::arg("nbytes"), py::arg("centroids"), py::arg("probe_metric"), py::arg("nprobe"),
       py::arg("hsegs"), py::arg("dsegs"), py::arg("short_k"), py::arg("dim"), py::arg("metric"), py::arg("k"),
       py::arg("need"),
-      "One ivf search of validated float32 queries (cosine: normalised at dim here): probe the "
+      "One ivf search (centroids None: the segments' own ranges, [Q or 1, P, 2], or every row) of validated float32 queries (cosine: normalised at dim here): probe the "
       "centroids with their first centroids.shape[1] values, "
       "Hamming shortlist of short_k (query codes: qcodes [Q, >= nbytes], or None for the sign bits) over the probed lists of every segment (hsegs: (codes, allow, "
       "position, k, list offsets, ids)), exact rescoring at dim (dsegs: (db, dtype, position, k, "

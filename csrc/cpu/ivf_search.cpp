@@ -56,7 +56,7 @@ int64_t search(const Probe& probe, const float* queries, int64_t nq, int64_t que
   *rescored = 0;
   if (nq <= 0) return 0;
   const int64_t nprobe = std::min(probe.nprobe, probe.nlist);
-  if (nprobe <= 0 || short_k <= 0 || k <= 0 || dim < probe.dim)
+  if ((probe.centroids && nprobe <= 0) || short_k <= 0 || k <= 0 || dim < probe.dim)
     throw std::invalid_argument("ivf: nprobe, short_k and k must be positive, dim >= the centroids' width");
   std::atomic<int64_t> scanned{0}, hits{0};
   const int nthreads = int(std::min<int64_t>(num_threads(), (nq + kBlock - 1) / kBlock));
@@ -75,16 +75,35 @@ int64_t search(const Probe& probe, const float* queries, int64_t nq, int64_t que
       qc = own_codes.data();
       cs = nbytes;
     }
-    std::vector<float> pscore(size_t(nb * nprobe));
-    std::vector<int64_t> lists(size_t(nb * nprobe));
-    dense::topk(probe.centroids, probe.dtype, probe.nlist, probe.stride, probe.dim, q, nb, dim, nprobe,
-                probe.metric, nullptr, nullptr, 0, pscore.data(), lists.data());
-    for (int64_t l : lists)
-      if (l < 0 || l >= probe.nlist) throw std::runtime_error("ivf: the probe found fewer lists than nprobe");
+    std::vector<int64_t> lists;
+    if (probe.centroids) {
+      std::vector<float> pscore(size_t(nb * nprobe));
+      lists.resize(size_t(nb * nprobe));
+      dense::topk(probe.centroids, probe.dtype, probe.nlist, probe.stride, probe.dim, q, nb, dim, nprobe,
+                  probe.metric, nullptr, nullptr, 0, pscore.data(), lists.data());
+      for (int64_t l : lists)
+        if (l < 0 || l >= probe.nlist) throw std::runtime_error("ivf: the probe found fewer lists than nprobe");
+    }
+    // segments with per-query ranges: this block's rows of them (shared ranges: the
+    // same row for every query, repeated)
+    std::vector<multiseg::HammingSeg> hs(hsegs, hsegs + nseg);
+    std::vector<std::vector<int64_t>> own_ranges(static_cast<size_t>(nseg));
+    for (int64_t s = 0; s < nseg; ++s) {
+      multiseg::HammingSeg& g = hs[size_t(s)];
+      if (!g.ranges) continue;
+      if (g.ranges_shared) {
+        auto& r = own_ranges[size_t(s)];
+        r.resize(size_t(nb * g.nranges * 2));
+        for (int64_t j = 0; j < nb; ++j) std::copy(g.ranges, g.ranges + 2 * g.nranges, r.data() + j * 2 * g.nranges);
+        g.ranges = r.data();
+      } else {
+        g.ranges += q0 * g.nranges * 2;
+      }
+    }
     std::vector<int32_t> dist(size_t(nb * short_k));
     std::vector<int64_t> seg(size_t(nb * short_k)), local(size_t(nb * short_k));
-    scanned += multiseg::hamming_topk(hsegs, nseg, qc, nb, cs, nbytes,
-                                      lists.data(), nprobe, short_k, dist.data(), seg.data(), local.data());
+    scanned += multiseg::hamming_topk(hs.data(), nseg, qc, nb, cs, nbytes, probe.centroids ? lists.data() : nullptr,
+                                      probe.centroids ? nprobe : 0, short_k, dist.data(), seg.data(), local.data());
     hits += std::count_if(local.begin(), local.end(), [](int64_t l) { return l >= 0; });
     for (int64_t j = 0; j < nb; ++j)
       lacking[q0 + j] = uint8_t(need > 0 && local[size_t(j * short_k + std::min(need, short_k) - 1)] < 0);

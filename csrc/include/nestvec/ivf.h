@@ -21,7 +21,9 @@ struct Probe {
   int64_t nprobe = 0;
 };
 
-// queries: float32 [nq, >= dim] as validated (dim >= probe.dim): each block's first
+// probe.centroids null: no probe; each segment is searched as hamming_topk searches it
+// without lists (its ranges, shared ones included, or every row: a selective filter's
+// gathered rows). queries: float32 [nq, >= dim] as validated (dim >= probe.dim): each block's first
 // `dim` values are prepared as dense::topk takes them (normalise: divided by their
 // norm, summed in double, as hostcalls._prepared does for cosine). qcodes: uint8
 // [nq, >= nbytes] in the list files' encoding, or null for the sign bits of the

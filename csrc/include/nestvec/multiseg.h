@@ -31,6 +31,7 @@ struct HammingSeg {
   // neither: every row.
   const int64_t* ranges = nullptr;
   int64_t nranges = 0;
+  bool ranges_shared = false;  // ivf::search only: ranges [1, nranges, 2], the same for every query
   const int64_t* list_offsets = nullptr;
   int64_t nlist = 0;
   // optional [n] id (local row) of each position (int32/int64): with ranges, codes may

@@ -37,16 +37,21 @@ from ..topk import merge_parts, merge_results
 # (README, Indexes: the filtered benchmark).
 EXACT_FRACTION = 0.05
 # A filter allowing fraction s of the rows multiplies nprobe (ivf) by s ** -WIDEN_POWER:
-# the k nearest allowed rows are about the k / s nearest rows, so the lists that hold
-# them grow like 1 / s (0.5 missed recall 0.99 at s = 0.5; README, the filtered runs).
-WIDEN_POWER = 1.0
+# the k nearest allowed rows are about the k / s nearest rows, held by fewer than 1 / s
+# times the lists (a list holds many of them). 0.5 missed recall 0.99 at s = 0.5 (3
+# lists where 4 were needed); 0.75 kept 1 / s's recall at 10% and 50% for nprobe 2-4
+# and cut a 10% filter's search from 1.6x to 1.2x the unfiltered one (README, the
+# filtered runs).
+WIDEN_POWER = 0.75
 # Shortlist factor for the exhaustive route over a selective filter's rows: 2 kept
 # recall@10 0.997 against exact filtered search at 1% of 200k x 768 (4: 1.000, 1: 0.978)
 # and rescores half the rows of 4 (README, Sub-linear search: the filtered runs).
 EXACT_RESCORE = 2
 
 _ROWS_LOCK = threading.Lock()
-_ROWS: OrderedDict[int, tuple] = OrderedDict()  # id(mask) -> (mask, its allowed rows)
+# id(mask) -> (mask, its allowed rows); ("codes", id(mask), id(codes), width) -> (mask,
+# the allowed rows' codes, codes)
+_ROWS: OrderedDict = OrderedDict()
 _ROWS_BYTES = 64 << 20  # what the remembered masks and rows may hold at most
 
 
@@ -69,11 +74,40 @@ def allowed_rows(mask: np.ndarray) -> np.ndarray:
     with _ROWS_LOCK:
         _ROWS[key] = (mask, rows)  # the entry holds the mask: its id cannot be reused meanwhile
         _ROWS.move_to_end(key)
-        held = sum(m.nbytes + r.nbytes for m, r in _ROWS.values())
-        while held > _ROWS_BYTES:
-            m, r = _ROWS.popitem(last=False)[1]
-            held -= m.nbytes + r.nbytes
+        _trim()
     return rows
+
+
+def allowed_codes(mask: np.ndarray, codes: np.ndarray, nbytes: int) -> tuple:
+    """(allowed rows, the first ``nbytes`` of their codes gathered into one array) of a
+    read-only mask, remembered with it as ``allowed_rows`` remembers the rows (the
+    gather of a 1% filter's codes on every search cost as much as the Hamming scan
+    over them). ``codes``: the segment's code array, whole."""
+    rows = allowed_rows(mask)
+    if mask.flags.writeable:
+        return rows, codes[rows, :nbytes]
+    key = ("codes", id(mask), id(codes), nbytes)
+    with _ROWS_LOCK:
+        hit = _ROWS.get(key)
+        if hit is not None and hit[0] is mask and hit[2] is codes:
+            _ROWS.move_to_end(key)
+            return rows, hit[1]
+    got = codes[rows, :nbytes]
+    if got.nbytes > _ROWS_BYTES // 4:
+        return rows, got
+    with _ROWS_LOCK:
+        _ROWS[key] = (mask, got, codes)  # the entry holds mask and codes: their ids stay theirs
+        _ROWS.move_to_end(key)
+        _trim()
+    return rows, got
+
+
+def _trim() -> None:
+    """Drop the least recently used entries above _ROWS_BYTES (under _ROWS_LOCK)."""
+    held = sum(e[0].nbytes + e[1].nbytes for e in _ROWS.values())
+    while held > _ROWS_BYTES:
+        e = _ROWS.popitem(last=False)[1]
+        held -= e[0].nbytes + e[1].nbytes
 
 
 def _ann(s, kind):
@@ -160,21 +194,15 @@ class IndexRun:
             return pl._flat(queries, nq, only=only)
         qcodes, nbytes = pl._query_codes(queries)
         if pl.native(queries):
-            # one call: a filtered segment's gathered codes scanned as one range whose
-            # ids are their rows (ascending: the tie order of the per-segment path)
-            segs = [None] * len(pl.segments)
-            whole = None
-            for i in only:
-                s, m = pl.segments[i], pl.masks[i]
-                if m is None:
-                    segs[i] = (s.codes, None, s.offset, min(short, s.n), None, None)
-                    continue
-                rows = allowed_rows(m)
-                if whole is None or whole.shape[0] != nq:
-                    whole = np.zeros((nq, 1, 2), np.int64)
-                rng = whole.copy()
-                rng[:, 0, 1] = len(rows)
-                segs[i] = (pl._codes(i, nbytes)[rows], None, s.offset, min(short, len(rows)), rng, rows)
+            # a filtered segment's gathered codes are scanned as one range whose ids are
+            # their rows (ascending: the tie order of the per-segment path)
+            segs = exhaustive_segs(pl, only, short, nbytes)
+            if _one_call_fits(pl, None, short):  # shortlist and rescoring in one call
+                call = IvfCall(pl, only, None, 0, short, 0, segs, nbytes)
+                score, seg, local, _, _, rescored = call(queries, qcodes)
+                pl.stats["rows_rescored"] += rescored
+                return seg, local, score
+            segs = [t if t is None or t[4] is None else t[:4] + (np.repeat(t[4], nq, 0), t[5]) for t in segs]
             _, seg, local, _ = hostcalls.hamming_segments(qcodes, short, segs)
             return self.rescore(queries, seg, local, nq)
         parts = []
@@ -280,6 +308,21 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
     return run.rescore(queries, seg, local, nq)
 
 
+def exhaustive_segs(pl, only, short, nbytes):
+    """Hamming tuples of segments ``only`` for a search of their allowed rows: a
+    masked segment's allowed rows' codes, gathered, as one range (shared by every
+    query: [1, 1, 2]) whose ids are the rows."""
+    segs = [None] * len(pl.segments)
+    for i in only:
+        s, m = pl.segments[i], pl.masks[i]
+        if m is None:
+            segs[i] = (s.codes, None, s.offset, min(short, s.n), None, None)
+            continue
+        rows, codes = allowed_codes(m, s.codes, nbytes)
+        segs[i] = (codes, None, s.offset, min(short, len(rows)), np.array([[[0, len(rows)]]], np.int64), rows)
+    return segs
+
+
 def _ivf_segs(pl, indexed, short):
     """Hamming tuples of the indexed segments' lists (hostcalls.hamming_segments)."""
     segs = [None] * len(pl.segments)
@@ -291,8 +334,9 @@ def _ivf_segs(pl, indexed, short):
 
 
 def _one_call_fits(pl, cent, short) -> bool:
+    """Whether hostcalls.ivf_search can run this search (cent None: no probe)."""
     r = pl.req
-    return not r.ladder and r.dim >= cent.centroids.shape[1] and pl.cache is None \
+    return not r.ladder and (cent is None or r.dim >= cent.centroids.shape[1]) and pl.cache is None \
         and short <= hostcalls.ONE_CALL_MAX_K
 
 
@@ -337,9 +381,10 @@ class IvfCall:
     def __init__(self, pl, indexed, cent, nprobe, short, need, segs, nbytes):
         r = pl.req
         self.cent, self.nprobe, self.short, self.need, self.nbytes = cent, nprobe, short, need, nbytes
-        self.nlist = cent.spec["nlist"]
-        self.table = cent.probe_table()
-        self.l2 = cent.spec["metric"] == "l2"
+        # cent None: no probe, the segments' own ranges (a selective filter's rows)
+        self.nlist = cent.spec["nlist"] if cent is not None else 0
+        self.table = cent.probe_table() if cent is not None else None
+        self.l2 = cent is not None and cent.spec["metric"] == "l2"
         self.k, self.dim, self.metric = r.k, r.dim, r.metric
         self.hsegs = segs
         self.dsegs = [None] * len(pl.segments)
@@ -356,8 +401,9 @@ class IvfCall:
 
 def plain_ivf(pl, q_width: int):
     """The IvfCall that run_ivf would make for queries of ``q_width`` values when that
-    is all it does (every searched segment indexed, a filter that is not selective,
-    no ladder, host arrays, sign codes the call computes), else None."""
+    is all it does (every searched segment indexed, or a selective filter's rows
+    searched exhaustively; no ladder, host arrays, sign codes the call computes),
+    else None."""
     r = pl.req
     cent = (pl.indexes or {}).get("ivf")
     if cent is None or q_width < cent.spec["dim"] or not hostcalls.native_segments():
@@ -365,7 +411,15 @@ def plain_ivf(pl, q_width: int):
     run = IndexRun(pl, "ivf")
     rescore = r.rescore or cent.spec["rescore"]
     short = r.k * rescore
-    if run.scanned or not run.indexed or run.selective(short) or not _one_call_fits(pl, cent, short):
+    if run.selective(short):  # run.exhaustive over every active segment's allowed rows
+        only = pl._active()
+        short = short * EXACT_RESCORE
+        if sum(pl.counts[i] for i in only) <= short or any(pl.segments[i].codes is None for i in only) \
+                or q_width != r.d_full or r.d_full % 8 or not _one_call_fits(pl, None, short):
+            return None
+        nbytes = r.d_full // 8
+        return IvfCall(pl, only, None, 0, short, 0, exhaustive_segs(pl, only, short, nbytes), nbytes)
+    if run.scanned or not run.indexed or not _one_call_fits(pl, cent, short):
         return None
     if q_width == r.d_full:
         nbytes = (r.d_full + 7) // 8
