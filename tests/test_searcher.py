@@ -214,3 +214,43 @@ def test_native_call_checks_its_arguments(all_indexed):
     for b in bad:
         with pytest.raises((ValueError, TypeError)):
             C.ivf_search(**{**good, **b})
+
+
+@pytest.mark.parametrize("ids_filter", [False, True])
+def test_selective_filter_route_in_one_call(monkeypatch, ids_filter):
+    """A filter below EXACT_FRACTION: its rows' gathered codes (remembered with the
+    mask) searched in the one native call, by search() and by the searcher's kept
+    call, equal to the staged calls and exact up to the shortlist."""
+    from nestvec.collection.indexes import plan
+
+    x, q = data(seed=7)
+    col = nv.Collection.create(None, dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
+    cat = np.arange(N) % 100
+    col.add(x[:2000], metadata={"cat": cat[:2000]})
+    col.add(x[2000:], metadata={"cat": cat[2000:]})
+    col.create_index("ivf", nlist=32, min_rows=100)
+    if ids_filter:
+        col.delete(ids=list(range(0, 3000, 7)))  # a live mask as well
+    flt = nv.field("cat") < 3  # 3%: 60 + 30 rows
+    s = col.searcher(k=10, mode="ivf", rescore=2, filter=flt)
+    assert "one call" in repr(s)
+    got = col.search(q, k=10, mode="ivf", rescore=2, filter=flt)
+    assert col.explain(q, k=10, mode="ivf", rescore=2, filter=flt)["route"].startswith("exhaustive")
+    for _ in range(2):  # the second search reads the remembered codes
+        ids, sc = s.search(q)
+        want = table_arrays(got, len(q), 10)
+        np.testing.assert_array_equal(ids, want[0])
+        np.testing.assert_array_equal(sc, want[1])
+    monkeypatch.setattr(plan, "_one_call_fits", lambda *a: False)
+    assert_same_hits(per_query(col.search(q, k=10, mode="ivf", rescore=2, filter=flt)), per_query(got), atol=1e-6)
+    exact = col.search(q, k=10, mode="flat", filter=flt)
+    assert np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(per_query(got), per_query(exact))]) >= 0.9
+
+
+def test_filter_keys_are_remembered_per_expression():
+    from nestvec.collection.filters import MaskCache
+
+    a, b = nv.field("x") == 7, nv.field("x") == 7.0
+    assert MaskCache.key(a) is MaskCache.key(a)
+    assert MaskCache.key(a) != MaskCache.key(b)  # str() renders both alike
+    assert MaskCache.key("x = 7") == ("sql", "x = 7")
