@@ -9,7 +9,7 @@ Per call, in microseconds (median and min over --calls back-to-back calls after 
 warm-up), the whole Python call included: dense cosine top-10 over float16 rows of 384
 values (MiniLM's width) and Hamming top-10 over 256-bit codes, at several N; nestvec on
 all cores and on one, against NumPy and FAISS in the same run; and Collection.search
-(flat / funnel) at the same sizes. Writes benchmarks/results/bench_latency.json.
+(flat / funnel) at the same sizes, and the same searches through Collection.searcher. Writes benchmarks/results/bench_latency.json.
 """
 from __future__ import annotations
 
@@ -142,6 +142,8 @@ def main(argv=None) -> int:
                 for mode in ("flat", "funnel"):
                     add("Collection.search", n, f"nestvec {mode}",
                         lambda mode=mode: col.search(q, k=K, mode=mode), calls)
+                    s = col.searcher(k=K, mode=mode)  # arguments and plan kept, NumPy answer
+                    add("Collection.searcher", n, f"nestvec {mode}", lambda s=s: s.search(q), calls)
                 col.close()
 
     print(f"\nsingle-query latency, microseconds per call (median), k={K}; {H.machine().get('cpu')}, "
