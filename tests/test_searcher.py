@@ -101,7 +101,7 @@ def test_one_call_matches_the_staged_calls(all_indexed, monkeypatch, threads):
     be._C.set_num_threads(threads)
     try:
         one = [col.search(q, k=10, mode="ivf", nprobe=p) for p in (32, 2)]
-        monkeypatch.setattr(plan, "_one_call_fits", lambda *a: False)
+        monkeypatch.setattr(plan, "fits", lambda *a: False)
         staged = [col.search(q, k=10, mode="ivf", nprobe=p) for p in (32, 2)]
     finally:
         be._C.set_num_threads(old)
@@ -241,7 +241,7 @@ def test_selective_filter_route_in_one_call(monkeypatch, ids_filter):
         want = table_arrays(got, len(q), 10)
         np.testing.assert_array_equal(ids, want[0])
         np.testing.assert_array_equal(sc, want[1])
-    monkeypatch.setattr(plan, "_one_call_fits", lambda *a: False)
+    monkeypatch.setattr(plan, "fits", lambda *a: False)
     assert_same_hits(per_query(col.search(q, k=10, mode="ivf", rescore=2, filter=flt)), per_query(got), atol=1e-6)
     exact = col.search(q, k=10, mode="flat", filter=flt)
     assert np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(per_query(got), per_query(exact))]) >= 0.9
@@ -254,3 +254,29 @@ def test_filter_keys_are_remembered_per_expression():
     assert MaskCache.key(a) is MaskCache.key(a)
     assert MaskCache.key(a) != MaskCache.key(b)  # str() renders both alike
     assert MaskCache.key("x = 7") == ("sql", "x = 7")
+
+
+@pytest.mark.parametrize("flt", [None, "cat < 40"])
+@pytest.mark.parametrize("pieces", [1, 6])  # six small segments are searched as one pack
+def test_funnel_over_few_rows_in_one_call(monkeypatch, flt, pieces):
+    """A funnel over at most onecall.FUNNEL_ROWS allowed rows is one native call (search
+    and the searcher's kept call): the staged calls' answer."""
+    from nestvec.collection import onecall
+
+    x, q = data(1500, seed=8)
+    col = nv.Collection.create(None, dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
+    bounds = np.linspace(0, 1500, pieces + 1).astype(int)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        col.add(x[a:b], ids=np.arange(a, b), metadata={"cat": np.arange(a, b) % 100})
+    col.delete(ids=[3, 500, 1499])
+    filt = None if flt is None else nv.field("cat") < 40
+    s = col.searcher(k=10, mode="funnel", filter=filt)
+    assert "one call" in repr(s)
+    got = col.search(q, k=10, mode="funnel", filter=filt)
+    ids, sc = s.search(q)
+    want = table_arrays(got, len(q), 10)
+    np.testing.assert_array_equal(ids, want[0])
+    np.testing.assert_array_equal(sc, want[1])
+    monkeypatch.setattr(onecall, "FUNNEL_ROWS", 0)
+    assert_same_hits(per_query(col.search(q, k=10, mode="funnel", filter=filt)), per_query(got), atol=1e-6)
+    assert "planner" in repr(col.searcher(k=10, mode="funnel", filter=filt))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _checks as ck
-from . import hostcalls
+from . import hostcalls, onecall
 from ..quant import binarize
 from .topk import host as _host
 from .topk import merge_parts as _merge
@@ -321,6 +321,11 @@ class Planner:
     def _funnel(self, queries, qcodes, nbytes, nq):
         r = self.req
         short = r.k * (r.rescore or 10)
+        call = onecall.funnel(self, queries.shape[1]) if self.native(queries) else None
+        if call is not None:  # few rows: shortlist and rescoring in one native call
+            score, seg, local, _, _, rescored = call(queries, qcodes)
+            self.stats["rows_rescored"] = rescored
+            return seg, local, score
         seg, local, _ = self._hamming(qcodes, nbytes, short, nq)
         self.stats["rows_rescored"] = int(np.count_nonzero(local >= 0))
         return self._rescore(queries, seg, local, nq)

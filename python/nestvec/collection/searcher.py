@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import packing
+from . import onecall, packing
 from . import validate as vd
 from .embedding import is_text
 from .planner import MODES, Planner, Request, _index_plan, resolve_mode
@@ -55,7 +55,7 @@ class Searcher:
 
     def __repr__(self):
         return (f"Searcher(k={self.k}, mode={self.mode!r}, version={self.version}, "
-                f"route={'ivf one call' if self._state[6] is not None else 'planner'})")
+                f"route={'one call' if self._state[6] is not None else 'planner'})")
 
     def _bind(self, snap) -> None:
         """Plan ``snap``: argument checks that depend on it, masks, the request and
@@ -76,11 +76,13 @@ class Searcher:
         if remap is not None:
             counts = None
         planner_args = (segs, masks, req, counts)
+        pl = self._planner(planner_args, snap)
+        mode = resolve_mode(req, sum(pl.counts), d_full)
         fast = None
-        if remap is None and snap.indexes.get("ivf") is not None:
-            pl = self._planner(planner_args, snap)
-            if resolve_mode(req, sum(pl.counts), d_full) == "ivf":
-                fast = _index_plan().plain_ivf(pl, d_full)
+        if mode == "ivf" and remap is None:
+            fast = _index_plan().plain_ivf(pl, d_full)
+        elif mode == "funnel":  # (packed segments too: its hits map back through remap)
+            fast = onecall.funnel(pl, d_full)
         self._state = (snap, planner_args, remap, d_full, dim, m["metric"], fast)  # one assignment
 
     def _planner(self, args, snap) -> Planner:
@@ -105,8 +107,8 @@ class Searcher:
             done = fast.nprobe >= fast.nlist or not lacking.any()
         if not done:  # every other route, and queries that need a wider probe
             _, seg, local, score = self._planner(args, snap).run(qx)
-            if remap is not None:
-                seg, local = remap(seg, local)
+        if remap is not None:
+            seg, local = remap(seg, local)
         ids, scores = self._answer(snap, seg, local, score, args[2])
         return (ids[0], scores[0]) if single else (ids, scores)
 

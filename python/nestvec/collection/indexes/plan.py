@@ -31,6 +31,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import hostcalls
+from ..onecall import OneCall, fits
 from ..topk import merge_parts, merge_results
 
 # Filters allowing fewer rows than this fraction are searched over the allowed rows
@@ -197,8 +198,8 @@ class IndexRun:
             # a filtered segment's gathered codes are scanned as one range whose ids are
             # their rows (ascending: the tie order of the per-segment path)
             segs = exhaustive_segs(pl, only, short, nbytes)
-            if _one_call_fits(pl, None, short):  # shortlist and rescoring in one call
-                call = IvfCall(pl, only, None, 0, short, 0, segs, nbytes)
+            if fits(pl, short):  # shortlist and rescoring in one call
+                call = OneCall(pl, only, segs, short, 0, nbytes)
                 score, seg, local, _, _, rescored = call(queries, qcodes)
                 pl.stats["rows_rescored"] += rescored
                 return seg, local, score
@@ -333,24 +334,17 @@ def _ivf_segs(pl, indexed, short):
     return segs
 
 
-def _one_call_fits(pl, cent, short) -> bool:
-    """Whether hostcalls.ivf_search can run this search (cent None: no probe)."""
-    r = pl.req
-    return not r.ladder and (cent is None or r.dim >= cent.centroids.shape[1]) and pl.cache is None \
-        and short <= hostcalls.ONE_CALL_MAX_K
-
-
 def _ivf_native(run, cent, queries, nq, nprobe, short, need, nlist):
     """_ivf_indexed on the cpu backend: one native call (probe, shortlist, rescoring)
     where it fits, else probe rounds from Python, each one call over every indexed
     segment's lists (their offsets turn into ranges there)."""
     pl = run.pl
     segs = _ivf_segs(pl, run.indexed, short)
-    one_call = _one_call_fits(pl, cent, short)
+    one_call = fits(pl, short, cent)
     qcodes, nbytes = _ivf_query_codes(pl, cent, queries, native_signs=one_call)
     if not one_call:
         return _ivf_rounds(run, cent, queries, qcodes, nq, nprobe, short, need, nlist, segs)
-    call = IvfCall(pl, run.indexed, cent, nprobe, short, need, segs, nbytes)
+    call = OneCall(pl, run.indexed, segs, short, need, nbytes, cent, nprobe)
     score, seg, local, lacking, scanned, rescored = call(queries, qcodes)
     st = pl.stats
     st["rows_scanned"] += scanned
@@ -370,37 +364,8 @@ def _ivf_native(run, cent, queries, nq, nprobe, short, need, nlist):
     return seg, local, score
 
 
-class IvfCall:
-    """Probe, shortlist and rescoring of the indexed segments in one native call
-    (hostcalls.ivf_search), each query on one thread: the answer of the stages called
-    one by one (but for lists whose probe scores tie within the float16 rounding of
-    ``IvfCentroids.probe_table``) without their per-call cost. Its arguments are built once, so a Searcher keeps one across
-    searches of one snapshot. A query that found fewer than ``need`` rows in its
-    lists comes back ``lacking`` (the caller probes it again wider)."""
-
-    def __init__(self, pl, indexed, cent, nprobe, short, need, segs, nbytes):
-        r = pl.req
-        self.cent, self.nprobe, self.short, self.need, self.nbytes = cent, nprobe, short, need, nbytes
-        # cent None: no probe, the segments' own ranges (a selective filter's rows)
-        self.nlist = cent.spec["nlist"] if cent is not None else 0
-        self.table = cent.probe_table() if cent is not None else None
-        self.l2 = cent is not None and cent.spec["metric"] == "l2"
-        self.k, self.dim, self.metric = r.k, r.dim, r.metric
-        self.hsegs = segs
-        self.dsegs = [None] * len(pl.segments)
-        for i in indexed:
-            v = pl.segments[i].vectors
-            self.dsegs[i] = (v, hostcalls.dtype_code(v), pl.segments[i].offset, min(r.k, pl.counts[i]), None)
-
-    def __call__(self, queries, qcodes=None):
-        """(score, seg, local [Q, k'], lacking bool [Q], rows compared, rows rescored);
-        ``qcodes`` None: the sign bits of the queries' first 8 * nbytes values."""
-        return hostcalls.ivf_search(queries, qcodes, self.nbytes, self.table, self.l2, self.nprobe,
-                                    self.hsegs, self.dsegs, self.short, self.dim, self.metric, self.k, self.need)
-
-
 def plain_ivf(pl, q_width: int):
-    """The IvfCall that run_ivf would make for queries of ``q_width`` values when that
+    """The OneCall that run_ivf would make for queries of ``q_width`` values when that
     is all it does (every searched segment indexed, or a selective filter's rows
     searched exhaustively; no ladder, host arrays, sign codes the call computes),
     else None."""
@@ -415,11 +380,11 @@ def plain_ivf(pl, q_width: int):
         only = pl._active()
         short = short * EXACT_RESCORE
         if sum(pl.counts[i] for i in only) <= short or any(pl.segments[i].codes is None for i in only) \
-                or q_width != r.d_full or r.d_full % 8 or not _one_call_fits(pl, None, short):
+                or q_width != r.d_full or r.d_full % 8 or not fits(pl, short):
             return None
         nbytes = r.d_full // 8
-        return IvfCall(pl, only, None, 0, short, 0, exhaustive_segs(pl, only, short, nbytes), nbytes)
-    if run.scanned or not run.indexed or not _one_call_fits(pl, cent, short):
+        return OneCall(pl, only, exhaustive_segs(pl, only, short, nbytes), short, 0, nbytes)
+    if run.scanned or not run.indexed or not fits(pl, short, cent):
         return None
     if q_width == r.d_full:
         nbytes = (r.d_full + 7) // 8
@@ -432,7 +397,7 @@ def plain_ivf(pl, q_width: int):
     nlist = cent.spec["nlist"]
     nprobe = min(nlist, math.ceil((r.nprobe or cent.spec["nprobe"]) * run.widen()))
     need = min(r.k, sum(pl.counts[i] for i in run.indexed))
-    return IvfCall(pl, run.indexed, cent, nprobe, short, need, _ivf_segs(pl, run.indexed, short), nbytes)
+    return OneCall(pl, run.indexed, _ivf_segs(pl, run.indexed, short), short, need, nbytes, cent, nprobe)
 
 
 def _ivf_rounds(run, cent, queries, qcodes, nq, nprobe, short, need, nlist, segs):

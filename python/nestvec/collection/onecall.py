@@ -1,0 +1,77 @@
+"""A host search's stages in one native call (``hostcalls.ivf_search`` ->
+csrc/cpu/ivf_search.cpp): the ivf probe (or none), the Hamming shortlist over every
+segment and its exact rescoring, each query on one thread from start to end.
+
+Called stage by stage from Python a small search spent more in call overhead than in
+its kernels (README, per-query cost of ivf). The planner takes this route for an ivf
+search, a selective filter's exhaustive search and a funnel over few rows; a
+``Searcher`` keeps the :class:`OneCall` of its plan across searches of one snapshot.
+"""
+from __future__ import annotations
+
+from . import hostcalls
+
+# A funnel whose allowed rows are at most this many runs in one call: below it the
+# staged kernels keep a single query on one thread too (multiseg.cpp: kThreadRows).
+FUNNEL_ROWS = 1 << 16
+
+
+def fits(pl, short: int, cent=None) -> bool:
+    """Whether the call can run this search: host arrays, no ladder, a shortlist the
+    per-thread selectors hold, and (ivf) a ``dim`` at least the centroids' width."""
+    r = pl.req
+    return not r.ladder and (cent is None or r.dim >= cent.centroids.shape[1]) and pl.cache is None \
+        and short <= hostcalls.ONE_CALL_MAX_K
+
+
+class OneCall:
+    """One search's call with its arguments built once: ``hsegs`` (Hamming tuples of
+    ``hostcalls.hamming_segments``: list offsets for a probe, shared ranges for a
+    filter's gathered rows, nothing for full scans) and the rows of segments
+    ``only`` for the rescoring. ``cent``: the ivf centroids to probe (None: no probe).
+    The answer is the staged calls' (but for lists whose probe scores tie within the
+    float16 rounding of ``IvfCentroids.probe_table``). A query that found fewer than
+    ``need`` rows comes back ``lacking`` (the caller probes it again wider)."""
+
+    def __init__(self, pl, only, hsegs, short: int, need: int, nbytes: int, cent=None, nprobe: int = 0):
+        r = pl.req
+        self.cent, self.nprobe, self.short, self.need, self.nbytes = cent, nprobe, short, need, nbytes
+        self.nlist = cent.spec["nlist"] if cent is not None else 0
+        self.table = cent.probe_table() if cent is not None else None
+        self.l2 = cent is not None and cent.spec["metric"] == "l2"
+        self.k, self.dim, self.metric = r.k, r.dim, r.metric
+        self.hsegs = hsegs
+        self.dsegs = [None] * len(pl.segments)
+        for i in only:
+            v = pl.segments[i].vectors
+            self.dsegs[i] = (v, hostcalls.dtype_code(v), pl.segments[i].offset, min(r.k, pl.counts[i]), None)
+
+    def __call__(self, queries, qcodes=None):
+        """(score, seg, local [Q, k'], lacking bool [Q], rows compared, rows rescored);
+        ``qcodes`` None: the sign bits of the queries' first 8 * nbytes values."""
+        return hostcalls.ivf_search(queries, qcodes, self.nbytes, self.table, self.l2, self.nprobe,
+                                    self.hsegs, self.dsegs, self.short, self.dim, self.metric, self.k, self.need)
+
+
+def funnel(pl, q_width: int):
+    """The OneCall of ``pl``'s funnel for queries of ``q_width`` values when it fits
+    (few allowed rows, whole-byte sign codes of the query's values), else None."""
+    r = pl.req
+    short = r.k * (r.rescore or 10)
+    active = pl._active()
+    if not fits(pl, short) or sum(pl.counts) > FUNNEL_ROWS or not hostcalls.native_segments() \
+            or any(pl.segments[i].codes is None for i in active):
+        return None
+    if q_width == r.d_full and (r.mode != "binary" or r.dim == r.d_full):
+        if r.d_full % 8:
+            return None
+        nbytes = r.d_full // 8
+    elif r.dim % 8:
+        return None
+    else:
+        nbytes = r.dim // 8
+    hsegs = [None] * len(pl.segments)
+    for i in active:
+        s = pl.segments[i]
+        hsegs[i] = (s.codes, pl.masks[i], s.offset, min(short, pl.counts[i]), None, None)
+    return OneCall(pl, active, hsegs, short, 0, nbytes)
