@@ -14,7 +14,7 @@ Filters and deletes arrive as each segment's ``allow`` mask:
   shortlist over their gathered codes, then exact rescoring (flat when they fit in the
   shortlist);
 * otherwise the mask applies inside the probed lists (ivf: ``hamming_topk_ranges``
-  checks ``allow`` per row; ``nprobe`` widened by ``1 / selectivity``) or
+  checks ``allow`` per row; ``nprobe`` widened by ``selectivity ** -WIDEN_POWER``) or
   to the graph's candidates (hnsw; ``ef`` oversampled by 1 / the segment's allowed
   fraction); a query that still has fewer than ``min(k,
   matches)`` candidates is probed again with 4x the lists (ivf, up to every list) or
@@ -39,11 +39,11 @@ from ..topk import merge_parts, merge_results
 EXACT_FRACTION = 0.05
 # A filter allowing fraction s of the rows multiplies nprobe (ivf) by s ** -WIDEN_POWER:
 # the k nearest allowed rows are about the k / s nearest rows, held by fewer than 1 / s
-# times the lists (a list holds many of them). 0.5 missed recall 0.99 at s = 0.5 (3
-# lists where 4 were needed); 0.75 kept 1 / s's recall at 10% and 50% for nprobe 2-4
-# and cut a 10% filter's search from 1.6x to 1.2x the unfiltered one (README, the
-# filtered runs).
-WIDEN_POWER = 0.75
+# times the lists (a list holds many of them). 0.5 missed recall 0.99 at s = 0.5 on an
+# earlier index (3 lists where 4 were needed); 0.6 kept 1 / s's recall at 10% and 50%
+# for nprobe 2-4 at 200k rows and at 1M, where 1 / s made a 10% filter's search 1.6-1.9x
+# the unfiltered one (README, the filtered runs).
+WIDEN_POWER = 0.6
 # Shortlist factor for the exhaustive route over a selective filter's rows: 2 kept
 # recall@10 0.997 against exact filtered search at 1% of 200k x 768 (4: 1.000, 1: 0.978)
 # and rescores half the rows of 4 (README, Sub-linear search: the filtered runs).
