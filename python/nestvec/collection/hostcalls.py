@@ -195,18 +195,19 @@ def dense_segments(queries, dim: int, metric: str, k: int, segs: list, cand_seg=
     return tuple(np.concatenate([o[j] for o in outs]) for j in range(3))
 
 
-# The one-call ivf search keeps a shortlist per query on each thread; larger shortlists
+# The one-call search keeps a shortlist per query on each thread; larger shortlists
 # go through the staged calls, which slice large k by queries (_checks.by_query_slices).
 ONE_CALL_MAX_K = ck.LARGE_K_MIN
 
 
 def ivf_search(queries, qcodes, nbytes: int, centroids, l2_probe: bool, nprobe: int, hsegs: list, dsegs: list,
                short: int, dim: int, metric: str, k: int, need: int):
-    """One ivf search (csrc/cpu/ivf_search.cpp) of validated float32 queries: the
-    centroid probe with their first ``centroids.shape[1]`` values, the Hamming shortlist
-    of ``short`` (query codes ``qcodes``, or None for the sign bits of the first 8 *
-    ``nbytes`` values) over the probed lists of ``hsegs`` (``hamming_segments``' tuples,
-    with list offsets), its exact rescoring at ``dim`` in ``dsegs`` (as
+    """One search in one call (csrc/cpu/ivf_search.cpp) of validated float32 queries:
+    the centroid probe with their first ``centroids.shape[1]`` values (centroids None:
+    no probe), the Hamming shortlist of ``short`` (query codes ``qcodes``, or None for
+    the sign bits of the first 8 * ``nbytes`` values) over ``hsegs``
+    (``hamming_segments``' tuples: list offsets with a probe, else ranges [Q or 1, P,
+    2] or full scans), its exact rescoring at ``dim`` in ``dsegs`` (as
     ``dense_segments``'; the queries prepared as there, in native code). Returns (score,
     seg, local [Q, min(k, sum of k_i)], lacking bool [Q] (fewer than ``need`` rows in
     the shortlist), rows compared, rows rescored)."""

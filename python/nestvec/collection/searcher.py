@@ -4,7 +4,7 @@
 call; at batch 1 over an index that fixed cost is most of the search (README, per-query
 cost of ivf). A :class:`Searcher` checks the arguments once, keeps the plan of the
 collection's current snapshot (the filter's masks, the segments, and for an ivf search
-over indexed segments the arguments of the one native call) and answers ``(ids,
+or a funnel over few rows the arguments of the one native call) and answers ``(ids,
 scores)`` arrays, as FAISS, hnswlib and USearch do. It follows the collection: after a
 write or ``refresh()`` its next search plans the new snapshot. Its answers are
 ``search()``'s rows, in the same order.
@@ -59,7 +59,7 @@ class Searcher:
 
     def _bind(self, snap) -> None:
         """Plan ``snap``: argument checks that depend on it, masks, the request and
-        the one-call ivf route when it applies."""
+        the one-call route (ivf, or a funnel over few rows) when it applies."""
         col = self._col
         m = snap.manifest
         d_full = m["dim"]
@@ -119,7 +119,8 @@ class Searcher:
         valid = local >= 0
         if w == k and len(snap.segments) == 1 and snap.manifest["id_type"] == "int64" and local.min() >= 0:
             # the common answer: one segment, k rows per query
-            return snap.segments[0].file.int_ids()[local], score.astype(np.int32 if binary else np.float32, copy=False)
+            return (snap.segments[0].file.int_ids()[local],
+                    score.astype(np.int32 if binary else np.float32, copy=False))
         if snap.manifest["id_type"] == "int64":
             ids = np.full((nq, k), -1, np.int64)
             for i in np.unique(seg[valid]).tolist():
