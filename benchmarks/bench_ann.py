@@ -25,6 +25,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -365,7 +366,10 @@ def main(argv=None) -> int:
     out_dir = H.RESULTS
     if args.report:
         paths = sorted(out_dir.glob("bench_ann_*x*.json"))
-        plot(paths, out_dir / "bench_ann.png")
+        # the plot: the datasets (not reruns of one method or the small smoke runs)
+        main_runs = [q for q in paths if re.fullmatch(r"bench_ann_(\d+)x\d+\.json", q.name)
+                     and int(re.match(r"bench_ann_(\d+)", q.name).group(1)) >= 100_000]
+        plot(main_runs, out_dir / "bench_ann.png")
         for path in paths:
             print(path.name)
             print(report_tables(json.loads(path.read_text())["rows"]))
