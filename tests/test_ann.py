@@ -17,6 +17,17 @@ pytest.importorskip("hnswlib")
 D, N = 64, 3000
 
 
+@pytest.fixture(autouse=True)
+def hnsw_graph_under_filters(monkeypatch):
+    """These collections are small: every filter would allow at most
+    plan.HNSW_EXACT_ROWS rows, which hnsw searches exhaustively. The tests here cover
+    the graph's own route under filters (test_hnsw_small_filters_search_their_rows
+    the exhaustive one)."""
+    from nestvec.collection.indexes import plan
+
+    monkeypatch.setattr(plan, "HNSW_EXACT_ROWS", 0)
+
+
 def data(n=N, d=D, seed=0, clusters=24):
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, d))
@@ -317,3 +328,21 @@ def test_allowed_rows_remembers_read_only_masks_only():
     first = plan.allowed_rows(w)
     w[first[0]] = False
     np.testing.assert_array_equal(plan.allowed_rows(w), np.flatnonzero(w))
+
+
+def test_hnsw_small_filters_search_their_rows(indexed, monkeypatch):
+    """A filter allowing at most HNSW_EXACT_ROWS rows (default 65,536) is searched over
+    its rows exhaustively in hnsw mode, whatever its selectivity: the graph would be
+    asked for ef / selectivity candidates."""
+    from nestvec.collection.indexes import plan
+
+    monkeypatch.setattr(plan, "HNSW_EXACT_ROWS", 1 << 16)
+    col, x, q, cat = indexed
+    flt = nv.field("cat") < 30  # 30%: not selective by EXACT_FRACTION
+    plan_ = col.explain(q, k=10, mode="hnsw", filter=flt)
+    assert plan_["route"].startswith("exhaustive") and "fewer rows" in plan_["route"]
+    exact = col.search(q, k=10, mode="flat", filter=flt)
+    got = col.search(q, k=10, mode="hnsw", filter=flt)
+    assert got.num_rows == exact.num_rows and recall(got, exact) >= 0.95
+    monkeypatch.setattr(plan, "HNSW_EXACT_ROWS", 100)  # more rows than that: the graph
+    assert col.explain(q, k=10, mode="hnsw", filter=flt)["route"].startswith("hnsw graph")
