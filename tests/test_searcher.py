@@ -280,3 +280,15 @@ def test_funnel_over_few_rows_in_one_call(monkeypatch, flt, pieces):
     monkeypatch.setattr(onecall, "FUNNEL_ROWS", 0)
     assert_same_hits(per_query(col.search(q, k=10, mode="funnel", filter=filt)), per_query(got), atol=1e-6)
     assert "planner" in repr(col.searcher(k=10, mode="funnel", filter=filt))
+
+
+def test_allowed_counts_are_remembered_for_read_only_masks():
+    from nestvec.collection.filters import allowed_count
+
+    m = np.zeros(1000, bool)
+    m[::3] = True
+    assert allowed_count(m) == 334
+    m[1] = True  # writable: counted each time
+    assert allowed_count(m) == 335
+    m.setflags(write=False)
+    assert allowed_count(m) == 335 and allowed_count(m) == 335

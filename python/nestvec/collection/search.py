@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import _checks as ck
-from . import packing
+from . import filters, packing
 from . import validate as vd
 from .embedding import is_text
 from .planner import MODES, DeviceCache, Planner, Request
@@ -174,7 +174,7 @@ class SearchMixin:
 
             qx = torch.as_tensor(qx).to(dev)
         segs, masks, remap = snap.segments, self._masks(snap, filter), None
-        counts = [s.n if mk is None else int(np.count_nonzero(mk)) for s, mk in zip(segs, masks)]
+        counts = [s.n if mk is None else filters.allowed_count(mk) for s, mk in zip(segs, masks)]
         rows = sum(s.n for s in segs)
         req = Request(k, dim, mode, rescore, m["metric"], d_full, m["binary"], ladder, nprobe, ef,
                       tuple(snap.indexes) if dev is None else (), sum(counts) / rows if rows else 1.0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import onecall, packing
+from . import filters, onecall, packing
 from . import validate as vd
 from .embedding import is_text
 from .planner import MODES, Planner, Request, _index_plan, resolve_mode
@@ -68,7 +68,7 @@ class Searcher:
             col._check_index_args(snap, self.mode, dim, self._nprobe)
         ladder = vd.ladder(self._ladder_arg, dim)
         segs, masks = snap.segments, col._masks(snap, self._filter)
-        counts = [s.n if mk is None else int(np.count_nonzero(mk)) for s, mk in zip(segs, masks)]
+        counts = [s.n if mk is None else filters.allowed_count(mk) for s, mk in zip(segs, masks)]
         rows = sum(s.n for s in segs)
         req = Request(self.k, dim, self.mode, self._rescore, m["metric"], d_full, m["binary"], ladder,
                       self._nprobe, self._ef, tuple(snap.indexes), sum(counts) / rows if rows else 1.0)
