@@ -22,6 +22,32 @@
 namespace nestvec {
 namespace bind {
 
+// segs[s] of a multiseg call: false for None (a segment the search skips), else the
+// tuple of `size` fields (`fields` names them in the error) and its k field (index 3).
+inline bool seg_tuple(const py::list& segs, size_t s, size_t size, const char* fields, std::string* at,
+                      py::tuple* t, int64_t* k) {
+  *at = "segs[" + std::to_string(s) + "]";
+  py::object item = segs[s];
+  if (item.is_none()) return false;
+  if (!py::isinstance<py::tuple>(item) || size_t(py::len(item)) != size)
+    throw py::type_error(*at + ": expected None or a tuple " + fields);
+  *t = item.cast<py::tuple>();
+  *k = int_field((*t)[3], *at + ".k");
+  if (*k < 0) throw std::invalid_argument(*at + ": k must be >= 0");
+  return true;
+}
+
+// A segment tuple's array field, kept referenced while the GIL is out; `what` names it
+// and its expected shape in the errors.
+inline py::array seg_array(const py::tuple& t, size_t i, const std::string& at, const char* what, int ndim,
+                           std::vector<py::array>& keep) {
+  if (!py::isinstance<py::array>(t[i])) throw py::type_error(at + ": " + what + " must be an array");
+  py::array a = t[i].cast<py::array>();
+  keep.push_back(a);
+  if (a.ndim() != ndim) throw std::invalid_argument(at + ": " + what + " has the wrong number of dimensions");
+  return a;
+}
+
 // Hamming segments: None or (codes, allow, position, k, ranges, ids). With `with_lists`
 // a segment's ranges are its list offsets [nlist + 1] (the smallest nlist goes to
 // *min_nlist), else int64 [nq, P, 2].
@@ -31,19 +57,11 @@ inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int6
   std::vector<multiseg::HammingSeg> gs(segs.size());
   *min_nlist = std::numeric_limits<int64_t>::max();
   for (size_t s = 0; s < segs.size(); ++s) {
-    const std::string at = "segs[" + std::to_string(s) + "]";
-    py::object item = segs[s];
-    if (item.is_none()) continue;  // a segment this search skips
-    if (!py::isinstance<py::tuple>(item) || py::len(item) != 6)
-      throw py::type_error(at + ": expected None or a tuple (codes, allow, position, k, ranges, ids)");
-    py::tuple t = item.cast<py::tuple>();
+    std::string at;
+    py::tuple t;
     multiseg::HammingSeg& g = gs[s];
-    g.k = int_field(t[3], at + ".k");
-    if (g.k < 0) throw std::invalid_argument(at + ": k must be >= 0");
-    if (!py::isinstance<py::array>(t[0])) throw py::type_error(at + ": codes must be a uint8 array");
-    py::array codes = t[0].cast<py::array>();
-    keep.push_back(codes);
-    if (codes.ndim() != 2) throw std::invalid_argument(at + ": codes must be 2-D [n, bytes]");
+    if (!seg_tuple(segs, s, 6, "(codes, allow, position, k, ranges, ids)", &at, &t, &g.k)) continue;
+    py::array codes = seg_array(t, 0, at, "codes (uint8 [n, bytes])", 2, keep);
     View c = view2d(codes, (at + ".codes").c_str(), 1);
     if (c.cols < nbytes && c.rows > 0) throw std::invalid_argument(at + ": codes are narrower than the queries");
     if (c.rows >= (int64_t(1) << 40)) throw std::invalid_argument(at + ": too many rows");
@@ -99,20 +117,12 @@ inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int6
 inline std::vector<multiseg::DenseSeg> dense_segs(const py::list& segs, int64_t dim, std::vector<py::array>& keep) {
   std::vector<multiseg::DenseSeg> gs(segs.size());
   for (size_t s = 0; s < segs.size(); ++s) {
-    const std::string at = "segs[" + std::to_string(s) + "]";
-    py::object item = segs[s];
-    if (item.is_none()) continue;  // a segment this search skips
-    if (!py::isinstance<py::tuple>(item) || py::len(item) != 5)
-      throw py::type_error(at + ": expected None or a tuple (db, dtype, position, k, allow)");
-    py::tuple t = item.cast<py::tuple>();
+    std::string at;
+    py::tuple t;
     multiseg::DenseSeg& g = gs[s];
-    g.k = int_field(t[3], at + ".k");
-    if (g.k < 0) throw std::invalid_argument(at + ": k must be >= 0");
+    if (!seg_tuple(segs, s, 5, "(db, dtype, position, k, allow)", &at, &t, &g.k)) continue;
     g.dtype = dtype_from_code(int_field(t[1], at + ".dtype"), (at + ".dtype").c_str());
-    if (!py::isinstance<py::array>(t[0])) throw py::type_error(at + ": db must be an array");
-    py::array db = t[0].cast<py::array>();
-    keep.push_back(db);
-    if (db.ndim() != 2) throw std::invalid_argument(at + ": db must be 2-D [n, D]");
+    py::array db = seg_array(t, 0, at, "db ([n, D])", 2, keep);
     View x = view2d(db, (at + ".db").c_str(), size_t(dtype_size(g.dtype)));
     if (x.cols < dim && x.rows > 0) throw std::invalid_argument(at + ": db has fewer than dim values");
     g.db = x.ptr;

@@ -25,13 +25,12 @@ So every mode returns exactly ``min(k, matching rows)`` rows per query.
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 
 import numpy as np
 
 from .. import hostcalls
 from ..onecall import OneCall, fits
+from ..filters import MaskMemo
 from ..topk import merge_parts, merge_results
 
 # Filters allowing fewer rows than this fraction are searched over the allowed rows
@@ -55,66 +54,24 @@ HNSW_EXACT_ROWS = 1 << 16
 # and rescores half the rows of 4 (README, Sub-linear search: the filtered runs).
 EXACT_RESCORE = 2
 
-_ROWS_LOCK = threading.Lock()
-# id(mask) -> (mask, its allowed rows); ("codes", id(mask), id(codes), width) -> (mask,
-# the allowed rows' codes, codes)
-_ROWS: OrderedDict = OrderedDict()
-_ROWS_BYTES = 64 << 20  # what the remembered masks and rows may hold at most
+# allowed rows and their gathered codes per read-only mask (filters.MaskMemo)
+_ROWS = MaskMemo(64 << 20)
 
 
 def allowed_rows(mask: np.ndarray) -> np.ndarray:
-    """``np.flatnonzero(mask)``, remembered while the mask lives: a repeated filter's
-    masks are the same cached objects (collection._mask_cache), and the scan of a
-    200k-row mask was a fifth of a 1%-filtered search. Only read-only masks (the
-    cached filter and live masks are) are remembered: a writable one could change."""
-    if mask.flags.writeable:
-        return np.flatnonzero(mask)
-    key = id(mask)
-    with _ROWS_LOCK:
-        hit = _ROWS.get(key)
-        if hit is not None and hit[0] is mask:
-            _ROWS.move_to_end(key)
-            return hit[1]
-    rows = np.flatnonzero(mask)
-    if mask.nbytes + rows.nbytes > _ROWS_BYTES // 4:
-        return rows
-    with _ROWS_LOCK:
-        _ROWS[key] = (mask, rows)  # the entry holds the mask: its id cannot be reused meanwhile
-        _ROWS.move_to_end(key)
-        _trim()
-    return rows
+    """``np.flatnonzero(mask)``, remembered while a read-only mask lives: a repeated
+    filter's masks are the same cached objects, and the scan of a 200k-row mask was a
+    fifth of a 1%-filtered search."""
+    return _ROWS.get(mask, lambda: np.flatnonzero(mask))
 
 
 def allowed_codes(mask: np.ndarray, codes: np.ndarray, nbytes: int) -> tuple:
-    """(allowed rows, the first ``nbytes`` of their codes gathered into one array) of a
-    read-only mask, remembered with it as ``allowed_rows`` remembers the rows (the
-    gather of a 1% filter's codes on every search cost as much as the Hamming scan
-    over them). ``codes``: the segment's code array, whole."""
+    """(allowed rows, the first ``nbytes`` of their codes gathered into one array),
+    remembered with a read-only mask (the gather of a 1% filter's codes on every search
+    cost as much as the Hamming scan over them). ``codes``: the segment's code array,
+    whole."""
     rows = allowed_rows(mask)
-    if mask.flags.writeable:
-        return rows, codes[rows, :nbytes]
-    key = ("codes", id(mask), id(codes), nbytes)
-    with _ROWS_LOCK:
-        hit = _ROWS.get(key)
-        if hit is not None and hit[0] is mask and hit[2] is codes:
-            _ROWS.move_to_end(key)
-            return rows, hit[1]
-    got = codes[rows, :nbytes]
-    if got.nbytes > _ROWS_BYTES // 4:
-        return rows, got
-    with _ROWS_LOCK:
-        _ROWS[key] = (mask, got, codes)  # the entry holds mask and codes: their ids stay theirs
-        _ROWS.move_to_end(key)
-        _trim()
-    return rows, got
-
-
-def _trim() -> None:
-    """Drop the least recently used entries above _ROWS_BYTES (under _ROWS_LOCK)."""
-    held = sum(e[0].nbytes + e[1].nbytes for e in _ROWS.values())
-    while held > _ROWS_BYTES:
-        e = _ROWS.popitem(last=False)[1]
-        held -= e[0].nbytes + e[1].nbytes
+    return rows, _ROWS.get(mask, lambda: codes[rows, :nbytes], extra=("codes", codes, nbytes))
 
 
 def _ann(s, kind):
