@@ -195,6 +195,25 @@ def test_cpu_query_block_shapes(isa, restore_isa):
 
 
 @pytest.mark.skipif(_backend._C is None, reason="native module not built")
+@pytest.mark.parametrize("isa", cpu_isas())
+def test_cpu_tables_past_the_tile_route_stream(isa, restore_isa):
+    """Whole contiguous rows of a table above the register-tile route's size (16 MiB:
+    dense.cpp kTilesMaxBytes) take the one-row stream; smaller ones the tiles. Both
+    against the reference, for each query-block width the stream has."""
+    _backend._C.set_isa(isa)
+    rng = np.random.default_rng(16)
+    for n, D, dtype in ((11000, 768, "float16"), (300, 768, "float16"), (5500, 768, "float32")):
+        stored = make_db(rng, n, D, dtype)
+        xw = widened(stored, dtype)
+        for nq, metric in ((1, "cosine"), (2, "l2"), (3, "ip")):
+            q = rng.standard_normal((nq, D)).astype(np.float32)
+            sr, ir = R.dense_topk(xw, q.astype(np.float64), 10, D, metric, None, None)
+            s, i = ops.dense_topk(stored, q, 10, metric=metric, backend="cpu")
+            check_topk(s, i, sr, ir, true_scores(xw, q, D, metric), score_scale(xw, q, D, metric),
+                       TOL["cpu"][dtype])
+
+
+@pytest.mark.skipif(_backend._C is None, reason="native module not built")
 def test_cpu_query_slices():
     """More than 4096 queries are processed in slices (bounded selector memory)."""
     rng = np.random.default_rng(15)

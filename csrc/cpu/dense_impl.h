@@ -206,11 +206,11 @@ void stream_rows(const char* base, int64_t nrows, int64_t dim, const float* q, i
 // hardware prefetcher: AVX-512, 1M x 768 f16, 2 cores, batch 4 / 8 / 12 in 36 / 44 / 55
 // ms against 58 / 57 / 69 with interleaved row tiles); strided prefixes and indexed
 // rows (many short streams) take R rows at a time, an R x QB register tile.
-template <DType DT, bool NORM, int I>
+template <DType DT, bool NORM, int I, bool STREAM = true>
 void query_block(const char* base, int64_t sb, const int64_t* rows, int64_t nrows, int64_t dim,
                  const float* q, int64_t qs, float* dots, int64_t ld, float* sq, bool pf) {
   constexpr int QB = kDenseTiles[I][0], R = kDenseTiles[I][1];
-  if constexpr (QB <= kDenseStreamMaxQB)
+  if constexpr (STREAM && QB <= kDenseStreamMaxQB)
     if (!rows && sb == dim * dtype_size(DT)) return stream_rows<DT, QB, NORM>(base, nrows, dim, q, qs, dots, ld, sq, pf);
   rows_block<DT, R, QB, NORM>(base, sb, rows, nrows, dim, q, qs, dots, ld, sq, pf);
 }
@@ -332,7 +332,7 @@ void dots_gemm(const char* base, int64_t sb, const int64_t* rows, int64_t nrows,
   if (j0 < nq) with_count<QJ>(nq - j0, [&](auto qj) { run(qj, j0); });
 }
 
-template <DType DT>
+template <DType DT, bool STREAM>
 void dots_impl(const void* base, int64_t stride, const int64_t* rows, int64_t nrows, int64_t dim,
                const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq) {
   const char* b = static_cast<const char*>(base);
@@ -347,9 +347,10 @@ void dots_impl(const void* base, int64_t stride, const int64_t* rows, int64_t nr
     j += with_tile(nq - j, [&](auto tile) {
       constexpr int I = decltype(tile)::value;
       if (norm)
-        query_block<DT, true, I>(b, sb, rows, nrows, dim, q, qs, dots, ld, sq, true);
+        query_block<DT, true, I, STREAM>(b, sb, rows, nrows, dim, q, qs, dots, ld, sq, true);
       else
-        query_block<DT, false, I>(b, sb, rows, nrows, dim, q + j * qs, qs, dots + j * ld, ld, nullptr, j == 0);
+        query_block<DT, false, I, STREAM>(b, sb, rows, nrows, dim, q + j * qs, qs, dots + j * ld, ld, nullptr,
+                                          j == 0);
     });
   }
 }
@@ -357,7 +358,14 @@ void dots_impl(const void* base, int64_t stride, const int64_t* rows, int64_t nr
 void dots(const void* base, DType dtype, int64_t stride, const int64_t* rows, int64_t nrows,
           int64_t dim, const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq) {
   with_dtype(dtype, [&](auto dt) {
-    dots_impl<decltype(dt)::value>(base, stride, rows, nrows, dim, q, qs, nq, dots, ld, sq);
+    dots_impl<decltype(dt)::value, true>(base, stride, rows, nrows, dim, q, qs, nq, dots, ld, sq);
+  });
+}
+
+void dots_tiles(const void* base, DType dtype, int64_t stride, const int64_t* rows, int64_t nrows,
+                int64_t dim, const float* q, int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq) {
+  with_dtype(dtype, [&](auto dt) {
+    dots_impl<decltype(dt)::value, false>(base, stride, rows, nrows, dim, q, qs, nq, dots, ld, sq);
   });
 }
 
@@ -401,12 +409,12 @@ namespace dense {
 template <>
 Kernels kernels<simd::kIsa>() {
 #if defined(NV_SIMD_BF16_DOT)
-  return {dots, select, {kApproxBf16, 0.f, 0, bf16_bytes, bf16_bytes, bf16_pack_rows, bf16_pack_queries, bf16_dots}};
+  return {dots, select, {kApproxBf16, 0.f, 0, bf16_bytes, bf16_bytes, bf16_pack_rows, bf16_pack_queries, bf16_dots}, dots_tiles};
 #elif defined(NV_SIMD_I16_DOT)
   return {dots, select,
-          {kApproxI16, kI16Max, kI16Chunk, i16_rows_bytes, i16_queries_bytes, i16_pack_rows, i16_pack_queries, i16_dots}};
+          {kApproxI16, kI16Max, kI16Chunk, i16_rows_bytes, i16_queries_bytes, i16_pack_rows, i16_pack_queries, i16_dots}, dots_tiles};
 #else
-  return {dots, select, {kApproxNone, 0.f, 0, nullptr, nullptr, nullptr, nullptr, nullptr}};
+  return {dots, select, {kApproxNone, 0.f, 0, nullptr, nullptr, nullptr, nullptr, nullptr}, dots_tiles};
 #endif
 }
 

@@ -64,6 +64,9 @@ struct Kernels {
   DotsFn dots;
   SelectFn select;
   ApproxPass approx;
+  // dots without the one-row stream for whole contiguous rows: register tiles only, for
+  // a table that sits in cache, where the stream's per-row work is what costs
+  DotsFn dots_tiles;
 };
 template <Isa I>
 Kernels kernels();

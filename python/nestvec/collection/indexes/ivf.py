@@ -36,8 +36,6 @@ PROBE_NUMPY_QUERIES = 2  # probes of at most this many queries skip dense_topk (
 # ... when the centroids hold at most this many values: above it NumPy's BLAS splits the
 # product over threads, which on a loaded machine took milliseconds (README, Indexes).
 PROBE_NUMPY_VALUES = 1 << 18
-# values of padding after each row of the one-call probe's table (probe_table)
-PROBE_PAD = 16
 
 
 # --------------------------------------------------------------------------- vectors
@@ -208,17 +206,11 @@ class IvfCentroids:
 
     def probe_table(self) -> np.ndarray:
         """The centroids as the one-call search (hostcalls.ivf_search) probes them:
-        float16 in rows padded past their width. Every query reads the whole table
-        from cache, so its cost is the dense kernel's work per row: float16 halves
-        the bytes, and strided rows take its register tiles instead of the one-row
-        stream that suits tables read from memory (README, per-query cost of ivf).
-        Lists whose scores differ by less than float16 rounding may swap places."""
+        float16, half the bytes of a table every query reads (README, per-query cost of
+        ivf). Lists whose scores differ by less than float16 rounding may swap places."""
         t = self._probe_table
         if t is None:
-            nlist, dim = self.centroids.shape
-            buf = np.zeros((nlist, dim + PROBE_PAD), np.float16)
-            buf[:, :dim] = self.centroids
-            t = self._probe_table = buf[:, :dim]
+            t = self._probe_table = np.ascontiguousarray(self.centroids, dtype=np.float16)
         return t
 
     def query_codes(self, queries, nbytes: int):
