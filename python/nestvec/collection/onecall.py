@@ -53,23 +53,18 @@ class OneCall:
                                     self.hsegs, self.dsegs, self.short, self.dim, self.metric, self.k, self.need)
 
 
-def funnel(pl, q_width: int):
-    """The OneCall of ``pl``'s funnel for queries of ``q_width`` values when it fits
-    (few allowed rows, whole-byte sign codes of the query's values), else None."""
+def funnel(pl, q_width: int, nbytes):
+    """The OneCall of ``pl``'s funnel for queries of ``q_width`` values whose codes are
+    ``nbytes`` wide (planner.code_bytes) when it fits (few allowed rows, whole bytes of
+    the queries' values), else None."""
     r = pl.req
     short = r.k * (r.rescore or 10)
     active = pl._active()
     if not fits(pl, short) or sum(pl.counts) > FUNNEL_ROWS or not hostcalls.native_segments() \
             or any(pl.segments[i].codes is None for i in active):
         return None
-    if q_width == r.d_full and (r.mode != "binary" or r.dim == r.d_full):
-        if r.d_full % 8:
-            return None
-        nbytes = r.d_full // 8
-    elif r.dim % 8:
+    if nbytes is None or 8 * nbytes > q_width:  # (the call takes whole bytes of values)
         return None
-    else:
-        nbytes = r.dim // 8
     hsegs = [None] * len(pl.segments)
     for i in active:
         s = pl.segments[i]

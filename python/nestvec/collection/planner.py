@@ -119,6 +119,15 @@ class Request:
     selectivity: float = 1.0  # allowed rows / rows (auto routes selective filters to exact modes)
 
 
+def code_bytes(r: Request, q_width: int):
+    """Bytes of the query codes a search compares: all D values' for full-width queries
+    (mode="binary" at a narrower dim compares the prefix's), else the dim-value
+    prefix's; None when that prefix is not whole bytes."""
+    if q_width == r.d_full and (r.mode != "binary" or r.dim == r.d_full):
+        return (r.d_full + 7) // 8
+    return None if r.dim % 8 else r.dim // 8
+
+
 def ladder_keep(short: int, k: int, stages: int) -> list:
     """Shortlist kept after each ladder stage: geometric from k*rescore down to k
     (e.g. 100 -> 46 -> 22 -> 10 for two stages), never below k."""
@@ -252,15 +261,19 @@ class Planner:
             return (mode,) + self._hamming(qcodes, nbytes, self.req.k, nq)
         return (mode,) + self._funnel(queries, qcodes, nbytes, nq)
 
+    def code_bytes(self, q_width: int):
+        """:func:`code_bytes` of this request."""
+        return code_bytes(self.req, q_width)
+
     def _query_codes(self, queries):
         r = self.req
         pack = (lambda x: np.packbits(x > 0, axis=-1)) if type(queries) is np.ndarray else binarize
-        if queries.shape[1] == r.d_full and (r.mode != "binary" or r.dim == r.d_full):
-            return pack(queries), (r.d_full + 7) // 8
-        if r.dim % 8:
+        nbytes = code_bytes(r, queries.shape[1])
+        if nbytes is None:
             raise ValueError(f"dim: binary codes of a {r.dim}-value prefix need dim % 8 == 0 "
                              f"(or pass full {r.d_full}-value queries with mode='funnel')")
-        return pack(queries[:, :r.dim]), r.dim // 8
+        whole = nbytes == (r.d_full + 7) // 8  # the codes of all D values
+        return pack(queries if whole else queries[:, :r.dim]), nbytes
 
     def _flat(self, queries, nq, only=None):
         r = self.req
@@ -321,7 +334,7 @@ class Planner:
     def _funnel(self, queries, qcodes, nbytes, nq):
         r = self.req
         short = r.k * (r.rescore or 10)
-        call = onecall.funnel(self, queries.shape[1]) if self.native(queries) else None
+        call = onecall.funnel(self, queries.shape[1], nbytes) if self.native(queries) else None
         if call is not None:  # few rows: shortlist and rescoring in one native call
             score, seg, local, _, _, rescored = call(queries, qcodes)
             self.stats["rows_rescored"] = rescored

@@ -16,7 +16,7 @@ import numpy as np
 from . import filters, onecall, packing
 from . import validate as vd
 from .embedding import is_text
-from .planner import MODES, Planner, Request, _index_plan, resolve_mode
+from .planner import MODES, Planner, Request, _index_plan, code_bytes, resolve_mode
 
 
 class Searcher:
@@ -82,7 +82,7 @@ class Searcher:
         if mode == "ivf" and remap is None:
             fast = _index_plan().plain_ivf(pl, d_full)
         elif mode == "funnel":  # (packed segments too: its hits map back through remap)
-            fast = onecall.funnel(pl, d_full)
+            fast = onecall.funnel(pl, d_full, code_bytes(req, d_full))
         self._state = (snap, planner_args, remap, d_full, dim, m["metric"], fast)  # one assignment
 
     def _planner(self, args, snap) -> Planner:

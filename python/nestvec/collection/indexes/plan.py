@@ -222,13 +222,10 @@ def _ivf_query_codes(pl, cent, queries, native_signs: bool = False):
     """(query codes, nbytes); codes None with ``native_signs`` where they are the sign
     bits of whole bytes of values, which the one-call search takes itself."""
     r = pl.req
-    if queries.shape[1] == r.d_full:
-        nbytes = (r.d_full + 7) // 8
-    elif r.dim % 8:
+    nbytes = pl.code_bytes(queries.shape[1])
+    if nbytes is None:
         raise ValueError(f"dim: binary codes of a {r.dim}-value prefix need dim % 8 == 0 "
                          f"(or pass full {r.d_full}-value queries with mode='ivf')")
-    else:
-        nbytes = r.dim // 8
     if native_signs and cent.mean is None and 8 * nbytes <= queries.shape[1]:
         return None, nbytes
     return cent.query_codes(queries, nbytes), nbytes
@@ -342,20 +339,15 @@ def plain_ivf(pl, q_width: int):
     if run.selective(short):  # run.exhaustive over every active segment's allowed rows
         only = pl._active()
         short = short * EXACT_RESCORE
+        nbytes = pl.code_bytes(q_width)
         if sum(pl.counts[i] for i in only) <= short or any(pl.segments[i].codes is None for i in only) \
-                or q_width != r.d_full or r.d_full % 8 or not fits(pl, short):
+                or nbytes is None or 8 * nbytes > q_width or not fits(pl, short):
             return None
-        nbytes = r.d_full // 8
         return OneCall(pl, only, exhaustive_segs(pl, only, short, nbytes), short, 0, nbytes)
     if run.scanned or not run.indexed or not fits(pl, short, cent):
         return None
-    if q_width == r.d_full:
-        nbytes = (r.d_full + 7) // 8
-    elif r.dim % 8:
-        return None
-    else:
-        nbytes = r.dim // 8
-    if cent.mean is not None or 8 * nbytes > q_width:
+    nbytes = pl.code_bytes(q_width)
+    if nbytes is None or cent.mean is not None or 8 * nbytes > q_width:
         return None
     nlist = cent.spec["nlist"]
     nprobe = min(nlist, math.ceil((r.nprobe or cent.spec["nprobe"]) * run.widen()))
