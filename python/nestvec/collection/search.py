@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from .. import _checks as ck
 from . import filters, packing
+from . import snapshot as sn
 from . import validate as vd
 from .embedding import is_text
 from .planner import MODES, DeviceCache, Planner, Request
@@ -58,8 +59,6 @@ def _locate(snap, rows):
     return seg, local
 
 
-# results of at most this many rows gather their ids row by row (_result)
-_SMALL_RESULT = 64
 # the schema of a result with int64 ids and no extra columns (by binary mode)
 _INT_RESULT = {b: pa.schema([("query", pa.int64()), ("id", pa.int64()),
                              ("score", pa.int32() if b else pa.float32())]) for b in (False, True)}
@@ -287,22 +286,7 @@ class SearchMixin:
             # the common result: int ids gathered in NumPy (one pyarrow take per
             # segment and a re-ordering take cost more than a small search), the
             # table from arrays of a fixed schema (no type inference per call)
-            if len(snap.segments) == 1:
-                ids = snap.segments[0].file.int_ids()[locs]
-            elif len(segs) <= _SMALL_RESULT:
-                # a few hits (batch 1): element by element beats a mask per segment
-                sg, arrs, out = snap.segments, {}, []
-                for i, j in zip(segs.tolist(), locs.tolist()):
-                    a = arrs.get(i)
-                    if a is None:
-                        a = arrs[i] = sg[i].file.int_ids()
-                    out.append(a[j])
-                ids = np.array(out, np.int64)
-            else:
-                ids = np.empty(len(segs), np.int64)
-                for i in np.unique(segs):
-                    sel = segs == i
-                    ids[sel] = snap.segments[i].file.int_ids()[locs[sel]]
+            ids = sn.gather_int_ids(snap.segments, segs, locs)
             return int_result_table(qi, ids, scores, binary)
         score_arr = pa.array(scores)
         pieces, pos = [], []

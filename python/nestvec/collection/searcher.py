@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import filters, onecall, packing
+from . import snapshot as sn
 from . import validate as vd
 from .embedding import is_text
 from .planner import MODES, Planner, Request, _index_plan, code_bytes, resolve_mode
@@ -123,9 +124,7 @@ class Searcher:
                     score.astype(np.int32 if binary else np.float32, copy=False))
         if snap.manifest["id_type"] == "int64":
             ids = np.full((nq, k), -1, np.int64)
-            for i in np.unique(seg[valid]).tolist():
-                sel = valid & (seg == i)
-                ids[:, :w][sel] = snap.segments[i].file.int_ids()[local[sel]]
+            ids[:, :w][valid] = sn.gather_int_ids(snap.segments, seg[valid], local[valid])
         else:
             ids = np.full((nq, k), None, object)
             for i in np.unique(seg[valid]).tolist():

@@ -302,3 +302,28 @@ def _exists(store, v) -> bool:
         return True
     except KeyError:
         return False
+
+
+# results of at most this many rows gather their ids row by row (gather_int_ids)
+_SMALL_RESULT = 64
+
+
+def gather_int_ids(segments, segs: np.ndarray, locs: np.ndarray) -> np.ndarray:
+    """int64 ids of hits (segment index, local row) [m] of int-id segments: in NumPy
+    (one pyarrow take per segment and a re-ordering take cost more than a small
+    search), row by row for a few hits (batch 1), by a mask per segment otherwise."""
+    if len(segments) == 1:
+        return segments[0].file.int_ids()[locs]
+    if len(segs) <= _SMALL_RESULT:
+        arrs, out = {}, []
+        for i, j in zip(segs.tolist(), locs.tolist()):
+            a = arrs.get(i)
+            if a is None:
+                a = arrs[i] = segments[i].file.int_ids()
+            out.append(a[j])
+        return np.array(out, np.int64)
+    ids = np.empty(len(segs), np.int64)
+    for i in np.unique(segs):
+        sel = segs == i
+        ids[sel] = segments[i].file.int_ids()[locs[sel]]
+    return ids

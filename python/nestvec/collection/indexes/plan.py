@@ -109,6 +109,14 @@ class IndexRun:
     def selective(self, short: int) -> bool:
         return self.pl.filtered and (self.selectivity < EXACT_FRACTION or self.matches <= short)
 
+    def nprobe(self, spec: dict) -> int:
+        """Lists probed: the request's or the index's nprobe, widened for a filter."""
+        return min(spec["nlist"], math.ceil((self.req.nprobe or spec["nprobe"]) * self.widen()))
+
+    def need(self) -> int:
+        """Rows each query must find in its lists: min(k, the indexed segments' matches)."""
+        return min(self.req.k, sum(self.pl.counts[i] for i in self.indexed))
+
     def widen(self) -> float:
         if self.matches == 0 or self.selectivity >= 1:
             return 1.0
@@ -208,7 +216,7 @@ def run_ivf(pl, queries):
         st.update(route="exhaustive over the filter's rows (selective filter)", nprobe=0, lists_probed=0)
         exact = run.exhaustive(queries, nq, pl._active(), rescore * EXACT_RESCORE)
         return run.finish(queries, nq, [exact])
-    nprobe = min(spec["nlist"], math.ceil((r.nprobe or spec["nprobe"]) * run.widen()))
+    nprobe = run.nprobe(spec)
     st.update(route="ivf probe" + (" (widened by the filter)" if run.widen() > 1 else ""), nprobe=nprobe)
     results = run.scanned_results(queries, nq, short)
     if run.indexed:
@@ -236,7 +244,7 @@ def _ivf_indexed(run, cent, queries, nq, nprobe, short):
     queries that found fewer than min(k, matches) rows; then rescored."""
     pl, r = run.pl, run.req
     nlist = cent.spec["nlist"]
-    need = min(r.k, sum(pl.counts[i] for i in run.indexed))
+    need = run.need()
     if pl.native(queries):
         return _ivf_native(run, cent, queries, nq, nprobe, short, need, nlist)
     qcodes, nbytes = _ivf_query_codes(pl, cent, queries)
@@ -349,10 +357,8 @@ def plain_ivf(pl, q_width: int):
     nbytes = pl.code_bytes(q_width)
     if nbytes is None or cent.mean is not None or 8 * nbytes > q_width:
         return None
-    nlist = cent.spec["nlist"]
-    nprobe = min(nlist, math.ceil((r.nprobe or cent.spec["nprobe"]) * run.widen()))
-    need = min(r.k, sum(pl.counts[i] for i in run.indexed))
-    return OneCall(pl, run.indexed, _ivf_segs(pl, run.indexed, short), short, need, nbytes, cent, nprobe)
+    return OneCall(pl, run.indexed, _ivf_segs(pl, run.indexed, short), short, run.need(), nbytes, cent,
+                   run.nprobe(cent.spec))
 
 
 def _ivf_rounds(run, cent, queries, qcodes, nq, nprobe, short, need, nlist, segs):
@@ -404,11 +410,11 @@ def run_hnsw(pl, queries):
     st = pl.stats
     ef = max(r.k, r.ef or spec["ef"])
     st.update(ef=ef)
+    selective = run.selective(r.k * rescore)
     few = pl.filtered and run.matches <= HNSW_EXACT_ROWS and run.selectivity < 1
-    if run.selective(r.k * rescore) or few:
-        st.update(route="exhaustive over the filter's rows (" + ("selective filter)" if not few or
-                                                                 run.selective(r.k * rescore) else
-                                                                 "fewer rows than a widened graph search)"))
+    if selective or few:
+        why = "selective filter" if selective else "fewer rows than a widened graph search"
+        st.update(route=f"exhaustive over the filter's rows ({why})")
         exact = run.exhaustive(queries, nq, pl._active(), rescore * EXACT_RESCORE)
         return run.finish(queries, nq, [exact])
     st.update(route="hnsw graph" + (" (ef widened by the filter)" if run.widen() > 1 else ""),
