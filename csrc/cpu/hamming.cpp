@@ -56,11 +56,28 @@ void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* q
   std::vector<std::vector<IntTopK>> sel(nthreads, std::vector<IntTopK>(nq));
   for (auto& per_thread : sel)
     for (auto& x : per_thread) x.reset(k, max_dist);
-  auto scan = [&](std::vector<IntTopK>& s, int64_t qb, int64_t qe, int64_t begin, int64_t end) {
-    std::vector<uint32_t> thr(nq, max_dist + 1);
-    for (int64_t q = qb; q < qe; ++q) thr[q] = s[q].threshold();  // a later block of the same thread
+  // Each thread's scratch, sized on its first block and kept for the others: allocated
+  // per block, batch 256's hit lists (512 KiB) went back to the OS and were faulted in
+  // again 64 times a call.
+  struct Work {
+    std::vector<uint32_t> thr, hit_rows, hit_dist, hit_count;
+  };
+  std::vector<Work> work(static_cast<size_t>(nthreads));
+  auto scan = [&](int t, int64_t qb, int64_t qe, int64_t begin, int64_t end) {
+    std::vector<IntTopK>& s = sel[size_t(t)];
+    Work& w = work[size_t(t)];
     const int64_t qcap = std::min(qblock, qe - qb);
-    std::vector<uint32_t> hit_rows(qcap * tile_rows), hit_dist(qcap * tile_rows), hit_count(qcap);
+    if (w.thr.empty()) {
+      w.thr.assign(size_t(nq), max_dist + 1);
+      w.hit_rows.resize(size_t(qcap * tile_rows));
+      w.hit_dist.resize(size_t(qcap * tile_rows));
+      w.hit_count.resize(size_t(qcap));
+    }
+    std::vector<uint32_t>& thr = w.thr;
+    std::vector<uint32_t>& hit_rows = w.hit_rows;
+    std::vector<uint32_t>& hit_dist = w.hit_dist;
+    std::vector<uint32_t>& hit_count = w.hit_count;
+    for (int64_t q = qb; q < qe; ++q) thr[q] = s[q].threshold();  // a later block of the same thread
     for (int64_t r0 = begin; r0 < end; r0 += tile_rows) {
       const int64_t nr = std::min(tile_rows, end - r0);
       if (allow && !any_allowed(allow + r0, nr)) continue;
@@ -86,10 +103,10 @@ void topk(const uint8_t* codes, int64_t n, int64_t code_stride, const uint8_t* q
     }
   };
   if (split_queries) {
-    parallel_for(nq, nthreads, 1, [&](int t, int64_t qb, int64_t qe) { scan(sel[t], qb, qe, 0, n); });
+    parallel_for(nq, nthreads, 1, [&](int t, int64_t qb, int64_t qe) { scan(t, qb, qe, 0, n); });
   } else {
     parallel_blocks(n, nthreads, scan_block(n, nthreads, tile_rows),
-                    [&](int t, int64_t begin, int64_t end) { scan(sel[t], 0, nq, begin, end); });
+                    [&](int t, int64_t begin, int64_t end) { scan(t, 0, nq, begin, end); });
   }
 
   // Merge the per-thread candidates of each query (each already <= k and sorted).
