@@ -240,7 +240,7 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=50_000)
     ap.add_argument("--docs", type=int, default=5000, help="MS MARCO documents to ingest")
     ap.add_argument("--ingest-shards", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=512, help="rows per batch, both sides (ingest()'s default)")
     ap.add_argument("--cpus", type=int, default=None, help="local Ray's CPUs (default: the machine's)")
     ap.add_argument("--dir", default=None, help="where the collections go (kept; default: a temp dir)")
     ap.add_argument("--layouts", choices=("all", "default"), default="all",

@@ -204,3 +204,30 @@ def test_ingest_with_the_bundled_encoder(session, tmp_path):
     hits = sc.search(q, k=5, mode="flat")
     assert hits.num_rows == 5
     sc.close()
+
+
+def test_encoder_threads_follow_the_calling_thread():
+    """torch's thread count is per thread under OpenMP, and Ray Data calls the batches on
+    another thread than the constructor's: each call sets it again."""
+    torch = pytest.importorskip("torch")
+    import threading
+
+    from nestvec.distributed.ingest import EncodeAndStage
+
+    stage = object.__new__(EncodeAndStage)
+    stage.threads = 2
+    seen = []
+
+    def batch_thread():
+        torch.set_num_threads(1)  # as Ray's OMP_NUM_THREADS=1 leaves a fresh thread
+        stage._threads()
+        seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    try:
+        t = threading.Thread(target=batch_thread)
+        t.start()
+        t.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2]

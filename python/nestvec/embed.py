@@ -140,6 +140,21 @@ def _read_saved(path: Path) -> dict | None:
     return cfg
 
 
+def default_dim(model: str | os.PathLike | None = None) -> int:
+    """The width ``Encoder(model)`` embeds at by default, read from the model folder's
+    config files without importing torch or loading weights (an ingestion creating its
+    collection needs the width before any encoder is built)."""
+    path = Path(model) if model is not None else Path(default_model_path())
+    saved = _read_saved(path) or {}
+    if saved.get("dim"):
+        return int(saved["dim"])
+    try:
+        hidden = json.loads((path / "config.json").read_text())["hidden_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"model: {str(path)!r} has no config.json with a hidden_size") from None
+    return int(hidden)
+
+
 def _load_saved_model(path: Path, cfg: dict, dtype):
     """Rebuild the transformer of a folder written by Encoder.save: the architecture
     from config.json, LowRankSparseLinear layers where the config lists them, then the

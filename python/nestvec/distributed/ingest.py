@@ -62,10 +62,11 @@ class EncodeAndStage:
 
             encoder.device = torch.device("cuda")
             encoder.model.to(encoder.device)
-        if threads and "torch" in sys.modules:
-            # Ray sets OMP_NUM_THREADS to the actor's slots; the pool leaves a slot to
-            # the reads, so an actor gets its share of the cores in threads instead.
-            sys.modules["torch"].set_num_threads(threads)
+        # Ray sets OMP_NUM_THREADS to the actor's slots; the pool leaves a slot to the
+        # reads, so an actor gets its share of the cores in threads instead (set again
+        # in each call: see _threads).
+        self.threads = threads
+        self._threads()
         self.encoder = encoder
         self.start_seconds = time.perf_counter() - t0  # reported with the first batch
         self.m = m
@@ -74,12 +75,21 @@ class EncodeAndStage:
         self.text_column, self.id_column, self.columns = text_column, id_column, list(columns)
         self.allocator = allocator
 
+    def _threads(self):
+        """torch's thread count, for the calling thread: with OpenMP it is a per-thread
+        setting, and Ray Data runs the batches on another thread than the constructor's,
+        where torch fell back to OMP_NUM_THREADS=1 (one core of two encoding)."""
+        torch = sys.modules.get("torch")
+        if self.threads and torch is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         """One row per staged segment (shard, its description); a bad input becomes a
         row with shard -1 and the error, after the segments staged before it: Ray
         ships an actor's exception back as text only, and the driver raises the
         error as the caller would have got it from a single collection."""
         t0 = time.perf_counter()
+        self._threads()
         out = {"shard": [], "staged": []}
         try:
             self._stage(batch, out)
@@ -265,7 +275,7 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
         else:
             if shards is None:
                 raise ValueError("shards: the number of shards is needed to create a sharded collection")
-            dim = int(encoder().dim if _is_factory(encoder) else encoder.dim)
+            dim = _dim(encoder)
             schema = _column_types(ds, columns) if columns else None
             sc = ShardedCollection.create(root, shards=shards, dim=dim, dtype=dtype, metric=metric, binary=binary,
                                           schema=schema)
@@ -276,6 +286,7 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
         sc._check_writable()
         m = sc._m
         allocator = ray.remote(num_cpus=0)(RowAllocator).remote(m["next_row"], m["next_id"])
+        sc._writer_handles(wait=False)  # they start while the source is encoded
         enc_arg = encoder if _is_factory(encoder) else ray.put(encoder)
         concurrency, actor_cpus, threads = _pool(ray, concurrency, num_gpus)
         t0 = time.perf_counter()
@@ -358,6 +369,16 @@ def _column_types(ds, columns) -> dict:
                 t = pa.string()
         out[c] = pa.string() if pa.types.is_null(t) or pa.types.is_large_string(t) else t
     return out
+
+
+def _dim(encoder) -> int:
+    """The encoder's width; the default encoder's from its config (building one here
+    would load torch and the weights in the driver only to read a number)."""
+    from .. import embed
+
+    if encoder is embed.Encoder:
+        return embed.default_dim()
+    return int(encoder().dim if _is_factory(encoder) else encoder.dim)
 
 
 def _is_factory(encoder) -> bool:

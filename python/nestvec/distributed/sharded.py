@@ -94,6 +94,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
         self._readers = None  # per shard: a list of reader actor handles (shared: runtime)
         self._readers_key = None
         self._writers = None  # per shard: one writer actor handle
+        self._writers_starting = None  # their first state() calls, until awaited
         self._rr = itertools.count()
         self._merge_policy = merge_policy
         self.funnel = funnel
@@ -301,7 +302,7 @@ class ShardedCollection(ix.IndexMixin, WriteMixin):
                 if self._readers_key is not None:
                     runtime.release_readers(self._readers_key, self._compiled)
             finally:
-                self._writers = self._readers = self._readers_key = None
+                self._writers = self._readers = self._readers_key = self._writers_starting = None
                 self._root.release()
 
     def __del__(self):

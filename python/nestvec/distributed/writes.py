@@ -34,17 +34,24 @@ class WriteMixin:
             why = f"version {self.version} was opened explicitly" if self._pinned else "opened read_only=True"
             raise PermissionError(f"sharded collection is read-only ({why})")
 
-    def _writer_handles(self) -> list:
+    def _writer_handles(self, wait: bool = True) -> list:
+        """The shards' writer actors, started on first use. ``wait=False`` starts them
+        without waiting for them to open their shards (an ingestion starts them before
+        its pipeline, so their start-up overlaps the encoding); the next call with
+        ``wait=True`` waits and raises if one failed to start."""
         if self._writers is None:
             m = self._m
-            ws = [runtime.writer(self._root.shard_path(m, i), self._writer_opts, self._merge_policy)
-                  for i in range(m["shards"])]
+            self._writers = [runtime.writer(self._root.shard_path(m, i), self._writer_opts, self._merge_policy)
+                             for i in range(m["shards"])]
+            self._writers_starting = [w.state.remote() for w in self._writers]
+        if wait and self._writers_starting is not None:
+            refs, self._writers_starting = self._writers_starting, None
             try:
-                runtime.gather([w.state.remote() for w in ws], list(range(len(ws))), "writer")
+                runtime.gather(refs, list(range(len(refs))), "writer")
             except BaseException:
-                runtime.kill(ws)
+                runtime.kill(self._writers)
+                self._writers = None
                 raise
-            self._writers = ws
         return self._writers
 
     def _replace_writer(self, s: int):
