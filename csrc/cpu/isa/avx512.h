@@ -71,14 +71,32 @@ inline void vhsum8(const vf* v, float* out) {
 }
 // Keeps v in a register: folded into each FMA it would be loaded once per use.
 inline void vkeep(vf& v) { __asm__("" : "+v"(v)); }
-// Transposes the kF x kF block v[0..kF) (through memory: only the dense GEMM route
-// uses it, which AVX-512 leaves off).
+// Transposes the kF x kF block v[0..kF) in registers (the dense GEMM route's panels):
+// pairs, then quads within each 128-bit lane, then the lanes in two rounds of
+// shuffle_f32x4.
 inline void vtranspose(vf* v) {
-  alignas(64) float m[16][16];
-  for (int i = 0; i < 16; ++i) _mm512_store_ps(m[i], v[i]);
-  for (int i = 0; i < 16; ++i)
-    for (int j = i + 1; j < 16; ++j) std::swap(m[i][j], m[j][i]);
-  for (int i = 0; i < 16; ++i) v[i] = _mm512_load_ps(m[i]);
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  // u[4i + j], lane L: rows 4i..4i+3 of column 4L + j
+  constexpr int even = _MM_SHUFFLE(2, 0, 2, 0), odd = _MM_SHUFFLE(3, 1, 3, 1);
+  for (int j = 0; j < 4; ++j) {
+    const __m512 x0 = _mm512_shuffle_f32x4(u[j], u[4 + j], even), x1 = _mm512_shuffle_f32x4(u[j], u[4 + j], odd);
+    const __m512 y0 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], even);
+    const __m512 y1 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], odd);
+    v[j] = _mm512_shuffle_f32x4(x0, y0, even);
+    v[8 + j] = _mm512_shuffle_f32x4(x0, y0, odd);
+    v[4 + j] = _mm512_shuffle_f32x4(x1, y1, even);
+    v[12 + j] = _mm512_shuffle_f32x4(x1, y1, odd);
+  }
 }
 
 // kF values of a row of dtype DT from element c, widened to float32 (F16C vcvtph2ps
@@ -229,8 +247,10 @@ constexpr int kHammingQB[] = {3, 2, 1};
 constexpr int kDenseTiles[][2] = {{12, 2}, {8, 2}, {4, 4}, {2, 4}, {1, 4}};
 constexpr int kDenseStreamMaxQB = 12;
 constexpr int kDenseStreamSums = 2, kDenseStreamSums1 = 2;
-// Dense large batches: no packed GEMM route (the bf16 two-pass route takes them).
-constexpr int kGemmRowVecs = 0, kGemmQueries = 0, kGemmMinQ = 0;
+// Dense large batches: the packed GEMM route from kGemmMinQ queries (float32 scans: the
+// bf16 two-pass route's fallback, NESTVEC_DENSE_BF16=0), a micro-tile of kGemmRowVecs
+// vectors of rows x kGemmQueries queries (2 x 12: 24 accumulators of 32 registers).
+constexpr int kGemmRowVecs = 2, kGemmQueries = 12, kGemmMinQ = 32;
 // LOST micro-kernel: MR rows x NR = kLrsNV vectors of columns; prefetch the b panel.
 constexpr int kLrsMR = 12, kLrsNV = 2;
 constexpr bool kLrsPrefetchB = true;
