@@ -63,10 +63,9 @@ class EncodeAndStage:
             encoder.device = torch.device("cuda")
             encoder.model.to(encoder.device)
         # Ray sets OMP_NUM_THREADS to the actor's slots; the pool leaves a slot to the
-        # reads, so an actor gets its share of the cores in threads instead (set again
-        # in each call: see _threads).
+        # reads, so an actor gets its share of the cores in threads instead (set by
+        # each call, on the thread that runs it: see _threads).
         self.threads = threads
-        self._threads()
         self.encoder = encoder
         self.start_seconds = time.perf_counter() - t0  # reported with the first batch
         self.m = m
