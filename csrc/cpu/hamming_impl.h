@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <iterator>
+#include <vector>
 
 #include "nestvec/hamming.h"
 #include "nestvec/prefetch.h"
@@ -192,82 +193,94 @@ inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t
   }
 }
 
-#if defined(NV_SIMD_NIBBLE_POPCNT)
-// NC whole chunks of nibble-split rows (split_rows): row r holds, per chunk, its low
-// nibbles then its high nibbles (2 kB bytes); the queries are split once here.
-template <int QB, int NC>
-struct SplitBlock {
-  vb lo[QB][NC], hi[QB][NC];
-  SplitBlock(const uint8_t* const* qv) {
-    for (int j = 0; j < QB; ++j)
-      for (int c = 0; c < NC; ++c) {
-        const vb x = bload(qv[j] + kB * c);
-        lo[j][c] = bnib_lo(x), hi[j][c] = bnib_hi(x);
+#if defined(NV_SIMD_LUT_SCAN)
+// Fast scan (isa/<isa>.h, scan_*): the queries become tables once per call, the tile is
+// transposed kScanSubRows rows at a time (the transpose is amortised over the
+// queries), and each query passes over G groups of 16 rows at once, so that one load of
+// a table serves G groups.
+template <int NC>
+struct Scan {
+  static constexpr int G = NC == 1 ? 8 : 4;  // groups per pass: G byte sums (+ G word sums) live
+  static constexpr int64_t kGroupBytes = NC * kScanChunkBytes;
+  static constexpr int64_t kSubRows = std::max<int64_t>(kScanRows * G, (16384 / kGroupBytes) * kScanRows);
+
+  // Distances of groups [0, NG) of the split rows S against the tables T of one query.
+  template <int NG>
+  static inline void groups(const uint8_t* S, const uint8_t* T, vscan* d) {
+    for (int c = 0; c < NC; ++c) {
+      vb a[NG];
+      for (int g = 0; g < NG; ++g) a[g] = scan_count0();
+      const uint8_t* tc = T + c * kScanChunkBytes;
+      const uint8_t* sc = S + c * kScanChunkBytes;
+      for (int j = 0; j < 16; ++j) {
+        const vb tl = bload_a(tc + 64 * j), th = bload_a(tc + 64 * j + 32);
+        for (int g = 0; g < NG; ++g) a[g] = scan_add(a[g], tl, th, sc + g * kGroupBytes + 64 * j);
       }
+      for (int g = 0; g < NG; ++g) d[g] = c == 0 ? scan_widen(a[g]) : scan_sum(d[g], scan_widen(a[g]));
+    }
   }
-  // The split rows of a block are consecutive (rows[0] onwards, 2 kB NC bytes each; past
-  // the tile's end they hold stale bytes whose lanes the caller masks out).
-  void operator()(const uint8_t* const* rows, vsum* sums) const {
-    static_assert(NC <= kCntMax, "chunk counts must fit the count lanes");
-    constexpr int64_t kStride = 2 * kB * NC;
-    for (int j = 0; j < QB; ++j) {
-      // Opaque to the compiler, so that each query reloads the rows from L1: GCC
-      // otherwise loads them once for all QB queries and spills them to the stack.
-      const uint8_t* base = rows[0];
-      __asm__("" : "+r"(base));
-      vacc acc[8];
-      for (int r = 0; r < 8; ++r) {
-        const uint8_t* row = base + r * kStride;
-        vcnt s = cnt_popxor_nib(bload_a(row), bload_a(row + kB), lo[j][0], hi[j][0]);
-        for (int c = 1; c < NC; ++c)
-          s = cnt_add(s, cnt_popxor_nib(bload_a(row + 2 * kB * c), bload_a(row + 2 * kB * c + kB), lo[j][c],
-                                        hi[j][c]));
-        acc[r] = acc_of(s);
+
+  // Groups [g0, g0 + NG) of the sub-tile at row s0 against one query.
+  template <int NG>
+  static inline void pass(const uint8_t* S, const uint8_t* T, int64_t g0, int64_t s0, int64_t ns, vscan t,
+                          uint32_t* hr, uint32_t* hd, uint32_t& cnt) {
+    vscan d[NG];
+    groups<NG>(S + g0 * kGroupBytes, T, d);
+    for (int g = 0; g < NG; ++g) {
+      const int64_t r0 = (g0 + g) * kScanRows;
+      uint32_t m = scan_lt(d[g], t);
+      if (ns - r0 < kScanRows) m &= (1u << (ns - r0)) - 1;
+      if (!m) continue;
+      alignas(32) uint16_t buf[kScanRows];
+      scan_store(buf, d[g]);
+      while (m) {  // bits in increasing row order
+        const int p = __builtin_ctz(m);
+        m &= m - 1;
+        hr[cnt] = uint32_t(s0 + r0 + p);
+        hd[cnt] = buf[p];
+        ++cnt;
       }
-      sums[j] = reduce8_small(acc);
+    }
+  }
+
+  static void tile(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* queries, int64_t nq,
+                   int64_t qs, const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist, int64_t cap,
+                   uint32_t* hit_count) {
+    constexpr int64_t kTableBytes = NC * kScanChunkBytes;  // one query's tables
+    alignas(64) static thread_local uint8_t split[kSubRows / kScanRows * kGroupBytes];
+    static thread_local std::vector<uint8_t> table_buf;
+    if (table_buf.size() < size_t(nq * kTableBytes + 64)) table_buf.resize(size_t(nq * kTableBytes + 64));
+    uint8_t* tables = table_buf.data() + (64 - reinterpret_cast<uintptr_t>(table_buf.data()) % 64) % 64;
+    for (int64_t q = 0; q < nq; ++q) {
+      for (int c = 0; c < NC; ++c) scan_tables(queries + q * qs + kB * c, tables + q * kTableBytes + c * kScanChunkBytes);
+      hit_count[q] = 0;
+    }
+    for (int64_t s0 = 0; s0 < nrows; s0 += kSubRows) {
+      const int64_t ns = std::min(kSubRows, nrows - s0);
+      const int64_t ng = (ns + kScanRows - 1) / kScanRows;
+      // The split is the sub-tile's first read: prefetch the next one as it goes.
+      for (int64_t g = 0; g < ng; ++g) {
+        const uint8_t* rows[kScanRows];
+        for (int p = 0; p < kScanRows; ++p) {
+          const int64_t r = g * kScanRows + p;
+          rows[p] = codes + (s0 + (r < ns ? r : 0)) * cs;  // past the end: row 0, masked out
+        }
+        const uintptr_t pf = reinterpret_cast<uintptr_t>(codes) + uintptr_t((s0 + kSubRows + g * kScanRows) * cs);
+        for (int64_t o = 0; o < kScanRows * cs; o += 64) prefetch_l1(pf + uintptr_t(o));
+        for (int c = 0; c < NC; ++c) scan_split16(rows, kB * c, split + g * kGroupBytes + c * kScanChunkBytes);
+      }
+      for (int64_t q = 0; q < nq; ++q) {
+        const uint8_t* T = tables + q * kTableBytes;
+        const vscan t = scan_set1(thr[q]);
+        uint32_t* hr = hit_rows + q * cap;
+        uint32_t* hd = hit_dist + q * cap;
+        int64_t g0 = 0;
+        for (; g0 + G <= ng; g0 += G) pass<G>(split, T, g0, s0, ns, t, hr, hd, hit_count[q]);
+        for (; g0 < ng; ++g0) pass<1>(split, T, g0, s0, ns, t, hr, hd, hit_count[q]);
+      }
     }
   }
 };
-
-// Rows [0, n) of a tile, nibble-split into out (2 nbytes per row, 64-byte aligned),
-// prefetching the rows `ahead` rows on as it goes (the split is the tile's first read).
-inline void split_rows(const uint8_t* codes, int64_t n, int64_t cs, int64_t nbytes, uint8_t* out) {
-  const int64_t ahead = std::max<int64_t>(8, 8192 / std::max<int64_t>(cs, 1));
-  for (int64_t r = 0; r < n; ++r) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(codes) + uintptr_t((r + ahead) * cs);
-    for (int64_t c = 0; c < nbytes; c += 64) prefetch_l1(p + uintptr_t(c));
-    for (int64_t c = 0; c < nbytes; c += kB) {
-      const vb x = bload(codes + r * cs + c);
-      bstore(out + r * 2 * nbytes + 2 * c, bnib_lo(x));
-      bstore(out + r * 2 * nbytes + 2 * c + kB, bnib_hi(x));
-    }
-  }
-}
-
-// Fixed widths (1-4 whole chunks) on ISAs whose popcount is a nibble lookup: the tile is
-// split kSplitRows rows at a time, and every query runs over the split rows.
-template <int NC>
-void tile_split(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* queries, int64_t nq,
-                int64_t qs, int64_t nbytes, const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist,
-                int64_t cap, uint32_t* hit_count) {
-  constexpr int64_t kSplitRows = 256;  // 256 rows x 2 x 128 bytes: half of L1 at most
-  alignas(64) static thread_local uint8_t split[kSplitRows * 2 * 4 * kB];
-  for (int64_t q = 0; q < nq; ++q) hit_count[q] = 0;
-  for (int64_t s0 = 0; s0 < nrows; s0 += kSplitRows) {
-    const int64_t ns = std::min(kSplitRows, nrows - s0);
-    split_rows(codes + s0 * cs, ns, cs, nbytes, split);
-    auto run = [&](auto qb, int64_t q) {
-      constexpr int QB = decltype(qb)::value;
-      const QueryBlock<QB> b(queries, qs, hit_rows, hit_dist, cap, q);
-      run_queries<QB>(split, ns, 2 * nbytes, nbytes, thr + q, b.hr, b.hd, hit_count + q, false,
-                      SplitBlock<QB, NC>(b.qv), s0);
-    };
-    if constexpr (NC <= kHammingSplitQBMaxChunks)
-      for_query_blocks<kHammingSplitQB>(0, nq, run);
-    else
-      for_query_blocks(0, nq, run);
-  }
-}
 #endif
 
 #if defined(NV_SIMD_PAIR_ROWS)
@@ -344,14 +357,14 @@ inline void run_any(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8
 void tile(const uint8_t* codes, int64_t nrows, int64_t cs, const uint8_t* queries, int64_t nq,
           int64_t qs, int64_t nbytes, const uint32_t* thr, uint32_t* hit_rows, uint32_t* hit_dist,
           int64_t cap, uint32_t* hit_count) {
-#if defined(NV_SIMD_NIBBLE_POPCNT)
-  // (the split pays for itself from a few queries on; one query streams the rows as is)
-  if (nbytes % kB == 0 && nq >= 4) {
+#if defined(NV_SIMD_LUT_SCAN)
+  // (the transpose pays for itself from a few queries on; one query streams the rows)
+  if (nbytes % kB == 0 && nq >= kScanMinQ) {
     switch (nbytes / kB) {
-      case 1: return tile_split<1>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
-      case 2: return tile_split<2>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
-      case 3: return tile_split<3>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
-      case 4: return tile_split<4>(codes, nrows, cs, queries, nq, qs, nbytes, thr, hit_rows, hit_dist, cap, hit_count);
+      case 1: return Scan<1>::tile(codes, nrows, cs, queries, nq, qs, thr, hit_rows, hit_dist, cap, hit_count);
+      case 2: return Scan<2>::tile(codes, nrows, cs, queries, nq, qs, thr, hit_rows, hit_dist, cap, hit_count);
+      case 3: return Scan<3>::tile(codes, nrows, cs, queries, nq, qs, thr, hit_rows, hit_dist, cap, hit_count);
+      case 4: return Scan<4>::tile(codes, nrows, cs, queries, nq, qs, thr, hit_rows, hit_dist, cap, hit_count);
       default: break;
     }
   }

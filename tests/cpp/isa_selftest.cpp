@@ -80,6 +80,8 @@ void check_hamming(Check& ck) {
         if (n > 4)  // ties: a third of the rows share a code, and so does query 0
           for (int64_t r = n / 3; r < 2 * n / 3; ++r) std::memcpy(&codes[size_t(r * nb)], &codes[0], size_t(nb));
         if (nq > 1) std::memcpy(qs.data(), codes.data(), size_t(nb));
+        if (nq > 2)  // the largest distance, 8 nb: every bit of the last row differs
+          for (int64_t b = 0; b < nb; ++b) qs[size_t(nb + b)] = uint8_t(~codes[size_t((n - 1) * nb + b)]);
         for (auto& a : allow) a = (rng() % 10) < 3;
         for (int with_allow = 0; with_allow < 2; ++with_allow)
           for (int64_t k : {int64_t(1), int64_t(10), n + 3}) {
