@@ -76,6 +76,22 @@ def test_searcher_equals_search(mixed, mode, flt, k):
     assert ids.dtype == np.int64 and sc.dtype == (np.int32 if mode == "binary" else np.float32)
 
 
+def test_flat_searcher_is_one_call(mixed):
+    """A flat searcher scans every segment in one native call, with a filter too, but
+    for one selective enough that the planner gathers its rows (cat = 7: 1%)."""
+    col, q = mixed
+    for filt, route in ((None, "one call"), (nv.field("cat") < 30, "one call"), (nv.field("cat") == 7, "planner")):
+        s = col.searcher(k=10, mode="flat", filter=filt)
+        assert route in repr(s)
+        for b in (1, len(q)):
+            ids, sc = s.search(q[:b])
+            want = table_arrays(col.search(q[:b], k=10, mode="flat", filter=filt), b, 10)
+            np.testing.assert_array_equal(ids, want[0])
+            np.testing.assert_array_equal(sc, want[1])
+    s = col.searcher(k=10, mode="flat", dim=32)  # prefix queries take the planner's route
+    np.testing.assert_array_equal(s.search(q[:, :32])[0], table_arrays(col.search(q[:, :32], k=10, mode="flat", dim=32), len(q), 10)[0])
+
+
 @pytest.mark.parametrize("kw", [{}, {"nprobe": 1}, {"nprobe": 3, "rescore": 3}, {"dim": 32}, {"ladder": (16, 32)}])
 def test_one_call_route_equals_search(all_indexed, kw):
     col, q = all_indexed

@@ -5,7 +5,8 @@ segment and its exact rescoring, each query on one thread from start to end.
 Called stage by stage from Python a small search spent more in call overhead than in
 its kernels (README, per-query cost of ivf). The planner takes this route for an ivf
 search, a selective filter's exhaustive search and a funnel over few rows; a
-``Searcher`` keeps the :class:`OneCall` of its plan across searches of one snapshot.
+``Searcher`` keeps the :class:`OneCall` of its plan across searches of one snapshot
+(and, for a flat search, the :class:`FlatCall` of the multi-segment scan).
 """
 from __future__ import annotations
 
@@ -70,3 +71,36 @@ def funnel(pl, q_width: int, nbytes):
         s = pl.segments[i]
         hsegs[i] = (s.codes, pl.masks[i], s.offset, min(short, pl.counts[i]), None, None)
     return OneCall(pl, active, hsegs, short, 0, nbytes)
+
+
+class FlatCall:
+    """A flat search's one call with its segments' arguments built once
+    (``hostcalls.dense_segments`` over every allowed row in place: the call the
+    planner's flat route makes when no filter is selective enough to gather rows).
+    Called like :class:`OneCall`; nothing is ever ``lacking``."""
+
+    nprobe = nlist = 0  # (no probe to widen)
+
+    def __init__(self, pl, segs):
+        r = pl.req
+        self.k, self.dim, self.metric, self.segs = r.k, r.dim, r.metric, segs
+
+    def __call__(self, queries, qcodes=None):
+        seg, local, score = hostcalls.dense_segments(queries, self.dim, self.metric, self.k, self.segs)
+        return score, seg, local, None, None, None
+
+
+def flat(pl, gather_fraction: float):
+    """The FlatCall of ``pl``'s flat search when every allowed row is scanned in place
+    (host segments, no filter below ``gather_fraction`` of a segment's rows), else None."""
+    active = pl._active()
+    if not active or pl.cache is not None or not hostcalls.native_segments():
+        return None
+    segs = [None] * len(pl.segments)
+    for i in active:
+        mk = pl.masks[i]
+        if mk is not None and pl.counts[i] < gather_fraction * pl.segments[i].n:
+            return None
+        v = pl.segments[i].vectors
+        segs[i] = (v, hostcalls.dtype_code(v), pl.segments[i].offset, min(pl.req.k, pl.counts[i]), mk)
+    return FlatCall(pl, segs)

@@ -3,8 +3,8 @@
 ``Collection.search`` checks every argument, plans and builds an Arrow table on each
 call; at batch 1 over an index that fixed cost is most of the search (README, per-query
 cost of ivf). A :class:`Searcher` checks the arguments once, keeps the plan of the
-collection's current snapshot (the filter's masks, the segments, and for an ivf search
-or a funnel over few rows the arguments of the one native call) and answers ``(ids,
+collection's current snapshot (the filter's masks, the segments, and for an ivf search,
+a funnel over few rows or a flat scan the arguments of the one native call) and answers ``(ids,
 scores)`` arrays, as FAISS, hnswlib and USearch do. It follows the collection: after a
 write or ``refresh()`` its next search plans the new snapshot. Its answers are
 ``search()``'s rows, in the same order.
@@ -17,7 +17,7 @@ from . import filters, onecall, packing
 from . import snapshot as sn
 from . import validate as vd
 from .embedding import is_text
-from .planner import MODES, Planner, Request, _index_plan, code_bytes, resolve_mode
+from .planner import GATHER_FRACTION, MODES, Planner, Request, _index_plan, code_bytes, resolve_mode
 
 
 class Searcher:
@@ -60,7 +60,7 @@ class Searcher:
 
     def _bind(self, snap) -> None:
         """Plan ``snap``: argument checks that depend on it, masks, the request and
-        the one-call route (ivf, or a funnel over few rows) when it applies."""
+        the one-call route (ivf, a funnel over few rows, flat) when it applies."""
         col = self._col
         m = snap.manifest
         d_full = m["dim"]
@@ -84,6 +84,8 @@ class Searcher:
             fast = _index_plan().plain_ivf(pl, d_full)
         elif mode == "funnel":  # (packed segments too: its hits map back through remap)
             fast = onecall.funnel(pl, d_full, code_bytes(req, d_full))
+        elif mode == "flat":
+            fast = onecall.flat(pl, GATHER_FRACTION)
         self._state = (snap, planner_args, remap, d_full, dim, m["metric"], fast)  # one assignment
 
     def _planner(self, args, snap) -> Planner:
