@@ -83,8 +83,13 @@ void check_hamming(Check& ck) {
         if (nq > 2)  // the largest distance, 8 nb: every bit of the last row differs
           for (int64_t b = 0; b < nb; ++b) qs[size_t(nb + b)] = uint8_t(~codes[size_t((n - 1) * nb + b)]);
         for (auto& a : allow) a = (rng() % 10) < 3;
-        for (int with_allow = 0; with_allow < 2; ++with_allow)
+        // pass 1: the same query buffer rewritten in place (a kernel that keeps per-query
+        // tables across calls must notice)
+        for (int pass = 0; pass < 2; ++pass)
+        for (int with_allow = 0; with_allow < 2 && !(pass && with_allow); ++with_allow)
           for (int64_t k : {int64_t(1), int64_t(10), n + 3}) {
+            if (pass && k == 1)
+              for (auto& c : qs) c ^= 0x5A;
             const uint8_t* al = with_allow ? allow.data() : nullptr;
             std::vector<int32_t> d(size_t(nq * k));
             std::vector<int64_t> ix(size_t(nq * k));
