@@ -195,10 +195,10 @@ inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t
 }
 
 #if defined(NV_SIMD_LUT_SCAN)
-// Fast scan (isa/<isa>.h, scan_*): the queries become tables once per call, the tile is
-// transposed kScanSubRows rows at a time (the transpose is amortised over the
-// queries), and each query passes over G groups of 16 rows at once, so that one load of
-// a table serves G groups.
+// Fast scan (isa/<isa>.h, scan_*): the queries of a block become tables (kept across
+// the tiles of a call), each tile is transposed kSubRows rows at a time (the transpose
+// is amortised over the queries), and each query passes over G groups of 16 rows at
+// once, so that one load of a table serves G groups.
 template <int NC>
 struct Scan {
   static constexpr int G = NC == 1 ? 8 : 4;  // groups per pass: G byte sums (+ G word sums) live
