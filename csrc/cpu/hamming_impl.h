@@ -8,7 +8,6 @@
 // threshold in one mask, and the hits appended in row order.
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <iterator>
 #include <vector>
 
@@ -195,10 +194,10 @@ inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t
 }
 
 #if defined(NV_SIMD_LUT_SCAN)
-// Fast scan (isa/<isa>.h, scan_*): the queries of a block become tables (kept across
-// the tiles of a call), each tile is transposed kSubRows rows at a time (the transpose
-// is amortised over the queries), and each query passes over G groups of 16 rows at
-// once, so that one load of a table serves G groups.
+// Fast scan (isa/<isa>.h, scan_*): the queries of a block become tables, each tile is
+// transposed kSubRows rows at a time (the transpose is amortised over the queries), and
+// each query passes over G groups of 16 rows at once, so that one load of a table
+// serves G groups.
 template <int NC>
 struct Scan {
   static constexpr int G = NC == 1 ? 8 : 4;  // groups per pass: G byte sums (+ G word sums) live
@@ -249,28 +248,16 @@ struct Scan {
                    uint32_t* hit_count) {
     constexpr int64_t kTableBytes = NC * kScanChunkBytes;  // one query's tables
     alignas(64) static thread_local uint8_t split[kSubRows / kScanRows * kGroupBytes];
-    // The tables of the last query block this thread saw, kept with a copy of its codes:
-    // the driver passes the same block for every tile of a call (a 1024-bit code's
-    // tables, rebuilt per 256-row tile, cost ~1.5 ops a pair at batch 16), and the
-    // comparison keeps them right when another call brings other queries.
-    static thread_local std::vector<uint8_t> table_buf, cached;
-    static thread_local int64_t cached_nq = -1;
-    constexpr int64_t kQBytes = NC * kB;
-    bool same = cached_nq == nq;
-    for (int64_t q = 0; same && q < nq; ++q)
-      same = std::memcmp(queries + q * qs, cached.data() + q * kQBytes, size_t(kQBytes)) == 0;
+    // (Kept across the tiles of a call instead, checked against a copy of the query codes,
+    // the tables measured no faster at batch 16 and 6% slower at batch 256, whose four
+    // query blocks take turns.)
+    static thread_local std::vector<uint8_t> table_buf;
     if (table_buf.size() < size_t(nq * kTableBytes + 64)) table_buf.resize(size_t(nq * kTableBytes + 64));
     uint8_t* tables = table_buf.data() + (64 - reinterpret_cast<uintptr_t>(table_buf.data()) % 64) % 64;
-    if (!same) {
-      cached_nq = -1;  // (until the tables below are complete)
-      cached.resize(size_t(nq * kQBytes));
-      for (int64_t q = 0; q < nq; ++q) {
-        for (int c = 0; c < NC; ++c) scan_tables(queries + q * qs + kB * c, tables + q * kTableBytes + c * kScanChunkBytes);
-        std::memcpy(cached.data() + q * kQBytes, queries + q * qs, size_t(kQBytes));
-      }
-      cached_nq = nq;
+    for (int64_t q = 0; q < nq; ++q) {
+      for (int c = 0; c < NC; ++c) scan_tables(queries + q * qs + kB * c, tables + q * kTableBytes + c * kScanChunkBytes);
+      hit_count[q] = 0;
     }
-    for (int64_t q = 0; q < nq; ++q) hit_count[q] = 0;
     for (int64_t s0 = 0; s0 < nrows; s0 += kSubRows) {
       const int64_t ns = std::min(kSubRows, nrows - s0);
       const int64_t ng = (ns + kScanRows - 1) / kScanRows;
