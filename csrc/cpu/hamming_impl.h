@@ -249,8 +249,8 @@ struct Scan {
     constexpr int64_t kTableBytes = NC * kScanChunkBytes;  // one query's tables
     alignas(64) static thread_local uint8_t split[kSubRows / kScanRows * kGroupBytes];
     // (Kept across the tiles of a call instead, checked against a copy of the query codes,
-    // the tables measured no faster at batch 16 and 6% slower at batch 256, whose four
-    // query blocks take turns.)
+    // they measured no faster: a batch's query blocks take turns over each tile, so the
+    // largest batches rebuilt them anyway and paid for the check and the copy.)
     static thread_local std::vector<uint8_t> table_buf;
     if (table_buf.size() < size_t(nq * kTableBytes + 64)) table_buf.resize(size_t(nq * kTableBytes + 64));
     uint8_t* tables = table_buf.data() + (64 - reinterpret_cast<uintptr_t>(table_buf.data()) % 64) % 64;

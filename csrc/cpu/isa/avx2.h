@@ -264,7 +264,6 @@ inline vb scan_add(vb acc, vb tl, vb th, const uint8_t* p) {
 }
 // 16 rows' distances as words, row p in word p.
 using vscan = __m256i;
-inline vscan scan_zero() { return _mm256_setzero_si256(); }
 // The chunk's byte counts (<= 128 in each lane) -> words, the two lanes added.
 inline vscan scan_widen(vb a) {
   return _mm256_add_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(a)), _mm256_cvtepu8_epi16(_mm256_extracti128_si256(a, 1)));
@@ -326,7 +325,7 @@ inline void sum_store(uint32_t* buf, vsum s) { _mm256_store_si256(reinterpret_ca
 // ------------------------------------------------------------------ tuning
 constexpr int kHammingQB[] = {3, 2, 1};
 // Fast scan from this many queries of a block (below, the transpose costs more than it
-// saves: 1M x 256 bit, one thread, 2 queries 1.8 vs 1.1 ns a pair, 4 queries 0.88 vs 1.0).
+// saves; README, Hamming on AVX2).
 constexpr int kScanMinQ = 4;
 // Dense float32 scan (see isa/avx512.h): 16 registers, so smaller register tiles, and
 // the stream kernel only up to 2 queries (beyond, its per-row reductions cost more).
