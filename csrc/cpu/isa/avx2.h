@@ -196,11 +196,14 @@ inline vb bload_tail(const uint8_t* p, const btail& t) {
   return _mm256_load_si256(reinterpret_cast<const __m256i*>(buf));
 }
 
+// The popcounts of 0..15 in each 128-bit lane (a vpshufb table).
+inline __m256i nib_pop() {
+  return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+}
 using vcnt = __m256i;      // byte counts
 constexpr int kCntMax = 31;  // 31 x 8 < 256
 inline vcnt cnt_popxor(vb a, vb b) {
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3,
-                                       1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i lut = nib_pop();
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i v = _mm256_xor_si256(a, b);
   const __m256i lo = _mm256_and_si256(v, low);
@@ -245,8 +248,7 @@ inline void scan_split16(const uint8_t* const* rows, int64_t off, uint8_t* out) 
 // scan_split16: slot j's low-nibble table at out + 64 j, lane 0 for byte j, lane 1 for
 // byte 16 + j).
 inline void scan_tables(const uint8_t* q, uint8_t* out) {
-  const __m256i pop = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3,
-                                       1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i pop = nib_pop();
   const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5,
                                         6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m256i x = bload(q), lo = bnib_lo(x), hi = bnib_hi(x);

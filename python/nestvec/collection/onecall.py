@@ -90,17 +90,14 @@ class FlatCall:
         return score, seg, local, None, None, None
 
 
-def flat(pl, gather_fraction: float):
+def flat(pl):
     """The FlatCall of ``pl``'s flat search when every allowed row is scanned in place
-    (host segments, no filter below ``gather_fraction`` of a segment's rows), else None."""
+    (host segments, no filter selective enough to gather rows), else None."""
     active = pl._active()
-    if not active or pl.cache is not None or not hostcalls.native_segments():
+    if not active or pl.cache is not None or not hostcalls.native_segments() \
+            or any(pl.gathers(i) for i in active):
         return None
     segs = [None] * len(pl.segments)
     for i in active:
-        mk = pl.masks[i]
-        if mk is not None and pl.counts[i] < gather_fraction * pl.segments[i].n:
-            return None
-        v = pl.segments[i].vectors
-        segs[i] = (v, hostcalls.dtype_code(v), pl.segments[i].offset, min(pl.req.k, pl.counts[i]), mk)
+        segs[i] = pl.scan_tuple(i)
     return FlatCall(pl, segs)

@@ -275,6 +275,17 @@ class Planner:
         whole = nbytes == (r.d_full + 7) // 8  # the codes of all D values
         return pack(queries if whole else queries[:, :r.dim]), nbytes
 
+    def gathers(self, i: int) -> bool:
+        """Whether a flat scan scores a gathered copy of segment i's allowed rows (a
+        filter selective enough) instead of streaming the segment in place."""
+        return self.masks[i] is not None and self.counts[i] < GATHER_FRACTION * self.segments[i].n
+
+    def scan_tuple(self, i: int) -> tuple:
+        """Segment i's entry for the multi-segment flat scan in place
+        (``hostcalls.dense_segments``)."""
+        v = self.segments[i].vectors
+        return (v, hostcalls.dtype_code(v), self.segments[i].offset, min(self.req.k, self.counts[i]), self.masks[i])
+
     def _flat(self, queries, nq, only=None):
         r = self.req
         parts = []
@@ -283,10 +294,9 @@ class Planner:
         inplace = 0  # segments the one call scans
         for i in self._active(only):
             kk = min(r.k, self.counts[i])
-            gather = self.masks[i] is not None and self.counts[i] < GATHER_FRACTION * self.segments[i].n
+            gather = self.gathers(i)
             if native and not gather:
-                v = self.segments[i].vectors
-                segs[i] = (v, hostcalls.dtype_code(v), self.segments[i].offset, kk, self.masks[i])
+                segs[i] = self.scan_tuple(i)
                 inplace += 1
                 continue
             if gather:

@@ -17,7 +17,7 @@ from . import filters, onecall, packing
 from . import snapshot as sn
 from . import validate as vd
 from .embedding import is_text
-from .planner import GATHER_FRACTION, MODES, Planner, Request, _index_plan, code_bytes, resolve_mode
+from .planner import MODES, Planner, Request, _index_plan, code_bytes, resolve_mode
 
 
 class Searcher:
@@ -85,7 +85,7 @@ class Searcher:
         elif mode == "funnel":  # (packed segments too: its hits map back through remap)
             fast = onecall.funnel(pl, d_full, code_bytes(req, d_full))
         elif mode == "flat":
-            fast = onecall.flat(pl, GATHER_FRACTION)
+            fast = onecall.flat(pl)
         self._state = (snap, planner_args, remap, d_full, dim, m["metric"], fast)  # one assignment
 
     def _planner(self, args, snap) -> Planner:
