@@ -129,3 +129,22 @@ def test_default_dim_without_loading(encoder, tmp_path):
     assert default_dim(default_model_path()) == 384
     with pytest.raises(ValueError, match="model"):
         default_dim(tmp_path)
+
+
+def test_default_batch_size_cpu(encoder):
+    """No batch size given: CPU_BATCH texts a pass on the CPU; the result does not depend on it."""
+    import nestvec.embed as E
+
+    texts = TEXTS * 3  # 24 texts: several passes at the default
+    calls = []
+    hook = encoder.model.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape[0]),
+                                               with_kwargs=True)
+    try:
+        default = encoder.encode(texts)
+    finally:
+        hook.remove()
+    assert encoder.batch_size is None and max(calls) == E.CPU_BATCH and sum(calls) == len(texts)
+    np.testing.assert_allclose(default, encoder.encode(texts, batch_size=32), atol=2e-5)
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="batch_size"):
+            Encoder(batch_size=bad)

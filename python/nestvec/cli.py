@@ -50,7 +50,7 @@ def _encoder(args, **over):
         raise CLIError(f"embedding needs torch and transformers (pip install 'nestvec[embed]'): {e}") from None
     kw = dict(model=getattr(args, "model", None), pooling=getattr(args, "pooling", None),
               dim=getattr(args, "dim", None), layers=getattr(args, "layers", None),
-              batch_size=getattr(args, "batch_size", 64), device=getattr(args, "device", "cpu"),
+              batch_size=getattr(args, "batch_size", None), device=getattr(args, "device", "cpu"),
               max_length=getattr(args, "max_length", None))
     kw.update(over)
     try:
@@ -456,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--layers", type=int, default=None, help="early exit: run only the first L layers")
             sp.add_argument("--pooling", default=None, help="mean | weighted_mean | cls | last | max "
                             "(default mean, or what a saved encoder uses)")
-        sp.add_argument("--batch-size", type=int, default=64)
+        sp.add_argument("--batch-size", type=int, default=None,
+                        help="texts per forward pass (default: the Encoder's, 8 on the CPU, 32 on a GPU)")
         sp.add_argument("--max-length", type=int, default=None, help="tokens per text")
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
 
