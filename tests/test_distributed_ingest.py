@@ -49,11 +49,14 @@ def session(ray_session):
 
 
 class FakeRay:
-    def __init__(self, **res):
-        self.res = res
+    def __init__(self, nodes=1, **res):
+        self.res, self.n = res, nodes
 
     def cluster_resources(self):
         return self.res
+
+    def nodes(self):
+        return [{"Alive": True}] * self.n + [{"Alive": False}]
 
 
 def test_source_columns_read_from_the_first_file(tmp_path, monkeypatch):
@@ -73,14 +76,46 @@ def test_source_columns_read_from_the_first_file(tmp_path, monkeypatch):
 def test_the_encoder_pool_leaves_the_reads_a_cpu_slot():
     """(actors, CPU slots each, torch threads each): Ray Data starts the pool before
     the reads, so actors that held every slot would starve them forever."""
-    assert _pool(FakeRay(CPU=2.0), None, 0) == (1, 1, 2)
-    assert _pool(FakeRay(CPU=16.0), None, 0) == (15, 1, 1)
+    # one node: a single-threaded actor per slot, fractional slots leaving one free
+    assert _pool(FakeRay(CPU=2.0), None, 0) == (2, 0.5, 1)
+    assert _pool(FakeRay(CPU=16.0), None, 0) == (16, 0.9375, 1)
+    # several nodes: whole slots, all but one (a node keeps a whole slot for the reads)
+    assert _pool(FakeRay(nodes=2, CPU=16.0), None, 0) == (15, 1, 1)
     assert _pool(FakeRay(CPU=1.0), None, 0) == (1, 0, 1)
     assert _pool(FakeRay(CPU=2.0), 4, 0) == (4, 0.25, 1)
     assert _pool(FakeRay(CPU=4.0), 2, 0) == (2, 1, 2)
     n, slots, _ = _pool(FakeRay(CPU=4.0), 7, 0)
     assert n == 7 and n * slots <= 3
     assert _pool(FakeRay(CPU=8.0, GPU=4.0), None, 0.5) == (8, 0, 0)
+
+
+def test_jsonl_read_by_pyarrow_or_streamed_alike(session, tmp_path, monkeypatch):
+    """Small JSON-lines files go through pyarrow's reader, large ones through Ray's
+    streaming pandas reader: the same rows either way (U+2028 inside a text too)."""
+    import importlib
+
+    ing = importlib.import_module("nestvec.distributed.ingest")
+    docs = corpus(50)
+    docs[3]["text"] = "line\u2028separator and \u00fcml\u00e4ute"
+    for i in range(2):
+        (tmp_path / f"p{i}.jsonl").write_text(
+            "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs[25 * i:25 * i + 25]), encoding="utf-8")
+    import ray.data
+
+    calls, real = [], ray.data.read_json
+
+    def spy(*a, **kw):
+        calls.append(kw.get("lines", False))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ray.data, "read_json", spy)
+    rows = []
+    for limit in (1 << 30, 10):  # every file small, then every file "large"
+        monkeypatch.setattr(ing, "_ARROW_JSON_BYTES", limit)
+        ds = ing._dataset(str(tmp_path), "text", "_id", ["title"])
+        rows.append(sorted((r["_id"], r["text"], r["title"]) for r in ds.take_all()))
+    assert calls == [False, True]
+    assert rows[0] == rows[1] == sorted((d["_id"], d["text"], d["title"]) for d in docs)
 
 
 def single_like(sc, path):

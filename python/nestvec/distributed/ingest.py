@@ -162,7 +162,12 @@ def _dataset(source, text_column, id_column, columns):
         # the steps that ask for one anyway (Ray Data's Parquet file listing).
         if kinds == {"parquet"}:
             ds = ray.data.read_parquet(files, num_cpus=0)
-        else:
+        elif max(os.path.getsize(f) for f in files) <= _ARROW_JSON_BYTES:
+            # pyarrow's reader (JSON lines only, as _kind accepts): each file in one
+            # go, and the read worker skips importing pandas (a second of CPU on
+            # the cores the Encoders need)
+            ds = ray.data.read_json(files, num_cpus=0)
+        else:  # large files: Ray's pandas reader streams them in blocks
             ds = ray.data.read_json(files, lines=True, num_cpus=0)
         try:
             names = _file_columns(files[0], kinds.pop())
@@ -179,6 +184,8 @@ def _dataset(source, text_column, id_column, columns):
 
 
 _SNIFF_BYTES = 1 << 20
+# JSON-lines files up to this size are read whole by pyarrow, larger ones streamed
+_ARROW_JSON_BYTES = 256 << 20
 
 
 def _file_columns(path: str, kind: str) -> set:
@@ -233,13 +240,13 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
             each actor: use it for GPU encoders); default: the bundled MiniLM.
         batch_size: rows per Ray Data batch (one staged segment per shard each).
         concurrency: Encoder actors (default: one per GPU with ``num_gpus``, else
-            one per CPU slot of the cluster but one); ``num_gpus``: GPUs per actor.
-            CPU actors hold one slot each and leave at least one slot of the cluster
-            free (a larger ``concurrency`` gets fractional slots): Ray Data starts
-            the pool before the reads, and a read task that waits for a slot held
-            by an idle actor waits forever (ray-project/ray#44687). Each actor runs
-            torch on its share of the cluster's cores (``CPUs // concurrency``
-            threads).
+            one per CPU slot on a one-node cluster, one per slot but one across
+            nodes); ``num_gpus``: GPUs per actor. CPU actors leave at least one slot
+            of the cluster free: whole slots when there are fewer actors than
+            slots, else fractional ones. Ray Data starts the pool before the reads,
+            and a read task that waits for a slot held by an idle actor waits
+            forever (ray-project/ray#44687). Each actor runs torch on its share of
+            the cluster's cores (``CPUs // concurrency`` threads: one by default).
         mode: ``"add"`` (refuses ids already present) or ``"upsert"``.
 
     Returns the writable :class:`ShardedCollection` (close it when done). Rows are
@@ -341,7 +348,12 @@ def _pool(ray, concurrency, num_gpus) -> tuple:
         return concurrency, 0, 0
     cpus = int(res.get("CPU", 1))
     if concurrency is None:
-        concurrency = max(1, cpus - 1)
+        # One single-threaded actor per core: torch's threads of one process wait for
+        # each other at every op, and a Ray process scheduled on one core stalls them
+        # all. On one node the actors take fractional slots, leaving one slot's worth
+        # for the reads; across nodes whole slots, one node keeping one free.
+        one_node = sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
+        concurrency = max(1, cpus if one_node else cpus - 1)
     if cpus < 2:
         slots = 0  # a one-slot cluster: the actor takes none, the reads get the slot
     elif concurrency <= cpus - 1:
