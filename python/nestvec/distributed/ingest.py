@@ -163,9 +163,8 @@ def _dataset(source, text_column, id_column, columns):
         if kinds == {"parquet"}:
             ds = ray.data.read_parquet(files, num_cpus=0)
         elif max(os.path.getsize(f) for f in files) <= _ARROW_JSON_BYTES:
-            # pyarrow's reader (JSON lines only, as _kind accepts): each file in one
-            # go, and the read worker skips importing pandas (a second of CPU on
-            # the cores the Encoders need)
+            # pyarrow's reader (JSON lines, as _kind accepts): C++ parsing, no pandas
+            # in the read worker; it reads a file whole, so only small ones
             ds = ray.data.read_json(files, num_cpus=0)
         else:  # large files: Ray's pandas reader streams them in blocks
             ds = ray.data.read_json(files, lines=True, num_cpus=0)
