@@ -89,6 +89,32 @@ def test_the_encoder_pool_leaves_the_reads_a_cpu_slot():
     assert _pool(FakeRay(CPU=8.0, GPU=4.0), None, 0.5) == (8, 0, 0)
 
 
+def nice_encoder():
+    """An Encoder stand-in whose vectors carry the niceness of the process encoding."""
+    class NiceEncoder:
+        dim = 16
+
+        def encode(self, texts, progress=None):
+            return np.full((len(texts), 16), float(os.getpriority(os.PRIO_PROCESS, 0)), np.float32)
+
+    return NiceEncoder()
+
+
+def test_encoder_actors_run_at_the_drivers_priority(session, tmp_path):
+    """Ray starts workers at niceness 15; the Encoder actors do the work the caller
+    waits for, so they take the driver's niceness where the process may raise it."""
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in corpus(20)))
+    with ingest(str(src), tmp_path / "sc", text_column="text", id_column="_id", encoder=nice_encoder(),
+                shards=2, batch_size=8, metric="ip") as sc:  # ip: the vectors stored as given
+        nice = {float(v[0]) for v in sc.to_table(columns=["vector"]).column("vector").to_pylist()}
+    driver = os.getpriority(os.PRIO_PROCESS, 0)
+    if os.geteuid() == 0:  # may raise its priority
+        assert nice == {float(driver)}
+    else:
+        assert len(nice) == 1 and min(nice) >= driver
+
+
 def test_jsonl_read_by_pyarrow_or_streamed_alike(session, tmp_path, monkeypatch):
     """Small JSON-lines files go through pyarrow's reader, large ones through Ray's
     streaming pandas reader: the same rows either way (U+2028 inside a text too)."""

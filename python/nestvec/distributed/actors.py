@@ -140,7 +140,7 @@ class ReaderGroup:
     rather than one per shard). ``paths``: ``{shard: path}``."""
 
     def __init__(self, paths: dict, device=None, threads=None, nice=None):
-        _priority(nice)
+        take_priority(nice)
         if threads:
             from .. import _info
 
@@ -261,15 +261,16 @@ class ShardReader:
         return t, (np.concatenate(rows) if rows else np.zeros(0, np.int64))
 
 
-def _priority(nice) -> None:
+def take_priority(nice) -> None:
     """Ray starts its workers at niceness 15 (``RAY_worker_niceness``), fine for batch
-    tasks; a reader actor answers searches its caller waits for, and at that priority
-    its scans lose the cores to every normal process on a busy node (then the same
-    search runs slower in the actor than in the driver). So a reader takes the
-    driver's niceness ``nice`` where the process may raise its priority (root,
-    CAP_SYS_NICE, RLIMIT_NICE); else it stays as Ray set it
-    (``runtime_env={"env_vars": {"RAY_worker_niceness": "0"}}`` in ``reader_options``
-    does it for everyone)."""
+    tasks; a reader actor answers searches its caller waits for, and an ingestion's
+    Encoder actors (and its row allocator) do the work its caller waits for. At that
+    priority they lose the cores to every normal process on a busy node (then the same
+    search runs slower in the actor than in the driver), and share them evenly with
+    Ray's own idle-time actors. So they take the driver's niceness ``nice`` where the
+    process may raise its priority (root, CAP_SYS_NICE, RLIMIT_NICE); else it stays as
+    Ray set it (``runtime_env={"env_vars": {"RAY_worker_niceness": "0"}}`` in the
+    actor options does it for everyone)."""
     if nice is None:
         return
     try:

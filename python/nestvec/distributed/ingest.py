@@ -28,13 +28,14 @@ from ..collection import bulk
 from ..collection import commit as cm
 from ..collection import manifest as mf
 from ..collection import storage as st
-from . import layout, routing, runtime
+from . import actors, layout, routing, runtime
 
 
 class RowAllocator:
     """Hands out disjoint ranges of row numbers and generated int ids."""
 
-    def __init__(self, next_row: int, next_id: int):
+    def __init__(self, next_row: int, next_id: int, nice=None):
+        actors.take_priority(nice)  # every batch waits for its range
         self.row, self.id = int(next_row), int(next_id)
 
     def take(self, n: int) -> tuple:
@@ -48,9 +49,10 @@ class EncodeAndStage:
     """The Ray Data map_batches class: embed a batch, stage one segment per shard."""
 
     def __init__(self, encoder, root: str, m: dict, text_column: str, id_column, columns, allocator,
-                 on_gpu: bool, threads: int):
+                 on_gpu: bool, threads: int, nice=None):
         import ray
 
+        actors.take_priority(nice)  # before loading the encoder: the pipeline waits for it
         t0 = time.perf_counter()
 
         if isinstance(encoder, ray.ObjectRef):
@@ -290,7 +292,8 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
     try:
         sc._check_writable()
         m = sc._m
-        allocator = ray.remote(num_cpus=0)(RowAllocator).remote(m["next_row"], m["next_id"])
+        nice = runtime.driver_nice()
+        allocator = ray.remote(num_cpus=0)(RowAllocator).remote(m["next_row"], m["next_id"], nice)
         sc._writer_handles(wait=False)  # they start while the source is encoded
         enc_arg = encoder if _is_factory(encoder) else ray.put(encoder)
         concurrency, actor_cpus, threads = _pool(ray, concurrency, num_gpus)
@@ -298,7 +301,7 @@ def ingest(source, root, text_column: str = "text", id_column: str | None = None
         out = ds.map_batches(
             EncodeAndStage, batch_size=batch_size, batch_format="pyarrow",
             fn_constructor_args=(enc_arg, sc.path, m, text_column, id_column, columns, allocator, bool(num_gpus),
-                                 threads),
+                                 threads, nice),
             compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=actor_cpus, num_gpus=num_gpus or None)
         busy = start = 0.0  # the Encoder actors' seconds in batches, and loading their encoders
         for b in out.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -65,11 +65,16 @@ def writer(path: str, opts: dict, merge_policy=None):
 def reader(paths: dict, opts: dict, device=None, threads=None):
     """A reader actor for the shards ``{shard: path}``."""
     ray = ray_module()
+    return _cls(ray, ReaderGroup).options(**opts).remote(paths, device, threads, driver_nice())
+
+
+def driver_nice():
+    """This process's niceness, which the actors a caller waits for take
+    (:func:`actors.take_priority`); None where the platform has no such call."""
     try:
-        nice = os.getpriority(os.PRIO_PROCESS, 0)  # the readers run at the driver's priority
+        return os.getpriority(os.PRIO_PROCESS, 0)
     except (OSError, AttributeError):
-        nice = None
-    return _cls(ray, ReaderGroup).options(**opts).remote(paths, device, threads, nice)
+        return None
 
 
 def reader_groups(shards: int, per_reader) -> list:
