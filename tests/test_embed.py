@@ -148,3 +148,47 @@ def test_default_batch_size_cpu(encoder):
     for bad in (0, -1, 2.5, True, "8"):
         with pytest.raises(ValueError, match="batch_size"):
             Encoder(batch_size=bad)
+
+
+def test_fast_path_equals_transformers():
+    """A plain BERT on the CPU runs without transformers' model code (nestvec._bert);
+    every exit, width, pooling and the binary codes equal transformers' run, and asking
+    for ``.model`` switches the Encoder to that model."""
+    import pickle
+
+    fast, hf = Encoder(), Encoder()
+    hf.model  # noqa: B018 (loads transformers' model: from here on it runs that)
+    assert fast._fast is not None and hf._fast is None and fast.max_length == hf.max_length
+    texts = TEXTS + ["short", "a longer sentence with several words in it"] * 3
+    for pooling in ("mean", "cls", "max", "last", "weighted_mean"):
+        fast.pooling = hf.pooling = pooling
+        for layers, dim in ((1, None), (3, 64), (6, None), (6, 128)):
+            np.testing.assert_allclose(fast.encode(texts, layers=layers, dim=dim),
+                                       hf.encode(texts, layers=layers, dim=dim), atol=2e-5)
+    fast.pooling = hf.pooling = "mean"
+    a, b = fast.encode_exits(texts, layers=[2, 4, 6], dim=96), hf.encode_exits(texts, layers=[2, 4, 6], dim=96)
+    for v in (2, 4, 6):
+        np.testing.assert_allclose(a[v], b[v], atol=2e-5)
+    fast.binary = hf.binary = True
+    (ef, cf), (eh, ch) = fast.encode(texts), hf.encode(texts)
+    np.testing.assert_allclose(ef, eh, atol=2e-5)
+    assert (cf != ch).sum() <= 2  # a sign of a value within rounding of zero may differ
+    fast.binary = hf.binary = False
+    back = pickle.loads(pickle.dumps(fast))  # weights and tokenizer travel, not the path
+    assert back._fast is not None
+    np.testing.assert_array_equal(back.encode(texts), fast.encode(texts))
+    fast.model  # noqa: B018
+    assert fast._fast is None
+    np.testing.assert_allclose(fast.encode(texts), hf.encode(texts), atol=1e-6)
+
+
+def test_fresh_encoder_skips_transformers_model_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, nestvec as nv; e = nv.Encoder(); e.encode(['x']); "
+            "print('transformers.models.bert.modeling_bert' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

