@@ -174,6 +174,9 @@ def test_fast_path_equals_transformers():
     np.testing.assert_allclose(ef, eh, atol=2e-5)
     assert (cf != ch).sum() <= 2  # a sign of a value within rounding of zero may differ
     fast.binary = hf.binary = False
+    fast.max_length = hf.max_length = 8  # changed after construction: both truncate there
+    np.testing.assert_allclose(fast.encode(texts), hf.encode(texts), atol=2e-5)
+    fast.max_length = hf.max_length = 256
     back = pickle.loads(pickle.dumps(fast))  # weights and tokenizer travel, not the path
     assert back._fast is not None
     np.testing.assert_array_equal(back.encode(texts), fast.encode(texts))

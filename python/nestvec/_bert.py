@@ -144,8 +144,11 @@ class FastBert:
         self.model.load_state_dict(state["weights"])
         self.tok = _tokenizer(self.tok_json, self.cfg, self.max_length)
 
-    def __call__(self, texts, upto: int):
+    def __call__(self, texts, upto: int, max_length: int):
         """(hidden states [embeddings, layer 1 .. upto], the tokens' batch)."""
+        if max_length != self.max_length:  # the Encoder's max_length was changed
+            self.tok.enable_truncation(max_length=int(max_length))
+            self.max_length = int(max_length)
         batch = tokenize(self.tok, texts)
         return self.model(**batch, upto=upto), batch
 

@@ -521,7 +521,7 @@ class Encoder:
             for s in range(0, n, bs):
                 idx = order[s:s + bs]
                 if fast is not None:
-                    hs, batch = fast([texts[i] for i in idx], max(exits))
+                    hs, batch = fast([texts[i] for i in idx], max(exits), self.max_length)
                 else:
                     batch = self._tokenize([texts[i] for i in idx])
                     out = model(**batch, output_hidden_states=many)
