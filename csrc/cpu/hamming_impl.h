@@ -160,8 +160,9 @@ template <int QB, class Block>
 inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t nbytes,
                         const uint32_t* thr, uint32_t* const* hr, uint32_t* const* hd,
                         uint32_t* cnt, bool prefetch, const Block& block, int64_t row_base = 0) {
-  // The first pass over a tile streams it from memory: prefetch ~8 KiB ahead (prefetches
-  // never fault, so running past the end of the array is harmless).
+  // The first pass over a tile streams it from memory: prefetch ~8 KiB ahead into L1, or
+  // for packed rows where the ISA's kHammingPrefetchL2 says so ~16 KiB ahead into L2
+  // (prefetches never fault, so running past the end of the array is harmless).
   const int64_t pf_rows = std::max<int64_t>(8, (8192 / std::max<int64_t>(cs, 1)) & ~int64_t(7));
   vsum tv[QB];
   for (int j = 0; j < QB; ++j) tv[j] = sum_set1(thr[j]);
@@ -174,7 +175,10 @@ inline void run_queries(const uint8_t* codes, int64_t nrows, int64_t cs, int64_t
     for (int r = 0; r < 8; ++r) rows[r] = codes + (r0 + (r < valid ? r : 0)) * cs;
     if (prefetch) {
       const uintptr_t p = reinterpret_cast<uintptr_t>(codes) + uintptr_t((r0 + pf_rows) * cs);
-      if (cs == nbytes) {  // packed rows: one prefetch per cache line of the 8 rows
+      if (cs == nbytes && kHammingPrefetchL2) {  // packed rows: one per line of the 8 rows
+        const uintptr_t p2 = p + uintptr_t(pf_rows * cs);
+        for (int64_t o = 0; o < 8 * cs; o += 64) prefetch_l2(p2 + uintptr_t(o));
+      } else if (cs == nbytes) {
         for (int64_t o = 0; o < 8 * cs; o += 64) prefetch_l1(p + uintptr_t(o));
       } else {
         for (int r = 0; r < 8; ++r)
@@ -261,7 +265,8 @@ struct Scan {
     for (int64_t s0 = 0; s0 < nrows; s0 += kSubRows) {
       const int64_t ns = std::min(kSubRows, nrows - s0);
       const int64_t ng = (ns + kScanRows - 1) / kScanRows;
-      // The split is the sub-tile's first read: prefetch the next one as it goes.
+      // The split is the sub-tile's first read: prefetch the next one as it goes, into
+      // L2 (a burst of a sub-tile's lines into L1 stalled the split's own loads).
       for (int64_t g = 0; g < ng; ++g) {
         const uint8_t* rows[kScanRows];
         for (int p = 0; p < kScanRows; ++p) {
@@ -269,7 +274,7 @@ struct Scan {
           rows[p] = codes + (s0 + (r < ns ? r : 0)) * cs;  // past the end: row 0, masked out
         }
         const uintptr_t pf = reinterpret_cast<uintptr_t>(codes) + uintptr_t((s0 + kSubRows + g * kScanRows) * cs);
-        for (int64_t o = 0; o < kScanRows * cs; o += 64) prefetch_l1(pf + uintptr_t(o));
+        for (int64_t o = 0; o < kScanRows * cs; o += 64) prefetch_l2(pf + uintptr_t(o));
         for (int c = 0; c < NC; ++c) scan_split16(rows, kB * c, split + g * kGroupBytes + c * kScanChunkBytes);
       }
       for (int64_t q = 0; q < nq; ++q) {

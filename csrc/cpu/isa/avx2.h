@@ -326,6 +326,9 @@ inline void sum_store(uint32_t* buf, vsum s) { _mm256_store_si256(reinterpret_ca
 
 // ------------------------------------------------------------------ tuning
 constexpr int kHammingQB[] = {3, 2, 1};
+// Hamming row kernel: packed rows prefetched into L2, 16 KiB ahead (README, Hamming on
+// AVX2: the prefetch level).
+constexpr bool kHammingPrefetchL2 = true;
 // Fast scan from this many queries of a block (below, the transpose costs more than it
 // saves; README, Hamming on AVX2).
 constexpr int kScanMinQ = 4;

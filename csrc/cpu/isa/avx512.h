@@ -241,6 +241,8 @@ inline void pair_store(uint64_t* buf, vpsum s) { _mm512_store_si512(buf, s); }
 // ------------------------------------------------------------------ tuning
 // Hamming: queries per register block, largest first (3 x 8 rows: 24 accumulators).
 constexpr int kHammingQB[] = {3, 2, 1};
+// Hamming row kernel: packed rows prefetched into L1 (into L2 measured no faster here).
+constexpr bool kHammingPrefetchL2 = false;
 // Dense float32 scan: (query block, rows per register tile), largest block first;
 // contiguous rows stream one row at a time for blocks up to kDenseStreamMaxQB, with
 // kDenseStreamSums partial sums per accumulator (kDenseStreamSums1 for one query).

@@ -194,6 +194,7 @@ inline void transpose4_rows(const float* r0, const float* r1, const float* r2, c
 // ------------------------------------------------------------------ tuning
 // Not measured (no aarch64 machine here): shapes chosen for 32 registers and 4 lanes.
 constexpr int kHammingQB[] = {3, 2, 1};
+constexpr bool kHammingPrefetchL2 = false;
 constexpr int kDenseTiles[][2] = {{8, 2}, {4, 4}, {2, 4}, {1, 4}};
 constexpr int kDenseStreamMaxQB = 4;
 constexpr int kDenseStreamSums = 2, kDenseStreamSums1 = 4;

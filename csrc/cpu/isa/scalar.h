@@ -127,6 +127,7 @@ inline void sum_store(uint32_t* buf, const vsum& s) { std::memcpy(buf, s.v, size
 
 // ------------------------------------------------------------------ tuning
 constexpr int kHammingQB[] = {1};
+constexpr bool kHammingPrefetchL2 = false;
 constexpr int kDenseTiles[][2] = {{4, 2}, {2, 2}, {1, 4}};
 constexpr int kDenseStreamMaxQB = 2;
 constexpr int kDenseStreamSums = 4, kDenseStreamSums1 = 4;

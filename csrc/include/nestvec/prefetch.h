@@ -18,4 +18,16 @@ static inline void prefetch_l1(uintptr_t p) {
 
 static inline void prefetch_l1(const void* p) { prefetch_l1(reinterpret_cast<uintptr_t>(p)); }
 
+// One prefetch into L2. For streams prefetched a burst at a time (a tile's next rows):
+// each L1 prefetch holds one of the core's few L1 miss buffers until its line arrives,
+// so a burst of them stalls the loads behind it; L2 tracks many more misses, and the
+// later L1 fill from L2 is short (README, Hamming on AVX2: the prefetch level).
+static inline void prefetch_l2(uintptr_t p) {
+#if defined(__x86_64__) || defined(__i386__)
+  __asm__ volatile("prefetcht1 (%0)" : : "r"(p));
+#else
+  __builtin_prefetch(reinterpret_cast<const void*>(p), 0, 2);
+#endif
+}
+
 }  // namespace nestvec
