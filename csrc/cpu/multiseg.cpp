@@ -14,6 +14,7 @@
 #include "nestvec/dispatch.h"
 #include "nestvec/hamming.h"
 #include "nestvec/hamming_ranges.h"
+#include "nestvec/prefetch.h"
 
 namespace nestvec {
 namespace multiseg {
@@ -325,9 +326,31 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
     parallel_for(nq, nthreads, 1, [&](int t, int64_t q0, int64_t q1) {
       std::vector<uint32_t> hit_rows(static_cast<size_t>(tile_rows)), hit_dist(static_cast<size_t>(tile_rows));
       HamSel sel;
+      // A probe's ranges are a few KiB each at scattered places, too short for the
+      // hardware prefetcher to ramp up: each scan prefetches the codes of the range
+      // kRangesAhead further on into L2 (README, Sub-linear search: the 10M run).
+      constexpr int64_t kRangesAhead = 2;
+      std::vector<std::pair<uintptr_t, uintptr_t>> spans;
+      auto prefetch_span = [&](size_t i) {
+        if (i >= spans.size()) return;
+        for (uintptr_t c = spans[i].first; c < spans[i].second; c += 64) prefetch_l2(c);
+      };
       for (int64_t q = q0; q < q1; ++q) {
         sel.reset(k, max_bound);
         const uint8_t* qv = queries + q * query_stride;
+        spans.clear();
+        for (int64_t s = 0; s < nseg; ++s) {
+          if (!ranged_seg[size_t(s)]) continue;
+          const HammingSeg& g = segs[s];
+          for (int64_t p = 0; p < nr[size_t(s)]; ++p) {
+            const int64_t* r = rng[size_t(s)] + 2 * (q * nr[size_t(s)] + p);
+            const int64_t b = std::max<int64_t>(0, r[0]), e = std::min<int64_t>(g.n, r[1]);
+            const uintptr_t c = reinterpret_cast<uintptr_t>(g.codes);
+            spans.push_back({c + uintptr_t(b * g.code_stride), c + uintptr_t(std::max(b, e) * g.code_stride)});
+          }
+        }
+        for (int64_t i = 0; i < kRangesAhead; ++i) prefetch_span(size_t(i));
+        size_t at = 0;
         for (int64_t s = 0; s < nseg; ++s) {
           const HammingSeg& g = segs[s];
           const int64_t* r = rng[size_t(s)];
@@ -344,6 +367,7 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
           for (int64_t p = 0; p < nr[size_t(s)]; ++p) {
             const int64_t b = std::max<int64_t>(0, r[2 * (q * nr[size_t(s)] + p)]);
             const int64_t e = std::min<int64_t>(g.n, r[2 * (q * nr[size_t(s)] + p) + 1]);
+            prefetch_span(at++ + size_t(kRangesAhead));
             if (!scan_range(tile, g, s, qv, query_stride, nbytes, b, e, tile_rows, hit_rows.data(),
                             hit_dist.data(), into,
                             [&] { return std::min(into.bound(), std::min(sel.bound(), max_bound)); }))
