@@ -328,12 +328,15 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
       HamSel sel;
       // A probe's ranges are a few KiB each at scattered places, too short for the
       // hardware prefetcher to ramp up: each scan prefetches the codes of the range
-      // kRangesAhead further on into L2 (README, Sub-linear search: the 10M run).
+      // kRangesAhead further on into L2 (README, Sub-linear search: the 10M run), at
+      // most its first kSpanBytes (a long range's rest the kernel prefetches itself).
       constexpr int64_t kRangesAhead = 2;
+      constexpr uintptr_t kSpanBytes = 16384;
       std::vector<std::pair<uintptr_t, uintptr_t>> spans;
       auto prefetch_span = [&](size_t i) {
         if (i >= spans.size()) return;
-        for (uintptr_t c = spans[i].first; c < spans[i].second; c += 64) prefetch_l2(c);
+        const uintptr_t end = std::min(spans[i].second, spans[i].first + kSpanBytes);
+        for (uintptr_t c = spans[i].first; c < end; c += 64) prefetch_l2(c);
       };
       for (int64_t q = q0; q < q1; ++q) {
         sel.reset(k, max_bound);
