@@ -158,7 +158,7 @@ class Faiss(Method):
         if self.kind == "IVFPQ+refine":
             return [{"nprobe": p, "k_factor": f} for p in (2, 4, 8, 16, 32, 64) for f in (4, 16)]
         if self.kind == "BinaryIVF":
-            return [{"nprobe": p, "rescore": r} for p in (2, 4, 8, 16, 32, 64, 128) for r in (10, 40)]
+            return [{"nprobe": p, "rescore": r} for p in (2, 4, 8, 16, 32, 64, 128) for r in (10, 20, 40)]
         return [{"nprobe": p} for p in (1, 2, 3, 4, 8, 16, 32, 64, 128)]
 
     def search(self, q, nprobe=None, ef=None, k_factor=None, rescore=None):
