@@ -330,13 +330,19 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
       // hardware prefetcher to ramp up: each scan prefetches the codes of the range
       // kRangesAhead further on into L2 (README, Sub-linear search: the 10M run), at
       // most its first kSpanBytes (a long range's rest the kernel prefetches itself).
-      constexpr int64_t kRangesAhead = 2;
-      constexpr uintptr_t kSpanBytes = 16384;
-      std::vector<std::pair<uintptr_t, uintptr_t>> spans;
+      constexpr size_t kRangesAhead = 2;
+      constexpr int64_t kSpanBytes = 16384;
+      struct Span {
+        const HammingSeg* g;
+        int64_t b, e;  // rows, clamped to the segment
+      };
+      std::vector<Span> spans;  // this query's ranges in scan order
       auto prefetch_span = [&](size_t i) {
         if (i >= spans.size()) return;
-        const uintptr_t end = std::min(spans[i].second, spans[i].first + kSpanBytes);
-        for (uintptr_t c = spans[i].first; c < end; c += 64) prefetch_l2(c);
+        const Span& sp = spans[i];
+        const uintptr_t c = reinterpret_cast<uintptr_t>(sp.g->codes) + uintptr_t(sp.b * sp.g->code_stride);
+        const int64_t n = std::min<int64_t>(std::max<int64_t>(0, sp.e - sp.b) * sp.g->code_stride, kSpanBytes);
+        for (int64_t o = 0; o < n; o += 64) prefetch_l2(c + uintptr_t(o));
       };
       for (int64_t q = q0; q < q1; ++q) {
         sel.reset(k, max_bound);
@@ -347,16 +353,13 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
           const HammingSeg& g = segs[s];
           for (int64_t p = 0; p < nr[size_t(s)]; ++p) {
             const int64_t* r = rng[size_t(s)] + 2 * (q * nr[size_t(s)] + p);
-            const int64_t b = std::max<int64_t>(0, r[0]), e = std::min<int64_t>(g.n, r[1]);
-            const uintptr_t c = reinterpret_cast<uintptr_t>(g.codes);
-            spans.push_back({c + uintptr_t(b * g.code_stride), c + uintptr_t(std::max(b, e) * g.code_stride)});
+            spans.push_back({&g, std::max<int64_t>(0, r[0]), std::min<int64_t>(g.n, r[1])});
           }
         }
-        for (int64_t i = 0; i < kRangesAhead; ++i) prefetch_span(size_t(i));
+        for (size_t i = 0; i < kRangesAhead; ++i) prefetch_span(i);
         size_t at = 0;
         for (int64_t s = 0; s < nseg; ++s) {
           const HammingSeg& g = segs[s];
-          const int64_t* r = rng[size_t(s)];
           if (!ranged_seg[size_t(s)]) continue;
           // a segment contributes at most its own k (its allowed rows), as the
           // per-segment path does: a selector of its own bounds it
@@ -367,10 +370,9 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
             own_sel = &seg_sel;
           }
           HamSel& into = own_sel ? *own_sel : sel;
-          for (int64_t p = 0; p < nr[size_t(s)]; ++p) {
-            const int64_t b = std::max<int64_t>(0, r[2 * (q * nr[size_t(s)] + p)]);
-            const int64_t e = std::min<int64_t>(g.n, r[2 * (q * nr[size_t(s)] + p) + 1]);
-            prefetch_span(at++ + size_t(kRangesAhead));
+          for (int64_t p = 0; p < nr[size_t(s)]; ++p, ++at) {
+            const int64_t b = spans[at].b, e = spans[at].e;
+            prefetch_span(at + kRangesAhead);
             if (!scan_range(tile, g, s, qv, query_stride, nbytes, b, e, tile_rows, hit_rows.data(),
                             hit_dist.data(), into,
                             [&] { return std::min(into.bound(), std::min(sel.bound(), max_bound)); }))
