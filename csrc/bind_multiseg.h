@@ -250,20 +250,34 @@ inline void def_multiseg(py::module_& m) {
       "ivf_search",
       [](py::array queries, py::object qcodes_o, int64_t nbytes, py::object centroids_o, int probe_metric,
          int64_t nprobe, py::list hsegs_o, py::list dsegs_o, int64_t short_k, int64_t dim, int metric, int64_t k,
-         int64_t need) {
+         int64_t need, int64_t nlist) {
         if (metric < dense::kCosine || metric > dense::kL2) throw std::invalid_argument("metric: 0, 1 or 2");
         const bool probing = !centroids_o.is_none();
         py::array centroids;
         View c{nullptr, 0, 0, 0};
+        bool blocked = false;
         if (probing) {
           if (probe_metric != dense::kIP && probe_metric != dense::kL2)
             throw std::invalid_argument("probe_metric: 1 (ip) or 2 (l2)");
           if (!py::isinstance<py::array>(centroids_o)) throw py::type_error("centroids: expected an array or None");
           centroids = centroids_o.cast<py::array>();
-          if (centroids.ndim() != 2 || centroids.dtype().kind() != 'f' ||
-              (centroids.itemsize() != 4 && centroids.itemsize() != 2))
-            throw std::invalid_argument("centroids: expected float32 or float16 [nlist, dim]");
-          c = view2d(centroids, "centroids", size_t(centroids.itemsize()));
+          blocked = centroids.ndim() == 3;
+          if (blocked) {  // [nblocks, dim, kBlockRows] float16, C order; nlist: its real rows
+            const int64_t nb = centroids.shape(0), d = centroids.shape(1);
+            if (centroids.dtype().kind() != 'f' || centroids.itemsize() != 2 ||
+                centroids.shape(2) != dense::kBlockRows || !(centroids.flags() & py::array::c_style))
+              throw std::invalid_argument("centroids: expected float16 [nlist, dim] / float32, or a C-contiguous "
+                                          "float16 [nblocks, dim, 16] blocked table");
+            if (nlist < 1 || nb != (nlist + dense::kBlockRows - 1) / dense::kBlockRows || d < 1)
+              throw std::invalid_argument("nlist: expected the blocked table's rows (ceil(nlist / 16) blocks)");
+            c = View{const_cast<void*>(centroids.data()), nlist, d, d};
+          } else {
+            if (centroids.ndim() != 2 || centroids.dtype().kind() != 'f' ||
+                (centroids.itemsize() != 4 && centroids.itemsize() != 2))
+              throw std::invalid_argument("centroids: expected float32 or float16 [nlist, dim]");
+            c = view2d(centroids, "centroids", size_t(centroids.itemsize()));
+            if (nlist != 0 && nlist != c.rows) throw std::invalid_argument("nlist: expected 0 or the centroids' rows");
+          }
           if (c.rows < 1 || c.cols < 1) throw std::invalid_argument("centroids: expected at least one list");
           if (dim < c.cols) throw std::invalid_argument("dim: expected at least the centroids' width");
         }
@@ -307,6 +321,7 @@ inline void def_multiseg(py::module_& m) {
           ivf::Probe p;
           p.centroids = probing ? c.ptr : nullptr;
           p.dtype = probing && centroids.itemsize() == 2 ? DType::F16 : DType::F32;
+          p.blocked = blocked;
           p.nlist = c.rows;
           p.stride = c.row_stride;
           p.dim = c.cols;
@@ -327,9 +342,9 @@ inline void def_multiseg(py::module_& m) {
       },
       py::arg("queries"), py::arg("qcodes"), py::arg("nbytes"), py::arg("centroids"), py::arg("probe_metric"), py::arg("nprobe"),
       py::arg("hsegs"), py::arg("dsegs"), py::arg("short_k"), py::arg("dim"), py::arg("metric"), py::arg("k"),
-      py::arg("need"),
+      py::arg("need"), py::arg("nlist") = 0,
       "One ivf search (centroids None: the segments' own ranges, [Q or 1, P, 2], or every row) of validated float32 queries (cosine: normalised at dim here): probe the "
-      "centroids with their first centroids.shape[1] values, "
+      "centroids ([nlist, dim] float32 / float16, or the float16 [ceil(nlist / 16), dim, 16] blocked table with nlist) with their first dim values, "
       "Hamming shortlist of short_k (query codes: qcodes [Q, >= nbytes], or None for the sign bits) over the probed lists of every segment (hsegs: (codes, allow, "
       "position, k, list offsets, ids)), exact rescoring at dim (dsegs: (db, dtype, position, k, "
       "None)): (score, seg, local [Q, k'], lacking [Q] (fewer than `need` shortlist hits), rows compared, rows rescored).");

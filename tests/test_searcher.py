@@ -210,12 +210,23 @@ def test_native_call_checks_its_arguments(all_indexed):
     call = s._state[-1]
     C = be._C
     good = dict(queries=q, qcodes=None, nbytes=D // 8, centroids=call.table, probe_metric=1, nprobe=2,
-                hsegs=call.hsegs, dsegs=call.dsegs, short_k=100, dim=D, metric=0, k=10, need=10)
+                hsegs=call.hsegs, dsegs=call.dsegs, short_k=100, dim=D, metric=0, k=10, need=10, nlist=call.nlist)
     out = C.ivf_search(**good)
     assert out[0].shape == (len(q), 10) and out[3].shape == (len(q),)
+    # the row-major centroids give the same answer as the blocked table
+    flat = call.cent.centroids.astype(np.float16)
+    same = C.ivf_search(**{**good, "centroids": flat, "nlist": 0})
+    for a, b in zip(out[:3], same[:3]):
+        np.testing.assert_array_equal(a, b)
     bad = [
         {"centroids": call.table.astype(np.float64)},
         {"centroids": np.zeros((0, 16), np.float32)},
+        {"nlist": call.nlist + 16},  # more lists than the blocks hold
+        {"nlist": 0},  # a blocked table needs its lists' count
+        {"centroids": np.ascontiguousarray(call.table[:, :, :8]), "nlist": 1},  # blocks of 8
+        {"centroids": call.table.transpose(0, 2, 1)},  # not C-contiguous
+        {"centroids": call.table.astype(np.float32)},  # blocked, but float32
+        {"centroids": flat, "nlist": call.nlist + 1},
         {"qcodes": np.zeros((len(q) + 1, D // 8), np.uint8)},
         {"nbytes": D},  # more sign bits than values
         {"nprobe": 0},

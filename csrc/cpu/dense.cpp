@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "dense_driver.h"
@@ -237,6 +238,39 @@ void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
   for (int64_t i = 0; i < nf; ++i) {
     std::copy(sf.begin() + i * k, sf.begin() + (i + 1) * k, out_score + failed[size_t(i)] * k);
     std::copy(xf.begin() + i * k, xf.begin() + (i + 1) * k, out_idx + failed[size_t(i)] * k);
+  }
+}
+
+void topk_blocked(const uint16_t* table, int64_t n, int64_t dim, const float* queries, int64_t nq,
+                  int64_t query_stride, int64_t k, int metric, float* out_score, int64_t* out_idx) {
+  if (metric != kIP && metric != kL2) throw std::invalid_argument("topk_blocked: metric must be ip or l2");
+  if (n <= 0 || nq <= 0 || k <= 0) return;
+  const Kernels kern = active_kernels();
+  const bool l2 = metric == kL2;
+  const int64_t nblocks = (n + kBlockRows - 1) / kBlockRows, ld = nblocks * kBlockRows;
+  constexpr int64_t kQueries = 4;  // per pass over the table (blocked_dots' widest)
+  // keys are selected a chunk at a time, so the threshold rises before most rows
+  constexpr int64_t kChunk = 256;
+  std::vector<float> qa(static_cast<size_t>(nq)), qb(static_cast<size_t>(nq));
+  query_factors(queries, nq, query_stride, dim, qa.data(), qb.data());
+  AlignedArray<float> dots = aligned_array<float>(std::min(kQueries, nq) * ld);  // (written before read)
+  AlignedArray<float> sq = aligned_array<float>(l2 ? ld : 1);
+  std::vector<float> hit_keys(static_cast<size_t>(kChunk));
+  std::vector<uint32_t> hit_rows(static_cast<size_t>(kChunk));
+  FloatTopK sel;
+  for (int64_t j0 = 0; j0 < nq; j0 += kQueries) {
+    const int64_t m = std::min(kQueries, nq - j0);
+    const bool norms = l2 && j0 == 0;  // |x|^2 with the first pass (row_factors: l2 keeps it as is)
+    kern.blocked_dots(table, nblocks, dim, queries + j0 * query_stride, query_stride, m, dots.get(), ld,
+                      norms ? sq.get() : nullptr);
+    for (int64_t j = 0; j < m; ++j) {
+      sel.reset(k);
+      for (int64_t r0 = 0; r0 < n; r0 += kChunk)
+        select_push(kern.select, dots.get() + j * ld + r0, l2 ? sq.get() + r0 : nullptr, std::min(kChunk, n - r0),
+                    metric, qa[size_t(j0 + j)], qb[size_t(j0 + j)], nullptr, hit_rows.data(), hit_keys.data(), sel,
+                    [r0](uint32_t r) { return r0 + int64_t(r); });
+      write_out(sel.finish(), k, metric, out_score + (j0 + j) * k, out_idx + (j0 + j) * k);
+    }
   }
 }
 

@@ -79,8 +79,12 @@ int64_t search(const Probe& probe, const float* queries, int64_t nq, int64_t que
     if (probe.centroids) {
       std::vector<float> pscore(size_t(nb * nprobe));
       lists.resize(size_t(nb * nprobe));
-      dense::topk(probe.centroids, probe.dtype, probe.nlist, probe.stride, probe.dim, q, nb, dim, nprobe,
-                  probe.metric, nullptr, nullptr, 0, pscore.data(), lists.data());
+      if (probe.blocked)
+        dense::topk_blocked(static_cast<const uint16_t*>(probe.centroids), probe.nlist, probe.dim, q, nb, dim, nprobe,
+                            probe.metric, pscore.data(), lists.data());
+      else
+        dense::topk(probe.centroids, probe.dtype, probe.nlist, probe.stride, probe.dim, q, nb, dim, nprobe,
+                    probe.metric, nullptr, nullptr, 0, pscore.data(), lists.data());
       for (int64_t l : lists)
         if (l < 0 || l >= probe.nlist) throw std::runtime_error("ivf: the probe found fewer lists than nprobe");
     }

@@ -224,6 +224,97 @@ void check_dense(Check& ck) {
         }
 }
 
+// The ivf probe's blocked float16 table (dense::kBlockRows layout): blocked_dots
+// against float64 dots and norms, and topk_blocked's rows against the float64 keys.
+void check_dense_blocked(Check& ck) {
+  std::mt19937_64 rng(12);
+  struct Case {
+    int64_t n, dim, nq;
+  };
+  const std::vector<Case> cases = {{1, 1, 1},      {7, 7, 2},      {97, 16, 3},  {97, 33, 5},
+                                   {1023, 100, 4}, {1025, 128, 9}, {16, 64, 1}, {300, 3, 6}};
+  const int64_t B = dense::kBlockRows;
+  for (const Case& c : cases) {
+    Table t = make_table(DType::F16, size_t(c.n * c.dim), rng);
+    const int64_t nb = (c.n + B - 1) / B;
+    std::vector<uint16_t> blk(size_t(nb * c.dim * B), 0);
+    for (int64_t r = 0; r < c.n; ++r)
+      for (int64_t v = 0; v < c.dim; ++v) blk[size_t(((r / B) * c.dim + v) * B + r % B)] = t.h[size_t(r * c.dim + v)];
+    std::normal_distribution<float> nd;
+    std::vector<float> q(size_t(c.nq * c.dim));
+    for (auto& x : q) x = nd(rng);
+    std::vector<float> dots(size_t(c.nq * nb * B)), sq(size_t(nb * B));
+    dense::active_kernels().blocked_dots(blk.data(), nb, c.dim, q.data(), c.dim, c.nq, dots.data(), nb * B, sq.data());
+    ++ck.cases;
+    std::vector<double> ref(size_t(c.nq * c.n)), xx(size_t(c.n)), mag(size_t(c.nq * c.n));
+    for (int64_t r = 0; r < c.n; ++r)
+      for (int64_t v = 0; v < c.dim; ++v) {
+        const double x = t.f[size_t(r * c.dim + v)];
+        xx[size_t(r)] += x * x;
+        for (int64_t j = 0; j < c.nq; ++j) {
+          ref[size_t(j * c.n + r)] += x * q[size_t(j * c.dim + v)];
+          mag[size_t(j * c.n + r)] += std::fabs(x * q[size_t(j * c.dim + v)]);
+        }
+      }
+    std::string err;
+    for (int64_t r = 0; r < nb * B && err.empty(); ++r) {
+      const double want_sq = r < c.n ? xx[size_t(r)] : 0.0;  // (padding rows are zero)
+      if (std::fabs(sq[size_t(r)] - want_sq) > 2e-5 * want_sq + 1e-6) err = "sq of row " + std::to_string(r);
+      for (int64_t j = 0; j < c.nq && err.empty(); ++j) {
+        const double want = r < c.n ? ref[size_t(j * c.n + r)] : 0.0;
+        const double tol = 2e-5 * (r < c.n ? mag[size_t(j * c.n + r)] : 0.0) + 1e-6;
+        if (std::fabs(dots[size_t(j * nb * B + r)] - want) > tol) err = "dot of row " + std::to_string(r);
+      }
+    }
+    for (int metric : {dense::kIP, dense::kL2})
+      for (int64_t k : {int64_t(1), int64_t(10), int64_t(100)}) {
+        if (!err.empty()) break;
+        std::vector<float> sc(size_t(c.nq * k));
+        std::vector<int64_t> ix(size_t(c.nq * k));
+        dense::topk_blocked(blk.data(), c.n, c.dim, q.data(), c.nq, c.dim, k, metric, sc.data(), ix.data());
+        ++ck.cases;
+        for (int64_t j = 0; j < c.nq && err.empty(); ++j) {
+          double qq = 0;
+          for (int64_t v = 0; v < c.dim; ++v) qq += double(q[size_t(j * c.dim + v)]) * q[size_t(j * c.dim + v)];
+          auto key = [&](int64_t r) {
+            const double d = ref[size_t(j * c.n + r)];
+            return metric == dense::kIP ? d : -(qq + xx[size_t(r)] - 2 * d);
+          };
+          double scale = 1e-30;
+          for (int64_t r = 0; r < c.n; ++r)
+            scale = std::max(scale, metric == dense::kIP ? mag[size_t(j * c.n + r)] : qq + xx[size_t(r)]);
+          const double tol = 2e-5 * scale + 1e-6;
+          const int64_t m = std::min(k, c.n);
+          std::vector<char> taken(size_t(c.n), 0);
+          double last = std::numeric_limits<double>::infinity();
+          for (int64_t i = 0; i < k && err.empty(); ++i) {
+            const int64_t r = ix[size_t(j * k + i)];
+            if (i >= m) {
+              if (r != -1) err = "padding at " + std::to_string(i);
+              continue;
+            }
+            if (r < 0 || r >= c.n || taken[size_t(r)]) {
+              err = "bad row at " + std::to_string(i);
+              continue;
+            }
+            taken[size_t(r)] = 1;
+            const double kk = metric == dense::kL2 ? -double(sc[size_t(j * k + i)]) : double(sc[size_t(j * k + i)]);
+            if (std::fabs(kk - key(r)) > tol) err = "score at " + std::to_string(i);
+            if (kk > last + tol) err = "order at " + std::to_string(i);
+            last = std::min(last, kk);
+          }
+          for (int64_t r = 0; r < c.n && err.empty() && m < c.n; ++r)
+            if (!taken[size_t(r)] && key(r) > last + tol) err = "row " + std::to_string(r) + " left out";
+        }
+        if (!err.empty()) err += " (metric " + std::to_string(metric) + ", k " + std::to_string(k) + ")";
+      }
+    if (!err.empty()) {
+      ck.fail("blocked n=" + std::to_string(c.n) + " dim=" + std::to_string(c.dim) + " q=" + std::to_string(c.nq) +
+              ": " + err);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- pooling
 void check_pool(Check& ck) {
   std::mt19937_64 rng(13);
@@ -377,7 +468,9 @@ int main(int argc, char** argv) {
         const char* name;
         void (*run)(Check&);
       };
-      for (const Op& op : {Op{"hamming", check_hamming}, Op{"dense", check_dense}, Op{"pool", check_pool},
+      for (const Op& op : {Op{"hamming", check_hamming},
+                           Op{"dense", [](Check& ck) { check_dense(ck), check_dense_blocked(ck); }},
+                           Op{"pool", check_pool},
                            Op{"lowrank_sparse", check_lowrank}}) {
         Check ck;
         ck.what = std::string(isa_name(isa)) + " " + op.name;

@@ -20,6 +20,19 @@ using DotsFn = void (*)(const void* base, DType dtype, int64_t stride, const int
                         int64_t nrows, int64_t dim, const float* q, int64_t qs, int64_t nq,
                         float* dots, int64_t ld, float* sq);
 
+// A table kept for the ivf probe in blocks of kBlockRows rows, column-major within a
+// block: value c of row kBlockRows * b + l at table[(b * dim + c) * kBlockRows + l]
+// (float16 bits; rows past the table's end are zero). A query's dots with a block are
+// then kBlockRows-wide FMAs of one broadcast query value, where the row-major kernels
+// pay a horizontal sum per row, which for a 128-value row costs about what its
+// multiplies do (README, the ivf probe).
+constexpr int64_t kBlockRows = 16;
+// dots[j * ld + r] = q_j . row r over the first `dim` values, for the 16 * nblocks rows
+// of the blocked table and nq queries (float32, `qs` floats apart); sq[r] = |row r|^2
+// when sq is not null.
+using BlockedDotsFn = void (*)(const uint16_t* table, int64_t nblocks, int64_t dim, const float* q,
+                               int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq);
+
 // Keys of one query over a tile (larger = better):
 //   cosine: dot * a * rowf[r]   (a = 1/|q|, rowf = 1/|x| or 0 for a zero row)
 //   ip:     dot
@@ -67,6 +80,7 @@ struct Kernels {
   // dots without the one-row stream for whole contiguous rows: register tiles only, for
   // a table that sits in cache, where the stream's per-row work is what costs
   DotsFn dots_tiles;
+  BlockedDotsFn blocked_dots;
 };
 template <Isa I>
 Kernels kernels();
@@ -101,6 +115,12 @@ void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
           const float* queries, int64_t nq, int64_t query_stride, int64_t k, int metric,
           const uint8_t* allow, const int64_t* candidates, int64_t ncand, float* out_score,
           int64_t* out_idx);
+
+// topk (ip or l2, no filter) over the first n rows of a blocked float16 table
+// (kBlockRows layout, ceil(n / kBlockRows) blocks) on the calling thread: the ivf
+// probe of one block of queries. The keys are topk's up to float32 summation order.
+void topk_blocked(const uint16_t* table, int64_t n, int64_t dim, const float* queries, int64_t nq,
+                  int64_t query_stride, int64_t k, int metric, float* out_score, int64_t* out_idx);
 
 }  // namespace dense
 }  // namespace nestvec

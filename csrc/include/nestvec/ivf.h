@@ -16,6 +16,9 @@ namespace ivf {
 struct Probe {
   const void* centroids = nullptr;  // [nlist, >= dim] of dtype, row stride `stride` elements
   DType dtype = DType::F32;
+  // centroids is instead the float16 table in dense::kBlockRows blocks (dense.h),
+  // ceil(nlist / kBlockRows) * dim * kBlockRows values (stride unused)
+  bool blocked = false;
   int64_t nlist = 0, stride = 0, dim = 0;
   int metric = 0;  // dense::Metric of the probe: kIP (unit centroids) or kL2
   int64_t nprobe = 0;

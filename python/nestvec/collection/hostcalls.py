@@ -201,11 +201,12 @@ ONE_CALL_MAX_K = ck.LARGE_K_MIN
 
 
 def ivf_search(queries, qcodes, nbytes: int, centroids, l2_probe: bool, nprobe: int, hsegs: list, dsegs: list,
-               short: int, dim: int, metric: str, k: int, need: int):
+               short: int, dim: int, metric: str, k: int, need: int, nlist: int = 0):
     """One search in one call (csrc/cpu/ivf_search.cpp) of validated float32 queries:
-    the centroid probe with their first ``centroids.shape[1]`` values (centroids None:
-    no probe), the Hamming shortlist of ``short`` (query codes ``qcodes``, or None for
-    the sign bits of the first 8 * ``nbytes`` values) over ``hsegs``
+    the centroid probe with their first values, as many as the centroids have
+    (centroids None: no probe; a 3-D float16 array: ``IvfCentroids.probe_table``'s
+    blocks of ``nlist`` centroids), the Hamming shortlist of ``short`` (query codes
+    ``qcodes``, or None for the sign bits of the first 8 * ``nbytes`` values) over ``hsegs``
     (``hamming_segments``' tuples: list offsets with a probe, else ranges [Q or 1, P,
     2] or full scans), its exact rescoring at ``dim`` in ``dsegs`` (as
     ``dense_segments``'; the queries prepared as there, in native code). Returns (score,
@@ -213,5 +214,5 @@ def ivf_search(queries, qcodes, nbytes: int, centroids, l2_probe: bool, nprobe: 
     the shortlist), rows compared, rows rescored)."""
     score, seg, local, lacking, scanned, rescored = be._C.ivf_search(
         queries, qcodes, nbytes, centroids, 2 if l2_probe else 1, nprobe, hsegs, dsegs, short, dim,
-        be.METRIC_CODE[metric], k, need)
+        be.METRIC_CODE[metric], k, need, nlist)
     return score, seg, local, lacking.view(bool), scanned, rescored

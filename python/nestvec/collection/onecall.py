@@ -51,7 +51,8 @@ class OneCall:
         """(score, seg, local [Q, k'], lacking bool [Q], rows compared, rows rescored);
         ``qcodes`` None: the sign bits of the queries' first 8 * nbytes values."""
         return hostcalls.ivf_search(queries, qcodes, self.nbytes, self.table, self.l2, self.nprobe,
-                                    self.hsegs, self.dsegs, self.short, self.dim, self.metric, self.k, self.need)
+                                    self.hsegs, self.dsegs, self.short, self.dim, self.metric, self.k, self.need,
+                                    self.nlist)
 
 
 def funnel(pl, q_width: int, nbytes):

@@ -36,6 +36,7 @@ PROBE_NUMPY_QUERIES = 2  # probes of at most this many queries skip dense_topk (
 # ... when the centroids hold at most this many values: above it NumPy's BLAS splits the
 # product over threads, which on a loaded machine took milliseconds (README, Indexes).
 PROBE_NUMPY_VALUES = 1 << 18
+PROBE_BLOCK = 16  # lists per block of the one-call probe table (csrc dense::kBlockRows)
 
 
 # --------------------------------------------------------------------------- vectors
@@ -206,11 +207,18 @@ class IvfCentroids:
 
     def probe_table(self) -> np.ndarray:
         """The centroids as the one-call search (hostcalls.ivf_search) probes them:
-        float16, half the bytes of a table every query reads (README, per-query cost of
-        ivf). Lists whose scores differ by less than float16 rounding may swap places."""
+        float16, half the bytes of a table every query reads, in blocks of 16 lists
+        stored value by value (``[ceil(nlist / 16), dim, 16]``, the lists past ``nlist``
+        zero), which the probe scores without a horizontal sum per list (README, the
+        ivf probe). Lists whose scores differ by less than float16 rounding may swap
+        places with the staged probe's."""
         t = self._probe_table
         if t is None:
-            t = self._probe_table = np.ascontiguousarray(self.centroids, dtype=np.float16)
+            nlist, dim = self.centroids.shape
+            nb = -(-nlist // PROBE_BLOCK)
+            rows = np.zeros((nb * PROBE_BLOCK, dim), np.float16)
+            rows[:nlist] = self.centroids
+            t = self._probe_table = np.ascontiguousarray(rows.reshape(nb, PROBE_BLOCK, dim).transpose(0, 2, 1))
         return t
 
     def query_codes(self, queries, nbytes: int):
