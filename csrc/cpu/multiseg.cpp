@@ -356,6 +356,13 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
             spans.push_back({&g, std::max<int64_t>(0, r[0]), std::min<int64_t>(g.n, r[1])});
           }
         }
+        // the first line of every range's codes and row ids at once (touch_first)
+        touch_first(int64_t(2 * spans.size()), [&](int64_t i) -> const uint8_t* {
+          const Span& sp = spans[size_t(i / 2)];
+          if (sp.e <= sp.b) return nullptr;
+          if (i % 2 == 0) return sp.g->codes + sp.b * sp.g->code_stride;
+          return sp.g->ids ? static_cast<const uint8_t*>(sp.g->ids) + sp.b * sp.g->ids_bytes : nullptr;
+        });
         for (size_t i = 0; i < kRangesAhead; ++i) prefetch_span(i);
         size_t at = 0;
         for (int64_t s = 0; s < nseg; ++s) {
@@ -447,6 +454,18 @@ void rescore(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queri
     for (int64_t j = 0; j < ncand; ++j)
       if (cl[j] >= 0 && cs[j] >= 0 && cs[j] < nseg && segs[cs[j]].k > 0)
         grouped[size_t(q * ncand + cur[size_t(cs[j])]++)] = cl[j];
+  }
+  // the first line of every candidate row at once (touch_first): they lie on scattered pages
+  for (int64_t q = 0; q < nq; ++q) {
+    const int64_t* st = start.data() + q * ns1;
+    const int64_t* gq = grouped.data() + q * ncand;
+    int64_t s = 0;
+    touch_first(st[nseg], [&](int64_t j) -> const uint8_t* {
+      while (j >= st[s + 1]) ++s;
+      const DenseSeg& g = segs[s];
+      if (gq[j] >= g.n) return nullptr;  // (dense::topk drops it)
+      return static_cast<const uint8_t*>(g.db) + gq[j] * g.stride * dtype_size(g.dtype);
+    });
   }
   std::vector<int64_t> cand;
   for (int64_t s = 0; s < nseg; ++s) {
