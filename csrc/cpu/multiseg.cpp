@@ -113,14 +113,30 @@ class HamSel {
   }
   uint32_t bound() const { return bound_; }
   void push(const Hit& h) {
+    if (h.dist >= bound_) return;  // (k kept hits beat it; a selector folded in may hold such)
     buf_.push_back(h);
     if (int64_t(buf_.size()) >= cap_) compact();
   }
+  // Keeps the k best: distances are small integers below bound_, so a count per
+  // distance finds the k-th one (d), and only the hits at d are ordered, by position
+  // (an nth_element over every hit by (distance, position) was ~7% of a 10M search).
   void compact() {
     if (int64_t(buf_.size()) <= k_) return;
-    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), less);
+    count_.assign(size_t(bound_), 0);
+    for (const Hit& h : buf_) ++count_[h.dist];
+    uint32_t d = 0;
+    int64_t below = 0;  // hits at distances < d
+    while (below + count_[d] < k_) below += count_[d++];
+    size_t w = 0;  // hits below d first, then those at d
+    for (size_t i = 0; i < buf_.size(); ++i)
+      if (buf_[i].dist < d) std::swap(buf_[w++], buf_[i]);
+    auto at_d = buf_.begin() + std::ptrdiff_t(w);
+    auto end = std::partition(at_d, buf_.end(), [d](const Hit& h) { return h.dist == d; });
+    const std::ptrdiff_t need = std::ptrdiff_t(k_ - below);
+    if (end - at_d > need)
+      std::nth_element(at_d, at_d + (need - 1), end, [](const Hit& a, const Hit& b) { return a.gpos < b.gpos; });
     buf_.resize(size_t(k_));
-    bound_ = std::min(bound_, buf_[size_t(k_ - 1)].dist + 1);
+    bound_ = std::min(bound_, d + 1);
   }
   std::vector<Hit>& finish() {
     compact();
@@ -132,6 +148,7 @@ class HamSel {
   int64_t k_ = 0, cap_ = 0;
   uint32_t bound_ = 0;
   std::vector<Hit> buf_;
+  std::vector<int64_t> count_;
 };
 
 // Rows per thread below which a second thread costs more than it saves.
