@@ -25,11 +25,11 @@ namespace bind {
 // segs[s] of a multiseg call: false for None (a segment the search skips), else the
 // tuple of `size` fields (`fields` names them in the error) and its k field (index 3).
 inline bool seg_tuple(const py::list& segs, size_t s, size_t size, const char* fields, std::string* at,
-                      py::tuple* t, int64_t* k) {
+                      py::tuple* t, int64_t* k, size_t optional = 0) {
   *at = "segs[" + std::to_string(s) + "]";
   py::object item = segs[s];
   if (item.is_none()) return false;
-  if (!py::isinstance<py::tuple>(item) || size_t(py::len(item)) != size)
+  if (!py::isinstance<py::tuple>(item) || size_t(py::len(item)) < size || size_t(py::len(item)) > size + optional)
     throw py::type_error(*at + ": expected None or a tuple " + fields);
   *t = item.cast<py::tuple>();
   *k = int_field((*t)[3], *at + ".k");
@@ -60,7 +60,7 @@ inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int6
     std::string at;
     py::tuple t;
     multiseg::HammingSeg& g = gs[s];
-    if (!seg_tuple(segs, s, 6, "(codes, allow, position, k, ranges, ids)", &at, &t, &g.k)) continue;
+    if (!seg_tuple(segs, s, 6, "(codes, allow, position, k, ranges, ids[, allow_at])", &at, &t, &g.k, 1)) continue;
     py::array codes = seg_array(t, 0, at, "codes (uint8 [n, bytes])", 2, keep);
     View c = view2d(codes, (at + ".codes").c_str(), 1);
     if (c.cols < nbytes && c.rows > 0) throw std::invalid_argument(at + ": codes are narrower than the queries");
@@ -105,6 +105,11 @@ inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int6
         throw std::invalid_argument(at + ": ids must be int32 or int64 [n]");
       g.ids = view2d(ia, (at + ".ids").c_str(), size_t(ia.itemsize())).ptr;
       g.ids_bytes = int(ia.itemsize());
+    }
+    if (t.size() == 7 && !t[6].is_none()) {  // a mask in the codes' order (ids' rows: checked per hit)
+      int64_t n_at = 0;
+      std::tie(g.allow_at, n_at) = allow_arg(t[6], at + ".allow_at", keep);
+      if (!g.ids || n_at != g.n) throw std::invalid_argument(at + ": allow_at needs ids and one entry per code row");
     }
     if (!g.ranges && !g.list_offsets && g.ids) throw std::invalid_argument(at + ": ids need ranges");
     if (!g.ranges && !g.list_offsets && g.allow && g.n_allow != g.n)

@@ -173,6 +173,7 @@ bool scan_range(hamming::TileFn tile, const HammingSeg& g, int64_t s, const uint
          tile_rows, &cnt);
     for (uint32_t i = 0; i < cnt; ++i) {
       const int64_t at = r0 + hit_rows[i];
+      if (g.allow_at && !g.allow_at[at]) continue;
       const int64_t id = ids32 ? int64_t(ids32[at]) : ids64 ? ids64[at] : at;
       if (id < 0 || (g.allow && id >= g.n_allow) || (g.pos.positions && id >= g.pos.n_positions)) {
         ok = false;
@@ -324,7 +325,9 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
   // threads. Otherwise each query scans every segment's ranges into one selector (the
   // per-call set-up of a kernel per segment cost more than a probe's few hundred rows).
   const int threads = num_threads();
-  if (nq < threads && ranged > 4 * kThreadRows) {
+  // (the range kernel reads no allow_at: segments with one take the selector path)
+  const bool any_allow_at = std::any_of(segs, segs + nseg, [](const HammingSeg& g) { return g.allow_at != nullptr; });
+  if (nq < threads && ranged > 4 * kThreadRows && !any_allow_at) {
     for (int64_t s = 0; s < nseg; ++s) {
       const HammingSeg& g = segs[s];
       if (!ranged_seg[size_t(s)]) continue;
@@ -373,12 +376,13 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
             spans.push_back({&g, std::max<int64_t>(0, r[0]), std::min<int64_t>(g.n, r[1])});
           }
         }
-        // the first line of every range's codes and row ids at once (touch_first)
-        touch_first(int64_t(2 * spans.size()), [&](int64_t i) -> const uint8_t* {
-          const Span& sp = spans[size_t(i / 2)];
+        // the first line of every range's codes, row ids and mask at once (touch_first)
+        touch_first(int64_t(3 * spans.size()), [&](int64_t i) -> const uint8_t* {
+          const Span& sp = spans[size_t(i / 3)];
           if (sp.e <= sp.b) return nullptr;
-          if (i % 2 == 0) return sp.g->codes + sp.b * sp.g->code_stride;
-          return sp.g->ids ? static_cast<const uint8_t*>(sp.g->ids) + sp.b * sp.g->ids_bytes : nullptr;
+          if (i % 3 == 0) return sp.g->codes + sp.b * sp.g->code_stride;
+          if (i % 3 == 1) return sp.g->ids ? static_cast<const uint8_t*>(sp.g->ids) + sp.b * sp.g->ids_bytes : nullptr;
+          return sp.g->allow_at ? sp.g->allow_at + sp.b : nullptr;
         });
         for (size_t i = 0; i < kRangesAhead; ++i) prefetch_span(i);
         size_t at = 0;

@@ -146,9 +146,10 @@ def _slices(nq: int, k: int):
 
 def hamming_segments(queries, k: int, segs: list, lists=None):
     """Hamming top-k over several segments: ``segs[i]`` None or (codes, allow,
-    position, k_i, ranges, ids) (position: the first row's global position, or an
+    position, k_i, ranges, ids[, allow_at]) (position: the first row's global position, or an
     int64 array of each row's; ranges: int64 [Q, P, 2], or with ``lists`` [Q, P] the
-    list offsets [nlist + 1]; ids: local row of each code row). Returns (dist, seg,
+    list offsets [nlist + 1]; ids: local row of each code row; allow_at: a mask by
+    code row, checked before ``allow``, which is by local row). Returns (dist, seg,
     local [Q, min(k, sum of k_i)], rows compared), as wide as a merge of the
     segments' lists (a funnel's ladder sizes its stages by it); missing: local -1."""
     queries = np.ascontiguousarray(queries)
@@ -160,7 +161,7 @@ def hamming_segments(queries, k: int, segs: list, lists=None):
     outs = []
     for q0, q1 in sl:
         sub = segs if lists is not None else \
-            [s if s is None or s[4] is None else s[:4] + (s[4][q0:q1], s[5]) for s in segs]
+            [s if s is None or s[4] is None else s[:4] + (s[4][q0:q1],) + s[5:] for s in segs]
         outs.append(be._C.multiseg_hamming_topk(queries[q0:q1], k, sub, None if lists is None else lists[q0:q1]))
     return (np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs]),
             np.concatenate([o[2] for o in outs]), sum(o[3] for o in outs))

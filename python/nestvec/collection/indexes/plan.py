@@ -292,13 +292,25 @@ def exhaustive_segs(pl, only, short, nbytes):
     return segs
 
 
+def allowed_at(mask: np.ndarray, rows: np.ndarray):
+    """A read-only mask in a list file's order (``mask[rows]``), remembered with it, for
+    the scan to read beside the codes instead of at each hit's row (README, Sub-linear
+    search: the 10M filters); None for a writable mask, which is checked by row."""
+    if mask.flags.writeable:
+        return None
+    return _ROWS.get(mask, lambda: mask[rows], extra=("at", rows))
+
+
 def _ivf_segs(pl, indexed, short):
-    """Hamming tuples of the indexed segments' lists (hostcalls.hamming_segments)."""
+    """Hamming tuples of the indexed segments' lists (hostcalls.hamming_segments); a
+    masked segment's mask in list order where it can be remembered (allowed_at)."""
     segs = [None] * len(pl.segments)
     for i in indexed:
-        s = pl.segments[i]
+        s, m = pl.segments[i], pl.masks[i]
         lst = s.ann["ivf"].ready()
-        segs[i] = (lst.codes, pl.masks[i], s.offset, min(short, pl.counts[i]), lst.offsets, lst.rows)
+        at = allowed_at(m, lst.rows) if m is not None else None
+        segs[i] = (lst.codes, m if at is None else None, s.offset, min(short, pl.counts[i]), lst.offsets,
+                   lst.rows) + (() if at is None else (at,))
     return segs
 
 
