@@ -319,3 +319,46 @@ def test_allowed_counts_are_remembered_for_read_only_masks():
     assert allowed_count(m) == 335
     m.setflags(write=False)
     assert allowed_count(m) == 335 and allowed_count(m) == 335
+
+
+@pytest.mark.parametrize("deletes", [False, True])
+@pytest.mark.parametrize("flt", ["cat < 10", "cat < 50"])
+def test_mask_routes_of_probed_lists_agree(monkeypatch, deletes, flt):
+    """A filter's mask reaches the probed lists by row, in list order (allow_at) or as
+    the allowed rows gathered per list (plan._mask_route): the same answer each way,
+    through the searcher's one call and the staged calls, and the route taken by
+    default is the gathered lists for 10% and the mask in list order for 50%."""
+    from nestvec.collection.indexes import plan
+
+    x, q = data(seed=9)
+    col = nv.Collection.create(None, dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
+    cat = (np.arange(N) * 37) % 100
+    col.add(x[:1300], ids=np.arange(1300), metadata={"cat": cat[:1300]})
+    col.add(x[1300:], ids=np.arange(1300, N), metadata={"cat": cat[1300:]})
+    col.create_index("ivf", nlist=16, min_rows=100)
+    if deletes:
+        col.delete(ids=list(range(0, N, 11)))
+    f = nv.sql(flt) if hasattr(nv, "sql") else flt
+    seen = []
+    real = plan._mask_route
+    monkeypatch.setattr(plan, "_mask_route", lambda *a: seen.append(real(*a)) or seen[-1])
+    want_ids, want_sc = col.searcher(k=10, mode="ivf", nprobe=3, filter=f).search(q)
+    assert seen and seen[-1] == ("lists" if flt == "cat < 10" else "at")
+    for route in ("row", "at", "lists"):
+        monkeypatch.setattr(plan, "_mask_route", lambda *a, r=route: r)
+        for s in (col.searcher(k=10, mode="ivf", nprobe=3, filter=f), ):
+            for _ in range(2):  # the second search reads the remembered copies
+                ids, sc = s.search(q)
+                np.testing.assert_array_equal(ids, want_ids)
+                np.testing.assert_array_equal(sc, want_sc)
+        monkeypatch.setattr(plan, "fits", lambda *a: False)  # the staged calls
+        got = table_arrays(col.search(q, k=10, mode="ivf", nprobe=3, filter=f), len(q), 10)
+        np.testing.assert_array_equal(got[0], want_ids)
+        np.testing.assert_allclose(got[1], want_sc, atol=1e-6)
+        monkeypatch.undo()
+        monkeypatch.setattr(plan, "_mask_route", lambda *a, r=route: r)
+    live = np.ones(N, bool)
+    if deletes:
+        live[::11] = False
+    allowed = live & (cat < int(flt.split("<")[1]))
+    assert np.isin(want_ids[want_ids >= 0], np.flatnonzero(allowed)).all()

@@ -312,7 +312,7 @@ class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin, Version
         for s, m in zip(segs, fmasks):
             live = s.live
             if live is not None:
-                m = live if m is None else (m & live)
+                m = live if m is None else filters.and_live(m, live)
             out.append(m)
         return out
 

@@ -133,19 +133,32 @@ def evaluate(flt, table: pa.Table) -> np.ndarray | None:
 _EXPR_KEYS = 256  # expression objects whose keys are remembered (MaskCache.key)
 
 
+def _nbytes(value) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, tuple):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
 class MaskMemo:
     """Values computed from a read-only mask (and, in ``extra``, other arrays it was
     combined with), remembered while the mask lives: a repeated filter's masks are the
     same cached objects (Collection._mask_cache). Each entry holds its mask and extra
     arrays, so their ids are not reused meanwhile; a writable mask could change and is
     never remembered. Least recently used entries go beyond ``budget`` bytes (masks and
-    array values counted)."""
+    array values, or tuples of them, counted); an entry above a quarter of it is not
+    remembered (``fits``)."""
 
     def __init__(self, budget: int):
         self.budget = budget
         self._d: OrderedDict = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether a mask and value of ``nbytes`` in all would be remembered."""
+        return nbytes <= self.budget // 4
 
     def get(self, mask, compute, extra: tuple = ()):
         if mask.flags.writeable:
@@ -157,7 +170,7 @@ class MaskMemo:
                 self._d.move_to_end(key)
                 return hit[1]
         value = compute()
-        size = mask.nbytes + (value.nbytes if isinstance(value, np.ndarray) else 0)
+        size = mask.nbytes + _nbytes(value)
         if size > self.budget // 4:
             return value
         with self._lock:
@@ -172,6 +185,19 @@ class MaskMemo:
 
 
 _COUNTS = MaskMemo(64 << 20)
+_LIVE = MaskMemo(64 << 20)
+
+
+def and_live(mask: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """``mask & live``, read-only and remembered while both live (MaskMemo): combined
+    afresh on every search, a filter on a collection with deletes was a new mask each
+    time, so nothing computed from it (its rows in list order, its gathered lists)
+    could be remembered either."""
+    def both():
+        out = mask & live
+        out.setflags(write=False)
+        return out
+    return _LIVE.get(mask, both, extra=("live", live))
 
 
 def allowed_count(mask) -> int:

@@ -56,6 +56,13 @@ EXACT_RESCORE = 2
 
 # allowed rows and their gathered codes per read-only mask (filters.MaskMemo)
 _ROWS = MaskMemo(64 << 20)
+# A filter allowing at most this fraction of an indexed segment's rows gets its allowed
+# rows' codes gathered per list (allowed_lists): a 10% filter's probe over 10M rows
+# then cost what the unfiltered one does, where reading the mask beside every probed
+# row took twice as long (README, Sub-linear search: the 10M filters). The copies are
+# at most this fraction of the list files' bytes, in a memo of their own.
+GATHER_FRACTION = 0.25
+_LISTS = MaskMemo(256 << 20)
 
 
 def allowed_rows(mask: np.ndarray) -> np.ndarray:
@@ -292,25 +299,59 @@ def exhaustive_segs(pl, only, short, nbytes):
     return segs
 
 
-def allowed_at(mask: np.ndarray, rows: np.ndarray):
-    """A read-only mask in a list file's order (``mask[rows]``), remembered with it, for
-    the scan to read beside the codes instead of at each hit's row (README, Sub-linear
-    search: the 10M filters); None for a writable mask, which is checked by row."""
-    if mask.flags.writeable:
-        return None
+def allowed_at(mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A read-only mask in a list file's order (``mask[rows]``), remembered with it: the
+    scan reads it beside the codes instead of each hit's mask entry at its row."""
     return _ROWS.get(mask, lambda: mask[rows], extra=("at", rows))
 
 
+def allowed_lists(mask: np.ndarray, lst) -> tuple:
+    """(codes, list offsets, rows) of the rows of list file ``lst`` that a read-only mask
+    allows, in list order, remembered with it: a probe then reads only allowed rows."""
+    def gather():
+        kept = np.flatnonzero(mask[lst.rows])
+        return (np.ascontiguousarray(lst.codes[kept]), np.searchsorted(kept, lst.offsets).astype(np.int64),
+                np.ascontiguousarray(lst.rows[kept]))
+    return _LISTS.get(mask, gather, extra=("lists", lst.rows))
+
+
+def _mask_route(pl, indexed) -> str:
+    """How the probed lists of the masked segments see their masks: "lists" (each
+    filter's allowed rows gathered per list, for filters allowing at most
+    GATHER_FRACTION of every such segment), "at" (the mask in list order) or "row"
+    (the mask by row). A route is taken only while every segment's entry stays
+    remembered within its memo's budget (else each search would rebuild them); a
+    writable mask (not remembered) is read by row."""
+    masked = [i for i in indexed if pl.masks[i] is not None]
+    if not masked or any(pl.masks[i].flags.writeable for i in masked):
+        return "row"
+    ann = [pl.segments[i].ann["ivf"] for i in masked]
+    n = [len(pl.masks[i]) for i in masked]
+    lists = [m + pl.counts[i] * (a.codes.shape[1] + 4) + 8 * len(a.offsets) for i, m, a in zip(masked, n, ann)]
+    if all(pl.counts[i] <= GATHER_FRACTION * m for i, m in zip(masked, n)) \
+            and all(_LISTS.fits(b) for b in lists) and sum(lists) <= _LISTS.budget // 2:
+        return "lists"
+    if all(_ROWS.fits(2 * m) for m in n) and 2 * sum(n) <= _ROWS.budget // 2:
+        return "at"
+    return "row"
+
+
 def _ivf_segs(pl, indexed, short):
-    """Hamming tuples of the indexed segments' lists (hostcalls.hamming_segments); a
-    masked segment's mask in list order where it can be remembered (allowed_at)."""
+    """Hamming tuples of the indexed segments' lists (hostcalls.hamming_segments), a
+    masked segment's as _mask_route says."""
     segs = [None] * len(pl.segments)
+    route = _mask_route(pl, indexed)
     for i in indexed:
         s, m = pl.segments[i], pl.masks[i]
         lst = s.ann["ivf"].ready()
-        at = allowed_at(m, lst.rows) if m is not None else None
-        segs[i] = (lst.codes, m if at is None else None, s.offset, min(short, pl.counts[i]), lst.offsets,
-                   lst.rows) + (() if at is None else (at,))
+        k = min(short, pl.counts[i])
+        if m is None or route == "row":
+            segs[i] = (lst.codes, m, s.offset, k, lst.offsets, lst.rows)
+        elif route == "at":
+            segs[i] = (lst.codes, None, s.offset, k, lst.offsets, lst.rows, allowed_at(m, lst.rows))
+        else:
+            codes, offsets, rows = allowed_lists(m, lst)
+            segs[i] = (codes, None, s.offset, k, offsets, rows)
     return segs
 
 
