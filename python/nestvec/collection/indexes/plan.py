@@ -43,6 +43,12 @@ EXACT_FRACTION = 0.05
 # for nprobe 2-4 at 200k rows and at 1M, where 1 / s made a 10% filter's search 1.6-1.9x
 # the unfiltered one (README, the filtered runs).
 WIDEN_POWER = 0.6
+# ... and widens the Hamming shortlist (k * rescore) by min(FILTER_SHORTLIST, 1 / s):
+# at 10M x 384 the default rescore, tuned to recall 0.95 unfiltered, left a 50% filter
+# at 0.974 against exact filtered search however many lists were probed (19 or 30:
+# the same), where twice the shortlist gave 0.995 at 1.47x the unfiltered search (and
+# a 10% filter 0.9999 at 1.27x; README, Sub-linear search: the 10M filters).
+FILTER_SHORTLIST = 2.0
 # hnsw: a filter allowing at most this many rows is searched over them exhaustively
 # whatever its selectivity. The graph is asked for ef / s candidates under a filter
 # allowing fraction s, which at 10% of 200k rows took 3.5x the unfiltered search; the
@@ -128,6 +134,12 @@ class IndexRun:
         if self.matches == 0 or self.selectivity >= 1:
             return 1.0
         return self.selectivity ** -WIDEN_POWER
+
+    def widened_short(self, short: int) -> int:
+        """A probed search's shortlist under a filter (FILTER_SHORTLIST)."""
+        if not self.pl.filtered or self.matches == 0 or self.selectivity >= 1:
+            return short
+        return math.ceil(short * min(FILTER_SHORTLIST, 1 / self.selectivity))
 
     # -- pieces shared by both modes
     def finish(self, queries, nq, results):
@@ -224,7 +236,9 @@ def run_ivf(pl, queries):
         exact = run.exhaustive(queries, nq, pl._active(), rescore * EXACT_RESCORE)
         return run.finish(queries, nq, [exact])
     nprobe = run.nprobe(spec)
-    st.update(route="ivf probe" + (" (widened by the filter)" if run.widen() > 1 else ""), nprobe=nprobe)
+    short = run.widened_short(short)
+    st.update(route="ivf probe" + (" (widened by the filter)" if run.widen() > 1 else ""), nprobe=nprobe,
+              shortlist=short)
     results = run.scanned_results(queries, nq, short)
     if run.indexed:
         results.append(_ivf_indexed(run, cent, queries, nq, nprobe, short))
@@ -405,6 +419,7 @@ def plain_ivf(pl, q_width: int):
                 or nbytes is None or 8 * nbytes > q_width or not fits(pl, short):
             return None
         return OneCall(pl, only, exhaustive_segs(pl, only, short, nbytes), short, 0, nbytes)
+    short = run.widened_short(short)
     if run.scanned or not run.indexed or not fits(pl, short, cent):
         return None
     nbytes = pl.code_bytes(q_width)
