@@ -163,12 +163,17 @@ class MaskMemo:
     def get(self, mask, compute, extra: tuple = ()):
         if mask.flags.writeable:
             return compute()
-        key = (id(mask),) + tuple(id(x) if isinstance(x, np.ndarray) else x for x in extra)
+        # (a filtered search looks up a few entries per segment: a hit stays cheap)
+        key = (id(mask), *[id(x) if type(x) is np.ndarray else x for x in extra]) if extra else id(mask)
         with self._lock:
             hit = self._d.get(key)
-            if hit is not None and hit[0] is mask and all(a is b for a, b in zip(hit[2], extra)):
-                self._d.move_to_end(key)
-                return hit[1]
+            if hit is not None and hit[0] is mask:
+                for a, b in zip(hit[2], extra):
+                    if a is not b:
+                        break
+                else:
+                    self._d.move_to_end(key)
+                    return hit[1]
         value = compute()
         size = mask.nbytes + _nbytes(value)
         if size > self.budget // 4:

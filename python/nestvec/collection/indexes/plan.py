@@ -83,8 +83,10 @@ def allowed_codes(mask: np.ndarray, codes: np.ndarray, nbytes: int) -> tuple:
     remembered with a read-only mask (the gather of a 1% filter's codes on every search
     cost as much as the Hamming scan over them). ``codes``: the segment's code array,
     whole."""
-    rows = allowed_rows(mask)
-    return rows, _ROWS.get(mask, lambda: codes[rows, :nbytes], extra=("codes", codes, nbytes))
+    def gather():
+        rows = allowed_rows(mask)
+        return rows, codes[rows, :nbytes]
+    return _ROWS.get(mask, gather, extra=("codes", codes, nbytes))  # (one lookup a segment and search)
 
 
 def _ann(s, kind):
