@@ -362,3 +362,32 @@ def test_mask_routes_of_probed_lists_agree(monkeypatch, deletes, flt):
         live[::11] = False
     allowed = live & (cat < int(flt.split("<")[1]))
     assert np.isin(want_ids[want_ids >= 0], np.flatnonzero(allowed)).all()
+
+
+def test_mask_route_falls_back_when_copies_would_not_stay(monkeypatch):
+    """plan._mask_route takes the gathered lists only while every segment's copy stays
+    in its memo, then the mask in list order, else the mask by row (a writable mask:
+    by row); answers are the same whichever it takes."""
+    from nestvec.collection.filters import MaskMemo
+    from nestvec.collection.indexes import plan
+
+    x, q = data(seed=10)
+    col = nv.Collection.create(None, dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
+    col.add(x, ids=np.arange(N), metadata={"cat": np.arange(N) % 100})
+    col.create_index("ivf", nlist=16, min_rows=100)
+    f = nv.field("cat") < 10
+    seen = []
+    real = plan._mask_route
+    monkeypatch.setattr(plan, "_mask_route", lambda *a: seen.append(real(*a)) or seen[-1])
+    want = col.searcher(k=10, mode="ivf", nprobe=3, filter=f).search(q)
+    monkeypatch.setattr(plan, "_LISTS", MaskMemo(1024))  # the gathered lists no longer fit
+    got_at = col.searcher(k=10, mode="ivf", nprobe=3, filter=f).search(q)
+    monkeypatch.setattr(plan, "_ROWS", MaskMemo(1024))  # nor the mask in list order
+    got_row = col.searcher(k=10, mode="ivf", nprobe=3, filter=f).search(q)
+    assert seen == ["lists", "at", "row"]
+    for got in (got_at, got_row):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    m = np.ones(N, bool)  # a writable mask is read by row
+    pl = type("P", (), {"masks": [m], "counts": [N], "segments": col._snapshot().segments})()
+    assert real(pl, [0]) == "row"
