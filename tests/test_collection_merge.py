@@ -154,3 +154,51 @@ def test_writer_killed_mid_merge(tmp_path):
         assert len(os.listdir(os.path.join(path, "segments"))) == 3  # the orphaned merge output
         col.compact()
         assert len(os.listdir(os.path.join(path, "segments"))) == 1 and col.count() == 12
+
+
+def test_segments_hold_at_most_arrow_array_rows(monkeypatch, tmp_path):
+    """A segment's vector column is one Arrow array of rows x D values (at most 2^31 - 1):
+    adds and compaction split at merge.max_rows whatever the byte cap, and a segment
+    write that fails leaves no file behind."""
+    import pyarrow as pa
+
+    from nestvec.collection import merge
+
+    assert merge.max_rows(384) == (2**31 - 1) // 384
+    assert merge.split_rows(10, 1, None, 4) == [4, 3, 3]
+    assert merge.split_rows(10, 1, 1 << 40, 3) == [3, 3, 2, 2]
+    monkeypatch.setattr(merge, "ARROW_MAX_VALUES", 8 * 300)  # 300 rows of 8 values
+    policy = TieredMergePolicy(max_segment_bytes=1 << 40)
+    col = nv.Collection.create(str(tmp_path / "c"), dim=8, merge_policy=policy)
+    x = np.random.default_rng(0).standard_normal((1000, 8)).astype(np.float32)
+    col.add(x, ids=np.arange(1000))
+    assert [s.n for s in col._snapshot().segments] == [250, 250, 250, 250]
+    col.compact()
+    assert [s.n for s in col._snapshot().segments] == [250, 250, 250, 250]
+    got = col.search(x[:3], k=1, mode="flat")
+    np.testing.assert_array_equal(got.column("id").to_numpy(), [0, 1, 2])
+
+    real = pa.ipc.new_file
+
+    class Failing:  # a writer whose batch fails after the file's header is out
+        def __init__(self, sink, schema):
+            self.w = real(sink, schema)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write_batch(self, b):
+            raise pa.ArrowCapacityError("Cannot write arrays larger than 2^31 - 1 in length")
+
+    seg_dir = tmp_path / "c" / "segments"
+    before = set(os.listdir(seg_dir))
+    monkeypatch.setattr(pa.ipc, "new_file", Failing)
+    with pytest.raises(pa.ArrowCapacityError):
+        col.add(x[:5], ids=np.arange(1000, 1005))
+    assert set(os.listdir(seg_dir)) == before
+    monkeypatch.undo()
+    assert col.count() == 1000
+    col.close()

@@ -72,9 +72,10 @@ class Rows:
 
     def tables(self, max_bytes: int | None = None):
         """Segment tables of at most ``max_bytes`` each (balanced), built one at a time."""
-        from .merge import split_rows
+        from .merge import max_rows, split_rows
 
-        sizes = [self.n] if max_bytes is None else split_rows(self.n, self.row_bytes(), max_bytes)
+        sizes = [self.n] if max_bytes is None else \
+            split_rows(self.n, self.row_bytes(), max_bytes, max_rows(self.m["dim"]))
         a = 0
         for size in sizes:
             yield self._table(a, a + size)

@@ -45,6 +45,15 @@ class SegmentStats:
 
 
 DEFAULT_SEGMENT_BYTES = 1 << 30
+# An Arrow array holds at most 2^31 - 1 elements, and a segment's vector column is one
+# fixed-size list array of rows x D values: a segment holds at most max_rows(D) rows
+# whatever its byte cap (10M x 384 rows under a 16 GiB cap failed to write as one).
+ARROW_MAX_VALUES = 2**31 - 1
+
+
+def max_rows(dim: int) -> int:
+    """The most rows a segment of ``dim``-value vectors can hold (ARROW_MAX_VALUES)."""
+    return ARROW_MAX_VALUES // max(int(dim), 1)
 COPY_ROWS = 65536  # rows gathered at a time into an output column (bounds temporaries)
 
 
@@ -149,12 +158,15 @@ def row_bytes(segments) -> int:
     return out
 
 
-def split_rows(total: int, per_row: int, max_bytes: int) -> list:
-    """Row counts of the outputs that hold ``total`` rows within ``max_bytes`` each,
-    balanced (10 rows over a cap of 4 -> 4, 3, 3), so no output is a sliver."""
+def split_rows(total: int, per_row: int, max_bytes: int | None, most_rows: int | None = None) -> list:
+    """Row counts of the outputs that hold ``total`` rows within ``max_bytes`` (None: no
+    byte cap) and ``most_rows`` each, balanced (10 rows over a cap of 4 -> 4, 3, 3), so
+    no output is a sliver."""
     if total <= 0:
         return []
-    cap = max(1, max_bytes // max(per_row, 1))
+    cap = total if max_bytes is None else max(1, max_bytes // max(per_row, 1))
+    if most_rows is not None:
+        cap = max(1, min(cap, most_rows))
     n_out = -(-total // cap)
     base, extra = divmod(total, n_out)
     return [base + (i < extra) for i in range(n_out)]
@@ -172,7 +184,8 @@ def merge_tables(segments, max_segment_bytes: int = DEFAULT_SEGMENT_BYTES):
         live = s.live
         if s.n_live:
             pieces.append((s, None if live is None else np.flatnonzero(live)))
-    sizes = split_rows(sum(s.n_live for s, _ in pieces), row_bytes(segments), max_segment_bytes)
+    sizes = split_rows(sum(s.n_live for s, _ in pieces), row_bytes(segments), max_segment_bytes,
+                       max_rows(schema.field("vector").type.list_size))
     cursor = [0, 0]  # piece index, rows of it taken
     for size in sizes:
         take = []  # (segment, positions or (start, stop))

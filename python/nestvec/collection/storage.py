@@ -25,6 +25,7 @@ unlinked, mapped file readable until it is unmapped).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -81,13 +82,19 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def write_ipc(path: str, table: pa.Table) -> None:
-    """One uncompressed record batch in the IPC file format, fsynced."""
+    """One uncompressed record batch in the IPC file format, fsynced; a write that
+    fails removes what it had written (no manifest names the file yet)."""
     batch = table.combine_chunks().to_batches()
-    with pa.OSFile(path, "wb") as sink:
-        with pa.ipc.new_file(sink, table.schema) as w:
-            for b in batch:  # one batch (combine_chunks), or none for an empty table
-                w.write_batch(b)
-    fsync_file(path)
+    try:
+        with pa.OSFile(path, "wb") as sink:
+            with pa.ipc.new_file(sink, table.schema) as w:
+                for b in batch:  # one batch (combine_chunks), or none for an empty table
+                    w.write_batch(b)
+        fsync_file(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
 
 
 # --------------------------------------------------------------------------- lock
