@@ -164,7 +164,7 @@ class MaskMemo:
         if mask.flags.writeable:
             return compute()
         # (a filtered search looks up a few entries per segment: a hit stays cheap)
-        key = (id(mask), *[id(x) if type(x) is np.ndarray else x for x in extra]) if extra else id(mask)
+        key = (id(mask), *[id(x) if isinstance(x, np.ndarray) else x for x in extra]) if extra else id(mask)
         with self._lock:
             hit = self._d.get(key)
             if hit is not None and hit[0] is mask:
