@@ -9,14 +9,17 @@ DIR is a BEIR folder (default <repo>/../shared/data/beir-msmarco-subset). Traini
 its documents only (corpus.jsonl); queries and judgments serve the evaluation alone.
 
 1. grid before: nDCG@10 and recall@100 of every exit (layers 2/3/4/6) x (dims
-   64/128/256/384) of the bundled MiniLM (exact float16 search, prefix cosine at dim);
+   64/128/256/384) of the bundled MiniLM (exact float16 search, prefix cosine at dim),
+   queries and documents both at the exit; and the query-exit grid: queries at the
+   exit against documents embedded at full depth (nestvec.Embedding(query_layers=));
 2. nestvec.train.distill_2d on the documents for at most --train-seconds, then the
    grid again;
 3. the FFN layers LOST-compressed (nestvec.nn.compress_model, rank 0.5 + 5% channels,
    as bench_quality's row), before and after nestvec.train.recover (--recover-seconds)
    with the uncompressed model as teacher;
 4. encode speed (docs/s) of each exit, and of the original, compressed and recovered
-   models, in alternating slices of --speed-docs documents.
+   models, in alternating slices of --speed-docs documents; the median time to embed
+   one query (batch 1) at each exit of the trained model.
 
 Trained encoders are saved (Encoder.save) under --work (default
 ~/.cache/nestvec/bench_train) and reused unless --retrain. Heavy phases hold
@@ -79,28 +82,54 @@ def loadavg() -> str:
 # --------------------------------------------------------------------------- evaluation
 
 def eval_grid(enc, data, layers=LAYERS, dims=DIMS, k=10, k_recall=100, tag=""):
-    """{(layers, dim): (nDCG@k, recall@k_recall)} from one pass per text set."""
+    """{(layers, dim): (nDCG@k, recall@k_recall)} from one pass per text set: queries
+    and documents both at the exit; and {("query", layers, dim): ...}: queries at the
+    exit, documents at the deepest of ``layers`` (an index built at full depth)."""
     doc_ids, docs, qids, queries, qrels = data
     ids = np.asarray(doc_ids)
     t0 = time.perf_counter()
     E = enc.encode_exits(docs, layers=layers, progress=True)
     Q = enc.encode_exits(queries, layers=layers, progress=False)
     out = {}
+    deep = E[max(layers)].astype(np.float16)
     for layer in layers:
         db16 = E[layer].astype(np.float16)
         for d in dims:
             d_ = None if d >= db16.shape[1] else d
             out[(layer, d)] = bq.evaluate_run(ids, qids, qrels, bq.search_flat(db16, Q[layer], k, d_),
                                               bq.search_flat(db16, Q[layer], k_recall, d_), k, k_recall)
+            out[("query", layer, d)] = bq.evaluate_run(
+                ids, qids, qrels, bq.search_flat(deep, Q[layer], k, d_),
+                bq.search_flat(deep, Q[layer], k_recall, d_), k, k_recall)
     print(f"  {tag} grid in {time.perf_counter() - t0:.0f} s (load {loadavg()})", flush=True)
     print_grid(out, layers, dims)
+    if len(layers) > 1:
+        print(f"    queries at the exit, documents at {max(layers)} layers:")
+        print_grid(out, layers, dims, "query")
     return out
 
 
-def print_grid(grid, layers=LAYERS, dims=DIMS):
+def print_grid(grid, layers=LAYERS, dims=DIMS, kind=None):
     print("    nDCG@10  " + " ".join(f"d{d:>6d}" for d in dims))
     for layer in layers:
-        print(f"    L{layer}       " + " ".join(f"{grid[(layer, d)][0]:7.4f}" for d in dims))
+        key = (lambda d: (layer, d)) if kind is None else (lambda d: (kind, layer, d))
+        print(f"    L{layer}       " + " ".join(f"{grid[key(d)][0]:7.4f}" for d in dims))
+
+
+def query_latency(enc, queries, layers=LAYERS, rounds=3):
+    """Median ms to embed one query (batch 1) at each exit: the per-request cost a query
+    exit cuts. Exits alternate within each round after a warm-up."""
+    for layer in layers:
+        enc.encode(queries[:8], layers=layer, batch_size=1, progress=False)
+    ms = {layer: [] for layer in layers}
+    for r in range(rounds):
+        order = layers if r % 2 == 0 else tuple(reversed(layers))
+        for q in queries:
+            for layer in order:
+                t0 = time.perf_counter()
+                enc.encode([q], layers=layer, batch_size=1, progress=False)
+                ms[layer].append((time.perf_counter() - t0) * 1e3)
+    return {f"L{layer}": float(np.median(v)) for layer, v in ms.items()}
 
 
 def speed(encoders, docs, batch_size, slices=8):
@@ -155,10 +184,12 @@ def plot(before, after, path, meta):
     import matplotlib.pyplot as plt
 
     full = before[(max(LAYERS), max(DIMS))][0]
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), gridspec_kw={"wspace": 0.3})
-    for ax, grid, title in ((axes[0], before, "before (bundled all-MiniLM-L6-v2)"),
-                            (axes[1], after, "after distill_2d")):
-        m = np.array([[grid[(layer, d)][0] for d in DIMS] for layer in LAYERS])
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4), gridspec_kw={"wspace": 0.3})
+    for ax, grid, kind, title in ((axes[0], before, (), "before (bundled all-MiniLM-L6-v2)"),
+                                  (axes[1], after, (), "after distill_2d"),
+                                  (axes[2], after, ("query",), "after: queries at the exit,\n"
+                                   "documents at 6 layers")):
+        m = np.array([[grid[kind + (layer, d)][0] for d in DIMS] for layer in LAYERS])
         im = ax.imshow(m, vmin=0.3, vmax=0.82, cmap="viridis", origin="lower")
         for i, layer in enumerate(LAYERS):
             for j, d in enumerate(DIMS):
@@ -168,7 +199,7 @@ def plot(before, after, path, meta):
         ax.set_xticks(range(len(DIMS)), [str(d) for d in DIMS])
         ax.set_yticks(range(len(LAYERS)), [f"{layer} of 6" for layer in LAYERS])
         ax.set_xlabel("dims (prefix)")
-        ax.set_ylabel("layers run")
+        ax.set_ylabel("layers run" if not kind else "layers run for the query")
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=axes, shrink=0.8, label="nDCG@10")
     fig.suptitle(f"nDCG@10 per exit, BEIR MS MARCO subset ({meta['docs']} docs, {meta['queries']} "
@@ -287,14 +318,19 @@ def main(argv=None):
             sp = speed([(f"L{layer}", trained, layer) for layer in LAYERS] +
                        [("original", teacher, 6), ("compressed", comp, 6), ("recovered", recovered, 6)],
                        sdocs, args.batch_size)
+            meta["query_ms"] = query_latency(trained, data[3])
             meta["speed_load"] = loadavg()
     full = before[(6, 384)][0]
     for layer in LAYERS:
         for d in DIMS:
             b, a = before[(layer, d)], after[(layer, d)]
+            qb, qa = before[("query", layer, d)], after[("query", layer, d)]
             rows.append(dict(config=f"L{layer}/d{d}", layers=layer, dim=d, ndcg10_before=b[0],
                              ndcg10_after=a[0], recall100_before=b[1], recall100_after=a[1],
                              ratio_before=b[0] / full, ratio_after=a[0] / full,
+                             query_exit_ndcg10_before=qb[0], query_exit_ndcg10_after=qa[0],
+                             query_exit_recall100_after=qa[1], query_exit_ratio_after=qa[0] / full,
+                             query_ms=meta.get("query_ms", {}).get(f"L{layer}"),
                              docs_per_s=sp.get(f"L{layer}", {}).get("docs_per_s"),
                              speedup=(sp[f"L{layer}"]["docs_per_s"] / sp["original"]["docs_per_s"]) if sp else None))
     for name, g in (("compressed", comp_grid), ("recovered", rec_grid)):
@@ -317,6 +353,11 @@ def main(argv=None):
     print()
     print(H.markdown_table(rows, ["config", "ndcg10_before", "ndcg10_after", "recall100_before",
                                   "recall100_after", "ratio_after", "docs_per_s", "speedup", "delta"]))
+    print()
+    print("queries at the exit, documents at full depth:")
+    print(H.markdown_table([r for r in rows if "query_exit_ndcg10_after" in r],
+                           ["config", "query_exit_ndcg10_before", "query_exit_ndcg10_after",
+                            "query_exit_recall100_after", "query_exit_ratio_after", "query_ms"]))
     print("targets:", json.dumps(targets))
     out = Path(args.out) if args.out else H.RESULTS
     res = H.save("bench_train", rows, meta, out_dir=out)

@@ -82,6 +82,10 @@ def test_index_search_folder(corpus):
     assert r.stdout.splitlines()[0].split()[2] == "cats.txt"
     r = nv("search", out, "baking", "-k", "1", "--dim", "128", "--mode", "flat", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)[0]["id"] == "bread.rst"
+    r = nv("search", out, "baking bread", "-k", "1", "--mode", "flat", "--query-layers", "5", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["id"] == "bread.rst", r.stderr
+    r = nv("search", out, "baking", "--query-layers", "7")
+    assert r.returncode == 2 and "--query-layers: expected 1 <= L <= 6" in r.stderr
 
 
 @pytest.mark.slow  # seven more CLI processes, each loading the model (~8 s apiece)

