@@ -391,3 +391,43 @@ def test_mask_route_falls_back_when_copies_would_not_stay(monkeypatch):
     m = np.ones(N, bool)  # a writable mask is read by row
     pl = type("P", (), {"masks": [m], "counts": [N], "segments": col._snapshot().segments})()
     assert real(pl, [0]) == "row"
+
+
+def test_repeated_search_reuses_its_plan(tmp_path):
+    """search() keeps a Searcher for an argument set seen twice on a snapshot: the
+    third call answers through it, with the same table as the full path; writes
+    empty the memo (new rows are found), and arguments the memo does not take
+    (columns, explain, score cut-offs, non-int numbers, text) take the full path."""
+    pytest.importorskip("hnswlib")
+    x, q = data(n=2400, seed=8, nq=5)
+    col = nv.Collection.create(str(tmp_path / "c"), dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
+    for a in (0, 1200):
+        col.add(x[a:a + 1200], ids=np.arange(a, a + 1200), metadata={"cat": np.arange(a, a + 1200) % 100})
+    col.create_index("ivf", nlist=16, min_rows=500)
+    cases = [dict(mode=m, filter=f) for m in ("flat", "binary", "funnel", "ivf", "auto")
+             for f in (None, nv.field("cat") < 5, "cat < 60")] + [dict(mode="ivf", nprobe=2, rescore=3, k=3)]
+    for kw in cases:
+        kw = {"k": 10, **kw}
+        full = col.search(q, **kw)
+        assert col.search(q, **kw).equals(full)  # second sighting: its Searcher is kept
+        assert any(s is not None for s in col._plans.values())
+        assert col.search(q, **kw).equals(full)  # through the kept Searcher
+        one = col.search(q[2], **kw).to_pydict()
+        rows = [i for i, j in enumerate(full.column("query").to_pylist()) if j == 2]
+        assert one["query"] == [0] * len(rows)
+        assert one["id"] == [full.column("id")[i].as_py() for i in rows]
+        assert one["score"] == [full.column("score")[i].as_py() for i in rows]
+    keep = dict(k=10, mode="ivf", filter="cat < 60")
+    col.search(q, **keep)
+    new = x[:3] * 1.0
+    col.add(new, ids=[9000, 9001, 9002], metadata={"cat": [1, 1, 1]})
+    assert not col._plans  # a new version empties the memo
+    assert 9000 in col.search(new[:1], **keep).column("id").to_pylist()
+    col._plans.clear()
+    for extra in (dict(columns=["cat"]), dict(explain=True), dict(min_score=0.0)):
+        for _ in range(3):
+            col.search(q, k=10, **extra)
+    assert not any(s is not None for s in col._plans.values())
+    with pytest.raises(TypeError, match="k"):
+        col.search(q, k=10.0)
+    col.close()

@@ -55,6 +55,7 @@ class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin, Version
         self._caches: dict = {}
         self._mask_cache = filters.MaskCache()
         self._packs = packing.PackCache()
+        self._plans: dict = {}  # search() argument sets -> their Searcher (search.py)
         self._write_lock = threading.RLock()
         self._reserved = 0  # rows handed out by reserve_rows: the next is above this
         self.merge_policy = merge_policy
@@ -272,6 +273,7 @@ class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin, Version
                 self._caches.clear()
                 self._mask_cache.clear()
                 self._packs.clear()
+                self._plans.clear()
 
     def __del__(self):
         try:
@@ -394,6 +396,7 @@ class Collection(SearchMixin, IndexMixin, TableMixin, em.EmbeddingMixin, Version
 
     def _publish(self, snap: sn.Snapshot) -> None:
         self._snap = snap  # the one assignment readers see
+        self._plans.clear()  # (their searchers would re-plan; this drops the old snapshot now)
         self._mask_cache.retain(s.name for s in snap.segments)
         self._packs.retain(s.name for s in snap.segments)
         keys = DeviceCache.keys_for(snap.segments, snap.manifest["binary"])

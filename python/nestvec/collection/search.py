@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import _checks as ck
 from . import filters, packing
@@ -57,6 +58,28 @@ def _locate(snap, rows):
         raise ValueError(f"candidates: rows {bad} are not live rows of version {snap.version}")
     seg[want], local[want] = si, li
     return seg, local
+
+
+# Argument sets of search() whose Searcher a collection keeps (on one snapshot).
+_PLANS = 32
+
+
+def _plan_key(k, dim, mode, rescore, flt, nprobe, ef):
+    """The memo key of a search()'s arguments, or None when they are not plain ints
+    (None allowed but for k), a str mode and a str / expression filter: anything else
+    takes the full path, whose checks then run as they always do."""
+    if type(k) is not int or type(mode) is not str:
+        return None
+    for v in (dim, rescore, nprobe, ef):
+        if v is not None and type(v) is not int:
+            return None
+    if flt is None:
+        fkey = None
+    elif isinstance(flt, (str, pc.Expression)):
+        fkey = filters.MaskCache.key(flt)
+    else:
+        return None
+    return (k, dim, mode, rescore, nprobe, ef, fkey)
 
 
 # the schema of a result with int64 ids and no extra columns (by binary mode)
@@ -132,10 +155,20 @@ class SearchMixin:
             ``polars.from_arrow(table)`` convert it.
         """
         t0 = time.perf_counter()
+        plan_key = None
+        if columns is None and device is None and not explain and min_score is None and max_distance is None \
+                and type(q) is np.ndarray and type(ladder) is tuple and not ladder:
+            plan_key = _plan_key(k, dim, mode, rescore, filter, nprobe, ef)
+            s = self._plans.get(plan_key) if plan_key is not None else None
+            if s is not None:  # this argument set was searched (and checked) on this snapshot
+                snap, seg, local, score, _, req = s._hits(q)
+                return self._result(snap, seg, local, score, [], req.mode)
         snap, cols, used, seg, local, score, planner, nq = self._hits(
             q, k, dim, mode, rescore, filter, columns, device, ladder, nprobe=nprobe, ef=ef,
             min_score=min_score, max_distance=max_distance)
         out = self._result(snap, seg, local, score, cols, used)
+        if plan_key is not None and device is None and planner.cache is None:
+            self._remember_plan(plan_key, snap, k, dim, mode, rescore, filter, nprobe, ef)
         if explain:
             plan = dict(planner.stats, requested=mode, k=planner.req.k, dim=planner.req.dim, queries=nq,
                         filtered=filter is not None, version=snap.version,
@@ -192,6 +225,25 @@ class SearchMixin:
             seg, local = remap(seg, local)
         local = vd.apply_cutoff(cut, score, local)
         return snap, cols, used, seg, local, score, planner, int(qx.shape[0])
+
+    def _remember_plan(self, key, snap, k, dim, mode, rescore, flt, nprobe, ef) -> None:
+        """Keep a Searcher for a host search's argument set that just ran on ``snap``
+        for the second time: the next search() with the same arguments skips the
+        checks and the planning (filter masks, segment tuples) and pays the searcher's
+        cost plus its table. A set seen once is only noted, so that searches whose
+        filters never repeat do not plan twice. Publishing a version empties the memo
+        (Collection._publish)."""
+        if len(self._plans) >= _PLANS:
+            self._plans.clear()
+        if key not in self._plans:
+            self._plans[key] = None
+            return
+        try:
+            s = Searcher(self, k, dim=dim, mode=mode, rescore=rescore, filter=flt, nprobe=nprobe, ef=ef)
+        except Exception:  # noqa: BLE001 - a plan we cannot keep is simply not kept
+            return
+        if s._state[0] is snap and self._snap is snap:
+            self._plans[key] = s
 
     def searcher(self, k: int = 10, dim: int | None = None, mode: str = "auto", rescore: int | None = None,
                  filter=None, ladder=None, nprobe: int | None = None, ef: int | None = None) -> Searcher:

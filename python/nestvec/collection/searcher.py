@@ -94,6 +94,14 @@ class Searcher:
 
     def search(self, q):
         """``(ids, scores)`` of ``q``'s k best rows (see the class)."""
+        snap, seg, local, score, single, req = self._hits(q)
+        ids, scores = self._answer(snap, seg, local, score, req)
+        return (ids[0], scores[0]) if single else (ids, scores)
+
+    def _hits(self, q):
+        """(snapshot, seg, local, score [Q, w], single query, request) of ``q``; local
+        -1 where a query has fewer rows (``Collection.search`` builds its table from
+        them when it reuses a searcher)."""
         col = self._col
         snap = col._snapshot()
         st = self._state
@@ -112,8 +120,7 @@ class Searcher:
             _, seg, local, score = self._planner(args, snap).run(qx)
         if remap is not None:
             seg, local = remap(seg, local)
-        ids, scores = self._answer(snap, seg, local, score, args[2])
-        return (ids[0], scores[0]) if single else (ids, scores)
+        return snap, seg, local, score, single, args[2]
 
     def _answer(self, snap, seg, local, score, req):
         nq, w = local.shape
