@@ -431,3 +431,25 @@ def test_repeated_search_reuses_its_plan(tmp_path):
     with pytest.raises(TypeError, match="k"):
         col.search(q, k=10.0)
     col.close()
+
+
+def test_search_memo_does_not_keep_a_dropped_handle(tmp_path):
+    """The memo's Searcher refers to its collection weakly: a writer dropped without
+    close() still releases its lock at once (no reference cycle waiting for the GC)."""
+    import gc
+
+    path = str(tmp_path / "c")
+    col = nv.Collection.create(path, dim=8)
+    col.add(np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32), ids=np.arange(50))
+    q = np.ones(8, np.float32)
+    for _ in range(3):
+        col.search(q, k=3)
+    assert any(s is not None for s in col._plans.values())
+    gc.disable()
+    try:
+        del col
+        again = nv.open(path)  # the writer lock came free with the last reference
+    finally:
+        gc.enable()
+    assert again.search(q, k=3).num_rows == 3
+    again.close()

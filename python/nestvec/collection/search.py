@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 
 import numpy as np
 import pyarrow as pa
@@ -239,7 +240,10 @@ class SearchMixin:
             self._plans[key] = None
             return
         try:
-            s = Searcher(self, k, dim=dim, mode=mode, rescore=rescore, filter=flt, nprobe=nprobe, ef=ef)
+            # (a weak reference: the memo must not keep this handle alive, its writer lock
+            # held, after the caller drops it)
+            s = Searcher(weakref.proxy(self), k, dim=dim, mode=mode, rescore=rescore, filter=flt, nprobe=nprobe,
+                         ef=ef)
         except Exception:  # noqa: BLE001 - a plan we cannot keep is simply not kept
             return
         if s._state[0] is snap and self._snap is snap:
