@@ -98,7 +98,7 @@ def eval_grid(enc, data, layers=LAYERS, dims=DIMS, k=10, k_recall=100, tag=""):
             d_ = None if d >= db16.shape[1] else d
             out[(layer, d)] = bq.evaluate_run(ids, qids, qrels, bq.search_flat(db16, Q[layer], k, d_),
                                               bq.search_flat(db16, Q[layer], k_recall, d_), k, k_recall)
-            out[("query", layer, d)] = bq.evaluate_run(
+            out[("query", layer, d)] = out[(layer, d)] if layer == max(layers) else bq.evaluate_run(
                 ids, qids, qrels, bq.search_flat(deep, Q[layer], k, d_),
                 bq.search_flat(deep, Q[layer], k_recall, d_), k, k_recall)
     print(f"  {tag} grid in {time.perf_counter() - t0:.0f} s (load {loadavg()})", flush=True)

@@ -168,7 +168,7 @@ class SearchMixin:
             q, k, dim, mode, rescore, filter, columns, device, ladder, nprobe=nprobe, ef=ef,
             min_score=min_score, max_distance=max_distance)
         out = self._result(snap, seg, local, score, cols, used)
-        if plan_key is not None and device is None and planner.cache is None:
+        if plan_key is not None:  # (a host search: plan_key needs a NumPy query and no device)
             self._remember_plan(plan_key, snap, k, dim, mode, rescore, filter, nprobe, ef)
         if explain:
             plan = dict(planner.stats, requested=mode, k=planner.req.k, dim=planner.req.dim, queries=nq,
