@@ -134,6 +134,18 @@ def test_gradient_checkpointing_same_result(tiny):
     assert "forward" not in b.model.encoder.layer[0].__dict__  # undone after training
 
 
+def test_length_batches_cover_every_text_once():
+    """Regression: a trailing batch of one used to be merged into the wrong slot (a batch
+    lost, another doubled) and, with two batches, raised IndexError."""
+    from nestvec._trainloop import batches
+
+    rng = np.random.default_rng(0)
+    for n, bs in ((33, 32), (65, 32), (97, 8), (1025, 32), (2, 2), (7, 3)):
+        out = batches(rng.integers(1, 100, n), bs, np.random.default_rng(n))
+        assert sorted(np.concatenate(out).tolist()) == list(range(n)), (n, bs)
+        assert all(len(b) >= 2 for b in out), (n, bs)
+
+
 def test_budget_stops_the_run(tiny):
     enc = Encoder(tiny)
     _, h = train.distill_2d(enc, _corpus(), **dict(FAST, epochs=50), max_steps=3)

@@ -76,7 +76,8 @@ def batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> l
         w = w[np.argsort(-lengths[w], kind="stable")]
         out += [w[i:i + batch_size] for i in range(0, len(w), batch_size)]
     if len(out) > 1 and len(out[-1]) < 2:  # a batch of one has no in-batch pairs
-        out[-2] = np.concatenate([out[-2], out.pop()])
+        last = out.pop()
+        out[-1] = np.concatenate([out[-1], last])
     return [out[i] for i in rng.permutation(len(out))]
 
 
