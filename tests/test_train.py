@@ -134,6 +134,56 @@ def test_gradient_checkpointing_same_result(tiny):
     assert "forward" not in b.model.encoder.layer[0].__dict__  # undone after training
 
 
+def test_bfloat16_autocast_trains_and_keeps_float32_weights(tiny):
+    """precision="bfloat16" runs the student's forward under autocast: the losses track
+    the float32 run's and fall, and the weights, heads and saved model stay float32."""
+    enc = Encoder(tiny)
+    kw = dict(FAST, epochs=3)
+    a, ha = train.distill_2d(enc, _corpus(), **kw)
+    b, hb = train.distill_2d(enc, _corpus(), precision="bfloat16", **kw)
+    assert hb.config["precision"] == "bfloat16" and ha.config["precision"] == "float32"
+    assert hb.epochs[-1]["total"] < hb.epochs[0]["total"]
+    np.testing.assert_allclose(hb.step_loss[:3], ha.step_loss[:3], rtol=0.05)
+    assert all(p.dtype == torch.float32 for p in b.model.parameters())
+    assert all(p.dtype == torch.float32 for p in b.heads.parameters())
+    x = _corpus()[:6]
+    assert b.encode(x, layers=2).dtype == np.float32
+    # same direction of travel as float32: the exits of the two runs stay close
+    cos = (a.encode(x, layers=2) * b.encode(x, layers=2)).sum(1)
+    assert cos.min() > 0.9, cos
+    # the attention implementation switched for training is restored
+    assert b.model.config._attn_implementation == enc.model.config._attn_implementation
+    # "auto" resolves to one of the two and records which
+    _, hc = train.distill_2d(enc, _corpus(), precision="auto", **dict(FAST, epochs=1), max_steps=1)
+    assert hc.config["precision"] in ("float32", "bfloat16")
+    # recover's low-rank + sparse factors train under autocast too
+    enc2, comp = _compressed(tiny)
+    _, hr = train.recover(comp, enc2, _corpus(), epochs=3, batch_size=8, lr=3e-3, progress=False,
+                          precision="bfloat16")
+    losses = hr.loss_per_exit()["L4/d32"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+
+
+def test_topic_batches_cover_every_text_once_and_group_neighbours():
+    from nestvec._trainloop import spherical_kmeans, topic_batches
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((6, 16))
+    x = np.repeat(centres, 40, axis=0) + 0.05 * rng.standard_normal((240, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = spherical_kmeans(torch.as_tensor(x, dtype=torch.float32), 6, seed=0)
+    truth = np.repeat(np.arange(6), 40)
+    # the clustering recovers the six groups (up to their names)
+    assert all(len(set(labels[truth == g])) == 1 for g in range(6))
+    for bs in (7, 32, 239, 240, 500):
+        out = topic_batches(labels, bs, np.random.default_rng(1))
+        flat = np.concatenate(out)
+        assert sorted(flat.tolist()) == list(range(240))
+        assert all(len(b) >= 2 for b in out)
+    out = topic_batches(labels, 20, np.random.default_rng(1))
+    assert all(len(set(truth[b])) == 1 for b in out)  # 40-text topics cut into 20s: pure batches
+
+
 def test_length_batches_cover_every_text_once():
     """Regression: a trailing batch of one used to be merged into the wrong slot (a batch
     lost, another doubled) and, with two batches, raised IndexError."""
@@ -144,6 +194,17 @@ def test_length_batches_cover_every_text_once():
         out = batches(rng.integers(1, 100, n), bs, np.random.default_rng(n))
         assert sorted(np.concatenate(out).tolist()) == list(range(n)), (n, bs)
         assert all(len(b) >= 2 for b in out), (n, bs)
+
+
+def test_topic_batching_trains(tiny):
+    enc = Encoder(tiny)
+    _, h = train.distill_2d(enc, _corpus(), batching="topic", **FAST)
+    assert h.config["batching"] == "topic" and h.steps == 4 * 6
+    assert h.epochs[-1]["total"] < h.epochs[0]["total"]
+    a, _ = train.distill_2d(enc, _corpus(), batching="topic", seed=2, **dict(FAST, epochs=1))
+    b, _ = train.distill_2d(enc, _corpus(), batching="topic", seed=2, **dict(FAST, epochs=1))
+    x = _corpus()[:5]
+    np.testing.assert_array_equal(a.encode(x, layers=2), b.encode(x, layers=2))
 
 
 def test_budget_stops_the_run(tiny):
@@ -253,6 +314,8 @@ def test_bad_input(tiny):
     bad(ValueError, "heads", heads="random")
     bad(ValueError, "warmup", warmup=1.0)
     bad(ValueError, "crop_words", crop_words=(5, 2))
+    bad(ValueError, "precision", precision="float16")
+    bad(ValueError, "batching", batching="random")
     bad(TypeError, "unexpected keyword", temprature=0.1)
     with pytest.raises(TypeError, match="encoder"):
         train.distill_2d(enc.model, x, progress=False)

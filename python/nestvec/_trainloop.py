@@ -81,6 +81,55 @@ def batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> l
     return [out[i] for i in rng.permutation(len(out))]
 
 
+def topic_batches(labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of index batches drawn topic by topic (TAS-B's topic-aware sampling):
+    the clusters in a random order, each one's texts shuffled, cut into batches, the
+    batch order shuffled. A batch then holds near neighbours, so the in-batch terms
+    teach the ranking among similar texts that retrieval turns on, not only the easy
+    separation of unrelated ones."""
+    seq = []
+    for c in rng.permutation(int(labels.max()) + 1):
+        members = np.flatnonzero(labels == c)
+        seq.append(members[rng.permutation(len(members))])
+    perm = np.concatenate(seq)
+    out = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:
+        last = out.pop()
+        out[-1] = np.concatenate([out[-1], last])
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def spherical_kmeans(x, k: int, seed: int, iters: int = 20):
+    """Cluster labels of the unit rows ``x`` (torch [n, D]) by cosine k-means."""
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    k = min(k, len(x))
+    # Greedy k-means++ seeding (as scikit-learn's): a few candidates drawn with probability
+    # ~ their squared distance to the nearest centre, the one that lowers the total most
+    # kept. A random start merges close topics and splits others.
+    xc = x.cpu()
+    first = int(torch.randint(len(xc), (1,), generator=g))
+    chosen = [first]
+    d2 = (2 - 2 * (xc @ xc[first])).clamp_min(0)
+    tries = 2 + int(math.log(k))
+    for _ in range(k - 1):
+        p = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1 / len(d2))
+        cand = torch.multinomial(p, tries, replacement=True, generator=g)
+        new = torch.minimum(d2[None, :], (2 - 2 * (xc[cand] @ xc.T)).clamp_min(0))
+        best = int(new.sum(1).argmin())
+        chosen.append(int(cand[best]))
+        d2 = new[best]
+    c = x[torch.as_tensor(chosen, device=x.device)].clone()
+    for _ in range(iters):
+        labels = (x @ c.T).argmax(1)
+        c = torch.zeros_like(c).index_add_(0, labels, x)
+        empty = c.norm(dim=1) == 0
+        c[empty] = x[torch.randint(len(x), (int(empty.sum()),), generator=g).to(x.device)]
+        c = torch.nn.functional.normalize(c, dim=1)
+    return (x @ c.T).argmax(1).cpu().numpy()
+
+
 # ----------------------------------------------------------------------------- pooling
 
 def pool_torch(hidden, mask, mode: str):
@@ -266,10 +315,25 @@ def checkpoint_layers(student, on: bool):
             del layer.forward
 
 
+def _train_attention(model, device_type: str):
+    """On a CPU, train with the eager (matmul) attention: PyTorch's CPU kernel behind
+    SDPA is fast forward but its backward is not (under bfloat16 autocast it took a
+    fifth of a MiniLM step). Returns the implementation to restore afterwards, or None
+    when nothing was changed (a GPU, or a transformers without the switch)."""
+    cur = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if device_type != "cpu" or cur != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        return None
+    try:
+        model.set_attn_implementation("eager")
+    except (ValueError, ImportError, NotImplementedError):
+        return None
+    return cur
+
+
 def fit(method, student, teacher, texts, exits, params, *, epochs, batch_size, lr, max_seconds,
         max_steps, weights, align_weight, sim_weight, kl_weight, temperature, crops, crop_words,
         max_length, seed, warmup, weight_decay, grad_clip, progress, config, heads, head_texts,
-        gradient_checkpointing=False):
+        gradient_checkpointing=False, precision="float32", batching="length"):
     """Train ``params`` (of ``student.model`` and ``student.heads``) in place; returns
     the TrainHistory. ``heads``: ``"pca"`` / ``"linear"`` fit fresh exit heads first (with /
     without the PCA rotation of the targets), ``None`` keeps the student's as they are."""
@@ -300,6 +364,31 @@ def fit(method, student, teacher, texts, exits, params, *, epochs, batch_size, l
         params = list(params) + list(student.heads.parameters())
         for p in student.heads.parameters():
             p.requires_grad_(True)
+    labels = None
+    if batching == "topic":
+        todo = np.flatnonzero(~cached)
+        tbar = None
+        if show and len(todo):
+            from tqdm.auto import tqdm
+
+            tbar = tqdm(total=len(todo), desc="topics: teacher pass", unit="text", mininterval=1.0,
+                        file=sys.stderr)
+        for s in range(0, len(texts), batch_size):
+            part = np.arange(s, min(s + batch_size, len(texts)))
+            part = part[~cached[part]]
+            if len(part):
+                cache[torch.as_tensor(part, device=dev)] = teacher_embed(
+                    teacher, [texts[i] for i in part], max_length)
+                cached[part] = True
+                if tbar is not None:
+                    tbar.update(len(part))
+        if tbar is not None:
+            tbar.close()
+        labels = spherical_kmeans(cache, max(1, len(texts) // batch_size), seed)
+
+    def epoch_batches(r):
+        return batches(lengths, batch_size, r) if labels is None else topic_batches(labels, batch_size, r)
+
     hist.init_seconds = time.perf_counter() - t_start
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
@@ -323,6 +412,11 @@ def fit(method, student, teacher, texts, exits, params, *, epochs, batch_size, l
 
         bar = tqdm(total=planned, desc=method, unit="step", mininterval=1.0, file=sys.stderr)
     student.model.eval()  # no dropout: the student's full exit starts equal to its teacher
+    # bfloat16 autocast runs the student's matmuls in bfloat16 (weights, optimizer state,
+    # the teacher's targets and the loss stay float32).
+    amp = dict(device_type=torch.device(dev).type, dtype=torch.bfloat16,
+               enabled=precision == "bfloat16")
+    attn = _train_attention(student.model, torch.device(dev).type)
     step, step_time = 0, 0.0
     if gradient_checkpointing:
         checkpoint_layers(student, True)
@@ -330,7 +424,7 @@ def fit(method, student, teacher, texts, exits, params, *, epochs, batch_size, l
         for epoch in range(1, epochs + 1):
             sums = {e: 0.0 for e in exits}
             tot_sum, n_steps = 0.0, 0
-            for idx in batches(lengths, batch_size, rng):
+            for idx in epoch_batches(rng):
                 if max_steps is not None and step >= max_steps:
                     hist.stopped = "max_steps"
                     break
@@ -353,11 +447,12 @@ def fit(method, student, teacher, texts, exits, params, *, epochs, batch_size, l
                 for g in groups:
                     batch = tokenize(student, g, max_length)
                     mask = batch["attention_mask"]
-                    out = forward(**batch, output_hidden_states=many)
-                    for layer in layers_used:
-                        h = out.hidden_states[layer] if many else out.last_hidden_state
-                        x = apply_head(pool_torch(h, mask, student.pooling), mask, student.head_for(layer))
-                        outs.setdefault(layer, []).append(x)
+                    with torch.autocast(**amp):
+                        out = forward(**batch, output_hidden_states=many)
+                        for layer in layers_used:
+                            h = out.hidden_states[layer] if many else out.last_hidden_state
+                            x = apply_head(pool_torch(h, mask, student.pooling), mask, student.head_for(layer))
+                            outs.setdefault(layer, []).append(x.float())
                 outs = {k: torch.cat(v) for k, v in outs.items()}
                 losses = exit_losses(outs, torch.cat(targets), R, exits, temperature)
                 total = 0.0
@@ -397,6 +492,8 @@ def fit(method, student, teacher, texts, exits, params, *, epochs, batch_size, l
             bar.close()
         if gradient_checkpointing:
             checkpoint_layers(student, False)
+        if attn is not None:
+            student.model.set_attn_implementation(attn)
         student.model.eval()
         for p in params:
             p.requires_grad_(False)

@@ -187,7 +187,7 @@ def _exit_weights(exits, weights, H, L) -> dict:
 
 _DEFAULTS = dict(align_weight=1.0, sim_weight=10.0, kl_weight=1.0, temperature=0.05,
                  crops=True, crop_words=(4, 24), warmup=0.05, weight_decay=0.0, grad_clip=1.0,
-                 gradient_checkpointing=False)
+                 gradient_checkpointing=False, precision="float32", batching="length")
 
 
 def _check_encoder(name: str, enc):
@@ -198,6 +198,24 @@ def _check_encoder(name: str, enc):
     if enc.dtype != "float32":
         raise ValueError(f"{name}: training needs float32 weights, this Encoder holds {enc.dtype} "
                          "(load it with dtype='float32')")
+
+
+def _bf16_is_native(device) -> bool:
+    """Whether bfloat16 matmuls run natively here: a CUDA GPU that supports them, or a CPU
+    with AVX512-BF16 (x86) / the BF16 extension (aarch64), as the native module detects."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        return False
+    from . import _backend as be
+
+    if be._C is None:
+        return False
+    feats = set(be._C.build_info()["cpu_features"].split())
+    return bool(feats & {"avx512bf16", "bf16"})
 
 
 def _run(method, student_src, teacher, texts, layers, dims, *, epochs, batch_size, lr,
@@ -239,6 +257,12 @@ def _run(method, student_src, teacher, texts, layers, dims, *, epochs, batch_siz
     for k in ("crops", "gradient_checkpointing"):
         if not isinstance(o[k], bool):
             raise TypeError(f"{k}: expected True or False, got {o[k]!r}")
+    if o["batching"] not in ("length", "topic"):
+        raise ValueError(f"batching: expected 'length' or 'topic', got {o['batching']!r}")
+    if o["precision"] not in ("float32", "bfloat16", "auto"):
+        raise ValueError(f"precision: expected 'float32', 'bfloat16' or 'auto', got {o['precision']!r}")
+    if o["precision"] == "auto":
+        o["precision"] = "bfloat16" if _bf16_is_native(student_src.device) else "float32"
     cw = o["crop_words"]
     if not (isinstance(cw, (tuple, list)) and len(cw) == 2 and all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in cw) and 1 <= cw[0] <= cw[1]):
@@ -316,7 +340,17 @@ def distill_2d(encoder, texts, layers=(2, 3, 4, 6), dims=(64, 128, 256, None), e
             ``temperature`` (0.05), ``crops`` (True), ``crop_words`` ((4, 24)),
             ``warmup`` (0.05 of the run), ``weight_decay`` (0), ``grad_clip`` (1.0),
             ``gradient_checkpointing`` (False: a small model's activations fit; True
-            recomputes each layer's in the backward pass, for long texts or big models).
+            recomputes each layer's in the backward pass, for long texts or big models),
+            ``precision`` (``"float32"``; ``"bfloat16"`` runs the student's forward and
+            backward under bfloat16 autocast while weights, optimizer state, targets and
+            the loss stay float32: faster where the CPU has bfloat16 instructions
+            (AVX512-BF16, aarch64 BF16) or on a GPU, slower where it emulates them;
+            ``"auto"``: bfloat16 where it is native, else float32; the history's config
+            records the choice), ``batching`` (``"length"``: random batches grouped by
+            length; ``"topic"``: the teacher embeds every text first, spherical k-means
+            cuts them into ``len(texts) // batch_size`` topics and each batch is drawn
+            from one topic, so the in-batch terms rank near neighbours, as TAS-B's
+            topic-aware sampling does).
 
     Raises:
         TypeError / ValueError naming the argument: no texts, a layer beyond the model,
