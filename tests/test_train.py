@@ -352,9 +352,12 @@ def test_cli_train_2d_and_compress(tiny, tmp_path, capsys):
     out = tmp_path / "enc2d"
     common = ["--texts", str(src), "--model", str(tiny)]
     assert main(["train-2d", *common, "--out", str(out), "--layers", "1,2,4", "--dims", "8,full",
-                 "--epochs", "1", "--train-batch-size", "16", "--quiet"]) == 0
+                 "--epochs", "1", "--train-batch-size", "16", "--quiet", "--batching", "topic",
+                 "--precision", "bfloat16"]) == 0
     enc = Encoder(out)
     assert enc.training_info["method"] == "distill_2d" and sorted(enc.heads) == ["1", "2", "4"]
+    assert enc.training_info["config"]["batching"] == "topic"
+    assert enc.training_info["config"]["precision"] == "bfloat16"
     assert enc.encode("vector search", layers=2, dim=8).shape == (8,)
     # compress, then recover on the same texts
     comp = tmp_path / "lost"

@@ -352,6 +352,7 @@ def _train_kw(args) -> dict:
               seed=args.seed, progress=not args.quiet)
     if args.lr is not None:
         kw["lr"] = args.lr
+    kw.update(precision=args.precision, batching=args.batching)
     return kw
 
 
@@ -512,6 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
         sp.add_argument("--max-seconds", type=float, default=None, help="training time budget")
         sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+                        help="bfloat16: autocast (faster where the CPU has bfloat16 instructions); "
+                        "auto: bfloat16 where native")
+        sp.add_argument("--batching", choices=("length", "topic"), default="length",
+                        help="topic: each batch from one cluster of the teacher's embeddings")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
         encoder_opts(sp, dim=False)
 
