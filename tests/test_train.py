@@ -70,7 +70,9 @@ def test_distill_2d_exit_losses_fall(tiny):
     """The transformer alone (no heads): every exit but the teacher's own learns."""
     enc = Encoder(tiny)
     before = enc.encode(_corpus()[:4])
-    student, hist = train.distill_2d(enc, _corpus(), heads=None, **FAST)
+    # length batches: the same mix of texts every epoch, so each exit's epoch mean is
+    # comparable (a topic batch's loss depends on how close its topic's texts are)
+    student, hist = train.distill_2d(enc, _corpus(), heads=None, batching="length", **FAST)
     assert hist.steps == 4 * 6 and len(hist.epochs) == 4 and hist.stopped == "epochs"
     assert [tuple(e) for e in hist.exits] == [(a, b) for a in (1, 2, 4) for b in (8, 16, 32)]
     per_exit = hist.loss_per_exit()
@@ -182,6 +184,14 @@ def test_topic_batches_cover_every_text_once_and_group_neighbours():
         assert all(len(b) >= 2 for b in out)
     out = topic_batches(labels, 20, np.random.default_rng(1))
     assert all(len(set(truth[b])) == 1 for b in out)  # 40-text topics cut into 20s: pure batches
+    # a corpus larger than the seeding sample, assigned in row blocks: the same groups
+    from nestvec._trainloop import _nearest
+
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    big = spherical_kmeans(xt, 6, seed=0, seed_sample=60)
+    assert all(len(set(big[truth == g])) == 1 for g in range(6))
+    c = xt[::40]
+    assert torch.equal(_nearest(xt, c, rows=7), (xt @ c.T).argmax(1))
 
 
 def test_length_batches_cover_every_text_once():
@@ -198,7 +208,7 @@ def test_length_batches_cover_every_text_once():
 
 def test_topic_batching_trains(tiny):
     enc = Encoder(tiny)
-    _, h = train.distill_2d(enc, _corpus(), batching="topic", **FAST)
+    _, h = train.distill_2d(enc, _corpus(), **FAST)  # distill_2d's default
     assert h.config["batching"] == "topic" and h.steps == 4 * 6
     assert h.epochs[-1]["total"] < h.epochs[0]["total"]
     a, _ = train.distill_2d(enc, _corpus(), batching="topic", seed=2, **dict(FAST, epochs=1))
@@ -265,6 +275,7 @@ def test_recover_updates_only_the_factors(tiny, tmp_path):
     enc, comp = _compressed(tiny)
     before = {k: v.clone() for k, v in comp.model.state_dict().items()}
     rec, hist = train.recover(comp, enc, _corpus(), epochs=3, batch_size=8, lr=3e-3, progress=False)
+    assert hist.config["batching"] == "length"  # recover's default
     assert hist.loss_per_exit()["L4/d32"][-1] < hist.loss_per_exit()["L4/d32"][0]
     factors = {f"{n}.{p}" for n, m in rec.model.named_modules() if isinstance(m, LowRankSparseLinear)
                for p in ("A", "B", "S")}

@@ -99,8 +99,18 @@ def topic_batches(labels: np.ndarray, batch_size: int, rng: np.random.Generator)
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def spherical_kmeans(x, k: int, seed: int, iters: int = 20):
-    """Cluster labels of the unit rows ``x`` (torch [n, D]) by cosine k-means."""
+TOPICS = 1024
+
+
+def _nearest(x, c, rows: int = 65536):
+    """Index of the nearest centre (largest dot product) of each row, in row blocks (an
+    n x k score matrix at once would not fit for a large corpus)."""
+    return __import__("torch").cat([(x[s:s + rows] @ c.T).argmax(1) for s in range(0, len(x), rows)])
+
+
+def spherical_kmeans(x, k: int, seed: int, iters: int = 20, seed_sample: int = 32768):
+    """Cluster labels of the unit rows ``x`` (torch [n, D]) by cosine k-means; the
+    centres are seeded on at most ``seed_sample`` rows."""
     import torch
 
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -109,6 +119,8 @@ def spherical_kmeans(x, k: int, seed: int, iters: int = 20):
     # ~ their squared distance to the nearest centre, the one that lowers the total most
     # kept. A random start merges close topics and splits others.
     xc = x.cpu()
+    if len(xc) > seed_sample:
+        xc = xc[torch.randperm(len(xc), generator=g)[:seed_sample]]
     first = int(torch.randint(len(xc), (1,), generator=g))
     chosen = [first]
     d2 = (2 - 2 * (xc @ xc[first])).clamp_min(0)
@@ -120,14 +132,14 @@ def spherical_kmeans(x, k: int, seed: int, iters: int = 20):
         best = int(new.sum(1).argmin())
         chosen.append(int(cand[best]))
         d2 = new[best]
-    c = x[torch.as_tensor(chosen, device=x.device)].clone()
+    c = xc[chosen].to(x.device)
     for _ in range(iters):
-        labels = (x @ c.T).argmax(1)
+        labels = _nearest(x, c)
         c = torch.zeros_like(c).index_add_(0, labels, x)
         empty = c.norm(dim=1) == 0
         c[empty] = x[torch.randint(len(x), (int(empty.sum()),), generator=g).to(x.device)]
         c = torch.nn.functional.normalize(c, dim=1)
-    return (x @ c.T).argmax(1).cpu().numpy()
+    return _nearest(x, c).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -384,7 +396,9 @@ def fit(method, student, teacher, texts, exits, params, *, epochs, batch_size, l
                     tbar.update(len(part))
         if tbar is not None:
             tbar.close()
-        labels = spherical_kmeans(cache, max(1, len(texts) // batch_size), seed)
+        # Topics of about a batch each, at most TOPICS of them: a large corpus gets broad
+        # topics (a batch is then a random draw from one) and the clustering stays cheap.
+        labels = spherical_kmeans(cache, min(TOPICS, max(1, len(texts) // batch_size)), seed)
 
     def epoch_batches(r):
         return batches(lengths, batch_size, r) if labels is None else topic_batches(labels, batch_size, r)

@@ -352,7 +352,9 @@ def _train_kw(args) -> dict:
               seed=args.seed, progress=not args.quiet)
     if args.lr is not None:
         kw["lr"] = args.lr
-    kw.update(precision=args.precision, batching=args.batching)
+    kw["precision"] = args.precision
+    if args.batching is not None:
+        kw["batching"] = args.batching
     return kw
 
 
@@ -516,8 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
                         help="bfloat16: autocast (faster where the CPU has bfloat16 instructions); "
                         "auto: bfloat16 where native")
-        sp.add_argument("--batching", choices=("length", "topic"), default="length",
-                        help="topic: each batch from one cluster of the teacher's embeddings")
+        sp.add_argument("--batching", choices=("length", "topic"), default=None,
+                        help="topic (train-2d's default): each batch from one cluster of the teacher's "
+                        "embeddings; length (compress's default): random batches grouped by length")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
         encoder_opts(sp, dim=False)
 

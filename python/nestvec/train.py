@@ -187,7 +187,7 @@ def _exit_weights(exits, weights, H, L) -> dict:
 
 _DEFAULTS = dict(align_weight=1.0, sim_weight=10.0, kl_weight=1.0, temperature=0.05,
                  crops=True, crop_words=(4, 24), warmup=0.05, weight_decay=0.0, grad_clip=1.0,
-                 gradient_checkpointing=False, precision="float32", batching="length")
+                 gradient_checkpointing=False, precision="float32", batching=None)
 
 
 def _check_encoder(name: str, enc):
@@ -257,6 +257,8 @@ def _run(method, student_src, teacher, texts, layers, dims, *, epochs, batch_siz
     for k in ("crops", "gradient_checkpointing"):
         if not isinstance(o[k], bool):
             raise TypeError(f"{k}: expected True or False, got {o[k]!r}")
+    if o["batching"] is None:  # distill_2d: topic batches (README, Train); recover: length
+        o["batching"] = "topic" if method == "distill_2d" else "length"
     if o["batching"] not in ("length", "topic"):
         raise ValueError(f"batching: expected 'length' or 'topic', got {o['batching']!r}")
     if o["precision"] not in ("float32", "bfloat16", "auto"):
@@ -346,11 +348,12 @@ def distill_2d(encoder, texts, layers=(2, 3, 4, 6), dims=(64, 128, 256, None), e
             the loss stay float32: faster where the CPU has bfloat16 instructions
             (AVX512-BF16, aarch64 BF16) or on a GPU, slower where it emulates them;
             ``"auto"``: bfloat16 where it is native, else float32; the history's config
-            records the choice), ``batching`` (``"length"``: random batches grouped by
-            length; ``"topic"``: the teacher embeds every text first, spherical k-means
-            cuts them into ``len(texts) // batch_size`` topics and each batch is drawn
+            records the choice), ``batching`` (``"topic"``, distill_2d's default: the
+            teacher embeds every text first, spherical k-means cuts them into
+            ``len(texts) // batch_size`` topics (at most 1,024) and each batch is drawn
             from one topic, so the in-batch terms rank near neighbours, as TAS-B's
-            topic-aware sampling does).
+            topic-aware sampling does; ``"length"``, recover's default: random batches
+            grouped by length, less padding).
 
     Raises:
         TypeError / ValueError naming the argument: no texts, a layer beyond the model,
