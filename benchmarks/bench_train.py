@@ -251,7 +251,7 @@ def main(argv=None):
     p.add_argument("--speed-docs", type=int, default=512)
     p.add_argument("--work", default=None, help="trained encoders (default ~/.cache/nestvec/bench_train)")
     p.add_argument("--retrain", action="store_true")
-    p.add_argument("--quick", action="store_true", help="1,000 docs, 60 s + 30 s of training")
+    p.add_argument("--quick", action="store_true", help="1,000+ docs, 120 s + 30 s of training, length batches: a smoke run")
     p.add_argument("--no-lock", action="store_true", help=f"do not take {LOCK}")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--threads", type=int, default=None,
@@ -263,8 +263,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     _use_lock = not args.no_lock
     if args.quick:
-        args.max_docs, args.train_seconds, args.recover_seconds = 1000, 60, 30
-        args.speed_docs = 128
+        # a smoke run: length batches (topic batches embed every document before the first
+        # step) and a smaller head-fitting pass, so the budget leaves room for steps
+        args.max_docs, args.train_seconds, args.recover_seconds = 1000, 120, 30
+        args.speed_docs, args.batching = 128, "length"
+        args.opt = ["head_texts=256", *args.opt]
     path = args.dir or next(iter(d for d in beir.default_dirs() if "msmarco" in d), None)
     if path is None:
         print("bench_train: no BEIR folder given and none found under ../shared/data", file=sys.stderr)
