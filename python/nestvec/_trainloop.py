@@ -75,7 +75,13 @@ def batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> l
         w = perm[s:s + win]
         w = w[np.argsort(-lengths[w], kind="stable")]
         out += [w[i:i + batch_size] for i in range(0, len(w), batch_size)]
-    if len(out) > 1 and len(out[-1]) < 2:  # a batch of one has no in-batch pairs
+    return _shuffled(out, rng)
+
+
+def _shuffled(out: list, rng: np.random.Generator) -> list:
+    """The batches ``out`` in a random order, a trailing batch of one merged into the
+    one before it (a batch of one has no in-batch pairs)."""
+    if len(out) > 1 and len(out[-1]) < 2:
         last = out.pop()
         out[-1] = np.concatenate([out[-1], last])
     return [out[i] for i in rng.permutation(len(out))]
@@ -92,11 +98,7 @@ def topic_batches(labels: np.ndarray, batch_size: int, rng: np.random.Generator)
         members = np.flatnonzero(labels == c)
         seq.append(members[rng.permutation(len(members))])
     perm = np.concatenate(seq)
-    out = [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
-    if len(out) > 1 and len(out[-1]) < 2:
-        last = out.pop()
-        out[-1] = np.concatenate([out[-1], last])
-    return [out[i] for i in rng.permutation(len(out))]
+    return _shuffled([perm[i:i + batch_size] for i in range(0, len(perm), batch_size)], rng)
 
 
 TOPICS = 1024
@@ -105,7 +107,9 @@ TOPICS = 1024
 def _nearest(x, c, rows: int = 65536):
     """Index of the nearest centre (largest dot product) of each row, in row blocks (an
     n x k score matrix at once would not fit for a large corpus)."""
-    return __import__("torch").cat([(x[s:s + rows] @ c.T).argmax(1) for s in range(0, len(x), rows)])
+    import torch
+
+    return torch.cat([(x[s:s + rows] @ c.T).argmax(1) for s in range(0, len(x), rows)])
 
 
 def spherical_kmeans(x, k: int, seed: int, iters: int = 20, seed_sample: int = 32768):
