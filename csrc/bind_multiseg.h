@@ -255,19 +255,34 @@ inline void def_multiseg(py::module_& m) {
       "ivf_search",
       [](py::array queries, py::object qcodes_o, int64_t nbytes, py::object centroids_o, int probe_metric,
          int64_t nprobe, py::list hsegs_o, py::list dsegs_o, int64_t short_k, int64_t dim, int metric, int64_t k,
-         int64_t need, int64_t nlist) {
+         int64_t need, int64_t nlist, py::object ids_o) {
         if (metric < dense::kCosine || metric > dense::kL2) throw std::invalid_argument("metric: 0, 1 or 2");
         const bool probing = !centroids_o.is_none();
         py::array centroids;
         View c{nullptr, 0, 0, 0};
-        bool blocked = false;
+        bool blocked = false, bf16 = false;
         if (probing) {
           if (probe_metric != dense::kIP && probe_metric != dense::kL2)
             throw std::invalid_argument("probe_metric: 1 (ip) or 2 (l2)");
           if (!py::isinstance<py::array>(centroids_o)) throw py::type_error("centroids: expected an array or None");
           centroids = centroids_o.cast<py::array>();
           blocked = centroids.ndim() == 3;
-          if (blocked) {  // [nblocks, dim, kBlockRows] float16, C order; nlist: its real rows
+          bf16 = centroids.ndim() == 4;
+          if (bf16) {  // [nblocks, dim / 2, 16, 2] bfloat16 bits (uint16), C order
+            const int64_t nb = centroids.shape(0), d = 2 * centroids.shape(1);
+            if (centroids.dtype().kind() != 'u' || centroids.itemsize() != 2 ||
+                centroids.shape(2) != dense::kBlockRows || centroids.shape(3) != 2 ||
+                !(centroids.flags() & py::array::c_style))
+              throw std::invalid_argument("centroids: expected a C-contiguous uint16 [nblocks, dim / 2, 16, 2] "
+                                          "bfloat16 pair table");
+            if (!dense::blocked_bf16_available())
+              throw std::invalid_argument("centroids: a bfloat16 pair table needs a CPU with a bf16 dot "
+                                          "(AVX512-BF16); use the float16 table");
+            if (nlist < 1 || nb != (nlist + dense::kBlockRows - 1) / dense::kBlockRows || d < 2)
+              throw std::invalid_argument("nlist: expected the pair table's rows (ceil(nlist / 16) blocks)");
+            c = View{const_cast<void*>(centroids.data()), nlist, d, d};
+            blocked = true;
+          } else if (blocked) {  // [nblocks, dim, kBlockRows] float16, C order; nlist: its real rows
             const int64_t nb = centroids.shape(0), d = centroids.shape(1);
             if (centroids.dtype().kind() != 'f' || centroids.itemsize() != 2 ||
                 centroids.shape(2) != dense::kBlockRows || !(centroids.flags() & py::array::c_style))
@@ -317,16 +332,38 @@ inline void def_multiseg(py::module_& m) {
           if (hs[s].k > 0 && ds[s].k == 0)
             throw std::invalid_argument("dsegs[" + std::to_string(s) + "]: a searched segment needs its rows");
         }
+        // ids: each segment's int64 id column (None: no id column), to answer ids
+        // without a gather in Python per hit
+        std::vector<const int64_t*> id_cols;
+        if (!ids_o.is_none()) {
+          if (!py::isinstance<py::list>(ids_o)) throw py::type_error("ids: expected a list or None");
+          py::list il = ids_o.cast<py::list>();
+          if (il.size() != ds.size()) throw std::invalid_argument("ids: one entry per segment");
+          id_cols.assign(ds.size(), nullptr);
+          for (size_t s = 0; s < ds.size(); ++s) {
+            if (il[s].is_none()) continue;
+            const std::string at = "ids[" + std::to_string(s) + "]";
+            if (!py::isinstance<py::array>(il[s])) throw py::type_error(at + ": expected an int64 array or None");
+            py::array a = il[s].cast<py::array>();
+            if (a.ndim() != 1 || a.dtype().kind() != 'i' || a.itemsize() != 8 || !(a.flags() & py::array::c_style) ||
+                a.shape(0) < ds[s].n)
+              throw std::invalid_argument(at + ": expected C-contiguous int64 [n] (the segment's rows)");
+            keep.push_back(a);
+            id_cols[s] = static_cast<const int64_t*>(a.data());
+          }
+        }
         const int64_t sw = merged_width(hs, short_k), kw = merged_width(ds, k);
         py::array_t<float> score({nq, kw});
         py::array_t<int64_t> seg({nq, kw}), local({nq, kw});
         py::array_t<uint8_t> lacking(nq);
+        py::object ids_out = py::none();
         int64_t scanned = 0, rescored = 0;
         if (sw > 0 && kw > 0) {
           ivf::Probe p;
           p.centroids = probing ? c.ptr : nullptr;
           p.dtype = probing && centroids.itemsize() == 2 ? DType::F16 : DType::F32;
           p.blocked = blocked;
+          p.bf16 = bf16;
           p.nlist = c.rows;
           p.stride = c.row_stride;
           p.dim = c.cols;
@@ -343,16 +380,29 @@ inline void def_multiseg(py::module_& m) {
         } else {
           std::fill_n(lacking.mutable_data(), nq, uint8_t(need > 0));
         }
-        return py::make_tuple(score, seg, local, lacking, scanned, rescored);
+        if (!id_cols.empty()) {
+          py::array_t<int64_t> ids({nq, kw});
+          const int64_t* sp = seg.data();
+          const int64_t* lo = local.data();
+          int64_t* ip = ids.mutable_data();
+          for (int64_t i = 0; i < nq * kw; ++i) {
+            const int64_t s = sp[i];  // (rescored hits name dsegs' segments and rows)
+            ip[i] = lo[i] >= 0 && s >= 0 && s < int64_t(id_cols.size()) && id_cols[size_t(s)] ? id_cols[size_t(s)][lo[i]] : -1;
+          }
+          ids_out = std::move(ids);
+        }
+        return py::make_tuple(score, seg, local, lacking, scanned, rescored, ids_out);
       },
       py::arg("queries"), py::arg("qcodes"), py::arg("nbytes"), py::arg("centroids"), py::arg("probe_metric"), py::arg("nprobe"),
       py::arg("hsegs"), py::arg("dsegs"), py::arg("short_k"), py::arg("dim"), py::arg("metric"), py::arg("k"),
-      py::arg("need"), py::arg("nlist") = 0,
+      py::arg("need"), py::arg("nlist") = 0, py::arg("ids") = py::none(),
       "One ivf search (centroids None: the segments' own ranges, [Q or 1, P, 2], or every row) of validated float32 queries (cosine: normalised at dim here): probe the "
-      "centroids ([nlist, dim] float32 / float16, or the float16 [ceil(nlist / 16), dim, 16] blocked table with nlist) with their first dim values, "
+      "centroids ([nlist, dim] float32 / float16, the float16 [ceil(nlist / 16), dim, 16] blocked table, or the bfloat16 [ceil(nlist / 16), dim / 2, 16, 2] "
+      "pair table (uint16 bits; probe_bf16_available()), the blocked ones with nlist) with their first dim values, "
       "Hamming shortlist of short_k (query codes: qcodes [Q, >= nbytes], or None for the sign bits) over the probed lists of every segment (hsegs: (codes, allow, "
       "position, k, list offsets, ids)), exact rescoring at dim (dsegs: (db, dtype, position, k, "
-      "None)): (score, seg, local [Q, k'], lacking [Q] (fewer than `need` shortlist hits), rows compared, rows rescored).");
+      "None)): (score, seg, local [Q, k'], lacking [Q] (fewer than `need` shortlist hits), rows compared, rows rescored, ids [Q, k'] "
+      "(ids: None, or per segment None / its int64 id column: each hit's id, -1 where none)).");
 }
 
 }  // namespace bind

@@ -201,8 +201,14 @@ def dense_segments(queries, dim: int, metric: str, k: int, segs: list, cand_seg=
 ONE_CALL_MAX_K = ck.LARGE_K_MIN
 
 
+def probe_bf16_available() -> bool:
+    """Whether the native ivf probe scores a bfloat16 pair table on this CPU."""
+    f = getattr(be._C, "probe_bf16_available", None)
+    return bool(f()) if f is not None else False
+
+
 def ivf_search(queries, qcodes, nbytes: int, centroids, l2_probe: bool, nprobe: int, hsegs: list, dsegs: list,
-               short: int, dim: int, metric: str, k: int, need: int, nlist: int = 0):
+               short: int, dim: int, metric: str, k: int, need: int, nlist: int = 0, ids=None):
     """One search in one call (csrc/cpu/ivf_search.cpp) of validated float32 queries:
     the centroid probe with their first values, as many as the centroids have
     (centroids None: no probe; a 3-D float16 array: ``IvfCentroids.probe_table``'s
@@ -212,8 +218,9 @@ def ivf_search(queries, qcodes, nbytes: int, centroids, l2_probe: bool, nprobe: 
     2] or full scans), its exact rescoring at ``dim`` in ``dsegs`` (as
     ``dense_segments``'; the queries prepared as there, in native code). Returns (score,
     seg, local [Q, min(k, sum of k_i)], lacking bool [Q] (fewer than ``need`` rows in
-    the shortlist), rows compared, rows rescored)."""
-    score, seg, local, lacking, scanned, rescored = be._C.ivf_search(
+    the shortlist), rows compared, rows rescored, ids): ``ids`` None, or with ``ids`` (per
+    segment None or its int64 id column) each hit's id ``[Q, k']``, -1 where none."""
+    score, seg, local, lacking, scanned, rescored, hit_ids = be._C.ivf_search(
         queries, qcodes, nbytes, centroids, 2 if l2_probe else 1, nprobe, hsegs, dsegs, short, dim,
-        be.METRIC_CODE[metric], k, need, nlist)
-    return score, seg, local, lacking.view(bool), scanned, rescored
+        be.METRIC_CODE[metric], k, need, nlist, ids)
+    return score, seg, local, lacking.view(bool), scanned, rescored, hit_ids

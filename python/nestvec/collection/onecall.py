@@ -47,12 +47,17 @@ class OneCall:
             v = pl.segments[i].vectors
             self.dsegs[i] = (v, hostcalls.dtype_code(v), pl.segments[i].offset, min(r.k, pl.counts[i]), None)
 
+    # per segment None or its int64 id column: the call then answers each hit's id (a
+    # Searcher sets it; a gather per hit in Python cost more than the call's own work)
+    ids = None
+
     def __call__(self, queries, qcodes=None):
-        """(score, seg, local [Q, k'], lacking bool [Q], rows compared, rows rescored);
-        ``qcodes`` None: the sign bits of the queries' first 8 * nbytes values."""
+        """(score, seg, local [Q, k'], lacking bool [Q], rows compared, rows rescored,
+        ids [Q, k'] or None); ``qcodes`` None: the sign bits of the queries' first 8 *
+        nbytes values."""
         return hostcalls.ivf_search(queries, qcodes, self.nbytes, self.table, self.l2, self.nprobe,
                                     self.hsegs, self.dsegs, self.short, self.dim, self.metric, self.k, self.need,
-                                    self.nlist)
+                                    self.nlist, self.ids)
 
 
 def funnel(pl, q_width: int, nbytes):
@@ -88,7 +93,7 @@ class FlatCall:
 
     def __call__(self, queries, qcodes=None):
         seg, local, score = hostcalls.dense_segments(queries, self.dim, self.metric, self.k, self.segs)
-        return score, seg, local, None, None, None
+        return score, seg, local, None, None, None, None
 
 
 def flat(pl):

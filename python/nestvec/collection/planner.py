@@ -346,7 +346,7 @@ class Planner:
         short = r.k * (r.rescore or 10)
         call = onecall.funnel(self, queries.shape[1], nbytes) if self.native(queries) else None
         if call is not None:  # few rows: shortlist and rescoring in one native call
-            score, seg, local, _, _, rescored = call(queries, qcodes)
+            score, seg, local, _, _, rescored, _ = call(queries, qcodes)
             self.stats["rows_rescored"] = rescored
             return seg, local, score
         seg, local, _ = self._hamming(qcodes, nbytes, short, nq)

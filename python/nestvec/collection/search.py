@@ -162,7 +162,7 @@ class SearchMixin:
             plan_key = _plan_key(k, dim, mode, rescore, filter, nprobe, ef)
             s = self._plans.get(plan_key) if plan_key is not None else None
             if s is not None:  # this argument set was searched (and checked) on this snapshot
-                snap, seg, local, score, _, req = s._hits(q)
+                snap, seg, local, score, _, req, _ = s._hits(q)
                 return self._result(snap, seg, local, score, [], req.mode)
         snap, cols, used, seg, local, score, planner, nq = self._hits(
             q, k, dim, mode, rescore, filter, columns, device, ladder, nprobe=nprobe, ef=ef,

@@ -86,6 +86,8 @@ class Searcher:
             fast = onecall.funnel(pl, d_full, code_bytes(req, d_full))
         elif mode == "flat":
             fast = onecall.flat(pl)
+        if isinstance(fast, onecall.OneCall) and remap is None and m["id_type"] == "int64":
+            fast.ids = [s.file.int_ids() for s in segs]  # the call answers ids (_answer)
         self._state = (snap, planner_args, remap, d_full, dim, m["metric"], fast)  # one assignment
 
     def _planner(self, args, snap) -> Planner:
@@ -94,14 +96,18 @@ class Searcher:
 
     def search(self, q):
         """``(ids, scores)`` of ``q``'s k best rows (see the class)."""
-        snap, seg, local, score, single, req = self._hits(q)
-        ids, scores = self._answer(snap, seg, local, score, req)
+        snap, seg, local, score, single, req, hit_ids = self._hits(q)
+        if hit_ids is not None and hit_ids.shape[1] == self.k:  # the call's own answer
+            ids, scores = hit_ids, score
+        else:
+            ids, scores = self._answer(snap, seg, local, score, req)
         return (ids[0], scores[0]) if single else (ids, scores)
 
     def _hits(self, q):
-        """(snapshot, seg, local, score [Q, w], single query, request) of ``q``; local
-        -1 where a query has fewer rows (``Collection.search`` builds its table from
-        them when it reuses a searcher)."""
+        """(snapshot, seg, local, score [Q, w], single query, request, ids [Q, w] or
+        None) of ``q``; local -1 (id -1) where a query has fewer rows (``Collection.search``
+        builds its table from them when it reuses a searcher). ``ids``: the int64 ids
+        of the hits when the kept call answered them."""
         col = self._col
         snap = col._snapshot()
         st = self._state
@@ -112,15 +118,16 @@ class Searcher:
         if is_text(q):
             q = col._embed_query(q)
         qx, single = vd.queries(q, d_full, dim, metric)
-        done = False
+        done, ids = False, None
         if fast is not None and qx.shape[1] == d_full:
-            score, seg, local, lacking, _, _ = fast(qx)
-            done = fast.nprobe >= fast.nlist or not lacking.any()
+            score, seg, local, lacking, _, _, ids = fast(qx)
+            done = fast.nprobe >= fast.nlist or lacking is None or not lacking.any()
         if not done:  # every other route, and queries that need a wider probe
+            ids = None
             _, seg, local, score = self._planner(args, snap).run(qx)
         if remap is not None:
             seg, local = remap(seg, local)
-        return snap, seg, local, score, single, args[2]
+        return snap, seg, local, score, single, args[2], ids
 
     def _answer(self, snap, seg, local, score, req):
         nq, w = local.shape

@@ -192,7 +192,7 @@ class IndexRun:
             segs = exhaustive_segs(pl, only, short, nbytes)
             if fits(pl, short):  # shortlist and rescoring in one call
                 call = OneCall(pl, only, segs, short, 0, nbytes)
-                score, seg, local, _, _, rescored = call(queries, qcodes)
+                score, seg, local, _, _, rescored, _ = call(queries, qcodes)
                 pl.stats["rows_rescored"] += rescored
                 return seg, local, score
             segs = [t if t is None or t[4] is None else t[:4] + (np.repeat(t[4], nq, 0), t[5]) for t in segs]
@@ -382,7 +382,7 @@ def _ivf_native(run, cent, queries, nq, nprobe, short, need, nlist):
     if not one_call:
         return _ivf_rounds(run, cent, queries, qcodes, nq, nprobe, short, need, nlist, segs)
     call = OneCall(pl, run.indexed, segs, short, need, nbytes, cent, nprobe)
-    score, seg, local, lacking, scanned, rescored = call(queries, qcodes)
+    score, seg, local, lacking, scanned, rescored, _ = call(queries, qcodes)
     st = pl.stats
     st["rows_scanned"] += scanned
     st["rows_rescored"] += rescored
