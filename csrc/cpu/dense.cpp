@@ -241,11 +241,16 @@ void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
   }
 }
 
+bool blocked_bf16_available() { return active_kernels().blocked_dots_bf16 != nullptr; }
+
 void topk_blocked(const uint16_t* table, int64_t n, int64_t dim, const float* queries, int64_t nq,
-                  int64_t query_stride, int64_t k, int metric, float* out_score, int64_t* out_idx) {
+                  int64_t query_stride, int64_t k, int metric, float* out_score, int64_t* out_idx, bool bf16) {
   if (metric != kIP && metric != kL2) throw std::invalid_argument("topk_blocked: metric must be ip or l2");
   if (n <= 0 || nq <= 0 || k <= 0) return;
   const Kernels kern = active_kernels();
+  const BlockedDotsFn blocked_dots = bf16 ? kern.blocked_dots_bf16 : kern.blocked_dots;
+  if (!blocked_dots) throw std::invalid_argument("topk_blocked: this CPU has no bfloat16 dot for a bf16 table");
+  if (bf16 && dim % 2) throw std::invalid_argument("topk_blocked: a bf16 pair table has an even width");
   const bool l2 = metric == kL2;
   const int64_t nblocks = (n + kBlockRows - 1) / kBlockRows, ld = nblocks * kBlockRows;
   constexpr int64_t kQueries = 4;  // per pass over the table (blocked_dots' widest)
@@ -261,8 +266,8 @@ void topk_blocked(const uint16_t* table, int64_t n, int64_t dim, const float* qu
   for (int64_t j0 = 0; j0 < nq; j0 += kQueries) {
     const int64_t m = std::min(kQueries, nq - j0);
     const bool norms = l2 && j0 == 0;  // |x|^2 with the first pass (row_factors: l2 keeps it as is)
-    kern.blocked_dots(table, nblocks, dim, queries + j0 * query_stride, query_stride, m, dots.get(), ld,
-                      norms ? sq.get() : nullptr);
+    blocked_dots(table, nblocks, dim, queries + j0 * query_stride, query_stride, m, dots.get(), ld,
+                 norms ? sq.get() : nullptr);
     for (int64_t j = 0; j < m; ++j) {
       sel.reset(k);
       for (int64_t r0 = 0; r0 < n; r0 += kChunk)

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 #include <limits>
 #include <iterator>
 #include <memory>
@@ -438,6 +439,81 @@ void blocked_dots(const uint16_t* table, int64_t nblocks, int64_t dim, const flo
   }
 }
 
+#if defined(NV_SIMD_BF16_DOT)
+// The bfloat16 pair table (BlockedDotsFn's bf16 layout): per block, each step is one
+// bf16 dot of a 16-list x 2-value vector with the query's broadcast pair, A chains.
+inline uint32_t bf16_bits(float f) {  // round to nearest even (finite queries)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+
+template <int Q, int A, bool SQ>
+void blocked_bf16_q(const uint16_t* table, int64_t nblocks, int64_t npairs, const uint32_t* qp, float* dots,
+                    int64_t ld, float* sq) {
+  static_assert(kBlockRows == kF, "a block's 16 lists are one float vector");
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const uint16_t* p = table + b * npairs * 2 * kBlockRows;
+    vf acc[Q][A], s2[A];
+    for (int a = 0; a < A; ++a) {
+      s2[a] = vzero();
+      for (int j = 0; j < Q; ++j) acc[j][a] = vzero();
+    }
+    auto step = [&](int64_t c, int a) {
+      const vbh x = bh_loadu(p + c * 2 * kBlockRows);
+      for (int j = 0; j < Q; ++j) acc[j][a] = bh_dot(acc[j][a], x, bh_pair(qp[j * npairs + c]));
+      if constexpr (SQ) s2[a] = bh_dot(s2[a], x, x);
+    };
+    int64_t c = 0;
+    for (; c + A <= npairs; c += A)
+      for (int a = 0; a < A; ++a) step(c + a, a);
+    for (; c < npairs; ++c) step(c, 0);
+    for (int j = 0; j < Q; ++j) {
+      vf t = acc[j][0];
+      for (int a = 1; a < A; ++a) t = vadd(t, acc[j][a]);
+      vstoreu(dots + j * ld + b * kBlockRows, t);
+    }
+    if constexpr (SQ) {
+      vf t = s2[0];
+      for (int a = 1; a < A; ++a) t = vadd(t, s2[a]);
+      vstoreu(sq + b * kBlockRows, t);
+    }
+  }
+}
+
+template <int Q>
+void blocked_bf16_run(const uint16_t* table, int64_t nblocks, int64_t npairs, const uint32_t* qp, float* dots,
+                      int64_t ld, float* sq) {
+  constexpr int A = Q >= 8 ? 1 : 8 / Q;
+  if (sq)
+    blocked_bf16_q<Q, A, true>(table, nblocks, npairs, qp, dots, ld, sq);
+  else
+    blocked_bf16_q<Q, A, false>(table, nblocks, npairs, qp, dots, ld, nullptr);
+}
+
+void blocked_dots_bf16(const uint16_t* table, int64_t nblocks, int64_t dim, const float* q, int64_t qs,
+                       int64_t nq, float* dots, int64_t ld, float* sq) {
+  const int64_t npairs = dim / 2;  // (the table's dim is even)
+  std::vector<uint32_t> qp(size_t(4 * npairs));
+  for (int64_t j = 0; j < nq; j += 4) {  // each pass over the table serves four queries
+    const int64_t m = std::min<int64_t>(4, nq - j);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < npairs; ++c) {
+        const float* x = q + (j + i) * qs + 2 * c;
+        qp[size_t(i * npairs + c)] = bf16_bits(x[0]) | (bf16_bits(x[1]) << 16);
+      }
+    float* s = j == 0 ? sq : nullptr;
+    float* dj = dots + j * ld;
+    switch (m) {
+      case 1: blocked_bf16_run<1>(table, nblocks, npairs, qp.data(), dj, ld, s); break;
+      case 2: blocked_bf16_run<2>(table, nblocks, npairs, qp.data(), dj, ld, s); break;
+      case 3: blocked_bf16_run<3>(table, nblocks, npairs, qp.data(), dj, ld, s); break;
+      default: blocked_bf16_run<4>(table, nblocks, npairs, qp.data(), dj, ld, s); break;
+    }
+  }
+}
+#endif  // NV_SIMD_BF16_DOT
+
 // ------------------------------------------------------------------ key threshold
 int64_t select(const float* dots, const float* rowf, int64_t nrows, int metric, float a, float b,
                float thr, const uint8_t* allow, uint32_t* hit_rows, float* hit_keys) {
@@ -478,7 +554,8 @@ namespace dense {
 template <>
 Kernels kernels<simd::kIsa>() {
 #if defined(NV_SIMD_BF16_DOT)
-  return {dots, select, {kApproxBf16, 0.f, 0, bf16_bytes, bf16_bytes, bf16_pack_rows, bf16_pack_queries, bf16_dots}, dots_tiles, blocked_dots};
+  return {dots, select, {kApproxBf16, 0.f, 0, bf16_bytes, bf16_bytes, bf16_pack_rows, bf16_pack_queries, bf16_dots}, dots_tiles, blocked_dots,
+          blocked_dots_bf16};
 #elif defined(NV_SIMD_I16_DOT)
   return {dots, select,
           {kApproxI16, kI16Max, kI16Chunk, i16_rows_bytes, i16_queries_bytes, i16_pack_rows, i16_pack_queries, i16_dots}, dots_tiles, blocked_dots};

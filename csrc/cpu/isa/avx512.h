@@ -160,6 +160,9 @@ inline void bh_store2(uint16_t* p, vf lo, vf hi) {
 }
 inline vf bh_dot(vf acc, vbh x, vbh q) { return _mm512_dpbf16_ps(acc, x, q); }
 inline void bh_keep(vbh& v) { __asm__("" : "+v"(v)); }
+inline vbh bh_loadu(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+// One bf16 pair (low half first in memory) in every 32-bit lane.
+inline vbh bh_pair(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(int32_t(pair)); }
 
 // ------------------------------------------------------------------ binary codes
 // vb: one chunk of kB code bytes. cnt_popxor: per-qword popcounts of a ^ b (VPOPCNTQ);

@@ -32,6 +32,11 @@ constexpr int64_t kBlockRows = 16;
 // when sq is not null.
 using BlockedDotsFn = void (*)(const uint16_t* table, int64_t nblocks, int64_t dim, const float* q,
                                int64_t qs, int64_t nq, float* dots, int64_t ld, float* sq);
+// The same over a bfloat16 pair table (ISAs with a bf16 dot; null elsewhere): value
+// pairs (2p, 2p + 1) of row kBlockRows * b + l at table[((b * dim / 2 + p) * kBlockRows
+// + l) * 2 + {0, 1}] (dim even), which a bf16 dot instruction multiplies by the
+// broadcast pair of the query rounded to bfloat16: twice the values of a float32 FMA
+// and no conversion per value (README, the ivf probe).
 
 // Keys of one query over a tile (larger = better):
 //   cosine: dot * a * rowf[r]   (a = 1/|q|, rowf = 1/|x| or 0 for a zero row)
@@ -81,6 +86,7 @@ struct Kernels {
   // a table that sits in cache, where the stream's per-row work is what costs
   DotsFn dots_tiles;
   BlockedDotsFn blocked_dots;
+  BlockedDotsFn blocked_dots_bf16 = nullptr;
 };
 template <Isa I>
 Kernels kernels();
@@ -119,8 +125,13 @@ void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
 // topk (ip or l2, no filter) over the first n rows of a blocked float16 table
 // (kBlockRows layout, ceil(n / kBlockRows) blocks) on the calling thread: the ivf
 // probe of one block of queries. The keys are topk's up to float32 summation order.
+// bf16: the table is the bfloat16 pair table (blocked_bf16_available()); its keys are
+// the bf16 products' (the query rounded to bfloat16 too).
 void topk_blocked(const uint16_t* table, int64_t n, int64_t dim, const float* queries, int64_t nq,
-                  int64_t query_stride, int64_t k, int metric, float* out_score, int64_t* out_idx);
+                  int64_t query_stride, int64_t k, int metric, float* out_score, int64_t* out_idx,
+                  bool bf16 = false);
+// Whether the active ISA scores the bfloat16 pair table (AVX512-BF16).
+bool blocked_bf16_available();
 
 }  // namespace dense
 }  // namespace nestvec

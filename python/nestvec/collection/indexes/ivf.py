@@ -37,6 +37,10 @@ PROBE_NUMPY_QUERIES = 2  # probes of at most this many queries skip dense_topk (
 # product over threads, which on a loaded machine took milliseconds (README, Indexes).
 PROBE_NUMPY_VALUES = 1 << 18
 PROBE_BLOCK = 16  # lists per block of the one-call probe table (csrc dense::kBlockRows)
+# Centroid tables of at least this many values are probed in bfloat16 pairs where the
+# CPU has a bf16 dot (IvfCentroids.probe_table): there the float16 table's conversions
+# bound the probe of a large index (README, the ivf probe); smaller ones stay float16.
+PROBE_BF16_VALUES = 1 << 19
 
 
 # --------------------------------------------------------------------------- vectors
@@ -210,11 +214,16 @@ class IvfCentroids:
         float16, half the bytes of a table every query reads, in blocks of 16 lists
         stored value by value (``[ceil(nlist / 16), dim, 16]``, the lists past ``nlist``
         zero), which the probe scores without a horizontal sum per list (README, the
-        ivf probe). Lists whose scores differ by less than float16 rounding may swap
-        places with the staged probe's."""
+        ivf probe). A table of at least PROBE_BF16_VALUES values (even width) on a CPU
+        with a bf16 dot is instead bfloat16 in value pairs (``bf16_pair_table``). Lists
+        whose scores differ by less than that rounding may swap places with the staged
+        probe's."""
         t = self._probe_table
         if t is None:
             nlist, dim = self.centroids.shape
+            if nlist * dim >= PROBE_BF16_VALUES and dim % 2 == 0 and hostcalls.probe_bf16_available():
+                t = self._probe_table = bf16_pair_table(self.centroids)
+                return t
             nb = -(-nlist // PROBE_BLOCK)
             rows = np.zeros((nb * PROBE_BLOCK, dim), np.float16)
             rows[:nlist] = self.centroids
@@ -226,6 +235,20 @@ class IvfCentroids:
         if self.mean is None:  # the queries are validated: sign_bits skips the checks
             return sign_bits(queries[:, :8 * nbytes] if 8 * nbytes < queries.shape[1] else queries)
         return centred_codes(queries, self.mean, self.spec["metric"])[:, :nbytes]
+
+
+def bf16_pair_table(centroids: np.ndarray) -> np.ndarray:
+    """``centroids`` [nlist, dim] (dim even) rounded to bfloat16 (nearest even; uint16
+    bits) in the probe's pair layout ``[ceil(nlist / 16), dim / 2, 16, 2]``: per block
+    of 16 lists and pair of values (2p, 2p + 1), the 16 lists' pairs side by side, as
+    one bf16 dot instruction multiplies them (the lists past ``nlist`` zero)."""
+    nlist, dim = centroids.shape
+    nb = -(-nlist // PROBE_BLOCK)
+    u = np.ascontiguousarray(centroids, dtype=np.float32).view(np.uint32)
+    bits = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    rows = np.zeros((nb * PROBE_BLOCK, dim), np.uint16)
+    rows[:nlist] = bits
+    return np.ascontiguousarray(rows.reshape(nb, PROBE_BLOCK, dim // 2, 2).transpose(0, 2, 1, 3))
 
 
 class IvfLists:
