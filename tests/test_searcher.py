@@ -287,6 +287,35 @@ def test_selective_filter_route_in_one_call(monkeypatch, ids_filter):
     assert np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(per_query(got), per_query(exact))]) >= 0.9
 
 
+def test_selective_filter_over_many_rows_is_probed(monkeypatch):
+    """Below EXACT_FRACTION but more than EXACT_ROWS allowed rows: ivf probes the
+    filter's gathered per-list codes (widened) instead of scanning every allowed row,
+    through search() and the searcher alike, and still answers min(k, matches) rows
+    close to exact filtered search."""
+    from nestvec.collection.indexes import plan
+
+    x, q = data(seed=11)
+    col = nv.Collection.create(None, dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
+    cat = np.arange(N) % 100
+    col.add(x[:2000], metadata={"cat": cat[:2000]})
+    col.add(x[2000:], metadata={"cat": cat[2000:]})
+    col.create_index("ivf", nlist=32, min_rows=100)
+    flt = nv.field("cat") < 4  # 4%: 120 rows
+    assert col.explain(q, k=10, mode="ivf", rescore=2, filter=flt)["route"].startswith("exhaustive")
+    monkeypatch.setattr(plan, "EXACT_ROWS", 100)
+    plan_ = col.explain(q, k=10, mode="ivf", rescore=2, filter=flt)
+    assert plan_["route"].startswith("ivf probe"), plan_
+    got = per_query(col.search(q, k=10, mode="ivf", rescore=2, filter=flt))
+    s = col.searcher(k=10, mode="ivf", rescore=2, filter=flt)
+    ids, _ = s.search(q)
+    exact = per_query(col.search(q, k=10, mode="flat", filter=flt))
+    assert all(len(a[0]) == 10 for a in got)
+    for j, (a, b) in enumerate(zip(got, exact)):
+        np.testing.assert_array_equal(ids[j], a[0])
+        assert np.all(cat[np.asarray(a[0])] < 4)
+    assert np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(got, exact)]) >= 0.9
+
+
 def test_filter_keys_are_remembered_per_expression():
     from nestvec.collection.filters import MaskCache
 
