@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--anchor", default="16:20,16:40", help="BinaryIVF nprobe:rescore points")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--layout", action="append", default=[], metavar="LABEL=PATH",
+                   help="the same rows in another collection (e.g. compacted into larger segments): "
+                        "its searcher is timed in the same turns; repeatable")
     args = p.parse_args(argv)
     work = Path(args.data_dir)
     stem = f"synth-{args.n}x{args.d}-c{args.clusters}"
@@ -52,7 +55,15 @@ def main(argv=None) -> int:
     s = col.searcher(k=K, mode="ivf")
     spec = col.indexes()["ivf"]
     b = Faiss("BinaryIVF").build(x, None, work)
-    fns = {f"ours-ivf-searcher (default nprobe {spec['nprobe']} rescore {spec['rescore']})": lambda z: s.search(z)[0]}
+    nseg = len(col._snapshot().segments)
+    fns = {f"ours-ivf-searcher ({nseg} segments; default nprobe {spec['nprobe']} rescore {spec['rescore']})":
+           lambda z: s.search(z)[0]}
+    for lay in args.layout:
+        label, path = lay.split("=", 1)
+        other = nv.open(path, read_only=True)
+        so = other.searcher(k=K, mode="ivf")
+        fns[f"ours-ivf-searcher {label} ({len(other._snapshot().segments)} segments)"] = \
+            (lambda t: lambda z: t.search(z)[0])(so)
     for pt in args.anchor.split(","):
         npb, rs = (int(v) for v in pt.split(":"))
         fns[f"faiss-BinaryIVF nprobe {npb} rescore {rs}"] = (lambda a, c: lambda z: b.search(z, nprobe=a, rescore=c))(npb, rs)
@@ -72,10 +83,16 @@ def main(argv=None) -> int:
                     t[n].append(time.perf_counter() - t0)
         for n in fns:  # the first quarter warms the caches and the page cache
             out[n][f"qps_b{bsz}"] = round(bsz / float(np.median(t[n][len(t[n]) // 4:])), 1)
-    ours = next(iter(out))
+    anchors = [n for n in out if n.startswith("faiss")]
     for n, r in out.items():
-        ratio = "" if n == ours else f"  ours: {out[ours]['qps_b1'] / r['qps_b1']:.2f}x / {out[ours]['qps_b16'] / r['qps_b16']:.2f}x"
-        print(f"{n:48s} recall {r['recall10']:.4f}  QPS b1 {r['qps_b1']:8.1f}  b16 {r['qps_b16']:8.1f}{ratio}", flush=True)
+        print(f"{n:64s} recall {r['recall10']:.4f}  QPS b1 {r['qps_b1']:8.1f}  b16 {r['qps_b16']:8.1f}", flush=True)
+    for n, r in out.items():  # each layout of ours against each anchor point
+        if n in anchors:
+            continue
+        for a in anchors:
+            r.setdefault("vs", {})[a] = [round(r["qps_b1"] / out[a]["qps_b1"], 2),
+                                         round(r["qps_b16"] / out[a]["qps_b16"], 2)]
+            print(f"  {n} / {a}: {r['vs'][a][0]:.2f}x batch 1, {r['vs'][a][1]:.2f}x batch 16", flush=True)
     H.save(f"bench_ann_{args.n}x{args.d}_same_minutes", [{"method": n, **r} for n, r in out.items()],
            meta={"openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "rounds": args.rounds,
