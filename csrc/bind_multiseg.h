@@ -260,26 +260,32 @@ inline void def_multiseg(py::module_& m) {
         const bool probing = !centroids_o.is_none();
         py::array centroids;
         View c{nullptr, 0, 0, 0};
-        bool blocked = false, bf16 = false;
+        bool blocked = false;
+        int kind = dense::kBlockedF16;
         if (probing) {
           if (probe_metric != dense::kIP && probe_metric != dense::kL2)
             throw std::invalid_argument("probe_metric: 1 (ip) or 2 (l2)");
           if (!py::isinstance<py::array>(centroids_o)) throw py::type_error("centroids: expected an array or None");
           centroids = centroids_o.cast<py::array>();
           blocked = centroids.ndim() == 3;
-          bf16 = centroids.ndim() == 4;
-          if (bf16) {  // [nblocks, dim / 2, 16, 2] bfloat16 bits (uint16), C order
-            const int64_t nb = centroids.shape(0), d = 2 * centroids.shape(1);
-            if (centroids.dtype().kind() != 'u' || centroids.itemsize() != 2 ||
-                centroids.shape(2) != dense::kBlockRows || centroids.shape(3) != 2 ||
+          const bool i8 = centroids.ndim() == 4 && centroids.dtype().kind() == 'i' && centroids.itemsize() == 1;
+          const bool bf16 = centroids.ndim() == 4 && !i8;
+          if (bf16 || i8) {  // bf16: [nblocks, dim / 2, 16, 2] uint16; i8: [nblocks, dim / 4 + 2, 16, 4] int8
+            const int64_t nb = centroids.shape(0);
+            const int64_t d = bf16 ? 2 * centroids.shape(1) : 4 * (centroids.shape(1) - 2);
+            if ((bf16 && (centroids.dtype().kind() != 'u' || centroids.itemsize() != 2 || centroids.shape(3) != 2)) ||
+                (i8 && centroids.shape(3) != 4) || centroids.shape(2) != dense::kBlockRows ||
                 !(centroids.flags() & py::array::c_style))
               throw std::invalid_argument("centroids: expected a C-contiguous uint16 [nblocks, dim / 2, 16, 2] "
-                                          "bfloat16 pair table");
-            if (!dense::blocked_bf16_available())
-              throw std::invalid_argument("centroids: a bfloat16 pair table needs a CPU with a bf16 dot "
-                                          "(AVX512-BF16); use the float16 table");
+                                          "bfloat16 pair table or int8 [nblocks, dim / 4 + 2, 16, 4] quad table");
+            kind = bf16 ? dense::kBlockedBf16 : dense::kBlockedI8;
+            if (!dense::blocked_available(kind))
+              throw std::invalid_argument(std::string("centroids: a") + (bf16 ? " bfloat16 pair table needs a CPU with a bf16 dot (AVX512-BF16)"
+                                                      : "n int8 quad table needs a CPU with a u8 x s8 dot (AVX512-VNNI)") + "; use the float16 table");
+            if (i8 && probe_metric != dense::kIP)
+              throw std::invalid_argument("centroids: an int8 quad table serves ip probes (probe_metric 1) only");
             if (nlist < 1 || nb != (nlist + dense::kBlockRows - 1) / dense::kBlockRows || d < 2)
-              throw std::invalid_argument("nlist: expected the pair table's rows (ceil(nlist / 16) blocks)");
+              throw std::invalid_argument("nlist: expected the table's rows (ceil(nlist / 16) blocks)");
             c = View{const_cast<void*>(centroids.data()), nlist, d, d};
             blocked = true;
           } else if (blocked) {  // [nblocks, dim, kBlockRows] float16, C order; nlist: its real rows
@@ -363,7 +369,7 @@ inline void def_multiseg(py::module_& m) {
           p.centroids = probing ? c.ptr : nullptr;
           p.dtype = probing && centroids.itemsize() == 2 ? DType::F16 : DType::F32;
           p.blocked = blocked;
-          p.bf16 = bf16;
+          p.kind = kind;
           p.nlist = c.rows;
           p.stride = c.row_stride;
           p.dim = c.cols;
@@ -398,7 +404,8 @@ inline void def_multiseg(py::module_& m) {
       py::arg("need"), py::arg("nlist") = 0, py::arg("ids") = py::none(),
       "One ivf search (centroids None: the segments' own ranges, [Q or 1, P, 2], or every row) of validated float32 queries (cosine: normalised at dim here): probe the "
       "centroids ([nlist, dim] float32 / float16, the float16 [ceil(nlist / 16), dim, 16] blocked table, or the bfloat16 [ceil(nlist / 16), dim / 2, 16, 2] "
-      "pair table (uint16 bits; probe_bf16_available()), the blocked ones with nlist) with their first dim values, "
+      "pair table (uint16 bits; probe_bf16_available()), or the int8 [ceil(nlist / 16), dim / 4 + 2, 16, 4] quad table (probe_i8_available(); ip), "
+      "the blocked ones with nlist) with their first dim values, "
       "Hamming shortlist of short_k (query codes: qcodes [Q, >= nbytes], or None for the sign bits) over the probed lists of every segment (hsegs: (codes, allow, "
       "position, k, list offsets, ids)), exact rescoring at dim (dsegs: (db, dtype, position, k, "
       "None)): (score, seg, local [Q, k'], lacking [Q] (fewer than `need` shortlist hits), rows compared, rows rescored, ids [Q, k'] "

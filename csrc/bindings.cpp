@@ -214,8 +214,10 @@ PYBIND11_MODULE(_C, m) {
     return py::make_tuple(certified, fallback);
   }, "Queries the two-pass bf16 route certified / handed to the float32 scan (counters).");
   m.def("dense_bf16_enabled", [] { return dense::bf16_pass_enabled(); });
-  m.def("probe_bf16_available", [] { return dense::blocked_bf16_available(); },
+  m.def("probe_bf16_available", [] { return dense::blocked_available(dense::kBlockedBf16); },
         "Whether the active ISA scores the ivf probe's bfloat16 pair table (AVX512-BF16).");
+  m.def("probe_i8_available", [] { return dense::blocked_available(dense::kBlockedI8); },
+        "Whether the active ISA scores the ivf probe's int8 quad table (AVX512-VNNI).");
   m.def("dense_two_pass", [] {
     const int kind = dense::active_kernels().approx.kind;
     return std::string(kind == dense::kApproxBf16 ? "bf16" : kind == dense::kApproxI16 ? "int16" : "");

@@ -241,16 +241,24 @@ void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
   }
 }
 
-bool blocked_bf16_available() { return active_kernels().blocked_dots_bf16 != nullptr; }
+namespace {
+BlockedDotsFn blocked_fn(const Kernels& kern, int kind) {
+  return kind == kBlockedBf16 ? kern.blocked_dots_bf16 : kind == kBlockedI8 ? kern.blocked_dots_i8 : kern.blocked_dots;
+}
+}  // namespace
+
+bool blocked_available(int kind) { return blocked_fn(active_kernels(), kind) != nullptr; }
 
 void topk_blocked(const uint16_t* table, int64_t n, int64_t dim, const float* queries, int64_t nq,
-                  int64_t query_stride, int64_t k, int metric, float* out_score, int64_t* out_idx, bool bf16) {
+                  int64_t query_stride, int64_t k, int metric, float* out_score, int64_t* out_idx, int kind) {
   if (metric != kIP && metric != kL2) throw std::invalid_argument("topk_blocked: metric must be ip or l2");
   if (n <= 0 || nq <= 0 || k <= 0) return;
   const Kernels kern = active_kernels();
-  const BlockedDotsFn blocked_dots = bf16 ? kern.blocked_dots_bf16 : kern.blocked_dots;
-  if (!blocked_dots) throw std::invalid_argument("topk_blocked: this CPU has no bfloat16 dot for a bf16 table");
-  if (bf16 && dim % 2) throw std::invalid_argument("topk_blocked: a bf16 pair table has an even width");
+  const BlockedDotsFn blocked_dots = blocked_fn(kern, kind);
+  if (!blocked_dots) throw std::invalid_argument("topk_blocked: this CPU has no kernel for the table's format");
+  if (kind == kBlockedBf16 && dim % 2) throw std::invalid_argument("topk_blocked: a bf16 pair table has an even width");
+  if (kind == kBlockedI8 && (dim % 4 || metric != kIP))
+    throw std::invalid_argument("topk_blocked: an int8 table has a width divisible by 4 and serves ip probes");
   const bool l2 = metric == kL2;
   const int64_t nblocks = (n + kBlockRows - 1) / kBlockRows, ld = nblocks * kBlockRows;
   constexpr int64_t kQueries = 4;  // per pass over the table (blocked_dots' widest)

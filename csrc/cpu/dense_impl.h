@@ -514,6 +514,78 @@ void blocked_dots_bf16(const uint16_t* table, int64_t nblocks, int64_t dim, cons
 }
 #endif  // NV_SIMD_BF16_DOT
 
+#if defined(NV_SIMD_U8S8_DOT)
+// The int8 quad table (BlockedDotsFn's i8 layout): per block, each step is one u8 x s8
+// dot of a 16-list x 4-value vector with the query's broadcast quad, A chains.
+template <int Q, int A>
+void blocked_i8_q(const int8_t* table, int64_t nblocks, int64_t nquads, const uint32_t* qq, const float* qinv,
+                  float* dots, int64_t ld) {
+  static_assert(kBlockRows == kF, "a block's 16 lists are one int32 vector");
+  const int64_t block_bytes = (nquads + 2) * 4 * kBlockRows;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int8_t* p = table + b * block_bytes;
+    vi32 acc[Q][A];
+    for (int j = 0; j < Q; ++j)
+      for (int a = 0; a < A; ++a) acc[j][a] = i32_zero();
+    auto step = [&](int64_t c, int a) {
+      const vi32 x = i32_loadu(p + c * 4 * kBlockRows);
+      for (int j = 0; j < Q; ++j) acc[j][a] = u8s8_dot(acc[j][a], qq[j * nquads + c], x);
+    };
+    int64_t c = 0;
+    for (; c + A <= nquads; c += A)
+      for (int a = 0; a < A; ++a) step(c + a, a);
+    for (; c < nquads; ++c) step(c, 0);
+    const vi32 corr = i32_loadu(p + nquads * 4 * kBlockRows);
+    const vf inv = vloadu(reinterpret_cast<const float*>(p + (nquads + 1) * 4 * kBlockRows));
+    for (int j = 0; j < Q; ++j) {
+      vi32 t = acc[j][0];
+      for (int a = 1; a < A; ++a) t = i32_add(t, acc[j][a]);
+      vstoreu(dots + j * ld + b * kBlockRows, vmul(vmul(i32_to_f(i32_add(t, corr)), inv), vset1(qinv[j])));
+    }
+  }
+}
+
+template <int Q>
+void blocked_i8_run(const int8_t* table, int64_t nblocks, int64_t nquads, const uint32_t* qq, const float* qinv,
+                    float* dots, int64_t ld) {
+  constexpr int A = Q >= 8 ? 1 : 8 / Q;
+  blocked_i8_q<Q, A>(table, nblocks, nquads, qq, qinv, dots, ld);
+}
+
+void blocked_dots_i8(const uint16_t* table16, int64_t nblocks, int64_t dim, const float* q, int64_t qs,
+                     int64_t nq, float* dots, int64_t ld, float*) {
+  const int8_t* table = reinterpret_cast<const int8_t*>(table16);
+  const int64_t nquads = dim / 4;  // (the table's dim is a multiple of 4)
+  std::vector<uint32_t> qq(size_t(4 * nquads));
+  float qinv[4];
+  for (int64_t j = 0; j < nq; j += 4) {  // each pass over the table serves four queries
+    const int64_t m = std::min<int64_t>(4, nq - j);
+    for (int64_t i = 0; i < m; ++i) {  // q8 = q scaled to 127 at its largest |value|, + 128
+      const float* x = q + (j + i) * qs;
+      float mx = 0.f;
+      for (int64_t c = 0; c < dim; ++c) mx = std::max(mx, std::fabs(x[c]));
+      const float sc = mx > 0.f ? 127.f / mx : 0.f;
+      qinv[i] = mx > 0.f ? mx / 127.f : 0.f;
+      for (int64_t c = 0; c < nquads; ++c) {
+        uint32_t v = 0;
+        for (int t = 0; t < 4; ++t) {
+          const long r = std::lrint(x[4 * c + t] * sc);
+          v |= uint32_t(std::min(127L, std::max(-127L, r)) + 128) << (8 * t);
+        }
+        qq[size_t(i * nquads + c)] = v;
+      }
+    }
+    float* dj = dots + j * ld;
+    switch (m) {
+      case 1: blocked_i8_run<1>(table, nblocks, nquads, qq.data(), qinv, dj, ld); break;
+      case 2: blocked_i8_run<2>(table, nblocks, nquads, qq.data(), qinv, dj, ld); break;
+      case 3: blocked_i8_run<3>(table, nblocks, nquads, qq.data(), qinv, dj, ld); break;
+      default: blocked_i8_run<4>(table, nblocks, nquads, qq.data(), qinv, dj, ld); break;
+    }
+  }
+}
+#endif  // NV_SIMD_U8S8_DOT
+
 // ------------------------------------------------------------------ key threshold
 int64_t select(const float* dots, const float* rowf, int64_t nrows, int metric, float a, float b,
                float thr, const uint8_t* allow, uint32_t* hit_rows, float* hit_keys) {
@@ -555,7 +627,13 @@ template <>
 Kernels kernels<simd::kIsa>() {
 #if defined(NV_SIMD_BF16_DOT)
   return {dots, select, {kApproxBf16, 0.f, 0, bf16_bytes, bf16_bytes, bf16_pack_rows, bf16_pack_queries, bf16_dots}, dots_tiles, blocked_dots,
-          blocked_dots_bf16};
+          blocked_dots_bf16,
+#if defined(NV_SIMD_U8S8_DOT)
+          blocked_dots_i8
+#else
+          nullptr
+#endif
+  };
 #elif defined(NV_SIMD_I16_DOT)
   return {dots, select,
           {kApproxI16, kI16Max, kI16Chunk, i16_rows_bytes, i16_queries_bytes, i16_pack_rows, i16_pack_queries, i16_dots}, dots_tiles, blocked_dots};

@@ -81,7 +81,7 @@ int64_t search(const Probe& probe, const float* queries, int64_t nq, int64_t que
       lists.resize(size_t(nb * nprobe));
       if (probe.blocked)
         dense::topk_blocked(static_cast<const uint16_t*>(probe.centroids), probe.nlist, probe.dim, q, nb, dim, nprobe,
-                            probe.metric, pscore.data(), lists.data(), probe.bf16);
+                            probe.metric, pscore.data(), lists.data(), probe.kind);
       else
         dense::topk(probe.centroids, probe.dtype, probe.nlist, probe.stride, probe.dim, q, nb, dim, nprobe,
                     probe.metric, nullptr, nullptr, 0, pscore.data(), lists.data());

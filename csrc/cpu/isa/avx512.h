@@ -164,6 +164,20 @@ inline vbh bh_loadu(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p);
 // One bf16 pair (low half first in memory) in every 32-bit lane.
 inline vbh bh_pair(uint32_t pair) { return (__m512bh)_mm512_set1_epi32(int32_t(pair)); }
 
+// ------------------------------------------------------------------ int8 dot products
+// AVX512-VNNI: vpdpbusd sums 4 unsigned x signed byte products into each of 16 int32
+// lanes (64 multiplies per instruction; the ivf probe's int8 table).
+#define NV_SIMD_U8S8_DOT 1
+using vi32 = __m512i;
+inline vi32 i32_zero() { return _mm512_setzero_si512(); }
+inline vi32 i32_loadu(const void* p) { return _mm512_loadu_si512(p); }
+inline vi32 i32_add(vi32 a, vi32 b) { return _mm512_add_epi32(a, b); }
+// acc + sum over 4 bytes of (u8 of `quad`, broadcast) x (s8 of x) per lane
+inline vi32 u8s8_dot(vi32 acc, uint32_t quad, vi32 x) {
+  return _mm512_dpbusd_epi32(acc, _mm512_set1_epi32(int32_t(quad)), x);
+}
+inline vf i32_to_f(vi32 a) { return _mm512_cvtepi32_ps(a); }
+
 // ------------------------------------------------------------------ binary codes
 // vb: one chunk of kB code bytes. cnt_popxor: per-qword popcounts of a ^ b (VPOPCNTQ);
 // counts and accumulators are the same qword lanes here.

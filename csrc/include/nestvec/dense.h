@@ -36,7 +36,13 @@ using BlockedDotsFn = void (*)(const uint16_t* table, int64_t nblocks, int64_t d
 // pairs (2p, 2p + 1) of row kBlockRows * b + l at table[((b * dim / 2 + p) * kBlockRows
 // + l) * 2 + {0, 1}] (dim even), which a bf16 dot instruction multiplies by the
 // broadcast pair of the query rounded to bfloat16: twice the values of a float32 FMA
-// and no conversion per value (README, the ivf probe).
+// and no conversion per value (README, the ivf probe). blocked_dots_i8 (ISAs with a
+// u8 x s8 dot; ip only, sq unused): int8 values in quads, block b of (dim / 4 + 2) x 64
+// bytes: quad c of row kBlockRows * b + l at bytes ((b * (dim / 4 + 2) + c) *
+// kBlockRows + l) * 4, then the rows' int32 corrections (-128 x their value sum) and
+// float32 inverse scales, kBlockRows each; a row's dot is (sum of (q8 + 128) x c8 +
+// correction) x its inverse scale x the query's (q8: the query scaled to 127 at its
+// largest value).
 
 // Keys of one query over a tile (larger = better):
 //   cosine: dot * a * rowf[r]   (a = 1/|q|, rowf = 1/|x| or 0 for a zero row)
@@ -87,6 +93,7 @@ struct Kernels {
   DotsFn dots_tiles;
   BlockedDotsFn blocked_dots;
   BlockedDotsFn blocked_dots_bf16 = nullptr;
+  BlockedDotsFn blocked_dots_i8 = nullptr;
 };
 template <Isa I>
 Kernels kernels();
@@ -125,13 +132,15 @@ void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
 // topk (ip or l2, no filter) over the first n rows of a blocked float16 table
 // (kBlockRows layout, ceil(n / kBlockRows) blocks) on the calling thread: the ivf
 // probe of one block of queries. The keys are topk's up to float32 summation order.
-// bf16: the table is the bfloat16 pair table (blocked_bf16_available()); its keys are
-// the bf16 products' (the query rounded to bfloat16 too).
+// kind: the table's format (BlockedKind); bf16 and i8 tables need their ISA kernels
+// (blocked_available), and their keys are the narrow products' (the query rounded or
+// scaled alike). i8 tables serve ip probes only.
+enum BlockedKind { kBlockedF16 = 0, kBlockedBf16 = 1, kBlockedI8 = 2 };
 void topk_blocked(const uint16_t* table, int64_t n, int64_t dim, const float* queries, int64_t nq,
                   int64_t query_stride, int64_t k, int metric, float* out_score, int64_t* out_idx,
-                  bool bf16 = false);
-// Whether the active ISA scores the bfloat16 pair table (AVX512-BF16).
-bool blocked_bf16_available();
+                  int kind = kBlockedF16);
+// Whether the active ISA scores tables of `kind` (bf16: AVX512-BF16, i8: AVX512-VNNI).
+bool blocked_available(int kind);
 
 }  // namespace dense
 }  // namespace nestvec

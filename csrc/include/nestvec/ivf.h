@@ -19,7 +19,7 @@ struct Probe {
   // centroids is instead the float16 table in dense::kBlockRows blocks (dense.h),
   // ceil(nlist / kBlockRows) * dim * kBlockRows values (stride unused)
   bool blocked = false;
-  bool bf16 = false;  // blocked: the bfloat16 pair table (dense.h) instead
+  int kind = 0;  // blocked: the table's dense::BlockedKind (float16, bf16 pairs, int8 quads)
   int64_t nlist = 0, stride = 0, dim = 0;
   int metric = 0;  // dense::Metric of the probe: kIP (unit centroids) or kL2
   int64_t nprobe = 0;

@@ -207,6 +207,12 @@ def probe_bf16_available() -> bool:
     return bool(f()) if f is not None else False
 
 
+def probe_i8_available() -> bool:
+    """Whether the native ivf probe scores an int8 quad table on this CPU."""
+    f = getattr(be._C, "probe_i8_available", None)
+    return bool(f()) if f is not None else False
+
+
 def ivf_search(queries, qcodes, nbytes: int, centroids, l2_probe: bool, nprobe: int, hsegs: list, dsegs: list,
                short: int, dim: int, metric: str, k: int, need: int, nlist: int = 0, ids=None):
     """One search in one call (csrc/cpu/ivf_search.cpp) of validated float32 queries:

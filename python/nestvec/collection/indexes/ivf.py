@@ -37,10 +37,13 @@ PROBE_NUMPY_QUERIES = 2  # probes of at most this many queries skip dense_topk (
 # product over threads, which on a loaded machine took milliseconds (README, Indexes).
 PROBE_NUMPY_VALUES = 1 << 18
 PROBE_BLOCK = 16  # lists per block of the one-call probe table (csrc dense::kBlockRows)
-# Centroid tables of at least this many values are probed in bfloat16 pairs where the
-# CPU has a bf16 dot (IvfCentroids.probe_table): there the float16 table's conversions
-# bound the probe of a large index (README, the ivf probe); smaller ones stay float16.
-PROBE_BF16_VALUES = 1 << 19
+# Centroid tables of at least this many values are probed in a narrower format where
+# the CPU has its dot instruction (IvfCentroids.probe_table): int8 quads (u8 x s8 dot,
+# AVX512-VNNI; ip probes) or bfloat16 pairs (bf16 dot, AVX512-BF16). There the float16
+# table's conversions bound the probe of a large index, and a table read per query is
+# mostly out of cache; int8 halves bf16's bytes (README, the ivf probe). Smaller tables
+# stay float16, whose scores are closest to the staged probe's.
+PROBE_NARROW_VALUES = 1 << 19
 
 
 # --------------------------------------------------------------------------- vectors
@@ -214,16 +217,21 @@ class IvfCentroids:
         float16, half the bytes of a table every query reads, in blocks of 16 lists
         stored value by value (``[ceil(nlist / 16), dim, 16]``, the lists past ``nlist``
         zero), which the probe scores without a horizontal sum per list (README, the
-        ivf probe). A table of at least PROBE_BF16_VALUES values (even width) on a CPU
-        with a bf16 dot is instead bfloat16 in value pairs (``bf16_pair_table``). Lists
-        whose scores differ by less than that rounding may swap places with the staged
-        probe's."""
+        ivf probe). A table of at least PROBE_NARROW_VALUES values is instead, on a CPU
+        with the dot instruction, int8 in value quads (``i8_quad_table``; ip probes,
+        width a multiple of 4) or bfloat16 in value pairs (``bf16_pair_table``; even
+        width). Lists whose scores differ by less than that rounding may swap places
+        with the staged probe's."""
         t = self._probe_table
         if t is None:
             nlist, dim = self.centroids.shape
-            if nlist * dim >= PROBE_BF16_VALUES and dim % 2 == 0 and hostcalls.probe_bf16_available():
-                t = self._probe_table = bf16_pair_table(self.centroids)
-                return t
+            if nlist * dim >= PROBE_NARROW_VALUES:
+                if dim % 4 == 0 and self.spec["metric"] != "l2" and hostcalls.probe_i8_available():
+                    t = self._probe_table = i8_quad_table(self.centroids)
+                    return t
+                if dim % 2 == 0 and hostcalls.probe_bf16_available():
+                    t = self._probe_table = bf16_pair_table(self.centroids)
+                    return t
             nb = -(-nlist // PROBE_BLOCK)
             rows = np.zeros((nb * PROBE_BLOCK, dim), np.float16)
             rows[:nlist] = self.centroids
@@ -235,6 +243,29 @@ class IvfCentroids:
         if self.mean is None:  # the queries are validated: sign_bits skips the checks
             return sign_bits(queries[:, :8 * nbytes] if 8 * nbytes < queries.shape[1] else queries)
         return centred_codes(queries, self.mean, self.spec["metric"])[:, :nbytes]
+
+
+def i8_quad_table(centroids: np.ndarray) -> np.ndarray:
+    """``centroids`` [nlist, dim] (dim a multiple of 4) as the probe's int8 quad table
+    ``[ceil(nlist / 16), dim / 4 + 2, 16, 4]``: per block of 16 lists, each quad of
+    values (4c .. 4c + 3) of the 16 lists side by side, each list scaled to 127 at its
+    largest |value| and rounded; then each list's int32 correction (-128 x the sum of its
+    int8 values: the query's bytes are offset by 128) and its float32 inverse scale
+    (the lists past ``nlist`` zero)."""
+    nlist, dim = centroids.shape
+    nb, nq4 = -(-nlist // PROBE_BLOCK), dim // 4
+    c = np.zeros((nb * PROBE_BLOCK, dim), np.float32)
+    c[:nlist] = centroids
+    mx = np.abs(c).max(axis=1)
+    scale = np.divide(127.0, mx, out=np.zeros_like(mx), where=mx > 0)
+    c8 = np.clip(np.rint(c * scale[:, None]), -127, 127).astype(np.int8)
+    t = np.zeros((nb, nq4 + 2, PROBE_BLOCK, 4), np.int8)
+    t[:, :nq4] = c8.reshape(nb, PROBE_BLOCK, nq4, 4).transpose(0, 2, 1, 3)
+    corr = (-128 * c8.astype(np.int32).sum(axis=1)).astype("<i4")
+    inv = np.divide(mx, 127.0, out=np.zeros_like(mx), where=mx > 0).astype("<f4")
+    t[:, nq4] = corr.view(np.int8).reshape(nb, PROBE_BLOCK, 4)
+    t[:, nq4 + 1] = inv.view(np.int8).reshape(nb, PROBE_BLOCK, 4)
+    return t
 
 
 def bf16_pair_table(centroids: np.ndarray) -> np.ndarray:
