@@ -256,6 +256,17 @@ def test_native_call_checks_its_arguments(all_indexed):
             C.ivf_search(**{**good, **b})
 
 
+def cat_collection(seed):
+    """Two ivf-indexed segments (2,000 + 1,000 rows), cat = row % 100, ids = rows."""
+    x, q = data(seed=seed)
+    col = nv.Collection.create(None, dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
+    cat = np.arange(N) % 100
+    col.add(x[:2000], metadata={"cat": cat[:2000]})
+    col.add(x[2000:], metadata={"cat": cat[2000:]})
+    col.create_index("ivf", nlist=32, min_rows=100)
+    return col, q, cat
+
+
 @pytest.mark.parametrize("ids_filter", [False, True])
 def test_selective_filter_route_in_one_call(monkeypatch, ids_filter):
     """A filter below EXACT_FRACTION: its rows' gathered codes (remembered with the
@@ -263,12 +274,7 @@ def test_selective_filter_route_in_one_call(monkeypatch, ids_filter):
     call, equal to the staged calls and exact up to the shortlist."""
     from nestvec.collection.indexes import plan
 
-    x, q = data(seed=7)
-    col = nv.Collection.create(None, dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
-    cat = np.arange(N) % 100
-    col.add(x[:2000], metadata={"cat": cat[:2000]})
-    col.add(x[2000:], metadata={"cat": cat[2000:]})
-    col.create_index("ivf", nlist=32, min_rows=100)
+    col, q, _ = cat_collection(seed=7)
     if ids_filter:
         col.delete(ids=list(range(0, 3000, 7)))  # a live mask as well
     flt = nv.field("cat") < 3  # 3%: 60 + 30 rows
@@ -294,12 +300,7 @@ def test_selective_filter_over_many_rows_is_probed(monkeypatch):
     close to exact filtered search."""
     from nestvec.collection.indexes import plan
 
-    x, q = data(seed=11)
-    col = nv.Collection.create(None, dim=D, schema={"cat": "int32"}, merge_policy=NoMergePolicy())
-    cat = np.arange(N) % 100
-    col.add(x[:2000], metadata={"cat": cat[:2000]})
-    col.add(x[2000:], metadata={"cat": cat[2000:]})
-    col.create_index("ivf", nlist=32, min_rows=100)
+    col, q, cat = cat_collection(seed=11)
     flt = nv.field("cat") < 4  # 4%: 120 rows
     assert col.explain(q, k=10, mode="ivf", rescore=2, filter=flt)["route"].startswith("exhaustive")
     monkeypatch.setattr(plan, "EXACT_ROWS", 100)

@@ -423,20 +423,26 @@ void blocked_run(const uint16_t* table, int64_t nblocks, int64_t dim, const floa
     blocked_q<Q, A, false>(table, nblocks, dim, q, qs, dots, ld, nullptr);
 }
 
+// Each pass over a blocked table serves up to four queries: run(Q, j) for the queries
+// j .. j + Q - 1 (Q a compile-time constant).
+template <class Run>
+void by_four_queries(int64_t nq, Run&& run) {
+  for (int64_t j = 0; j < nq; j += 4) {
+    switch (std::min<int64_t>(4, nq - j)) {
+      case 1: run(std::integral_constant<int, 1>{}, j); break;
+      case 2: run(std::integral_constant<int, 2>{}, j); break;
+      case 3: run(std::integral_constant<int, 3>{}, j); break;
+      default: run(std::integral_constant<int, 4>{}, j); break;
+    }
+  }
+}
+
 void blocked_dots(const uint16_t* table, int64_t nblocks, int64_t dim, const float* q, int64_t qs, int64_t nq,
                   float* dots, int64_t ld, float* sq) {
   static_assert(kBlockRows % kF == 0, "a block holds whole float vectors");
-  for (int64_t j = 0; j < nq; j += 4) {  // each pass over the table serves four queries
-    float* s = j == 0 ? sq : nullptr;
-    const float* qj = q + j * qs;
-    float* dj = dots + j * ld;
-    switch (std::min<int64_t>(4, nq - j)) {
-      case 1: blocked_run<1>(table, nblocks, dim, qj, qs, dj, ld, s); break;
-      case 2: blocked_run<2>(table, nblocks, dim, qj, qs, dj, ld, s); break;
-      case 3: blocked_run<3>(table, nblocks, dim, qj, qs, dj, ld, s); break;
-      default: blocked_run<4>(table, nblocks, dim, qj, qs, dj, ld, s); break;
-    }
-  }
+  by_four_queries(nq, [&](auto Q, int64_t j) {
+    blocked_run<decltype(Q)::value>(table, nblocks, dim, q + j * qs, qs, dots + j * ld, ld, j == 0 ? sq : nullptr);
+  });
 }
 
 #if defined(NV_SIMD_BF16_DOT)
@@ -495,22 +501,14 @@ void blocked_dots_bf16(const uint16_t* table, int64_t nblocks, int64_t dim, cons
                        int64_t nq, float* dots, int64_t ld, float* sq) {
   const int64_t npairs = dim / 2;  // (the table's dim is even)
   std::vector<uint32_t> qp(size_t(4 * npairs));
-  for (int64_t j = 0; j < nq; j += 4) {  // each pass over the table serves four queries
-    const int64_t m = std::min<int64_t>(4, nq - j);
-    for (int64_t i = 0; i < m; ++i)
+  by_four_queries(nq, [&](auto Q, int64_t j) {
+    for (int64_t i = 0; i < Q; ++i)
       for (int64_t c = 0; c < npairs; ++c) {
         const float* x = q + (j + i) * qs + 2 * c;
         qp[size_t(i * npairs + c)] = bf16_bits(x[0]) | (bf16_bits(x[1]) << 16);
       }
-    float* s = j == 0 ? sq : nullptr;
-    float* dj = dots + j * ld;
-    switch (m) {
-      case 1: blocked_bf16_run<1>(table, nblocks, npairs, qp.data(), dj, ld, s); break;
-      case 2: blocked_bf16_run<2>(table, nblocks, npairs, qp.data(), dj, ld, s); break;
-      case 3: blocked_bf16_run<3>(table, nblocks, npairs, qp.data(), dj, ld, s); break;
-      default: blocked_bf16_run<4>(table, nblocks, npairs, qp.data(), dj, ld, s); break;
-    }
-  }
+    blocked_bf16_run<decltype(Q)::value>(table, nblocks, npairs, qp.data(), dots + j * ld, ld, j == 0 ? sq : nullptr);
+  });
 }
 #endif  // NV_SIMD_BF16_DOT
 
@@ -558,9 +556,8 @@ void blocked_dots_i8(const uint16_t* table16, int64_t nblocks, int64_t dim, cons
   const int64_t nquads = dim / 4;  // (the table's dim is a multiple of 4)
   std::vector<uint32_t> qq(size_t(4 * nquads));
   float qinv[4];
-  for (int64_t j = 0; j < nq; j += 4) {  // each pass over the table serves four queries
-    const int64_t m = std::min<int64_t>(4, nq - j);
-    for (int64_t i = 0; i < m; ++i) {  // q8 = q scaled to 127 at its largest |value|, + 128
+  by_four_queries(nq, [&](auto Q, int64_t j) {
+    for (int64_t i = 0; i < Q; ++i) {  // q8 = q scaled to 127 at its largest |value|, + 128
       const float* x = q + (j + i) * qs;
       float mx = 0.f;
       for (int64_t c = 0; c < dim; ++c) mx = std::max(mx, std::fabs(x[c]));
@@ -575,14 +572,8 @@ void blocked_dots_i8(const uint16_t* table16, int64_t nblocks, int64_t dim, cons
         qq[size_t(i * nquads + c)] = v;
       }
     }
-    float* dj = dots + j * ld;
-    switch (m) {
-      case 1: blocked_i8_run<1>(table, nblocks, nquads, qq.data(), qinv, dj, ld); break;
-      case 2: blocked_i8_run<2>(table, nblocks, nquads, qq.data(), qinv, dj, ld); break;
-      case 3: blocked_i8_run<3>(table, nblocks, nquads, qq.data(), qinv, dj, ld); break;
-      default: blocked_i8_run<4>(table, nblocks, nquads, qq.data(), qinv, dj, ld); break;
-    }
-  }
+    blocked_i8_run<decltype(Q)::value>(table, nblocks, nquads, qq.data(), qinv, dots + j * ld, ld);
+  });
 }
 #endif  // NV_SIMD_U8S8_DOT
 
