@@ -303,7 +303,7 @@ def _latencies(fns: dict, q) -> dict:
     (the machine's drift falls on all of them alike), after an untimed pass of each
     over every query: at 10M rows the collection's pages may not all be in the page
     cache, and the first mode timed paid the disk reads (a warm-up of 50 queries
-    left the 10% filter at 5x the unfiltered search, 1.3x once warm)."""
+    left the 10% filter at 5x the unfiltered search, 1.2x once warm)."""
     for j in range(len(q)):
         for f in fns.values():
             f(q[j])
