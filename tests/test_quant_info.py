@@ -47,6 +47,13 @@ def test_info_reports_build():
                 "triton_available"):
         assert key in d
     assert d["isa_active"] in d["isas_compiled"]
+    if d["native"]:  # the probe format follows the ISA in use (AVX512: its VNNI / BF16 dots)
+        from nestvec.collection import hostcalls
+
+        want = "int8" if hostcalls.probe_i8_available() else "bfloat16" if hostcalls.probe_bf16_available() \
+            else "float16"
+        assert d["ivf_probe_table"] == want
+        assert want != "float16" or d["isa_active"] != "avx512"
 
 
 def test_cli_info_subprocess():

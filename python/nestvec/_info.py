@@ -17,6 +17,11 @@ def info() -> dict:
                    cuda_compiled=bool(bi["cuda_compiled"]),
                    dense_two_pass=(C.dense_two_pass() or None) if C.dense_bf16_enabled() else None)
         out["dense_bf16_pass"] = out["dense_two_pass"] == "bf16"
+        # the format a large ivf index's centroid table is probed in on this CPU
+        # (collection/indexes/ivf.py: IvfCentroids.probe_table; int8 for ip probes)
+        i8 = getattr(C, "probe_i8_available", lambda: False)()
+        bf16 = getattr(C, "probe_bf16_available", lambda: False)()
+        out["ivf_probe_table"] = "int8" if i8 else "bfloat16" if bf16 else "float16"
     else:
         out.update(isas_compiled=[], isa_active=None, cuda_compiled=False,
                    native_error=str(be._C_ERROR))
@@ -50,6 +55,7 @@ def format_info(d: dict) -> str:
         f"  CPU ISAs compiled : {', '.join(d.get('isas_compiled') or []) or '-'}",
         f"  CPU ISA in use    : {d.get('isa_active') or '-'} (detected {d.get('isa_detected', '-')})",
         f"  dense two-pass    : {d.get('dense_two_pass') or 'no'} (large CPU batches; NESTVEC_DENSE_BF16=0 turns it off)",
+        f"  ivf probe table   : {d.get('ivf_probe_table') or '-'} (indexes of >= 2^19 centroid values)",
         f"  CUDA compiled     : {yn(d['cuda_compiled'])}",
         f"  GPU visible       : {yn(d['gpu_visible'])} ({d['gpu_count']})",
         f"  Triton available  : {yn(d['triton_available'])}"
