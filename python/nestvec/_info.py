@@ -19,9 +19,8 @@ def info() -> dict:
         out["dense_bf16_pass"] = out["dense_two_pass"] == "bf16"
         # the format a large ivf index's centroid table is probed in on this CPU
         # (collection/indexes/ivf.py: IvfCentroids.probe_table; int8 for ip probes)
-        i8 = getattr(C, "probe_i8_available", lambda: False)()
-        bf16 = getattr(C, "probe_bf16_available", lambda: False)()
-        out["ivf_probe_table"] = "int8" if i8 else "bfloat16" if bf16 else "float16"
+        out["ivf_probe_table"] = "int8" if C.probe_i8_available() else \
+            "bfloat16" if C.probe_bf16_available() else "float16"
     else:
         out.update(isas_compiled=[], isa_active=None, cuda_compiled=False,
                    native_error=str(be._C_ERROR))

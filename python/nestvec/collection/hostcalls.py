@@ -203,14 +203,12 @@ ONE_CALL_MAX_K = ck.LARGE_K_MIN
 
 def probe_bf16_available() -> bool:
     """Whether the native ivf probe scores a bfloat16 pair table on this CPU."""
-    f = getattr(be._C, "probe_bf16_available", None)
-    return bool(f()) if f is not None else False
+    return be._C is not None and bool(be._C.probe_bf16_available())
 
 
 def probe_i8_available() -> bool:
     """Whether the native ivf probe scores an int8 quad table on this CPU."""
-    f = getattr(be._C, "probe_i8_available", None)
-    return bool(f()) if f is not None else False
+    return be._C is not None and bool(be._C.probe_i8_available())
 
 
 def ivf_search(queries, qcodes, nbytes: int, centroids, l2_probe: bool, nprobe: int, hsegs: list, dsegs: list,

@@ -121,7 +121,7 @@ class Searcher:
         done, ids = False, None
         if fast is not None and qx.shape[1] == d_full:
             score, seg, local, lacking, _, _, ids = fast(qx)
-            done = fast.nprobe >= fast.nlist or lacking is None or not lacking.any()
+            done = fast.nprobe >= fast.nlist or not lacking.any()
         if not done:  # every other route, and queries that need a wider probe
             ids = None
             _, seg, local, score = self._planner(args, snap).run(qx)
