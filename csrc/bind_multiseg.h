@@ -60,7 +60,10 @@ inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int6
     std::string at;
     py::tuple t;
     multiseg::HammingSeg& g = gs[s];
-    if (!seg_tuple(segs, s, 6, "(codes, allow, position, k, ranges, ids[, allow_at])", &at, &t, &g.k, 1)) continue;
+    if (!seg_tuple(segs, s, 6, "(codes, allow, position, k, ranges, ids[, allow_at[, member_segs, member_base]])",
+                   &at, &t, &g.k, 3))
+      continue;
+    if (t.size() == 8) throw py::type_error(at + ": a span needs both member_segs and member_base");
     py::array codes = seg_array(t, 0, at, "codes (uint8 [n, bytes])", 2, keep);
     View c = view2d(codes, (at + ".codes").c_str(), 1);
     if (c.cols < nbytes && c.rows > 0) throw std::invalid_argument(at + ": codes are narrower than the queries");
@@ -106,15 +109,46 @@ inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int6
       g.ids = view2d(ia, (at + ".ids").c_str(), size_t(ia.itemsize())).ptr;
       g.ids_bytes = int(ia.itemsize());
     }
-    if (t.size() == 7 && !t[6].is_none()) {  // a mask in the codes' order (ids' rows: checked per hit)
+    if (t.size() >= 7 && !t[6].is_none()) {  // a mask in the codes' order (ids' rows: checked per hit)
       int64_t n_at = 0;
       std::tie(g.allow_at, n_at) = allow_arg(t[6], at + ".allow_at", keep);
       if (!g.ids || n_at != g.n) throw std::invalid_argument(at + ": allow_at needs ids and one entry per code row");
+    }
+    if (t.size() == 9 && !t[7].is_none()) {  // a span: ids are rows of its members' rows concatenated
+      py::array ms = seg_array(t, 7, at, "member_segs (int64 [M])", 1, keep);
+      py::array mb = seg_array(t, 8, at, "member_base (int64 [M + 1])", 1, keep);
+      auto int64_c = [](const py::array& a) {
+        return a.itemsize() == 8 && a.dtype().kind() == 'i' && (a.flags() & py::array::c_style);
+      };
+      if (!int64_c(ms) || !int64_c(mb) || mb.shape(0) != ms.shape(0) + 1 || ms.shape(0) < 1)
+        throw std::invalid_argument(at + ": member_segs / member_base must be contiguous int64 [M] / [M + 1]");
+      g.member_segs = static_cast<const int64_t*>(ms.data());
+      g.member_base = static_cast<const int64_t*>(mb.data());
+      g.n_members = ms.shape(0);
+      if (g.member_base[0] != 0) throw std::invalid_argument(at + ": member_base must start at 0");
+      for (int64_t m = 0; m < g.n_members; ++m) {
+        if (g.member_base[m + 1] < g.member_base[m])
+          throw std::invalid_argument(at + ": member_base must be non-decreasing");
+        if (g.member_segs[m] < -1 || g.member_segs[m] >= int64_t(segs.size()))
+          throw std::invalid_argument(at + ": member_segs must be -1 or a segment index");
+      }
+      if (g.ids_bytes != 8 || g.allow || g.allow_at || !(g.ranges || g.list_offsets))
+        throw std::invalid_argument(at + ": a span takes int64 ids, ranges or lists, and no mask of its own");
     }
     if (!g.ranges && !g.list_offsets && g.ids) throw std::invalid_argument(at + ": ids need ranges");
     if (!g.ranges && !g.list_offsets && g.allow && g.n_allow != g.n)
       throw std::invalid_argument(at + ": allow must have one entry per row");
   }
+  // a span's members: entries of their own (allow, positions), not spans, searched
+  // through the span only
+  for (size_t s = 0; s < gs.size(); ++s)
+    for (int64_t m = 0; m < gs[s].n_members; ++m) {
+      const int64_t t = gs[s].member_segs[m];
+      if (t < 0) continue;
+      if (segs[size_t(t)].is_none() || gs[size_t(t)].member_segs || gs[size_t(t)].k != 0)
+        throw std::invalid_argument("segs[" + std::to_string(s) + "]: a span member must be a segment entry "
+                                    "with k 0, not None nor a span");
+    }
   return gs;
 }
 
@@ -335,8 +369,13 @@ inline void def_multiseg(py::module_& m) {
           if (probing && hs[s].k > 0 && hs[s].nlist != c.rows)
             throw std::invalid_argument("hsegs[" + std::to_string(s) + "]: its lists are not the centroids'");
           // a shortlist entry (s, local) is rescored in dsegs[s] (rows beyond it: dropped)
-          if (hs[s].k > 0 && ds[s].k == 0)
+          if (hs[s].k > 0 && ds[s].k == 0 && !hs[s].member_segs)
             throw std::invalid_argument("dsegs[" + std::to_string(s) + "]: a searched segment needs its rows");
+          for (int64_t m = 0; hs[s].k > 0 && m < hs[s].n_members; ++m) {  // a span's hits: its members'
+            const int64_t t = hs[s].member_segs[m];
+            if (t >= 0 && ds[size_t(t)].k == 0)
+              throw std::invalid_argument("dsegs[" + std::to_string(t) + "]: a span member needs its rows");
+          }
         }
         // ids: each segment's int64 id column (None: no id column), to answer ids
         // without a gather in Python per hit

@@ -156,12 +156,13 @@ constexpr int64_t kThreadRows = int64_t(1) << 16;
 
 // Rows [b, e) of segment s against one query: every hit below bound() goes into
 // `into` as (distance, global position, s, local row); ids map code rows to local
-// rows (full scans have none). Returns false when an id is negative or beyond the
-// segment's allow mask or positions (that hit is skipped).
+// rows (full scans have none); a span's map them to its members' rows in `segs`.
+// Returns false when an id is negative or beyond the segment's allow mask or
+// positions (that hit is skipped).
 template <class Bound>
-bool scan_range(hamming::TileFn tile, const HammingSeg& g, int64_t s, const uint8_t* qv, int64_t query_stride,
-                int64_t nbytes, int64_t b, int64_t e, int64_t tile_rows, uint32_t* hit_rows, uint32_t* hit_dist,
-                HamSel& into, Bound bound) {
+bool scan_range(hamming::TileFn tile, const HammingSeg* segs, const HammingSeg& g, int64_t s, const uint8_t* qv,
+                int64_t query_stride, int64_t nbytes, int64_t b, int64_t e, int64_t tile_rows, uint32_t* hit_rows,
+                uint32_t* hit_dist, HamSel& into, Bound bound) {
   const int32_t* ids32 = g.ids_bytes == 4 ? static_cast<const int32_t*>(g.ids) : nullptr;
   const int64_t* ids64 = g.ids_bytes == 8 ? static_cast<const int64_t*>(g.ids) : nullptr;
   bool ok = true;
@@ -174,6 +175,26 @@ bool scan_range(hamming::TileFn tile, const HammingSeg& g, int64_t s, const uint
     for (uint32_t i = 0; i < cnt; ++i) {
       const int64_t at = r0 + hit_rows[i];
       if (g.allow_at && !g.allow_at[at]) continue;
+      if (g.member_segs) {
+        const int64_t row = ids64[at];
+        const int64_t* mb = g.member_base;
+        if (row < 0 || row >= mb[g.n_members]) {
+          ok = false;
+          continue;
+        }
+        const int64_t m = int64_t(std::upper_bound(mb, mb + g.n_members + 1, row) - mb) - 1;
+        const int64_t t = g.member_segs[m];
+        if (t < 0) continue;
+        const HammingSeg& tg = segs[t];
+        const int64_t id = row - mb[m];
+        if (id >= tg.n || (tg.allow && id >= tg.n_allow) || (tg.pos.positions && id >= tg.pos.n_positions)) {
+          ok = false;
+          continue;
+        }
+        if (tg.allow && !tg.allow[id]) continue;
+        into.push({hit_dist[i], tg.pos.at(id), t, id});
+        continue;
+      }
       const int64_t id = ids32 ? int64_t(ids32[at]) : ids64 ? ids64[at] : at;
       if (id < 0 || (g.allow && id >= g.n_allow) || (g.pos.positions && id >= g.pos.n_positions)) {
         ok = false;
@@ -238,7 +259,7 @@ void scan_rows(const HammingSeg* segs, int64_t nseg, const std::vector<char>& ra
       for (int64_t q = 0; q < nq; ++q) {
         HamSel& into = mine[size_t(q)];
         // (full scans: no ids, allow and positions cover the segment, so no hit is out of range)
-        scan_range(tile, segs[bl.s], bl.s, queries + q * query_stride, query_stride, nbytes, bl.r0, bl.r1,
+        scan_range(tile, segs, segs[bl.s], bl.s, queries + q * query_stride, query_stride, nbytes, bl.r0, bl.r1,
                    tile_rows, hit_rows.data(), hit_dist.data(), into, [&] { return into.bound(); });
       }
     }
@@ -325,9 +346,11 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
   // threads. Otherwise each query scans every segment's ranges into one selector (the
   // per-call set-up of a kernel per segment cost more than a probe's few hundred rows).
   const int threads = num_threads();
-  // (the range kernel reads no allow_at: segments with one take the selector path)
-  const bool any_allow_at = std::any_of(segs, segs + nseg, [](const HammingSeg& g) { return g.allow_at != nullptr; });
-  if (nq < threads && ranged > 4 * kThreadRows && !any_allow_at) {
+  // (the range kernel reads no allow_at nor spans: segments with either take the selector path)
+  const bool own_path = std::any_of(segs, segs + nseg, [](const HammingSeg& g) {
+    return g.allow_at != nullptr || g.member_segs != nullptr;
+  });
+  if (nq < threads && ranged > 4 * kThreadRows && !own_path) {
     for (int64_t s = 0; s < nseg; ++s) {
       const HammingSeg& g = segs[s];
       if (!ranged_seg[size_t(s)]) continue;
@@ -401,7 +424,7 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
           for (int64_t p = 0; p < nr[size_t(s)]; ++p, ++at) {
             const int64_t b = spans[at].b, e = spans[at].e;
             prefetch_span(at + kRangesAhead);
-            if (!scan_range(tile, g, s, qv, query_stride, nbytes, b, e, tile_rows, hit_rows.data(),
+            if (!scan_range(tile, segs, g, s, qv, query_stride, nbytes, b, e, tile_rows, hit_rows.data(),
                             hit_dist.data(), into,
                             [&] { return std::min(into.bound(), std::min(sel.bound(), max_bound)); }))
               bad[size_t(t)] = 1;

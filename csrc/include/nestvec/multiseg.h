@@ -44,6 +44,14 @@ struct HammingSeg {
   const uint8_t* allow_at = nullptr;
   Position pos;
   int64_t k = 0;  // this segment's list length (0: skipped)
+  // A span (a list file over several segments' rows, ivf): ids (int64) are rows of
+  // its members' rows concatenated, member m's from member_base[m] up to
+  // member_base[m + 1]; a hit of member m is member_segs[m]'s row id - member_base[m]
+  // (< 0: a member the call skips), read through that segment's allow and positions.
+  // The members' own entries are searched through the span only (their k is 0).
+  const int64_t* member_segs = nullptr;
+  const int64_t* member_base = nullptr;  // [n_members + 1]
+  int64_t n_members = 0;
 };
 
 // Per query the k best (distance, global position) over every segment's own top
