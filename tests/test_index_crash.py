@@ -80,6 +80,7 @@ def _check(path, deleted_ok):
         for spec in (m.get("indexes") or {}).values():
             if spec.get("centroids"):
                 names.add(spec["centroids"]["name"])
+            names |= {sp["name"] for sp in spec.get("spans") or ()}
         for e in m["segments"]:
             names |= {e[k]["name"] for k in ("ivf", "hnsw") if e.get(k)}
         assert set(os.listdir(os.path.join(path, "indexes"))) == names  # the killed writer's files: gone

@@ -215,15 +215,17 @@ def test_native_call_checks_its_arguments(all_indexed):
     assert out[0].shape == (len(q), 10) and out[3].shape == (len(q),) and out[6] is None
     # with the segments' id columns the call answers each hit's id
     snap = col._snapshot()
-    cols = [sg.file.int_ids() for sg in snap.segments]
+    seg_cols = [sg.file.int_ids() for sg in snap.segments]
+    pad = [None] * (len(call.hsegs) - len(seg_cols))  # entries past the segments: ivf spans
+    cols = seg_cols + pad
     with_ids = C.ivf_search(**good, ids=cols)
     want = np.full(out[1].shape, -1, np.int64)
     hit = out[2] >= 0
     want[hit] = [cols[a][b] for a, b in zip(out[1][hit], out[2][hit])]
     np.testing.assert_array_equal(with_ids[6], want)
     assert call.ids is not None  # the searcher's kept call answers ids
-    for bad_ids in ([None] * (len(cols) + 1), [c.astype(np.int32) for c in cols], [c[:-1] for c in cols],
-                    [c[::2] for c in cols], "x"):
+    for bad_ids in ([None] * (len(cols) + 1), [c.astype(np.int32) for c in seg_cols] + pad,
+                    [c[:-1] for c in seg_cols] + pad, [c[::2] for c in seg_cols] + pad, "x"):
         with pytest.raises((ValueError, TypeError), match="ids"):
             C.ivf_search(**good, ids=bad_ids)
     # the row-major centroids give the same answer as the blocked table

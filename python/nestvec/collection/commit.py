@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from . import manifest as mf
 from . import validate as vd
+from .indexes import span
 from .merge import DEFAULT_SEGMENT_BYTES, merge_tables
 
 
@@ -158,6 +159,9 @@ def _publish(store, old: dict, entries: list, **fields) -> dict:
              created=time.time(), rows=int(sum(e["rows"] - e["deleted"] for e in entries)), **fields)
     if not m.get("indexes"):
         m.pop("indexes", None)
+    elif (m["indexes"].get("ivf") or {}).get("spans"):  # spans whose members all stay
+        ivf = m["indexes"]["ivf"]
+        m["indexes"] = dict(m["indexes"], ivf=dict(ivf, spans=span.live_spans(ivf, entries)))
     m["format"] = mf.format_for(m)
     store.write_manifest(m)
     store.set_latest(m["version"])  # the commit point

@@ -81,6 +81,8 @@ class IndexMixin:
         if ivf is not None and ivf.path is not None:
             ce = ivf.spec["centroids"]
             yield (lambda: ig.check_file_crc(ivf.path, ce.get("crc32"), block)), ce.get("bytes")
+            for sp in ivf.spans:
+                yield (lambda sp=sp: sp.verify(block)), sp.entry.get("bytes")
         for s in snap.segments:
             for kind, a in s.ann.items():
                 yield ((lambda a=a: a.verify(block)) if kind == "ivf" else a.verify), a.entry.get("bytes")

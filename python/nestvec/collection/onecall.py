@@ -42,7 +42,7 @@ class OneCall:
         self.l2 = cent is not None and cent.spec["metric"] == "l2"
         self.k, self.dim, self.metric = r.k, r.dim, r.metric
         self.hsegs = hsegs
-        self.dsegs = [None] * len(pl.segments)
+        self.dsegs = [None] * len(hsegs)  # (hsegs past the segments: ivf spans, rescored in their members)
         for i in only:
             v = pl.segments[i].vectors
             self.dsegs[i] = (v, hostcalls.dtype_code(v), pl.segments[i].offset, min(r.k, pl.counts[i]), None)

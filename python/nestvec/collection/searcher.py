@@ -87,7 +87,8 @@ class Searcher:
         elif mode == "flat":
             fast = onecall.flat(pl)
         if isinstance(fast, onecall.OneCall) and remap is None and m["id_type"] == "int64":
-            fast.ids = [s.file.int_ids() for s in segs]  # the call answers ids (_answer)
+            # the call answers ids (_answer); entries past the segments are ivf spans
+            fast.ids = [s.file.int_ids() for s in segs] + [None] * (len(fast.hsegs) - len(segs))
         self._state = (snap, planner_args, remap, d_full, dim, m["metric"], fast)  # one assignment
 
     def _planner(self, args, snap) -> Planner:

@@ -258,6 +258,10 @@ def load_snapshot(store, m: dict, reuse=(), reuse_indexes=None) -> Snapshot:
         s = s.at(off) if s is not None else load_segment(store, e, m, schema, off, files.get(e["name"]), anns)
         segs.append(s)
         off += s.n
+    if "ivf" in indexes:
+        from .indexes import span
+
+        indexes = span.attach(store, m, indexes, segs, reuse_indexes)
     return Snapshot(m, tuple(segs), user, indexes)
 
 

@@ -411,6 +411,11 @@ class DirStore:
         if mf.SEGMENT_RE.match(name):
             _unlink(self._p("segments", name))
 
+    def discard_index(self, name: str) -> None:
+        """Remove an index file no manifest names (a failed commit's); writer only."""
+        if ix.INDEX_RE.match(name):
+            _unlink(self._p("indexes", name))
+
     def files(self) -> list[str]:
         """Every file under the directory, relative (tests compare before/after)."""
         out = []
@@ -426,6 +431,8 @@ def _live_names(keep: list[dict]) -> tuple:
         for spec in (m.get("indexes") or {}).values():
             if spec.get("centroids"):
                 idx.add(spec["centroids"]["name"])
+            for sp in spec.get("spans") or ():
+                idx.add(sp["name"])
         for s in m["segments"]:
             segs.add(s["name"])
             if s.get("deletions"):
@@ -523,6 +530,9 @@ class MemoryStore:
 
     def discard_segment(self, name: str) -> None:
         self.segments.pop(name, None)
+
+    def discard_index(self, name: str) -> None:
+        self.indexes.pop(name, None)
 
     def write_deletions(self, segment: str, version: int, rows: np.ndarray) -> dict:
         name = mf.deletion_name(segment, version)

@@ -121,6 +121,15 @@ class VersionsMixin:
         return {"merges": merges, "rows_rewritten": rewritten, "segments_before": before,
                 "segments_after": len(self._snap.segments)}
 
+    def _span_lists(self) -> None:
+        """An ivf span over the indexed segments no span covers (indexes/span.py): a
+        probe then reads one range per list instead of one per list and segment."""
+        from .indexes import span
+
+        m = span.commit_span(self._store, self._snap)
+        if m is not None:
+            self._publish_manifest(m)
+
     def _compact_ranges(self) -> list:
         return _rewrite_runs(self._stats(), self._policy.max_segment_bytes)
 
@@ -131,7 +140,9 @@ class VersionsMixin:
         ``rows_rewritten``, ``segments_before``, ``segments_after``."""
         with self._write_lock:
             self._check_writable()
-            return self._merge(self._policy)
+            out = self._merge(self._policy)
+            self._span_lists()
+            return out
 
     def compact(self, keep_versions: int = 1) -> dict:
         """Rewrite the live rows into as few segments as the size cap allows
@@ -147,6 +158,7 @@ class VersionsMixin:
             if ranges:
                 self._publish_manifest(cm.rewrite(self._store, self._snap, ranges, "compact",
                                                   self._policy.max_segment_bytes, self._indexer()))
+            self._span_lists()
             keep = []
             for v in sorted(self._store.manifest_versions(), reverse=True):
                 if v <= self.version and len(keep) < keep_versions:

@@ -21,7 +21,7 @@ import numpy as np
 from .. import commit as cm
 from .. import manifest as mf
 from ..arrays import fixed_list_view
-from . import hnsw, ivf
+from . import hnsw, ivf, span
 from .spec import KINDS
 
 MIN_ROWS = 65536  # segments below this are searched exhaustively (README: the crossover)
@@ -287,6 +287,15 @@ def create(store, snap, kind: str, options: dict, load_snapshot, replace: bool =
                     e[kind] = indexer.hnsw_file(s.vectors, block)
                 written.append({"name": None, kind: e[kind]})
             entries.append(e)
+        if kind == "ivf":  # one span over the indexed segments (span.py)
+            done = [(s, e) for s, e in zip(snap.segments, entries) if e.get("ivf")]
+            if len(done) >= span.MIN_MEMBERS:
+                lists = [ivf.IvfLists(e["ivf"], store.load_index_table(e["ivf"]), store.index_path(e["ivf"]["name"]),
+                                      spec, s.n, (m["dim"] + 7) // 8) for s, e in done]
+                se = span.write(store, [e["name"] for _, e in done], lists, spec, block)
+                written.append({"name": None, "ivf": se})
+                spec["spans"] = [se]
+                del lists
         spec["build_s"] = round(time.perf_counter() - t0, 3)
         new = dict(m, indexes=specs, segments=entries, version=m["version"] + 1, format=mf.FORMAT_V3)
         if opts["tune"]:

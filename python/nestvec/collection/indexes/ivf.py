@@ -18,6 +18,7 @@ each measured). Searching needs neither faiss nor hnswlib.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import threading
 
@@ -148,7 +149,17 @@ def _meta(table: pa.Table, path) -> dict:
 
 class IvfCentroids:
     """The collection-level part: centroids ``[nlist, dim]`` float32 (a view into the
-    mapped file) and, for centred codes, the mean ``[D]``."""
+    mapped file) and, for centred codes, the mean ``[D]``; ``spans``: the snapshot's
+    usable list files over several segments (span.py)."""
+
+    spans = ()
+
+    def with_spans(self, spans: tuple) -> "IvfCentroids":
+        """This index with another snapshot's spans (the centroids' mapping and probe
+        table shared while computed)."""
+        out = copy.copy(self)
+        out.spans = spans
+        return out
 
     def __init__(self, spec: dict, table: pa.Table, path, d_full: int):
         self.spec = spec

@@ -83,6 +83,9 @@ _ROWS = MaskMemo(64 << 20)
 # at most this fraction of the list files' bytes, in a memo of their own.
 GATHER_FRACTION = 0.25
 _LISTS = MaskMemo(256 << 20)
+# Whether ivf searches read the segments an ivf span covers through it (span.py); the
+# benchmarks turn it off for the per-segment baseline of the same collection.
+SPANS = True
 
 
 def allowed_rows(mask: np.ndarray) -> np.ndarray:
@@ -372,22 +375,48 @@ def _mask_route(pl, indexed) -> str:
     return "row"
 
 
+def _spans(pl, indexed) -> list:
+    """(span, member_segs int64 [M]) of the ivf spans with at least two members among
+    the searched segments ``indexed`` (member_segs: each member's segment index, -1 for
+    one not searched)."""
+    spans = getattr((pl.indexes or {}).get("ivf"), "spans", ())
+    if not spans or not SPANS:
+        return []
+    at = {pl.segments[i].name: i for i in indexed}
+    out = []
+    for sp in spans:
+        members = np.array([at.get(n, -1) for n in sp.members], np.int64)
+        if (members >= 0).sum() >= 2:
+            out.append((sp.ready(), members))
+    return out
+
+
 def _ivf_segs(pl, indexed, short):
     """Hamming tuples of the indexed segments' lists (hostcalls.hamming_segments), a
-    masked segment's as _mask_route says."""
+    masked segment's as _mask_route says. Segments an ivf span covers are read through
+    it (one range per probed list for all its members; their masks by row), unless
+    the filter's rows are gathered per list: its tuple follows the segments', theirs
+    have k 0."""
     segs = [None] * len(pl.segments)
     route = _mask_route(pl, indexed)
+    spans = _spans(pl, indexed) if route != "lists" else []
+    covered = {int(i) for _, members in spans for i in members if i >= 0}
     for i in indexed:
         s, m = pl.segments[i], pl.masks[i]
         lst = s.ann["ivf"].ready()
         k = min(short, pl.counts[i])
-        if m is None or route == "row":
+        if i in covered:
+            segs[i] = (lst.codes, m, s.offset, 0, lst.offsets, lst.rows)
+        elif m is None or route == "row":
             segs[i] = (lst.codes, m, s.offset, k, lst.offsets, lst.rows)
         elif route == "at":
             segs[i] = (lst.codes, None, s.offset, k, lst.offsets, lst.rows, allowed_at(m, lst.rows))
         else:
             codes, offsets, rows = allowed_lists(m, lst)
             segs[i] = (codes, None, s.offset, k, offsets, rows)
+    for sp, members in spans:
+        k = min(short, sum(pl.counts[i] for i in members if i >= 0))
+        segs.append((sp.codes, None, 0, k, sp.offsets, sp.rows, None, members, sp.member_base))
     return segs
 
 

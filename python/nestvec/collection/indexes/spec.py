@@ -20,8 +20,8 @@ import re
 import uuid
 
 KINDS = ("ivf", "hnsw")
-SUFFIX = {"centroids": "ivfc.arrow", "ivf": "ivf.arrow", "hnsw": "hnsw"}
-INDEX_RE = re.compile(r"^[0-9a-f]{32}\.(ivfc\.arrow|ivf\.arrow|hnsw)$")
+SUFFIX = {"centroids": "ivfc.arrow", "ivf": "ivf.arrow", "hnsw": "hnsw", "span": "ivfs.arrow"}
+INDEX_RE = re.compile(r"^[0-9a-f]{32}\.(ivfc\.arrow|ivf\.arrow|ivfs\.arrow|hnsw)$")
 _HEX = re.compile(r"^(?:[0-9a-f]{8})+$")
 IVF_CODES = ("sign", "centred")
 
@@ -52,6 +52,17 @@ def check_file(e, what: str, where: str, bad) -> dict:
     return {"name": name, "bytes": nbytes, "crc32": crc, "columns": cols}
 
 
+def _check_span(e, i: int, bad) -> dict:
+    """A span entry (span.py): an index file entry and its member segments' names."""
+    where = f"index 'ivf' span {i}"
+    out = check_file(e, "span", where, bad)
+    members = e.get("members")
+    if not isinstance(members, list) or len(members) < 2 or len(set(members)) != len(members) \
+            or not all(isinstance(n, str) for n in members):
+        bad(f"{where}: 'members' is {members!r}, expected a list of two or more distinct segment names")
+    return dict(out, members=list(members))
+
+
 def check_spec(kind, spec, m: dict, bad) -> dict:
     """One entry of ``manifest["indexes"]`` against the collection ``m`` (dim, metric)."""
     if kind not in KINDS:
@@ -73,6 +84,11 @@ def check_spec(kind, spec, m: dict, bad) -> dict:
         need("rescore", lambda v: _int(v, 1), "an int >= 1")
         need("codes", lambda v: v in IVF_CODES, f"one of {IVF_CODES}")
         out = dict(spec, centroids=check_file(spec.get("centroids"), "centroids", "index 'ivf'", bad))
+        spans = spec.get("spans")
+        if spans is not None:
+            if not isinstance(spans, list):
+                bad(f"index 'ivf': 'spans' is {type(spans).__name__}, expected a list")
+            out["spans"] = [_check_span(e, i, bad) for i, e in enumerate(spans)]
     else:
         need("M", lambda v: _int(v, 2) and v <= 512, "an int in [2, 512]")
         need("ef_construction", lambda v: _int(v, 1), "an int >= 1")

@@ -1,0 +1,205 @@
+"""ivf spans: one list file over several segments' rows.
+
+A probe reads one range of codes per probed list and indexed segment, so with the
+default 1 GiB segment cap a 10M-row search read 10 x nprobe short ranges, each a few
+scattered cache lines and TLB misses (README, Sub-linear search: the 10M run). A span
+(``indexes/<uuid>.ivfs.arrow``) holds the codes of several indexed segments (its
+*members*) grouped by list across all of them, so a probed list is one range whatever
+the number of members. Its Arrow table is::
+
+    row   int64           the row in the members' rows concatenated (member m's rows
+                          start at member_base[m])
+    code  binary(B)       that row's ivf code (the members' list files' codes)
+
+with the list offsets, member names and row counts in the schema metadata. The
+manifest's ivf spec lists spans (``"spans": [{name, bytes, crc32, columns, members}]``)
+next to the per-segment list files, which stay: a search uses a span while every
+member is in its snapshot, and a commit that removes a member drops the span (its file
+then goes with the versions that name it). Deleted rows and filters are read through
+each member's mask, by row. Spans are written by ``create_index("ivf")``,
+``optimize()`` and ``compact()`` over the indexed segments no span covers.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import numpy as np
+import pyarrow as pa
+
+from .. import integrity as ig
+from ..arrays import fixed_list_view, primitive_view
+from ..errors import CorruptionError
+
+META_KEY = b"nestvec.ivfs"
+MIN_MEMBERS = 2  # a span over one segment would be its list file again
+
+
+def span_table(lists: list, nlist: int, centroids_name: str, members: list) -> pa.Table:
+    """The span of list files ``lists`` (``ivf.IvfLists``, in member order; each one's
+    rows are its whole segment's): their codes grouped by list, members in order inside
+    a list, each member's rows in its list file's order."""
+    counts = np.stack([np.diff(lst.offsets) for lst in lists])  # [M, nlist]
+    sizes = np.array([len(lst.rows) for lst in lists], np.int64)
+    base = np.zeros(len(lists) + 1, np.int64)
+    np.cumsum(sizes, out=base[1:])
+    offsets = np.zeros(nlist + 1, np.int64)
+    np.cumsum(counts.sum(axis=0), out=offsets[1:])
+    # where member m's part of list l starts: the list's start plus the earlier members' parts
+    start = offsets[:-1][None, :] + np.cumsum(counts, axis=0) - counts
+    nb = lists[0].codes.shape[1]
+    codes = np.empty((int(base[-1]), nb), np.uint8)
+    rows = np.empty(int(base[-1]), np.int64)
+    for m, lst in enumerate(lists):
+        lids = np.repeat(np.arange(nlist, dtype=np.int64), counts[m])
+        dest = start[m][lids] + (np.arange(len(lids), dtype=np.int64) - lst.offsets[lids])
+        codes[dest] = lst.codes
+        rows[dest] = lst.ready().rows.astype(np.int64) + base[m]
+    meta = {"nlist": nlist, "centroids": centroids_name, "members": list(members),
+            "member_rows": sizes.tolist(), "offsets": base64.b64encode(offsets.tobytes()).decode()}
+    code_col = pa.FixedSizeBinaryArray.from_buffers(pa.binary(nb), len(rows), [None, pa.py_buffer(codes)])
+    return pa.table({"row": pa.array(rows), "code": code_col}).replace_schema_metadata(
+        {META_KEY: json.dumps(meta)})
+
+
+class IvfSpan:
+    """A span's file, mapped: ``codes`` ``[n, B]`` and ``rows`` int64 ``[n]`` in list
+    order, ``offsets`` int64 ``[nlist + 1]``, ``members`` (segment names) and
+    ``member_base`` int64 ``[M + 1]``. Checked for structure at open; the ``row``
+    column's checksum and range before its first use (``ready()``)."""
+
+    def __init__(self, entry: dict, table: pa.Table, path, spec: dict, member_rows: list, nbytes: int):
+        self.entry = entry
+        self.name = entry["name"]
+        self.members = tuple(entry["members"])
+        self.path = path
+        self.table = table
+        self._ready = path is None
+        self._lock = threading.Lock()
+        with ig.damage(path):
+            want = pa.schema([pa.field("row", pa.int64()), pa.field("code", pa.binary(nbytes))])
+            if not table.schema.remove_metadata().equals(want):
+                raise CorruptionError(path, f"schema is {table.schema.remove_metadata()}, expected {want}")
+            n = int(sum(member_rows))
+            if table.num_rows != n:
+                raise CorruptionError(path, f"spans {table.num_rows} rows, its members hold {n}")
+            for c in table.columns:
+                if c.num_chunks != 1:
+                    raise CorruptionError(path, "a column is not one chunk")
+                c.chunk(0).validate()
+                if c.null_count:
+                    raise CorruptionError(path, "a column holds nulls")
+            raw = (table.schema.metadata or {}).get(META_KEY)
+            try:
+                meta = json.loads(raw)
+                if not isinstance(meta, dict):
+                    raise ValueError("not an object")
+            except (TypeError, ValueError) as e:
+                raise CorruptionError(path, f"span metadata is missing or not JSON ({e})") from None
+            if meta.get("nlist") != spec["nlist"] or meta.get("centroids") != spec["centroids"]["name"]:
+                raise CorruptionError(path, "was built for other centroids than the manifest's ivf index")
+            if meta.get("members") != list(self.members) or meta.get("member_rows") != [int(r) for r in member_rows]:
+                raise CorruptionError(path, "its members are not the segments the manifest names for it")
+            off = np.frombuffer(base64.b64decode(meta.get("offsets", ""), validate=True), np.int64)
+            if off.shape != (spec["nlist"] + 1,) or off[0] != 0 or off[-1] != n or (np.diff(off) < 0).any():
+                raise CorruptionError(path, "list offsets do not partition the members' rows")
+            self.offsets = off
+            self.member_base = np.zeros(len(member_rows) + 1, np.int64)
+            np.cumsum(np.asarray(member_rows, np.int64), out=self.member_base[1:])
+            self.codes = fixed_list_view(table.column("code"), nbytes, np.uint8)
+            self.rows = primitive_view(table.column("row"), np.int64)
+
+    def ready(self) -> "IvfSpan":
+        """Before the first probe: the ``row`` column's checksum and range."""
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    want = (self.entry.get("columns") or {}).get("row")
+                    if want is not None and ig.column_crc(self.table.column("row")) != want:
+                        raise CorruptionError(self.path, "column 'row' fails its checksum (damaged)")
+                    r = self.rows
+                    if len(r) and (int(r.min()) < 0 or int(r.max()) >= len(r)):
+                        raise CorruptionError(self.path, "column 'row' names rows outside its members")
+                    self._ready = True
+        return self
+
+    def verify(self, crc_block: int) -> None:
+        """Every byte (file checksum) and the rows: a permutation of the members' rows."""
+        if self.path is not None:
+            ig.check_file_crc(self.path, self.entry.get("crc32"), crc_block)
+        self.ready()
+        if len(self.rows) and (np.bincount(self.rows, minlength=len(self.rows)) != 1).any():
+            raise CorruptionError(self.path, "column 'row' is not a permutation of its members' rows")
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def live_spans(spec: dict, segment_entries: list) -> list:
+    """The spans of ivf ``spec`` whose members are all segments of ``segment_entries``
+    with an ivf list file (a commit that removed one drops the span)."""
+    indexed = {e["name"] for e in segment_entries if e.get("ivf")}
+    return [s for s in spec.get("spans") or () if all(n in indexed for n in s["members"])]
+
+
+def uncovered(snap) -> list:
+    """Indices of the snapshot's segments with an ivf list file that no span covers."""
+    spec = (snap.manifest.get("indexes") or {}).get("ivf")
+    if spec is None:
+        return []
+    covered = {n for s in spec.get("spans") or () for n in s["members"]}
+    return [i for i, s in enumerate(snap.segments) if "ivf" in s.ann and s.name not in covered]
+
+
+def write(store, names: list, lists: list, spec: dict, block: int) -> dict:
+    """Write the span of segments ``names`` whose list files are ``lists``
+    (``ivf.IvfLists``); its manifest entry."""
+    table = span_table(lists, spec["nlist"], spec["centroids"]["name"], names)
+    e = store.write_index_table("span", table, block)
+    del table
+    return dict(e, members=list(names))
+
+
+def commit_span(store, snap):
+    """The manifest of a new version whose ivf index also has a span over the
+    snapshot's indexed segments that no span covers, committed; None when fewer than
+    MIN_MEMBERS are uncovered. A crash before the commit leaves only an unnamed file."""
+    from .. import commit as cm
+
+    idx = uncovered(snap)
+    if len(idx) < MIN_MEMBERS:
+        return None
+    m = snap.manifest
+    spec = m["indexes"]["ivf"]
+    segs = [snap.segments[i] for i in idx]
+    e = write(store, [s.name for s in segs], [s.ann["ivf"] for s in segs], spec, m.get("crc_block"))
+    try:
+        specs = dict(m["indexes"], ivf=dict(spec, spans=list(spec.get("spans") or ()) + [e]))
+        return cm.publish(store, m, m["segments"], version=m["version"] + 1, op="index", indexes=specs)
+    except BaseException:
+        store.discard_index(e["name"])
+        raise
+
+
+def attach(store, m: dict, indexes: dict, segments, reuse) -> dict:
+    """``indexes`` with the ivf centroids carrying the spans usable in this snapshot
+    (``spans``; mapped, or reused from ``reuse``'s by name)."""
+    cent = indexes.get("ivf")
+    if cent is None:
+        return indexes
+    spec = m["indexes"]["ivf"]
+    by_name = {s.name: s for s in segments if "ivf" in s.ann}
+    old = {s.name: s for s in getattr((reuse or {}).get("ivf"), "spans", ())}
+    spans = []
+    for e in live_spans(spec, [{"name": n, "ivf": True} for n in by_name]):
+        sp = old.get(e["name"])
+        if sp is None:
+            path = store.index_path(e["name"])
+            with ig.damage(path):
+                sp = IvfSpan(e, store.load_index_table(e), path, spec, [by_name[n].n for n in e["members"]],
+                             (m["dim"] + 7) // 8)
+        spans.append(sp)
+    if tuple(s.name for s in spans) == tuple(s.name for s in cent.spans):
+        return indexes
+    return dict(indexes, ivf=cent.with_spans(tuple(spans)))
