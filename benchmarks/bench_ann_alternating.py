@@ -4,7 +4,9 @@ bench_ann.py times each method in its own minutes; on a VM whose speed drifts be
 minutes (the 10M runs: the same searcher at 2,580 and 2,253 QPS an hour apart) the
 closest pair is timed here alternating, so both see the same machine. Each call then
 follows the others' passes over their own memory (neither keeps its caches warm), so
-both run slower than in their own sweep. Reads the dataset, collection and BinaryIVF
+both run slower than in their own sweep; each method starts at its own point of the
+query set, so no call follows another's on the same query (the two searchers of one
+collection share its rows: the second would find the first's rescored rows in cache). Reads the dataset, collection and BinaryIVF
 index that bench_ann.py built in --data-dir.
 
     python benchmarks/bench_ann_alternating.py --n 10000000 --d 384 --data-dir /tmp/ann10m
@@ -45,6 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--layout", action="append", default=[], metavar="LABEL=PATH",
                    help="the same rows in another collection (e.g. compacted into larger segments): "
                         "its searcher is timed in the same turns; repeatable")
+    p.add_argument("--per-segment-lists", action="store_true",
+                   help="also time the default collection's searcher without its ivf spans (one list "
+                        "range per segment and probed list: the layout before spans)")
     args = p.parse_args(argv)
     work = Path(args.data_dir)
     stem = f"synth-{args.n}x{args.d}-c{args.clusters}"
@@ -58,6 +63,14 @@ def main(argv=None) -> int:
     nseg = len(col._snapshot().segments)
     fns = {f"ours-ivf-searcher ({nseg} segments; default nprobe {spec['nprobe']} rescore {spec['rescore']})":
            lambda z: s.search(z)[0]}
+    if args.per_segment_lists:
+        from nestvec.collection.indexes import plan
+
+        plan.SPANS = False  # the searcher keeps the call it plans now
+        sp = col.searcher(k=K, mode="ivf")
+        sp.search(q[:1])
+        plan.SPANS = True
+        fns[f"ours-ivf-searcher ({nseg} segments, per-segment lists)"] = lambda z: sp.search(z)[0]
     for lay in args.layout:
         label, path = lay.split("=", 1)
         other = nv.open(path, read_only=True)
@@ -75,11 +88,15 @@ def main(argv=None) -> int:
     for bsz in (1, 16):
         t = {n: [] for n in fns}
         stop = len(q) - len(q) % bsz
+        # each method takes the queries from its own starting point, so no call follows
+        # another method's call on the same query (whose rows that one left in cache)
+        shift = {n: (i * (stop // len(fns)) // bsz) * bsz for i, n in enumerate(fns)}
         for _ in range(args.rounds):
             for a in range(0, stop, bsz):
                 for n, fn in fns.items():
+                    z = (a + shift[n]) % stop
                     t0 = time.perf_counter()
-                    fn(q[a:a + bsz])
+                    fn(q[z:z + bsz])
                     t[n].append(time.perf_counter() - t0)
         for n in fns:  # the first quarter warms the caches and the page cache
             out[n][f"qps_b{bsz}"] = round(bsz / float(np.median(t[n][len(t[n]) // 4:])), 1)
