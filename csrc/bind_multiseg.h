@@ -132,8 +132,8 @@ inline std::vector<multiseg::HammingSeg> hamming_segs(const py::list& segs, int6
         if (g.member_segs[m] < -1 || g.member_segs[m] >= int64_t(segs.size()))
           throw std::invalid_argument(at + ": member_segs must be -1 or a segment index");
       }
-      if (g.ids_bytes != 8 || g.allow || g.allow_at || !(g.ranges || g.list_offsets))
-        throw std::invalid_argument(at + ": a span takes int64 ids, ranges or lists, and no mask of its own");
+      if (g.ids_bytes != 8 || g.allow || !(g.ranges || g.list_offsets))
+        throw std::invalid_argument(at + ": a span takes int64 ids, ranges or lists, and no allow by row");
     }
     if (!g.ranges && !g.list_offsets && g.ids) throw std::invalid_argument(at + ": ids need ranges");
     if (!g.ranges && !g.list_offsets && g.allow && g.n_allow != g.n)

@@ -136,8 +136,10 @@ class VersionsMixin:
     def optimize(self) -> dict:
         """Run the merge policy until it finds nothing to merge (merges it would
         have made after commits, and those it skips when ``on_commit`` is False).
-        Search results never change (rows keep their order). Returns ``merges``,
-        ``rows_rewritten``, ``segments_before``, ``segments_after``."""
+        Search results never change (rows keep their order). Then an ivf span over
+        the indexed segments no span covers (indexes/span.py), when there are two or
+        more. Returns ``merges``, ``rows_rewritten``, ``segments_before``,
+        ``segments_after``."""
         with self._write_lock:
             self._check_writable()
             out = self._merge(self._policy)
@@ -148,7 +150,8 @@ class VersionsMixin:
         """Rewrite the live rows into as few segments as the size cap allows
         (``merge_policy.max_segment_bytes``; row order and ids unchanged), streaming:
         one output segment in memory at a time; segments already at least half the
-        cap and without deleted rows are kept as they are. Then remove all but the
+        cap and without deleted rows are kept as they are; an ivf span over the
+        indexed segments no span covers, as ``optimize``. Then remove all but the
         newest ``keep_versions`` versions with the files only they use. Readers that
         already opened a removed version keep reading it."""
         with self._write_lock:

@@ -391,22 +391,40 @@ def _spans(pl, indexed) -> list:
     return out
 
 
+def span_allowed_at(pl, sp, members) -> np.ndarray:
+    """The members' masks in span ``sp``'s order (False for members not searched),
+    remembered with them like ``allowed_at``."""
+    masks = [pl.masks[i] if i >= 0 else None for i in members]
+    key = next(m for m in masks if m is not None)
+
+    def compute():
+        b = sp.member_base
+        full = np.ones(int(b[-1]), bool)
+        for j, (i, m) in enumerate(zip(members, masks)):
+            if i < 0 or m is not None:
+                full[b[j]:b[j + 1]] = False if i < 0 else m[:b[j + 1] - b[j]]
+        return full[sp.rows]
+    return _ROWS.get(key, compute, extra=("span", sp.rows, *masks))
+
+
 def _ivf_segs(pl, indexed, short):
     """Hamming tuples of the indexed segments' lists (hostcalls.hamming_segments), a
     masked segment's as _mask_route says. Segments an ivf span covers are read through
-    it (one range per probed list for all its members; their masks by row), unless
-    the filter's rows are gathered per list: its tuple follows the segments', theirs
-    have k 0."""
+    it (one range per probed list for all its members), unless the filter's rows are
+    gathered per list: its tuple follows the segments', theirs have k 0 (and carry the
+    mask by row, or none where the span reads the masks in its own order)."""
     segs = [None] * len(pl.segments)
     route = _mask_route(pl, indexed)
     spans = _spans(pl, indexed) if route != "lists" else []
+    if route == "at":  # (the span's mask copy must stay remembered, as the segments' would)
+        spans = [(sp, mem) for sp, mem in spans if _ROWS.fits(2 * len(sp.rows))]
     covered = {int(i) for _, members in spans for i in members if i >= 0}
     for i in indexed:
         s, m = pl.segments[i], pl.masks[i]
         lst = s.ann["ivf"].ready()
         k = min(short, pl.counts[i])
         if i in covered:
-            segs[i] = (lst.codes, m, s.offset, 0, lst.offsets, lst.rows)
+            segs[i] = (lst.codes, m if route == "row" else None, s.offset, 0, lst.offsets, lst.rows)
         elif m is None or route == "row":
             segs[i] = (lst.codes, m, s.offset, k, lst.offsets, lst.rows)
         elif route == "at":
@@ -416,7 +434,10 @@ def _ivf_segs(pl, indexed, short):
             segs[i] = (codes, None, s.offset, k, offsets, rows)
     for sp, members in spans:
         k = min(short, sum(pl.counts[i] for i in members if i >= 0))
-        segs.append((sp.codes, None, 0, k, sp.offsets, sp.rows, None, members, sp.member_base))
+        at = None
+        if route == "at" and any(pl.masks[i] is not None for i in members if i >= 0):
+            at = span_allowed_at(pl, sp, members)
+        segs.append((sp.codes, None, 0, k, sp.offsets, sp.rows, at, members, sp.member_base))
     return segs
 
 
