@@ -88,8 +88,8 @@ def test_create_index_writes_one_span_over_the_indexed_segments(col):
 FILTERS = {
     "none": None,
     "selective": nv.field("cat") < 3,  # exhaustive over the filter's rows
-    "gathered": nv.field("cat") < 20,  # lists gathered per filter: no span
-    "at": nv.field("cat") < 60,  # mask read by row through the span
+    "gathered": nv.field("cat") < 20,  # allowed rows gathered per list, in the span
+    "at": nv.field("cat") < 60,  # the masks in the span's order
 }
 
 
@@ -116,9 +116,8 @@ def test_span_search_equals_per_segment_lists(monkeypatch, flt, deletes, nq):
         np.testing.assert_array_equal(gi, wi)
         np.testing.assert_array_equal(gs, ws)
     assert explained["rows_scanned"] == c.explain(q, nprobe=4, **kw)["rows_scanned"]
-    # the span serves unfiltered searches and masks read by row; not gathered lists
-    # nor the selective route
-    assert (used > 0) == (flt in ("none", "at"))
+    # the span serves every route but the selective filter's exhaustive one
+    assert (used > 0) == (flt != "selective")
     if flt == "none":  # all lists probed: the funnel's rows
         flat = c.search(q, k=10, mode="funnel", rescore=10)
         assert_same_hits(per_query(with_s[2]), per_query(flat))
@@ -260,3 +259,19 @@ def test_uncovered_and_live_spans():
     spec = {"spans": [{"name": "a", "members": ["s1", "s2"]}, {"name": "b", "members": ["s3", "s4"]}]}
     ents = [{"name": n, "ivf": {"name": n + ".ivf"}} for n in ("s1", "s2", "s3")] + [{"name": "s4"}]
     assert [s["name"] for s in span.live_spans(spec, ents)] == ["a"]
+
+
+@pytest.mark.parametrize("flt", ["at", "gathered"])
+def test_span_with_masks_by_row(monkeypatch, flt):
+    """Masks that are not remembered (read by row): the span reads each member's mask
+    at the hit's row, with the same answers."""
+    c, _, q = build(seed=2)
+    c.delete(ids=np.arange(3, N, 11))
+    monkeypatch.setattr(plan, "_mask_route", lambda pl, indexed: "row")
+    calls = SpanCalls(monkeypatch)
+    got = c.searcher(k=10, mode="ivf", nprobe=4, filter=FILTERS[flt]).search(q)
+    assert calls.n > 0
+    without_spans(monkeypatch)
+    want = c.searcher(k=10, mode="ivf", nprobe=4, filter=FILTERS[flt]).search(q)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])

@@ -367,12 +367,12 @@ def test_allowed_counts_are_remembered_for_read_only_masks():
 
 
 @pytest.mark.parametrize("deletes", [False, True])
-@pytest.mark.parametrize("flt", ["cat < 10", "cat < 50"])
+@pytest.mark.parametrize("flt", ["cat < 10", "cat < 50", "cat < 80"])
 def test_mask_routes_of_probed_lists_agree(monkeypatch, deletes, flt):
     """A filter's mask reaches the probed lists by row, in list order (allow_at) or as
     the allowed rows gathered per list (plan._mask_route): the same answer each way,
     through the searcher's one call and the staged calls, and the route taken by
-    default is the gathered lists for 10% and the mask in list order for 50%."""
+    default is the gathered lists for 10% and 50% and the mask in list order for 80%."""
     from nestvec.collection.indexes import plan
 
     x, q = data(seed=9)
@@ -388,7 +388,7 @@ def test_mask_routes_of_probed_lists_agree(monkeypatch, deletes, flt):
     real = plan._mask_route
     monkeypatch.setattr(plan, "_mask_route", lambda *a: seen.append(real(*a)) or seen[-1])
     want_ids, want_sc = col.searcher(k=10, mode="ivf", nprobe=3, filter=f).search(q)
-    assert seen and seen[-1] == ("lists" if flt == "cat < 10" else "at")
+    assert seen and seen[-1] == ("at" if flt == "cat < 80" else "lists")
     fits = plan.fits
     for route in ("row", "at", "lists"):
         monkeypatch.setattr(plan, "_mask_route", lambda *a, r=route: r)

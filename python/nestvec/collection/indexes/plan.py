@@ -79,10 +79,13 @@ _ROWS = MaskMemo(64 << 20)
 # A filter allowing at most this fraction of an indexed segment's rows gets its allowed
 # rows' codes gathered per list (allowed_lists): a 10% filter's probe over 10M rows
 # then cost what the unfiltered one does, where reading the mask beside every probed
-# row took twice as long (README, Sub-linear search: the 10M filters). The copies are
-# at most this fraction of the list files' bytes, in a memo of their own.
-GATHER_FRACTION = 0.25
-_LISTS = MaskMemo(256 << 20)
+# row took twice as long (README, Sub-linear search: the 10M filters); through a span,
+# a 50% filter's probe took 0.27 ms gathered against 0.43 ms with the mask read beside
+# the codes (1.3x against 2.0x the unfiltered search). The copies are at most this
+# fraction of the list files' bytes, in a memo of their own (1.5 GiB: a 50% filter's
+# copy over 10M x 384 is ~290 MB, and an entry may take a quarter of the memo).
+GATHER_FRACTION = 0.6
+_LISTS = MaskMemo(3 << 29)
 # Whether ivf searches read the segments an ivf span covers through it (span.py); the
 # benchmarks turn it off for the per-segment baseline of the same collection.
 SPANS = True
@@ -391,33 +394,52 @@ def _spans(pl, indexed) -> list:
     return out
 
 
+def _span_mask(sp, members, masks) -> np.ndarray:
+    """The members' masks in span ``sp``'s order (False for members not searched)."""
+    b = sp.member_base
+    full = np.ones(int(b[-1]), bool)
+    for j, (i, m) in enumerate(zip(members, masks)):
+        if i < 0 or m is not None:
+            full[b[j]:b[j + 1]] = False if i < 0 else m[:b[j + 1] - b[j]]
+    return full[sp.rows]
+
+
 def span_allowed_at(pl, sp, members) -> np.ndarray:
-    """The members' masks in span ``sp``'s order (False for members not searched),
-    remembered with them like ``allowed_at``."""
+    """``_span_mask``, remembered with the masks like ``allowed_at``."""
+    masks = [pl.masks[i] if i >= 0 else None for i in members]
+    key = next(m for m in masks if m is not None)
+    return _ROWS.get(key, lambda: _span_mask(sp, members, masks), extra=("span", sp.rows, *masks))
+
+
+def span_allowed_lists(pl, sp, members) -> tuple:
+    """(codes, list offsets, rows) of span ``sp``'s rows that the members' masks allow,
+    in list order, remembered with the masks like ``allowed_lists``."""
     masks = [pl.masks[i] if i >= 0 else None for i in members]
     key = next(m for m in masks if m is not None)
 
-    def compute():
-        b = sp.member_base
-        full = np.ones(int(b[-1]), bool)
-        for j, (i, m) in enumerate(zip(members, masks)):
-            if i < 0 or m is not None:
-                full[b[j]:b[j + 1]] = False if i < 0 else m[:b[j + 1] - b[j]]
-        return full[sp.rows]
-    return _ROWS.get(key, compute, extra=("span", sp.rows, *masks))
+    def gather():
+        kept = np.flatnonzero(_span_mask(sp, members, masks))
+        return (np.ascontiguousarray(sp.codes[kept]), np.searchsorted(kept, sp.offsets).astype(np.int64),
+                np.ascontiguousarray(sp.rows[kept]))
+    return _LISTS.get(key, gather, extra=("span lists", sp.rows, *masks))
 
 
 def _ivf_segs(pl, indexed, short):
     """Hamming tuples of the indexed segments' lists (hostcalls.hamming_segments), a
     masked segment's as _mask_route says. Segments an ivf span covers are read through
-    it (one range per probed list for all its members), unless the filter's rows are
-    gathered per list: its tuple follows the segments', theirs have k 0 (and carry the
-    mask by row, or none where the span reads the masks in its own order)."""
+    it (one range per probed list for all its members; the route's mask copies made
+    in the span's order): its tuple follows the segments', theirs have k 0 (and carry
+    the mask by row, or none where the span has the masks in its own order)."""
     segs = [None] * len(pl.segments)
     route = _mask_route(pl, indexed)
-    spans = _spans(pl, indexed) if route != "lists" else []
-    if route == "at":  # (the span's mask copy must stay remembered, as the segments' would)
+    spans = _spans(pl, indexed)
+    # (a span's copy of its members' masks or allowed rows must stay remembered, as the
+    # segments' would)
+    if route == "at":
         spans = [(sp, mem) for sp, mem in spans if _ROWS.fits(2 * len(sp.rows))]
+    elif route == "lists":
+        spans = [(sp, mem) for sp, mem in spans if _LISTS.fits(
+            len(sp.rows) + sum(pl.counts[i] for i in mem if i >= 0) * (sp.codes.shape[1] + 8) + 8 * len(sp.offsets))]
     covered = {int(i) for _, members in spans for i in members if i >= 0}
     for i in indexed:
         s, m = pl.segments[i], pl.masks[i]
@@ -434,9 +456,12 @@ def _ivf_segs(pl, indexed, short):
             segs[i] = (codes, None, s.offset, k, offsets, rows)
     for sp, members in spans:
         k = min(short, sum(pl.counts[i] for i in members if i >= 0))
-        at = None
-        if route == "at" and any(pl.masks[i] is not None for i in members if i >= 0):
-            at = span_allowed_at(pl, sp, members)
+        masked = any(pl.masks[i] is not None for i in members if i >= 0)
+        if route == "lists" and masked:
+            codes, offsets, rows = span_allowed_lists(pl, sp, members)
+            segs.append((codes, None, 0, k, offsets, rows, None, members, sp.member_base))
+            continue
+        at = span_allowed_at(pl, sp, members) if route == "at" and masked else None
         segs.append((sp.codes, None, 0, k, sp.offsets, sp.rows, at, members, sp.member_base))
     return segs
 
