@@ -336,7 +336,7 @@ for line in open('/proc/self/smaps'):
         cur = parts[5] if len(parts) >= 6 else None
     elif line.startswith('Rss:') and cur and {path!r} in cur:
         kind = 'lists' if cur.endswith('.ivf.arrow') else 'centroids' if cur.endswith('.ivfc.arrow') else \\
-            'graph' if cur.endswith('.hnsw') else 'segments'
+            'spans' if cur.endswith('.ivfs.arrow') else 'graph' if cur.endswith('.hnsw') else 'segments'
         rss[kind] = rss.get(kind, 0) + int(parts[1]) * 1024
 print(json.dumps({{"rss_file_bytes": rss, "rss_anon_delta_bytes": (anon1 - anon0) * 1024,
                   "rows": col.count(), "dim": col.dim}}))

@@ -443,11 +443,13 @@ def _ivf_segs(pl, indexed, short):
     covered = {int(i) for _, members in spans for i in members if i >= 0}
     for i in indexed:
         s, m = pl.segments[i], pl.masks[i]
+        if i in covered:  # (its list file is not read: no need to check its rows)
+            lst = s.ann["ivf"]
+            segs[i] = (lst.codes, m if route == "row" else None, s.offset, 0, lst.offsets, lst.rows)
+            continue
         lst = s.ann["ivf"].ready()
         k = min(short, pl.counts[i])
-        if i in covered:
-            segs[i] = (lst.codes, m if route == "row" else None, s.offset, 0, lst.offsets, lst.rows)
-        elif m is None or route == "row":
+        if m is None or route == "row":
             segs[i] = (lst.codes, m, s.offset, k, lst.offsets, lst.rows)
         elif route == "at":
             segs[i] = (lst.codes, None, s.offset, k, lst.offsets, lst.rows, allowed_at(m, lst.rows))
