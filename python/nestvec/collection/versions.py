@@ -124,9 +124,9 @@ class VersionsMixin:
     def _span_lists(self) -> None:
         """An ivf span over the indexed segments no span covers (indexes/span.py): a
         probe then reads one range per list instead of one per list and segment."""
-        from .indexes import span
+        from .indexes import build
 
-        m = span.commit_span(self._store, self._snap)
+        m = build.commit_span(self._store, self._snap)
         if m is not None:
             self._publish_manifest(m)
 

@@ -7,6 +7,8 @@
 * ``hnsw.py``: an hnswlib graph over a prefix of each large segment.
 * ``files.py``: reading, writing and checking index files.
 * ``build.py``: create / drop, and the indexer that keeps new segments indexed.
+* ``span.py``: ivf spans, one list file over several segments (one range per probed
+  list whatever the segment count).
 * ``plan.py``: the ``ivf`` and ``hnsw`` search modes over one snapshot.
 
 Building needs the ``ann`` extra (faiss-cpu, hnswlib); ``import nestvec`` imports

@@ -334,6 +334,25 @@ def drop(store, snap, kind: str) -> dict:
     return cm.publish(store, m, entries, version=m["version"] + 1, op="drop_index", indexes=specs)
 
 
+def commit_span(store, snap):
+    """The manifest of a new version whose ivf index also has a span over the
+    snapshot's indexed segments that no span covers, committed; None when fewer than
+    span.MIN_MEMBERS are uncovered. A crash before the commit leaves only an unnamed file."""
+    idx = span.uncovered(snap)
+    if len(idx) < span.MIN_MEMBERS:
+        return None
+    m = snap.manifest
+    spec = m["indexes"]["ivf"]
+    segs = [snap.segments[i] for i in idx]
+    e = span.write(store, [s.name for s in segs], [s.ann["ivf"] for s in segs], spec, m.get("crc_block"))
+    try:
+        specs = dict(m["indexes"], ivf=dict(spec, spans=list(spec.get("spans") or ()) + [e]))
+        return cm.publish(store, m, m["segments"], version=m["version"] + 1, op="index", indexes=specs)
+    except BaseException:
+        store.discard_index(e["name"])
+        raise
+
+
 # --------------------------------------------------------------------------- tuning
 
 

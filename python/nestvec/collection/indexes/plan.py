@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from .. import hostcalls
+from . import span
 from ..onecall import OneCall, fits
 from ..filters import MaskMemo
 from ..topk import merge_parts, merge_results
@@ -378,37 +379,11 @@ def _mask_route(pl, indexed) -> str:
     return "row"
 
 
-def _spans(pl, indexed) -> list:
-    """(span, member_segs int64 [M]) of the ivf spans with at least two members among
-    the searched segments ``indexed`` (member_segs: each member's segment index, -1 for
-    one not searched)."""
-    spans = getattr((pl.indexes or {}).get("ivf"), "spans", ())
-    if not spans or not SPANS:
-        return []
-    at = {pl.segments[i].name: i for i in indexed}
-    out = []
-    for sp in spans:
-        members = np.array([at.get(n, -1) for n in sp.members], np.int64)
-        if (members >= 0).sum() >= 2:
-            out.append((sp.ready(), members))
-    return out
-
-
-def _span_mask(sp, members, masks) -> np.ndarray:
-    """The members' masks in span ``sp``'s order (False for members not searched)."""
-    b = sp.member_base
-    full = np.ones(int(b[-1]), bool)
-    for j, (i, m) in enumerate(zip(members, masks)):
-        if i < 0 or m is not None:
-            full[b[j]:b[j + 1]] = False if i < 0 else m[:b[j + 1] - b[j]]
-    return full[sp.rows]
-
-
 def span_allowed_at(pl, sp, members) -> np.ndarray:
-    """``_span_mask``, remembered with the masks like ``allowed_at``."""
+    """``span.mask_in_order``, remembered with the masks like ``allowed_at``."""
     masks = [pl.masks[i] if i >= 0 else None for i in members]
     key = next(m for m in masks if m is not None)
-    return _ROWS.get(key, lambda: _span_mask(sp, members, masks), extra=("span", sp.rows, *masks))
+    return _ROWS.get(key, lambda: span.mask_in_order(sp, members, masks), extra=("span", sp.rows, *masks))
 
 
 def span_allowed_lists(pl, sp, members) -> tuple:
@@ -418,7 +393,7 @@ def span_allowed_lists(pl, sp, members) -> tuple:
     key = next(m for m in masks if m is not None)
 
     def gather():
-        kept = np.flatnonzero(_span_mask(sp, members, masks))
+        kept = np.flatnonzero(span.mask_in_order(sp, members, masks))
         return (np.ascontiguousarray(sp.codes[kept]), np.searchsorted(kept, sp.offsets).astype(np.int64),
                 np.ascontiguousarray(sp.rows[kept]))
     return _LISTS.get(key, gather, extra=("span lists", sp.rows, *masks))
@@ -432,7 +407,7 @@ def _ivf_segs(pl, indexed, short):
     the mask by row, or none where the span has the masks in its own order)."""
     segs = [None] * len(pl.segments)
     route = _mask_route(pl, indexed)
-    spans = _spans(pl, indexed)
+    spans = span.searched(pl, indexed) if SPANS else []
     # (a span's copy of its members' masks or allowed rows must stay remembered, as the
     # segments' would)
     if route == "at":

@@ -15,9 +15,10 @@ with the list offsets, member names and row counts in the schema metadata. The
 manifest's ivf spec lists spans (``"spans": [{name, bytes, crc32, columns, members}]``)
 next to the per-segment list files, which stay: a search uses a span while every
 member is in its snapshot, and a commit that removes a member drops the span (its file
-then goes with the versions that name it). Deleted rows and filters are read through
-each member's mask, by row. Spans are written by ``create_index("ivf")``,
-``optimize()`` and ``compact()`` over the indexed segments no span covers.
+then goes with the versions that name it). Deleted rows and filters reach a span as
+its members' masks (by row, or copied in the span's order: plan.py). Spans are written
+by ``create_index("ivf")``, ``optimize()`` and ``compact()`` (``build.commit_span``)
+over the indexed segments no span covers.
 """
 from __future__ import annotations
 
@@ -161,27 +162,6 @@ def write(store, names: list, lists: list, spec: dict, block: int) -> dict:
     return dict(e, members=list(names))
 
 
-def commit_span(store, snap):
-    """The manifest of a new version whose ivf index also has a span over the
-    snapshot's indexed segments that no span covers, committed; None when fewer than
-    MIN_MEMBERS are uncovered. A crash before the commit leaves only an unnamed file."""
-    from .. import commit as cm
-
-    idx = uncovered(snap)
-    if len(idx) < MIN_MEMBERS:
-        return None
-    m = snap.manifest
-    spec = m["indexes"]["ivf"]
-    segs = [snap.segments[i] for i in idx]
-    e = write(store, [s.name for s in segs], [s.ann["ivf"] for s in segs], spec, m.get("crc_block"))
-    try:
-        specs = dict(m["indexes"], ivf=dict(spec, spans=list(spec.get("spans") or ()) + [e]))
-        return cm.publish(store, m, m["segments"], version=m["version"] + 1, op="index", indexes=specs)
-    except BaseException:
-        store.discard_index(e["name"])
-        raise
-
-
 def attach(store, m: dict, indexes: dict, segments, reuse) -> dict:
     """``indexes`` with the ivf centroids carrying the spans usable in this snapshot
     (``spans``; mapped, or reused from ``reuse``'s by name)."""
@@ -203,3 +183,33 @@ def attach(store, m: dict, indexes: dict, segments, reuse) -> dict:
     if tuple(s.name for s in spans) == tuple(s.name for s in cent.spans):
         return indexes
     return dict(indexes, ivf=cent.with_spans(tuple(spans)))
+
+
+# --------------------------------------------------------------------------- searches
+
+
+def searched(pl, indexed) -> list:
+    """(span, member_segs int64 [M]) of planner ``pl``'s ivf spans with at least two
+    members among the searched segments ``indexed`` (member_segs: each member's
+    segment index, -1 for one not searched)."""
+    spans = getattr((pl.indexes or {}).get("ivf"), "spans", ())
+    if not spans:
+        return []
+    at = {pl.segments[i].name: i for i in indexed}
+    out = []
+    for sp in spans:
+        members = np.array([at.get(n, -1) for n in sp.members], np.int64)
+        if (members >= 0).sum() >= MIN_MEMBERS:
+            out.append((sp.ready(), members))
+    return out
+
+
+def mask_in_order(sp, members, masks) -> np.ndarray:
+    """The members' masks (None: every row) in span ``sp``'s order; False for the rows
+    of members not searched (-1)."""
+    b = sp.member_base
+    full = np.ones(int(b[-1]), bool)
+    for j, (i, m) in enumerate(zip(members, masks)):
+        if i < 0 or m is not None:
+            full[b[j]:b[j + 1]] = False if i < 0 else m[:b[j + 1] - b[j]]
+    return full[sp.rows]
