@@ -136,8 +136,8 @@ def lists_table(lids: np.ndarray, codes: np.ndarray, nlist: int, centroids_name:
         {META_KEY: json.dumps(meta)})
 
 
-def _meta(table: pa.Table, path) -> dict:
-    raw = (table.schema.metadata or {}).get(META_KEY)
+def _meta(table: pa.Table, path, key: bytes = META_KEY) -> dict:
+    raw = (table.schema.metadata or {}).get(key)
     try:
         meta = json.loads(raw)
         if not isinstance(meta, dict):
@@ -293,43 +293,48 @@ def bf16_pair_table(centroids: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rows.reshape(nb, PROBE_BLOCK, dim // 2, 2).transpose(0, 2, 1, 3))
 
 
-class IvfLists:
-    """One segment's list file, mapped: ``codes`` ``[n, B]`` and ``rows`` int32 ``[n]`` in
-    list order, ``offsets`` int64 ``[nlist + 1]``. Checked for structure at open; the
-    ``row`` column's checksum and range before its first use (``ready()``)."""
+class RowsFile:
+    """An index file of codes in list order with the row each one is (``row``): a
+    segment's list file (IvfLists) or a span (span.IvfSpan). ``_open`` checks its
+    structure; ``ready()`` the ``row`` column's checksum and range before its first
+    use (an id out of range would send the rescoring outside the segment)."""
 
-    def __init__(self, entry: dict, table: pa.Table, path, spec: dict, n: int, nbytes: int):
+    _of = "its segment"  # what the rows are rows of, in the errors
+
+    def _open(self, entry: dict, table: pa.Table, path, spec: dict, n: int, row_type, nbytes: int,
+              key: bytes = META_KEY) -> dict:
+        """Check and map ``table`` (``n`` rows; call inside ``ig.damage(path)``); its
+        metadata."""
         self.entry = entry
         self.name = entry["name"]
         self.path = path
         self.table = table
         self._ready = path is None
         self._lock = threading.Lock()
-        with ig.damage(path):
-            want = pa.schema([pa.field("row", pa.int32()), pa.field("code", pa.binary(nbytes))])
-            if not table.schema.remove_metadata().equals(want):
-                raise CorruptionError(path, f"schema is {table.schema.remove_metadata()}, expected {want}")
-            if table.num_rows != n:
-                raise CorruptionError(path, f"lists {table.num_rows} rows, its segment holds {n}")
-            for c in table.columns:
-                if c.num_chunks != 1:
-                    raise CorruptionError(path, "a column is not one chunk")
-                c.chunk(0).validate()
-                if c.null_count:
-                    raise CorruptionError(path, "a column holds nulls")
-            meta = _meta(table, path)
-            if meta.get("nlist") != spec["nlist"] or meta.get("centroids") != spec["centroids"]["name"]:
-                raise CorruptionError(path, "was built for other centroids than the manifest's ivf index")
-            off = np.frombuffer(base64.b64decode(meta.get("offsets", ""), validate=True), np.int64)
-            if off.shape != (spec["nlist"] + 1,) or off[0] != 0 or off[-1] != n or (np.diff(off) < 0).any():
-                raise CorruptionError(path, "list offsets do not partition the segment's rows")
-            self.offsets = off
-            self.codes = fixed_list_view(table.column("code"), nbytes, np.uint8)
-            self.rows = primitive_view(table.column("row"), np.int32)
+        want = pa.schema([pa.field("row", row_type), pa.field("code", pa.binary(nbytes))])
+        if not table.schema.remove_metadata().equals(want):
+            raise CorruptionError(path, f"schema is {table.schema.remove_metadata()}, expected {want}")
+        if table.num_rows != n:
+            raise CorruptionError(path, f"holds {table.num_rows} rows, {self._of} {n}")
+        for c in table.columns:
+            if c.num_chunks != 1:
+                raise CorruptionError(path, "a column is not one chunk")
+            c.chunk(0).validate()
+            if c.null_count:
+                raise CorruptionError(path, "a column holds nulls")
+        meta = _meta(table, path, key)
+        if meta.get("nlist") != spec["nlist"] or meta.get("centroids") != spec["centroids"]["name"]:
+            raise CorruptionError(path, "was built for other centroids than the manifest's ivf index")
+        off = np.frombuffer(base64.b64decode(meta.get("offsets", ""), validate=True), np.int64)
+        if off.shape != (spec["nlist"] + 1,) or off[0] != 0 or off[-1] != n or (np.diff(off) < 0).any():
+            raise CorruptionError(path, f"list offsets do not partition the rows of {self._of}")
+        self.offsets = off
+        self.codes = fixed_list_view(table.column("code"), nbytes, np.uint8)
+        self.rows = primitive_view(table.column("row"), np.dtype(row_type.to_pandas_dtype()))
+        return meta
 
-    def ready(self) -> "IvfLists":
-        """Before the first probe: the ``row`` column's checksum and range (an id out of
-        range would send the rescoring outside the segment)."""
+    def ready(self):
+        """Before the first probe: the ``row`` column's checksum and range."""
         if not self._ready:
             with self._lock:
                 if not self._ready:
@@ -338,17 +343,26 @@ class IvfLists:
                         raise CorruptionError(self.path, "column 'row' fails its checksum (damaged)")
                     r = self.rows
                     if len(r) and (int(r.min()) < 0 or int(r.max()) >= len(r)):
-                        raise CorruptionError(self.path, "column 'row' names rows outside its segment")
+                        raise CorruptionError(self.path, f"column 'row' names rows outside {self._of}")
                     self._ready = True
         return self
 
     def verify(self, crc_block: int) -> None:
-        """Every byte (file checksum) and the rows: a permutation of the segment."""
+        """Every byte (file checksum) and the rows: a permutation of all rows."""
         if self.path is not None:
             ig.check_file_crc(self.path, self.entry.get("crc32"), crc_block)
         self.ready()
         if len(self.rows) and (np.bincount(self.rows, minlength=len(self.rows)) != 1).any():
-            raise CorruptionError(self.path, "column 'row' is not a permutation of its segment's rows")
+            raise CorruptionError(self.path, f"column 'row' is not a permutation of the rows of {self._of}")
+
+
+class IvfLists(RowsFile):
+    """One segment's list file, mapped: ``codes`` ``[n, B]`` and ``rows`` int32 ``[n]`` in
+    list order, ``offsets`` int64 ``[nlist + 1]``."""
+
+    def __init__(self, entry: dict, table: pa.Table, path, spec: dict, n: int, nbytes: int):
+        with ig.damage(path):
+            self._open(entry, table, path, spec, n, pa.int32(), nbytes)
 
     def ranges(self, lists: np.ndarray) -> np.ndarray:
         """int64 ``[Q, P, 2]`` (start, stop) of the probed lists."""

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 
 import numpy as np
 import pyarrow as pa
 
 from .. import integrity as ig
-from ..arrays import fixed_list_view, primitive_view
 from ..errors import CorruptionError
+from .ivf import RowsFile
 
 META_KEY = b"nestvec.ivfs"
 MIN_MEMBERS = 2  # a span over one segment would be its list file again
@@ -64,74 +63,21 @@ def span_table(lists: list, nlist: int, centroids_name: str, members: list) -> p
         {META_KEY: json.dumps(meta)})
 
 
-class IvfSpan:
+class IvfSpan(RowsFile):
     """A span's file, mapped: ``codes`` ``[n, B]`` and ``rows`` int64 ``[n]`` in list
     order, ``offsets`` int64 ``[nlist + 1]``, ``members`` (segment names) and
-    ``member_base`` int64 ``[M + 1]``. Checked for structure at open; the ``row``
-    column's checksum and range before its first use (``ready()``)."""
+    ``member_base`` int64 ``[M + 1]``."""
+
+    _of = "its members"
 
     def __init__(self, entry: dict, table: pa.Table, path, spec: dict, member_rows: list, nbytes: int):
-        self.entry = entry
-        self.name = entry["name"]
         self.members = tuple(entry["members"])
-        self.path = path
-        self.table = table
-        self._ready = path is None
-        self._lock = threading.Lock()
         with ig.damage(path):
-            want = pa.schema([pa.field("row", pa.int64()), pa.field("code", pa.binary(nbytes))])
-            if not table.schema.remove_metadata().equals(want):
-                raise CorruptionError(path, f"schema is {table.schema.remove_metadata()}, expected {want}")
-            n = int(sum(member_rows))
-            if table.num_rows != n:
-                raise CorruptionError(path, f"spans {table.num_rows} rows, its members hold {n}")
-            for c in table.columns:
-                if c.num_chunks != 1:
-                    raise CorruptionError(path, "a column is not one chunk")
-                c.chunk(0).validate()
-                if c.null_count:
-                    raise CorruptionError(path, "a column holds nulls")
-            raw = (table.schema.metadata or {}).get(META_KEY)
-            try:
-                meta = json.loads(raw)
-                if not isinstance(meta, dict):
-                    raise ValueError("not an object")
-            except (TypeError, ValueError) as e:
-                raise CorruptionError(path, f"span metadata is missing or not JSON ({e})") from None
-            if meta.get("nlist") != spec["nlist"] or meta.get("centroids") != spec["centroids"]["name"]:
-                raise CorruptionError(path, "was built for other centroids than the manifest's ivf index")
+            meta = self._open(entry, table, path, spec, int(sum(member_rows)), pa.int64(), nbytes, META_KEY)
             if meta.get("members") != list(self.members) or meta.get("member_rows") != [int(r) for r in member_rows]:
                 raise CorruptionError(path, "its members are not the segments the manifest names for it")
-            off = np.frombuffer(base64.b64decode(meta.get("offsets", ""), validate=True), np.int64)
-            if off.shape != (spec["nlist"] + 1,) or off[0] != 0 or off[-1] != n or (np.diff(off) < 0).any():
-                raise CorruptionError(path, "list offsets do not partition the members' rows")
-            self.offsets = off
             self.member_base = np.zeros(len(member_rows) + 1, np.int64)
             np.cumsum(np.asarray(member_rows, np.int64), out=self.member_base[1:])
-            self.codes = fixed_list_view(table.column("code"), nbytes, np.uint8)
-            self.rows = primitive_view(table.column("row"), np.int64)
-
-    def ready(self) -> "IvfSpan":
-        """Before the first probe: the ``row`` column's checksum and range."""
-        if not self._ready:
-            with self._lock:
-                if not self._ready:
-                    want = (self.entry.get("columns") or {}).get("row")
-                    if want is not None and ig.column_crc(self.table.column("row")) != want:
-                        raise CorruptionError(self.path, "column 'row' fails its checksum (damaged)")
-                    r = self.rows
-                    if len(r) and (int(r.min()) < 0 or int(r.max()) >= len(r)):
-                        raise CorruptionError(self.path, "column 'row' names rows outside its members")
-                    self._ready = True
-        return self
-
-    def verify(self, crc_block: int) -> None:
-        """Every byte (file checksum) and the rows: a permutation of the members' rows."""
-        if self.path is not None:
-            ig.check_file_crc(self.path, self.entry.get("crc32"), crc_block)
-        self.ready()
-        if len(self.rows) and (np.bincount(self.rows, minlength=len(self.rows)) != 1).any():
-            raise CorruptionError(self.path, "column 'row' is not a permutation of its members' rows")
 
 
 # --------------------------------------------------------------------------- manifests
