@@ -189,9 +189,10 @@ def check(m: dict, version: int, path) -> dict:
             bad(f"segment {i} ({e['name']}) starts at row {e['first_row']}, inside the previous segment")
         prev_last = e["last_row"]
         live += e["rows"] - e["deleted"]
+    with_ivf = {e["name"] for e in out if e.get("ivf") is not None}
     for sp in (indexes.get("ivf") or {}).get("spans") or ():
         for n in sp["members"]:
-            if n not in names or out[[e["name"] for e in out].index(n)].get("ivf") is None:
+            if n not in with_ivf:
                 bad(f"ivf span {sp['name']} names {n!r}, not a segment with an ivf list file")
     if prev_last >= m["next_row"]:
         bad(f"'next_row' {m['next_row']} is not above the last row {prev_last}")

@@ -379,18 +379,22 @@ def _mask_route(pl, indexed) -> str:
     return "row"
 
 
+def _member_masks(pl, members) -> tuple:
+    """(each member's mask or None, the first mask: the memo key)."""
+    masks = [pl.masks[i] if i >= 0 else None for i in members]
+    return masks, next(m for m in masks if m is not None)
+
+
 def span_allowed_at(pl, sp, members) -> np.ndarray:
     """``span.mask_in_order``, remembered with the masks like ``allowed_at``."""
-    masks = [pl.masks[i] if i >= 0 else None for i in members]
-    key = next(m for m in masks if m is not None)
+    masks, key = _member_masks(pl, members)
     return _ROWS.get(key, lambda: span.mask_in_order(sp, members, masks), extra=("span", sp.rows, *masks))
 
 
 def span_allowed_lists(pl, sp, members) -> tuple:
     """(codes, list offsets, rows) of span ``sp``'s rows that the members' masks allow,
     in list order, remembered with the masks like ``allowed_lists``."""
-    masks = [pl.masks[i] if i >= 0 else None for i in members]
-    key = next(m for m in masks if m is not None)
+    masks, key = _member_masks(pl, members)
 
     def gather():
         kept = np.flatnonzero(span.mask_in_order(sp, members, masks))
