@@ -237,6 +237,11 @@ inline void def_multiseg(py::module_& m) {
       py::arg("queries"), py::arg("k"), py::arg("segs"), py::arg("lists") = py::none(),
       "Hamming top-k over several segments: (dist, seg, local [Q, min(k, sum of k_i)], rows compared).");
 
+  m.def("multiseg_one_call_rescore", [] { return multiseg::one_call_rescore(); },
+        "Whether a shortlist over several segments is rescored in one kernel call.");
+  m.def("set_multiseg_one_call_rescore", [](bool on) { multiseg::set_one_call_rescore(on); }, py::arg("enabled"),
+        "One kernel call for a shortlist over several segments (default), or one per segment "
+        "(the same answers; for comparison). NESTVEC_RESCORE_ONE_CALL=0 starts with it off.");
   m.def(
       "multiseg_rescore",
       [](py::array queries, int64_t dim, int metric, int64_t k, py::list segs, py::object cand_seg_o,

@@ -1,6 +1,7 @@
 """ivf spans (indexes/span.py): one list file over several segments' rows. A search
 through a span returns what the per-segment list files return (every filter and delete
-shape, every route, the searcher and search()); spans are written by create_index,
+shape, every route, the searcher and search(); the shortlist rescored in one kernel call
+or segment by segment); spans are written by create_index,
 optimize and compact, dropped with a member, checked, reopened and collected."""
 from __future__ import annotations
 
@@ -107,9 +108,15 @@ def test_span_search_equals_per_segment_lists(monkeypatch, flt, deletes, nq):
     searched = [c.searcher(nprobe=p, **kw).search(q) for p in (1, 4, 32)]
     explained = c.explain(q, nprobe=4, **kw)
     used = calls.n
+    # the layout before spans: per-segment lists, and the shortlist rescored one
+    # segment at a time (not in one kernel call over all of them)
     without_spans(monkeypatch)
-    want = [c.search(q, nprobe=p, **kw) for p in (1, 4, 32)]
-    want_s = [c.searcher(nprobe=p, **kw).search(q) for p in (1, 4, 32)]
+    be._C.set_multiseg_one_call_rescore(False)
+    try:
+        want = [c.search(q, nprobe=p, **kw) for p in (1, 4, 32)]
+        want_s = [c.searcher(nprobe=p, **kw).search(q) for p in (1, 4, 32)]
+    finally:
+        be._C.set_multiseg_one_call_rescore(True)
     for got, w in zip(with_s, want):
         assert_same_hits(per_query(got), per_query(w), atol=0)
     for (gi, gs), (wi, ws) in zip(searched, want_s):

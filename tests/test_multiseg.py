@@ -113,7 +113,7 @@ def _dense_reference(q, dim, metric, k, vecs, pos, kks, cand_seg=None, cand_loca
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_dense_segments_bit_identical_to_per_segment(metric, dtype):
+def test_dense_segments_bit_identical_to_per_segment(metric, dtype, one_call):
     rng = np.random.default_rng(len(metric) * 7 + len(dtype))
     d = 37
     for sizes in ([1, 7, 97], [1023, 0, 1025], [97] * 4):
@@ -148,6 +148,68 @@ def test_dense_segments_bit_identical_to_per_segment(metric, dtype):
                             ok = w[1] >= 0
                             assert np.array_equal(score[:, :m][ok].view(np.uint32), w[2][ok].astype(np.float32).view(np.uint32))
                             assert (local[:, m:] == -1).all()
+
+
+@pytest.fixture(params=[True, False], ids=["one-call", "per-segment"])
+def one_call(request):
+    """multiseg::rescore with its one kernel call for a shortlist over several segments
+    (the default) or a call per segment; restored after the test."""
+    was = be._C.multiseg_one_call_rescore()
+    be._C.set_multiseg_one_call_rescore(request.param)
+    yield request.param
+    be._C.set_multiseg_one_call_rescore(was)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_dense_shortlist_layouts_one_call_or_per_segment(metric, one_call):
+    """A shortlist over several segments is scored in one kernel call when the segments'
+    rows can be addressed from one base, else segment by segment: both equal the
+    per-segment path bit for bit, whatever the layout (adjacent views of one array, in
+    or against address order, strided prefix views, the same array as two segments,
+    mixed dtypes, a segment whose own k is below k), with rows repeated across segments
+    (ties broken by position, also at the k-th place)."""
+    rng = np.random.default_rng(31)
+    d, nq, C = 40, 5, 60
+    big = rng.standard_normal((3000, d)).astype(np.float16)
+    wide = rng.standard_normal((900, 3 * d)).astype(np.float32)
+    # one row 5 times in each third of `big` (ties within and across segments)
+    dup_at = [3, 7, 400, 650, 999, 1005, 1200, 1500, 1777, 1999, 2001, 2222, 2500, 2800, 2999]
+    big[dup_at] = big[2500]
+    layouts = {  # segments, and the (segment, local) rows holding the repeated row
+        "adjacent views": ([big[:1000], big[1000:2000], big[2000:]], [(i // 1000, i % 1000) for i in dup_at]),
+        "against address order": ([big[2000:], big[1000:2000], big[:1000]],
+                                  [(2 - i // 1000, i % 1000) for i in dup_at]),
+        "strided prefixes": ([wide[:450, :d], wide[450:, d:2 * d]], []),
+        "same array twice": ([big[:700], big[:700]], [(s, i) for s in (0, 1) for i in dup_at if i < 700]),
+        "mixed dtypes": ([big[:1000], big[1000:2000].astype(np.float32)],
+                         [(i // 1000, i % 1000) for i in dup_at if i < 2000]),
+    }
+    for name, (vecs, dups) in layouts.items():
+        sizes = [len(v) for v in vecs]
+        for interleave in (False, True):
+            pos = _positions(sizes, interleave, rng)
+            for own_k in ("k", "short"):
+                for k in (1, 3, 10, 97):
+                    kks = [k] * len(vecs) if own_k == "k" else [k] + [max(1, k // 2)] * (len(vecs) - 1)
+                    segs = [(v, hostcalls.dtype_code(v), p, kk, None) for v, p, kk in zip(vecs, pos, kks)]
+                    q = rng.standard_normal((nq, d)).astype(np.float32)
+                    q[0] = big[2500]
+                    cs = rng.integers(0, len(vecs), (nq, C))
+                    cl = np.array([[rng.integers(0, sizes[s]) for s in row] for row in cs])
+                    cl[rng.random(cl.shape) < 0.1] = -1
+                    for j, (s_, l_) in enumerate(dups):  # every copy of the query's own row
+                        cs[0, j], cl[0, j] = s_, l_
+                    for dim in (d, 16):
+                        seg, local, score = hostcalls.dense_segments(q, dim, metric, k, segs, cs, cl)
+                        w = _dense_reference(q, dim, metric, k, vecs, pos, kks, cs, cl)
+                        m = w[1].shape[1]
+                        msg = f"{name} interleave={interleave} own_k={own_k} k={k} dim={dim}"
+                        np.testing.assert_array_equal(local[:, :m], w[1], err_msg=msg)
+                        np.testing.assert_array_equal(np.where(w[1] >= 0, seg[:, :m], -1),
+                                                      np.where(w[1] >= 0, w[0], -1), err_msg=msg)
+                        ok = w[1] >= 0
+                        assert np.array_equal(score[:, :m][ok].view(np.uint32),
+                                              w[2][ok].astype(np.float32).view(np.uint32)), msg
 
 
 def test_dense_segments_bfloat16():

@@ -82,5 +82,11 @@ void rescore(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queri
              int64_t query_stride, int metric, const int64_t* cand_seg, const int64_t* cand_local,
              int64_t ncand, int64_t k, float* out_score, int64_t* out_seg, int64_t* out_local);
 
+// Whether rescore scores a shortlist that spans several segments in one dense::topk
+// call (default on; NESTVEC_RESCORE_ONE_CALL=0 or set_one_call_rescore(false): one call
+// per segment, the same answers, for comparison).
+bool one_call_rescore();
+void set_one_call_rescore(bool on);
+
 }  // namespace multiseg
 }  // namespace nestvec
