@@ -41,6 +41,9 @@ from ann_anchors import K, LOCK, Faiss, Hnswlib, Method, USearch, cpu_lock, norm
 from ann_report import RECALL_TARGET, plot, report_tables, summary  # noqa: E402,F401
 
 NQ = 1000
+# when this invocation started: each row names its run (a dataset's JSON gathers the rows
+# of several runs, one method rerun at a time)
+RUN = time.strftime("%Y-%m-%dT%H:%M:%S")
 TIME_B1_S = 1.5  # each timed point: every query, and at least this long, after a warm-up
 
 
@@ -252,7 +255,7 @@ def run_method(m, x, q, cat, gt, work: Path) -> list:
             spec = m.spec
             p = {"default": True, **{k: spec[k] for k in ("nprobe", "rescore", "ef") if k in spec}}
         row = {"method": m.name, "family": m.family, "params": p, **r, "build_s": round(getattr(m, "build_s", 0), 2),
-               "index_bytes": int(m.memory()), "build_rss_anon_mb": round((rss1 - rss0) / 1024, 1)}
+               "index_bytes": int(m.memory()), "build_rss_anon_mb": round((rss1 - rss0) / 1024, 1), "run": RUN}
         rows.append(row)
         print(f"  {m.name:22s} {json.dumps(p):44s} recall {r['recall10']:.4f}  qps b1 {r['qps_b1']:8.1f}  "
               f"b16 {r['qps_b16']:8.1f}  build {row['build_s']:.1f} s", flush=True)
@@ -284,7 +287,7 @@ def filtered(col_method, q, gt_f, base_params) -> list:
                 rows.append({"mode": mode, "api": col_method.api, "selectivity_pct": pct,
                              "recall10": round(recall_at(got, gt), 4), "latency_ms_b1": round(lat[pct], 4),
                              "unfiltered_ms_b1": round(lat[None], 4), "ratio": round(lat[pct] / lat[None], 3),
-                             "plan": col.explain(q[:1], k=K, mode=mode, filter=flt)})
+                             "plan": col.explain(q[:1], k=K, mode=mode, filter=flt), "run": RUN})
                 print(f"  filtered {mode:5s} {pct:3d}%  recall {rows[-1]['recall10']:.4f}  {lat[pct]:.3f} ms "
                       f"({rows[-1]['ratio']:.2f}x unfiltered {lat[None]:.3f} ms)", flush=True)
     return rows
