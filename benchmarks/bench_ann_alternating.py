@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     p.add_argument("--per-segment-lists", action="store_true",
                    help="also time the default collection's searcher without its ivf spans (one list "
                         "range per segment and probed list: the layout before spans)")
+    p.add_argument("--per-segment-rescoring", action="store_true",
+                   help="also time the default collection's searcher with its shortlist rescored one "
+                        "segment at a time (set_multiseg_one_call_rescore(False) around each call)")
     args = p.parse_args(argv)
     work = Path(args.data_dir)
     stem = f"synth-{args.n}x{args.d}-c{args.clusters}"
@@ -71,6 +74,16 @@ def main(argv=None) -> int:
         sp.search(q[:1])
         plan.SPANS = True
         fns[f"ours-ivf-searcher ({nseg} segments, per-segment lists)"] = lambda z: sp.search(z)[0]
+    if args.per_segment_rescoring:
+        from nestvec import _backend as be
+
+        def per_segment(z):
+            be._C.set_multiseg_one_call_rescore(False)
+            try:
+                return s.search(z)[0]
+            finally:
+                be._C.set_multiseg_one_call_rescore(True)
+        fns[f"ours-ivf-searcher ({nseg} segments, per-segment rescoring)"] = per_segment
     for lay in args.layout:
         label, path = lay.split("=", 1)
         other = nv.open(path, read_only=True)
