@@ -169,7 +169,7 @@ def test_dense_shortlist_layouts_one_call_or_per_segment(metric, one_call):
     mixed dtypes, a segment whose own k is below k), with rows repeated across segments
     (ties broken by position, also at the k-th place)."""
     rng = np.random.default_rng(31)
-    d, nq, C = 40, 5, 60
+    d, nq, C = 40, 5, 30  # (few candidates a segment: the one-call path takes them)
     big = rng.standard_normal((3000, d)).astype(np.float16)
     wide = rng.standard_normal((900, 3 * d)).astype(np.float32)
     # one row 5 times in each third of `big` (ties within and across segments)
