@@ -36,6 +36,20 @@ from ann_anchors import K, Faiss  # noqa: E402
 import nestvec as nv  # noqa: E402
 
 
+def _per_segment(searcher):
+    """The searcher with its shortlist rescored one segment at a time (the native switch
+    flipped around each call)."""
+    from nestvec import _backend as be
+
+    def run(z):
+        be._C.set_multiseg_one_call_rescore(False)
+        try:
+            return searcher.search(z)[0]
+        finally:
+            be._C.set_multiseg_one_call_rescore(True)
+    return run
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=10_000_000)
@@ -51,8 +65,8 @@ def main(argv=None) -> int:
                    help="also time the default collection's searcher without its ivf spans (one list "
                         "range per segment and probed list: the layout before spans)")
     p.add_argument("--per-segment-rescoring", action="store_true",
-                   help="also time the default collection's searcher with its shortlist rescored one "
-                        "segment at a time (set_multiseg_one_call_rescore(False) around each call)")
+                   help="also time each collection's searcher with its shortlist rescored one segment at "
+                        "a time (set_multiseg_one_call_rescore(False) around each call)")
     args = p.parse_args(argv)
     work = Path(args.data_dir)
     stem = f"synth-{args.n}x{args.d}-c{args.clusters}"
@@ -75,21 +89,15 @@ def main(argv=None) -> int:
         plan.SPANS = True
         fns[f"ours-ivf-searcher ({nseg} segments, per-segment lists)"] = lambda z: sp.search(z)[0]
     if args.per_segment_rescoring:
-        from nestvec import _backend as be
-
-        def per_segment(z):
-            be._C.set_multiseg_one_call_rescore(False)
-            try:
-                return s.search(z)[0]
-            finally:
-                be._C.set_multiseg_one_call_rescore(True)
-        fns[f"ours-ivf-searcher ({nseg} segments, per-segment rescoring)"] = per_segment
+        fns[f"ours-ivf-searcher ({nseg} segments, per-segment rescoring)"] = _per_segment(s)
     for lay in args.layout:
         label, path = lay.split("=", 1)
         other = nv.open(path, read_only=True)
         so = other.searcher(k=K, mode="ivf")
-        fns[f"ours-ivf-searcher {label} ({len(other._snapshot().segments)} segments)"] = \
-            (lambda t: lambda z: t.search(z)[0])(so)
+        name = f"ours-ivf-searcher {label} ({len(other._snapshot().segments)} segments)"
+        fns[name] = (lambda t: lambda z: t.search(z)[0])(so)
+        if args.per_segment_rescoring:
+            fns[f"{name}, per-segment rescoring"] = _per_segment(so)
     for pt in args.anchor.split(","):
         npb, rs = (int(v) for v in pt.split(":"))
         fns[f"faiss-BinaryIVF nprobe {npb} rescore {rs}"] = (lambda a, c: lambda z: b.search(z, nprobe=a, rescore=c))(npb, rs)
