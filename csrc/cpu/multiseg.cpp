@@ -508,11 +508,6 @@ bool rescore_one_call(const DenseSeg* segs, int64_t nseg, int64_t dim, const flo
     used.push_back({b, b + uintptr_t(g.n * g.stride * es), s});
   }
   if (used.size() < 2) return false;
-  const int64_t es = dtype_size(dt);
-  std::sort(used.begin(), used.end(), [](const Span& x, const Span& y) { return x.b < y.b; });
-  for (size_t i = 1; i < used.size(); ++i)
-    if (used[i].b < used[i - 1].e) return false;
-  const uintptr_t base = used[0].b;
   const int64_t ns1 = nseg + 1;
   int64_t w = 0, total = 0;
   for (int64_t q = 0; q < nq; ++q) {
@@ -520,6 +515,11 @@ bool rescore_one_call(const DenseSeg* segs, int64_t nseg, int64_t dim, const flo
     total += start[size_t(q * ns1 + nseg)];
   }
   if (total > kOneCallRowsPerSegment * int64_t(used.size()) * nq) return false;
+  const int64_t es = dtype_size(dt);
+  std::sort(used.begin(), used.end(), [](const Span& x, const Span& y) { return x.b < y.b; });
+  for (size_t i = 1; i < used.size(); ++i)
+    if (used[i].b < used[i - 1].e) return false;
+  const uintptr_t base = used[0].b;
   std::vector<int64_t> cand(size_t(nq * w), -1);
   int64_t top = 0;
   for (int64_t q = 0; q < nq; ++q) {
