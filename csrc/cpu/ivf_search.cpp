@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -61,7 +62,10 @@ int64_t search(const Probe& probe, const float* queries, int64_t nq, int64_t que
   std::atomic<int64_t> scanned{0}, hits{0};
   const int nthreads = int(std::min<int64_t>(num_threads(), (nq + kBlock - 1) / kBlock));
   parallel_blocks(nq, nthreads, kBlock, [&](int, int64_t q0, int64_t q1) {
-    SerialScope serial;  // this block's stages stay on this thread
+    // a batch's stages stay on its blocks' threads; a single query may split its
+    // Hamming ranges and its per-segment rescoring over the pool (parallel_for_pooled)
+    std::optional<SerialScope> serial;
+    if (nq > 1) serial.emplace();
     const int64_t nb = q1 - q0;
     std::vector<float> qp(size_t(nb * dim));
     prepare(queries + q0 * query_stride, nb, query_stride, dim, normalise, qp.data());

@@ -2,6 +2,8 @@
 // per-segment kernel a single-segment search calls (so keys are bit-identical to it),
 // and is folded into a running top-k per query by (key, global position) after every
 // segment: memory stays at ~2k entries per query whatever the number of segments.
+// This file: the Hamming side (hamming_topk); the dense rescoring is in
+// multiseg_rescore.cpp, the fold they share in multiseg_fold.h.
 #include "nestvec/multiseg.h"
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <iterator>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -18,84 +21,17 @@
 #include "nestvec/dispatch.h"
 #include "nestvec/hamming.h"
 #include "nestvec/hamming_ranges.h"
+#include "multiseg_fold.h"
 #include "nestvec/prefetch.h"
 
 namespace nestvec {
 namespace multiseg {
+
+using detail::Fold;
+using detail::fold_lists;
+using detail::write_fold;
+
 namespace {
-
-// Running top-k per query, ascending by (key, gpos).
-template <class Key>
-class Fold {
- public:
-  struct Entry {
-    Key key;
-    int64_t gpos, seg, local;
-  };
-  Fold(int64_t nq, int64_t k) : k_(k), best_(size_t(nq)) {}
-
-  // One segment's list of query q (any order).
-  template <class Get>
-  void add(int64_t q, int64_t m, Get&& get) {
-    auto& b = best_[size_t(q)];
-    const size_t before = b.size();
-    for (int64_t i = 0; i < m; ++i) {
-      Entry e;
-      if (get(i, e)) b.push_back(e);
-    }
-    if (b.size() == before) return;
-    auto less = [](const Entry& x, const Entry& y) {
-      return x.key < y.key || (x.key == y.key && x.gpos < y.gpos);
-    };
-    std::sort(b.begin() + std::ptrdiff_t(before), b.end(), less);
-    std::inplace_merge(b.begin(), b.begin() + std::ptrdiff_t(before), b.end(), less);
-    if (int64_t(b.size()) > k_) b.resize(size_t(k_));
-  }
-
-  template <class Write>
-  void write(Write&& w) {
-    for (size_t q = 0; q < best_.size(); ++q) w(int64_t(q), best_[q]);
-  }
-
- private:
-  int64_t k_;
-  std::vector<std::vector<Entry>> best_;
-};
-
-// One segment's per-query lists (kk entries a query; idx < 0: none) into the fold,
-// keyed by key_of(value) and placed by the segment's global positions.
-template <class Key, class Val, class KeyOf>
-void fold_lists(Fold<Key>& fold, const Position& pos, int64_t s, int64_t nq, int64_t kk, const Val* vals,
-                const int64_t* idx, KeyOf key_of) {
-  for (int64_t q = 0; q < nq; ++q) {
-    const Val* v = vals + q * kk;
-    const int64_t* x = idx + q * kk;
-    fold.add(q, kk, [&](int64_t i, typename Fold<Key>::Entry& e) {
-      if (x[i] < 0) return false;
-      // ids name the segment's rows: one past them would read outside its positions
-      if (pos.positions && x[i] >= pos.n_positions)
-        throw std::invalid_argument("ids: a row id is beyond the segment's positions");
-      e = {key_of(v[i]), pos.at(x[i]), s, x[i]};
-      return true;
-    });
-  }
-}
-
-// The fold's top-k of every query into [nq, k] outputs: value_of(key), or `pad`, seg
-// and local -1 where a query has fewer than k.
-template <class Key, class Out, class ValueOf>
-void write_fold(Fold<Key>& fold, int64_t k, Out pad, ValueOf value_of, Out* out, int64_t* out_seg,
-                int64_t* out_local) {
-  fold.write([&](int64_t q, const std::vector<typename Fold<Key>::Entry>& b) {
-    const int64_t m = int64_t(b.size());
-    for (int64_t i = 0; i < k; ++i) {
-      const bool has = i < m;
-      out[q * k + i] = has ? value_of(b[size_t(i)].key) : pad;
-      out_seg[q * k + i] = has ? b[size_t(i)].seg : -1;
-      out_local[q * k + i] = has ? b[size_t(i)].local : -1;
-    }
-  });
-}
 
 // k smallest (distance, global position) hits of one query; hits come in any order.
 // Accepts dist < bound(): a hit tying the k-th distance may still win on position.
@@ -157,6 +93,9 @@ class HamSel {
 
 // Rows per thread below which a second thread costs more than it saves.
 constexpr int64_t kThreadRows = int64_t(1) << 16;
+// Rows of a probe's ranges per part when one query's ranges are split over the threads
+// (the pool's workers are awake between back-to-back calls: a split costs a few us).
+constexpr int64_t kSplitRows = 2048;
 
 // Rows [b, e) of segment s against one query: every hit below bound() goes into
 // `into` as (distance, global position, s, local row); ids map code rows to local
@@ -368,11 +307,22 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
     const hamming::TileFn tile = hamming::active_tile();
     const uint32_t max_bound = uint32_t(8 * nbytes + 1);
     const int64_t tile_rows = hamming::tile_rows(nbytes);
-    const int nthreads = int(std::min<int64_t>({int64_t(threads), nq, std::max<int64_t>(1, ranged / kThreadRows)}));
+    // One query over enough rows: its ranges split over the threads, each part into a
+    // selector of its own, merged after (the k best of the union by (distance,
+    // position) are the k best of the parts' k best). Not where a segment keeps fewer
+    // than k (its own selector would then be split too).
+    const bool capped = std::any_of(segs, segs + nseg, [&](const HammingSeg& g) {
+      return ranged_seg[size_t(&g - segs)] && g.k < k;
+    });
+    const int parts = nq == 1 && !capped ? int(std::min<int64_t>(threads, std::max<int64_t>(1, ranged / kSplitRows))) : 1;
+    const int nthreads = parts > 1 ? parts
+                                   : int(std::min<int64_t>({int64_t(threads), nq, std::max<int64_t>(1, ranged / kThreadRows)}));
     std::vector<char> bad(size_t(std::max(1, nthreads)), 0);
-    parallel_for(nq, nthreads, 1, [&](int t, int64_t q0, int64_t q1) {
+    std::vector<HamSel> part_sel(static_cast<size_t>(parts));
+    std::atomic<uint32_t> shared_bound{max_bound};
+    auto scan = [&](int t, int64_t i0, int64_t i1) {
       std::vector<uint32_t> hit_rows(static_cast<size_t>(tile_rows)), hit_dist(static_cast<size_t>(tile_rows));
-      HamSel sel;
+      HamSel own;
       // A probe's ranges are a few KiB each at scattered places, too short for the
       // hardware prefetcher to ramp up: each scan prefetches the codes of the range
       // kRangesAhead further on into L2 (README, Sub-linear search: the 10M run), at
@@ -384,14 +334,17 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
         int64_t b, e;  // rows, clamped to the segment
       };
       std::vector<Span> spans;  // this query's ranges in scan order
+      size_t lo = 0, hi = 0;    // the part of them this task scans
       auto prefetch_span = [&](size_t i) {
-        if (i >= spans.size()) return;
+        if (i >= hi) return;
         const Span& sp = spans[i];
         const uintptr_t c = reinterpret_cast<uintptr_t>(sp.g->codes) + uintptr_t(sp.b * sp.g->code_stride);
         const int64_t n = std::min<int64_t>(std::max<int64_t>(0, sp.e - sp.b) * sp.g->code_stride, kSpanBytes);
         for (int64_t o = 0; o < n; o += 64) prefetch_l2(c + uintptr_t(o));
       };
-      for (int64_t q = q0; q < q1; ++q) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t q = parts > 1 ? 0 : i;
+        HamSel& sel = parts > 1 ? part_sel[size_t(i)] : own;
         sel.reset(k, max_bound);
         const uint8_t* qv = queries + q * query_stride;
         spans.clear();
@@ -403,19 +356,39 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
             spans.push_back({&g, std::max<int64_t>(0, r[0]), std::min<int64_t>(g.n, r[1])});
           }
         }
+        lo = 0;
+        hi = spans.size();
+        if (parts > 1) {  // part i: the ranges that start in its share of the rows
+          int64_t before = 0;
+          lo = hi = spans.size();
+          for (size_t j = 0; j < spans.size(); ++j) {
+            const int64_t share = before * parts / std::max<int64_t>(1, ranged);
+            if (share >= i && lo == spans.size()) lo = j;
+            if (share > i) {
+              hi = j;
+              break;
+            }
+            before += std::max<int64_t>(0, spans[j].e - spans[j].b);
+          }
+          hi = std::max(hi, lo);
+        }
         // the first line of every range's codes, row ids and mask at once (touch_first)
-        touch_first(int64_t(3 * spans.size()), [&](int64_t i) -> const uint8_t* {
-          const Span& sp = spans[size_t(i / 3)];
+        touch_first(int64_t(3 * (hi - lo)), [&](int64_t j) -> const uint8_t* {
+          const Span& sp = spans[lo + size_t(j / 3)];
           if (sp.e <= sp.b) return nullptr;
-          if (i % 3 == 0) return sp.g->codes + sp.b * sp.g->code_stride;
-          if (i % 3 == 1) return sp.g->ids ? static_cast<const uint8_t*>(sp.g->ids) + sp.b * sp.g->ids_bytes : nullptr;
+          if (j % 3 == 0) return sp.g->codes + sp.b * sp.g->code_stride;
+          if (j % 3 == 1) return sp.g->ids ? static_cast<const uint8_t*>(sp.g->ids) + sp.b * sp.g->ids_bytes : nullptr;
           return sp.g->allow_at ? sp.g->allow_at + sp.b : nullptr;
         });
-        for (size_t i = 0; i < kRangesAhead; ++i) prefetch_span(i);
+        for (size_t j = 0; j < kRangesAhead; ++j) prefetch_span(lo + j);
         size_t at = 0;
         for (int64_t s = 0; s < nseg; ++s) {
           const HammingSeg& g = segs[s];
           if (!ranged_seg[size_t(s)]) continue;
+          if (at + size_t(nr[size_t(s)]) <= lo || at >= hi) {
+            at += size_t(nr[size_t(s)]);
+            continue;
+          }
           // a segment contributes at most its own k (its allowed rows), as the
           // per-segment path does: a selector of its own bounds it
           HamSel* own_sel = nullptr;
@@ -426,24 +399,48 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
           }
           HamSel& into = own_sel ? *own_sel : sel;
           for (int64_t p = 0; p < nr[size_t(s)]; ++p, ++at) {
+            if (at < lo || at >= hi) continue;
             const int64_t b = spans[at].b, e = spans[at].e;
             prefetch_span(at + kRangesAhead);
             if (!scan_range(tile, segs, g, s, qv, query_stride, nbytes, b, e, tile_rows, hit_rows.data(),
                             hit_dist.data(), into,
-                            [&] { return std::min(into.bound(), std::min(sel.bound(), max_bound)); }))
+                            [&] {
+                              return std::min(std::min(into.bound(), sel.bound()),
+                                              std::min(max_bound, shared_bound.load(std::memory_order_relaxed)));
+                            }))
               bad[size_t(t)] = 1;
+            // a part's k-th distance bounds the others' too (their hits above it lose to k of its own)
+            if (parts > 1)
+              for (uint32_t cur = shared_bound.load(std::memory_order_relaxed); sel.bound() < cur;)
+                if (shared_bound.compare_exchange_weak(cur, sel.bound(), std::memory_order_relaxed)) break;
           }
           if (own_sel)
             for (const auto& h : own_sel->finish()) sel.push(h);
         }
+        if (parts > 1) continue;  // (merged below)
         auto& best = sel.finish();
-        fold.add(q, int64_t(best.size()), [&](int64_t i, Fold<int32_t>::Entry& e) {
-          const auto& h = best[size_t(i)];
+        fold.add(q, int64_t(best.size()), [&](int64_t j, Fold<int32_t>::Entry& e) {
+          const auto& h = best[size_t(j)];
           e = {int32_t(h.dist), h.gpos, h.seg, h.local};
           return true;
         });
       }
-    });
+    };
+    if (parts > 1)
+      parallel_for_pooled(parts, parts, 1, scan);
+    else
+      parallel_for(nq, nthreads, 1, scan);
+    if (parts > 1) {
+      HamSel& sel = part_sel[0];
+      for (size_t i = 1; i < part_sel.size(); ++i)
+        for (const auto& h : part_sel[i].finish()) sel.push(h);
+      auto& best = sel.finish();
+      fold.add(0, int64_t(best.size()), [&](int64_t j, Fold<int32_t>::Entry& e) {
+        const auto& h = best[size_t(j)];
+        e = {int32_t(h.dist), h.gpos, h.seg, h.local};
+        return true;
+      });
+    }
     for (char b : bad)
       if (b) throw std::invalid_argument("ids: a row id in a probed range is negative or beyond the segment's rows");
   }
@@ -451,213 +448,6 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
   write_fold(fold, k, std::numeric_limits<int32_t>::max(), [](int32_t d) { return d; }, out_dist, out_seg,
              out_local);
   return scanned;
-}
-
-namespace {
-std::atomic<int> g_one_call{-1};  // -1: not read yet
-}  // namespace
-
-void set_one_call_rescore(bool on) { g_one_call = on ? 1 : 0; }
-
-bool one_call_rescore() {
-  int e = g_one_call.load();
-  if (e < 0) {
-    const char* s = std::getenv("NESTVEC_RESCORE_ONE_CALL");
-    e = (s && !std::strcmp(s, "0")) ? 0 : 1;
-    g_one_call = e;
-  }
-  return e == 1;
-}
-
-namespace {
-
-// Every segment's candidates scored in one dense::topk call, where a call per segment
-// restarted the kernel's setup and its prefetch pipeline for each segment's few rows (a
-// 10M ivf span's ~200 candidates lie in ten segments, ~20 each, and most rows were
-// read before any prefetch reached them). The rows are addressed from one base in whole
-// elements (stride one element, candidate = (row address - base) / element size), so
-// the kernel and its scores are the ones of the per-segment calls; the fold applies the
-// (score, position) rule to what comes back. False (the caller scores segment by
-// segment) for fewer than two segments, more than kOneCallRowsPerSegment candidates a
-// segment on average, mixed dtypes, rows not a whole number of elements apart,
-// overlapping segments (an address would name two rows), or a segment whose own k is
-// below k (its list is cut first).
-// Merged only where the segments hold few candidates each, where it measured faster: 3M
-// x 384 with ~10 a segment (20 segments) 11-15% faster in one call; with ~53 (3
-// segments) and ~20 (10M, 10 segments) no change (README, the 10M x 384 run).
-constexpr int64_t kOneCallRowsPerSegment = 16;
-
-bool rescore_one_call(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queries, int64_t nq,
-                      int64_t query_stride, int metric, int64_t k, const std::vector<int64_t>& start,
-                      const std::vector<int64_t>& grouped, int64_t ncand, const std::vector<int64_t>& width,
-                      Fold<float>& fold) {
-  if (k <= 0 || !one_call_rescore()) return false;
-  struct Span {
-    uintptr_t b, e;
-    int64_t s;
-  };
-  std::vector<Span> used;
-  DType dt = DType::F32;
-  for (int64_t s = 0; s < nseg; ++s) {
-    const DenseSeg& g = segs[s];
-    if (g.k <= 0 || width[size_t(s)] == 0) continue;
-    if (used.empty()) dt = g.dtype;
-    const int64_t es = dtype_size(g.dtype);
-    const uintptr_t b = reinterpret_cast<uintptr_t>(g.db);
-    if (g.k < k || g.dtype != dt || b % uintptr_t(es) != 0 || g.n <= 0 || g.stride <= 0) return false;
-    used.push_back({b, b + uintptr_t(g.n * g.stride * es), s});
-  }
-  if (used.size() < 2) return false;
-  const int64_t ns1 = nseg + 1;
-  int64_t w = 0, total = 0;
-  for (int64_t q = 0; q < nq; ++q) {
-    w = std::max(w, start[size_t(q * ns1 + nseg)]);
-    total += start[size_t(q * ns1 + nseg)];
-  }
-  if (total > kOneCallRowsPerSegment * int64_t(used.size()) * nq) return false;
-  const int64_t es = dtype_size(dt);
-  std::sort(used.begin(), used.end(), [](const Span& x, const Span& y) { return x.b < y.b; });
-  for (size_t i = 1; i < used.size(); ++i)
-    if (used[i].b < used[i - 1].e) return false;
-  const uintptr_t base = used[0].b;
-  std::vector<int64_t> cand(size_t(nq * w), -1);
-  int64_t top = 0;
-  for (int64_t q = 0; q < nq; ++q) {
-    const int64_t* st = start.data() + q * ns1;
-    const int64_t* gq = grouped.data() + q * ncand;
-    int64_t* out = cand.data() + q * w;
-    for (const Span& u : used) {
-      const DenseSeg& g = segs[u.s];
-      const int64_t first = int64_t((u.b - base) / uintptr_t(es));
-      for (int64_t j = st[u.s]; j < st[u.s + 1]; ++j)
-        if (gq[j] < g.n) {  // (dense::topk drops it)
-          *out = first + gq[j] * g.stride;
-          top = std::max(top, *out++);
-        }
-    }
-  }
-  // k + 1 best by (score, address) a query: enough wherever the (k+1)-th scores below
-  // the k-th, since every row left out then scores below it too; a tie there (the
-  // address order is not the position order) takes every candidate's score instead
-  int64_t kk = std::min(w, k + 1);
-  std::vector<float> sc;
-  std::vector<int64_t> ix;
-  for (;;) {
-    sc.resize(size_t(nq * kk));
-    ix.resize(size_t(nq * kk));
-    dense::topk(reinterpret_cast<const void*>(base), dt, top + 1, 1, dim, queries, nq, query_stride, kk, metric,
-                nullptr, cand.data(), w, sc.data(), ix.data());
-    bool tie = false;
-    for (int64_t q = 0; q < nq && kk < w && !tie; ++q)
-      tie = ix[size_t(q * kk + kk - 1)] >= 0 && sc[size_t(q * kk + kk - 1)] == sc[size_t(q * kk + k - 1)];
-    if (!tie) break;
-    kk = w;
-  }
-  const bool larger_better = metric != dense::kL2;
-  for (int64_t q = 0; q < nq; ++q) {
-    const float* v = sc.data() + q * kk;
-    const int64_t* x = ix.data() + q * kk;
-    fold.add(q, kk, [&](int64_t i, Fold<float>::Entry& e) {
-      if (x[i] < 0) return false;
-      const uintptr_t at = base + uintptr_t(x[i]) * uintptr_t(es);
-      const Span& u = *std::prev(std::upper_bound(used.begin(), used.end(), at,
-                                                  [](uintptr_t a, const Span& y) { return a < y.b; }));
-      const DenseSeg& g = segs[u.s];
-      const int64_t local = int64_t((at - u.b) / uintptr_t(es)) / g.stride;
-      if (g.pos.positions && local >= g.pos.n_positions)
-        throw std::invalid_argument("ids: a row id is beyond the segment's positions");
-      e = {larger_better ? -v[i] : v[i], g.pos.at(local), u.s, local};
-      return true;
-    });
-  }
-  return true;
-}
-
-}  // namespace
-
-void rescore(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queries, int64_t nq,
-             int64_t query_stride, int metric, const int64_t* cand_seg, const int64_t* cand_local,
-             int64_t ncand, int64_t k, float* out_score, int64_t* out_seg, int64_t* out_local) {
-  const bool larger_better = metric != dense::kL2;
-  Fold<float> fold(nq, k);
-  std::vector<float> sc;
-  std::vector<int64_t> ix;
-  auto fold_segment = [&](int64_t s, int64_t kk) {
-    fold_lists(fold, segs[s].pos, s, nq, kk, sc.data(), ix.data(),
-               [&](float v) { return larger_better ? -v : v; });
-  };
-  const float pad = larger_better ? -std::numeric_limits<float>::infinity()
-                                  : std::numeric_limits<float>::infinity();
-  auto write = [&] {
-    write_fold(fold, k, pad, [&](float key) { return larger_better ? -key : key; }, out_score, out_seg,
-               out_local);
-  };
-  if (!cand_seg) {
-    for (int64_t s = 0; s < nseg; ++s) {
-      const DenseSeg& g = segs[s];
-      if (g.k <= 0 || g.n <= 0 || nq == 0) continue;
-      sc.resize(size_t(nq * g.k));
-      ix.resize(size_t(nq * g.k));
-      dense::topk(g.db, g.dtype, g.n, g.stride, dim, queries, nq, query_stride, g.k, metric, g.allow,
-                  nullptr, 0, sc.data(), ix.data());
-      fold_segment(s, g.k);
-    }
-    return write();
-  }
-  // Each query's candidates grouped by segment (a counting sort): start[q][s] ..
-  // start[q][s + 1] in `grouped`.
-  const int64_t ns1 = nseg + 1;
-  std::vector<int64_t> start(size_t(nq * ns1 + 1), 0), grouped(size_t(nq * ncand));
-  std::vector<int64_t> width(size_t(nseg), 0);
-  for (int64_t q = 0; q < nq; ++q) {
-    int64_t* st = start.data() + q * ns1;
-    const int64_t* cs = cand_seg + q * ncand;
-    const int64_t* cl = cand_local + q * ncand;
-    std::fill(st, st + ns1, 0);
-    for (int64_t j = 0; j < ncand; ++j)
-      if (cl[j] >= 0 && cs[j] >= 0 && cs[j] < nseg && segs[cs[j]].k > 0) ++st[cs[j] + 1];
-    for (int64_t s = 0; s < nseg; ++s) {
-      width[size_t(s)] = std::max(width[size_t(s)], st[s + 1]);
-      st[s + 1] += st[s];
-    }
-    std::vector<int64_t> cur(st, st + nseg);
-    for (int64_t j = 0; j < ncand; ++j)
-      if (cl[j] >= 0 && cs[j] >= 0 && cs[j] < nseg && segs[cs[j]].k > 0)
-        grouped[size_t(q * ncand + cur[size_t(cs[j])]++)] = cl[j];
-  }
-  // the first line of every candidate row at once (touch_first): they lie on scattered pages
-  for (int64_t q = 0; q < nq; ++q) {
-    const int64_t* st = start.data() + q * ns1;
-    const int64_t* gq = grouped.data() + q * ncand;
-    int64_t s = 0;
-    touch_first(st[nseg], [&](int64_t j) -> const uint8_t* {
-      while (j >= st[s + 1]) ++s;
-      const DenseSeg& g = segs[s];
-      if (gq[j] >= g.n) return nullptr;  // (dense::topk drops it)
-      return static_cast<const uint8_t*>(g.db) + gq[j] * g.stride * dtype_size(g.dtype);
-    });
-  }
-  if (rescore_one_call(segs, nseg, dim, queries, nq, query_stride, metric, k, start, grouped, ncand, width, fold))
-    return write();
-  std::vector<int64_t> cand;
-  for (int64_t s = 0; s < nseg; ++s) {
-    const DenseSeg& g = segs[s];
-    const int64_t w = width[size_t(s)];
-    if (g.k <= 0 || w == 0) continue;
-    cand.assign(size_t(nq * w), -1);
-    for (int64_t q = 0; q < nq; ++q) {
-      const int64_t* st = start.data() + q * ns1;
-      std::copy(grouped.begin() + q * ncand + st[s], grouped.begin() + q * ncand + st[s + 1],
-                cand.begin() + q * w);
-    }
-    const int64_t kk = std::min(g.k, w);
-    sc.resize(size_t(nq * kk));
-    ix.resize(size_t(nq * kk));
-    dense::topk(g.db, g.dtype, g.n, g.stride, dim, queries, nq, query_stride, kk, metric, nullptr,
-                cand.data(), w, sc.data(), ix.data());
-    fold_segment(s, kk);
-  }
-  write();
 }
 
 }  // namespace multiseg

@@ -114,6 +114,28 @@ void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
     if (e) std::rethrow_exception(e);
 }
 
+// parallel_for for the split of one small call (a single query's stages): on the
+// pool's workers, which are awake between back-to-back calls, or, when another call
+// owns the pool (concurrent callers, or nested in a pool task), every range one after
+// another on this thread, never on fresh threads (starting them costs more than such a
+// split saves). f must not depend on which thread runs range t.
+template <class F>
+void parallel_for_pooled(int64_t n, int nthreads, int64_t align, F&& f) {
+  if (n <= 0) return;
+  nthreads = std::max(1, nthreads);
+  int64_t per = (n + nthreads - 1) / nthreads;
+  per = ((per + align - 1) / align) * align;
+  const int tasks = int((n + per - 1) / per);
+  auto range = [&](int t) {
+    const int64_t b = int64_t(t) * per;
+    f(t, b, std::min(n, b + per));
+  };
+  if (tasks == 1) return range(0);
+  using R = decltype(range);
+  if (detail::pool_run(tasks, [](void* c, int t) { (*static_cast<R*>(c))(t); }, &range)) return;
+  for (int t = 0; t < tasks; ++t) range(t);
+}
+
 // Calls f(t, begin, end) on the blocks [b * block, (b + 1) * block) of [0, n) (the
 // last may be shorter), shared out at run time among up to nthreads tasks: task t
 // takes the next unclaimed block, in increasing order. A scan split this way does not
