@@ -77,11 +77,11 @@ using TaskFn = void (*)(void* ctx, int task);
 bool pool_run(int tasks, TaskFn fn, void* ctx);
 }  // namespace detail
 
-// Calls f(tid, begin, end) on contiguous ranges of [0, n), one per thread; the
-// calling thread takes range 0. Ranges are aligned to `align` elements. Pooled
-// threads serve one call at a time; a concurrent or nested call gets fresh threads.
+namespace detail {
+// parallel_for and parallel_for_pooled: fresh_threads says what a call that finds the
+// pool owned by another does (start threads, or run every range on this thread).
 template <class F>
-void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
+void run_ranges(int64_t n, int nthreads, int64_t align, F&& f, bool fresh_threads) {
   if (n <= 0) return;
   nthreads = std::max(1, nthreads);
   int64_t per = (n + nthreads - 1) / nthreads;
@@ -93,7 +93,11 @@ void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
   };
   if (tasks == 1) return range(0);
   using R = decltype(range);
-  if (detail::pool_run(tasks, [](void* c, int t) { (*static_cast<R*>(c))(t); }, &range)) return;
+  if (pool_run(tasks, [](void* c, int t) { (*static_cast<R*>(c))(t); }, &range)) return;
+  if (!fresh_threads) {
+    for (int t = 0; t < tasks; ++t) range(t);
+    return;
+  }
   std::vector<std::thread> pool;
   std::vector<std::exception_ptr> errs(static_cast<size_t>(tasks));
   for (int t = 1; t < tasks; ++t)
@@ -113,6 +117,15 @@ void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
   for (auto& e : errs)
     if (e) std::rethrow_exception(e);
 }
+}  // namespace detail
+
+// Calls f(tid, begin, end) on contiguous ranges of [0, n), one per thread; the
+// calling thread takes range 0. Ranges are aligned to `align` elements. Pooled
+// threads serve one call at a time; a concurrent or nested call gets fresh threads.
+template <class F>
+void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
+  detail::run_ranges(n, nthreads, align, f, true);
+}
 
 // parallel_for for the split of one small call (a single query's stages): on the
 // pool's workers, which are awake between back-to-back calls, or, when another call
@@ -121,19 +134,7 @@ void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
 // split saves). f must not depend on which thread runs range t.
 template <class F>
 void parallel_for_pooled(int64_t n, int nthreads, int64_t align, F&& f) {
-  if (n <= 0) return;
-  nthreads = std::max(1, nthreads);
-  int64_t per = (n + nthreads - 1) / nthreads;
-  per = ((per + align - 1) / align) * align;
-  const int tasks = int((n + per - 1) / per);
-  auto range = [&](int t) {
-    const int64_t b = int64_t(t) * per;
-    f(t, b, std::min(n, b + per));
-  };
-  if (tasks == 1) return range(0);
-  using R = decltype(range);
-  if (detail::pool_run(tasks, [](void* c, int t) { (*static_cast<R*>(c))(t); }, &range)) return;
-  for (int t = 0; t < tasks; ++t) range(t);
+  detail::run_ranges(n, nthreads, align, f, false);
 }
 
 // Calls f(t, begin, end) on the blocks [b * block, (b + 1) * block) of [0, n) (the
