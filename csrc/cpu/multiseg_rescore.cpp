@@ -27,9 +27,6 @@ using detail::write_fold;
 namespace {
 // Candidates of a rescoring below which its per-segment calls stay on one thread.
 constexpr int64_t kSplitCandidates = 64;
-}  // namespace
-
-namespace {
 std::atomic<int> g_one_call{-1};  // -1: not read yet
 }  // namespace
 
@@ -158,8 +155,9 @@ void rescore(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queri
   Fold<float> fold(nq, k);
   std::vector<float> sc;
   std::vector<int64_t> ix;
-  auto fold_segment = [&](int64_t s, int64_t kk) {
-    fold_lists(fold, segs[s].pos, s, nq, kk, sc.data(), ix.data(),
+  // segment s's kk-long lists from offset `at` of sc and ix
+  auto fold_segment = [&](int64_t s, int64_t kk, size_t at = 0) {
+    fold_lists(fold, segs[s].pos, s, nq, kk, sc.data() + at, ix.data() + at,
                [&](float v) { return larger_better ? -v : v; });
   };
   const float pad = larger_better ? -std::numeric_limits<float>::infinity()
@@ -215,20 +213,23 @@ void rescore(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queri
   }
   if (rescore_one_call(segs, nseg, dim, queries, nq, query_stride, metric, k, start, grouped, ncand, width, fold))
     return write();
-  // A call per segment. Fewer queries than threads and enough candidates: the
-  // segments' calls split over the threads, each into a buffer of its own, folded in
-  // segment order after (the same entries in the same order as one thread's).
+  // A call per segment, each into its own stretch of sc / ix, folded in segment order
+  // after. Fewer queries than threads and enough candidates: the calls split over the
+  // threads (the same entries in the same order as one thread's).
   std::vector<int64_t> todo;
+  std::vector<size_t> at(1, 0);  // todo[i]'s lists start at at[i]
   int64_t total = 0;
   for (int64_t s = 0; s < nseg; ++s)
-    if (segs[s].k > 0 && width[size_t(s)] > 0) todo.push_back(s);
+    if (segs[s].k > 0 && width[size_t(s)] > 0) {
+      todo.push_back(s);
+      at.push_back(at.back() + size_t(nq * std::min(segs[s].k, width[size_t(s)])));
+    }
   for (int64_t q = 0; q < nq; ++q) total += start[size_t(q * ns1 + nseg)];
   const int nthreads = nq < num_threads() && total >= kSplitCandidates && todo.size() > 1
                            ? int(std::min<int64_t>(num_threads(), int64_t(todo.size())))
                            : 1;
-  std::vector<std::vector<float>> scs(todo.size());
-  std::vector<std::vector<int64_t>> ixs(todo.size());
-  std::vector<int64_t> kks(todo.size());
+  sc.resize(at.back());
+  ix.resize(at.back());
   parallel_for_pooled(int64_t(todo.size()), nthreads, 1, [&](int, int64_t i0, int64_t i1) {
     std::optional<SerialScope> serial;  // split: dense::topk's own split would start fresh threads
     if (nthreads > 1) serial.emplace();
@@ -243,16 +244,12 @@ void rescore(const DenseSeg* segs, int64_t nseg, int64_t dim, const float* queri
         std::copy(grouped.begin() + q * ncand + st[s], grouped.begin() + q * ncand + st[s + 1],
                   cand.begin() + q * w);
       }
-      const int64_t kk = kks[size_t(i)] = std::min(g.k, w);
-      scs[size_t(i)].resize(size_t(nq * kk));
-      ixs[size_t(i)].resize(size_t(nq * kk));
-      dense::topk(g.db, g.dtype, g.n, g.stride, dim, queries, nq, query_stride, kk, metric, nullptr,
-                  cand.data(), w, scs[size_t(i)].data(), ixs[size_t(i)].data());
+      dense::topk(g.db, g.dtype, g.n, g.stride, dim, queries, nq, query_stride, std::min(g.k, w), metric, nullptr,
+                  cand.data(), w, sc.data() + at[size_t(i)], ix.data() + at[size_t(i)]);
     }
   });
   for (size_t i = 0; i < todo.size(); ++i)
-    fold_lists(fold, segs[todo[i]].pos, todo[i], nq, kks[i], scs[i].data(), ixs[i].data(),
-               [&](float v) { return larger_better ? -v : v; });
+    fold_segment(todo[i], std::min(segs[todo[i]].k, width[size_t(todo[i])]), at[i]);
   write();
 }
 
