@@ -15,6 +15,7 @@ import numpy as np
 
 K = 10
 LOCK = "/tmp/nestvec-cpu.lock"
+CHECKPOINT_S = 600
 
 
 @contextlib.contextmanager
@@ -38,10 +39,17 @@ def normalised_f32(x, chunk=200_000):
 
 class Method:
     """An index built once (shared lock) and saved in the data dir with its build time,
-    so the timed runs (exclusive lock) only load it, and reruns skip the build."""
+    so the timed runs (exclusive lock) only load it, and reruns skip the build.
+
+    A method with ``chunk`` set builds in steps of that many rows, takes the shared lock
+    for one step at a time (a timed run waiting for the exclusive one gets in between
+    steps) and saves its progress every ``CHECKPOINT_S``: a build cut short (a float
+    graph over 10M rows takes longer than a working session here) resumes from its last
+    checkpoint. Its build time sums the steps' insertion time, never the saves or loads."""
 
     name = "?"
     family = "anchor"
+    chunk = 0
 
     def build(self, x, cat, work: Path):
         self.path = work / f"{self.name}-{len(x)}x{x.shape[1]}.index"
@@ -50,19 +58,70 @@ class Method:
             self.build_s = json.loads(meta.read_text())["build_s"]
             self.load(x)
             return self
-        with cpu_lock(False):
-            t0 = time.perf_counter()
-            self.make(x)
-            self.build_s = time.perf_counter() - t0
-            self.save()
-        meta.write_text(json.dumps({"build_s": self.build_s}))
+        if self.chunk:
+            info = self._build_in_steps(x)
+        else:
+            with cpu_lock(False):
+                t0 = time.perf_counter()
+                self.make(x)
+                self.build_s = time.perf_counter() - t0
+                self.save()
+            info = {}
+        meta.write_text(json.dumps({"build_s": self.build_s, **info}))
         return self
 
-    def make(self, x): ...
+    def _build_in_steps(self, x) -> dict:
+        part = self.path.with_name(self.path.name + ".part")
+        state_file = part.with_name(part.name + ".json")
+        state = {"rows": 0, "build_s": 0.0, "resumes": 0}
+        if part.exists() and state_file.exists():
+            state = json.loads(state_file.read_text())
+            self.load_from(x, part)
+            state["resumes"] += 1
+            print(f"  {self.name}: resumed at row {state['rows']:,} ({state['build_s']:.0f} s so far)", flush=True)
+        else:
+            self.start(x)
+        saved = time.perf_counter()
+        while state["rows"] < len(x):
+            a, b = state["rows"], min(len(x), state["rows"] + self.chunk)
+            with cpu_lock(False):
+                t0 = time.perf_counter()
+                self.add_rows(x, a, b)
+                state["build_s"] += time.perf_counter() - t0
+            state["rows"] = b
+            # a waiting exclusive locker (a timed run) gets the lock before the next step
+            time.sleep(0.2)
+            if b < len(x) and time.perf_counter() - saved >= CHECKPOINT_S:
+                # the state file goes first: a save cut short leaves no claim on the part file
+                state_file.unlink(missing_ok=True)
+                self.save_to(part)
+                state_file.write_text(json.dumps(state))
+                saved = time.perf_counter()
+                print(f"  {self.name}: checkpoint at row {b:,} ({state['build_s']:.0f} s)", flush=True)
+        self.save_to(self.path)
+        state_file.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        self.build_s = state["build_s"]
+        return {"built_in_steps_of": self.chunk, "resumes": state["resumes"]}
 
-    def save(self): ...
+    # a stepwise build: an empty index, rows [a, b) added, saved to / loaded from a path
+    def start(self, x): ...
 
-    def load(self, x): ...
+    def add_rows(self, x, a, b): ...
+
+    def save_to(self, path): ...
+
+    def load_from(self, x, path): ...
+
+    def make(self, x):
+        self.start(x)
+        self.add_rows(x, 0, len(x))
+
+    def save(self):
+        self.save_to(self.path)
+
+    def load(self, x):
+        self.load_from(x, self.path)
 
     def sweep(self):
         return [{}]
@@ -77,25 +136,28 @@ class Method:
 
 
 class Hnswlib(Method):
+    chunk = 100_000
+
     def __init__(self, M):
         self.M, self.name = M, f"hnswlib-M{M}"
 
-    def make(self, x):
+    def start(self, x):
         import hnswlib
 
         self.g = hnswlib.Index(space="ip", dim=x.shape[1])
         self.g.init_index(max_elements=len(x), ef_construction=200, M=self.M)
-        for a in range(0, len(x), 100_000):
-            self.g.add_items(normalised_f32(x[a:a + 100_000]), np.arange(a, min(len(x), a + 100_000)))
 
-    def save(self):
-        self.g.save_index(str(self.path))
+    def add_rows(self, x, a, b):
+        self.g.add_items(normalised_f32(x[a:b]), np.arange(a, b))
 
-    def load(self, x):
+    def save_to(self, path):
+        self.g.save_index(str(path))
+
+    def load_from(self, x, path):
         import hnswlib
 
         self.g = hnswlib.Index(space="ip", dim=x.shape[1])
-        self.g.load_index(str(self.path), max_elements=len(x))
+        self.g.load_index(str(path), max_elements=len(x))
 
     def sweep(self):
         return [{"ef": e} for e in (16, 32, 64, 128, 256, 512)]
@@ -112,6 +174,18 @@ class Faiss(Method):
     def __init__(self, kind, nlist=None):
         self.kind, self.nlist = kind, nlist
         self.name = f"faiss-{kind}"
+        # the graph is built in steps (hours at 10M rows); the IVF indexes train first
+        self.chunk = 200_000 if kind == "HNSWFlat" else 0
+
+    def start(self, x):
+        import faiss
+
+        self.x = x
+        self.index = faiss.IndexHNSWFlat(x.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = 200
+
+    def add_rows(self, x, a, b):
+        self.index.add(normalised_f32(x[a:b]))
 
     def make(self, x):
         import faiss
@@ -131,26 +205,24 @@ class Faiss(Method):
         elif self.kind == "IVFPQ+refine":
             ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, d // 8, 8, faiss.METRIC_INNER_PRODUCT)
             self.index = faiss.IndexRefineFlat(ivf)
-        elif self.kind == "HNSWFlat":
-            self.index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efConstruction = 200
-        if self.kind != "HNSWFlat":
-            pick = np.sort(np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), False))
-            self.index.train(normalised_f32(x[pick]))
+        else:
+            return super().make(x)
+        pick = np.sort(np.random.default_rng(0).choice(len(x), min(len(x), 64 * nlist), False))
+        self.index.train(normalised_f32(x[pick]))
         # added in chunks: a whole float32 copy beside the index's own would not fit at 10M x 384
         for a in range(0, len(x), 200_000):
             self.index.add(normalised_f32(x[a:a + 200_000]))
 
-    def save(self):
+    def save_to(self, path):
         import faiss
 
-        (faiss.write_index_binary if self.kind == "BinaryIVF" else faiss.write_index)(self.index, str(self.path))
+        (faiss.write_index_binary if self.kind == "BinaryIVF" else faiss.write_index)(self.index, str(path))
 
-    def load(self, x):
+    def load_from(self, x, path):
         import faiss
 
         self.x = x
-        self.index = (faiss.read_index_binary if self.kind == "BinaryIVF" else faiss.read_index)(str(self.path))
+        self.index = (faiss.read_index_binary if self.kind == "BinaryIVF" else faiss.read_index)(str(path))
 
     def sweep(self):
         if self.kind == "HNSWFlat":
@@ -196,6 +268,8 @@ class Faiss(Method):
 
 
 class USearch(Method):
+    chunk = 100_000
+
     def __init__(self, dtype):
         self.dtype = dtype
         self.name = f"usearch-{dtype}" + ("+rescore" if dtype == "b1" else "")
@@ -207,20 +281,22 @@ class USearch(Method):
             return Index(ndim=d, metric="hamming", dtype="b1", connectivity=16, expansion_add=128)
         return Index(ndim=d, metric="cos", dtype="f16", connectivity=16, expansion_add=128)
 
-    def make(self, x):
+    def start(self, x):
         self.x = x
         self.index = self._new(x.shape[1])
-        for a in range(0, len(x), 100_000):
-            v = np.asarray(x[a:a + 100_000])
-            self.index.add(np.arange(a, a + len(v)), np.packbits(v > 0, axis=1) if self.dtype == "b1" else v)
 
-    def save(self):
-        self.index.save(str(self.path))
+    def add_rows(self, x, a, b):
+        for c in range(a, b, 100_000):
+            v = np.asarray(x[c:min(b, c + 100_000)])
+            self.index.add(np.arange(c, c + len(v)), np.packbits(v > 0, axis=1) if self.dtype == "b1" else v)
 
-    def load(self, x):
+    def save_to(self, path):
+        self.index.save(str(path))
+
+    def load_from(self, x, path):
         self.x = x
         self.index = self._new(x.shape[1])
-        self.index.load(str(self.path))
+        self.index.load(str(path))
 
     def sweep(self):
         if self.dtype == "b1":
