@@ -217,3 +217,47 @@ def test_bad_narrow_tables(indexed):
             _call(col, q, t, 2)
     with pytest.raises(ValueError, match="ip"):  # an int8 table serves ip probes only
         _call(col, q, i8, 2, probe_metric=2)
+
+
+@pytest.fixture
+def one_then_two_threads():
+    before = nv.get_num_threads()
+    yield
+    nv.set_num_threads(before)
+
+
+@pytest.mark.skipif(be._C is None, reason="no native module")
+def test_single_query_probe_split_equals_one_thread(one_then_two_threads):
+    """A single query's probe over a table of thousands of lists splits its blocks over
+    the pool (dense.cpp topk_blocked): the lists, hence the answers, are one thread's,
+    for every table kind and probe metric, with a centroid duplicated across the split
+    (a tie settled by the smaller list) and a last block part-full."""
+    x, q = data(seed=5, n=12000, d=16, clusters=64, nq=24)
+    col = nv.Collection.create(None, dim=16, merge_policy=NoMergePolicy())
+    col.add(x, ids=np.arange(len(x)))
+    col.create_index("ivf", nlist=2600, min_rows=100, tune=False)
+    s = col.searcher(k=10, mode="ivf")
+    f = s._state[-1]
+    assert f.nlist == 2600  # 163 blocks of 16: two parts of at least 64 blocks
+    cents = f.cent.centroids.copy()
+    cents[2400] = cents[7]  # the same centroid in both parts
+    q = np.concatenate([q, cents[7:8] + 1e-3])
+    nb = -(-f.nlist // 16)
+    rows = np.zeros((nb * 16, 16), np.float16)
+    rows[:f.nlist] = cents
+    tables = [("f16", np.ascontiguousarray(rows.reshape(nb, 16, 16).transpose(0, 2, 1)), (1, 2))]
+    if hostcalls.probe_bf16_available():
+        tables.append(("bf16", ivfmod.bf16_pair_table(cents), (1, 2)))
+    if hostcalls.probe_i8_available():
+        tables.append(("i8", ivfmod.i8_quad_table(cents), (1,)))
+    for name, t, metrics in tables:
+        for pm in metrics:
+            for nprobe in (1, 8):
+                got = {}
+                for n in (1, 2):
+                    nv.set_num_threads(n)
+                    got[n] = [be._C.ivf_search(q[j:j + 1], None, f.nbytes, t, pm, nprobe, f.hsegs, f.dsegs, 200, 16,
+                                               0, 10, 10, f.nlist) for j in range(len(q))]
+                for a, b in zip(got[1], got[2]):
+                    for u, v in zip(a[:5], b[:5]):
+                        np.testing.assert_array_equal(u, v, err_msg=f"{name} metric {pm} nprobe {nprobe}")

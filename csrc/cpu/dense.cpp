@@ -242,6 +242,10 @@ void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
 }
 
 namespace {
+// Blocks (of kBlockRows rows) a part of a single query's probe takes at least: below
+// ~1,000 centroids a part the pool's hand-off costs about what the second thread saves.
+constexpr int64_t kSplitBlocks = 64;
+
 BlockedDotsFn blocked_fn(const Kernels& kern, int kind) {
   return kind == kBlockedBf16 ? kern.blocked_dots_bf16 : kind == kBlockedI8 ? kern.blocked_dots_i8 : kern.blocked_dots;
 }
@@ -266,6 +270,37 @@ void topk_blocked(const uint16_t* table, int64_t n, int64_t dim, const float* qu
   constexpr int64_t kChunk = 256;
   std::vector<float> qa(static_cast<size_t>(nq)), qb(static_cast<size_t>(nq));
   query_factors(queries, nq, query_stride, dim, qa.data(), qb.data());
+  const int parts = nq < num_threads() ? int(std::min<int64_t>(num_threads(), nblocks / kSplitBlocks)) : 1;
+  if (parts > 1) {
+    // Fewer queries than threads (a single query's probe): the table's blocks split over
+    // the pool, each part selecting its own k, merged by (key, index). A part's keys are
+    // the ones one thread computes, so the answer is too.
+    const int64_t block_bytes = kind == kBlockedI8 ? (dim / 4 + 2) * 4 * kBlockRows : dim * 2 * kBlockRows;
+    AlignedArray<float> dots = aligned_array<float>(nq * ld);
+    AlignedArray<float> sq = aligned_array<float>(l2 ? ld : 1);
+    std::vector<std::vector<FloatTopK>> sel(static_cast<size_t>(parts), std::vector<FloatTopK>(size_t(nq)));
+    parallel_for_pooled(nblocks, parts, kChunk / kBlockRows, [&](int t, int64_t b0, int64_t b1) {
+      const auto* part = reinterpret_cast<const uint16_t*>(reinterpret_cast<const char*>(table) + b0 * block_bytes);
+      const int64_t first = b0 * kBlockRows, rows = std::min(n, b1 * kBlockRows) - first;
+      blocked_dots(part, b1 - b0, dim, queries, query_stride, nq, dots.get() + first, ld, l2 ? sq.get() + first : nullptr);
+      std::vector<float> hit_keys(static_cast<size_t>(kChunk));
+      std::vector<uint32_t> hit_rows(static_cast<size_t>(kChunk));
+      for (int64_t j = 0; j < nq; ++j) {
+        FloatTopK& into = sel[size_t(t)][size_t(j)];
+        into.reset(k);
+        for (int64_t r0 = first; r0 < first + rows; r0 += kChunk)
+          select_push(kern.select, dots.get() + j * ld + r0, l2 ? sq.get() + r0 : nullptr,
+                      std::min(kChunk, first + rows - r0), metric, qa[size_t(j)], qb[size_t(j)], nullptr,
+                      hit_rows.data(), hit_keys.data(), into, [r0](uint32_t r) { return r0 + int64_t(r); });
+      }
+    });
+    std::vector<FloatTopK::Entry> merged;
+    for (int64_t j = 0; j < nq; ++j) {
+      merge_threads(sel, j, k, merged);
+      write_out(merged, k, metric, out_score + j * k, out_idx + j * k);
+    }
+    return;
+  }
   AlignedArray<float> dots = aligned_array<float>(std::min(kQueries, nq) * ld);  // (written before read)
   AlignedArray<float> sq = aligned_array<float>(l2 ? ld : 1);
   std::vector<float> hit_keys(static_cast<size_t>(kChunk));

@@ -130,8 +130,10 @@ void topk(const void* db, DType dtype, int64_t n, int64_t stride, int64_t dim,
           int64_t* out_idx);
 
 // topk (ip or l2, no filter) over the first n rows of a blocked float16 table
-// (kBlockRows layout, ceil(n / kBlockRows) blocks) on the calling thread: the ivf
-// probe of one block of queries. The keys are topk's up to float32 summation order.
+// (kBlockRows layout, ceil(n / kBlockRows) blocks): the ivf probe of one block of
+// queries, on the calling thread, except that fewer queries than threads over a long
+// table split its blocks over the pool (parallel_for_pooled; same answer). The keys
+// are topk's up to float32 summation order.
 // kind: the table's format (BlockedKind); bf16 and i8 tables need their ISA kernels
 // (blocked_available), and their keys are the narrow products' (the query rounded or
 // scaled alike). i8 tables serve ip probes only.
