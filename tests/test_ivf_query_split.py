@@ -108,3 +108,23 @@ def test_concurrent_callers_get_what_one_thread_gets(col, threads):
     assert not errors
     for j, seen in got.items():
         assert len(seen) == 12 and all(v == want[j] for v in seen)
+
+
+def test_split_after_a_pause_equals_one_thread(col, threads):
+    """Searches after pauses longer than the pool's workers spin: the caller runs the
+    parts no worker has started yet (take_unstarted), and the call after one whose parts
+    the caller took finds its tickets claimable again; the answers are one thread's."""
+    import time
+
+    c, _, q = col
+    want = run(c, q, 1)
+    nv.set_num_threads(2)
+    s = c.searcher(k=10, mode="ivf", nprobe=4, rescore=10)
+    got = []
+    for rep in range(2):
+        for j in range(len(q)):
+            if j % 3 == rep:
+                time.sleep(0.002)  # > the 200 us spin: the worker is asleep at the next call
+            ids, scores = s.search(q[j:j + 1])[:2]
+            got.append((ids[0].tolist(), np.asarray(scores)[0].tolist()))
+    assert got == want + want

@@ -5,8 +5,11 @@
 // One caller at a time owns the pool (a flag, not a mutex, so that a nested or
 // concurrent parallel_for simply falls back to fresh threads instead of waiting).
 // Worker i runs task i of a call when its own ticket changes: a worker that overslept a
-// call it was not needed for can never pick up the parameters of a later one. After a
-// task a worker spins for kSpin (back-to-back queries find it awake), then sleeps on a
+// call it was not needed for can never pick up the parameters of a later one. Whoever
+// runs task i of a call first claims it (the slot's `taken` moves from the call's
+// ticket - 1 to its ticket): the worker, or, with take_unstarted, the caller once done
+// with task 0, so a caller never waits for a sleeping worker's wake-up. After a task a
+// worker spins for kSpin (back-to-back queries find it awake), then sleeps on a
 // condition variable. A fork()ed child starts with a new, empty pool.
 #include <algorithm>
 #include <atomic>
@@ -59,7 +62,7 @@ const std::chrono::microseconds kSpin = spin_time();
 
 class Pool {
  public:
-  bool run(int tasks, TaskFn fn, void* ctx) {
+  bool run(int tasks, TaskFn fn, void* ctx, bool take_unstarted) {
     bool expected = false;
     if (!busy_.compare_exchange_strong(expected, true, std::memory_order_acquire)) return false;
     struct Release {
@@ -71,7 +74,8 @@ class Pool {
     ctx_ = ctx;
     err_ = nullptr;
     pending_.store(tasks - 1, std::memory_order_relaxed);
-    for (int i = 1; i < tasks; ++i) slots_[i - 1]->ticket.fetch_add(1, std::memory_order_seq_cst);
+    uint64_t ticket[kMaxTasks];
+    for (int i = 1; i < tasks; ++i) ticket[i] = slots_[i - 1]->ticket.fetch_add(1, std::memory_order_seq_cst) + 1;
     { std::lock_guard<std::mutex> lk(mu_); }  // a worker between its check and its wait
     work_cv_.notify_all();
     std::exception_ptr mine;
@@ -80,6 +84,16 @@ class Pool {
     } catch (...) {
       mine = std::current_exception();
     }
+    for (int i = 1; take_unstarted && i < tasks; ++i) {
+      if (!claim(*slots_[i - 1], ticket[i])) continue;
+      try {
+        fn(ctx, i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(err_mu_);
+        if (!err_) err_ = std::current_exception();
+      }
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
     // The workers use ctx (on the caller's stack): wait for them even after a throw.
     await_true([&] { return pending_.load(std::memory_order_acquire) == 0; }, done_cv_);
     if (mine) std::rethrow_exception(mine);
@@ -87,10 +101,20 @@ class Pool {
     return true;
   }
 
+  // More tasks than this in one call run on fresh threads (dispatch.h) instead.
+  static constexpr int kMaxTasks = 256;
+
  private:
   struct alignas(64) Slot {
     std::atomic<uint64_t> ticket{0};
+    std::atomic<uint64_t> taken{0};  // the last ticket whose task someone claimed
   };
+
+  // True for the one thread that gets to run the task of `ticket` (issued, unclaimed).
+  static bool claim(Slot& slot, uint64_t ticket) {
+    uint64_t before = ticket - 1;
+    return slot.taken.compare_exchange_strong(before, ticket, std::memory_order_acq_rel);
+  }
 
   // Spins (yielding every few microseconds, see kSpin) until ready(), or for kSpin at
   // most and then sleeps on cv; whoever makes ready() true takes mu_ before notifying.
@@ -131,6 +155,7 @@ class Pool {
       uint64_t t = seen;
       await_true([&] { return (t = slot->ticket.load(std::memory_order_acquire)) != seen; }, work_cv_);
       seen = t;
+      if (!claim(*slot, t)) continue;  // the caller ran it (and maybe later calls' tasks too)
       try {
         fn_(ctx_, idx);
       } catch (...) {
@@ -180,12 +205,13 @@ Pool* pool() {
 
 }  // namespace
 
-bool pool_run(int tasks, TaskFn fn, void* ctx) {
+bool pool_run(int tasks, TaskFn fn, void* ctx, bool take_unstarted) {
   if (tasks <= 1) {
     fn(ctx, 0);
     return true;
   }
-  return pool()->run(tasks, fn, ctx);
+  if (tasks > Pool::kMaxTasks) return false;
+  return pool()->run(tasks, fn, ctx, take_unstarted);
 }
 
 }  // namespace detail

@@ -74,7 +74,10 @@ using TaskFn = void (*)(void* ctx, int task);
 // Runs fn(ctx, t) for t in [0, tasks): task 0 on the calling thread, the others on the
 // persistent workers (thread_pool.cpp); returns when all are done and rethrows the
 // first exception. False, having run nothing, when another call owns the pool.
-bool pool_run(int tasks, TaskFn fn, void* ctx);
+// take_unstarted: once done with task 0, the caller runs itself every task no worker
+// has started yet (a worker that had fallen asleep is not waited for), so tasks must
+// not wait for one another.
+bool pool_run(int tasks, TaskFn fn, void* ctx, bool take_unstarted = false);
 }  // namespace detail
 
 namespace detail {
@@ -93,7 +96,7 @@ void run_ranges(int64_t n, int nthreads, int64_t align, F&& f, bool fresh_thread
   };
   if (tasks == 1) return range(0);
   using R = decltype(range);
-  if (pool_run(tasks, [](void* c, int t) { (*static_cast<R*>(c))(t); }, &range)) return;
+  if (pool_run(tasks, [](void* c, int t) { (*static_cast<R*>(c))(t); }, &range, !fresh_threads)) return;
   if (!fresh_threads) {
     for (int t = 0; t < tasks; ++t) range(t);
     return;
@@ -131,7 +134,10 @@ void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
 // pool's workers, which are awake between back-to-back calls, or, when another call
 // owns the pool (concurrent callers, or nested in a pool task), every range one after
 // another on this thread, never on fresh threads (starting them costs more than such a
-// split saves). f must not depend on which thread runs range t.
+// split saves). A range no worker has started by the time the caller is done with its
+// own runs on the caller too: after a pause in the calls the workers sleep, and waking
+// one can take longer than the range itself. f must not depend on which thread runs
+// range t.
 template <class F>
 void parallel_for_pooled(int64_t n, int nthreads, int64_t align, F&& f) {
   detail::run_ranges(n, nthreads, align, f, false);
