@@ -10,7 +10,11 @@
 // ticket - 1 to its ticket): the worker, or, with take_unstarted, the caller once done
 // with task 0, so a caller never waits for a sleeping worker's wake-up. After a task a
 // worker spins for kSpin (back-to-back queries find it awake), then sleeps on a
-// condition variable. A fork()ed child starts with a new, empty pool.
+// condition variable. A take_unstarted call that finds a worker asleep does not hand
+// out tasks at all (it returns false: its caller runs every part itself) and only pokes
+// the workers awake for the calls that follow; with a 500 us pause before each search,
+// handing out tasks to a sleeping worker made a 10M-row batch-1 search slower than one
+// thread (README, Sub-linear search). A fork()ed child starts with a new, empty pool.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -70,6 +74,15 @@ class Pool {
       ~Release() { b.store(false, std::memory_order_release); }
     } release{busy_};
     if (!grow(tasks - 1)) return false;
+    if (take_unstarted && asleep_.load(std::memory_order_acquire) > 0) {
+      // A small split that finds a worker asleep runs on the caller alone: the wake-up
+      // would cost it more than the worker's share saves. The poke wakes the workers to
+      // spin, so the calls that follow (the next stage of the same search) find them up.
+      poke_.fetch_add(1, std::memory_order_relaxed);
+      { std::lock_guard<std::mutex> lk(mu_); }
+      work_cv_.notify_all();
+      return false;
+    }
     fn_ = fn;
     ctx_ = ctx;
     err_ = nullptr;
@@ -118,14 +131,17 @@ class Pool {
 
   // Spins (yielding every few microseconds, see kSpin) until ready(), or for kSpin at
   // most and then sleeps on cv; whoever makes ready() true takes mu_ before notifying.
+  // asleep (optional) counts the threads waiting on cv.
   template <class Ready>
-  void await_true(Ready ready, std::condition_variable& cv) {
+  void await_true(Ready ready, std::condition_variable& cv, std::atomic<int>* asleep = nullptr) {
     const auto t0 = std::chrono::steady_clock::now();
     for (int n = 0; !ready(); ++n) {
       if ((n & 63) == 63) {
         if (std::chrono::steady_clock::now() - t0 > kSpin) {
           std::unique_lock<std::mutex> lk(mu_);
+          if (asleep) asleep->fetch_add(1, std::memory_order_acq_rel);
           cv.wait(lk, ready);
+          if (asleep) asleep->fetch_sub(1, std::memory_order_acq_rel);
           return;
         }
         std::this_thread::yield();
@@ -150,10 +166,17 @@ class Pool {
   }
 
   void worker(int idx, Slot* slot) {
-    uint64_t seen = 0;
+    uint64_t seen = 0, seen_poke = poke_.load(std::memory_order_relaxed);
     for (;;) {
       uint64_t t = seen;
-      await_true([&] { return (t = slot->ticket.load(std::memory_order_acquire)) != seen; }, work_cv_);
+      await_true(
+          [&] {
+            return (t = slot->ticket.load(std::memory_order_acquire)) != seen ||
+                   poke_.load(std::memory_order_relaxed) != seen_poke;
+          },
+          work_cv_, &asleep_);
+      seen_poke = poke_.load(std::memory_order_relaxed);
+      if (t == seen) continue;  // a poke: spin (kSpin) for the calls to come
       seen = t;
       if (!claim(*slot, t)) continue;  // the caller ran it (and maybe later calls' tasks too)
       try {
@@ -174,6 +197,8 @@ class Pool {
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   std::atomic<int> pending_{0};
+  std::atomic<int> asleep_{0};      // workers waiting on work_cv_
+  std::atomic<uint64_t> poke_{0};   // bumped to wake the workers without work
   std::mutex mu_, err_mu_;
   std::condition_variable work_cv_, done_cv_;
   std::exception_ptr err_;

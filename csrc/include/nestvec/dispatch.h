@@ -76,7 +76,8 @@ using TaskFn = void (*)(void* ctx, int task);
 // first exception. False, having run nothing, when another call owns the pool.
 // take_unstarted: once done with task 0, the caller runs itself every task no worker
 // has started yet (a worker that had fallen asleep is not waited for), so tasks must
-// not wait for one another.
+// not wait for one another; and where a worker sleeps, the call returns false at once
+// (having only woken the workers for the calls to come).
 bool pool_run(int tasks, TaskFn fn, void* ctx, bool take_unstarted = false);
 }  // namespace detail
 
