@@ -136,9 +136,9 @@ void parallel_for(int64_t n, int nthreads, int64_t align, F&& f) {
 // owns the pool (concurrent callers, or nested in a pool task), every range one after
 // another on this thread, never on fresh threads (starting them costs more than such a
 // split saves). A range no worker has started by the time the caller is done with its
-// own runs on the caller too: after a pause in the calls the workers sleep, and waking
-// one can take longer than the range itself. f must not depend on which thread runs
-// range t.
+// own runs on the caller too, and where a worker sleeps (after a pause in the calls)
+// every range does, the worker only being woken for the calls to come: waking one
+// can take longer than the range itself. f must not depend on which thread runs range t.
 template <class F>
 void parallel_for_pooled(int64_t n, int nthreads, int64_t align, F&& f) {
   detail::run_ranges(n, nthreads, align, f, false);
