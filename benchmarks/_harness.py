@@ -411,6 +411,14 @@ def add_device_args(p) -> None:
                         "each, nothing saved (checks that the GPU path itself runs)")
 
 
+def add_ann_data_args(p, n: int | None = None, d: int | None = None) -> None:
+    """--n / --d / --clusters / --data-dir: a dataset (and collection) bench_ann.py built."""
+    p.add_argument("--n", type=int, default=n, required=n is None)
+    p.add_argument("--d", type=int, default=d, required=d is None)
+    p.add_argument("--clusters", type=int, default=1024)
+    p.add_argument("--data-dir", required=True, help="bench_ann.py's --data-dir (its data and collection)")
+
+
 def save_or_skip(args, name: str, rows: list[dict], meta: dict, out_dir=None) -> None:
     """JSON under benchmarks/results/ (or out_dir) and, on a GPU run, $OUT; an emulated run
     saves nothing."""

@@ -52,10 +52,7 @@ def _per_segment(searcher):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=10_000_000)
-    p.add_argument("--d", type=int, default=384)
-    p.add_argument("--clusters", type=int, default=1024)
-    p.add_argument("--data-dir", required=True)
+    H.add_ann_data_args(p, n=10_000_000, d=384)
     p.add_argument("--anchor", default="16:20,16:40", help="BinaryIVF nprobe:rescore points")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--layout", action="append", default=[], metavar="LABEL=PATH",

@@ -48,10 +48,7 @@ def per_call_us(search, q, gap_s: float) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--d", type=int, required=True)
-    p.add_argument("--clusters", type=int, default=1024)
-    p.add_argument("--data-dir", required=True, help="bench_ann.py's --data-dir")
+    H.add_ann_data_args(p)
     p.add_argument("--gap-us", type=float, default=500)
     args = p.parse_args(argv)
     work = Path(args.data_dir)

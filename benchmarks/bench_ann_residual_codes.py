@@ -39,10 +39,7 @@ POP = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--d", type=int, required=True)
-    p.add_argument("--clusters", type=int, default=1024)
-    p.add_argument("--data-dir", required=True, help="bench_ann.py's --data-dir (data, exact top-10, collection)")
+    H.add_ann_data_args(p)
     p.add_argument("--queries", type=int, default=300)
     args = p.parse_args(argv)
     import faiss
