@@ -13,7 +13,7 @@ set of queries: both trees must return identical tables.
         --collection /tmp/nv21/ann/col-200000x768.nv:/tmp/nv21/ann/synth-200000x768-c1024.q.npy
 
 --collection PATH:QUERIES: an existing collection with an ivf index and a .npy of
-float32 queries (README, Sub-linear search: 1M x 384 f16 in 8 segments, and the
+float32 queries (docs/ann-benchmark-log.md: 1M x 384 f16 in 8 segments, and the
 200k x 768 bench_ann collection). --stages: per tree, the microseconds of each stage
 of an ivf search (perf_counter wrappers around the probe, the Hamming scan, the
 rescoring, the result table, ...; the rest is "other Python"). Writes

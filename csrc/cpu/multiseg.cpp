@@ -325,7 +325,7 @@ int64_t hamming_topk(const HammingSeg* segs, int64_t nseg, const uint8_t* querie
       HamSel own;
       // A probe's ranges are a few KiB each at scattered places, too short for the
       // hardware prefetcher to ramp up: each scan prefetches the codes of the range
-      // kRangesAhead further on into L2 (README, Sub-linear search: the 10M run), at
+      // kRangesAhead further on into L2 (docs/ann-benchmark-log.md: the 10M run), at
       // most its first kSpanBytes (a long range's rest the kernel prefetches itself).
       constexpr size_t kRangesAhead = 2;
       constexpr int64_t kSpanBytes = 16384;

@@ -14,7 +14,7 @@
 // out tasks at all (it returns false: its caller runs every part itself) and only pokes
 // the workers awake for the calls that follow; with a 500 us pause before each search,
 // handing out tasks to a sleeping worker made a 10M-row batch-1 search slower than one
-// thread (README, Sub-linear search). A fork()ed child starts with a new, empty pool.
+// thread (docs/ann-benchmark-log.md). A fork()ed child starts with a new, empty pool.
 #include <algorithm>
 #include <atomic>
 #include <chrono>

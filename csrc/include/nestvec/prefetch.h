@@ -35,7 +35,7 @@ static inline void prefetch_l2(uintptr_t p) {
 // many short runs of memory in scattered pages (an ivf probe's ranges in every
 // segment, the rows it rescores), these independent loads overlap their TLB and cache
 // misses, where the runs' own loads met them one run after another; prefetches of the
-// same lines measured no faster (README, Sub-linear search: the 10M run).
+// same lines measured no faster (docs/ann-benchmark-log.md: the 10M run).
 template <class Addr>
 static inline void touch_first(int64_t n, Addr&& addr) {
   uint32_t acc = 0;

@@ -145,7 +145,7 @@ def resolve_mode(req: Request, n_allowed: int, q_width: int | None = None) -> st
         if req.indexes and n_allowed > req.k * rescore and (q_width is None or q_width >= req.d_full):
             # a selective filter (below EXACT_FRACTION) too: the index's plan searches
             # just its rows, with a wider shortlist than the funnel over every code
-            # (README, Sub-linear search: the filtered benchmark). Prefix-only queries
+            # (docs/ann-benchmark-log.md: the filtered benchmark). Prefix-only queries
             # may be narrower than the index's dim: the exhaustive modes serve them.
             return "ivf" if "ivf" in req.indexes else req.indexes[0]
         if not req.binary:

@@ -30,7 +30,7 @@ TUNE_QUERIES = 200
 TUNE_K = 10
 # hnsw tuned on the collection's own rows is optimistic: the search reaches the query's
 # own node, whose links are its neighbours. The default ef is this multiple of the
-# smallest ef that reaches TUNE_RECALL there (README, Sub-linear search: what it measured).
+# smallest ef that reaches TUNE_RECALL there (docs/ann-benchmark-log.md: what it measured).
 HNSW_EF_MARGIN = 2
 # ivf training sample: 64 rows per list, at least 65,536 rows, at most TRAIN_MAX rows
 # (k-means costs sample x nlist x dim per iteration), never fewer than TRAIN_MIN_PER_LIST

@@ -42,7 +42,7 @@ EXACT_FRACTION = 0.05
 # rows: the exhaustive scan costs its rows, while the probe over a filter's gathered
 # per-list codes (allowed_lists) costs about what the unfiltered probe does. A 1% filter
 # over 10M x 384 (100k rows): exhaustive 1.4-1.8x the unfiltered search, probed 1.4x,
-# recall 1.000 either way (README, Sub-linear search: the 10M filters).
+# recall 1.000 either way (docs/ann-benchmark-log.md: the 10M filters).
 EXACT_ROWS = 1 << 16
 # A filter allowing fraction s of the rows multiplies nprobe (ivf) by s ** -WIDEN_POWER:
 # the k nearest allowed rows are about the k / s nearest rows, held by fewer than 1 / s
@@ -62,7 +62,7 @@ SELECTIVE_WIDEN_POWER = 0.4
 # at 10M x 384 the default rescore, tuned to recall 0.95 unfiltered, left a 50% filter
 # at 0.974 against exact filtered search however many lists were probed (19 or 30:
 # the same), where twice the shortlist gave 0.995 at 1.47x the unfiltered search (and
-# a 10% filter 0.9999 at 1.27x; README, Sub-linear search: the 10M filters).
+# a 10% filter 0.9999 at 1.27x; docs/ann-benchmark-log.md: the 10M filters).
 FILTER_SHORTLIST = 2.0
 # hnsw: a filter allowing at most this many rows is searched over them exhaustively
 # whatever its selectivity. The graph is asked for ef / s candidates under a filter
@@ -72,7 +72,7 @@ FILTER_SHORTLIST = 2.0
 HNSW_EXACT_ROWS = 1 << 16
 # Shortlist factor for the exhaustive route over a selective filter's rows: 2 kept
 # recall@10 0.997 against exact filtered search at 1% of 200k x 768 (4: 1.000, 1: 0.978)
-# and rescores half the rows of 4 (README, Sub-linear search: the filtered runs).
+# and rescores half the rows of 4 (docs/ann-benchmark-log.md: the filtered runs).
 EXACT_RESCORE = 2
 
 # allowed rows and their gathered codes per read-only mask (filters.MaskMemo)
@@ -80,7 +80,7 @@ _ROWS = MaskMemo(64 << 20)
 # A filter allowing at most this fraction of an indexed segment's rows gets its allowed
 # rows' codes gathered per list (allowed_lists): a 10% filter's probe over 10M rows
 # then cost what the unfiltered one does, where reading the mask beside every probed
-# row took twice as long (README, Sub-linear search: the 10M filters); through a span,
+# row took twice as long (docs/ann-benchmark-log.md: the 10M filters); through a span,
 # a 50% filter's probe took 0.27 ms gathered against 0.43 ms with the mask read beside
 # the codes (1.3x against 2.0x the unfiltered search). The copies are at most this
 # fraction of the list files' bytes, in a memo of their own (1.5 GiB: a 50% filter's

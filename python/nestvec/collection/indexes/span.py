@@ -2,7 +2,7 @@
 
 A probe reads one range of codes per probed list and indexed segment, so with the
 default 1 GiB segment cap a 10M-row search read 10 x nprobe short ranges, each a few
-scattered cache lines and TLB misses (README, Sub-linear search: the 10M run). A span
+scattered cache lines and TLB misses (docs/ann-benchmark-log.md: the 10M run). A span
 (``indexes/<uuid>.ivfs.arrow``) holds the codes of several indexed segments (its
 *members*) grouped by list across all of them, so a probed list is one range whatever
 the number of members. Its Arrow table is::
