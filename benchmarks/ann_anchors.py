@@ -98,9 +98,11 @@ class Method:
                 state_file.write_text(json.dumps(state))
                 saved = time.perf_counter()
                 print(f"  {self.name}: checkpoint at row {b:,} ({state['build_s']:.0f} s)", flush=True)
-        self.save_to(self.path)
+        # saved over the checkpoint and renamed: a 10M-row graph and a checkpoint of it
+        # side by side need twice its size on disk
         state_file.unlink(missing_ok=True)
-        part.unlink(missing_ok=True)
+        self.save_to(part)
+        os.replace(part, self.path)
         self.build_s = state["build_s"]
         return {"built_in_steps_of": self.chunk, "resumes": state["resumes"]}
 
